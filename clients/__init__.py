@@ -1,0 +1,1 @@
+"""Thin clients: the ``chatter`` CLI and the client library it is built on."""

@@ -1,0 +1,128 @@
+"""The client library: rpc to the coordinator and exact following of a reply's stream.
+
+Every command that follows a reply uses ``follow``: it is subscribed before it sends, applies
+deltas by offset, and takes a snapshot on a gap or a silence, so a slow or reconnecting
+client always ends with the exact text.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Callable
+
+import zmq
+
+from clients.view import GAP, ReplyView
+from protocol import codec, messages as m, transport
+
+
+class ChatterError(Exception):
+    """The coordinator refused a request, or could not be reached."""
+
+
+class Client:
+    def __init__(self, rpc_timeout_ms: int | None = None, run_dir: str | None = None) -> None:
+        self.run_dir = run_dir  # default: CHATTER_RUN_DIR
+        self.rpc_timeout_ms = rpc_timeout_ms or int(os.environ.get("CHATTER_RPC_TIMEOUT_MS") or 5000)
+        self.ctx = zmq.Context()
+        self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
+        self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=False, run_dir_path=self.run_dir)
+        self.req_ids = itertools.count(1)
+        self.bad_frames = 0
+
+    def close(self) -> None:
+        self.rpc.close(0)
+        self.stream.close(0)
+        self.ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ rpc
+
+    def request(self, msg: m.Message) -> dict:
+        self.rpc.send(msg.encode())
+        deadline = time.monotonic() + self.rpc_timeout_ms / 1000
+        while True:
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0 or not self.rpc.poll(left_ms):
+                # a DEALER would deliver this request late to a coordinator that comes up: start afresh
+                self.rpc.close(0)
+                self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
+                raise ChatterError(f"the coordinator did not answer within {self.rpc_timeout_ms} ms at "
+                                   f"{transport.endpoint(transport.RPC, self.run_dir)}: is it running (make run)?")
+            try:
+                reply = codec.decode(self.rpc.recv(), (m.Reply,))
+            except codec.FrameError:
+                self.bad_frames += 1
+                continue
+            if reply.req_id != msg.req_id:
+                continue  # the answer to an earlier request that timed out
+            if not reply.ok:
+                raise ChatterError(reply.error or "request refused")
+            return reply.result
+
+    def new_session(self, system: str | None = None, model: str | None = None) -> str:
+        return self.request(m.NewSession(next(self.req_ids), system, model))["session_id"]
+
+    def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> dict:
+        return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model))
+
+    def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None) -> dict:
+        return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len))
+
+    def snapshot(self, session_id: str) -> dict:
+        return self.request(m.Snapshot(next(self.req_ids), session_id))
+
+    def status(self) -> dict:
+        return self.request(m.Status(next(self.req_ids)))
+
+    def history(self, session_id: str) -> dict:
+        return self.request(m.History(next(self.req_ids), session_id))
+
+    def preview(self, message_id: str) -> dict:
+        return self.request(m.Preview(next(self.req_ids), message_id))
+
+    # ------------------------------------------------------------ stream
+
+    def subscribe(self, session_id: str) -> None:
+        self.stream.setsockopt(zmq.SUBSCRIBE, session_id.encode())
+
+    def unsubscribe(self, session_id: str) -> None:
+        self.stream.setsockopt(zmq.UNSUBSCRIBE, session_id.encode())
+
+    def follow(self, session_id: str, generation_id: str, *, on_text: Callable[[str], None] | None = None,
+               cancel_requested: Callable[[], bool] | None = None, silence_ms: int = 1000) -> ReplyView:
+        """Follow one generation to its durable end. ``cancel_requested`` is polled; when it turns
+        true, the reply is cancelled at exactly the text rendered so far, and nothing more is rendered."""
+        view = ReplyView(generation_id)
+        cancelled = False
+        last_event = time.monotonic()
+        while view.final is None:
+            if not cancelled and cancel_requested is not None and cancel_requested():
+                cancelled = True
+                try:
+                    self.cancel(session_id, generation_id, seen_len=len(view.text))
+                except ChatterError:
+                    pass  # it ended first; its final event follows
+            if self.stream.poll(50):
+                last_event = time.monotonic()
+                frames = self.stream.recv_multipart()
+                try:
+                    event = codec.decode(frames[-1], m.STREAM_EVENTS)
+                except codec.FrameError:
+                    self.bad_frames += 1
+                    continue
+                if view.apply(event) == GAP:
+                    view.apply_snapshot(self.snapshot(session_id))
+            elif (time.monotonic() - last_event) * 1000 >= silence_ms:
+                last_event = time.monotonic()  # a quiet stream, or a lost final: ask
+                view.apply_snapshot(self.snapshot(session_id))
+            fresh = view.take_new_text()
+            if fresh and on_text is not None and not cancelled:
+                on_text(fresh)
+        return view

@@ -1,0 +1,79 @@
+"""A client's view of one reply, kept exact by offsets: the pure half of following a stream.
+
+``apply`` takes stream events; a delta is applied only where its offset continues the text.
+Anything else is a replay (ignored) or a gap, and a gap sends the caller to ``snapshot``,
+the ZeroMQ guide's Clone pattern: subscribe first, then snapshot, then drop what it covers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocol import messages as m
+
+APPLIED, IGNORED, GAP = "applied", "ignored", "gap"
+
+
+@dataclass
+class ReplyView:
+    generation_id: str
+    text: str = ""
+    tokens: int = 0
+    status: str = "queued"
+    final: dict | None = None  # status, message_id, stats, error, content_hash once the reply is durable
+    gaps: int = 0
+    preview: str | None = None
+    new_text: list[str] = field(default_factory=list)  # applied since the caller last took it
+
+    def take_new_text(self) -> str:
+        out = "".join(self.new_text)
+        self.new_text.clear()
+        return out
+
+    def apply(self, event: m.Message) -> str:
+        if getattr(event, "generation_id", None) != self.generation_id:
+            return IGNORED
+        if isinstance(event, m.StreamDelta):
+            return self._apply_delta(event.offset, event.text, event.tokens)
+        if isinstance(event, m.Final):
+            if event.length > len(self.text):
+                self.gaps += 1
+                return GAP  # the tail went missing: only a snapshot can supply it
+            self.text = self.text[:event.length]  # a cancel may keep less than this view had
+            self.status = event.status
+            self.final = {"status": event.status, "message_id": event.message_id, "stats": event.stats,
+                          "error": event.error, "content_hash": event.content_hash}
+            return APPLIED
+        if isinstance(event, m.Started):
+            self.preview = event.preview
+            return APPLIED
+        return IGNORED
+
+    def _apply_delta(self, offset: int, text: str, tokens: int) -> str:
+        have = len(self.text)
+        if offset > have:
+            self.gaps += 1
+            return GAP
+        if offset + len(text) <= have:
+            return IGNORED  # a replay of text we have
+        fresh = text[have - offset:]
+        self.text += fresh
+        self.new_text.append(fresh)
+        self.tokens = tokens
+        self.status = "streaming"
+        return APPLIED
+
+    def apply_snapshot(self, snap: dict) -> str:
+        """Adopt a snapshot of the session taken after subscribing. Returns APPLIED or IGNORED."""
+        if snap.get("generation_id") != self.generation_id:
+            return IGNORED
+        text = snap.get("text") or ""
+        if len(text) > len(self.text) and text.startswith(self.text):
+            self.new_text.append(text[len(self.text):])
+            self.text = text
+        elif len(text) < len(self.text) and snap.get("final"):
+            self.text = text  # final and shorter: cut to the durable reply
+        if snap.get("final"):
+            self.status = snap["status"]
+            self.final = {"status": snap["status"], "message_id": snap.get("message_id"),
+                          "stats": snap.get("stats") or {}, "error": snap.get("error"), "content_hash": None}
+        return APPLIED

@@ -1,0 +1,253 @@
+"""Every message Chatter's processes exchange, defined once.
+
+Type ids are the wire bytes and never change meaning. Channels (see ``protocol.transport``):
+rpc (client <-> coordinator), stream (coordinator -> clients, topic = session id),
+jobs (coordinator -> generators), gen-events (generators -> coordinator),
+control (coordinator -> generators), persist and persist-acks (coordinator <-> persister).
+"""
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Optional
+
+from protocol.codec import Message, message
+
+# ---------------------------------------------------------------- rpc: client -> coordinator
+
+
+@message(1)
+class NewSession(Message):
+    req_id: int
+    system: Optional[str] = None
+    model: Optional[str] = None
+
+
+@message(2)
+class Send(Message):
+    req_id: int
+    session_id: str
+    text: str
+    client_request_id: str
+    model: Optional[str] = None
+
+
+@message(3)
+class Cancel(Message):
+    """Stop a session's active generation. ``seen_len`` is how much text the canceller
+    had rendered: the kept reply is cut to it, so what the user saw is what is stored."""
+
+    req_id: int
+    session_id: str
+    generation_id: Optional[str] = None
+    seen_len: Optional[int] = None
+
+
+@message(4)
+class Snapshot(Message):
+    req_id: int
+    session_id: str
+
+
+@message(5)
+class Status(Message):
+    req_id: int
+
+
+@message(6)
+class History(Message):
+    req_id: int
+    session_id: str
+
+
+@message(7)
+class Preview(Message):
+    req_id: int
+    message_id: str
+
+
+@message(9)
+class Reply(Message):
+    """The coordinator's answer to any rpc request."""
+
+    req_id: int
+    ok: bool
+    result: dict = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview)
+
+# ---------------------------------------------------------------- stream: coordinator -> clients
+
+
+@message(20)
+class Started(Message):
+    session_id: str
+    generation_id: str
+    message_id: str
+    prompt_hash: str
+    preview: str
+    prompt_tokens: int
+
+
+@message(21)
+class StreamDelta(Message):
+    """Text of a reply at character ``offset``. Apply only when offset == len(text so far)."""
+
+    session_id: str
+    generation_id: str
+    offset: int
+    text: str
+    tokens: int  # estimated tokens so far
+
+
+@message(22)
+class Final(Message):
+    """Published only after the persister acked the finalize: this is durable."""
+
+    session_id: str
+    generation_id: str
+    message_id: str
+    status: str
+    length: int
+    content_hash: str
+    stats: dict
+    error: Optional[str] = None
+
+
+STREAM_EVENTS = (Started, StreamDelta, Final)
+
+# ---------------------------------------------------------------- jobs and control
+
+
+@message(30)
+class Job(Message):
+    generation_id: str
+    messages: list
+    model: str
+    params: dict
+    prompt_hash: str
+
+
+@message(31)
+class CancelGeneration(Message):
+    generation_id: str
+
+
+@message(32)
+class CoordinatorHeartbeat(Message):
+    sent_at: float
+
+
+CONTROL_TOPIC_ALL = b""  # generators subscribe to everything on control: cancels are rare
+
+# ---------------------------------------------------------------- gen-events: generator -> coordinator
+
+
+@message(40)
+class GenStarted(Message):
+    generation_id: str
+    generator_id: str
+
+
+@message(41)
+class GenDelta(Message):
+    generation_id: str
+    seq: int
+    text: str
+    tokens: int
+    received_at: float  # wall clock when the generator read the upstream chunk
+
+
+@message(42)
+class GenDone(Message):
+    generation_id: str
+    last_seq: int
+    length: int
+    finish_reason: str
+    completion_tokens: int
+    tokens_source: str  # "server" or "estimated"
+    prompt_tokens: Optional[int] = None
+
+
+@message(43)
+class GenError(Message):
+    generation_id: str
+    last_seq: int
+    reason: str
+    attempts: int
+
+
+@message(44)
+class GenCancelled(Message):
+    generation_id: str
+    last_seq: int
+
+
+@message(45)
+class GeneratorHeartbeat(Message):
+    generator_id: str
+    capacity_free: int
+    active: int
+    retries: int
+
+
+GEN_EVENTS = (GenStarted, GenDelta, GenDone, GenError, GenCancelled, GeneratorHeartbeat)
+
+# ---------------------------------------------------------------- persist: coordinator -> persister
+
+
+@message(50)
+class CreateMessage(Message):
+    """Create a session (if new) and one message in it. Idempotent by message id."""
+
+    message_id: str
+    session_id: str
+    session_title: str
+    session_system: Optional[str]
+    role: str
+    content: str
+    status: str
+    created_at: float
+    generation_id: Optional[str] = None
+    prompt_messages: Optional[list] = None
+    prompt_hash: Optional[str] = None
+    preview: Optional[str] = None
+    model: Optional[str] = None
+    params: Optional[dict] = None
+
+
+@message(51)
+class Append(Message):
+    """Text at ``offset`` of a message. Applied only where it continues the stored text."""
+
+    message_id: str
+    offset: int
+    text: str
+
+
+@message(52)
+class Finalize(Message):
+    message_id: str
+    status: str
+    length: int
+    content_hash: str
+    stats: dict
+    error: Optional[str] = None
+
+
+@message(53)
+class InterruptOrphans(Message):
+    """Sent by a coordinator at start-up: no generation it does not know is alive."""
+
+    reason: str
+
+
+PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans)
+
+
+@message(60)
+class PersistAck(Message):
+    message_id: str
+    length: int
+    finalized: bool

@@ -1,0 +1,85 @@
+"""The one place that knows endpoints and socket options.
+
+Services and clients ask ``open_socket`` for a ready socket: right type, options set at
+creation (LINGER, HWM, MAXMSGSIZE), bound or connected. Endpoints default to ipc sockets
+in a private run directory (mode 0700); each can be overridden with a tcp:// address.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+
+import zmq
+
+from protocol.codec import MAX_FRAME_BYTES
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    bind_type: int  # the coordinator's side; it binds every channel
+    connect_type: int
+    hwm: int
+
+
+RPC = Channel("rpc", zmq.ROUTER, zmq.DEALER, 10_000)
+STREAM = Channel("stream", zmq.PUB, zmq.SUB, 100_000)
+JOBS = Channel("jobs", zmq.PUSH, zmq.PULL, 10)  # small: jobs wait at the coordinator, not in a busy generator's pipe
+GEN_EVENTS = Channel("gen-events", zmq.PULL, zmq.PUSH, 100_000)
+CONTROL = Channel("control", zmq.PUB, zmq.SUB, 10_000)
+PERSIST = Channel("persist", zmq.PUSH, zmq.PULL, 100_000)
+PERSIST_ACKS = Channel("persist-acks", zmq.PULL, zmq.PUSH, 100_000)
+CHANNELS = (RPC, STREAM, JOBS, GEN_EVENTS, CONTROL, PERSIST, PERSIST_ACKS)
+
+LINGER_MS = 0  # a stopping process must never hang on unsent frames; resends cover the loss
+
+
+def run_dir(path: str | None = None) -> str:
+    """CHATTER_RUN_DIR (or ``path``), created 0700 if missing; refused if others can reach it."""
+    path = path or os.environ.get("CHATTER_RUN_DIR") or os.path.join(tempfile.gettempdir(), f"chatter-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise PermissionError(f"run dir {path} must be owned by this user with mode 0700")
+    return path
+
+
+def endpoint(channel: Channel, run_dir_path: str | None = None) -> str:
+    """CHATTER_ENDPOINT_<NAME> (tcp://host:port or ipc://path), else ipc://<run dir>/<name>.sock."""
+    override = os.environ.get("CHATTER_ENDPOINT_" + channel.name.upper().replace("-", "_"))
+    if override:
+        if not override.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"endpoint for {channel.name} must be tcp:// or ipc://, got {override!r}")
+        return override
+    return f"ipc://{os.path.join(run_dir(run_dir_path), channel.name + '.sock')}"
+
+
+def open_socket(ctx: zmq.Context, channel: Channel, *, bind: bool, subscribe: bytes | None = None,
+                run_dir_path: str | None = None) -> zmq.Socket:
+    sock = ctx.socket(channel.bind_type if bind else channel.connect_type)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, channel.hwm)
+    sock.setsockopt(zmq.RCVHWM, channel.hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)  # + room for a topic frame
+    if channel is RPC and bind:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished client must not raise in the loop
+    if subscribe is not None:
+        sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+    addr = endpoint(channel, run_dir_path)
+    if bind:
+        if addr.startswith("ipc://") and os.path.exists(addr[6:]):
+            os.unlink(addr[6:])  # stale file of a killed coordinator; binding over it would fail silently for peers
+        sock.bind(addr)
+    else:
+        sock.connect(addr)
+    return sock
+
+
+def close_bound(sock: zmq.Socket) -> None:
+    """Close a bound socket and remove its ipc file: libzmq leaves it behind on close."""
+    addr = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    sock.close(0)
+    if addr.startswith("ipc://") and os.path.exists(addr[6:]):
+        os.unlink(addr[6:])

@@ -1,0 +1,1 @@
+"""Chatter's processes: coordinator, generator, persister and the mock LLM."""

@@ -1,0 +1,1 @@
+"""The coordinator: owns sessions and every generation's state; binds all endpoints."""

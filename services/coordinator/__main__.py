@@ -1,0 +1,185 @@
+"""The coordinator's shell: binds every endpoint, drains sockets in batches, feeds the
+state machine, and carries out its effects. No stream rule lives here."""
+from __future__ import annotations
+
+import collections
+import signal
+import time
+
+import msgpack
+import peewee
+import zmq
+
+from protocol import codec, messages as m, transport
+from services import config, store
+from services.coordinator.machine import (Coordinator, Log, ReplyTo, Settings, ToClients, ToControl, ToGenerators,
+                                          ToPersister)
+from services.logs import configure
+from services.tokens import count_tokens
+
+DRAIN_BATCH = 256  # measured: draining with NOBLOCK before yielding is ~4x a message-at-a-time loop
+
+
+def settings_from_env() -> Settings:
+    return Settings(
+        flush_ms=config.env_int("CHATTER_FLUSH_MS", 20),
+        checkpoint_ms=config.env_int("CHATTER_CHECKPOINT_MS", 250),
+        persist_resend_ms=config.env_int("CHATTER_PERSIST_RESEND_MS", 2000),
+        generator_dead_ms=config.env_int("CHATTER_GENERATOR_DEAD_MS", 3000),
+        max_text_chars=config.env_int("CHATTER_MAX_TEXT_CHARS", 100_000),
+        default_model=config.default_model(),
+    )
+
+
+class CoordinatorShell:
+    def __init__(self) -> None:
+        self.log = configure("coordinator")
+        self.machine = Coordinator(settings_from_env(), count_tokens)
+        count_tokens("warm up", config.default_model())  # load the encoding now, not on the first request
+        store.open_database(config.database_url())
+        self.ctx = zmq.Context()
+        self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=True)
+        self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=True)
+        self.jobs = transport.open_socket(self.ctx, transport.JOBS, bind=True)
+        self.gen_events = transport.open_socket(self.ctx, transport.GEN_EVENTS, bind=True)
+        self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=True)
+        self.persist = transport.open_socket(self.ctx, transport.PERSIST, bind=True)
+        self.acks = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=True)
+        self.pending_jobs: collections.deque[bytes] = collections.deque()
+        self.stopping = False
+
+    # ------------------------------------------------------------ effects
+
+    def carry_out(self, effects: list) -> None:
+        for effect in effects:
+            kind = type(effect)
+            if kind is ToClients:
+                self.stream.send_multipart([effect.session_id.encode(), effect.msg.encode()])
+            elif kind is ToPersister:
+                try:
+                    self.persist.send(effect.msg.encode(), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # no persister or its queue is full: the machine resends what is not acked
+            elif kind is ToControl:
+                topic = getattr(effect.msg, "generation_id", "").encode()
+                self.control.send_multipart([topic, effect.msg.encode()])
+            elif kind is ToGenerators:
+                self.pending_jobs.append(effect.msg.encode())
+            elif kind is ReplyTo:
+                self.rpc.send_multipart([effect.client, effect.msg.encode()])
+            elif kind is Log:
+                self.log.info(effect.event, **effect.fields)
+        while self.pending_jobs:
+            try:
+                self.jobs.send(self.pending_jobs[0], zmq.NOBLOCK)
+            except zmq.Again:
+                break  # every generator is full or none is connected: jobs wait here, in order
+            self.pending_jobs.popleft()
+
+    # ------------------------------------------------------------ inputs
+
+    def bad_frame(self, channel: str, err: codec.FrameError) -> None:
+        self.machine.counters["bad_frames_dropped"] += 1
+        self.log.warning("bad_frame_dropped", channel=channel, kind=err.kind, detail=err.detail[:200])
+
+    def ensure_loaded(self, msg: m.Message) -> None:
+        """Sessions not in memory (after a restart) are read from the database before the machine sees them."""
+        try:
+            session_id = getattr(msg, "session_id", None)
+            if session_id is None and isinstance(msg, m.Preview):
+                if msg.message_id in self.machine.message_sessions:
+                    return
+                session_id = store.find_message_session(msg.message_id)
+            if session_id and session_id not in self.machine.sessions:
+                data = store.load_session(session_id)
+                if data is not None:
+                    self.machine.load_session(data)
+        except peewee.PeeweeException as exc:
+            self.log.warning("session_load_failed", error=str(exc))
+
+    def drain_rpc(self, now: float) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = self.rpc.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            client, payload = frames[0], frames[-1]
+            try:
+                msg = codec.decode(payload, m.RPC_REQUESTS)
+            except codec.FrameError as err:
+                self.bad_frame("rpc", err)
+                req_id = _salvage_req_id(payload)
+                if req_id is not None:
+                    self.carry_out([ReplyTo(client, m.Reply(req_id, False, {}, f"bad request: {err}"))])
+                continue
+            self.ensure_loaded(msg)
+            self.carry_out(self.machine.handle_rpc(client, msg, now))
+
+    def drain_events(self, sock: zmq.Socket, channel: str, expect: tuple, now: float) -> None:
+        effects: list = []
+        for _ in range(DRAIN_BATCH):
+            try:
+                payload = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                msg = codec.decode(payload, expect)
+            except codec.FrameError as err:
+                self.bad_frame(channel, err)
+                continue
+            effects.extend(self.machine.handle_event(msg, now))
+        self.carry_out(effects)
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.rpc, self.gen_events, self.acks):
+            poller.register(sock, zmq.POLLIN)
+        self.carry_out([ToPersister(m.InterruptOrphans("coordinator restarted"))])
+        self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
+        while not self.stopping:
+            now = time.time()
+            timeout_ms = max(0, min(250, (self.machine.next_deadline() - now) * 1000))
+            if self.pending_jobs:
+                timeout_ms = min(timeout_ms, 50)
+            ready = dict(poller.poll(timeout_ms))
+            now = time.time()
+            if self.gen_events in ready:
+                self.drain_events(self.gen_events, "gen-events", m.GEN_EVENTS, now)
+            if self.acks in ready:
+                self.drain_events(self.acks, "persist-acks", (m.PersistAck,), now)
+            if self.rpc in ready:
+                self.drain_rpc(now)
+            self.carry_out(self.machine.tick(time.time()))
+        self.close()
+
+    def close(self) -> None:
+        for sock in (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks):
+            transport.close_bound(sock)
+        self.ctx.term()
+        self.log.info("coordinator_stopped")
+
+
+def _salvage_req_id(payload: bytes) -> int | None:
+    """A bad request still gets an answer when its request id can be read."""
+    try:
+        frame = msgpack.unpackb(payload, raw=False)
+        return frame[2] if isinstance(frame, list) and len(frame) > 2 and isinstance(frame[2], int) else None
+    except Exception:
+        return None
+
+
+def main() -> None:
+    shell = CoordinatorShell()
+
+    def stop(signum, _frame):
+        shell.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    shell.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,559 @@
+"""The coordinator's pure state machine: sessions, generations, and the rules of the stream.
+
+``Coordinator.handle(message, now)`` and ``Coordinator.tick(now)`` return a list of effects;
+nothing here touches a socket, a clock or the database. The rules live here: seq checks and
+late deltas, cancel, coalescing to clients, checkpoint cadence, and the finalize order
+(tail -> finalize -> persister ack -> ``final`` event).
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import uuid
+from dataclasses import dataclass, field
+
+from protocol import messages as m
+from services.coordinator.prompt import PromptPackage, assemble
+
+TERMINAL = frozenset({"completed", "cancelled", "error", "interrupted"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    flush_ms: float = 20.0
+    flush_chars: int = 4096
+    checkpoint_ms: float = 250.0
+    checkpoint_chars: int = 2048
+    persist_resend_ms: float = 2000.0
+    generator_dead_ms: float = 3000.0  # three missed one-second heartbeats
+    housekeeping_ms: float = 250.0
+    max_text_chars: int = 100_000
+    default_model: str = "mock-1"
+
+
+# ---------------------------------------------------------------- effects: what the shell carries out
+
+
+@dataclass(slots=True)
+class ToClients:
+    session_id: str
+    msg: m.Message
+
+
+@dataclass(slots=True)
+class ToGenerators:
+    msg: m.Job
+
+
+@dataclass(slots=True)
+class ToControl:
+    msg: m.Message
+
+
+@dataclass(slots=True)
+class ToPersister:
+    msg: m.Message
+
+
+@dataclass(slots=True)
+class ReplyTo:
+    client: bytes
+    msg: m.Reply
+
+
+@dataclass(slots=True)
+class Log:
+    event: str
+    fields: dict
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class SessionState:
+    session_id: str
+    title: str
+    system: str | None
+    model: str | None
+    history: list[dict] = field(default_factory=list)  # one record per message, in order
+    active_generation: str | None = None
+    request_ids: dict[str, dict] = field(default_factory=dict)  # client_request_id -> send reply
+
+
+@dataclass
+class GenerationState:
+    generation_id: str
+    session_id: str
+    message_id: str
+    prompt: PromptPackage
+    record: dict  # the assistant message's history record
+    queued_at: float
+    status: str = "queued"
+    generator_id: str | None = None
+    started_at: float | None = None
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    last_seq: int = 0
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    tokens: int = 0
+    tokens_source: str = "estimated"
+    client_len: int = 0  # text published to clients
+    client_pending: list[str] = field(default_factory=list)
+    client_flushed_at: float = float("-inf")
+    client_deadline: float | None = None
+    persist_pending: list[str] = field(default_factory=list)
+    persist_flushed_at: float = float("-inf")
+    persist_deadline: float | None = None
+    error: str | None = None
+
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+
+@dataclass
+class PersistState:
+    """What the persister has been sent and has acked for one message; resent until acked."""
+
+    message_id: str
+    create: m.CreateMessage
+    generation_id: str | None = None
+    created_acked: bool = False
+    sent_len: int = 0
+    acked_len: int = 0
+    final: m.Finalize | None = None
+    final_acked: bool = False
+    last_sent_at: float = 0.0
+
+
+@dataclass
+class GeneratorInfo:
+    generator_id: str
+    last_seen: float
+    capacity_free: int = 0
+    active: int = 0
+    retries: int = 0
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, count_tokens, new_id=new_id) -> None:
+        self.settings = settings
+        self.count_tokens = count_tokens
+        self.new_id = new_id
+        self.sessions: dict[str, SessionState] = {}
+        self.message_sessions: dict[str, str] = {}  # message id -> session id
+        self.active: dict[str, GenerationState] = {}  # queued or streaming
+        self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
+        self.persist: dict[str, PersistState] = {}
+        self.generators: dict[str, GeneratorInfo] = {}
+        self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
+                         "gaps": 0, "generators_lost": 0, "persist_resends": 0}
+        self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
+        self._tiebreak = 0
+        self._housekeeping_at = 0.0
+        self._heartbeat_at = 0.0
+        self._handlers = {
+            m.NewSession: self._on_new_session, m.Send: self._on_send, m.Cancel: self._on_cancel,
+            m.Snapshot: self._on_snapshot, m.Status: self._on_status, m.History: self._on_history,
+            m.Preview: self._on_preview,
+        }
+        self._event_handlers = {
+            m.GenStarted: self._on_gen_started, m.GenDelta: self._on_gen_delta, m.GenDone: self._on_gen_done,
+            m.GenError: self._on_gen_error, m.GenCancelled: self._on_gen_cancelled,
+            m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
+        }
+
+    # ------------------------------------------------------------ entry points
+
+    def handle_rpc(self, client: bytes, msg: m.Message, now: float) -> list:
+        out: list = []
+        try:
+            result = self._handlers[type(msg)](msg, now, out)
+            out.append(ReplyTo(client, m.Reply(msg.req_id, True, result)))
+        except RequestRefused as refused:
+            out.append(ReplyTo(client, m.Reply(msg.req_id, False, {}, str(refused))))
+        return out
+
+    def handle_event(self, msg: m.Message, now: float) -> list:
+        out: list = []
+        self._event_handlers[type(msg)](msg, now, out)
+        return out
+
+    def load_session(self, data: dict) -> None:
+        """Adopt a session read from the database (after a restart)."""
+        if data["session_id"] in self.sessions:
+            return
+        sess = SessionState(data["session_id"], data["title"], data["system"], None, list(data["messages"]))
+        self.sessions[sess.session_id] = sess
+        for record in sess.history:
+            self.message_sessions[record["message_id"]] = sess.session_id
+            if record["status"] == "streaming":  # no generation of ours is alive for it: the persister agrees
+                record["status"] = "interrupted"
+
+    def next_deadline(self) -> float:
+        soonest = self._housekeeping_at
+        if self._deadlines:
+            soonest = min(soonest, self._deadlines[0][0])
+        return soonest
+
+    def tick(self, now: float) -> list:
+        out: list = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, gen_id, kind = heapq.heappop(self._deadlines)
+            gen = self.active.get(gen_id)
+            if gen is None:
+                continue
+            if kind == "client" and gen.client_deadline is not None and gen.client_deadline <= now:
+                self._flush_clients(gen, now, out)
+            elif kind == "persist" and gen.persist_deadline is not None and gen.persist_deadline <= now:
+                self._checkpoint(gen, now, out)
+        if now >= self._housekeeping_at:
+            self._housekeeping_at = now + self.settings.housekeeping_ms / 1000
+            if now >= self._heartbeat_at:  # generators cancel their streams when we fall silent
+                self._heartbeat_at = now + 1.0
+                out.append(ToControl(m.CoordinatorHeartbeat(now)))
+            self._check_generators(now, out)
+            self._resend_unacked(now, out)
+        return out
+
+    # ------------------------------------------------------------ rpc
+
+    def _on_new_session(self, msg: m.NewSession, now: float, out: list) -> dict:
+        sess = SessionState(self.new_id(), "", msg.system, msg.model)
+        self.sessions[sess.session_id] = sess
+        return {"session_id": sess.session_id}
+
+    def _on_send(self, msg: m.Send, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        if msg.client_request_id and msg.client_request_id in sess.request_ids:
+            return sess.request_ids[msg.client_request_id]  # a retried send never starts a second generation
+        if sess.active_generation is not None:
+            raise RequestRefused(f"a reply is already streaming in session {sess.session_id}; cancel it first")
+        if not msg.text.strip():
+            raise RequestRefused("empty message")
+        if len(msg.text) > self.settings.max_text_chars:
+            raise RequestRefused(f"message is {len(msg.text)} characters; the limit is {self.settings.max_text_chars}")
+        model = msg.model or sess.model or self.settings.default_model
+        prompt = assemble(sess.system, sess.history, msg.text, model, {}, self.count_tokens)
+        if not sess.title:
+            sess.title = " ".join(msg.text.split())[:60]
+        user_id, assistant_id, gen_id = self.new_id(), self.new_id(), self.new_id()
+        user_record = {"message_id": user_id, "session_id": sess.session_id, "role": "user", "content": msg.text,
+                       "status": "completed", "generation_id": None, "prompt_hash": None, "model": None,
+                       "stats": {}, "error": None, "created_at": now, "preview": None, "prompt_messages": None}
+        record = user_record | {"message_id": assistant_id, "role": "assistant", "content": "", "status": "streaming",
+                                "generation_id": gen_id, "prompt_hash": prompt.prompt_hash, "model": model,
+                                "preview": prompt.preview, "prompt_messages": prompt.wire_messages()}
+        sess.history += [user_record, record]
+        self.message_sessions[user_id] = self.message_sessions[assistant_id] = sess.session_id
+        gen = GenerationState(gen_id, sess.session_id, assistant_id, prompt, record, queued_at=now)
+        self.active[gen_id] = gen
+        sess.active_generation = gen_id
+        for rec in (user_record, record):
+            create = m.CreateMessage(
+                rec["message_id"], sess.session_id, sess.title, sess.system, rec["role"], rec["content"], rec["status"],
+                now, rec["generation_id"], rec["prompt_messages"], rec["prompt_hash"], rec["preview"], rec["model"],
+                {} if rec["role"] == "assistant" else None)
+            self.persist[rec["message_id"]] = PersistState(rec["message_id"], create, rec["generation_id"],
+                                                           last_sent_at=now)
+            out.append(ToPersister(create))
+        out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, assistant_id, prompt.prompt_hash,
+                                                        prompt.preview, prompt.prompt_tokens)))
+        out.append(ToGenerators(m.Job(gen_id, prompt.wire_messages(), model, prompt.wire_params(), prompt.prompt_hash)))
+        out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id}))
+        result = {"session_id": sess.session_id, "generation_id": gen_id, "message_id": assistant_id,
+                  "user_message_id": user_id, "prompt_hash": prompt.prompt_hash}
+        if msg.client_request_id:
+            sess.request_ids[msg.client_request_id] = result
+        return result
+
+    def _on_cancel(self, msg: m.Cancel, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        gen_id = msg.generation_id or sess.active_generation
+        gen = self.active.get(gen_id) if gen_id else None
+        if gen is None or gen.session_id != sess.session_id:
+            raise RequestRefused("nothing is streaming to cancel")
+        self._finalize(gen, "cancelled", now, out, keep_len=msg.seen_len)
+        return {"generation_id": gen.generation_id, "length": gen.length}
+
+    def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        gen = self.active.get(sess.active_generation or "")
+        if gen is not None:
+            return {"generation_id": gen.generation_id, "message_id": gen.message_id, "status": gen.status,
+                    "text": gen.text()[:gen.client_len], "final": False, "stats": self._stats(gen, now),
+                    "prompt_hash": gen.prompt.prompt_hash}
+        for record in reversed(sess.history):
+            if record["role"] == "assistant":
+                gen = self.finalizing.get(record["generation_id"])
+                return {"generation_id": record["generation_id"], "message_id": record["message_id"],
+                        "status": record["status"], "text": record["content"], "final": gen is None,
+                        "stats": record["stats"], "error": record["error"], "prompt_hash": record["prompt_hash"]}
+        return {"generation_id": None, "status": None, "text": "", "final": True}
+
+    def _on_status(self, msg: m.Status, now: float, out: list) -> dict:
+        return {
+            "generators": [{"generator_id": g.generator_id, "capacity_free": g.capacity_free, "active": g.active,
+                            "seen_ms_ago": round((now - g.last_seen) * 1000)} for g in self.generators.values()],
+            "active": [{"generation_id": g.generation_id, "session_id": g.session_id, "status": g.status,
+                        "length": g.length, "generator_id": g.generator_id} for g in self.active.values()],
+            "counters": self.counters | {"retries": sum(g.retries for g in self.generators.values())},
+        }
+
+    def _on_history(self, msg: m.History, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        messages = []
+        for record in sess.history:
+            view = {k: v for k, v in record.items() if k not in ("preview", "prompt_messages")}
+            gen = self.active.get(record["generation_id"] or "")
+            if gen is not None:
+                view["content"] = gen.text()[:gen.client_len]
+            messages.append(view)
+        return {"session_id": sess.session_id, "title": sess.title, "system": sess.system, "messages": messages}
+
+    def _on_preview(self, msg: m.Preview, now: float, out: list) -> dict:
+        sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))
+        record = next((r for r in sess.history if r["message_id"] == msg.message_id), None) if sess else None
+        if record is None or record["preview"] is None:
+            raise RequestRefused(f"no assistant message {msg.message_id}")
+        return {"message_id": msg.message_id, "session_id": sess.session_id, "preview": record["preview"],
+                "messages": record["prompt_messages"], "prompt_hash": record["prompt_hash"], "model": record["model"]}
+
+    def _session(self, session_id: str) -> SessionState:
+        sess = self.sessions.get(session_id)
+        if sess is None:
+            raise RequestRefused(f"unknown session {session_id}")
+        return sess
+
+    # ------------------------------------------------------------ generator events
+
+    def _on_gen_started(self, msg: m.GenStarted, now: float, out: list) -> None:
+        gen = self.active.get(msg.generation_id)
+        if gen is None:
+            out.append(ToControl(m.CancelGeneration(msg.generation_id)))
+            return
+        gen.generator_id = msg.generator_id
+        gen.started_at = now
+        gen.status = "streaming"
+
+    def _on_gen_delta(self, msg: m.GenDelta, now: float, out: list) -> None:
+        gen = self.active.get(msg.generation_id)
+        if gen is None:  # terminal or unknown: late. Drop, count, and make sure its generator stops.
+            self.counters["late_deltas_dropped"] += 1
+            out.append(ToControl(m.CancelGeneration(msg.generation_id)))
+            return
+        if msg.seq <= gen.last_seq:
+            self.counters["duplicate_deltas_dropped"] += 1
+            return
+        if msg.seq != gen.last_seq + 1:
+            self.counters["gaps"] += 1
+            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+            self._finalize(gen, "error", now, out, error=f"gap in stream: expected seq {gen.last_seq + 1}, got {msg.seq}")
+            return
+        gen.last_seq = msg.seq
+        if gen.first_token_at is None:
+            gen.first_token_at = now
+            gen.status = "streaming"
+        if not msg.text:
+            return
+        gen.parts.append(msg.text)
+        gen.length += len(msg.text)
+        gen.tokens += msg.tokens
+        gen.client_pending.append(msg.text)
+        gen.persist_pending.append(msg.text)
+        self._schedule(gen, now, out)
+
+    def _on_gen_done(self, msg: m.GenDone, now: float, out: list) -> None:
+        gen = self.active.get(msg.generation_id)
+        if gen is None:
+            return
+        if msg.last_seq != gen.last_seq or msg.length != gen.length:
+            self._finalize(gen, "error", now, out, error=f"stream incomplete: generator sent seq {msg.last_seq} "
+                           f"({msg.length} chars), coordinator has seq {gen.last_seq} ({gen.length} chars)")
+            return
+        gen.tokens = msg.completion_tokens
+        gen.tokens_source = msg.tokens_source
+        self._finalize(gen, "completed", now, out)
+
+    def _on_gen_error(self, msg: m.GenError, now: float, out: list) -> None:
+        gen = self.active.get(msg.generation_id)
+        if gen is not None:
+            self._finalize(gen, "error", now, out, error=msg.reason)
+
+    def _on_gen_cancelled(self, msg: m.GenCancelled, now: float, out: list) -> None:
+        gen = self.active.get(msg.generation_id)
+        if gen is not None:  # we did not ask: the generator gave up on its own (it lost the coordinator)
+            self._finalize(gen, "error", now, out, error="generator cancelled the stream")
+
+    def _on_heartbeat(self, msg: m.GeneratorHeartbeat, now: float, out: list) -> None:
+        info = self.generators.get(msg.generator_id)
+        if info is None:
+            info = self.generators[msg.generator_id] = GeneratorInfo(msg.generator_id, now)
+            out.append(Log("generator_joined", {"generator_id": msg.generator_id}))
+        info.last_seen, info.capacity_free, info.active, info.retries = now, msg.capacity_free, msg.active, msg.retries
+
+    # ------------------------------------------------------------ coalescing and checkpoints
+
+    def _schedule(self, gen: GenerationState, now: float, out: list) -> None:
+        s = self.settings
+        pending = gen.length - gen.client_len
+        if pending >= s.flush_chars or now >= gen.client_flushed_at + s.flush_ms / 1000:
+            self._flush_clients(gen, now, out)  # the first delta always lands here: TTFT is never delayed
+        elif gen.client_deadline is None:
+            gen.client_deadline = gen.client_flushed_at + s.flush_ms / 1000
+            self._push_deadline(gen.client_deadline, gen.generation_id, "client")
+        state = self.persist[gen.message_id]
+        if gen.length - state.sent_len >= s.checkpoint_chars or now >= gen.persist_flushed_at + s.checkpoint_ms / 1000:
+            self._checkpoint(gen, now, out)
+        elif gen.persist_deadline is None:
+            gen.persist_deadline = gen.persist_flushed_at + s.checkpoint_ms / 1000
+            self._push_deadline(gen.persist_deadline, gen.generation_id, "persist")
+
+    def _push_deadline(self, when: float, gen_id: str, kind: str) -> None:
+        self._tiebreak += 1
+        heapq.heappush(self._deadlines, (when, self._tiebreak, gen_id, kind))
+
+    def _flush_clients(self, gen: GenerationState, now: float, out: list) -> None:
+        gen.client_deadline = None
+        gen.client_flushed_at = now
+        if not gen.client_pending:
+            return
+        text = "".join(gen.client_pending)
+        gen.client_pending.clear()
+        out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, gen.client_len, text,
+                                                           gen.tokens)))
+        gen.client_len += len(text)
+
+    def _checkpoint(self, gen: GenerationState, now: float, out: list) -> None:
+        gen.persist_deadline = None
+        gen.persist_flushed_at = now
+        if not gen.persist_pending:
+            return
+        text = "".join(gen.persist_pending)
+        gen.persist_pending.clear()
+        state = self.persist[gen.message_id]
+        out.append(ToPersister(m.Append(gen.message_id, state.sent_len, text)))
+        state.sent_len += len(text)
+        state.last_sent_at = now
+
+    # ------------------------------------------------------------ finalize
+
+    def _finalize(self, gen: GenerationState, status: str, now: float, out: list, *, error: str | None = None,
+                  keep_len: int | None = None) -> None:
+        """Terminal at once (later deltas are late), then: tail to clients and persister, finalize op.
+        The ``final`` event waits for the persister's ack (see ``_on_persist_ack``)."""
+        del self.active[gen.generation_id]
+        self.finalizing[gen.generation_id] = gen
+        gen.status, gen.ended_at, gen.error = status, now, error
+        if status == "cancelled":
+            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+        text = gen.text()
+        if keep_len is not None and 0 <= keep_len < len(text):
+            text = text[:keep_len]  # the canceller's view is what is kept; longer views are cut at ``final``
+            gen.parts[:] = [text]
+            gen.length = len(text)
+            gen.tokens = self.count_tokens(text, gen.prompt.model)
+        state = self.persist[gen.message_id]
+        if gen.client_len < gen.length:
+            out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, gen.client_len,
+                                                               text[gen.client_len:], gen.tokens)))
+            gen.client_len = gen.length
+        if state.sent_len < gen.length:
+            out.append(ToPersister(m.Append(gen.message_id, state.sent_len, text[state.sent_len:])))
+            state.sent_len = gen.length
+        gen.client_pending.clear()
+        gen.persist_pending.clear()
+        stats = self._stats(gen, now)
+        state.final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), stats, error)
+        state.last_sent_at = now
+        out.append(ToPersister(state.final))
+        gen.record.update(content=text, status=status, stats=stats, error=error)
+        sess = self.sessions[gen.session_id]
+        if sess.active_generation == gen.generation_id:
+            sess.active_generation = None
+        out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
+                                                 "length": gen.length, "error": error}))
+
+    def _stats(self, gen: GenerationState, now: float) -> dict:
+        end = gen.ended_at or now
+        first = gen.first_token_at
+        tok_window = end - first if first is not None else 0.0
+        return {
+            "tokens": gen.tokens,
+            "tokens_source": gen.tokens_source,
+            "prompt_tokens": gen.prompt.prompt_tokens,
+            "queue_wait_ms": round((gen.started_at - gen.queued_at) * 1000, 1) if gen.started_at else None,
+            "ttft_ms": round((first - gen.queued_at) * 1000, 1) if first is not None else None,
+            "duration_ms": round((end - (gen.started_at or gen.queued_at)) * 1000, 1),
+            "tok_per_s": round(gen.tokens / tok_window, 1) if tok_window > 0 and gen.tokens > 1 else None,
+        }
+
+    def _on_persist_ack(self, msg: m.PersistAck, now: float, out: list) -> None:
+        state = self.persist.get(msg.message_id)
+        if state is None:
+            return
+        state.created_acked = True
+        state.acked_len = max(state.acked_len, msg.length)
+        if state.generation_id is None and state.acked_len >= len(state.create.content):
+            del self.persist[msg.message_id]  # a user message: complete on creation
+            return
+        if not (msg.finalized and state.final is not None and msg.length == state.final.length):
+            return
+        del self.persist[msg.message_id]
+        gen = self.finalizing.pop(state.generation_id, None)
+        if gen is not None:
+            f = state.final
+            out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, f.status,
+                                                         f.length, f.content_hash, f.stats, f.error)))
+
+    # ------------------------------------------------------------ liveness
+
+    def _check_generators(self, now: float, out: list) -> None:
+        dead_after = self.settings.generator_dead_ms / 1000
+        for gen_id in [g for g, info in self.generators.items() if now - info.last_seen > dead_after]:
+            del self.generators[gen_id]
+            self.counters["generators_lost"] += 1
+            out.append(Log("generator_lost", {"generator_id": gen_id}))
+            for gen in [g for g in self.active.values() if g.generator_id == gen_id]:
+                if gen.last_seq == 0:  # nothing emitted yet: safe to run again elsewhere
+                    gen.generator_id, gen.status = None, "queued"
+                    p = gen.prompt
+                    out.append(ToGenerators(m.Job(gen.generation_id, p.wire_messages(), p.model, p.wire_params(),
+                                                  p.prompt_hash)))
+                else:
+                    self._finalize(gen, "error", now, out, error=f"generator lost: {gen_id} stopped heartbeating")
+
+    def _resend_unacked(self, now: float, out: list) -> None:
+        """At-least-once to the persister: whatever was not acked in time goes again, from the acked length."""
+        wait = self.settings.persist_resend_ms / 1000
+        for state in self.persist.values():
+            if now - state.last_sent_at < wait:
+                continue
+            behind = state.acked_len < state.sent_len or not state.created_acked or state.final is not None
+            if not behind:
+                continue
+            self.counters["persist_resends"] += 1
+            state.last_sent_at = now
+            if not state.created_acked:
+                out.append(ToPersister(state.create))
+            if state.acked_len < state.sent_len:
+                gen = self.active.get(state.generation_id) or self.finalizing[state.generation_id]
+                out.append(ToPersister(m.Append(state.message_id, state.acked_len,
+                                                gen.text()[state.acked_len:state.sent_len])))
+            if state.final is not None:
+                out.append(ToPersister(state.final))
+
+
+class RequestRefused(Exception):
+    """A client request that cannot be served; becomes a Reply with ok=False and this text."""

@@ -1,0 +1,1 @@
+"""The generator: runs upstream chat-completion streams and turns them into seq-numbered deltas."""

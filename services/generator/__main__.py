@@ -1,0 +1,307 @@
+"""The generator process: pulls jobs when it has capacity, streams each from the upstream
+through the openai client's raw streaming response, and pushes seq-numbered deltas.
+
+A cancel on the control channel cancels the job's task, which closes the upstream response
+at once. Failures before the first token are retried within a deadline; after it, never.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+
+import httpx2
+import openai
+import zmq
+import zmq.asyncio
+
+from protocol import codec, messages as m, transport
+from services import config
+from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError
+from services.logs import configure
+from services.tokens import count_tokens
+
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+
+class RetryBeforeFirstToken(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class JobFailed(Exception):
+    """Ends the generation as ``error`` with this reason."""
+
+
+class Generation:
+    """One job's upstream stream: its seq counter and what it has sent."""
+
+    def __init__(self, job: m.Job) -> None:
+        self.job = job
+        self.seq = 0
+        self.length = 0
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.attempts = 0
+
+
+class GeneratorShell:
+    def __init__(self) -> None:
+        self.log = configure("generator")
+        self.generator_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.concurrency = config.env_int("CHATTER_GENERATOR_CONCURRENCY", 64)
+        self.streaming = config.env_bool("CHATTER_STREAM", True)
+        self.include_usage = config.env_bool("CHATTER_INCLUDE_USAGE", True)
+        self.retry_deadline_s = config.env_int("CHATTER_RETRY_DEADLINE_MS", 30_000) / 1000
+        self.coordinator_silent_s = config.env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000) / 1000
+        self.client = openai.AsyncOpenAI(
+            base_url=config.openai_base_url(),
+            api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+            max_retries=0,  # retries are ours: before the first token only, honouring Retry-After
+            timeout=httpx2.Timeout(config.env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000) / 1000, connect=5.0),
+        )
+        self.ctx = zmq.asyncio.Context()
+        self.jobs = transport.open_socket(self.ctx, transport.JOBS, bind=False)
+        self.events = transport.open_socket(self.ctx, transport.GEN_EVENTS, bind=False)
+        self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=False, subscribe=m.CONTROL_TOPIC_ALL)
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.cancelled_early: dict[str, float] = {}  # cancels that beat their job here
+        self.retries = 0
+        self.coordinator_heard_at = time.monotonic()
+        self.capacity = asyncio.Semaphore(self.concurrency)
+        self.stop = asyncio.Event()
+        count_tokens("warm up", config.default_model())  # load the encoding now, not on the first token
+
+    async def emit(self, msg: m.Message) -> None:
+        await self.events.send(msg.encode())
+
+    # ------------------------------------------------------------ loops
+
+    async def pull_jobs(self) -> None:
+        while True:
+            await self.capacity.acquire()  # no free slot: leave jobs with the coordinator
+            try:
+                payload = await self.jobs.recv()
+            except BaseException:
+                self.capacity.release()
+                raise
+            self.coordinator_heard_at = time.monotonic()
+            try:
+                job = codec.decode(payload, (m.Job,))
+            except codec.FrameError as err:
+                self.capacity.release()
+                self.log.warning("bad_frame_dropped", channel="jobs", kind=err.kind, detail=err.detail[:200])
+                continue
+            if self.cancelled_early.pop(job.generation_id, None) is not None or job.generation_id in self.tasks:
+                self.capacity.release()
+                continue
+            task = asyncio.create_task(self.run(job))
+            self.tasks[job.generation_id] = task
+
+    async def follow_control(self) -> None:
+        while True:
+            frames = await self.control.recv_multipart()
+            try:
+                msg = codec.decode(frames[-1], (m.CancelGeneration, m.CoordinatorHeartbeat))
+            except codec.FrameError as err:
+                self.log.warning("bad_frame_dropped", channel="control", kind=err.kind, detail=err.detail[:200])
+                continue
+            self.coordinator_heard_at = time.monotonic()
+            if isinstance(msg, m.CancelGeneration):
+                task = self.tasks.get(msg.generation_id)
+                if task is not None:
+                    task.cancel()  # closes the upstream response inside ``run``
+                else:
+                    self.cancelled_early[msg.generation_id] = time.monotonic()
+
+    async def heartbeat(self) -> None:
+        while True:
+            free = self.concurrency - len(self.tasks)
+            await self.emit(m.GeneratorHeartbeat(self.generator_id, free, len(self.tasks), self.retries))
+            now = time.monotonic()
+            if self.tasks and now - self.coordinator_heard_at > self.coordinator_silent_s:
+                self.log.warning("coordinator_silent", cancelling=len(self.tasks))
+                for task in self.tasks.values():
+                    task.cancel()  # never leave an upstream request orphaned
+            for gen_id, at in list(self.cancelled_early.items()):
+                if now - at > 60:
+                    del self.cancelled_early[gen_id]
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------ one job
+
+    async def run(self, job: m.Job) -> None:
+        gen = Generation(job)
+        log = self.log.bind(generation_id=job.generation_id)
+        try:
+            await self.emit(m.GenStarted(job.generation_id, self.generator_id))
+            await self.attempt_until_deadline(gen)
+            text = "".join(gen.parts)
+            if gen.completion_tokens is not None:
+                tokens, source = gen.completion_tokens, "server"
+            else:
+                tokens, source = count_tokens(text, job.model), "estimated"
+            await self.emit(m.GenDone(job.generation_id, gen.seq, gen.length, gen.finish_reason or "", tokens, source,
+                                      gen.prompt_tokens))
+            log.info("generation_done", seq=gen.seq, length=gen.length, attempts=gen.attempts)
+        except asyncio.CancelledError:
+            await self.emit(m.GenCancelled(job.generation_id, gen.seq))
+            log.info("generation_cancelled", seq=gen.seq)
+        except JobFailed as exc:
+            await self.emit(m.GenError(job.generation_id, gen.seq, str(exc), gen.attempts))
+            log.warning("generation_failed", reason=str(exc), seq=gen.seq)
+        except Exception as exc:  # a bug must end this generation, never the process
+            await self.emit(m.GenError(job.generation_id, gen.seq, f"generator fault: {exc!r}", gen.attempts))
+            log.exception("generation_crashed")
+        finally:
+            self.tasks.pop(job.generation_id, None)
+            self.capacity.release()
+
+    async def attempt_until_deadline(self, gen: Generation) -> None:
+        deadline = time.monotonic() + self.retry_deadline_s
+        while True:
+            gen.attempts += 1
+            try:
+                await (self.stream_once(gen) if self.streaming else self.whole_once(gen))
+                return
+            except RetryBeforeFirstToken as exc:
+                if exc.retry_after is not None:
+                    delay = exc.retry_after
+                else:  # exponential backoff with a little jitter, so retries of many streams spread out
+                    delay = min(4.0, 0.25 * 2 ** (gen.attempts - 1)) * (1 + random.random() * 0.1)
+                if time.monotonic() + delay > deadline:
+                    raise JobFailed(f"upstream failed after {gen.attempts} attempts: {exc}") from None
+                self.retries += 1
+                await asyncio.sleep(delay)
+
+    def _request_args(self, gen: Generation, stream: bool) -> dict:
+        args = {"model": gen.job.model, "messages": gen.job.messages, "stream": stream}
+        if stream and self.include_usage:
+            args["stream_options"] = {"include_usage": True}
+        if gen.job.params:
+            args["extra_body"] = gen.job.params
+        return args
+
+    async def stream_once(self, gen: Generation) -> None:
+        decoder = SSEDecoder()
+        saw_done = False
+        try:
+            async with self.client.chat.completions.with_streaming_response.create(
+                    **self._request_args(gen, True)) as response:
+                async for line in response.iter_lines():
+                    event = decoder.feed(line)
+                    if event is None:
+                        continue
+                    if event is DONE:
+                        saw_done = True
+                        break
+                    await self.on_chunk(gen, event)
+                else:
+                    event = decoder.close()
+                    if event is DONE:
+                        saw_done = True
+                    elif event is not None:
+                        await self.on_chunk(gen, event)
+        except openai.APIStatusError as exc:
+            self._classify_status(exc)
+        except (openai.APIConnectionError, httpx2.TransportError) as exc:
+            if gen.seq == 0:
+                raise RetryBeforeFirstToken(f"upstream unreachable: {exc.__class__.__name__}: {exc}") from None
+            raise JobFailed(f"upstream disconnected after {gen.length} characters: {exc.__class__.__name__}") from None
+        except UpstreamProtocolError as exc:
+            raise JobFailed(str(exc)) from None
+        if gen.finish_reason is None:
+            raise JobFailed("truncated: the stream ended without a finish reason"
+                            + ("" if saw_done else " (connection closed)"))
+
+    async def whole_once(self, gen: Generation) -> None:
+        """Non-streaming mode: one request, one delta, through the same pipeline."""
+        try:
+            completion = await self.client.chat.completions.create(**self._request_args(gen, False))
+        except openai.APIStatusError as exc:
+            self._classify_status(exc)
+        except openai.APIConnectionError as exc:
+            raise RetryBeforeFirstToken(f"upstream unreachable: {exc}") from None
+        if not completion.choices:
+            raise JobFailed("upstream returned no choices")
+        choice = completion.choices[0]
+        usage = completion.usage
+        await self.on_chunk(gen, ChunkEvent(
+            choice.message.content or "", choice.finish_reason,
+            usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
+
+    def _classify_status(self, exc: openai.APIStatusError):
+        status = exc.status_code
+        if status in RETRYABLE_STATUS:
+            retry_after = _retry_after_seconds(exc.response.headers.get("retry-after"))
+            raise RetryBeforeFirstToken(f"HTTP {status}: {_error_message(exc)}", retry_after) from None
+        raise JobFailed(f"upstream refused the request: HTTP {status}: {_error_message(exc)}") from None
+
+    async def on_chunk(self, gen: Generation, event) -> None:
+        if event.finish_reason:
+            gen.finish_reason = event.finish_reason
+        if event.completion_tokens is not None:
+            gen.prompt_tokens, gen.completion_tokens = event.prompt_tokens, event.completion_tokens
+        if event.text:
+            gen.seq += 1
+            gen.parts.append(event.text)
+            gen.length += len(event.text)
+            await self.emit(m.GenDelta(gen.job.generation_id, gen.seq, event.text,
+                                       count_tokens(event.text, gen.job.model), time.time()))
+
+    # ------------------------------------------------------------ life
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        workers = [asyncio.create_task(c) for c in (self.pull_jobs(), self.follow_control(), self.heartbeat())]
+        self.log.info("generator_ready", generator_id=self.generator_id, upstream=config.openai_base_url(),
+                      concurrency=self.concurrency, streaming=self.streaming)
+        await self.stop.wait()
+        for task in list(self.tasks.values()):
+            task.cancel()  # close every upstream response before leaving
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=2)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await self.client.close()
+        for sock in (self.jobs, self.events, self.control):
+            sock.close(0)
+        self.ctx.term()
+        self.log.info("generator_stopped")
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if body.get("message"):
+            return str(body["message"])
+    return exc.message
+
+
+def main() -> None:
+    asyncio.run(GeneratorShell().main())
+
+
+if __name__ == "__main__":
+    main()

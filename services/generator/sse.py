@@ -1,0 +1,93 @@
+"""A pure decoder for OpenAI-style chat-completion SSE: lines in, events out.
+
+Reading raw lines and ``json.loads`` costs ~21 µs CPU per chunk here, against ~130 µs for
+the openai client's typed chunk objects, so the generator reads lines and decodes them here.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream sent something that is not a valid chat-completion stream."""
+
+
+@dataclass(slots=True)
+class ChunkEvent:
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+DONE = object()  # the ``data: [DONE]`` sentinel
+
+
+class SSEDecoder:
+    """Feed lines (without their newline); get ``ChunkEvent``s, ``DONE``, or an exception.
+
+    Handles multi-line ``data:`` fields, comments, ``event: error`` and in-band ``{"error": ...}``.
+    """
+
+    __slots__ = ("_data", "_event")
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._event = ""
+
+    def feed(self, line: str):
+        if line == "":
+            return self._dispatch()
+        if line.startswith("data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(" ") else value)
+            return None
+        if line.startswith("event:"):
+            self._event = line[6:].strip()
+        return None  # comments (":"), id:, retry: and unknown fields are ignored, as SSE says
+
+    def close(self):
+        """End of the byte stream: an event without its blank line still counts."""
+        return self._dispatch()
+
+    def _dispatch(self):
+        if not self._data:
+            self._event = ""
+            return None
+        data = "\n".join(self._data)
+        event = self._event
+        self._data.clear()
+        self._event = ""
+        if data == "[DONE]":
+            return DONE
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            raise UpstreamProtocolError(f"malformed chunk from upstream: {data[:120]!r}") from None
+        if event == "error" or (isinstance(obj, dict) and "error" in obj):
+            err = obj.get("error", obj) if isinstance(obj, dict) else obj
+            message = err.get("message", err) if isinstance(err, dict) else err
+            raise UpstreamProtocolError(f"upstream error event: {message}")
+        return decode_chunk(obj)
+
+
+def decode_chunk(obj) -> ChunkEvent:
+    if not isinstance(obj, dict):
+        raise UpstreamProtocolError(f"chunk is not an object: {str(obj)[:120]!r}")
+    event = ChunkEvent()
+    choices = obj.get("choices") or []
+    if choices:
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            raise UpstreamProtocolError("choice is not an object")
+        delta = choice.get("delta") or {}
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            event.text = content
+        event.finish_reason = choice.get("finish_reason")
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        event.prompt_tokens = usage.get("prompt_tokens")
+        event.completion_tokens = usage.get("completion_tokens")
+    return event

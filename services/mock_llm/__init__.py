@@ -1,0 +1,1 @@
+"""The mock LLM: an OpenAI-compatible server whose output is a pure function of the request."""

@@ -1,0 +1,171 @@
+"""The mock LLM server: OpenAI-compatible ``POST /v1/chat/completions`` (SSE and plain JSON) on
+127.0.0.1, with injectable faults and a request journal at ``GET /journal`` (``DELETE`` clears it).
+
+Handler cancellation is on, so a client that closes the stream cancels the handler at once:
+the journal records exactly when the upstream request was really stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import random
+import signal
+import time
+
+from aiohttp import web
+
+from services import config
+from services.logs import configure
+from services.mock_llm.script import (Scenario, env_scenario, prompt_token_count, reply_tokens, request_key,
+                                      scenario_for)
+
+JOURNAL_LIMIT = 10_000
+
+
+class MockLLM:
+    def __init__(self, base: Scenario) -> None:
+        self.base = base
+        self.journal: collections.deque[dict] = collections.deque(maxlen=JOURNAL_LIMIT)
+        self.attempts: collections.Counter[str] = collections.Counter()
+        self.ids = itertools.count(1)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/journal", self.read_journal)
+        app.router.add_delete("/journal", self.clear_journal)
+        app.router.add_get("/health", lambda _request: web.json_response({"ok": True}))
+        return app
+
+    async def models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "mock-1", "object": "model", "owned_by": "chatter"}]})
+
+    async def read_journal(self, _request: web.Request) -> web.Response:
+        return web.json_response({"requests": list(self.journal)})
+
+    async def clear_journal(self, _request: web.Request) -> web.Response:
+        self.journal.clear()
+        self.attempts.clear()
+        return web.json_response({"ok": True})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                raise ValueError("body must be an object with a messages array")
+            scenario = scenario_for(body, self.base)
+        except (ValueError, TypeError, KeyError) as exc:
+            return _error(400, f"bad request: {exc}", "invalid_request_error")
+        key = request_key(body)
+        self.attempts[key] += 1
+        entry = {"id": next(self.ids), "received_at": time.time(), "body": body, "attempt": self.attempts[key],
+                 "stream": bool(body.get("stream")), "status": 200, "chunks_sent": 0, "completed": False,
+                 "client_closed": False, "dropped": False, "closed_at": None}
+        self.journal.append(entry)
+        if scenario.fail_status and (scenario.fail_times < 0 or self.attempts[key] <= scenario.fail_times):
+            entry["status"] = scenario.fail_status
+            headers = {"Retry-After": f"{scenario.retry_after:g}"} if scenario.retry_after >= 0 else {}
+            return _error(scenario.fail_status, f"injected failure {scenario.fail_status}", "server_error", headers)
+        tokens = reply_tokens(body["messages"], str(body.get("model", "")), scenario.tokens)
+        try:
+            if entry["stream"]:
+                return await self._stream(request, body, scenario, tokens, entry)
+            return await self._whole(body, scenario, tokens, entry)
+        except asyncio.CancelledError:
+            entry["client_closed"] = True
+            raise
+        finally:
+            entry["closed_at"] = time.time()
+
+    async def _whole(self, body: dict, scenario: Scenario, tokens: list[str], entry: dict) -> web.Response:
+        await asyncio.sleep(scenario.ttft_ms / 1000 + len(tokens) / max(scenario.tps, 1e-6))
+        entry["completed"] = True
+        return web.json_response({
+            "id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                         "finish_reason": "stop"}],
+            "usage": _usage(body, len(tokens)),
+        })
+
+    async def _stream(self, request: web.Request, body: dict, scenario: Scenario, tokens: list[str],
+                      entry: dict) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        base = {"id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model")}
+        start = time.monotonic() + scenario.ttft_ms / 1000
+        interval = 1 / max(scenario.tps, 1e-6)
+        jitter = _jitter(entry["id"], scenario.jitter_ms)
+        for i, token in enumerate(tokens):
+            if i == scenario.drop_after:
+                entry["dropped"] = True
+                request.transport.close()  # an abrupt disconnect: the chunked body never ends
+                return resp
+            if i == scenario.malformed_after:
+                await resp.write(b'data: {"choices": [{"delta": {"content": "unterminated\n\n')
+            if i == scenario.stall_after:
+                await asyncio.sleep(scenario.stall_ms / 1000)
+            delay = start + i * interval + next(jitter) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            delta = {"role": "assistant", "content": token} if i == 0 else {"content": token}
+            await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            entry["chunks_sent"] += 1
+        if not scenario.no_finish:
+            await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await _send(resp, base | {"choices": [], "usage": _usage(body, len(tokens))})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        entry["completed"] = True
+        return resp
+
+
+async def _send(resp: web.StreamResponse, chunk: dict) -> None:
+    await resp.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
+
+
+def _usage(body: dict, completion_tokens: int) -> dict:
+    prompt_tokens = prompt_token_count(body["messages"])
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _jitter(seed: int, jitter_ms: float):
+    rng = random.Random(seed)
+    while True:
+        yield rng.uniform(0, jitter_ms / 1000) if jitter_ms > 0 else 0.0
+
+
+def _error(status: int, message: str, kind: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status,
+                             headers=headers)
+
+
+async def serve() -> None:
+    log = configure("mock_llm")
+    port = config.mock_port()
+    runner = web.AppRunner(MockLLM(env_scenario()).app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    await site.start()
+    log.info("mock_llm_ready", url=f"http://127.0.0.1:{port}/v1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    log.info("mock_llm_stopped")
+
+
+def main() -> None:
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""peewee models and database opening. The persister is the only writer; the coordinator
+reads sessions it does not have in memory (after a restart) through ``load_session``."""
+from __future__ import annotations
+
+import json
+import os
+
+import peewee
+from playhouse.db_url import connect
+
+db_proxy = peewee.DatabaseProxy()
+
+STREAMING = "streaming"
+TERMINAL_STATUSES = ("completed", "cancelled", "error", "interrupted")
+
+
+class JSONField(peewee.TextField):
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = db_proxy
+
+
+class Session(BaseModel):
+    id = peewee.CharField(primary_key=True, max_length=64)
+    title = peewee.TextField(default="")
+    system = peewee.TextField(null=True)
+    created_at = peewee.DoubleField()
+    updated_at = peewee.DoubleField()
+
+
+class Message(BaseModel):
+    id = peewee.CharField(primary_key=True, max_length=64)
+    session = peewee.ForeignKeyField(Session, backref="messages", column_name="session_id")
+    position = peewee.IntegerField()  # order within the session
+    role = peewee.CharField(max_length=16)
+    content = peewee.TextField(default="")  # complete once the message is terminal
+    length = peewee.IntegerField(default=0)  # set once the message is terminal; while streaming, see Chunk
+    status = peewee.CharField(max_length=16, index=True)
+    generation_id = peewee.CharField(max_length=64, null=True, index=True)
+    prompt_messages = JSONField(null=True)
+    prompt_hash = peewee.CharField(max_length=64, null=True)
+    preview = peewee.TextField(null=True)
+    model = peewee.CharField(max_length=128, null=True)
+    params = JSONField(null=True)
+    content_hash = peewee.CharField(max_length=64, null=True)
+    stats = JSONField(null=True)  # tokens, tokens_source, ttft_ms, duration_ms, tok_per_s, queue_wait_ms
+    error = peewee.TextField(null=True)
+    created_at = peewee.DoubleField()
+    updated_at = peewee.DoubleField()
+
+
+class Chunk(BaseModel):
+    """Streamed text, appended by offset and never rewritten; folded into Message.content at finalize."""
+
+    message = peewee.ForeignKeyField(Message, column_name="message_id", on_delete="CASCADE")
+    offset = peewee.IntegerField()
+    text = peewee.TextField()
+
+    class Meta:
+        indexes = ((("message", "offset"), True),)
+
+
+MODELS = (Session, Message, Chunk)
+
+
+def open_database(url: str) -> peewee.Database:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        db = connect(url, pragmas={"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000, "foreign_keys": 1})
+    else:
+        db = connect(url)
+    db_proxy.initialize(db)
+    return db
+
+
+def streamed_text(message_id: str) -> str:
+    """The text of a message as durable now: its content if final, else its chunks in order."""
+    msg = Message.get_by_id(message_id)
+    if msg.status != STREAMING:
+        return msg.content
+    return "".join(c.text for c in Chunk.select(Chunk.text).where(Chunk.message == message_id).order_by(Chunk.offset))
+
+
+def message_dict(msg: Message, content: str | None = None) -> dict:
+    return {
+        "message_id": msg.id,
+        "session_id": msg.session_id,
+        "role": msg.role,
+        "content": msg.content if content is None else content,
+        "status": msg.status,
+        "generation_id": msg.generation_id,
+        "prompt_hash": msg.prompt_hash,
+        "model": msg.model,
+        "stats": msg.stats or {},
+        "error": msg.error,
+        "created_at": msg.created_at,
+    }
+
+
+def load_session(session_id: str) -> dict | None:
+    """A session and its messages as plain values, or None. Used by the coordinator on a cache miss."""
+    try:
+        sess = Session.get_or_none(Session.id == session_id)
+    except peewee.OperationalError:  # no tables yet: the persister has not started
+        return None
+    if sess is None:
+        return None
+    messages = []
+    for msg in Message.select().where(Message.session == session_id).order_by(Message.position):
+        content = msg.content if msg.status != STREAMING else streamed_text(msg.id)
+        messages.append(message_dict(msg, content) | {"preview": msg.preview, "prompt_messages": msg.prompt_messages})
+    return {"session_id": sess.id, "title": sess.title, "system": sess.system, "messages": messages}
+
+
+def find_message_session(message_id: str) -> str | None:
+    try:
+        msg = Message.get_or_none(Message.id == message_id)
+    except peewee.OperationalError:
+        return None
+    return None if msg is None else msg.session_id

@@ -1,0 +1,192 @@
+"""One generation end to end through real processes, real sockets, SQLite and the mock LLM."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import time
+
+import msgpack
+import zmq
+
+from protocol import codec, messages as m
+from services.coordinator.prompt import prompt_hash
+from services.mock_llm.script import reply_text, reply_tokens
+
+MODEL = "mock-1"
+
+
+def expected(text: str, tokens: int) -> str:
+    return reply_text([{"role": "user", "content": text}], MODEL, tokens)
+
+
+def journal_for(stack, needle: str) -> list[dict]:
+    return [e for e in stack.journal() if needle in json.dumps(e["body"], ensure_ascii=False)]
+
+
+def test_send_text_equals_mock_equals_database(stack):
+    text = "tell me about actors [[mock tokens=60]]"
+    out = stack.cli_json("send", text)
+    assert out["status"] == "completed", out
+    assert out["content"] == expected(text, 60)
+    row = stack.db_message(out["message_id"])
+    assert row["content"] == out["content"] and row["status"] == "completed"
+    assert row["length"] == len(out["content"])
+    assert row["content_hash"] == hashlib.sha256(out["content"].encode()).hexdigest()
+    assert out["tokens"] == 60 and out["tokens_source"] == "server"  # usage came from the mock
+    assert out["ttft_ms"] > 0 and out["duration_ms"] > 0 and out["tok_per_s"] > 0
+    stats = json.loads(row["stats"])
+    assert stats["ttft_ms"] == out["ttft_ms"] and stats["queue_wait_ms"] is not None
+
+
+def test_send_streams_to_stdout_and_stats_to_stderr(stack):
+    text = "stream it [[mock tokens=25]]"
+    done = stack.cli("send", text)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == expected(text, 25) + "\n"
+    assert b"25 tokens (server)" in done.stderr and b"TTFT" in done.stderr
+
+
+def test_cancel_mid_stream_keeps_exactly_what_the_client_printed(stack):
+    text = "a long story please [[mock tokens=400 tps=40]]"
+    proc = stack.spawn_cli("send", text)
+    printed = b""
+    deadline = time.monotonic() + 20
+    while len(printed) < 40 and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            printed += os.read(proc.stdout.fileno(), 4096)
+    assert len(printed) >= 40, "the reply never started streaming"
+    cancelled_at = time.time()
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=20)
+    printed += rest
+    assert proc.returncode == 130, err
+    shown = printed.decode()
+    assert shown.endswith("\n")
+    shown = shown[:-1]  # the line end the CLI adds after the reply
+    assert b"cancelled" in err
+    assert shown and expected(text, 400).startswith(shown)
+    entry = journal_for(stack, "a long story please")[-1]
+    assert entry["client_closed"] and not entry["completed"]
+    assert entry["chunks_sent"] < 400
+    assert entry["closed_at"] - cancelled_at < 2.0  # the upstream stream really stopped
+    rows = [r for r in _assistant_rows(stack) if r["status"] == "cancelled"]
+    assert rows and rows[-1]["content"] == shown  # nothing rendered after the cancel, nothing lost before it
+
+
+def _assistant_rows(stack) -> list[dict]:
+    import sqlite3
+    with sqlite3.connect(stack.db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("select * from message where role='assistant' order by created_at")]
+
+
+def test_preview_and_hash_equal_what_the_mock_received(stack):
+    out = stack.cli_json("send", "preview me [[mock tokens=5]]")
+    first = stack.cli_json("send", "and again [[mock tokens=5]]", "--session", out["session_id"])
+    preview = stack.cli_json("preview", first["message_id"])
+    body = journal_for(stack, "and again")[-1]["body"]
+    assert body["messages"] == preview["messages"]
+    assert [msg["role"] for msg in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"] == out["content"]
+    params = {k: v for k, v in body.items() if k not in ("messages", "model", "stream", "stream_options")}
+    assert prompt_hash(body["messages"], body["model"], params) == preview["prompt_hash"] == first["prompt_hash"]
+    text = stack.cli("preview", first["message_id"]).stdout.decode()
+    for msg in body["messages"]:
+        assert f"[{msg['role']}]\n{msg['content']}\n" in text
+
+
+def test_system_prompt_reaches_the_model(stack):
+    out = stack.cli_json("send", "who are you [[mock tokens=3]]", "--system", "You are a pirate.")
+    body = journal_for(stack, "who are you")[-1]["body"]
+    assert body["messages"][0] == {"role": "system", "content": "You are a pirate."}
+    assert out["status"] == "completed"
+
+
+def test_503_before_first_token_is_retried_then_succeeds(stack):
+    text = "flaky upstream [[mock tokens=10 fail_status=503 fail_times=2 retry_after=0.1]]"
+    out = stack.cli_json("send", text)
+    assert out["status"] == "completed", out
+    assert out["content"] == expected(text, 10)
+    attempts = journal_for(stack, "flaky upstream")
+    assert [a["status"] for a in attempts] == [503, 503, 200]
+    assert attempts[1]["received_at"] - attempts[0]["received_at"] >= 0.1  # Retry-After was honoured
+
+
+def test_persistent_error_ends_as_error_with_a_readable_reason(stack):
+    out = stack.cli_json("send", "always down [[mock fail_status=503 retry_after=0.3]]")
+    assert out["status"] == "error"
+    assert "503" in out["error"] and "attempts" in out["error"]
+    assert len(journal_for(stack, "always down")) >= 2
+    out = stack.cli_json("send", "bad request [[mock fail_status=400]]")
+    assert out["status"] == "error" and "400" in out["error"]
+    assert len(journal_for(stack, "bad request")) == 1  # a 400 is not retried
+
+
+def test_disconnect_mid_stream_is_error_and_keeps_the_partial_text(stack):
+    text = "drop me [[mock tokens=50 drop_after=7]]"
+    out = stack.cli_json("send", text)
+    assert out["status"] == "error" and "disconnected" in out["error"]
+    assert out["content"] == "".join(reply_tokens([{"role": "user", "content": text}], MODEL, 50)[:7])
+    assert stack.db_message(out["message_id"])["content"] == out["content"]
+
+
+def test_stream_without_finish_reason_is_error_never_completed(stack):
+    text = "no ending [[mock tokens=12 no_finish]]"
+    out = stack.cli_json("send", text)
+    assert out["status"] == "error" and "truncated" in out["error"]
+    assert out["content"] == expected(text, 12)
+
+
+def test_malformed_chunk_is_error_with_partial_text(stack):
+    text = "garbled [[mock tokens=20 malformed_after=4]]"
+    out = stack.cli_json("send", text)
+    assert out["status"] == "error" and "malformed" in out["error"]
+    assert out["content"] == "".join(reply_tokens([{"role": "user", "content": text}], MODEL, 20)[:4])
+
+
+def test_bad_input_gets_a_clear_error_and_crashes_nothing(stack):
+    done = stack.cli("send", "hi", "--session", "no-such-session")
+    assert done.returncode == 1 and b"unknown session" in done.stderr
+    done = stack.cli("send", "x" * 100_001)
+    assert done.returncode == 1 and b"limit" in done.stderr
+    ctx, sock = stack.raw_socket(zmq.DEALER, "rpc")
+    try:
+        sock.send(b"\xc1 not msgpack")
+        sock.send(msgpack.packb([1, 999, 7]))  # unknown type, readable request id
+        sock.send(msgpack.packb([1, m.Send.TYPE, 8, 42]))  # ill-typed session id
+        replies = []
+        while sock.poll(3000) and len(replies) < 2:
+            replies.append(codec.decode(sock.recv(), (m.Reply,)))
+        assert [(r.req_id, r.ok) for r in replies] == [(7, False), (8, False)]
+        assert "unknown_type" in replies[0].error and "bad_field" in replies[1].error
+    finally:
+        sock.close()
+        ctx.term()
+    ctx, sock = stack.raw_socket(zmq.PUSH, "gen-events")
+    try:
+        sock.send(b"garbage")
+        sock.send(m.GenDelta("no-such-generation", 1, "late", 1, 0.0).encode())
+    finally:
+        sock.close()
+        ctx.term()
+    time.sleep(0.3)
+    status = stack.cli_json("status")
+    assert status["counters"]["bad_frames_dropped"] >= 4
+    assert status["counters"]["late_deltas_dropped"] >= 1
+    assert stack.cli_json("send", "still alive [[mock tokens=3]]")["status"] == "completed"
+
+
+def test_history_shows_the_persisted_messages(stack):
+    first = stack.cli_json("send", "first turn [[mock tokens=4]]")
+    second = stack.cli_json("send", "second turn [[mock tokens=6]]", "--session", first["session_id"])
+    history = stack.cli_json("history", first["session_id"])
+    assert [(h["role"], h["status"]) for h in history["messages"]] == [
+        ("user", "completed"), ("assistant", "completed"), ("user", "completed"), ("assistant", "completed")]
+    assert history["messages"][3]["content"] == second["content"]
+    for h in history["messages"]:
+        assert stack.db_message(h["message_id"])["content"] == h["content"]
+    assert history["title"] == "first turn [[mock tokens=4]]"
