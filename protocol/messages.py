@@ -238,9 +238,11 @@ class Finalize(Message):
 
 @message(53)
 class InterruptOrphans(Message):
-    """Sent by a coordinator at start-up: no generation it does not know is alive."""
+    """Every streaming message not in ``live_message_ids`` has no generation behind it: mark it
+    ``interrupted``. Resent by the coordinator until the persister answers ``OrphansInterrupted``."""
 
     reason: str
+    live_message_ids: list
 
 
 PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans)
@@ -251,3 +253,18 @@ class PersistAck(Message):
     message_id: str
     length: int
     finalized: bool
+
+
+@message(61)
+class PersisterHello(Message):
+    """A persister that (re)started: the coordinator answers with the live messages and resends."""
+
+    started_at: float
+
+
+@message(62)
+class OrphansInterrupted(Message):
+    count: int
+
+
+PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted)

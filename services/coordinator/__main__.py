@@ -136,7 +136,6 @@ class CoordinatorShell:
         poller = zmq.Poller()
         for sock in (self.rpc, self.gen_events, self.acks):
             poller.register(sock, zmq.POLLIN)
-        self.carry_out([ToPersister(m.InterruptOrphans("coordinator restarted"))])
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
         while not self.stopping:
             now = time.time()
@@ -148,7 +147,7 @@ class CoordinatorShell:
             if self.gen_events in ready:
                 self.drain_events(self.gen_events, "gen-events", m.GEN_EVENTS, now)
             if self.acks in ready:
-                self.drain_events(self.acks, "persist-acks", (m.PersistAck,), now)
+                self.drain_events(self.acks, "persist-acks", m.PERSIST_ACKS, now)
             if self.rpc in ready:
                 self.drain_rpc(now)
             self.carry_out(self.machine.tick(time.time()))

@@ -163,6 +163,9 @@ class Coordinator:
         self._tiebreak = 0
         self._housekeeping_at = 0.0
         self._heartbeat_at = 0.0
+        # A new coordinator knows no live generation: every streaming message in the database is an orphan.
+        self._orphan_sweep: str | None = "coordinator restarted"
+        self._orphan_sweep_at = 0.0
         self._handlers = {
             m.NewSession: self._on_new_session, m.Send: self._on_send, m.Cancel: self._on_cancel,
             m.Snapshot: self._on_snapshot, m.Status: self._on_status, m.History: self._on_history,
@@ -172,6 +175,7 @@ class Coordinator:
             m.GenStarted: self._on_gen_started, m.GenDelta: self._on_gen_delta, m.GenDone: self._on_gen_done,
             m.GenError: self._on_gen_error, m.GenCancelled: self._on_gen_cancelled,
             m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
+            m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
         }
 
     # ------------------------------------------------------------ entry points
@@ -225,6 +229,10 @@ class Coordinator:
                 out.append(ToControl(m.CoordinatorHeartbeat(now)))
             self._check_generators(now, out)
             self._resend_unacked(now, out)
+            if self._orphan_sweep is not None and now >= self._orphan_sweep_at:
+                self._orphan_sweep_at = now + self.settings.persist_resend_ms / 1000
+                live = [state.message_id for state in self.persist.values() if state.generation_id is not None]
+                out.append(ToPersister(m.InterruptOrphans(self._orphan_sweep, live)))
         return out
 
     # ------------------------------------------------------------ rpc
@@ -516,6 +524,17 @@ class Coordinator:
             f = state.final
             out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, f.status,
                                                          f.length, f.content_hash, f.stats, f.error)))
+
+    def _on_persister_hello(self, msg: m.PersisterHello, now: float, out: list) -> None:
+        """A restarted persister: tell it which messages are live, and resend everything unacked now."""
+        self._orphan_sweep, self._orphan_sweep_at = "persister restarted", 0.0
+        self._housekeeping_at = 0.0
+        for state in self.persist.values():
+            state.last_sent_at = 0.0
+        out.append(Log("persister_joined", {}))
+
+    def _on_orphans_interrupted(self, msg: m.OrphansInterrupted, now: float, out: list) -> None:
+        self._orphan_sweep = None
 
     # ------------------------------------------------------------ liveness
 

@@ -26,17 +26,22 @@ class Persister:
         self.lengths: dict[str, int] = {}
         self.finalized: set[str] = set()
 
-    def interrupt_orphans(self, reason: str) -> list[str]:
-        """Every message still marked streaming becomes ``interrupted``, keeping the text that reached us."""
-        ids = [row.id for row in store.Message.select(store.Message.id).where(store.Message.status == store.STREAMING)]
+    def interrupt_orphans(self, reason: str, live_message_ids: list) -> list[str]:
+        """Every streaming message without a live generation becomes ``interrupted``, keeping the text
+        that reached us. Only the coordinator knows which are live, so it sends the list."""
+        live = set(live_message_ids)
+        ids = [row.id for row in store.Message.select(store.Message.id).where(store.Message.status == store.STREAMING)
+               if row.id not in live]
         for message_id in ids:
             text = store.streamed_text(message_id)
             self._write_final(message_id, "interrupted", text, {}, f"interrupted: {reason}", None)
         return ids
 
-    def apply_batch(self, ops: list[m.Message]) -> dict[str, tuple[int, bool]]:
-        """Apply ops in one transaction; returns message id -> (durable length, finalized) to ack."""
+    def apply_batch(self, ops: list[m.Message]) -> tuple[dict[str, tuple[int, bool]], list[m.Message]]:
+        """Apply ops in one transaction; returns message id -> (durable length, finalized) to ack,
+        and other answers for the coordinator."""
         acks: dict[str, tuple[int, bool]] = {}
+        answers: list[m.Message] = []
         chunks: list[dict] = []
         now = time.time()
         for op in ops:
@@ -59,11 +64,13 @@ class Persister:
             elif isinstance(op, m.Finalize):
                 acks[op.message_id] = self._finalize(op)
             elif isinstance(op, m.InterruptOrphans):
-                ids = self.interrupt_orphans(op.reason)
-                self.log.info("orphans_interrupted", count=len(ids))
+                ids = self.interrupt_orphans(op.reason, op.live_message_ids)
+                answers.append(m.OrphansInterrupted(len(ids)))
+                if ids:
+                    self.log.info("orphans_interrupted", count=len(ids), reason=op.reason)
         if chunks:
             store.Chunk.insert_many(chunks).execute()
-        return acks
+        return acks, answers
 
     def _length(self, message_id: str) -> int | None:
         if message_id not in self.lengths:
@@ -118,12 +125,11 @@ def main() -> None:
     db = store.open_database(config.database_url())
     db.create_tables(store.MODELS, safe=True)
     persister = Persister(log)
-    ids = persister.interrupt_orphans("persister restarted")
-    if ids:
-        log.info("orphans_interrupted", count=len(ids))
     ctx = zmq.Context()
     ops_in = transport.open_socket(ctx, transport.PERSIST, bind=False)
     acks_out = transport.open_socket(ctx, transport.PERSIST_ACKS, bind=False)
+    # The coordinator answers with the live messages; every other streaming one is then interrupted.
+    acks_out.send(m.PersisterHello(time.time()).encode())
     stopping = False
 
     def stop(signum, _frame):
@@ -152,7 +158,7 @@ def main() -> None:
             continue
         try:
             with db.atomic():
-                acks = persister.apply_batch(ops)
+                acks, answers = persister.apply_batch(ops)
         except Exception as exc:  # a database failure: nothing acked, so the coordinator resends
             persister.lengths.clear()
             persister.finalized.clear()
@@ -160,6 +166,8 @@ def main() -> None:
             continue
         for message_id, (length, finalized) in acks.items():
             acks_out.send(m.PersistAck(message_id, length, finalized).encode())
+        for answer in answers:
+            acks_out.send(answer.encode())
     ops_in.close(0)
     acks_out.close(0)
     ctx.term()

@@ -1,0 +1,134 @@
+"""Crashes and modes that need a stack of their own: kill -9, restarts, non-streaming, SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+
+from services.mock_llm.script import reply_text
+
+MODEL = "mock-1"
+
+
+def expected(text: str, tokens: int) -> str:
+    return reply_text([{"role": "user", "content": text}], MODEL, tokens)
+
+
+def start_send(stack, text: str):
+    """Start a send whose reply streams slowly; returns its session and generation once text is durable."""
+    client = stack.client()
+    session_id = client.new_session()
+    client.subscribe(session_id)
+    sent = client.send(session_id, text, client_request_id=os.urandom(8).hex())
+    return client, session_id, sent
+
+
+def wait_for_chunks(stack, message_id: str, min_chars: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(stack.db_path) as conn:
+            have = conn.execute("select coalesce(sum(length(text)), 0) from chunk where message_id = ?",
+                                (message_id,)).fetchone()[0]
+        if have >= min_chars:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {min_chars} characters were checkpointed")
+
+
+def test_generator_killed_mid_stream_ends_as_error_keeping_partial_text(fresh_stack):
+    stack = fresh_stack(CHATTER_GENERATOR_DEAD_MS="1500")
+    text = "slow and doomed [[mock tokens=400 tps=40]]"
+    client, session_id, sent = start_send(stack, text)
+    try:
+        wait_for_chunks(stack, sent["message_id"], 20)
+        killed_at = time.monotonic()
+        stack.kill("generator")  # SIGKILL: no goodbye, no cancel
+        view = client.follow(session_id, sent["generation_id"])
+        took = time.monotonic() - killed_at
+    finally:
+        client.close()
+    assert view.status == "error" and "generator lost" in view.final["error"]
+    assert took < 6, f"took {took:.1f}s to notice the dead generator"
+    assert view.text and expected(text, 400).startswith(view.text)
+    row = stack.wait_db_status(sent["message_id"], ("error",))
+    assert row["content"] == view.text and "generator lost" in row["error"]
+
+
+def test_persister_killed_mid_stream_loses_nothing(fresh_stack):
+    stack = fresh_stack(CHATTER_PERSIST_RESEND_MS="300")
+    text = "survive the persister [[mock tokens=120 tps=60]]"
+    client, session_id, sent = start_send(stack, text)
+    try:
+        wait_for_chunks(stack, sent["message_id"], 10)
+        stack.kill("persister")
+        time.sleep(0.5)  # appends and the finalize pile up unacked meanwhile
+        stack.start("persister")
+        view = client.follow(session_id, sent["generation_id"])
+    finally:
+        client.close()
+    assert view.status == "completed"
+    assert view.text == expected(text, 120)
+    row = stack.wait_db_status(sent["message_id"], ("completed",))
+    assert row["content"] == view.text
+
+
+def test_after_a_crash_orphans_become_interrupted_with_their_text(fresh_stack):
+    stack = fresh_stack()
+    text = "orphan me [[mock tokens=400 tps=40]]"
+    client, session_id, sent = start_send(stack, text)
+    try:
+        wait_for_chunks(stack, sent["message_id"], 20)
+        stack.kill("coordinator")  # the only owner of the generation is gone
+        stack.kill("persister")
+        with sqlite3.connect(stack.db_path) as conn:
+            durable = "".join(r[0] for r in conn.execute(
+                "select text from chunk where message_id = ? order by offset", (sent["message_id"],)))
+        stack.start("persister")
+        time.sleep(1.0)
+        assert stack.db_message(sent["message_id"])["status"] == "streaming"  # the persister alone cannot know
+        stack.start("coordinator")  # a new coordinator knows no live generation
+    finally:
+        client.close()
+    row = stack.wait_db_status(sent["message_id"], ("interrupted",))
+    assert row["content"] == durable and len(durable) >= 20
+    assert expected(text, 400).startswith(durable)
+
+
+def test_non_streaming_mode_gives_the_same_content(fresh_stack):
+    stack = fresh_stack(CHATTER_STREAM="false")
+    text = "whole please [[mock tokens=30]]"
+    out = stack.cli_json("send", text)
+    assert out["status"] == "completed", out
+    assert out["content"] == expected(text, 30)
+    assert stack.db_message(out["message_id"])["content"] == out["content"]
+    assert out["tokens"] == 30 and out["tokens_source"] == "server"
+    assert stack.journal()[-1]["stream"] is False
+
+
+def test_sigterm_stops_every_process_cleanly_leaving_no_socket(fresh_stack):
+    stack = fresh_stack()
+    assert stack.cli_json("send", "quick [[mock tokens=3]]")["status"] == "completed"
+    pids = [p.pid for p in stack.procs.values()]
+    codes = stack.stop()
+    assert codes == {name: 0 for name in codes}, codes
+    assert list(stack.run_dir.iterdir()) == []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, pid
+
+
+def test_sigterm_mid_stream_closes_the_upstream_request(fresh_stack):
+    stack = fresh_stack()
+    client, session_id, sent = start_send(stack, "long and interrupted [[mock tokens=400 tps=40]]")
+    try:
+        wait_for_chunks(stack, sent["message_id"], 5)
+        stack.kill("generator", signal.SIGTERM)
+    finally:
+        client.close()
+    entry = stack.journal()[-1]
+    assert entry["client_closed"] and not entry["completed"]
