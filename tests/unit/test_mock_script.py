@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from services.mock_llm.script import Scenario, reply_text, reply_tokens, request_key, scenario_for
+
+
+def test_the_reply_is_a_pure_function_of_the_request():
+    msgs = [{"role": "user", "content": "hi"}]
+    assert reply_text(msgs, "m", 30) == reply_text(msgs, "m", 30)
+    assert reply_text(msgs, "m", 30) != reply_text([{"role": "user", "content": "ho"}], "m", 30)
+    assert reply_text(msgs, "m", 30) != reply_text(msgs, "other", 30)
+    assert reply_tokens(msgs, "m", 30)[:10] == reply_tokens(msgs, "m", 10)  # a prefix is a shorter reply
+    assert len(reply_tokens(msgs, "m", 7)) == 7
+
+
+def test_scenario_from_directive_body_field_and_defaults():
+    base = Scenario(tokens=5)
+    body = {"messages": [{"role": "user", "content": "x [[mock tokens=9 fail_status=503 no_finish]]"}]}
+    s = scenario_for(body, base)
+    assert (s.tokens, s.fail_status, s.no_finish, s.tps) == (9, 503, True, base.tps)
+    s = scenario_for(body | {"mock": {"tokens": 3, "bogus": 1}}, base)
+    assert s.tokens == 3
+    assert scenario_for({"messages": []}, base) == base
+
+
+def test_request_key_ignores_transport_fields():
+    body = {"messages": [{"role": "user", "content": "a"}], "model": "m"}
+    assert request_key(body) == request_key(body | {"stream": True, "stream_options": {"include_usage": True}})

@@ -1,0 +1,67 @@
+"""The persister's apply rules against a real (in-memory) SQLite database."""
+from __future__ import annotations
+
+import pytest
+import structlog
+
+from protocol import messages as m
+from services import store
+from services.persister.__main__ import Persister
+
+
+@pytest.fixture
+def persister():
+    db = store.open_database("sqlite:///:memory:")
+    db.create_tables(store.MODELS)
+    yield Persister(structlog.get_logger())
+    db.close()
+
+
+def create(message_id="a1", role="assistant", content="", status="streaming"):
+    return m.CreateMessage(message_id, "s1", "title", None, role, content, status, 1.0, "g1")
+
+
+def test_appends_are_idempotent_by_offset(persister):
+    acks, _ = persister.apply_batch([create(), m.Append("a1", 0, "hello "), m.Append("a1", 0, "hello "),
+                                     m.Append("a1", 3, "lo world"), m.Append("a1", 20, "gap")])
+    assert acks["a1"] == (11, False)
+    assert store.streamed_text("a1") == "hello world"
+    acks, _ = persister.apply_batch([create(), m.Append("a1", 6, "world"), m.Append("a1", 11, "!")])
+    assert acks["a1"] == (12, False) and store.streamed_text("a1") == "hello world!"
+
+
+def test_an_append_before_its_create_acks_zero(persister):
+    acks, _ = persister.apply_batch([m.Append("nope", 0, "x")])
+    assert acks["nope"] == (0, False)
+
+
+def test_finalize_folds_chunks_into_content_and_can_cut_a_cancelled_reply(persister):
+    persister.apply_batch([create(), m.Append("a1", 0, "hello world")])
+    acks, _ = persister.apply_batch([m.Finalize("a1", "cancelled", 5, "h", {"tokens": 1}, None)])
+    assert acks["a1"] == (5, True)
+    row = store.Message.get_by_id("a1")
+    assert (row.content, row.status, row.length, row.stats) == ("hello", "cancelled", 5, {"tokens": 1})
+    assert store.Chunk.select().count() == 0
+    acks, _ = persister.apply_batch([m.Append("a1", 5, "late"), m.Finalize("a1", "completed", 9, "h", {}, None)])
+    assert acks["a1"] == (5, True) and store.Message.get_by_id("a1").content == "hello"
+
+
+def test_finalize_waits_for_missing_text(persister):
+    persister.apply_batch([create(), m.Append("a1", 0, "abc")])
+    acks, _ = persister.apply_batch([m.Finalize("a1", "completed", 6, "h", {}, None)])
+    assert acks["a1"] == (3, False) and store.Message.get_by_id("a1").status == "streaming"
+
+
+def test_orphans_except_the_live_ones_become_interrupted(persister):
+    persister.apply_batch([create("a1"), create("a2"), m.Append("a1", 0, "partial")])
+    _, answers = persister.apply_batch([m.InterruptOrphans("restart", ["a2"])])
+    assert answers == [m.OrphansInterrupted(1)]
+    row = store.Message.get_by_id("a1")
+    assert (row.status, row.content) == ("interrupted", "partial") and "restart" in row.error
+    assert store.Message.get_by_id("a2").status == "streaming"
+
+
+def test_creates_are_idempotent_and_positions_follow_order(persister):
+    persister.apply_batch([create("u1", "user", "hi", "completed"), create("a1"), create("u1", "user", "hi", "completed")])
+    rows = list(store.Message.select().order_by(store.Message.position))
+    assert [(r.id, r.position) for r in rows] == [("u1", 0), ("a1", 1)]

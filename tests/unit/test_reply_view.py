@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from clients.view import APPLIED, GAP, IGNORED, ReplyView
+from protocol import messages as m
+
+
+def d(offset, text, gen="g"):
+    return m.StreamDelta("s", gen, offset, text, 1)
+
+
+def final(length, status="completed", gen="g"):
+    return m.Final("s", gen, "msg", status, length, "h", {"tokens": 1}, None)
+
+
+def test_applies_only_where_the_offset_continues():
+    view = ReplyView("g")
+    assert view.apply(d(0, "ab")) == APPLIED
+    assert view.apply(d(0, "ab")) == IGNORED  # replay
+    assert view.apply(d(1, "bcd")) == APPLIED  # overlap: only the fresh part
+    assert view.text == "abcd" and view.take_new_text() == "abcd"
+    assert view.apply(d(6, "x")) == GAP and view.gaps == 1
+    assert view.apply(d(0, "zz", gen="other")) == IGNORED
+    assert view.text == "abcd"
+
+
+def test_final_cuts_a_longer_view_and_a_longer_final_is_a_gap():
+    view = ReplyView("g")
+    view.apply(d(0, "hello world"))
+    assert view.apply(final(20)) == GAP and view.final is None
+    assert view.apply(final(5, "cancelled")) == APPLIED
+    assert view.text == "hello" and view.status == "cancelled"
+
+
+def test_snapshot_fills_a_gap_and_can_end_the_reply():
+    view = ReplyView("g")
+    view.apply(d(0, "ab"))
+    view.take_new_text()
+    view.apply_snapshot({"generation_id": "g", "text": "abcdef", "final": False, "status": "streaming"})
+    assert view.text == "abcdef" and view.take_new_text() == "cdef" and view.final is None
+    view.apply(d(6, "gh"))
+    view.apply_snapshot({"generation_id": "g", "text": "abcdefgh", "final": True, "status": "completed",
+                         "stats": {"tokens": 3}, "message_id": "msg"})
+    assert view.final["status"] == "completed" and view.text == "abcdefgh"
+    assert view.apply_snapshot({"generation_id": "other", "text": "zzz"}) == IGNORED
