@@ -71,6 +71,9 @@ class Stack:
         raise TimeoutError("stack not ready:\n" + "\n".join(self.log(n)[-2000:] for n in names))
 
     def generators_live(self) -> bool:
+        if any(k.startswith("CHATTER_ENDPOINT_") for k in self.env):  # endpoints this process cannot see
+            done = self.cli("status", "--json")
+            return done.returncode == 0 and bool(json.loads(done.stdout)["generators"])
         try:
             with self.client(rpc_timeout_ms=500) as client:
                 return bool(client.status()["generators"])

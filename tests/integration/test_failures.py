@@ -132,3 +132,13 @@ def test_sigterm_mid_stream_closes_the_upstream_request(fresh_stack):
         client.close()
     entry = stack.journal()[-1]
     assert entry["client_closed"] and not entry["completed"]
+
+
+def test_every_channel_can_run_over_tcp_on_loopback(fresh_stack):
+    from tests.integration.stack import free_port
+    names = ("RPC", "STREAM", "JOBS", "GEN_EVENTS", "CONTROL", "PERSIST", "PERSIST_ACKS")
+    env = {f"CHATTER_ENDPOINT_{n}": f"tcp://127.0.0.1:{free_port()}" for n in names}
+    stack = fresh_stack(**env)
+    out = stack.cli_json("send", "over tcp [[mock tokens=15]]")
+    assert out["status"] == "completed" and out["content"] == expected("over tcp [[mock tokens=15]]", 15)
+    assert not any(stack.run_dir.glob("*.sock"))
