@@ -74,14 +74,13 @@ def exit_code(status: str) -> int:
 
 def run_turn(client: Client, session_id: str, text: str, model: str | None, *, render: bool) -> dict:
     """Send one message and follow its reply to the durable end. Ctrl+C cancels the reply only."""
-    client.subscribe(session_id)  # before sending: the Clone pattern's first step
-    sent = client.send(session_id, text, client_request_id=uuid.uuid4().hex, model=model)
-
     def on_text(fresh: str) -> None:
         sys.stdout.write(fresh)
         sys.stdout.flush()
 
-    with CancelFlag() as cancel_flag:
+    client.subscribe(session_id)  # before sending: the Clone pattern's first step
+    with CancelFlag() as cancel_flag:  # a Ctrl+C even before the reply starts cancels it, at length 0
+        sent = client.send(session_id, text, client_request_id=uuid.uuid4().hex, model=model)
         view = client.follow(session_id, sent["generation_id"], on_text=on_text if render else None,
                              cancel_requested=cancel_flag)
     if render:
@@ -211,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     except ChatterError as exc:
         print(f"chatter: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # outside a reply there is nothing to cancel
+        return EXIT_CANCELLED
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from services.coordinator.persistence import PersistTracker
 from services.coordinator.prompt import PromptPackage, assemble
 
 TERMINAL = frozenset({"completed", "cancelled", "error", "interrupted"})
@@ -115,21 +116,6 @@ class GenerationState:
 
 
 @dataclass
-class PersistState:
-    """What the persister has been sent and has acked for one message; resent until acked."""
-
-    message_id: str
-    create: m.CreateMessage
-    generation_id: str | None = None
-    created_acked: bool = False
-    sent_len: int = 0
-    acked_len: int = 0
-    final: m.Finalize | None = None
-    final_acked: bool = False
-    last_sent_at: float = 0.0
-
-
-@dataclass
 class GeneratorInfo:
     generator_id: str
     last_seen: float
@@ -155,17 +141,14 @@ class Coordinator:
         self.message_sessions: dict[str, str] = {}  # message id -> session id
         self.active: dict[str, GenerationState] = {}  # queued or streaming
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
-        self.persist: dict[str, PersistState] = {}
+        self.persisted = PersistTracker(settings.persist_resend_ms)
         self.generators: dict[str, GeneratorInfo] = {}
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
-                         "gaps": 0, "generators_lost": 0, "persist_resends": 0}
+                         "gaps": 0, "generators_lost": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
         self._tiebreak = 0
         self._housekeeping_at = 0.0
         self._heartbeat_at = 0.0
-        # A new coordinator knows no live generation: every streaming message in the database is an orphan.
-        self._orphan_sweep: str | None = "coordinator restarted"
-        self._orphan_sweep_at = 0.0
         self._handlers = {
             m.NewSession: self._on_new_session, m.Send: self._on_send, m.Cancel: self._on_cancel,
             m.Snapshot: self._on_snapshot, m.Status: self._on_status, m.History: self._on_history,
@@ -228,11 +211,7 @@ class Coordinator:
                 self._heartbeat_at = now + 1.0
                 out.append(ToControl(m.CoordinatorHeartbeat(now)))
             self._check_generators(now, out)
-            self._resend_unacked(now, out)
-            if self._orphan_sweep is not None and now >= self._orphan_sweep_at:
-                self._orphan_sweep_at = now + self.settings.persist_resend_ms / 1000
-                live = [state.message_id for state in self.persist.values() if state.generation_id is not None]
-                out.append(ToPersister(m.InterruptOrphans(self._orphan_sweep, live)))
+            out.extend(ToPersister(op) for op in self.persisted.due(now, self._text_of))
         return out
 
     # ------------------------------------------------------------ rpc
@@ -273,9 +252,7 @@ class Coordinator:
                 rec["message_id"], sess.session_id, sess.title, sess.system, rec["role"], rec["content"], rec["status"],
                 now, rec["generation_id"], rec["prompt_messages"], rec["prompt_hash"], rec["preview"], rec["model"],
                 {} if rec["role"] == "assistant" else None)
-            self.persist[rec["message_id"]] = PersistState(rec["message_id"], create, rec["generation_id"],
-                                                           last_sent_at=now)
-            out.append(ToPersister(create))
+            out.append(ToPersister(self.persisted.create(create, now)))
         out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, assistant_id, prompt.prompt_hash,
                                                         prompt.preview, prompt.prompt_tokens)))
         out.append(ToGenerators(m.Job(gen_id, prompt.wire_messages(), model, prompt.wire_params(), prompt.prompt_hash)))
@@ -316,7 +293,8 @@ class Coordinator:
                             "seen_ms_ago": round((now - g.last_seen) * 1000)} for g in self.generators.values()],
             "active": [{"generation_id": g.generation_id, "session_id": g.session_id, "status": g.status,
                         "length": g.length, "generator_id": g.generator_id} for g in self.active.values()],
-            "counters": self.counters | {"retries": sum(g.retries for g in self.generators.values())},
+            "counters": self.counters | {"retries": sum(g.retries for g in self.generators.values()),
+                                         "persist_resends": self.persisted.resends},
         }
 
     def _on_history(self, msg: m.History, now: float, out: list) -> dict:
@@ -421,8 +399,7 @@ class Coordinator:
         elif gen.client_deadline is None:
             gen.client_deadline = gen.client_flushed_at + s.flush_ms / 1000
             self._push_deadline(gen.client_deadline, gen.generation_id, "client")
-        state = self.persist[gen.message_id]
-        if gen.length - state.sent_len >= s.checkpoint_chars or now >= gen.persist_flushed_at + s.checkpoint_ms / 1000:
+        if gen.length - self.persisted.sent_len(gen.message_id) >= s.checkpoint_chars or now >= gen.persist_flushed_at + s.checkpoint_ms / 1000:
             self._checkpoint(gen, now, out)
         elif gen.persist_deadline is None:
             gen.persist_deadline = gen.persist_flushed_at + s.checkpoint_ms / 1000
@@ -450,10 +427,7 @@ class Coordinator:
             return
         text = "".join(gen.persist_pending)
         gen.persist_pending.clear()
-        state = self.persist[gen.message_id]
-        out.append(ToPersister(m.Append(gen.message_id, state.sent_len, text)))
-        state.sent_len += len(text)
-        state.last_sent_at = now
+        out.append(ToPersister(self.persisted.append(gen.message_id, text, now)))
 
     # ------------------------------------------------------------ finalize
 
@@ -472,20 +446,18 @@ class Coordinator:
             gen.parts[:] = [text]
             gen.length = len(text)
             gen.tokens = self.count_tokens(text, gen.prompt.model)
-        state = self.persist[gen.message_id]
         if gen.client_len < gen.length:
             out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, gen.client_len,
                                                                text[gen.client_len:], gen.tokens)))
             gen.client_len = gen.length
-        if state.sent_len < gen.length:
-            out.append(ToPersister(m.Append(gen.message_id, state.sent_len, text[state.sent_len:])))
-            state.sent_len = gen.length
+        sent_len = self.persisted.sent_len(gen.message_id)
+        if sent_len < gen.length:
+            out.append(ToPersister(self.persisted.append(gen.message_id, text[sent_len:], now)))
         gen.client_pending.clear()
         gen.persist_pending.clear()
         stats = self._stats(gen, now)
-        state.final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), stats, error)
-        state.last_sent_at = now
-        out.append(ToPersister(state.final))
+        final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), stats, error)
+        out.append(ToPersister(self.persisted.finalize(final, now)))
         gen.record.update(content=text, status=status, stats=stats, error=error)
         sess = self.sessions[gen.session_id]
         if sess.active_generation == gen.generation_id:
@@ -508,33 +480,20 @@ class Coordinator:
         }
 
     def _on_persist_ack(self, msg: m.PersistAck, now: float, out: list) -> None:
-        state = self.persist.get(msg.message_id)
-        if state is None:
-            return
-        state.created_acked = True
-        state.acked_len = max(state.acked_len, msg.length)
-        if state.generation_id is None and state.acked_len >= len(state.create.content):
-            del self.persist[msg.message_id]  # a user message: complete on creation
-            return
-        if not (msg.finalized and state.final is not None and msg.length == state.final.length):
-            return
-        del self.persist[msg.message_id]
-        gen = self.finalizing.pop(state.generation_id, None)
-        if gen is not None:
+        state = self.persisted.on_ack(msg)
+        gen = self.finalizing.pop(state.generation_id, None) if state is not None else None
+        if gen is not None:  # the last step of finalize: only now is the reply final for clients
             f = state.final
             out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, f.status,
                                                          f.length, f.content_hash, f.stats, f.error)))
 
     def _on_persister_hello(self, msg: m.PersisterHello, now: float, out: list) -> None:
-        """A restarted persister: tell it which messages are live, and resend everything unacked now."""
-        self._orphan_sweep, self._orphan_sweep_at = "persister restarted", 0.0
+        self.persisted.on_persister_hello()
         self._housekeeping_at = 0.0
-        for state in self.persist.values():
-            state.last_sent_at = 0.0
         out.append(Log("persister_joined", {}))
 
     def _on_orphans_interrupted(self, msg: m.OrphansInterrupted, now: float, out: list) -> None:
-        self._orphan_sweep = None
+        self.persisted.on_orphans_interrupted()
 
     # ------------------------------------------------------------ liveness
 
@@ -553,25 +512,9 @@ class Coordinator:
                 else:
                     self._finalize(gen, "error", now, out, error=f"generator lost: {gen_id} stopped heartbeating")
 
-    def _resend_unacked(self, now: float, out: list) -> None:
-        """At-least-once to the persister: whatever was not acked in time goes again, from the acked length."""
-        wait = self.settings.persist_resend_ms / 1000
-        for state in self.persist.values():
-            if now - state.last_sent_at < wait:
-                continue
-            behind = state.acked_len < state.sent_len or not state.created_acked or state.final is not None
-            if not behind:
-                continue
-            self.counters["persist_resends"] += 1
-            state.last_sent_at = now
-            if not state.created_acked:
-                out.append(ToPersister(state.create))
-            if state.acked_len < state.sent_len:
-                gen = self.active.get(state.generation_id) or self.finalizing[state.generation_id]
-                out.append(ToPersister(m.Append(state.message_id, state.acked_len,
-                                                gen.text()[state.acked_len:state.sent_len])))
-            if state.final is not None:
-                out.append(ToPersister(state.final))
+    def _text_of(self, generation_id: str) -> str:
+        gen = self.active.get(generation_id) or self.finalizing[generation_id]
+        return gen.text()
 
 
 class RequestRefused(Exception):

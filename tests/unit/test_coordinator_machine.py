@@ -344,7 +344,7 @@ def test_unacked_persist_ops_are_resent_from_the_acked_length():
     out = machine.tick(101.3)
     assert [(e.msg.offset, e.msg.text) for e in effects(out, ToPersister, m.Append)] == [(3, "def")]
     assert effects(out, ToPersister, m.Finalize)[0].msg.length == 6
-    assert machine.counters["persist_resends"] >= 1
+    assert machine.persisted.resends >= 1
 
 
 def test_a_restarted_persister_hears_the_live_messages_and_gets_a_resend():
@@ -414,3 +414,15 @@ def test_any_interleaving_of_deltas_duplicates_and_ticks_keeps_clients_and_datab
     assert client_text(outs) == persisted_text(outs) == sent
     finals = [e.msg for out in outs for e in effects(out, ToClients, m.Final)]
     assert [(f.status, f.length) for f in finals] == [("completed", len(sent))]
+
+
+def test_a_cancel_shorter_than_the_checkpoints_never_resends_past_the_kept_length():
+    machine = make(flush_ms=0, checkpoint_ms=0, persist_resend_ms=1000)
+    sid, r, send_out = start(machine)
+    outs = [send_out, delta(machine, r["generation_id"], 1, "hello world", 100.0)]
+    cancel = machine.handle_rpc(CLIENT, m.Cancel(3, sid, None, seen_len=5), 100.1)
+    assert effects(cancel, ToPersister, m.Append) == []  # nothing new to send: the persister cuts at finalize
+    assert effects(cancel, ToPersister, m.Finalize)[0].msg.length == 5
+    later = machine.tick(105.0)  # nothing was acked: resend, but never past the kept length
+    assert all(e.msg.offset + len(e.msg.text) <= 5 for e in effects(later, ToPersister, m.Append))
+    assert effects(later, ToPersister, m.Finalize)[0].msg.length == 5

@@ -1,0 +1,108 @@
+"""What the coordinator has sent the persister and what it has acked, per message: pure.
+
+At-least-once with idempotent apply: every create/append/finalize is resent from the acked length
+until acked, and the persister applies text only where it continues the stored length. The
+tracker also owns the orphan sweep: only the coordinator knows which streaming messages are live.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from protocol import messages as m
+
+
+@dataclass
+class PersistState:
+    message_id: str
+    create: m.CreateMessage
+    generation_id: str | None = None  # None for a user message, complete on creation
+    created_acked: bool = False
+    sent_len: int = 0
+    acked_len: int = 0
+    final: m.Finalize | None = None
+    last_sent_at: float = 0.0
+
+    @property
+    def behind(self) -> bool:
+        return not self.created_acked or self.acked_len < self.sent_len or self.final is not None
+
+
+class PersistTracker:
+    def __init__(self, resend_ms: float) -> None:
+        self.resend_s = resend_ms / 1000
+        self.states: dict[str, PersistState] = {}
+        self.resends = 0
+        # A new coordinator knows no live generation: every streaming message in the database is an orphan.
+        self.orphan_sweep: str | None = "coordinator restarted"
+        self.orphan_sweep_at = 0.0
+
+    def create(self, create: m.CreateMessage, now: float) -> m.CreateMessage:
+        self.states[create.message_id] = PersistState(create.message_id, create, create.generation_id,
+                                                      last_sent_at=now)
+        return create
+
+    def sent_len(self, message_id: str) -> int:
+        return self.states[message_id].sent_len
+
+    def append(self, message_id: str, text: str, now: float) -> m.Append:
+        """The next checkpoint: ``text`` continues what was sent."""
+        state = self.states[message_id]
+        op = m.Append(message_id, state.sent_len, text)
+        state.sent_len += len(text)
+        state.last_sent_at = now
+        return op
+
+    def finalize(self, final: m.Finalize, now: float) -> m.Finalize:
+        state = self.states[final.message_id]
+        state.final = final
+        # a cancel may keep less than was checkpointed: the persister cuts it at finalize
+        state.sent_len = min(state.sent_len, final.length)
+        state.acked_len = min(state.acked_len, final.length)
+        state.last_sent_at = now
+        return final
+
+    def on_ack(self, ack: m.PersistAck) -> PersistState | None:
+        """Record an ack; returns the message's state when this ack made its finalize durable."""
+        state = self.states.get(ack.message_id)
+        if state is None:
+            return None
+        state.created_acked = True
+        state.acked_len = max(state.acked_len, ack.length)
+        if state.generation_id is None and state.acked_len >= len(state.create.content):
+            del self.states[ack.message_id]
+            return None
+        if ack.finalized and state.final is not None and ack.length == state.final.length:
+            del self.states[ack.message_id]
+            return state
+        return None
+
+    def on_persister_hello(self) -> None:
+        """A restarted persister: it must hear the live messages, and everything unacked goes again now."""
+        self.orphan_sweep, self.orphan_sweep_at = "persister restarted", 0.0
+        for state in self.states.values():
+            state.last_sent_at = 0.0
+
+    def on_orphans_interrupted(self) -> None:
+        self.orphan_sweep = None
+
+    def due(self, now: float, text_of: Callable[[str], str]) -> list[m.Message]:
+        """Everything not acked within the resend time, from the acked length; and the orphan sweep."""
+        ops: list[m.Message] = []
+        for state in self.states.values():
+            if now - state.last_sent_at < self.resend_s or not state.behind:
+                continue
+            self.resends += 1
+            state.last_sent_at = now
+            if not state.created_acked:
+                ops.append(state.create)
+            if state.acked_len < state.sent_len:
+                text = text_of(state.generation_id)
+                ops.append(m.Append(state.message_id, state.acked_len, text[state.acked_len:state.sent_len]))
+            if state.final is not None:
+                ops.append(state.final)
+        if self.orphan_sweep is not None and now >= self.orphan_sweep_at:
+            self.orphan_sweep_at = now + self.resend_s
+            live = [s.message_id for s in self.states.values() if s.generation_id is not None]
+            ops.append(m.InterruptOrphans(self.orphan_sweep, live))
+        return ops
