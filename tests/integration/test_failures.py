@@ -142,3 +142,45 @@ def test_every_channel_can_run_over_tcp_on_loopback(fresh_stack):
     out = stack.cli_json("send", "over tcp [[mock tokens=15]]")
     assert out["status"] == "completed" and out["content"] == expected("over tcp [[mock tokens=15]]", 15)
     assert not any(stack.run_dir.glob("*.sock"))
+
+
+def wait_journal(stack, needle: str, predicate, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = [e for e in stack.journal() if needle in str(e["body"])]
+        if entries and predicate(entries[-1]):
+            return entries[-1]
+        time.sleep(0.05)
+    raise TimeoutError(f"journal never showed it: {entries[-1] if entries else None}")
+
+
+def test_cancel_during_a_stalled_upstream_closes_it(fresh_stack):
+    stack = fresh_stack()
+    client, session_id, sent = start_send(stack, "stuck [[mock tokens=50 stall_after=3 stall_ms=60000]]")
+    try:
+        wait_journal(stack, "stuck", lambda e: e["chunks_sent"] == 3)
+        client.cancel(session_id, sent["generation_id"])
+        view = client.follow(session_id, sent["generation_id"])
+    finally:
+        client.close()
+    assert view.status == "cancelled" and len(view.text) > 0
+    entry = wait_journal(stack, "stuck", lambda e: e["client_closed"], timeout=3)
+    assert entry["chunks_sent"] == 3 and not entry["completed"]
+
+
+def test_generators_drop_their_streams_when_the_coordinator_dies(fresh_stack):
+    stack = fresh_stack(CHATTER_COORDINATOR_SILENT_MS="1500")
+    client, session_id, sent = start_send(stack, "lonely [[mock tokens=400 tps=40]]")
+    client.close()
+    wait_journal(stack, "lonely", lambda e: e["chunks_sent"] >= 3)
+    stack.kill("coordinator")
+    entry = wait_journal(stack, "lonely", lambda e: e["client_closed"], timeout=8)
+    assert not entry["completed"] and entry["chunks_sent"] < 400
+
+
+def test_a_dead_upstream_ends_as_error_with_a_readable_reason(fresh_stack):
+    from tests.integration.stack import free_port
+    stack = fresh_stack(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", CHATTER_RETRY_DEADLINE_MS="1500")
+    out = stack.cli_json("send", "anyone there?")
+    assert out["status"] == "error" and "unreachable" in out["error"] and "attempts" in out["error"]
+    assert stack.cli_json("status")["counters"]["retries"] >= 1
