@@ -16,8 +16,6 @@ from protocol import messages as m
 from services.coordinator.persistence import PersistTracker
 from services.coordinator.prompt import PromptPackage, assemble
 
-TERMINAL = frozenset({"completed", "cancelled", "error", "interrupted"})
-
 
 @dataclass(frozen=True)
 class Settings:

@@ -91,7 +91,7 @@ class Stack:
     def stop(self) -> dict[str, int]:
         """SIGTERM every process we started, SIGKILL what lingers; returns exit codes."""
         codes = {}
-        for name, proc in list(self.procs.items()):
+        for proc in list(self.procs.values()):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in list(self.procs.items()):

@@ -39,7 +39,7 @@ def test_twenty_sends_some_cancelled_history_matches_what_was_printed(stack):
         printed_by_turn.append((text, expected_status, out[:-1]))
     history = stack.cli_json("history", session_id)["messages"][2:]  # after the opening turn
     assert len(history) == 40
-    for (text, status, shown), user, reply in zip(printed_by_turn, history[::2], history[1::2]):
+    for (text, status, shown), user, reply in zip(printed_by_turn, history[::2], history[1::2], strict=True):
         assert user["content"] == text
         assert (reply["status"], reply["content"]) == (status, shown)
         assert stack.db_message(reply["message_id"])["content"] == shown

@@ -419,7 +419,7 @@ def test_any_interleaving_of_deltas_duplicates_and_ticks_keeps_clients_and_datab
 def test_a_cancel_shorter_than_the_checkpoints_never_resends_past_the_kept_length():
     machine = make(flush_ms=0, checkpoint_ms=0, persist_resend_ms=1000)
     sid, r, send_out = start(machine)
-    outs = [send_out, delta(machine, r["generation_id"], 1, "hello world", 100.0)]
+    delta(machine, r["generation_id"], 1, "hello world", 100.0)
     cancel = machine.handle_rpc(CLIENT, m.Cancel(3, sid, None, seen_len=5), 100.1)
     assert effects(cancel, ToPersister, m.Append) == []  # nothing new to send: the persister cuts at finalize
     assert effects(cancel, ToPersister, m.Finalize)[0].msg.length == 5
