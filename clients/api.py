@@ -22,14 +22,17 @@ class ChatterError(Exception):
 
 
 class Client:
-    def __init__(self, rpc_timeout_ms: int | None = None, run_dir: str | None = None) -> None:
+    def __init__(self, rpc_timeout_ms: int | None = None, run_dir: str | None = None,
+                 stream_hwm: int | None = None) -> None:
         self.run_dir = run_dir  # default: CHATTER_RUN_DIR
         self.rpc_timeout_ms = rpc_timeout_ms or int(os.environ.get("CHATTER_RPC_TIMEOUT_MS") or 5000)
         self.ctx = zmq.Context()
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
-        self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=False, run_dir_path=self.run_dir)
+        self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=False, run_dir_path=self.run_dir,
+                                            hwm=stream_hwm)
         self.req_ids = itertools.count(1)
         self.bad_frames = 0
+        self.snapshots = 0  # how often following had to catch up: gaps, silences, attaches
 
     def close(self) -> None:
         self.rpc.close(0)
@@ -66,8 +69,9 @@ class Client:
                 raise ChatterError(reply.error or "request refused")
             return reply.result
 
-    def new_session(self, system: str | None = None, model: str | None = None) -> str:
-        return self.request(m.NewSession(next(self.req_ids), system, model))["session_id"]
+    def new_session(self, system: str | None = None, model: str | None = None,
+                    max_input_tokens: int | None = None) -> str:
+        return self.request(m.NewSession(next(self.req_ids), system, model, max_input_tokens))["session_id"]
 
     def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> dict:
         return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model))
@@ -75,11 +79,21 @@ class Client:
     def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None) -> dict:
         return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len))
 
-    def snapshot(self, session_id: str) -> dict:
-        return self.request(m.Snapshot(next(self.req_ids), session_id))
+    def snapshot(self, session_id: str, generation_id: str | None = None) -> dict:
+        self.snapshots += 1
+        return self.request(m.Snapshot(next(self.req_ids), session_id, generation_id))
 
-    def status(self) -> dict:
-        return self.request(m.Status(next(self.req_ids)))
+    def regenerate(self, session_id: str, client_request_id: str) -> dict:
+        return self.request(m.Regenerate(next(self.req_ids), session_id, client_request_id))
+
+    def sessions(self, limit: int = 50) -> list[dict]:
+        return self.request(m.Sessions(next(self.req_ids), limit))["sessions"]
+
+    def configure(self, session_id: str, system: str | None = None, max_input_tokens: int | None = None) -> dict:
+        return self.request(m.ConfigureSession(next(self.req_ids), session_id, system, max_input_tokens))
+
+    def status(self, session_id: str | None = None) -> dict:
+        return self.request(m.Status(next(self.req_ids), session_id))
 
     def history(self, session_id: str) -> dict:
         return self.request(m.History(next(self.req_ids), session_id))
@@ -96,14 +110,27 @@ class Client:
         self.stream.setsockopt(zmq.UNSUBSCRIBE, session_id.encode())
 
     def follow(self, session_id: str, generation_id: str, *, on_text: Callable[[str], None] | None = None,
-               cancel_requested: Callable[[], bool] | None = None, silence_ms: int = 1000) -> ReplyView:
-        """Follow one generation to its durable end. ``cancel_requested`` is polled; when it turns
-        true, the reply is cancelled at exactly the text rendered so far, and nothing more is rendered."""
+               interrupt: Callable[[], str | None] | None = None, attach: bool = False,
+               silence_ms: int = 1000) -> ReplyView:
+        """Follow one generation to its durable end (or until ``interrupt`` says ``detach``).
+
+        The caller has subscribed to the session. ``attach`` starts from a snapshot, for a reply
+        already under way. ``interrupt`` is polled: ``"cancel"`` cancels the reply at exactly the text
+        rendered so far, after which nothing more is rendered; ``"detach"`` leaves it running.
+        """
         view = ReplyView(generation_id)
+        if attach:
+            view.apply_snapshot(self.snapshot(session_id, generation_id))
         cancelled = False
         last_event = time.monotonic()
         while view.final is None:
-            if not cancelled and cancel_requested is not None and cancel_requested():
+            fresh = view.take_new_text()
+            if fresh and on_text is not None and not cancelled:
+                on_text(fresh)
+            action = interrupt() if interrupt is not None and not cancelled else None
+            if action == "detach":
+                return view
+            if action == "cancel":
                 cancelled = True
                 try:
                     self.cancel(session_id, generation_id, seen_len=len(view.text))
@@ -111,18 +138,38 @@ class Client:
                     pass  # it ended first; its final event follows
             if self.stream.poll(50):
                 last_event = time.monotonic()
-                frames = self.stream.recv_multipart()
                 try:
-                    event = codec.decode(frames[-1], m.STREAM_EVENTS)
+                    event = codec.decode(self.stream.recv_multipart()[-1], m.STREAM_EVENTS)
                 except codec.FrameError:
                     self.bad_frames += 1
                     continue
                 if view.apply(event) == GAP:
-                    view.apply_snapshot(self.snapshot(session_id))
+                    view.apply_snapshot(self.snapshot(session_id, generation_id))
             elif (time.monotonic() - last_event) * 1000 >= silence_ms:
-                last_event = time.monotonic()  # a quiet stream, or a lost final: ask
-                view.apply_snapshot(self.snapshot(session_id))
-            fresh = view.take_new_text()
-            if fresh and on_text is not None and not cancelled:
-                on_text(fresh)
+                last_event = time.monotonic()  # a quiet stream, a lost final, or a restarted coordinator: ask
+                view.apply_snapshot(self.snapshot(session_id, generation_id))
+        fresh = view.take_new_text()
+        if fresh and on_text is not None and not cancelled:
+            on_text(fresh)
         return view
+
+    def next_generation(self, session_id: str, after: set[str], stop: Callable[[], bool],
+                        poll_ms: int = 1000) -> dict | None:
+        """Wait for a reply of the session not in ``after``: the snapshot says if one is under way or
+        done, a ``started`` event says when one begins. Returns that snapshot, or None when stopped."""
+        while not stop():
+            snap = self.snapshot(session_id)
+            if snap["generation_id"] and snap["generation_id"] not in after:
+                return snap
+            deadline = time.monotonic() + poll_ms / 1000
+            while time.monotonic() < deadline and not stop():
+                if not self.stream.poll(50):
+                    continue
+                try:
+                    event = codec.decode(self.stream.recv_multipart()[-1], m.STREAM_EVENTS)
+                except codec.FrameError:
+                    self.bad_frames += 1
+                    continue
+                if event.generation_id not in after:
+                    break  # something new: the snapshot above tells what
+        return None

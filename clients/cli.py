@@ -1,92 +1,50 @@
-"""The ``chatter`` command: send, chat, status, history, preview."""
+"""The ``chatter`` command: send, chat, watch, regenerate, sessions, status, history, preview."""
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 import uuid
+from typing import Callable
 
 from clients.api import ChatterError, Client
+from clients.output import (EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, SigintFlag, exit_code, outcome_json,
+                            resolve_session, stats_line)
 from clients.view import ReplyView
 
-EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
+
+def write_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
-class CancelFlag:
-    """SIGINT sets it while a reply streams; the follow loop turns it into a cancel."""
+def stream_reply(client: Client, session_id: str, start: Callable[[], dict], *, render: bool,
+                 interrupt: Callable[[], str | None] | None = None) -> tuple[dict, ReplyView]:
+    """Start a reply (send or regenerate) and follow it to the durable end. Ctrl+C cancels the reply only,
+    even before it starts. Returns the ``--json`` outcome and the view."""
+    client.subscribe(session_id)  # before starting: the Clone pattern's first step
+    with SigintFlag() as sigint:
+        started = start()
 
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous = None
+        def check() -> str | None:
+            if sigint.raised:
+                return "cancel"
+            return interrupt() if interrupt is not None else None
 
-    def __call__(self) -> bool:
-        return self.raised
-
-    def __enter__(self) -> CancelFlag:
-        self.raised = False
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def _on_sigint(self, _signum, _frame) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
-
-
-def outcome_json(session_id: str, sent: dict, view: ReplyView) -> dict:
-    final = view.final or {}
-    stats = final.get("stats") or {}
-    return {
-        "session_id": session_id,
-        "generation_id": view.generation_id,
-        "message_id": final.get("message_id") or sent.get("message_id"),
-        "status": view.status,
-        "content": view.text,
-        "prompt_hash": sent.get("prompt_hash"),
-        "tokens": stats.get("tokens"),
-        "tokens_source": stats.get("tokens_source"),
-        "ttft_ms": stats.get("ttft_ms"),
-        "duration_ms": stats.get("duration_ms"),
-        "tok_per_s": stats.get("tok_per_s"),
-        "error": final.get("error"),
-    }
-
-
-def stats_line(outcome: dict) -> str:
-    def fmt(value, unit=""):
-        return "–" if value is None else f"{value:g}{unit}"
-
-    seconds = None if outcome["duration_ms"] is None else round(outcome["duration_ms"] / 1000, 2)
-    source = outcome["tokens_source"] or "estimated"
-    line = (f"{fmt(outcome['tokens'])} tokens ({source}) | {fmt(seconds, 's')} | {fmt(outcome['tok_per_s'])} tok/s"
-            f" | TTFT {fmt(outcome['ttft_ms'], ' ms')} | {outcome['status']}")
-    if outcome["error"]:
-        line += f" | {outcome['error']}"
-    return line
-
-
-def exit_code(status: str) -> int:
-    return {"completed": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_ERROR)
-
-
-def run_turn(client: Client, session_id: str, text: str, model: str | None, *, render: bool) -> dict:
-    """Send one message and follow its reply to the durable end. Ctrl+C cancels the reply only."""
-    def on_text(fresh: str) -> None:
-        sys.stdout.write(fresh)
-        sys.stdout.flush()
-
-    client.subscribe(session_id)  # before sending: the Clone pattern's first step
-    with CancelFlag() as cancel_flag:  # a Ctrl+C even before the reply starts cancels it, at length 0
-        sent = client.send(session_id, text, client_request_id=uuid.uuid4().hex, model=model)
-        view = client.follow(session_id, sent["generation_id"], on_text=on_text if render else None,
-                             cancel_requested=cancel_flag)
+        view = client.follow(session_id, started["generation_id"], on_text=write_out if render else None,
+                             interrupt=check)
     if render:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    return outcome_json(session_id, sent, view)
+        write_out("\n")
+    return outcome_json(session_id, view, started), view
+
+
+def finish(outcome: dict, view: ReplyView, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(outcome, ensure_ascii=False))
+    else:
+        print(stats_line(outcome, (view.final or {}).get("stats")), file=sys.stderr)
+    return exit_code(outcome["status"])
 
 
 # ---------------------------------------------------------------- commands
@@ -94,40 +52,74 @@ def run_turn(client: Client, session_id: str, text: str, model: str | None, *, r
 
 def cmd_send(client: Client, args) -> int:
     if args.session and args.system:
-        raise ChatterError("--system sets the system prompt of a new session; leave out --session")
-    session_id = args.session or client.new_session(system=args.system, model=args.model)
-    outcome = run_turn(client, session_id, args.text, args.model, render=not args.json)
-    if args.json:
-        print(json.dumps(outcome, ensure_ascii=False))
-    else:
-        print(stats_line(outcome), file=sys.stderr)
-    return exit_code(outcome["status"])
+        raise ChatterError("--system sets the system prompt of a new session; use /system in chat to change one")
+    session_id = (resolve_session(client, args.session) if args.session
+                  else client.new_session(system=args.system, model=args.model, max_input_tokens=args.max_input_tokens))
+    request_id = uuid.uuid4().hex
+    outcome, view = stream_reply(client, session_id, lambda: client.send(session_id, args.text, request_id, args.model),
+                                 render=not args.json)
+    return finish(outcome, view, args.json)
+
+
+def cmd_regenerate(client: Client, args) -> int:
+    session_id = resolve_session(client, args.session)
+    request_id = uuid.uuid4().hex
+    outcome, view = stream_reply(client, session_id, lambda: client.regenerate(session_id, request_id),
+                                 render=not args.json)
+    return finish(outcome, view, args.json)
+
+
+def cmd_watch(client: Client, args) -> int:
+    """Attach at any moment: print what a reply already has, then follow it live; any number of
+    watchers see identical text. Ctrl+C stops watching, never the reply."""
+    session_id = resolve_session(client, args.session)
+    client.subscribe(session_id)
+    seen: set[str] = set()
+    with SigintFlag() as sigint:
+        while True:
+            snap = client.next_generation(session_id, seen, stop=sigint)
+            if snap is None:
+                return EXIT_OK
+            seen.add(snap["generation_id"])
+            if not args.json:
+                print(f"› {snap.get('user_text') or ''}", file=sys.stderr)
+            view = client.follow(session_id, snap["generation_id"], attach=True,
+                                 on_text=None if args.json else write_out,
+                                 interrupt=lambda: "detach" if sigint.raised else None)
+            if view.final is None:  # Ctrl+C: stop watching
+                write_out("" if args.json else "\n")
+                return EXIT_OK
+            if not args.json:
+                write_out("\n")
+            if args.once:
+                return finish(outcome_json(session_id, view, snap), view, args.json)
+            if not args.json:
+                print(stats_line(outcome_json(session_id, view, snap), view.final.get("stats")), file=sys.stderr)
 
 
 def cmd_chat(client: Client, args) -> int:
-    session_id = args.session or client.new_session(system=args.system, model=args.model)
-    print(f"session {session_id} — Ctrl+C stops a reply, Ctrl+D quits", file=sys.stderr)
-    while True:
-        try:
-            text = input("› ")
-        except EOFError:
-            print(file=sys.stderr)
-            return EXIT_OK
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            continue
-        if not text.strip():
-            continue
-        try:
-            outcome = run_turn(client, session_id, text, args.model, render=True)
-        except ChatterError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        print(stats_line(outcome), file=sys.stderr)
+    from clients.chat import Chat
+    return Chat(client, args).run()
+
+
+def cmd_sessions(client: Client, args) -> int:
+    rows = client.sessions(limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return EXIT_OK
+    print_sessions(rows)
+    return EXIT_OK
+
+
+def print_sessions(rows: list[dict]) -> None:
+    for row in rows:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_activity"])) if row["last_activity"] else "–"
+        print(f"{row['session_id']}  {stamp}  {row['message_count']:>3} msgs  {row['status']:<11}  {row['title']}")
 
 
 def cmd_status(client: Client, args) -> int:
-    status = client.status()
+    session_id = resolve_session(client, args.session) if args.session else None
+    status = client.status(session_id)
     if args.json:
         print(json.dumps({"coordinator": "up"} | status, ensure_ascii=False))
         return EXIT_OK
@@ -137,20 +129,32 @@ def cmd_status(client: Client, args) -> int:
         print(f"  {g['generator_id']}: {g['active']} active, {g['capacity_free']} free, seen {g['seen_ms_ago']} ms ago")
     print(f"active generations: {len(status['active'])}")
     for g in status["active"]:
-        print(f"  {g['generation_id']} session {g['session_id']}: {g['status']}, {g['length']} chars")
+        print(f"  {g['generation_id']} session {g['session_id']}: {g['status']}, {g['length']} chars, "
+              f"prompt ~{g['prompt_tokens']}/{g['max_input_tokens']} tokens")
+    if "context" in status:
+        ctx = status["context"]
+        print(f"session {ctx['session_id']}: history ~{ctx['history_tokens']}/{ctx['max_input_tokens']} tokens")
     print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())))
     return EXIT_OK
 
 
 def cmd_history(client: Client, args) -> int:
-    history = client.history(args.session)
+    history = client.history(resolve_session(client, args.session))
     if args.json:
         print(json.dumps(history, ensure_ascii=False))
         return EXIT_OK
+    print_history(history)
+    return EXIT_OK
+
+
+def print_history(history: dict) -> None:
     print(f"session {history['session_id']}: {history['title']}")
+    if history.get("system"):
+        print(f"[system] {history['system']}")
     for msg in history["messages"]:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg["created_at"]))
-        head = f"[{msg['role']}] {stamp} {msg['status']} {msg['message_id']}"
+        status = msg["status"] + (", superseded" if msg.get("superseded") else "")
+        head = f"[{msg['role']}] {stamp} {status} {msg['message_id']}"
         stats = msg.get("stats") or {}
         if msg["role"] == "assistant" and stats:
             head += f" | {stats.get('tokens')} tokens ({stats.get('tokens_source')}), TTFT {stats.get('ttft_ms')} ms"
@@ -159,7 +163,6 @@ def cmd_history(client: Client, args) -> int:
         print(head)
         print(msg["content"])
         print()
-    return EXIT_OK
 
 
 def cmd_preview(client: Client, args) -> int:
@@ -167,10 +170,17 @@ def cmd_preview(client: Client, args) -> int:
     if args.json:
         print(json.dumps(preview, ensure_ascii=False))
         return EXIT_OK
-    print(f"# prompt of {preview['message_id']} — model {preview['model']}, sha256 {preview['prompt_hash']}",
-          file=sys.stderr)
-    sys.stdout.write(preview["preview"])
+    print_preview(preview)
     return EXIT_OK
+
+
+def print_preview(preview: dict) -> None:
+    note = f"# prompt of {preview['message_id']} — model {preview['model']}, sha256 {preview['prompt_hash']}"
+    if preview.get("dropped_message_ids"):
+        note += (f"\n# left out to fit the input budget: {len(preview['dropped_message_ids'])} older messages: "
+                 + ", ".join(preview["dropped_message_ids"]))
+    print(note, file=sys.stderr)
+    write_out(preview["preview"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,17 +188,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("send", help="send one message and stream the reply")
     p.add_argument("text")
-    p.add_argument("--session", help="an existing session id (default: a new session)")
+    p.add_argument("--session", help="an existing session id or unique prefix (default: a new session)")
     p.add_argument("--system", help="system prompt for a new session")
     p.add_argument("--model")
+    p.add_argument("--max-input-tokens", type=int, help="input budget of a new session")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
     p.set_defaults(func=cmd_send)
-    p = sub.add_parser("chat", help="an interactive conversation")
+    p = sub.add_parser("chat", help="an interactive conversation (/help inside)")
     p.add_argument("--session")
     p.add_argument("--system")
     p.add_argument("--model")
+    p.add_argument("--max-input-tokens", type=int)
     p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("watch", help="follow a session's replies live, from any moment")
+    p.add_argument("session")
+    p.add_argument("--once", action="store_true", help="follow the active (or last) reply to its end, then exit")
+    p.add_argument("--json", action="store_true", help="with --once: print the same object as send --json")
+    p.set_defaults(func=cmd_watch)
+    p = sub.add_parser("regenerate", help="answer the session's last message again (cancels a streaming reply)")
+    p.add_argument("session")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_regenerate)
+    p = sub.add_parser("sessions", help="recent sessions")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sessions)
     p = sub.add_parser("status", help="coordinator, generators, active generations and counters")
+    p.add_argument("--session", help="also show this session's context use")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("history", help="a session's persisted messages")
@@ -204,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "json", False) and args.command == "watch" and not args.once:
+        build_parser().error("watch --json needs --once")
     try:
         with Client() as client:
             return args.func(client, args)

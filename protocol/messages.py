@@ -20,6 +20,7 @@ class NewSession(Message):
     req_id: int
     system: Optional[str] = None
     model: Optional[str] = None
+    max_input_tokens: Optional[int] = None  # this session's input budget; default CHATTER_MAX_INPUT_TOKENS
 
 
 @message(2)
@@ -44,13 +45,17 @@ class Cancel(Message):
 
 @message(4)
 class Snapshot(Message):
+    """A session's active (else last) reply, or one generation's when ``generation_id`` is given."""
+
     req_id: int
     session_id: str
+    generation_id: Optional[str] = None
 
 
 @message(5)
 class Status(Message):
     req_id: int
+    session_id: Optional[str] = None  # also report this session's context use
 
 
 @message(6)
@@ -65,6 +70,31 @@ class Preview(Message):
     message_id: str
 
 
+@message(8)
+class Regenerate(Message):
+    """Cancel the session's streaming reply if any, supersede the last reply, answer the last user turn again."""
+
+    req_id: int
+    session_id: str
+    client_request_id: str
+
+
+@message(10)
+class Sessions(Message):
+    req_id: int
+    limit: int = 50
+
+
+@message(11)
+class ConfigureSession(Message):
+    """Change a session's system prompt (empty string: none) and/or input budget (0: the default)."""
+
+    req_id: int
+    session_id: str
+    system: Optional[str] = None
+    max_input_tokens: Optional[int] = None
+
+
 @message(9)
 class Reply(Message):
     """The coordinator's answer to any rpc request."""
@@ -75,7 +105,8 @@ class Reply(Message):
     error: Optional[str] = None
 
 
-RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview)
+RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
+                ConfigureSession)
 
 # ---------------------------------------------------------------- stream: coordinator -> clients
 
@@ -88,6 +119,8 @@ class Started(Message):
     prompt_hash: str
     preview: str
     prompt_tokens: int
+    dropped_message_ids: list = field(default_factory=list)  # left out to fit the input budget
+    max_input_tokens: int = 0
 
 
 @message(21)
@@ -215,6 +248,10 @@ class CreateMessage(Message):
     preview: Optional[str] = None
     model: Optional[str] = None
     params: Optional[dict] = None
+    client_request_id: Optional[str] = None
+    supersedes: Optional[list] = None  # earlier replies this one replaces (regenerate)
+    session_max_input_tokens: Optional[int] = None
+    dropped_message_ids: Optional[list] = None
 
 
 @message(51)

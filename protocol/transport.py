@@ -57,11 +57,11 @@ def endpoint(channel: Channel, run_dir_path: str | None = None) -> str:
 
 
 def open_socket(ctx: zmq.Context, channel: Channel, *, bind: bool, subscribe: bytes | None = None,
-                run_dir_path: str | None = None) -> zmq.Socket:
+                run_dir_path: str | None = None, hwm: int | None = None) -> zmq.Socket:
     sock = ctx.socket(channel.bind_type if bind else channel.connect_type)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.SNDHWM, channel.hwm)
-    sock.setsockopt(zmq.RCVHWM, channel.hwm)
+    sock.setsockopt(zmq.SNDHWM, hwm or channel.hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm or channel.hwm)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)  # + room for a topic frame
     if channel is RPC and bind:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished client must not raise in the loop

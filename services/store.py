@@ -31,6 +31,7 @@ class Session(BaseModel):
     id = peewee.CharField(primary_key=True, max_length=64)
     title = peewee.TextField(default="")
     system = peewee.TextField(null=True)
+    max_input_tokens = peewee.IntegerField(null=True)
     created_at = peewee.DoubleField()
     updated_at = peewee.DoubleField()
 
@@ -52,6 +53,9 @@ class Message(BaseModel):
     content_hash = peewee.CharField(max_length=64, null=True)
     stats = JSONField(null=True)  # tokens, tokens_source, ttft_ms, duration_ms, tok_per_s, queue_wait_ms
     error = peewee.TextField(null=True)
+    superseded = peewee.BooleanField(default=False)  # replaced by a regenerated reply; kept, never prompted
+    client_request_id = peewee.CharField(max_length=128, null=True)  # makes a retried send idempotent
+    dropped_message_ids = JSONField(null=True)  # left out of this reply's prompt to fit the budget
     created_at = peewee.DoubleField()
     updated_at = peewee.DoubleField()
 
@@ -68,6 +72,22 @@ class Chunk(BaseModel):
 
 
 MODELS = (Session, Message, Chunk)
+
+
+def migrate(db: peewee.Database) -> list[str]:
+    """Create the tables, and add columns that a database from an earlier version lacks."""
+    from playhouse.migrate import SchemaMigrator, migrate as run
+
+    db.create_tables(MODELS, safe=True)
+    migrator = SchemaMigrator.from_database(db)
+    added = []
+    for model in MODELS:
+        have = {column.name for column in db.get_columns(model._meta.table_name)}
+        for field in model._meta.sorted_fields:
+            if field.column_name not in have:
+                run(migrator.add_column(model._meta.table_name, field.column_name, field))
+                added.append(f"{model._meta.table_name}.{field.column_name}")
+    return added
 
 
 def open_database(url: str) -> peewee.Database:
@@ -90,19 +110,14 @@ def streamed_text(message_id: str) -> str:
     return "".join(c.text for c in Chunk.select(Chunk.text).where(Chunk.message == message_id).order_by(Chunk.offset))
 
 
-def message_dict(msg: Message, content: str | None = None) -> dict:
+def message_record(msg: Message, content: str) -> dict:
+    """A message as the coordinator keeps it in a session's history."""
     return {
-        "message_id": msg.id,
-        "session_id": msg.session_id,
-        "role": msg.role,
-        "content": msg.content if content is None else content,
-        "status": msg.status,
-        "generation_id": msg.generation_id,
-        "prompt_hash": msg.prompt_hash,
-        "model": msg.model,
-        "stats": msg.stats or {},
-        "error": msg.error,
-        "created_at": msg.created_at,
+        "message_id": msg.id, "session_id": msg.session_id, "role": msg.role, "content": content,
+        "status": msg.status, "generation_id": msg.generation_id, "prompt_hash": msg.prompt_hash,
+        "model": msg.model, "stats": msg.stats or {}, "error": msg.error, "created_at": msg.created_at,
+        "preview": msg.preview, "prompt_messages": msg.prompt_messages, "superseded": bool(msg.superseded),
+        "client_request_id": msg.client_request_id, "dropped_message_ids": msg.dropped_message_ids or [],
     }
 
 
@@ -116,9 +131,27 @@ def load_session(session_id: str) -> dict | None:
         return None
     messages = []
     for msg in Message.select().where(Message.session == session_id).order_by(Message.position):
-        content = msg.content if msg.status != STREAMING else streamed_text(msg.id)
-        messages.append(message_dict(msg, content) | {"preview": msg.preview, "prompt_messages": msg.prompt_messages})
-    return {"session_id": sess.id, "title": sess.title, "system": sess.system, "messages": messages}
+        messages.append(message_record(msg, msg.content if msg.status != STREAMING else streamed_text(msg.id)))
+    return {"session_id": sess.id, "title": sess.title, "system": sess.system,
+            "max_input_tokens": sess.max_input_tokens, "created_at": sess.created_at, "updated_at": sess.updated_at,
+            "messages": messages}
+
+
+def list_sessions(limit: int) -> list[dict]:
+    """The most recently active sessions, as summaries (see ``services.coordinator.sessions.summary``)."""
+    try:
+        rows = list(Session.select().order_by(Session.updated_at.desc()).limit(max(1, limit)))
+        counts = dict(Message.select(Message.session, peewee.fn.COUNT(Message.id))
+                      .where(Message.session.in_([r.id for r in rows])).group_by(Message.session).tuples())
+        out = []
+        for row in rows:
+            last = (Message.select(Message.status).where((Message.session == row.id) & (Message.role == "assistant"))
+                    .order_by(Message.position.desc()).first())
+            out.append({"session_id": row.id, "title": row.title, "message_count": counts.get(row.id, 0),
+                        "last_activity": row.updated_at, "status": last.status if last else "empty"})
+        return out
+    except peewee.OperationalError:  # no tables yet
+        return []
 
 
 def find_message_session(message_id: str) -> str | None:

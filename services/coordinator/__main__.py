@@ -28,6 +28,8 @@ def settings_from_env() -> Settings:
         generator_dead_ms=config.env_int("CHATTER_GENERATOR_DEAD_MS", 3000),
         max_text_chars=config.env_int("CHATTER_MAX_TEXT_CHARS", 100_000),
         default_model=config.default_model(),
+        max_input_tokens=config.env_int("CHATTER_MAX_INPUT_TOKENS", 8192),
+        stall_ms=config.env_int("CHATTER_STALL_MS", 30_000),
     )
 
 
@@ -39,7 +41,9 @@ class CoordinatorShell:
         store.open_database(config.database_url())
         self.ctx = zmq.Context()
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=True)
-        self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=True)
+        # per-subscriber queue bound: past it PUB drops, and clients catch up by snapshot
+        self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=True,
+                                            hwm=config.env_int("CHATTER_STREAM_HWM", 0) or None)
         self.jobs = transport.open_socket(self.ctx, transport.JOBS, bind=True)
         self.gen_events = transport.open_socket(self.ctx, transport.GEN_EVENTS, bind=True)
         self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=True)
@@ -94,6 +98,8 @@ class CoordinatorShell:
                 data = store.load_session(session_id)
                 if data is not None:
                     self.machine.load_session(data)
+            if isinstance(msg, m.Sessions):
+                self.machine.load_summaries(store.list_sessions(msg.limit))
         except peewee.PeeweeException as exc:
             self.log.warning("session_load_failed", error=str(exc))
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m
 from services.coordinator.persistence import PersistTracker
-from services.coordinator.prompt import PromptPackage, assemble
+from services.coordinator import sessions
+from services.coordinator.prompt import PromptPackage, PromptTooLarge, assemble
+from services.coordinator.sessions import SessionState
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Settings:
     housekeeping_ms: float = 250.0
     max_text_chars: int = 100_000
     default_model: str = "mock-1"
+    max_input_tokens: int = 8192  # the default input budget of a session
+    stall_ms: float = 30_000.0  # a generation without a delta this long ends as error (stalled)
 
 
 # ---------------------------------------------------------------- effects: what the shell carries out
@@ -70,17 +74,6 @@ class Log:
 
 
 @dataclass
-class SessionState:
-    session_id: str
-    title: str
-    system: str | None
-    model: str | None
-    history: list[dict] = field(default_factory=list)  # one record per message, in order
-    active_generation: str | None = None
-    request_ids: dict[str, dict] = field(default_factory=dict)  # client_request_id -> send reply
-
-
-@dataclass
 class GenerationState:
     generation_id: str
     session_id: str
@@ -92,6 +85,7 @@ class GenerationState:
     generator_id: str | None = None
     started_at: float | None = None
     first_token_at: float | None = None
+    last_delta_at: float | None = None
     ended_at: float | None = None
     last_seq: int = 0
     parts: list[str] = field(default_factory=list)
@@ -137,6 +131,7 @@ class Coordinator:
         self.new_id = new_id
         self.sessions: dict[str, SessionState] = {}
         self.message_sessions: dict[str, str] = {}  # message id -> session id
+        self.stored_summaries: dict[str, dict] = {}  # sessions in the database, as the shell last read them
         self.active: dict[str, GenerationState] = {}  # queued or streaming
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms)
@@ -150,7 +145,8 @@ class Coordinator:
         self._handlers = {
             m.NewSession: self._on_new_session, m.Send: self._on_send, m.Cancel: self._on_cancel,
             m.Snapshot: self._on_snapshot, m.Status: self._on_status, m.History: self._on_history,
-            m.Preview: self._on_preview,
+            m.Preview: self._on_preview, m.Regenerate: self._on_regenerate, m.Sessions: self._on_sessions,
+            m.ConfigureSession: self._on_configure,
         }
         self._event_handlers = {
             m.GenStarted: self._on_gen_started, m.GenDelta: self._on_gen_delta, m.GenDone: self._on_gen_done,
@@ -179,12 +175,14 @@ class Coordinator:
         """Adopt a session read from the database (after a restart)."""
         if data["session_id"] in self.sessions:
             return
-        sess = SessionState(data["session_id"], data["title"], data["system"], None, list(data["messages"]))
+        sess = SessionState.from_stored(data)
         self.sessions[sess.session_id] = sess
         for record in sess.history:
             self.message_sessions[record["message_id"]] = sess.session_id
-            if record["status"] == "streaming":  # no generation of ours is alive for it: the persister agrees
-                record["status"] = "interrupted"
+
+    def load_summaries(self, rows: list[dict]) -> None:
+        """The database's sessions list, read by the shell for a ``Sessions`` request."""
+        self.stored_summaries = {row["session_id"]: row for row in rows}
 
     def next_deadline(self) -> float:
         soonest = self._housekeeping_at
@@ -209,57 +207,115 @@ class Coordinator:
                 self._heartbeat_at = now + 1.0
                 out.append(ToControl(m.CoordinatorHeartbeat(now)))
             self._check_generators(now, out)
+            self._check_stalls(now, out)
             out.extend(ToPersister(op) for op in self.persisted.due(now, self._text_of))
         return out
 
     # ------------------------------------------------------------ rpc
 
     def _on_new_session(self, msg: m.NewSession, now: float, out: list) -> dict:
-        sess = SessionState(self.new_id(), "", msg.system, msg.model)
+        sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
+                            created_at=now, last_activity=now)
         self.sessions[sess.session_id] = sess
         return {"session_id": sess.session_id}
 
+    def _on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> dict:
+        """Takes effect from the next prompt, and is persisted with the next message."""
+        sess = self._session(msg.session_id)
+        if msg.system is not None:
+            sess.system = msg.system or None
+        if msg.max_input_tokens is not None:
+            sess.max_input_tokens = msg.max_input_tokens or None
+        return {"session_id": sess.session_id, "system": sess.system, "max_input_tokens": self._budget(sess)}
+
     def _on_send(self, msg: m.Send, now: float, out: list) -> dict:
         sess = self._session(msg.session_id)
-        if msg.client_request_id and msg.client_request_id in sess.request_ids:
-            return sess.request_ids[msg.client_request_id]  # a retried send never starts a second generation
+        if msg.client_request_id in sess.request_ids:
+            return self._request_result(sess, msg.client_request_id)  # a retry never starts a second generation
         if sess.active_generation is not None:
             raise RequestRefused(f"a reply is already streaming in session {sess.session_id}; cancel it first")
         if not msg.text.strip():
             raise RequestRefused("empty message")
         if len(msg.text) > self.settings.max_text_chars:
             raise RequestRefused(f"message is {len(msg.text)} characters; the limit is {self.settings.max_text_chars}")
-        model = msg.model or sess.model or self.settings.default_model
-        prompt = assemble(sess.system, sess.history, msg.text, model, {}, self.count_tokens)
+        prompt = self._assemble(sess, sess.history, msg.text, msg.model)
         if not sess.title:
             sess.title = " ".join(msg.text.split())[:60]
-        user_id, assistant_id, gen_id = self.new_id(), self.new_id(), self.new_id()
-        user_record = {"message_id": user_id, "session_id": sess.session_id, "role": "user", "content": msg.text,
-                       "status": "completed", "generation_id": None, "prompt_hash": None, "model": None,
-                       "stats": {}, "error": None, "created_at": now, "preview": None, "prompt_messages": None}
-        record = user_record | {"message_id": assistant_id, "role": "assistant", "content": "", "status": "streaming",
-                                "generation_id": gen_id, "prompt_hash": prompt.prompt_hash, "model": model,
-                                "preview": prompt.preview, "prompt_messages": prompt.wire_messages()}
-        sess.history += [user_record, record]
-        self.message_sessions[user_id] = self.message_sessions[assistant_id] = sess.session_id
-        gen = GenerationState(gen_id, sess.session_id, assistant_id, prompt, record, queued_at=now)
+        user = sessions.user_record(self.new_id(), sess.session_id, msg.text, now)
+        sess.history.append(user)
+        self.message_sessions[user["message_id"]] = sess.session_id
+        out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
+        return self._start_generation(sess, prompt, now, out, msg.client_request_id, supersedes=[])
+
+    def _on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        if msg.client_request_id in sess.request_ids:
+            return self._request_result(sess, msg.client_request_id)
+        last_user = sess.last_user_index()
+        if last_user is None:
+            raise RequestRefused("nothing to regenerate: the session has no message yet")
+        active = self.active.get(sess.active_generation or "")
+        if active is not None:
+            self._finalize(active, "cancelled", now, out)
+        # validate before touching anything: a prompt that no longer fits leaves the history as it was
+        prompt = self._assemble(sess, sess.history[:last_user], sess.history[last_user]["content"], None)
+        replaced = [r for r in sess.history[last_user + 1:] if r["role"] == "assistant" and not r["superseded"]]
+        for record in replaced:
+            record["superseded"] = True
+        return self._start_generation(sess, prompt, now, out, msg.client_request_id,
+                                      supersedes=[r["message_id"] for r in replaced])
+
+    def _assemble(self, sess: SessionState, history: list[dict], user_text: str, model: str | None) -> PromptPackage:
+        model = model or sess.model or self.settings.default_model
+        try:
+            return assemble(sess.system, history, user_text, model, {}, self.count_tokens, self._budget(sess))
+        except PromptTooLarge as exc:
+            raise RequestRefused(str(exc)) from None
+
+    def _budget(self, sess: SessionState) -> int:
+        return sess.max_input_tokens or self.settings.max_input_tokens
+
+    def _start_generation(self, sess: SessionState, prompt: PromptPackage, now: float, out: list,
+                          client_request_id: str, supersedes: list[str]) -> dict:
+        """A new assistant message and its generation: persisted, announced, dispatched."""
+        message_id, gen_id = self.new_id(), self.new_id()
+        record = sessions.assistant_record(message_id, sess.session_id, gen_id, prompt, now, client_request_id or None)
+        sess.history.append(record)
+        sess.last_activity = now
+        self.message_sessions[message_id] = sess.session_id
+        gen = GenerationState(gen_id, sess.session_id, message_id, prompt, record, queued_at=now)
         self.active[gen_id] = gen
         sess.active_generation = gen_id
-        for rec in (user_record, record):
-            create = m.CreateMessage(
-                rec["message_id"], sess.session_id, sess.title, sess.system, rec["role"], rec["content"], rec["status"],
-                now, rec["generation_id"], rec["prompt_messages"], rec["prompt_hash"], rec["preview"], rec["model"],
-                {} if rec["role"] == "assistant" else None)
-            out.append(ToPersister(self.persisted.create(create, now)))
-        out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, assistant_id, prompt.prompt_hash,
-                                                        prompt.preview, prompt.prompt_tokens)))
-        out.append(ToGenerators(m.Job(gen_id, prompt.wire_messages(), model, prompt.wire_params(), prompt.prompt_hash)))
-        out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id}))
-        result = {"session_id": sess.session_id, "generation_id": gen_id, "message_id": assistant_id,
-                  "user_message_id": user_id, "prompt_hash": prompt.prompt_hash}
-        if msg.client_request_id:
-            sess.request_ids[msg.client_request_id] = result
-        return result
+        if client_request_id:
+            sess.request_ids[client_request_id] = message_id
+        create = self._create_op(sess, record, now)
+        create.supersedes = supersedes or None
+        out.append(ToPersister(self.persisted.create(create, now)))
+        out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, message_id, prompt.prompt_hash,
+                                                        prompt.preview, prompt.prompt_tokens,
+                                                        list(prompt.dropped_message_ids), prompt.max_input_tokens)))
+        out.append(ToGenerators(m.Job(gen_id, prompt.wire_messages(), prompt.model, prompt.wire_params(),
+                                      prompt.prompt_hash)))
+        out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id,
+                                             "prompt_tokens": prompt.prompt_tokens,
+                                             "dropped_messages": len(prompt.dropped_message_ids)}))
+        return self._request_result(sess, client_request_id) if client_request_id else self._result(sess, record)
+
+    def _create_op(self, sess: SessionState, rec: dict, now: float) -> m.CreateMessage:
+        return m.CreateMessage(
+            rec["message_id"], sess.session_id, sess.title, sess.system, rec["role"], rec["content"],
+            "streaming" if rec["role"] == "assistant" else rec["status"], now, rec["generation_id"],
+            rec["prompt_messages"], rec["prompt_hash"], rec["preview"], rec["model"],
+            {} if rec["role"] == "assistant" else None, rec["client_request_id"], None, sess.max_input_tokens,
+            rec["dropped_message_ids"] or None)
+
+    def _request_result(self, sess: SessionState, client_request_id: str) -> dict:
+        return self._result(sess, sess.record(sess.request_ids[client_request_id]))
+
+    def _result(self, sess: SessionState, record: dict) -> dict:
+        return {"session_id": sess.session_id, "generation_id": record["generation_id"],
+                "message_id": record["message_id"], "prompt_hash": record["prompt_hash"],
+                "dropped_message_ids": record["dropped_message_ids"]}
 
     def _on_cancel(self, msg: m.Cancel, now: float, out: list) -> dict:
         sess = self._session(msg.session_id)
@@ -271,48 +327,70 @@ class Coordinator:
         return {"generation_id": gen.generation_id, "length": gen.length}
 
     def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> dict:
+        """Exactly what clients were sent of a reply: its text, offset (= length) and status."""
         sess = self._session(msg.session_id)
-        gen = self.active.get(sess.active_generation or "")
-        if gen is not None:
+        gen = self.active.get(msg.generation_id or sess.active_generation or "")
+        if gen is not None and gen.session_id == sess.session_id:
             return {"generation_id": gen.generation_id, "message_id": gen.message_id, "status": gen.status,
                     "text": gen.text()[:gen.client_len], "final": False, "stats": self._stats(gen, now),
-                    "prompt_hash": gen.prompt.prompt_hash}
-        for record in reversed(sess.history):
-            if record["role"] == "assistant":
-                gen = self.finalizing.get(record["generation_id"])
-                return {"generation_id": record["generation_id"], "message_id": record["message_id"],
-                        "status": record["status"], "text": record["content"], "final": gen is None,
-                        "stats": record["stats"], "error": record["error"], "prompt_hash": record["prompt_hash"]}
-        return {"generation_id": None, "status": None, "text": "", "final": True}
+                    "error": None, "prompt_hash": gen.prompt.prompt_hash, "superseded": False,
+                    "user_text": sess.user_text_before(gen.message_id)}
+        if msg.generation_id:
+            record = next((r for r in sess.history if r["generation_id"] == msg.generation_id), None)
+        else:
+            record = sess.last_reply()
+        if record is None:
+            if msg.generation_id:
+                raise RequestRefused(f"no generation {msg.generation_id} in session {sess.session_id}")
+            return {"generation_id": None, "message_id": None, "status": None, "text": "", "final": True,
+                    "stats": {}, "error": None, "prompt_hash": None, "superseded": False, "user_text": None}
+        return {"generation_id": record["generation_id"], "message_id": record["message_id"],
+                "status": record["status"], "text": record["content"],
+                "final": record["generation_id"] not in self.finalizing, "stats": record["stats"],
+                "error": record["error"], "prompt_hash": record["prompt_hash"], "superseded": record["superseded"],
+                "user_text": sess.user_text_before(record["message_id"])}
 
     def _on_status(self, msg: m.Status, now: float, out: list) -> dict:
-        return {
+        result = {
             "generators": [{"generator_id": g.generator_id, "capacity_free": g.capacity_free, "active": g.active,
                             "seen_ms_ago": round((now - g.last_seen) * 1000)} for g in self.generators.values()],
             "active": [{"generation_id": g.generation_id, "session_id": g.session_id, "status": g.status,
-                        "length": g.length, "generator_id": g.generator_id} for g in self.active.values()],
+                        "length": g.length, "generator_id": g.generator_id, "prompt_tokens": g.prompt.prompt_tokens,
+                        "max_input_tokens": g.prompt.max_input_tokens} for g in self.active.values()],
             "counters": self.counters | {"retries": sum(g.retries for g in self.generators.values()),
                                          "persist_resends": self.persisted.resends},
         }
+        if msg.session_id:
+            sess = self._session(msg.session_id)
+            model = sess.model or self.settings.default_model
+            result["context"] = {"session_id": sess.session_id, "max_input_tokens": self._budget(sess),
+                                 "history_tokens": sessions.context_tokens(sess, model, self.count_tokens)}
+        return result
 
     def _on_history(self, msg: m.History, now: float, out: list) -> dict:
         sess = self._session(msg.session_id)
         messages = []
         for record in sess.history:
-            view = {k: v for k, v in record.items() if k not in ("preview", "prompt_messages")}
             gen = self.active.get(record["generation_id"] or "")
-            if gen is not None:
-                view["content"] = gen.text()[:gen.client_len]
-            messages.append(view)
-        return {"session_id": sess.session_id, "title": sess.title, "system": sess.system, "messages": messages}
+            messages.append(sessions.client_view(record, gen.text()[:gen.client_len] if gen else None))
+        return {"session_id": sess.session_id, "title": sess.title, "system": sess.system,
+                "max_input_tokens": self._budget(sess), "messages": messages}
+
+    def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> dict:
+        merged = dict(self.stored_summaries)
+        for sess in self.sessions.values():  # memory is newer than the database
+            merged[sess.session_id] = sessions.summary(sess, sess.active_generation is not None)
+        ordered = sorted(merged.values(), key=lambda row: row["last_activity"], reverse=True)
+        return {"sessions": ordered[:max(1, msg.limit)]}
 
     def _on_preview(self, msg: m.Preview, now: float, out: list) -> dict:
         sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))
-        record = next((r for r in sess.history if r["message_id"] == msg.message_id), None) if sess else None
+        record = sess.record(msg.message_id) if sess else None
         if record is None or record["preview"] is None:
             raise RequestRefused(f"no assistant message {msg.message_id}")
         return {"message_id": msg.message_id, "session_id": sess.session_id, "preview": record["preview"],
-                "messages": record["prompt_messages"], "prompt_hash": record["prompt_hash"], "model": record["model"]}
+                "messages": record["prompt_messages"], "prompt_hash": record["prompt_hash"], "model": record["model"],
+                "dropped_message_ids": record["dropped_message_ids"]}
 
     def _session(self, session_id: str) -> SessionState:
         sess = self.sessions.get(session_id)
@@ -329,7 +407,7 @@ class Coordinator:
             return
         gen.generator_id = msg.generator_id
         gen.started_at = now
-        gen.status = "streaming"
+        gen.status = gen.record["status"] = "streaming"
 
     def _on_gen_delta(self, msg: m.GenDelta, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)
@@ -346,9 +424,10 @@ class Coordinator:
             self._finalize(gen, "error", now, out, error=f"gap in stream: expected seq {gen.last_seq + 1}, got {msg.seq}")
             return
         gen.last_seq = msg.seq
+        gen.last_delta_at = now
         if gen.first_token_at is None:
             gen.first_token_at = now
-            gen.status = "streaming"
+            gen.status = gen.record["status"] = "streaming"
         if not msg.text:
             return
         gen.parts.append(msg.text)
@@ -458,6 +537,7 @@ class Coordinator:
         out.append(ToPersister(self.persisted.finalize(final, now)))
         gen.record.update(content=text, status=status, stats=stats, error=error)
         sess = self.sessions[gen.session_id]
+        sess.last_activity = now
         if sess.active_generation == gen.generation_id:
             sess.active_generation = None
         out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
@@ -475,6 +555,8 @@ class Coordinator:
             "ttft_ms": round((first - gen.queued_at) * 1000, 1) if first is not None else None,
             "duration_ms": round((end - (gen.started_at or gen.queued_at)) * 1000, 1),
             "tok_per_s": round(gen.tokens / tok_window, 1) if tok_window > 0 and gen.tokens > 1 else None,
+            "max_input_tokens": gen.prompt.max_input_tokens,
+            "dropped_messages": len(gen.prompt.dropped_message_ids),
         }
 
     def _on_persist_ack(self, msg: m.PersistAck, now: float, out: list) -> None:
@@ -509,6 +591,16 @@ class Coordinator:
                                                   p.prompt_hash)))
                 else:
                     self._finalize(gen, "error", now, out, error=f"generator lost: {gen_id} stopped heartbeating")
+
+    def _check_stalls(self, now: float, out: list) -> None:
+        """Nothing says "generating" forever: no delta for ``stall_ms`` ends the generation and its upstream."""
+        limit = self.settings.stall_ms / 1000
+        for gen in [g for g in self.active.values()
+                    if now - (g.last_delta_at or g.started_at or g.queued_at) > limit]:
+            waited = "no generator took the job" if gen.started_at is None else "no token"
+            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+            self._finalize(gen, "error", now, out,
+                           error=f"stalled: {waited} for {self.settings.stall_ms / 1000:g} s")
 
     def _text_of(self, generation_id: str) -> str:
         gen = self.active.get(generation_id) or self.finalizing[generation_id]

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 # Replies with these statuses are shown in history but never sent to the model again.
-EXCLUDED_FROM_PROMPT = frozenset({"cancelled", "error", "interrupted", "streaming"})
+EXCLUDED_FROM_PROMPT = frozenset({"cancelled", "error", "interrupted", "streaming", "queued"})
 
 
 def canonical_bytes(messages: list[dict], model: str, params: dict) -> bytes:
@@ -25,6 +25,16 @@ def render_preview(messages: list[dict]) -> str:
     return "".join(f"[{m['role']}]\n{m['content']}\n\n" for m in messages)
 
 
+# OpenAI's counting recipe: each message costs its content plus ~3 tokens of framing, and the reply
+# is primed with 3 more. Real servers differ slightly, so every count we show is labelled "~".
+TOKENS_PER_MESSAGE = 3
+REPLY_PRIMING_TOKENS = 3
+
+
+class PromptTooLarge(ValueError):
+    """Even the system prompt and the newest turn alone exceed the input budget."""
+
+
 @dataclass(frozen=True, slots=True)
 class PromptPackage:
     messages: tuple[tuple[str, str], ...]  # (role, content), immutable
@@ -32,7 +42,9 @@ class PromptPackage:
     params: tuple[tuple[str, object], ...]
     preview: str
     prompt_hash: str
-    prompt_tokens: int
+    prompt_tokens: int  # ~, with framing
+    dropped_message_ids: tuple[str, ...] = ()  # oldest turns left out to fit the budget
+    max_input_tokens: int = 0  # 0: no budget
 
     def wire_messages(self) -> list[dict]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -41,27 +53,55 @@ class PromptPackage:
         return dict(self.params)
 
 
-def assemble(system: str | None, history: list[dict], user_text: str, model: str, params: dict,
-             count_tokens) -> PromptPackage:
-    """System prompt, the history without cancelled/errored replies, then the new user turn.
+def in_prompt(record: dict) -> bool:
+    """User turns always count; a reply only if it completed and was not superseded."""
+    if record["role"] != "assistant":
+        return True
+    return record["status"] not in EXCLUDED_FROM_PROMPT and not record.get("superseded")
 
-    A user turn whose reply was left out stays in: the user did say it. ``count_tokens``
-    is injected so this stays pure and cheap to test.
+
+def assemble(system: str | None, history: list[dict], user_text: str, model: str, params: dict,
+             count_tokens, max_input_tokens: int = 0) -> PromptPackage:
+    """System prompt, the history without cancelled/errored/superseded replies, then the newest user turn.
+
+    When it does not fit ``max_input_tokens``, the oldest turns (a user message and its replies) are
+    left out whole; the system prompt and the newest turn always stay. ``count_tokens`` is injected
+    so this stays pure and cheap to test.
     """
-    messages: list[dict] = []
-    if system:
-        messages.append({"role": "system", "content": system})
+    def cost(content: str) -> int:
+        return count_tokens(content, model) + TOKENS_PER_MESSAGE
+
+    turns: list[list[dict]] = []
     for record in history:
-        if record["role"] == "assistant" and record["status"] in EXCLUDED_FROM_PROMPT:
+        if not in_prompt(record):
             continue
-        messages.append({"role": record["role"], "content": record["content"]})
+        if record["role"] == "user" or not turns:
+            turns.append([])
+        turns[-1].append(record)
+    fixed = (cost(system) if system else 0) + cost(user_text) + REPLY_PRIMING_TOKENS
+    if max_input_tokens and fixed > max_input_tokens:
+        raise PromptTooLarge(f"the system prompt and this message are ~{fixed} tokens; "
+                             f"the input budget is {max_input_tokens}")
+    kept: list[list[dict]] = []
+    total = fixed
+    for turn in reversed(turns):  # newest first, so the oldest are the ones left out
+        turn_cost = sum(cost(r["content"]) for r in turn)
+        if max_input_tokens and total + turn_cost > max_input_tokens:
+            break
+        kept.append(turn)
+        total += turn_cost
+    kept.reverse()
+    dropped = tuple(r["message_id"] for turn in turns[:len(turns) - len(kept)] for r in turn)
+    messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": r["role"], "content": r["content"]} for turn in kept for r in turn]
     messages.append({"role": "user", "content": user_text})
-    preview = render_preview(messages)
     return PromptPackage(
-        messages=tuple((m["role"], m["content"]) for m in messages),
+        messages=tuple((msg["role"], msg["content"]) for msg in messages),
         model=model,
         params=tuple(sorted(params.items())),
-        preview=preview,
+        preview=render_preview(messages),
         prompt_hash=prompt_hash(messages, model, params),
-        prompt_tokens=sum(count_tokens(m["content"], model) for m in messages),
+        prompt_tokens=total,
+        dropped_message_ids=dropped,
+        max_input_tokens=max_input_tokens,
     )

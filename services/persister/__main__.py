@@ -87,13 +87,19 @@ class Persister:
     def _create(self, op: m.CreateMessage, now: float) -> tuple[int, bool]:
         store.Session.insert(id=op.session_id, title=op.session_title, system=op.session_system,
                              created_at=op.created_at, updated_at=now).on_conflict_ignore().execute()
-        store.Session.update(updated_at=now).where(store.Session.id == op.session_id).execute()
+        # the session's settings as of this message: a /system change is persisted with the next message
+        store.Session.update(updated_at=now, title=op.session_title, system=op.session_system,
+                             max_input_tokens=op.session_max_input_tokens).where(
+            store.Session.id == op.session_id).execute()
+        if op.supersedes:
+            store.Message.update(superseded=True).where(store.Message.id.in_(op.supersedes)).execute()
         position = store.Message.select().where(store.Message.session == op.session_id).count()
         store.Message.insert(
             id=op.message_id, session=op.session_id, position=position, role=op.role, content=op.content,
             length=len(op.content), status=op.status, generation_id=op.generation_id,
             prompt_messages=op.prompt_messages, prompt_hash=op.prompt_hash, preview=op.preview, model=op.model,
-            params=op.params, created_at=op.created_at, updated_at=now,
+            params=op.params, client_request_id=op.client_request_id, dropped_message_ids=op.dropped_message_ids,
+            created_at=op.created_at, updated_at=now,
         ).on_conflict_ignore().execute()
         length = self._length(op.message_id)
         return length or 0, op.message_id in self.finalized
@@ -123,7 +129,9 @@ class Persister:
 def main() -> None:
     log = configure("persister")
     db = store.open_database(config.database_url())
-    db.create_tables(store.MODELS, safe=True)
+    added = store.migrate(db)
+    if added:
+        log.info("schema_migrated", added=added)
     persister = Persister(log)
     ctx = zmq.Context()
     ops_in = transport.open_socket(ctx, transport.PERSIST, bind=False)

@@ -11,6 +11,7 @@ SAMPLES = [
     m.Send(2, "s", "héllo 🙂", "req-1", "mock-1"),
     m.Cancel(3, "s", None, 12),
     m.Snapshot(4, "s"), m.Status(5), m.History(6, "s"), m.Preview(7, "msg"),
+    m.Regenerate(10, "s", "req-2"), m.Sessions(11, 20), m.ConfigureSession(12, "s", "be terse", 4096),
     m.Reply(8, True, {"a": [1, 2]}, None),
     m.Started("s", "g", "msg", "h", "[user]\nhi\n\n", 3),
     m.StreamDelta("s", "g", 10, "text", 4),

@@ -1,0 +1,86 @@
+"""How replies and their stats are printed: shared by every command."""
+from __future__ import annotations
+
+import signal
+
+from clients.api import ChatterError, Client
+from clients.view import ReplyView
+
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
+
+
+def outcome_json(session_id: str, view: ReplyView, started: dict) -> dict:
+    """The object ``send --json``, ``regenerate --json`` and ``watch --once --json`` print."""
+    final = view.final or {}
+    stats = final.get("stats") or {}
+    return {
+        "session_id": session_id,
+        "generation_id": view.generation_id,
+        "message_id": final.get("message_id") or started.get("message_id"),
+        "status": view.status,
+        "content": view.text,
+        "prompt_hash": started.get("prompt_hash"),
+        "tokens": stats.get("tokens"),
+        "tokens_source": stats.get("tokens_source"),
+        "ttft_ms": stats.get("ttft_ms"),
+        "duration_ms": stats.get("duration_ms"),
+        "tok_per_s": stats.get("tok_per_s"),
+        "error": final.get("error"),
+    }
+
+
+def stats_line(outcome: dict, stats: dict | None = None) -> str:
+    def fmt(value, unit=""):
+        return "–" if value is None else f"{value:g}{unit}"
+
+    seconds = None if outcome["duration_ms"] is None else round(outcome["duration_ms"] / 1000, 2)
+    source = outcome["tokens_source"] or "estimated"
+    line = (f"{fmt(outcome['tokens'])} tokens ({source}) | {fmt(seconds, 's')} | {fmt(outcome['tok_per_s'])} tok/s"
+            f" | TTFT {fmt(outcome['ttft_ms'], ' ms')}")
+    stats = stats or {}
+    if stats.get("max_input_tokens"):
+        line += f" | ctx ~{stats.get('prompt_tokens')}/{stats['max_input_tokens']}"
+        if stats.get("dropped_messages"):
+            line += f" ({stats['dropped_messages']} old messages left out)"
+    line += f" | {outcome['status']}"
+    if outcome["error"]:
+        line += f" | {outcome['error']}"
+    return line
+
+
+def exit_code(status: str) -> int:
+    return {"completed": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_ERROR)
+
+
+class SigintFlag:
+    """While entered, Ctrl+C (SIGINT) raises this flag instead of KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.raised
+
+    def __enter__(self) -> SigintFlag:
+        self.raised = False
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, _signum, _frame) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def resolve_session(client: Client, given: str) -> str:
+    """A full session id, or a unique prefix of a recent one."""
+    if len(given) >= 32:
+        return given
+    matches = [s["session_id"] for s in client.sessions(limit=1000) if s["session_id"].startswith(given)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ChatterError(f"unknown session {given}")
+    raise ChatterError(f"{given} matches {len(matches)} sessions; give more of the id")
