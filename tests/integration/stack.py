@@ -109,8 +109,14 @@ class Stack:
 
     # ------------------------------------------------------------ clients and evidence
 
+    cwd = REPO
+
+    @staticmethod
+    def cli_argv() -> list[str]:
+        return [sys.executable, "-m", "clients.cli"]
+
     def cli(self, *args: str, timeout: float = 60, **popen) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "clients.cli", *args], env=self.env, cwd=REPO,
+        return subprocess.run([*self.cli_argv(), *args], env=self.env, cwd=REPO,
                               capture_output=True, timeout=timeout, **popen)
 
     def cli_json(self, *args: str, timeout: float = 60) -> dict:
@@ -119,7 +125,7 @@ class Stack:
         return json.loads(done.stdout)
 
     def spawn_cli(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "clients.cli", *args], env=self.env, cwd=REPO,
+        return subprocess.Popen([*self.cli_argv(), *args], env=self.env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def journal(self) -> list[dict]:

@@ -1,0 +1,225 @@
+"""Resumable streams through real processes: slow subscribers, watchers, switching, regenerate,
+the context budget, idempotent sends, the stall watchdog and a coordinator restart."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import sqlite3
+import subprocess
+import time
+
+from services.mock_llm.script import reply_text, reply_tokens
+from tests.integration.test_failures import start_send, wait_for_chunks, wait_journal
+
+MODEL = "mock-1"
+
+
+def expected(text: str, tokens: int, history: list[dict] | None = None) -> str:
+    return reply_text((history or []) + [{"role": "user", "content": text}], MODEL, tokens)
+
+
+def read_until(proc: subprocess.Popen, needle: bytes, timeout: float = 20) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout
+    while needle not in got and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            got += chunk
+    assert needle in got, f"never saw {needle!r} in {got[-500:]!r}"
+    return got
+
+
+def test_a_slow_subscriber_loses_messages_to_the_hwm_and_still_ends_exact(fresh_stack):
+    stack = fresh_stack(CHATTER_STREAM_HWM="4", CHATTER_FLUSH_MS="0")
+    text = "flood me [[mock tokens=4000 tps=4000 ttft_ms=300]]"
+    client = stack.client()
+    slow = type(client)(run_dir=str(stack.run_dir), stream_hwm=1)
+    try:
+        session_id = client.new_session()
+        slow.subscribe(session_id)
+        client.subscribe(session_id)
+        sent = client.send(session_id, text, "req-flood")
+        view = slow.follow(session_id, sent["generation_id"], on_text=lambda _t: time.sleep(0.005))
+        fast = client.follow(session_id, sent["generation_id"], attach=True)
+    finally:
+        slow.close()
+        client.close()
+    assert view.gaps >= 1 and slow.snapshots >= 1, "PUB never dropped: the test proved nothing"
+    assert view.status == fast.status == "completed"
+    assert view.text == fast.text == expected(text, 4000)
+    assert stack.db_message(sent["message_id"])["content"] == view.text
+
+
+def test_watchers_attaching_mid_stream_see_exactly_what_the_sender_sees(stack):
+    text = "watch this [[mock tokens=150 tps=50]]"
+    session_id = stack.cli_json("send", "warm up [[mock tokens=2]]")["session_id"]
+    sender = stack.spawn_cli("send", text, "--session", session_id, "--json")
+    watchers = []
+    for delay in (0.5, 0.6, 1.2):
+        time.sleep(delay)
+        watchers.append(stack.spawn_cli("watch", session_id, "--once", "--json"))
+    sent = json.loads(sender.communicate(timeout=30)[0])
+    seen = [json.loads(w.communicate(timeout=30)[0]) for w in watchers]
+    assert sent["status"] == "completed"
+    assert sent["content"] == expected(text, 150, [{"role": "user", "content": "warm up [[mock tokens=2]]"},
+                                                   {"role": "assistant", "content": expected(
+                                                       "warm up [[mock tokens=2]]", 2)}])
+    for out in seen:
+        assert (out["generation_id"], out["content"], out["status"]) == (
+            sent["generation_id"], sent["content"], "completed")
+        assert out["tokens"] == sent["tokens"] and out["message_id"] == sent["message_id"]
+    assert stack.db_message(sent["message_id"])["content"] == sent["content"]
+
+
+def test_leaving_a_session_mid_stream_does_not_stop_it_and_coming_back_shows_it(stack):
+    client = stack.client()
+    try:
+        session_a = client.new_session()
+        client.subscribe(session_a)
+        text = "keep going [[mock tokens=120 tps=60]]"
+        sent = client.send(session_a, text, "req-a")
+        client.follow(session_a, sent["generation_id"], interrupt=lambda: "detach")  # leave at once
+        client.unsubscribe(session_a)
+        session_b = client.new_session()
+        client.subscribe(session_b)
+        other = client.send(session_b, "meanwhile [[mock tokens=5]]", "req-b")
+        assert client.follow(session_b, other["generation_id"]).status == "completed"
+        client.unsubscribe(session_b)
+        client.subscribe(session_a)  # back: snapshot, then live or final
+        back = client.follow(session_a, sent["generation_id"], attach=True)
+    finally:
+        client.close()
+    assert back.status == "completed" and back.text == expected(text, 120)
+    assert stack.db_message(sent["message_id"])["content"] == back.text
+
+
+def test_chat_switches_away_mid_reply_and_back_to_the_finished_reply(stack):
+    text = "long tale [[mock tokens=120 tps=40]]"
+    chat = subprocess.Popen([*stack.cli_argv(), "chat"], env=stack.env, cwd=stack.cwd, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        session_a = None
+        deadline = time.monotonic() + 20
+        err = b""
+        while session_a is None and time.monotonic() < deadline:
+            err += os.read(chat.stderr.fileno(), 4096)
+            if b"session " in err and b" \xe2\x80\x94" in err:
+                session_a = err.split(b"session ", 1)[1].split(b" ", 1)[0].decode()
+        chat.stdin.write(f"{text}\n".encode())
+        chat.stdin.flush()
+        full = expected(text, 120)
+        read_until(chat, full[:15].encode())
+        chat.stdin.write(b"/new\nsomething else [[mock tokens=4]]\n")
+        chat.stdin.flush()
+        read_until(chat, expected("something else [[mock tokens=4]]", 4).encode())
+        chat.stdin.write(f"/switch {session_a[:8]}\n".encode())
+        chat.stdin.flush()
+        out = read_until(chat, full.encode())  # the whole reply, live or final
+        chat.stdin.close()
+        chat.wait(timeout=10)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+    assert chat.returncode == 0
+    history = stack.cli_json("history", session_a)["messages"]
+    assert [(h["role"], h["status"]) for h in history] == [("user", "completed"), ("assistant", "completed")]
+    assert history[1]["content"] == full and full.encode() in out
+
+
+def test_regenerate_during_streaming_supersedes_and_later_prompts_skip_both(stack):
+    first = stack.cli_json("send", "q1 [[mock tokens=100 tps=50]]")
+    session_id = first["session_id"]
+    regen = stack.spawn_cli("regenerate", session_id, "--json")  # supersedes the completed reply...
+    wait_journal(stack, "q1", lambda e: e["chunks_sent"] >= 1 and e["attempt"] == 2)
+    final = stack.cli_json("regenerate", session_id)  # ...and this one cancels the streaming one
+    cancelled = json.loads(regen.communicate(timeout=20)[0])
+    assert cancelled["status"] == "cancelled" and final["status"] == "completed"
+    history = stack.cli_json("history", session_id)["messages"]
+    assert [(h["role"], h["status"], h["superseded"]) for h in history] == [
+        ("user", "completed", False), ("assistant", "completed", True), ("assistant", "cancelled", True),
+        ("assistant", "completed", False)]
+    assert final["content"] == history[3]["content"]
+    after = stack.cli_json("send", "q2 [[mock tokens=3]]", "--session", session_id)
+    body = [e for e in stack.journal() if "q2" in json.dumps(e["body"])][-1]["body"]
+    assert body["messages"] == [{"role": "user", "content": "q1 [[mock tokens=100 tps=50]]"},
+                                {"role": "assistant", "content": final["content"]},
+                                {"role": "user", "content": "q2 [[mock tokens=3]]"}]
+    assert after["status"] == "completed"
+    for row in (history[1], history[2]):
+        assert stack.db_message(row["message_id"])["superseded"] == 1
+
+
+def test_a_long_history_is_trimmed_to_the_budget_and_the_preview_says_what_was_left_out(stack):
+    out = stack.cli_json("send", "turn 0 [[mock tokens=40]]", "--max-input-tokens", "400")
+    session_id = out["session_id"]
+    for i in range(1, 8):
+        stack.cli_json("send", f"turn {i} [[mock tokens=40]]", "--session", session_id)
+    last = stack.cli_json("send", "the newest [[mock tokens=3]]", "--session", session_id)
+    preview = stack.cli_json("preview", last["message_id"])
+    body = [e for e in stack.journal() if "the newest" in json.dumps(e["body"])][-1]["body"]
+    assert body["messages"] == preview["messages"]  # exactly what the preview shows
+    assert preview["dropped_message_ids"] and len(preview["dropped_message_ids"]) % 2 == 0
+    history = stack.cli_json("history", session_id)["messages"]
+    assert preview["dropped_message_ids"] == [h["message_id"] for h in history[:len(preview["dropped_message_ids"])]]
+    assert body["messages"][-1]["content"] == "the newest [[mock tokens=3]]"
+    stats = json.loads(stack.db_message(last["message_id"])["stats"])
+    assert stats["prompt_tokens"] <= stats["max_input_tokens"] == 400 and stats["dropped_messages"] > 0
+    shown = stack.cli("preview", last["message_id"])
+    assert b"left out" in shown.stderr
+    status = stack.cli_json("status", "--session", session_id)
+    assert status["context"]["history_tokens"] > 400 and status["context"]["max_input_tokens"] == 400
+
+
+def test_a_duplicate_request_id_runs_one_generation_even_across_a_restart(fresh_stack):
+    stack = fresh_stack()
+    client = stack.client()
+    try:
+        session_id = client.new_session()
+        client.subscribe(session_id)
+        first = client.send(session_id, "only once [[mock tokens=20]]", "req-dup")
+        again = client.send(session_id, "only once [[mock tokens=20]]", "req-dup")
+        assert again["generation_id"] == first["generation_id"]
+        client.follow(session_id, first["generation_id"])
+    finally:
+        client.close()
+    stack.kill("coordinator")
+    stack.start("coordinator")
+    with stack.client() as client:
+        third = client.send(session_id, "only once [[mock tokens=20]]", "req-dup")
+    assert third["message_id"] == first["message_id"]
+    assert len([e for e in stack.journal() if "only once" in json.dumps(e["body"])]) == 1
+
+
+def test_a_stalled_upstream_ends_as_error_within_the_watchdog_time(fresh_stack):
+    stack = fresh_stack(CHATTER_STALL_MS="1500")
+    started = time.monotonic()
+    out = stack.cli_json("send", "hang [[mock tokens=30 stall_after=3 stall_ms=60000]]")
+    took = time.monotonic() - started
+    assert out["status"] == "error" and "stalled" in out["error"]
+    text = "hang [[mock tokens=30 stall_after=3 stall_ms=60000]]"
+    assert out["content"] == "".join(reply_tokens([{"role": "user", "content": text}], MODEL, 30)[:3])
+    assert took < 15
+    entry = wait_journal(stack, "hang", lambda e: e["client_closed"], timeout=5)
+    assert entry["chunks_sent"] == 3
+
+
+def test_a_coordinator_restarted_mid_generation_gives_a_clear_outcome(fresh_stack):
+    stack = fresh_stack()
+    client, session_id, sent = start_send(stack, "interrupted tale [[mock tokens=400 tps=40]]")
+    client.close()
+    watcher = stack.spawn_cli("watch", session_id, "--once", "--json")
+    wait_for_chunks(stack, sent["message_id"], 30)
+    stack.kill("coordinator")
+    with sqlite3.connect(stack.db_path) as conn:
+        durable = "".join(r[0] for r in conn.execute(
+            "select text from chunk where message_id = ? order by offset", (sent["message_id"],)))
+    stack.start("coordinator")
+    out, err = watcher.communicate(timeout=30)  # never a hang
+    outcome = json.loads(out)
+    assert outcome["status"] == "interrupted" and watcher.returncode == 1, err
+    row = stack.wait_db_status(sent["message_id"], ("interrupted",))
+    assert row["content"] == durable == outcome["content"] and len(durable) >= 30

@@ -1,0 +1,163 @@
+"""Issue 3's rules in the pure coordinator: regenerate, the context budget, the stall watchdog,
+idempotent requests, session views."""
+from __future__ import annotations
+
+import pytest
+
+from protocol import messages as m
+from services.coordinator.machine import ToClients, ToControl, ToGenerators, ToPersister
+from services.coordinator.prompt import PromptTooLarge, assemble
+from tests.unit.test_coordinator_machine import CLIENT, delta, effects, make, reply, start, words
+
+
+def finish(machine, r, text="done", now=100.5):
+    delta(machine, r["generation_id"], 1, text, now)
+    machine.handle_event(m.GenDone(r["generation_id"], 1, len(text), "stop", 1, "server"), now)
+
+
+def job_of(out):
+    (job,) = effects(out, ToGenerators)
+    return job.msg
+
+
+# ---------------------------------------------------------------- regenerate
+
+
+def test_regenerate_while_streaming_cancels_supersedes_and_answers_the_same_turn():
+    machine = make()
+    sid, first, _ = start(machine, "question")
+    delta(machine, first["generation_id"], 1, "half an ans", 100.1)
+    out = machine.handle_rpc(CLIENT, m.Regenerate(5, sid, "regen-1"), 100.2)
+    result = reply(out).result
+    assert result["generation_id"] != first["generation_id"]
+    (fin,) = effects(out, ToPersister, m.Finalize)
+    assert (fin.msg.message_id, fin.msg.status) == (first["message_id"], "cancelled")
+    assert m.CancelGeneration(first["generation_id"]) in [e.msg for e in effects(out, ToControl)]
+    creates = effects(out, ToPersister, m.CreateMessage)
+    assert [c.msg.supersedes for c in creates] == [[first["message_id"]]]  # no new user message
+    assert job_of(out).messages == [{"role": "user", "content": "question"}]
+    history = reply(machine.handle_rpc(CLIENT, m.History(6, sid), 100.3)).result["messages"]
+    assert [(h["role"], h["status"], h["superseded"]) for h in history] == [
+        ("user", "completed", False), ("assistant", "cancelled", True), ("assistant", "queued", False)]
+
+
+def test_next_prompt_leaves_out_superseded_and_cancelled_replies():
+    machine = make()
+    sid, first, _ = start(machine, "q1")
+    finish(machine, first, "answer one")
+    regen = reply(machine.handle_rpc(CLIENT, m.Regenerate(5, sid, "r1"), 101)).result
+    finish(machine, {"generation_id": regen["generation_id"]}, "better one", 101.5)
+    _, _, out = start(machine, "q2", now=102, session_id=sid)
+    assert job_of(out).messages == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "better one"},
+                                    {"role": "user", "content": "q2"}]
+
+
+def test_regenerate_of_an_empty_session_is_refused_and_a_retry_is_idempotent():
+    machine = make()
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    assert "nothing to regenerate" in reply(machine.handle_rpc(CLIENT, m.Regenerate(2, sid, "x"), 0)).error
+    _, first, _ = start(machine, "q", session_id=sid)
+    finish(machine, first)
+    once = machine.handle_rpc(CLIENT, m.Regenerate(3, sid, "same"), 101)
+    again = machine.handle_rpc(CLIENT, m.Regenerate(4, sid, "same"), 101.1)
+    assert reply(again).result == reply(once).result and effects(again, ToGenerators) == []
+
+
+# ---------------------------------------------------------------- the context budget
+
+
+def record(message_id, role, content, status="completed"):
+    return {"message_id": message_id, "role": role, "content": content, "status": status, "superseded": False}
+
+
+def test_oldest_turns_are_dropped_whole_system_and_newest_always_stay():
+    history = []
+    for i in range(10):
+        history += [record(f"u{i}", "user", "word " * 20), record(f"a{i}", "assistant", "word " * 20)]
+    prompt = assemble("sys", history, "newest", "m", {}, words, max_input_tokens=200)
+    assert prompt.prompt_tokens <= 200
+    assert prompt.messages[0] == ("system", "sys") and prompt.messages[-1] == ("user", "newest")
+    kept = len(prompt.messages) - 2
+    assert kept % 2 == 0 and kept > 0  # whole turns
+    assert prompt.dropped_message_ids == tuple(f"{r}{i}" for i in range(10 - kept // 2) for r in "ua")
+    assert assemble("sys", history, "newest", "m", {}, words, 0).dropped_message_ids == ()  # 0: no budget
+
+
+def test_a_message_that_cannot_fit_even_alone_is_refused():
+    with pytest.raises(PromptTooLarge):
+        assemble("sys " * 50, [], "hello", "m", {}, words, max_input_tokens=20)
+    machine = make(max_input_tokens=10)
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    refused = reply(machine.handle_rpc(CLIENT, m.Send(2, sid, "word " * 30, "r"), 0))
+    assert not refused.ok and "budget" in refused.error
+    assert machine.sessions[sid].history == []  # nothing half-created
+
+
+def test_the_session_budget_overrides_the_default_and_is_reported():
+    machine = make(max_input_tokens=10_000)
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1, None, None, 60), 0)).result["session_id"]
+    for i in range(6):
+        _, r, _ = start(machine, "word " * 10, now=float(i), session_id=sid)
+        finish(machine, r, "word " * 10, now=i + 0.5)
+    _, r, out = start(machine, "last", now=10, session_id=sid)
+    (started,) = effects(out, ToClients, m.Started)
+    assert started.msg.max_input_tokens == 60 and started.msg.dropped_message_ids
+    assert started.msg.prompt_tokens <= 60
+    status = reply(machine.handle_rpc(CLIENT, m.Status(3, sid), 11)).result
+    assert status["context"]["max_input_tokens"] == 60 and status["context"]["history_tokens"] > 60
+    machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid, "be brief", 0), 12)
+    assert machine.sessions[sid].system == "be brief" and machine._budget(machine.sessions[sid]) == 10_000
+
+
+# ---------------------------------------------------------------- stall watchdog
+
+
+def test_a_generation_without_deltas_for_stall_ms_ends_as_stalled_and_its_upstream_is_cancelled():
+    machine = make(stall_ms=30_000, generator_dead_ms=10**9)
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 1, 0), 100.0)
+    sid, r, _ = start(machine, now=100.0)
+    delta(machine, r["generation_id"], 1, "a", 101.0)
+    assert effects(machine.tick(130.5), ToPersister, m.Finalize) == []
+    out = machine.tick(131.3)
+    (fin,) = effects(out, ToPersister, m.Finalize)
+    assert fin.msg.status == "error" and "stalled" in fin.msg.error
+    assert m.CancelGeneration(r["generation_id"]) in [e.msg for e in effects(out, ToControl)]
+
+
+# ---------------------------------------------------------------- views
+
+
+def test_snapshot_of_a_given_generation_and_the_user_turn_it_answers():
+    machine = make(flush_ms=0)
+    sid, first, _ = start(machine, "q1")
+    finish(machine, first, "a1")
+    _, second, _ = start(machine, "q2", now=101, session_id=sid)
+    delta(machine, second["generation_id"], 1, "part", 101.1)
+    old = reply(machine.handle_rpc(CLIENT, m.Snapshot(3, sid, first["generation_id"]), 102)).result
+    assert (old["text"], old["status"], old["user_text"]) == ("a1", "completed", "q1")
+    now_ = reply(machine.handle_rpc(CLIENT, m.Snapshot(4, sid), 102)).result
+    assert (now_["generation_id"], now_["text"], now_["final"], now_["user_text"]) == (
+        second["generation_id"], "part", False, "q2")
+    assert not reply(machine.handle_rpc(CLIENT, m.Snapshot(5, sid, "nope"), 102)).ok
+
+
+def test_sessions_list_merges_memory_over_the_database_newest_first():
+    machine = make()
+    machine.load_summaries([{"session_id": "old", "title": "from disk", "message_count": 4, "last_activity": 5.0,
+                             "status": "completed"}])
+    sid, r, _ = start(machine, "fresh title", now=50.0)
+    rows = reply(machine.handle_rpc(CLIENT, m.Sessions(1, 10), 51)).result["sessions"]
+    assert [(row["session_id"], row["status"], row["title"]) for row in rows] == [
+        (sid, "streaming", "fresh title"), ("old", "completed", "from disk")]
+
+
+def test_a_session_loaded_after_a_restart_keeps_request_ids_and_has_no_live_reply():
+    machine = make()
+    machine.load_session({"session_id": "s", "title": "t", "system": None, "messages": [
+        record("u1", "user", "q") | {"client_request_id": None, "generation_id": None, "prompt_hash": None,
+                                     "dropped_message_ids": []},
+        record("a1", "assistant", "partial", "streaming") | {"client_request_id": "req-9", "generation_id": "g1",
+                                                             "prompt_hash": "h", "dropped_message_ids": []}]})
+    assert machine.sessions["s"].history[1]["status"] == "interrupted"
+    again = reply(machine.handle_rpc(CLIENT, m.Send(2, "s", "q", "req-9"), 1))
+    assert again.result["message_id"] == "a1" and not machine.active
