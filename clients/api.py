@@ -21,6 +21,11 @@ class ChatterError(Exception):
     """The coordinator refused a request, or could not be reached."""
 
 
+class CoordinatorSilent(ChatterError):
+    """No answer within the rpc timeout."""
+
+
+
 class Client:
     def __init__(self, rpc_timeout_ms: int | None = None, run_dir: str | None = None,
                  stream_hwm: int | None = None) -> None:
@@ -33,6 +38,7 @@ class Client:
         self.req_ids = itertools.count(1)
         self.bad_frames = 0
         self.snapshots = 0  # how often following had to catch up: gaps, silences, attaches
+        self.rpc_timeouts = 0
 
     def close(self) -> None:
         self.rpc.close(0)
@@ -47,7 +53,19 @@ class Client:
 
     # ------------------------------------------------------------ rpc
 
-    def request(self, msg: m.Message) -> dict:
+    def request(self, msg: m.Message, attempts: int = 1) -> dict:
+        """One rpc. ``attempts`` > 1 only for idempotent requests: a send carries its client request
+        id, so asking again after a timeout can never start a second generation."""
+        for attempt in range(attempts):
+            try:
+                return self._request_once(msg)
+            except CoordinatorSilent:
+                self.rpc_timeouts += 1
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _request_once(self, msg: m.Message) -> dict:
         self.rpc.send(msg.encode())
         deadline = time.monotonic() + self.rpc_timeout_ms / 1000
         while True:
@@ -56,8 +74,8 @@ class Client:
                 # a DEALER would deliver this request late to a coordinator that comes up: start afresh
                 self.rpc.close(0)
                 self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
-                raise ChatterError(f"the coordinator did not answer within {self.rpc_timeout_ms} ms at "
-                                   f"{transport.endpoint(transport.RPC, self.run_dir)}: is it running (make run)?")
+                raise CoordinatorSilent(f"the coordinator did not answer within {self.rpc_timeout_ms} ms at "
+                                        f"{transport.endpoint(transport.RPC, self.run_dir)}: is it running (make run)?")
             try:
                 reply = codec.decode(self.rpc.recv(), (m.Reply,))
             except codec.FrameError:
@@ -74,7 +92,7 @@ class Client:
         return self.request(m.NewSession(next(self.req_ids), system, model, max_input_tokens))["session_id"]
 
     def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> dict:
-        return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model))
+        return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model), attempts=3)
 
     def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None) -> dict:
         return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len))
@@ -84,7 +102,7 @@ class Client:
         return self.request(m.Snapshot(next(self.req_ids), session_id, generation_id))
 
     def regenerate(self, session_id: str, client_request_id: str) -> dict:
-        return self.request(m.Regenerate(next(self.req_ids), session_id, client_request_id))
+        return self.request(m.Regenerate(next(self.req_ids), session_id, client_request_id), attempts=3)
 
     def sessions(self, limit: int = 50) -> list[dict]:
         return self.request(m.Sessions(next(self.req_ids), limit))["sessions"]

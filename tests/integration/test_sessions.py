@@ -223,3 +223,26 @@ def test_a_coordinator_restarted_mid_generation_gives_a_clear_outcome(fresh_stac
     assert outcome["status"] == "interrupted" and watcher.returncode == 1, err
     row = stack.wait_db_status(sent["message_id"], ("interrupted",))
     assert row["content"] == durable == outcome["content"] and len(durable) >= 30
+
+
+def test_a_send_retried_after_a_timeout_starts_one_generation(fresh_stack):
+    import signal
+    import threading
+    stack = fresh_stack()
+    client = type(stack.client())(run_dir=str(stack.run_dir), rpc_timeout_ms=600)
+    coordinator = stack.procs["coordinator"]
+    try:
+        session_id = client.new_session()
+        client.subscribe(session_id)
+        coordinator.send_signal(signal.SIGSTOP)  # the first attempt times out unanswered...
+        threading.Timer(0.9, coordinator.send_signal, (signal.SIGCONT,)).start()
+        sent = client.send(session_id, "retried [[mock tokens=10]]", "req-retry")  # ...the retry is answered
+        view = client.follow(session_id, sent["generation_id"])
+    finally:
+        coordinator.send_signal(signal.SIGCONT)
+        client.close()
+    assert client.rpc_timeouts >= 1, "the first attempt was answered: no retry was tested"
+    assert view.status == "completed"
+    assert len([e for e in stack.journal() if "retried" in json.dumps(e["body"])]) == 1
+    history = stack.cli_json("history", session_id)["messages"]
+    assert [h["role"] for h in history] == ["user", "assistant"]
