@@ -102,6 +102,40 @@ def cmd_chat(client: Client, args) -> int:
     return Chat(client, args).run()
 
 
+def cmd_loadtest(args) -> int:
+    """Runs without a default client: it may spawn its own stack."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from clients.loadtest import LoadSpec, plot, print_table, run_loadtest
+
+    spec = LoadSpec(streams=args.streams, count=args.count, duration_s=args.duration, tokens=args.tokens,
+                    tps=args.tps, ttft_ms=args.ttft_ms, cancel_frac=args.cancel_frac, model=args.model,
+                    seed=args.seed)
+    if spec.count is None and spec.duration_s is None:
+        spec.count = spec.streams
+    console = Console(stderr=True)
+    total = spec.count
+    with Progress(TextColumn("streams"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("load", total=total)
+        report = run_loadtest(spec, spawn=args.spawn, generators=args.generators,
+                              progress=lambda done: bar.update(task, completed=done))
+    if args.plot:
+        plot(report, args.plot)
+    samples = report.pop("_delivery_samples")
+    del samples
+    text = json.dumps(report, ensure_ascii=False, indent=None if args.json else 2)
+    if args.out:
+        with open(args.out, "w") as out:
+            out.write(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print_table(report, console)
+    return EXIT_OK if report["mismatches"] == 0 and report["errors"] == 0 else EXIT_ERROR
+
+
 def cmd_sessions(client: Client, args) -> int:
     rows = client.sessions(limit=args.limit)
     if args.json:
@@ -209,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_regenerate)
+    p = sub.add_parser("loadtest", help="simulated users against the stack, every stream verified, with a report")
+    p.add_argument("--streams", type=int, default=20, help="concurrent users (default 20)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--count", type=int, help="streams in all (default: --streams)")
+    group.add_argument("--duration", type=float, help="keep starting streams for this many seconds")
+    p.add_argument("--tokens", type=int, default=200, help="tokens per reply (default 200)")
+    p.add_argument("--tps", type=float, default=20.0, help="mock tokens per second per stream (default 20)")
+    p.add_argument("--ttft-ms", type=float, default=50.0, help="mock time to first token (default 50)")
+    p.add_argument("--cancel-frac", type=float, default=0.0, help="fraction of users who cancel at a random moment")
+    p.add_argument("--spawn", action="store_true", help="start a private stack: temporary database, free port")
+    p.add_argument("--generators", type=int, default=1, help="with --spawn: generator processes (default 1)")
+    p.add_argument("--model", default="mock-1")
+    p.add_argument("--seed", type=int, default=1, help="seed of who cancels when")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.add_argument("--plot", help="write a latency histogram and throughput over time to this PNG")
+    p.set_defaults(func=cmd_loadtest, needs_client=False)
     p = sub.add_parser("sessions", help="recent sessions")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
@@ -233,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "json", False) and args.command == "watch" and not args.once:
         build_parser().error("watch --json needs --once")
     try:
+        if not getattr(args, "needs_client", True):
+            return args.func(args)
         with Client() as client:
             return args.func(client, args)
     except ChatterError as exc:

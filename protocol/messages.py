@@ -132,6 +132,7 @@ class StreamDelta(Message):
     offset: int
     text: str
     tokens: int  # estimated tokens so far
+    first_received_at: float = 0.0  # when the generator read the oldest chunk in this text: delivery latency
 
 
 @message(22)
@@ -223,6 +224,7 @@ class GeneratorHeartbeat(Message):
     capacity_free: int
     active: int
     retries: int
+    pid: int = 0
 
 
 GEN_EVENTS = (GenStarted, GenDelta, GenDone, GenError, GenCancelled, GeneratorHeartbeat)
@@ -297,6 +299,7 @@ class PersisterHello(Message):
     """A persister that (re)started: the coordinator answers with the live messages and resends."""
 
     started_at: float
+    pid: int = 0
 
 
 @message(62)

@@ -3,6 +3,7 @@ state machine, and carries out its effects. No stream rule lives here."""
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import time
 
@@ -36,7 +37,7 @@ def settings_from_env() -> Settings:
 class CoordinatorShell:
     def __init__(self) -> None:
         self.log = configure("coordinator")
-        self.machine = Coordinator(settings_from_env(), count_tokens)
+        self.machine = Coordinator(settings_from_env(), count_tokens, pid=os.getpid())
         count_tokens("warm up", config.default_model())  # load the encoding now, not on the first request
         store.open_database(config.database_url())
         self.ctx = zmq.Context()

@@ -94,6 +94,7 @@ class GenerationState:
     tokens_source: str = "estimated"
     client_len: int = 0  # text published to clients
     client_pending: list[str] = field(default_factory=list)
+    client_pending_since: float = 0.0  # generator receipt time of the oldest pending text
     client_flushed_at: float = float("-inf")
     client_deadline: float | None = None
     persist_pending: list[str] = field(default_factory=list)
@@ -114,6 +115,7 @@ class GeneratorInfo:
     capacity_free: int = 0
     active: int = 0
     retries: int = 0
+    pid: int = 0
 
 
 def new_id() -> str:
@@ -125,8 +127,9 @@ def content_hash(text: str) -> str:
 
 
 class Coordinator:
-    def __init__(self, settings: Settings, count_tokens, new_id=new_id) -> None:
+    def __init__(self, settings: Settings, count_tokens, new_id=new_id, pid: int = 0) -> None:
         self.settings = settings
+        self.pid = pid  # reported in status, so a load test can read each process's CPU accounting
         self.count_tokens = count_tokens
         self.new_id = new_id
         self.sessions: dict[str, SessionState] = {}
@@ -136,6 +139,7 @@ class Coordinator:
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms)
         self.generators: dict[str, GeneratorInfo] = {}
+        self.persister_pid = 0
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
@@ -353,7 +357,10 @@ class Coordinator:
     def _on_status(self, msg: m.Status, now: float, out: list) -> dict:
         result = {
             "generators": [{"generator_id": g.generator_id, "capacity_free": g.capacity_free, "active": g.active,
-                            "seen_ms_ago": round((now - g.last_seen) * 1000)} for g in self.generators.values()],
+                            "seen_ms_ago": round((now - g.last_seen) * 1000), "pid": g.pid}
+                           for g in self.generators.values()],
+            "coordinator_pid": self.pid,
+            "persister_pid": self.persister_pid,
             "active": [{"generation_id": g.generation_id, "session_id": g.session_id, "status": g.status,
                         "length": g.length, "generator_id": g.generator_id, "prompt_tokens": g.prompt.prompt_tokens,
                         "max_input_tokens": g.prompt.max_input_tokens} for g in self.active.values()],
@@ -433,6 +440,8 @@ class Coordinator:
         gen.parts.append(msg.text)
         gen.length += len(msg.text)
         gen.tokens += msg.tokens
+        if not gen.client_pending:
+            gen.client_pending_since = msg.received_at
         gen.client_pending.append(msg.text)
         gen.persist_pending.append(msg.text)
         self._schedule(gen, now, out)
@@ -465,6 +474,7 @@ class Coordinator:
             info = self.generators[msg.generator_id] = GeneratorInfo(msg.generator_id, now)
             out.append(Log("generator_joined", {"generator_id": msg.generator_id}))
         info.last_seen, info.capacity_free, info.active, info.retries = now, msg.capacity_free, msg.active, msg.retries
+        info.pid = msg.pid
 
     # ------------------------------------------------------------ coalescing and checkpoints
 
@@ -494,7 +504,7 @@ class Coordinator:
         text = "".join(gen.client_pending)
         gen.client_pending.clear()
         out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, gen.client_len, text,
-                                                           gen.tokens)))
+                                                           gen.tokens, gen.client_pending_since)))
         gen.client_len += len(text)
 
     def _checkpoint(self, gen: GenerationState, now: float, out: list) -> None:
@@ -525,7 +535,8 @@ class Coordinator:
             gen.tokens = self.count_tokens(text, gen.prompt.model)
         if gen.client_len < gen.length:
             out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, gen.client_len,
-                                                               text[gen.client_len:], gen.tokens)))
+                                                               text[gen.client_len:], gen.tokens,
+                                                               gen.client_pending_since)))
             gen.client_len = gen.length
         sent_len = self.persisted.sent_len(gen.message_id)
         if sent_len < gen.length:
@@ -568,6 +579,7 @@ class Coordinator:
                                                          f.length, f.content_hash, f.stats, f.error)))
 
     def _on_persister_hello(self, msg: m.PersisterHello, now: float, out: list) -> None:
+        self.persister_pid = msg.pid
         self.persisted.on_persister_hello()
         self._housekeeping_at = 0.0
         out.append(Log("persister_joined", {}))

@@ -123,7 +123,7 @@ class GeneratorShell:
     async def heartbeat(self) -> None:
         while True:
             free = self.concurrency - len(self.tasks)
-            await self.emit(m.GeneratorHeartbeat(self.generator_id, free, len(self.tasks), self.retries))
+            await self.emit(m.GeneratorHeartbeat(self.generator_id, free, len(self.tasks), self.retries, os.getpid()))
             now = time.monotonic()
             if self.tasks and now - self.coordinator_heard_at > self.coordinator_silent_s:
                 self.log.warning("coordinator_silent", cancelling=len(self.tasks))

@@ -6,6 +6,7 @@ per-row ORM calls (measured: ~9k row updates/s through the ORM against ~240k/s i
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -137,7 +138,7 @@ def main() -> None:
     ops_in = transport.open_socket(ctx, transport.PERSIST, bind=False)
     acks_out = transport.open_socket(ctx, transport.PERSIST_ACKS, bind=False)
     # The coordinator answers with the live messages; every other streaming one is then interrupted.
-    acks_out.send(m.PersisterHello(time.time()).encode())
+    acks_out.send(m.PersisterHello(time.time(), os.getpid()).encode())
     stopping = False
 
     def stop(signum, _frame):

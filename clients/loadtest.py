@@ -1,0 +1,480 @@
+"""``chatter loadtest``: many simulated users against a running stack (or one it spawns), every stream
+verified against the mock's deterministic text and the database, with a latency and cost report.
+
+One process drives every user through one DEALER and one SUB socket: requests are pipelined and
+matched by request id, events are routed by session. A load client that cost more than the backend
+would measure itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import random
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import zmq
+
+from clients.api import Client
+from clients.view import GAP, ReplyView
+from clients.verify import StreamOutcome, verify_stream
+from protocol import codec, messages as m
+from services.mock_llm.script import reply_text
+
+SILENCE_S = 2.0  # a stream quiet this long asks for a snapshot
+
+
+@dataclass
+class LoadSpec:
+    streams: int = 20
+    count: int | None = None  # total streams; default: ``streams``
+    duration_s: float | None = None
+    tokens: int = 200
+    tps: float = 20.0
+    ttft_ms: float = 50.0
+    cancel_frac: float = 0.0
+    model: str = "mock-1"
+    seed: int = 1
+
+
+@dataclass
+class UserStream:
+    index: int
+    text: str
+    cancel_at_chars: int | None
+    session_id: str | None = None
+    generation_id: str | None = None
+    message_id: str | None = None
+    view: ReplyView | None = None
+    early_events: list = field(default_factory=list)  # events that beat the send's reply
+    sent_at: float = 0.0
+    first_text_at: float | None = None
+    cancelled_at: float | None = None
+    kept_text: str | None = None
+    ended_at: float | None = None
+    last_event_at: float = 0.0
+    snapshot_pending: bool = False
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 2), "n": len(ordered)}
+
+
+class ProcessMeter:
+    """CPU and peak RSS of each service process, read from the processes' own accounting."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
+        self.cpu_start = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.io_start = {name: self._io(p) for name, p in self.procs.items()}
+        self.rss_peak = {name: 0 for name in self.procs}
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system
+
+    @staticmethod
+    def _io(proc: psutil.Process) -> int:
+        try:
+            return proc.io_counters().write_chars
+        except (psutil.AccessDenied, AttributeError):
+            return 0
+
+    def sample(self) -> None:
+        for name, proc in self.procs.items():
+            try:
+                self.rss_peak[name] = max(self.rss_peak[name], proc.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+
+    def finish(self) -> tuple[dict, dict, dict]:
+        cpu, io = {}, {}
+        self.sample()
+        for name, proc in self.procs.items():
+            try:
+                cpu[name] = self._cpu(proc) - self.cpu_start[name]
+                io[name] = self._io(proc) - self.io_start[name]
+                with open(f"/proc/{proc.pid}/status") as status:  # VmHWM: the kernel's own peak RSS
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            self.rss_peak[name] = max(self.rss_peak[name], int(line.split()[1]) * 1024)
+            except (psutil.NoSuchProcess, FileNotFoundError):
+                pass
+        return cpu, io, {name: round(rss / 2**20, 1) for name, rss in self.rss_peak.items()}
+
+
+class LoadRun:
+    def __init__(self, client: Client, spec: LoadSpec, run_id: str, progress=None) -> None:
+        self.client = client
+        self.spec = spec
+        self.run_id = run_id
+        self.progress = progress
+        self.rng = random.Random(spec.seed)
+        self.req_ids = itertools.count(1_000_000)
+        self.callbacks: dict[int, tuple] = {}
+        self.by_session: dict[str, UserStream] = {}
+        self.streams: list[UserStream] = []
+        self.delivery_ms: list[float] = []
+        self.text_times: list[tuple[float, int]] = []  # (time, chars) for throughput over time
+        self.started = 0
+        self.finished = 0
+
+    # ------------------------------------------------------------ rpc, pipelined
+
+    def call(self, msg: m.Message, on_reply, stream: UserStream) -> None:
+        self.callbacks[msg.req_id] = (on_reply, stream)
+        self.client.rpc.send(msg.encode())
+
+    def on_rpc(self, payload: bytes) -> None:
+        reply = codec.decode(payload, (m.Reply,))
+        handler = self.callbacks.pop(reply.req_id, None)
+        if handler is not None:
+            on_reply, stream = handler
+            on_reply(stream, reply)
+
+    # ------------------------------------------------------------ one user's life
+
+    def start_stream(self) -> None:
+        index = self.started
+        self.started += 1
+        spec = self.spec
+        text = (f"loadtest {self.run_id} #{index} "
+                f"[[mock tokens={spec.tokens} tps={spec.tps:g} ttft_ms={spec.ttft_ms:g}]]")
+        cancel_at = None
+        if self.rng.random() < spec.cancel_frac:
+            expected_len = len(reply_text([{"role": "user", "content": text}], spec.model, spec.tokens))
+            cancel_at = self.rng.randint(1, max(1, expected_len - 1))
+        stream = UserStream(index, text, cancel_at, last_event_at=time.monotonic())
+        self.streams.append(stream)
+        self.call(m.NewSession(next(self.req_ids), None, spec.model), self.on_session, stream)
+
+    def on_session(self, stream: UserStream, reply: m.Reply) -> None:
+        if not reply.ok:
+            return self.end(stream, "error: " + str(reply.error))
+        stream.session_id = reply.result["session_id"]
+        self.by_session[stream.session_id] = stream
+        self.client.subscribe(stream.session_id)
+        stream.sent_at = time.time()
+        self.call(m.Send(next(self.req_ids), stream.session_id, stream.text, f"load-{self.run_id}-{stream.index}",
+                         self.spec.model), self.on_sent, stream)
+
+    def on_sent(self, stream: UserStream, reply: m.Reply) -> None:
+        if not reply.ok:
+            return self.end(stream, "error: " + str(reply.error))
+        stream.generation_id = reply.result["generation_id"]
+        stream.message_id = reply.result["message_id"]
+        stream.view = ReplyView(stream.generation_id)
+        for event in stream.early_events:
+            self.apply(stream, event, time.time())
+        stream.early_events.clear()
+
+    def on_event(self, payload: bytes, now: float) -> None:
+        try:
+            event = codec.decode(payload, m.STREAM_EVENTS)
+        except codec.FrameError:
+            return
+        stream = self.by_session.get(event.session_id)
+        if stream is None or stream.ended_at is not None:
+            return
+        stream.last_event_at = time.monotonic()
+        if stream.view is None:
+            stream.early_events.append(event)
+            return
+        self.apply(stream, event, now)
+
+    def apply(self, stream: UserStream, event: m.Message, now: float) -> None:
+        if isinstance(event, m.StreamDelta) and event.generation_id == stream.generation_id and event.first_received_at:
+            self.delivery_ms.append((now - event.first_received_at) * 1000)
+        if stream.view.apply(event) == GAP:
+            self.ask_snapshot(stream)
+        self.after_update(stream, now)
+
+    def after_update(self, stream: UserStream, now: float) -> None:
+        view = stream.view
+        fresh = view.take_new_text()
+        if fresh:
+            self.text_times.append((now, len(fresh)))
+            if stream.first_text_at is None:
+                stream.first_text_at = now
+        if (stream.cancel_at_chars is not None and stream.cancelled_at is None and view.final is None
+                and len(view.text) >= stream.cancel_at_chars):
+            stream.cancelled_at = time.time()
+            stream.kept_text = view.text
+            self.call(m.Cancel(next(self.req_ids), stream.session_id, stream.generation_id, len(view.text)),
+                      lambda s, r: None, stream)
+        if view.final is not None:
+            self.end(stream, None)
+
+    def ask_snapshot(self, stream: UserStream) -> None:
+        if stream.snapshot_pending:
+            return
+        stream.snapshot_pending = True
+        self.call(m.Snapshot(next(self.req_ids), stream.session_id, stream.generation_id), self.on_snapshot, stream)
+
+    def on_snapshot(self, stream: UserStream, reply: m.Reply) -> None:
+        stream.snapshot_pending = False
+        if reply.ok and stream.ended_at is None:
+            stream.view.apply_snapshot(reply.result)
+            self.after_update(stream, time.time())
+
+    def end(self, stream: UserStream, failure: str | None) -> None:
+        if stream.ended_at is not None:
+            return
+        stream.ended_at = time.time()
+        if failure is not None:
+            stream.view = stream.view or ReplyView(stream.generation_id or "")
+            stream.view.status = "error"
+            stream.view.final = {"status": "error", "error": failure, "stats": {}}
+        if stream.session_id:
+            self.client.unsubscribe(stream.session_id)
+        self.finished += 1
+        if self.progress is not None:
+            self.progress(self.finished)
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, meter: ProcessMeter) -> float:
+        spec = self.spec
+        total = spec.count if spec.count is not None else (None if spec.duration_s else spec.streams)
+        began = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(self.client.rpc, zmq.POLLIN)
+        poller.register(self.client.stream, zmq.POLLIN)
+        next_sample = next_check = 0.0
+        last_progress, last_finished = time.monotonic(), 0
+        while True:
+            clock = time.monotonic()
+            open_streams = self.started - self.finished
+            more = (self.started < total) if total is not None else (clock - began < spec.duration_s)
+            while more and open_streams < spec.streams:
+                self.start_stream()
+                open_streams += 1
+                more = (self.started < total) if total is not None else (clock - began < spec.duration_s)
+            if not more and open_streams == 0:
+                break
+            ready = dict(poller.poll(50))
+            now = time.time()
+            if self.client.stream in ready:
+                for _ in range(1024):
+                    try:
+                        self.on_event(self.client.stream.recv_multipart(zmq.NOBLOCK)[-1], now)
+                    except zmq.Again:
+                        break
+            if self.client.rpc in ready:
+                for _ in range(1024):
+                    try:
+                        self.on_rpc(self.client.rpc.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            clock = time.monotonic()
+            if clock >= next_sample:
+                next_sample = clock + 0.5
+                meter.sample()
+            if clock >= next_check:
+                next_check = clock + 0.5
+                for stream in self.streams:
+                    if stream.ended_at is None and stream.view is not None and clock - stream.last_event_at > SILENCE_S:
+                        stream.last_event_at = clock
+                        self.ask_snapshot(stream)
+            if self.finished != last_finished:
+                last_finished, last_progress = self.finished, clock
+            elif clock - last_progress > 120:
+                for stream in self.streams:
+                    if stream.ended_at is None:
+                        self.end(stream, "error: no progress for 120 s")
+        return time.monotonic() - began
+
+
+def fetch_journal(port: int) -> dict[str, dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/journal", timeout=30) as resp:
+        entries = json.load(resp)["requests"]
+    by_text = {}
+    for entry in entries:
+        users = [msg for msg in entry["body"].get("messages", []) if msg.get("role") == "user"]
+        if users:
+            by_text[users[-1]["content"]] = entry
+    return by_text
+
+
+def read_database(url: str, message_ids: list[str]) -> dict[str, tuple[str, str]]:
+    from services import store
+    db = store.open_database(url)
+    try:
+        rows = {}
+        for start in range(0, len(message_ids), 500):
+            batch = message_ids[start:start + 500]
+            for row in store.Message.select(store.Message.id, store.Message.status).where(store.Message.id.in_(batch)):
+                rows[row.id] = (row.status, store.streamed_text(row.id))
+        return rows
+    finally:
+        db.close()
+
+
+def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_url: str | None = None,
+                 mock_port: int | None = None, progress=None, stack_env: dict | None = None) -> dict:
+    """Run one load test and return its report (the JSON object)."""
+    from clients.spawn import LocalStack
+    from services import config
+
+    run_id = f"{int(time.time())}-{random.randrange(10**6)}"
+    workdir = None
+    stack = None
+    if spawn:
+        workdir = tempfile.mkdtemp(prefix="chatter-load-")
+        per_generator = -(-spec.streams // generators) + 8
+        env = {"CHATTER_GENERATOR_CONCURRENCY": str(per_generator)} | (stack_env or {})
+        stack = LocalStack(Path(workdir), generators=generators, **env).start()
+        database_url = f"sqlite:///{stack.db_path}"
+        mock_port = stack.port
+    database_url = database_url or config.database_url()
+    mock_port = mock_port or config.mock_port()
+    try:
+        client = stack.client(rpc_timeout_ms=10_000) if stack else Client(rpc_timeout_ms=10_000)
+        with client:
+            status_before = client.status()
+            pids = {"coordinator": status_before.get("coordinator_pid", 0),
+                    "persister": status_before.get("persister_pid", 0)}
+            for i, gen in enumerate(status_before["generators"]):
+                pids["generator" if i == 0 else f"generator.{i + 1}"] = gen.get("pid", 0)
+            if stack is not None:
+                pids["mock_llm"] = stack.procs["mock_llm"].pid
+            pids = {name: pid for name, pid in pids.items() if pid and psutil.pid_exists(pid)}
+            meter = ProcessMeter(pids | {"loadtest": psutil.Process().pid})
+            load = LoadRun(client, spec, run_id, progress)
+            elapsed = load.run(meter)
+            cpu, io, rss = meter.finish()
+            status_after = client.status()
+        journal = fetch_journal(mock_port)
+        db_rows = read_database(database_url, [s.message_id for s in load.streams if s.message_id])
+        return build_report(spec, load, elapsed, cpu, io, rss, status_before, status_after, journal, db_rows)
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def build_report(spec, load: LoadRun, elapsed, cpu, io, rss, before, after, journal, db_rows) -> dict:
+    outcomes = []
+    mismatches = []
+    cancel_ms = []
+    for s in load.streams:
+        view = s.view or ReplyView("")
+        status, content = db_rows.get(s.message_id, (None, None))
+        outcome = StreamOutcome(status=view.status, text=view.text, cancel_requested=s.cancelled_at is not None,
+                                kept_text=s.kept_text, db_status=status, db_content=content)
+        expected = reply_text([{"role": "user", "content": s.text}], spec.model, spec.tokens)
+        problems = verify_stream(outcome, expected)
+        if problems:
+            mismatches.append({"stream": s.index, "message_id": s.message_id, "problems": problems})
+        outcomes.append(outcome)
+        entry = journal.get(s.text)
+        if s.cancelled_at is not None and view.status == "cancelled" and entry and entry["client_closed"]:
+            cancel_ms.append((entry["closed_at"] - s.cancelled_at) * 1000)
+    tokens = sum(((s.view.final or {}).get("stats") or {}).get("tokens") or 0 for s in load.streams if s.view)
+    content_bytes = sum(len(o.db_content.encode()) for o in outcomes if o.db_content)
+    backend = ("coordinator", "persister") + tuple(n for n in cpu if n.startswith("generator"))
+    backend_cpu = sum(cpu.get(n, 0.0) for n in backend)
+    counters_before, counters_after = before["counters"], after["counters"]
+    return {
+        "streams": spec.streams,
+        "count": len(load.streams),
+        "completed": sum(o.status == "completed" for o in outcomes),
+        "cancelled": sum(o.status == "cancelled" for o in outcomes),
+        "errors": sum(o.status not in ("completed", "cancelled") for o in outcomes),
+        "mismatches": len(mismatches),
+        "mismatch_details": mismatches[:20],
+        "late_deltas_dropped": counters_after["late_deltas_dropped"] - counters_before["late_deltas_dropped"],
+        "ttft_ms": percentiles([(s.first_text_at - s.sent_at) * 1000 for s in load.streams if s.first_text_at]),
+        "delivery_latency_ms": percentiles(load.delivery_ms),
+        "cancel_latency_ms": percentiles(cancel_ms),
+        "tokens": tokens,
+        "elapsed_s": round(elapsed, 2),
+        "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None,
+        "cpu_s": {name: round(v, 3) for name, v in cpu.items()},
+        "cpu_us_per_token": {name: round(v * 1e6 / tokens, 1) if tokens else None for name, v in cpu.items()},
+        "backend_cpu_us_per_token": round(backend_cpu * 1e6 / tokens, 1) if tokens else None,
+        "rss_mb": rss,
+        "db_bytes_written": io.get("persister"),
+        "content_bytes": content_bytes,
+        "db_bytes_per_content_byte": round(io["persister"] / content_bytes, 2)
+        if content_bytes and io.get("persister") is not None else None,
+        "throughput_timeline": timeline(load.text_times),
+        "spec": dataclasses.asdict(spec),
+        "_delivery_samples": load.delivery_ms,  # for --plot; dropped from printed reports
+    }
+
+
+def timeline(text_times: list[tuple[float, int]]) -> list[list[float]]:
+    """Characters received per second of the run: [[second, chars], ...]."""
+    if not text_times:
+        return []
+    start = text_times[0][0]
+    buckets: dict[int, int] = {}
+    for at, chars in text_times:
+        buckets[int(at - start)] = buckets.get(int(at - start), 0) + chars
+    return [[second, buckets.get(second, 0)] for second in range(max(buckets) + 1)]
+
+
+def print_table(report: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"chatter loadtest — {report['count']} streams, {report['streams']} at once")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+
+    def pcts(d: dict) -> str:
+        return "–" if d["p50"] is None else f"p50 {d['p50']}  p95 {d['p95']}  p99 {d['p99']}"
+
+    rows = [
+        ("completed / cancelled / errors", f"{report['completed']} / {report['cancelled']} / {report['errors']}"),
+        ("mismatches", str(report["mismatches"])),
+        ("late deltas dropped", str(report["late_deltas_dropped"])),
+        ("TTFT ms", pcts(report["ttft_ms"])),
+        ("delivery latency ms", pcts(report["delivery_latency_ms"])),
+        ("cancel latency ms", pcts(report["cancel_latency_ms"])),
+        ("tokens/s", str(report["tokens_per_s"])),
+        ("backend CPU µs/token", str(report["backend_cpu_us_per_token"])),
+    ]
+    rows += [(f"  {name} CPU µs/token", str(v)) for name, v in report["cpu_us_per_token"].items()]
+    rows += [(f"  {name} peak RSS MB", str(v)) for name, v in report["rss_mb"].items()]
+    rows.append(("DB bytes written per content byte", str(report["db_bytes_per_content_byte"])))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+def plot(report: dict, path: str) -> None:
+    """A latency histogram and throughput over time, as a PNG (needs matplotlib: the ``plot`` extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'chatter[plot]'") from None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    samples = report.get("_delivery_samples") or []
+    left.hist(samples, bins=50, color="#4477aa")
+    left.set_title("delivery latency (generator → client)")
+    left.set_xlabel("ms")
+    left.set_ylabel("events")
+    seconds = [row[0] for row in report["throughput_timeline"]]
+    chars = [row[1] for row in report["throughput_timeline"]]
+    right.plot(seconds, chars, color="#228833")
+    right.set_title("throughput")
+    right.set_xlabel("s since first text")
+    right.set_ylabel("characters/s to clients")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

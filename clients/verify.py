@@ -1,0 +1,44 @@
+"""The load test's verifier: pure, so a test can show it catches what it must."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StreamOutcome:
+    status: str  # what the client ended with
+    text: str
+    cancel_requested: bool
+    kept_text: str | None  # what the client had when it cancelled
+    db_status: str | None
+    db_content: str | None
+
+
+def verify_stream(outcome: StreamOutcome, expected: str) -> list[str]:
+    """Every way a stream can be wrong; empty when it is right. ``expected`` is the mock's full reply."""
+    problems = []
+    if outcome.status == "completed":
+        if outcome.text != expected:
+            problems.append(f"completed text differs from the mock's ({len(outcome.text)} vs {len(expected)} chars, "
+                            f"first difference at {first_difference(outcome.text, expected)})")
+    elif outcome.status == "cancelled":
+        if not outcome.cancel_requested:
+            problems.append("cancelled without a cancel")
+        if not expected.startswith(outcome.text):
+            problems.append(f"cancelled text is not a prefix of the mock's (differs at "
+                            f"{first_difference(outcome.text, expected)})")
+        if outcome.kept_text is not None and outcome.text != outcome.kept_text:
+            problems.append(f"cancelled text is not what the client had at cancel "
+                            f"({len(outcome.text)} vs {len(outcome.kept_text)} chars)")
+    else:
+        problems.append(f"ended {outcome.status}")
+    if outcome.db_status != outcome.status:
+        problems.append(f"database status {outcome.db_status}, client saw {outcome.status}")
+    if outcome.db_content != outcome.text:
+        db = outcome.db_content or ""
+        problems.append(f"database content differs from the client's ({len(db)} vs {len(outcome.text)} chars)")
+    return problems
+
+
+def first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))

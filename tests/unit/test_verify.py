@@ -1,0 +1,53 @@
+"""The load test's checker must be able to fail."""
+from __future__ import annotations
+
+from clients.loadtest import percentiles, timeline
+from clients.verify import StreamOutcome, verify_stream
+
+EXPECTED = "the whole reply, exactly"
+
+
+def outcome(**kw) -> StreamOutcome:
+    base = dict(status="completed", text=EXPECTED, cancel_requested=False, kept_text=None, db_status="completed",
+                db_content=EXPECTED)
+    return StreamOutcome(**(base | kw))
+
+
+def test_a_right_stream_passes():
+    assert verify_stream(outcome(), EXPECTED) == []
+    cut = EXPECTED[:9]
+    assert verify_stream(outcome(status="cancelled", text=cut, cancel_requested=True, kept_text=cut,
+                                 db_status="cancelled", db_content=cut), EXPECTED) == []
+
+
+def test_a_corrupted_stream_is_caught():
+    bad = EXPECTED.replace("whole", "wh0le")
+    problems = verify_stream(outcome(text=bad, db_content=bad), EXPECTED)
+    assert problems and "first difference at 6" in problems[0]
+
+
+def test_a_missing_tail_is_caught():
+    assert verify_stream(outcome(text=EXPECTED[:-3], db_content=EXPECTED[:-3]), EXPECTED)
+    assert verify_stream(outcome(db_content=EXPECTED[:-3]), EXPECTED)  # the client had it, the database not
+
+
+def test_a_wrong_status_is_caught():
+    assert verify_stream(outcome(db_status="streaming"), EXPECTED)
+    assert verify_stream(outcome(status="cancelled", db_status="cancelled"), EXPECTED)  # nobody cancelled
+    assert verify_stream(outcome(status="error", db_status="error"), EXPECTED)
+
+
+def test_a_cancelled_stream_must_keep_what_the_client_had_and_be_a_prefix():
+    cut = EXPECTED[:9]
+    longer = EXPECTED[:12]
+    assert verify_stream(outcome(status="cancelled", text=longer, cancel_requested=True, kept_text=cut,
+                                 db_status="cancelled", db_content=longer), EXPECTED)
+    assert verify_stream(outcome(status="cancelled", text="not it", cancel_requested=True, kept_text="not it",
+                                 db_status="cancelled", db_content="not it"), EXPECTED)
+
+
+def test_percentiles_and_timeline():
+    p = percentiles([float(v) for v in range(1, 101)])
+    assert (p["p50"], p["p95"], p["p99"], p["n"]) == (51.0, 96.0, 100.0, 100)
+    assert percentiles([])["p50"] is None
+    assert timeline([(10.0, 5), (10.5, 5), (12.2, 7)]) == [[0, 10], [1, 0], [2, 7]]
