@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import random
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -363,6 +364,7 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
     finally:
         if stack is not None:
             stack.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def build_report(spec, load: LoadRun, elapsed, cpu, io, rss, before, after, journal, db_rows) -> dict:

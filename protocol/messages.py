@@ -193,6 +193,30 @@ class GenDelta(Message):
     received_at: float  # wall clock when the generator read the upstream chunk
 
 
+@message(46)
+class GenDeltaBatch(Message):
+    """Deltas of many generations in one frame, in order: a generator sends one frame per event-loop
+    turn instead of one per chunk. Each item is ``[generation_id, seq, text, tokens, received_at]``."""
+
+    deltas: list
+
+
+_DELTA_ITEM_TYPES = (str, int, str, int, (float, int))
+
+
+def unpack_deltas(batch: GenDeltaBatch) -> tuple[list[GenDelta], int]:
+    """The batch's valid deltas, and how many items were malformed (dropped and counted, like bad frames)."""
+    good, bad = [], 0
+    for item in batch.deltas:
+        if (isinstance(item, (list, tuple)) and len(item) == 5
+                and all(isinstance(v, t) and v is not True and v is not False
+                        for v, t in zip(item, _DELTA_ITEM_TYPES))):
+            good.append(GenDelta(*item))
+        else:
+            bad += 1
+    return good, bad
+
+
 @message(42)
 class GenDone(Message):
     generation_id: str
@@ -227,7 +251,7 @@ class GeneratorHeartbeat(Message):
     pid: int = 0
 
 
-GEN_EVENTS = (GenStarted, GenDelta, GenDone, GenError, GenCancelled, GeneratorHeartbeat)
+GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat)
 
 # ---------------------------------------------------------------- persist: coordinator -> persister
 

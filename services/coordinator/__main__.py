@@ -143,12 +143,13 @@ class CoordinatorShell:
         poller = zmq.Poller()
         for sock in (self.rpc, self.gen_events, self.acks):
             poller.register(sock, zmq.POLLIN)
+        poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
         while not self.stopping:
             now = time.time()
             timeout_ms = max(0, min(250, (self.machine.next_deadline() - now) * 1000))
-            if self.pending_jobs:
-                timeout_ms = min(timeout_ms, 50)
+            # jobs wait here while every generator's pipe is full: wake the moment one has room
+            poller.modify(self.jobs, zmq.POLLOUT if self.pending_jobs else 0)
             ready = dict(poller.poll(timeout_ms))
             now = time.time()
             if self.gen_events in ready:

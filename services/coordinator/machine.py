@@ -154,6 +154,7 @@ class Coordinator:
         }
         self._event_handlers = {
             m.GenStarted: self._on_gen_started, m.GenDelta: self._on_gen_delta, m.GenDone: self._on_gen_done,
+            m.GenDeltaBatch: self._on_gen_delta_batch,
             m.GenError: self._on_gen_error, m.GenCancelled: self._on_gen_cancelled,
             m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
             m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
@@ -445,6 +446,12 @@ class Coordinator:
         gen.client_pending.append(msg.text)
         gen.persist_pending.append(msg.text)
         self._schedule(gen, now, out)
+
+    def _on_gen_delta_batch(self, msg: m.GenDeltaBatch, now: float, out: list) -> None:
+        deltas, bad = m.unpack_deltas(msg)
+        self.counters["bad_frames_dropped"] += bad
+        for delta in deltas:
+            self._on_gen_delta(delta, now, out)
 
     def _on_gen_done(self, msg: m.GenDone, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)

@@ -18,7 +18,7 @@ SAMPLES = [
     m.Final("s", "g", "msg", "completed", 10, "h", {"tokens": 3}, None),
     m.Job("g", [{"role": "user", "content": "hi"}], "mock-1", {}, "h"),
     m.CancelGeneration("g"), m.CoordinatorHeartbeat(1.5),
-    m.GenStarted("g", "gen-1"), m.GenDelta("g", 1, "t", 1, 2.5), m.GenDone("g", 3, 10, "stop", 3, "server", 5),
+    m.GenStarted("g", "gen-1"), m.GenDelta("g", 1, "t", 1, 2.5), m.GenDeltaBatch([["g", 1, "t", 1, 2.5]]), m.GenDone("g", 3, 10, "stop", 3, "server", 5),
     m.GenError("g", 0, "boom", 2), m.GenCancelled("g", 4), m.GeneratorHeartbeat("gen-1", 60, 4, 0),
     m.CreateMessage("msg", "s", "title", None, "user", "hi", "completed", 1.0),
     m.Append("msg", 0, "abc"), m.Finalize("msg", "completed", 3, "h", {}, None),
@@ -86,3 +86,10 @@ def test_decoder_never_raises_anything_but_frame_error(data):
         codec.decode(data)
     except codec.FrameError:
         pass
+
+
+def test_a_delta_batch_unpacks_its_valid_items_and_counts_the_rest():
+    batch = codec.decode(m.GenDeltaBatch([["g", 1, "a", 1, 1.0], ["g", "2", "b", 1, 1.0], ["g", 2, "b", 1, 2],
+                                          ["g", True, "c", 1, 1.0], "junk", ["g", 3]]).encode())
+    good, bad = m.unpack_deltas(batch)
+    assert good == [m.GenDelta("g", 1, "a", 1, 1.0), m.GenDelta("g", 2, "b", 1, 2)] and bad == 4

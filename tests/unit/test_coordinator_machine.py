@@ -426,3 +426,13 @@ def test_a_cancel_shorter_than_the_checkpoints_never_resends_past_the_kept_lengt
     later = machine.tick(105.0)  # nothing was acked: resend, but never past the kept length
     assert all(e.msg.offset + len(e.msg.text) <= 5 for e in effects(later, ToPersister, m.Append))
     assert effects(later, ToPersister, m.Finalize)[0].msg.length == 5
+
+
+def test_a_delta_batch_applies_in_order_and_counts_malformed_items():
+    machine = make(flush_ms=0, checkpoint_ms=0)
+    _, r, _ = start(machine)
+    gen_id = r["generation_id"]
+    out = machine.handle_event(m.GenDeltaBatch([[gen_id, 1, "a", 1, 1.0], [gen_id, 2, "b", 1, 1.0], ["bad"],
+                                                [gen_id, 2, "dup", 1, 1.0], [gen_id, 3, "c", 1, 1.0]]), 100.0)
+    assert client_text([out]) == persisted_text([out]) == "abc"
+    assert machine.counters["bad_frames_dropped"] == 1 and machine.counters["duplicate_deltas_dropped"] == 1
