@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -19,3 +19,6 @@ test: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) data *.egg-info
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py

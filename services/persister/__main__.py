@@ -16,16 +16,26 @@ from protocol import codec, messages as m, transport
 from services import config, store
 from services.logs import configure
 
-DRAIN_BATCH = 1024
+DRAIN_BATCH = 4096
+GROUP_COMMIT_MS = config.env_int("CHATTER_GROUP_COMMIT_MS", 10)
 
 
 class Persister:
-    """Applies persist operations to the database. ``lengths`` caches each open message's durable length."""
+    """Applies persist operations. It keeps the durable text of open (streaming) messages in memory,
+    so appends and finalizes never read the database back; a restart reloads them on first touch."""
 
-    def __init__(self, log) -> None:
+    FINALIZED_KEPT = 100_000  # recently finalized messages remembered; older ones are looked up again
+
+    def __init__(self, log, db) -> None:
         self.log = log
-        self.lengths: dict[str, int] = {}
-        self.finalized: set[str] = set()
+        self.db = db
+        self.open: dict[str, list[str]] = {}  # message id -> durable text parts
+        self.open_length: dict[str, int] = {}
+        self.finalized: dict[str, int] = {}  # message id -> final length
+        quote = db.quote[0] + "{}" + db.quote[1] if isinstance(db.quote, str) and len(db.quote) == 2 else '"{}"'
+        self.insert_chunks_sql = (f"INSERT INTO {quote.format('chunk')} ({quote.format('message_id')}, "
+                                  f"{quote.format('offset')}, {quote.format('text')}) "
+                                  f"VALUES ({db.param}, {db.param}, {db.param})")
 
     def interrupt_orphans(self, reason: str, live_message_ids: list) -> list[str]:
         """Every streaming message without a live generation becomes ``interrupted``, keeping the text
@@ -34,8 +44,9 @@ class Persister:
         ids = [row.id for row in store.Message.select(store.Message.id).where(store.Message.status == store.STREAMING)
                if row.id not in live]
         for message_id in ids:
-            text = store.streamed_text(message_id)
-            self._write_final(message_id, "interrupted", text, {}, f"interrupted: {reason}", None)
+            self._known(message_id)
+            self._write_final(message_id, "interrupted", "".join(self.open[message_id]), {},
+                              f"interrupted: {reason}", None)
         return ids
 
     def apply_batch(self, ops: list[m.Message]) -> tuple[dict[str, tuple[int, bool]], list[m.Message]]:
@@ -43,25 +54,26 @@ class Persister:
         and other answers for the coordinator."""
         acks: dict[str, tuple[int, bool]] = {}
         answers: list[m.Message] = []
-        chunks: list[dict] = []
+        chunks: list[tuple] = []
         now = time.time()
         for op in ops:
             if isinstance(op, m.Append):
-                length = self._length(op.message_id)
-                if length is None or op.message_id in self.finalized:
-                    acks[op.message_id] = (length or 0, op.message_id in self.finalized)
-                    continue
-                end = op.offset + len(op.text)
-                if op.offset <= length < end:  # continues the stored text (a resend may overlap it)
-                    chunks.append({"message": op.message_id, "offset": length, "text": op.text[length - op.offset:]})
-                    self.lengths[op.message_id] = end
-                acks[op.message_id] = (self.lengths[op.message_id], False)
+                if self._known(op.message_id) and op.message_id in self.open:
+                    length = self.open_length[op.message_id]
+                    end = op.offset + len(op.text)
+                    if op.offset <= length < end:  # continues the stored text (a resend may overlap it)
+                        fresh = op.text[length - op.offset:]
+                        chunks.append((op.message_id, length, fresh))
+                        self.open[op.message_id].append(fresh)
+                        self.open_length[op.message_id] = end
+                acks[op.message_id] = self._ack(op.message_id)
                 continue
             if chunks:  # keep order: chunks before a finalize that follows them
-                store.Chunk.insert_many(chunks).execute()
+                self._insert_chunks(chunks)
                 chunks = []
             if isinstance(op, m.CreateMessage):
-                acks[op.message_id] = self._create(op, now)
+                self._create(op, now)
+                acks[op.message_id] = self._ack(op.message_id)
             elif isinstance(op, m.Finalize):
                 acks[op.message_id] = self._finalize(op)
             elif isinstance(op, m.InterruptOrphans):
@@ -70,22 +82,48 @@ class Persister:
                 if ids:
                     self.log.info("orphans_interrupted", count=len(ids), reason=op.reason)
         if chunks:
-            store.Chunk.insert_many(chunks).execute()
+            self._insert_chunks(chunks)
         return acks, answers
 
-    def _length(self, message_id: str) -> int | None:
-        if message_id not in self.lengths:
-            msg = store.Message.get_or_none(store.Message.id == message_id)
-            if msg is None:
-                return None  # its create has not arrived: ack 0, the coordinator resends
-            if msg.status != store.STREAMING:
-                self.finalized.add(message_id)
-                self.lengths[message_id] = msg.length
-            else:
-                self.lengths[message_id] = len(store.streamed_text(message_id))
-        return self.lengths[message_id]
+    def forget(self) -> None:
+        """After a failed transaction nothing in memory can be trusted: reload on next touch."""
+        self.open.clear()
+        self.open_length.clear()
+        self.finalized.clear()
 
-    def _create(self, op: m.CreateMessage, now: float) -> tuple[int, bool]:
+    def _insert_chunks(self, rows: list[tuple]) -> None:
+        # one executemany: peewee's per-row query building was the persister's top cost (py-spy)
+        self.db.cursor().executemany(self.insert_chunks_sql, rows)
+
+    def _known(self, message_id: str) -> bool:
+        """Load a message's state on first touch; False if it does not exist (its create is still to come)."""
+        if message_id in self.open or message_id in self.finalized:
+            return True
+        msg = store.Message.get_or_none(store.Message.id == message_id)
+        if msg is None:
+            return False
+        if msg.status == store.STREAMING:
+            text = store.streamed_text(message_id)
+            self.open[message_id] = [text] if text else []
+            self.open_length[message_id] = len(text)
+        else:
+            self._remember_final(message_id, msg.length)
+        return True
+
+    def _ack(self, message_id: str) -> tuple[int, bool]:
+        if message_id in self.finalized:
+            return self.finalized[message_id], True
+        return self.open_length.get(message_id, 0), False
+
+    def _remember_final(self, message_id: str, length: int) -> None:
+        self.open.pop(message_id, None)
+        self.open_length.pop(message_id, None)
+        self.finalized[message_id] = length
+        if len(self.finalized) > self.FINALIZED_KEPT:
+            for key in list(self.finalized)[: self.FINALIZED_KEPT // 2]:
+                del self.finalized[key]
+
+    def _create(self, op: m.CreateMessage, now: float) -> None:
         store.Session.insert(id=op.session_id, title=op.session_title, system=op.session_system,
                              created_at=op.created_at, updated_at=now).on_conflict_ignore().execute()
         # the session's settings as of this message: a /system change is persisted with the next message
@@ -94,6 +132,8 @@ class Persister:
             store.Session.id == op.session_id).execute()
         if op.supersedes:
             store.Message.update(superseded=True).where(store.Message.id.in_(op.supersedes)).execute()
+        if self._known(op.message_id):
+            return  # a resent create: the row is there already
         position = store.Message.select().where(store.Message.session == op.session_id).count()
         store.Message.insert(
             id=op.message_id, session=op.session_id, position=position, role=op.role, content=op.content,
@@ -101,19 +141,21 @@ class Persister:
             prompt_messages=op.prompt_messages, prompt_hash=op.prompt_hash, preview=op.preview, model=op.model,
             params=op.params, client_request_id=op.client_request_id, dropped_message_ids=op.dropped_message_ids,
             created_at=op.created_at, updated_at=now,
-        ).on_conflict_ignore().execute()
-        length = self._length(op.message_id)
-        return length or 0, op.message_id in self.finalized
+        ).execute()
+        if op.status == store.STREAMING:
+            self.open[op.message_id] = []
+            self.open_length[op.message_id] = 0
+        else:
+            self._remember_final(op.message_id, len(op.content))
 
     def _finalize(self, op: m.Finalize) -> tuple[int, bool]:
-        length = self._length(op.message_id)
-        if length is None:
+        if not self._known(op.message_id):
             return 0, False
         if op.message_id in self.finalized:
-            return length, True
-        if length < op.length:
-            return length, False  # text is missing: wait for the resent appends
-        text = store.streamed_text(op.message_id)[:op.length]  # a cancel may keep less than was checkpointed
+            return self.finalized[op.message_id], True
+        if self.open_length[op.message_id] < op.length:
+            return self.open_length[op.message_id], False  # text is missing: wait for the resent appends
+        text = "".join(self.open[op.message_id])[:op.length]  # a cancel may keep less than was checkpointed
         self._write_final(op.message_id, op.status, text, op.stats, op.error, op.content_hash)
         return op.length, True
 
@@ -123,8 +165,7 @@ class Persister:
                              content_hash=content_hash, updated_at=time.time()).where(
             store.Message.id == message_id).execute()
         store.Chunk.delete().where(store.Chunk.message == message_id).execute()
-        self.lengths[message_id] = len(text)
-        self.finalized.add(message_id)
+        self._remember_final(message_id, len(text))
 
 
 def main() -> None:
@@ -133,7 +174,7 @@ def main() -> None:
     added = store.migrate(db)
     if added:
         log.info("schema_migrated", added=added)
-    persister = Persister(log)
+    persister = Persister(log, db)
     ctx = zmq.Context()
     ops_in = transport.open_socket(ctx, transport.PERSIST, bind=False)
     acks_out = transport.open_socket(ctx, transport.PERSIST_ACKS, bind=False)
@@ -153,11 +194,16 @@ def main() -> None:
         if not ops_in.poll(250):
             continue
         ops: list[m.Message] = []
-        for _ in range(DRAIN_BATCH):
+        # group commit: every commit rewrites whole pages, so a few ms of gathering saves most of the bytes
+        deadline = time.monotonic() + GROUP_COMMIT_MS / 1000
+        while len(ops) < DRAIN_BATCH:
             try:
                 payload = ops_in.recv(zmq.NOBLOCK)
             except zmq.Again:
-                break
+                left_ms = (deadline - time.monotonic()) * 1000
+                if left_ms <= 0 or not ops_in.poll(left_ms):
+                    break
+                continue
             try:
                 ops.append(codec.decode(payload, m.PERSIST_OPS))
             except codec.FrameError as err:
@@ -169,8 +215,7 @@ def main() -> None:
             with db.atomic():
                 acks, answers = persister.apply_batch(ops)
         except Exception as exc:  # a database failure: nothing acked, so the coordinator resends
-            persister.lengths.clear()
-            persister.finalized.clear()
+            persister.forget()
             log.error("batch_failed", error=str(exc), ops=len(ops))
             continue
         for message_id, (length, finalized) in acks.items():

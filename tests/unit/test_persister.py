@@ -13,7 +13,7 @@ from services.persister.__main__ import Persister
 def persister():
     db = store.open_database("sqlite:///:memory:")
     db.create_tables(store.MODELS)
-    yield Persister(structlog.get_logger())
+    yield Persister(structlog.get_logger(), db)
     db.close()
 
 
