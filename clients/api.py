@@ -107,8 +107,10 @@ class Client:
     def sessions(self, limit: int = 50) -> list[dict]:
         return self.request(m.Sessions(next(self.req_ids), limit))["sessions"]
 
-    def configure(self, session_id: str, system: str | None = None, max_input_tokens: int | None = None) -> dict:
-        return self.request(m.ConfigureSession(next(self.req_ids), session_id, system, max_input_tokens))
+    def configure(self, session_id: str, system: str | None = None, max_input_tokens: int | None = None,
+                  model: str | None = None, params: dict | None = None) -> dict:
+        return self.request(m.ConfigureSession(next(self.req_ids), session_id, system, max_input_tokens, model,
+                                               params))
 
     def status(self, session_id: str | None = None) -> dict:
         return self.request(m.Status(next(self.req_ids), session_id))
@@ -127,7 +129,7 @@ class Client:
     def unsubscribe(self, session_id: str) -> None:
         self.stream.setsockopt(zmq.UNSUBSCRIBE, session_id.encode())
 
-    def follow(self, session_id: str, generation_id: str, *, on_text: Callable[[str], None] | None = None,
+    def follow(self, session_id: str, generation_id: str, *, on_text: Callable[[str, ReplyView], None] | None = None,
                interrupt: Callable[[], str | None] | None = None, attach: bool = False,
                silence_ms: int = 1000) -> ReplyView:
         """Follow one generation to its durable end (or until ``interrupt`` says ``detach``).
@@ -144,7 +146,7 @@ class Client:
         while view.final is None:
             fresh = view.take_new_text()
             if fresh and on_text is not None and not cancelled:
-                on_text(fresh)
+                on_text(fresh, view)
             action = interrupt() if interrupt is not None and not cancelled else None
             if action == "detach":
                 return view
@@ -168,7 +170,7 @@ class Client:
                 view.apply_snapshot(self.snapshot(session_id, generation_id))
         fresh = view.take_new_text()
         if fresh and on_text is not None and not cancelled:
-            on_text(fresh)
+            on_text(fresh, view)
         return view
 
     def next_generation(self, session_id: str, after: set[str], stop: Callable[[], bool],

@@ -1,35 +1,59 @@
-"""``chatter chat``: an interactive conversation with slash commands.
+"""``chatter chat``: an interactive conversation.
 
-While a reply streams, input is still read: Ctrl+C or ``/stop`` cancels the reply; any other
-slash command (``/switch``, ``/new``, ``/regenerate``, ...) runs at once and leaves the reply
-streaming on the server, to be found live or final on coming back.
+On a terminal, input comes from prompt_toolkit (history kept across runs, Alt+Enter or Esc Enter for
+a new line, Tab completes commands) and replies render as live Markdown with a stats bar. Input is
+still read while a reply streams: Ctrl+C or ``/stop`` cancels the reply; any other command (``/switch``,
+``/new``, ``/regenerate``, ...) runs at once and leaves the reply streaming on the server, to be found
+live or final on coming back. Piped input works line by line, with plain output.
 """
 from __future__ import annotations
 
 import os
+import re
 import select
 import sys
+import termios
+import tty
 import uuid
+from contextlib import nullcontext
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
 
 from clients.api import ChatterError, Client
-from clients.cli import print_history, print_preview, print_sessions, stream_reply, write_out
-from clients.output import EXIT_OK, SigintFlag, outcome_json, resolve_session, stats_line
+from clients.cli import print_history, print_preview, print_sessions, stream_reply
+from clients.output import EXIT_OK, resolve_session
+from clients.render import ReplyRenderer
 
-HELP = """commands:
-  /new [SYSTEM]      a new session (optionally with a system prompt)
-  /sessions          recent sessions
-  /switch ID         go to a session (a unique prefix will do); a reply under way there shows live
-  /history           this session's messages
-  /preview           the exact prompt of the last reply
-  /regenerate        answer the last message again (cancels a streaming reply)
-  /system [TEXT]     set (or clear) this session's system prompt, from the next reply on
-  /budget N          this session's input budget in tokens (0: the default)
-  /stop              stop the streaming reply (Ctrl+C does too)
-  /help, /quit       this text; leave (Ctrl+D does too)"""
+COMMANDS = {
+    "/help": "this list",
+    "/new": "/new [SYSTEM] — a new session, optionally with a system prompt",
+    "/sessions": "recent sessions",
+    "/switch": "/switch ID — go to a session (a unique prefix will do); a reply under way there shows live",
+    "/history": "this session's messages",
+    "/preview": "the exact prompt of the last reply, and what was left out to fit the budget",
+    "/regenerate": "answer the last message again (cancels a streaming reply)",
+    "/system": "/system [TEXT] — set (or clear) this session's system prompt, from the next reply on",
+    "/config": "/config [model=M] [temperature=T] [max_tokens=N] [stream=on|off] — this session's settings, "
+               "applied from the next reply on; 'default' unsets one",
+    "/budget": "/budget N — this session's input budget in tokens (0: the default)",
+    "/tokens": "context use: ~tokens of the history against the input budget",
+    "/status": "the coordinator, generators, active replies and counters",
+    "/stop": "stop the streaming reply (Ctrl+C does too)",
+    "/quit": "leave (Ctrl+D does too)",
+}
+
+
+def history_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    path = Path(base) / "chatter" / "history"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class LineReader:
-    """Lines from stdin without blocking the reply: select on the descriptor, split on newlines."""
+    """Lines from piped stdin without blocking a reply: select on the descriptor, split on newlines."""
 
     def __init__(self) -> None:
         self.fd = sys.stdin.fileno()
@@ -61,34 +85,104 @@ class LineReader:
         return line.decode("utf-8", errors="replace").rstrip("\r")
 
 
+class KeyReader:
+    """Keys typed on the terminal while a reply streams, without echo (the stats bar shows them)."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self.typed = ""
+        self.saved = None
+
+    def __enter__(self) -> KeyReader:
+        self.saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)  # Ctrl+C still raises SIGINT
+        attrs = termios.tcgetattr(self.fd)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def poll(self) -> str | None:
+        """A finished line, or None; the line being typed is in ``typed``."""
+        while select.select([self.fd], [], [], 0)[0]:
+            data = os.read(self.fd, 1024).decode("utf-8", errors="replace")
+            for ch in data:
+                if ch in "\r\n":
+                    line, self.typed = self.typed, ""
+                    return line
+                if ch in "\x7f\b":
+                    self.typed = self.typed[:-1]
+                elif ch >= " ":
+                    self.typed += ch
+        return None
+
+
 class Chat:
     def __init__(self, client: Client, args) -> None:
         self.client = client
         self.model = args.model
-        self.reader = LineReader()
+        self.terminal = sys.stdin.isatty() and sys.stdout.isatty()
+        self.console = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
         self.pending: str | None = None  # a command typed while a reply streamed
+        self.lines = None if self.terminal else LineReader()
+        self.prompt = self._prompt_session() if self.terminal else None
         if args.session:
             self.session_id = resolve_session(client, args.session)
         else:
             self.session_id = client.new_session(system=args.system, model=args.model,
                                                  max_input_tokens=args.max_input_tokens)
 
-    def say(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+    # ------------------------------------------------------------ input
+
+    def _prompt_session(self):
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.completion import WordCompleter
+        from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        keys = KeyBindings()
+
+        @keys.add("escape", "enter")  # Alt+Enter, or Esc then Enter: a new line instead of sending
+        def _newline(event) -> None:
+            event.current_buffer.insert_text("\n")
+
+        completer = WordCompleter(list(COMMANDS), sentence=True, meta_dict=COMMANDS,
+                                  pattern=re.compile(r"^(/\w*)"))
+        return PromptSession(history=FileHistory(str(history_path())), completer=completer, key_bindings=keys,
+                             complete_while_typing=False)
+
+    def read_input(self) -> str | None:
+        """The next message or command; None at the end (Ctrl+D). Ctrl+C at the prompt clears it."""
+        if self.prompt is not None:
+            while True:
+                try:
+                    return self.prompt.prompt("› ")
+                except KeyboardInterrupt:
+                    continue
+                except EOFError:
+                    return None
+        sys.stdout.write("› ")
+        sys.stdout.flush()
+        return self.lines.readline()
+
+    def say(self, text: str, style: str = "dim") -> None:
+        self.err.print(text, style=style, markup=False, highlight=False)
+
+    def error(self, text: str) -> None:
+        self.err.print(f"error: {text}", style="bold red", markup=False, highlight=False)
+
+    # ------------------------------------------------------------ loop
 
     def run(self) -> int:
         self.say(f"session {self.session_id} — /help for commands, Ctrl+C stops a reply, Ctrl+D quits")
         while True:
-            line = self.pending
-            self.pending = None
+            line, self.pending = self.pending, None
             if line is None:
-                write_out("› ")
-                with SigintFlag() as sigint:
-                    line = self.reader.readline()
-                if sigint.raised and not line:
-                    continue
+                line = self.read_input()
                 if line is None:
-                    self.say("")
                     return EXIT_OK
             line = line.strip()
             if not line:
@@ -98,34 +192,39 @@ class Chat:
                     if self.command(line) == "quit":
                         return EXIT_OK
                 else:
-                    self.turn(lambda: self.client.send(self.session_id, line, uuid.uuid4().hex, self.model))
+                    text = line
+                    self.turn(lambda: self.client.send(self.session_id, text, uuid.uuid4().hex, self.model))
             except ChatterError as exc:
-                self.say(f"error: {exc}")
+                self.error(str(exc))
 
-    def while_streaming(self) -> str | None:
-        """Polled by the follow loop: /stop cancels, another command detaches and runs next."""
-        line = self.reader.poll()
-        if line is None:
-            return "detach" if self.reader.eof else None
-        line = line.strip()
-        if line == "/stop":
-            return "cancel"
-        if line.startswith("/"):
-            self.pending = line
-            return "detach"
-        if line:
-            self.say("(a reply is streaming: wait, /stop it, or /switch away; your text was not sent)")
-        return None
+    def turn(self, start, attach: bool = False) -> None:
+        renderer = ReplyRenderer(self.console, plain=not self.terminal)
+        keys = KeyReader() if self.terminal else None
+        with renderer, (keys or nullcontext()):
+            def while_streaming() -> str | None:
+                """/stop cancels; another command detaches and runs next; text is not sent mid-reply."""
+                line = keys.poll() if keys else self.lines.poll()
+                if keys:
+                    renderer.note = keys.typed
+                if line is None:
+                    return "detach" if self.lines is not None and self.lines.eof else None
+                line = line.strip()
+                if line == "/stop":
+                    return "cancel"
+                if line.startswith("/"):
+                    self.pending = line
+                    return "detach"
+                if line:
+                    renderer.note = "(a reply is streaming: wait, /stop it, or /switch away; that was not sent)"
+                return None
 
-    def turn(self, start) -> None:
-        outcome, view = stream_reply(self.client, self.session_id, start, render=True, interrupt=self.while_streaming)
-        self.report(outcome, view)
-
-    def report(self, outcome: dict, view) -> None:
-        if view.final is None:
-            self.say(f"(the reply goes on in session {self.session_id}; /switch back to see it)")
-        else:
-            self.say(stats_line(outcome, view.final.get("stats")))
+            outcome, view = stream_reply(self.client, self.session_id, start, renderer=renderer,
+                                         interrupt=while_streaming, attach=attach)
+            renderer.note = ""
+            if view.final is None:
+                renderer.detached(self.session_id)
+            else:
+                renderer.finish(outcome, view.final.get("stats"), view.text)
 
     def catch_up(self) -> None:
         """Show the session's reply under way live, or its last reply as final."""
@@ -133,14 +232,10 @@ class Chat:
         snap = self.client.snapshot(self.session_id)
         if snap["generation_id"] is None:
             return
-        self.say(f"› {snap.get('user_text') or ''}")
-        with SigintFlag() as sigint:
-            def check():
-                return "cancel" if sigint.raised else self.while_streaming()
-            view = self.client.follow(self.session_id, snap["generation_id"], attach=True, on_text=write_out,
-                                      interrupt=check)
-        write_out("\n")
-        self.report(outcome_json(self.session_id, view, snap), view)
+        self.say(f"› {snap.get('user_text') or ''}", style="bold")
+        self.turn(lambda: snap, attach=True)  # from the snapshot: what it has, then live
+
+    # ------------------------------------------------------------ commands
 
     def command(self, line: str) -> str | None:
         name, _, rest = line.partition(" ")
@@ -149,9 +244,12 @@ class Chat:
         if name in ("/quit", "/exit"):
             return "quit"
         if name == "/help":
-            self.say(HELP)
+            table = Table(show_header=False, box=None)
+            for command, text in COMMANDS.items():
+                table.add_row(command, text)
+            self.err.print(table)
         elif name == "/new":
-            self.client.unsubscribe(self.session_id)
+            client.unsubscribe(self.session_id)
             self.session_id = client.new_session(system=rest or None, model=self.model)
             self.say(f"session {self.session_id}")
         elif name == "/sessions":
@@ -160,7 +258,7 @@ class Chat:
             if not rest:
                 raise ChatterError("/switch needs a session id")
             target = resolve_session(client, rest)
-            self.client.unsubscribe(self.session_id)
+            client.unsubscribe(self.session_id)
             self.session_id = target
             self.say(f"session {self.session_id}")
             self.catch_up()
@@ -178,6 +276,8 @@ class Chat:
         elif name == "/system":
             client.configure(self.session_id, system=rest)
             self.say("system prompt " + ("set" if rest else "cleared") + ", from the next reply on")
+        elif name == "/config":
+            self.configure(rest)
         elif name == "/budget":
             try:
                 budget = int(rest)
@@ -185,8 +285,47 @@ class Chat:
                 raise ChatterError("/budget needs a number of tokens") from None
             done = client.configure(self.session_id, max_input_tokens=budget)
             self.say(f"input budget {done['max_input_tokens']} tokens")
+        elif name == "/tokens":
+            ctx = client.status(self.session_id)["context"]
+            self.say(f"context ~{ctx['history_tokens']}/{ctx['max_input_tokens']} tokens (the oldest turns are "
+                     f"left out when the history does not fit)")
+        elif name == "/status":
+            status = client.status()
+            gens = ", ".join(f"{g['generator_id']} ({g['capacity_free']} free)" for g in status["generators"])
+            self.say(f"coordinator up; generators: {gens or 'none'}; active replies: {len(status['active'])}; "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())))
         elif name == "/stop":
             self.say("nothing is streaming")
         else:
             raise ChatterError(f"unknown command {name}; /help lists them")
         return None
+
+    def configure(self, rest: str) -> None:
+        """/config key=value ...: model, temperature, max_tokens, stream; 'default' unsets one."""
+        model, params = None, {}
+        for pair in rest.split():
+            key, _, value = pair.partition("=")
+            if not value:
+                raise ChatterError(f"/config takes key=value pairs, got {pair!r}")
+            unset = value == "default"
+            try:
+                if key == "model":
+                    model = "" if unset else value
+                elif key == "temperature":
+                    params[key] = None if unset else float(value)
+                elif key == "max_tokens":
+                    params[key] = None if unset else int(value)
+                elif key == "stream":
+                    params[key] = None if unset else {"on": True, "true": True, "off": False,
+                                                      "false": False}[value.lower()]
+                else:
+                    raise ChatterError(f"unknown setting {key}: model, temperature, max_tokens or stream")
+            except (ValueError, KeyError):
+                raise ChatterError(f"bad value for {key}: {value}") from None
+        done = self.client.configure(self.session_id, model=model, params=params or None)
+        self.model = None  # the session's model now decides
+        stream = {True: "on", False: "off", None: "default"}[done["stream"]]
+        self.say(f"model {done['model']}, temperature {done['params'].get('temperature', 'default')}, max_tokens "
+                 f"{done['params'].get('max_tokens', 'default')}, stream {stream}, input budget "
+                 f"{done['max_input_tokens']} — from the next reply on")
+

@@ -6,11 +6,15 @@ import json
 import sys
 import time
 import uuid
+from contextlib import nullcontext
 from typing import Callable
+
+from rich.text import Text
 
 from clients.api import ChatterError, Client
 from clients.output import (EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, SigintFlag, exit_code, outcome_json,
-                            resolve_session, stats_line)
+                            resolve_session)
+from clients.render import ReplyRenderer
 from clients.view import ReplyView
 
 
@@ -19,8 +23,14 @@ def write_out(text: str) -> None:
     sys.stdout.flush()
 
 
-def stream_reply(client: Client, session_id: str, start: Callable[[], dict], *, render: bool,
-                 interrupt: Callable[[], str | None] | None = None) -> tuple[dict, ReplyView]:
+def renderer_for(args) -> ReplyRenderer | None:
+    """Rich live Markdown on a terminal, plain text otherwise, nothing with --json."""
+    return None if getattr(args, "json", False) else ReplyRenderer()
+
+
+def stream_reply(client: Client, session_id: str, start: Callable[[], dict], *,
+                 renderer: ReplyRenderer | None = None, interrupt: Callable[[], str | None] | None = None,
+                 attach: bool = False) -> tuple[dict, ReplyView]:
     """Start a reply (send or regenerate) and follow it to the durable end. Ctrl+C cancels the reply only,
     even before it starts. Returns the ``--json`` outcome and the view."""
     client.subscribe(session_id)  # before starting: the Clone pattern's first step
@@ -28,22 +38,23 @@ def stream_reply(client: Client, session_id: str, start: Callable[[], dict], *, 
         started = start()
 
         def check() -> str | None:
+            if renderer is not None:
+                renderer.tick()
             if sigint.raised:
                 return "cancel"
             return interrupt() if interrupt is not None else None
 
-        view = client.follow(session_id, started["generation_id"], on_text=write_out if render else None,
-                             interrupt=check)
-    if render:
-        write_out("\n")
+        view = client.follow(session_id, started["generation_id"], interrupt=check, attach=attach,
+                             on_text=(lambda fresh, v: renderer.update(fresh, v.tokens)) if renderer else None)
     return outcome_json(session_id, view, started), view
 
 
-def finish(outcome: dict, view: ReplyView, as_json: bool) -> int:
-    if as_json:
+def finish(outcome: dict, view: ReplyView, renderer: ReplyRenderer | None) -> int:
+    stats = (view.final or {}).get("stats")
+    if renderer is None:
         print(json.dumps(outcome, ensure_ascii=False))
     else:
-        print(stats_line(outcome, (view.final or {}).get("stats")), file=sys.stderr)
+        renderer.finish(outcome, stats, view.text)
     return exit_code(outcome["status"])
 
 
@@ -56,17 +67,22 @@ def cmd_send(client: Client, args) -> int:
     session_id = (resolve_session(client, args.session) if args.session
                   else client.new_session(system=args.system, model=args.model, max_input_tokens=args.max_input_tokens))
     request_id = uuid.uuid4().hex
-    outcome, view = stream_reply(client, session_id, lambda: client.send(session_id, args.text, request_id, args.model),
-                                 render=not args.json)
-    return finish(outcome, view, args.json)
+    renderer = renderer_for(args)
+    with renderer or nullcontext():
+        outcome, view = stream_reply(client, session_id,
+                                     lambda: client.send(session_id, args.text, request_id, args.model),
+                                     renderer=renderer)
+        return finish(outcome, view, renderer)
 
 
 def cmd_regenerate(client: Client, args) -> int:
     session_id = resolve_session(client, args.session)
     request_id = uuid.uuid4().hex
-    outcome, view = stream_reply(client, session_id, lambda: client.regenerate(session_id, request_id),
-                                 render=not args.json)
-    return finish(outcome, view, args.json)
+    renderer = renderer_for(args)
+    with renderer or nullcontext():
+        outcome, view = stream_reply(client, session_id, lambda: client.regenerate(session_id, request_id),
+                                     renderer=renderer)
+        return finish(outcome, view, renderer)
 
 
 def cmd_watch(client: Client, args) -> int:
@@ -81,20 +97,24 @@ def cmd_watch(client: Client, args) -> int:
             if snap is None:
                 return EXIT_OK
             seen.add(snap["generation_id"])
-            if not args.json:
-                print(f"› {snap.get('user_text') or ''}", file=sys.stderr)
-            view = client.follow(session_id, snap["generation_id"], attach=True,
-                                 on_text=None if args.json else write_out,
-                                 interrupt=lambda: "detach" if sigint.raised else None)
-            if view.final is None:  # Ctrl+C: stop watching
-                write_out("" if args.json else "\n")
-                return EXIT_OK
-            if not args.json:
-                write_out("\n")
-            if args.once:
-                return finish(outcome_json(session_id, view, snap), view, args.json)
-            if not args.json:
-                print(stats_line(outcome_json(session_id, view, snap), view.final.get("stats")), file=sys.stderr)
+            renderer = renderer_for(args)
+            if renderer is not None:
+                renderer.console.print(Text(f"› {snap.get('user_text') or ''}", style="bold"),
+                                       **({"file": sys.stderr} if renderer.plain else {}))
+            with renderer or nullcontext():
+                def check() -> str | None:
+                    if renderer is not None:
+                        renderer.tick()
+                    return "detach" if sigint.raised else None
+
+                view = client.follow(session_id, snap["generation_id"], attach=True, interrupt=check,
+                                     on_text=(lambda fresh, v: renderer.update(fresh, v.tokens)) if renderer else None)
+                if view.final is None:  # Ctrl+C: stop watching
+                    return EXIT_OK
+                outcome = outcome_json(session_id, view, snap)
+                if args.once:
+                    return finish(outcome, view, renderer)
+                renderer.finish(outcome, view.final.get("stats"), view.text)
 
 
 def cmd_chat(client: Client, args) -> int:

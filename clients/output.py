@@ -29,25 +29,6 @@ def outcome_json(session_id: str, view: ReplyView, started: dict) -> dict:
     }
 
 
-def stats_line(outcome: dict, stats: dict | None = None) -> str:
-    def fmt(value, unit=""):
-        return "–" if value is None else f"{value:g}{unit}"
-
-    seconds = None if outcome["duration_ms"] is None else round(outcome["duration_ms"] / 1000, 2)
-    source = outcome["tokens_source"] or "estimated"
-    line = (f"{fmt(outcome['tokens'])} tokens ({source}) | {fmt(seconds, 's')} | {fmt(outcome['tok_per_s'])} tok/s"
-            f" | TTFT {fmt(outcome['ttft_ms'], ' ms')}")
-    stats = stats or {}
-    if stats.get("max_input_tokens"):
-        line += f" | ctx ~{stats.get('prompt_tokens')}/{stats['max_input_tokens']}"
-        if stats.get("dropped_messages"):
-            line += f" ({stats['dropped_messages']} old messages left out)"
-    line += f" | {outcome['status']}"
-    if outcome["error"]:
-        line += f" | {outcome['error']}"
-    return line
-
-
 def exit_code(status: str) -> int:
     return {"completed": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_ERROR)
 

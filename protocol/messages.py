@@ -87,12 +87,16 @@ class Sessions(Message):
 
 @message(11)
 class ConfigureSession(Message):
-    """Change a session's system prompt (empty string: none) and/or input budget (0: the default)."""
+    """Change a session's settings from its next reply on. ``None`` leaves one as it is; an empty system
+    prompt clears it; a budget of 0 means the default. ``params`` may set ``temperature``, ``max_tokens``
+    and ``stream`` (a ``None`` value unsets one)."""
 
     req_id: int
     session_id: str
     system: Optional[str] = None
     max_input_tokens: Optional[int] = None
+    model: Optional[str] = None
+    params: Optional[dict] = None
 
 
 @message(9)
@@ -159,8 +163,9 @@ class Job(Message):
     generation_id: str
     messages: list
     model: str
-    params: dict
+    params: dict  # sent upstream as they are (temperature, max_tokens, ...): part of the prompt hash
     prompt_hash: str
+    stream: Optional[bool] = None  # None: the generator's default (CHATTER_STREAM)
 
 
 @message(31)

@@ -120,7 +120,13 @@ class CoordinatorShell:
                     self.carry_out([ReplyTo(client, m.Reply(req_id, False, {}, f"bad request: {err}"))])
                 continue
             self.ensure_loaded(msg)
-            self.carry_out(self.machine.handle_rpc(client, msg, now))
+            try:
+                effects = self.machine.handle_rpc(client, msg, now)
+            except Exception:  # a bug must cost one request, never the coordinator
+                self.log.exception("rpc_failed", request=type(msg).__name__)
+                effects = [ReplyTo(client, m.Reply(msg.req_id, False, {}, "internal error in the coordinator; "
+                                                   "see its log"))]
+            self.carry_out(effects)
 
     def drain_events(self, sock: zmq.Socket, channel: str, expect: tuple, now: float) -> None:
         effects: list = []
@@ -134,7 +140,10 @@ class CoordinatorShell:
             except codec.FrameError as err:
                 self.bad_frame(channel, err)
                 continue
-            effects.extend(self.machine.handle_event(msg, now))
+            try:
+                effects.extend(self.machine.handle_event(msg, now))
+            except Exception:  # a bug must cost one event, never the coordinator
+                self.log.exception("event_failed", event=type(msg).__name__)
         self.carry_out(effects)
 
     # ------------------------------------------------------------ loop

@@ -101,6 +101,7 @@ class GenerationState:
     persist_flushed_at: float = float("-inf")
     persist_deadline: float | None = None
     error: str | None = None
+    stream: bool | None = None  # the session's choice when it was queued; None: the generator's default
 
     def text(self) -> str:
         if len(self.parts) > 1:
@@ -225,13 +226,36 @@ class Coordinator:
         return {"session_id": sess.session_id}
 
     def _on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> dict:
-        """Takes effect from the next prompt, and is persisted with the next message."""
+        """Takes effect from the next prompt (a reply under way keeps its frozen prompt); the system prompt
+        and budget are persisted with the next message."""
         sess = self._session(msg.session_id)
+        params, stream = dict(sess.params), sess.stream
+        for key, value in (msg.params or {}).items():
+            if key == "temperature" and (value is None or (isinstance(value, (int, float)) and 0 <= value <= 2)):
+                params[key] = value
+            elif key == "max_tokens" and (value is None or (isinstance(value, int) and value > 0)):
+                params[key] = value
+            elif key == "stream" and (value is None or isinstance(value, bool)):
+                stream = value
+            else:
+                raise RequestRefused(f"bad setting {key}={value!r}: temperature is 0..2, max_tokens a positive "
+                                     f"integer, stream true or false")
+        if msg.max_input_tokens is not None and msg.max_input_tokens < 0:
+            raise RequestRefused("the input budget cannot be negative")
+        sess.params = {k: v for k, v in params.items() if v is not None}
+        sess.stream = stream
         if msg.system is not None:
             sess.system = msg.system or None
         if msg.max_input_tokens is not None:
             sess.max_input_tokens = msg.max_input_tokens or None
-        return {"session_id": sess.session_id, "system": sess.system, "max_input_tokens": self._budget(sess)}
+        if msg.model is not None:
+            sess.model = msg.model or None
+        return self._settings(sess)
+
+    def _settings(self, sess: SessionState) -> dict:
+        return {"session_id": sess.session_id, "system": sess.system, "max_input_tokens": self._budget(sess),
+                "model": sess.model or self.settings.default_model, "params": dict(sess.params),
+                "stream": sess.stream}
 
     def _on_send(self, msg: m.Send, now: float, out: list) -> dict:
         sess = self._session(msg.session_id)
@@ -273,7 +297,8 @@ class Coordinator:
     def _assemble(self, sess: SessionState, history: list[dict], user_text: str, model: str | None) -> PromptPackage:
         model = model or sess.model or self.settings.default_model
         try:
-            return assemble(sess.system, history, user_text, model, {}, self.count_tokens, self._budget(sess))
+            return assemble(sess.system, history, user_text, model, sess.params, self.count_tokens,
+                            self._budget(sess))
         except PromptTooLarge as exc:
             raise RequestRefused(str(exc)) from None
 
@@ -299,19 +324,25 @@ class Coordinator:
         out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, message_id, prompt.prompt_hash,
                                                         prompt.preview, prompt.prompt_tokens,
                                                         list(prompt.dropped_message_ids), prompt.max_input_tokens)))
-        out.append(ToGenerators(m.Job(gen_id, prompt.wire_messages(), prompt.model, prompt.wire_params(),
-                                      prompt.prompt_hash)))
+        gen.stream = sess.stream
+        out.append(ToGenerators(self._job(gen)))
         out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id,
                                              "prompt_tokens": prompt.prompt_tokens,
                                              "dropped_messages": len(prompt.dropped_message_ids)}))
         return self._request_result(sess, client_request_id) if client_request_id else self._result(sess, record)
+
+    @staticmethod
+    def _job(gen: GenerationState) -> m.Job:
+        p = gen.prompt
+        return m.Job(gen.generation_id, p.wire_messages(), p.model, p.wire_params(), p.prompt_hash, gen.stream)
 
     def _create_op(self, sess: SessionState, rec: dict, now: float) -> m.CreateMessage:
         return m.CreateMessage(
             rec["message_id"], sess.session_id, sess.title, sess.system, rec["role"], rec["content"],
             "streaming" if rec["role"] == "assistant" else rec["status"], now, rec["generation_id"],
             rec["prompt_messages"], rec["prompt_hash"], rec["preview"], rec["model"],
-            {} if rec["role"] == "assistant" else None, rec["client_request_id"], None, sess.max_input_tokens,
+            dict(sess.params) if rec["role"] == "assistant" else None, rec["client_request_id"], None,
+            sess.max_input_tokens,
             rec["dropped_message_ids"] or None)
 
     def _request_result(self, sess: SessionState, client_request_id: str) -> dict:
@@ -605,9 +636,7 @@ class Coordinator:
             for gen in [g for g in self.active.values() if g.generator_id == gen_id]:
                 if gen.last_seq == 0:  # nothing emitted yet: safe to run again elsewhere
                     gen.generator_id, gen.status = None, "queued"
-                    p = gen.prompt
-                    out.append(ToGenerators(m.Job(gen.generation_id, p.wire_messages(), p.model, p.wire_params(),
-                                                  p.prompt_hash)))
+                    out.append(ToGenerators(self._job(gen)))
                 else:
                     self._finalize(gen, "error", now, out, error=f"generator lost: {gen_id} stopped heartbeating")
 

@@ -16,6 +16,8 @@ class SessionState:
     system: str | None
     model: str | None
     max_input_tokens: int | None = None  # None: the coordinator's default
+    params: dict = field(default_factory=dict)  # upstream request params: temperature, max_tokens
+    stream: bool | None = None  # None: the generator's default
     history: list[dict] = field(default_factory=list)  # one record per message, in order
     active_generation: str | None = None
     request_ids: dict[str, str] = field(default_factory=dict)  # client_request_id -> assistant message id
@@ -25,9 +27,9 @@ class SessionState:
     @classmethod
     def from_stored(cls, data: dict) -> SessionState:
         """A session read from the database: no generation of this coordinator is alive in it."""
-        sess = cls(data["session_id"], data["title"], data["system"], None, data.get("max_input_tokens"),
-                   list(data["messages"]), created_at=data.get("created_at", 0.0),
-                   last_activity=data.get("updated_at", 0.0))
+        sess = cls(data["session_id"], data["title"], data["system"], None,
+                   max_input_tokens=data.get("max_input_tokens"), history=list(data["messages"]),
+                   created_at=data.get("created_at", 0.0), last_activity=data.get("updated_at", 0.0))
         for record in sess.history:
             if record["status"] == "streaming":  # the persister marks it too, once the sweep reaches it
                 record["status"] = "interrupted"

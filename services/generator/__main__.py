@@ -207,7 +207,8 @@ class GeneratorShell:
         while True:
             gen.attempts += 1
             try:
-                await (self.stream_once(gen) if self.streaming else self.whole_once(gen))
+                streaming = self.streaming if gen.job.stream is None else gen.job.stream
+                await (self.stream_once(gen) if streaming else self.whole_once(gen))
                 return
             except RetryBeforeFirstToken as exc:
                 if exc.retry_after is not None:
@@ -251,7 +252,8 @@ class GeneratorShell:
             self._classify_status(exc)
         except (openai.APIConnectionError, httpx2.TransportError) as exc:
             if gen.seq == 0:
-                raise RetryBeforeFirstToken(f"upstream unreachable: {exc.__class__.__name__}: {exc}") from None
+                raise RetryBeforeFirstToken(f"upstream unreachable at {config.openai_base_url()} (OPENAI_BASE_URL): "
+                                        f"{exc.__class__.__name__}") from None
             raise JobFailed(f"upstream disconnected after {gen.length} characters: {exc.__class__.__name__}") from None
         except UpstreamProtocolError as exc:
             raise JobFailed(str(exc)) from None
@@ -266,7 +268,8 @@ class GeneratorShell:
         except openai.APIStatusError as exc:
             self._classify_status(exc)
         except openai.APIConnectionError as exc:
-            raise RetryBeforeFirstToken(f"upstream unreachable: {exc}") from None
+            raise RetryBeforeFirstToken(f"upstream unreachable at {config.openai_base_url()} (OPENAI_BASE_URL): "
+                                        f"{exc.__class__.__name__}") from None
         if not completion.choices:
             raise JobFailed("upstream returned no choices")
         choice = completion.choices[0]

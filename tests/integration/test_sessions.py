@@ -42,7 +42,7 @@ def test_a_slow_subscriber_loses_messages_to_the_hwm_and_still_ends_exact(fresh_
         slow.subscribe(session_id)
         client.subscribe(session_id)
         sent = client.send(session_id, text, "req-flood")
-        view = slow.follow(session_id, sent["generation_id"], on_text=lambda _t: time.sleep(0.005))
+        view = slow.follow(session_id, sent["generation_id"], on_text=lambda _text, _view: time.sleep(0.005))
         fast = client.follow(session_id, sent["generation_id"], attach=True)
     finally:
         slow.close()
