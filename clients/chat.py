@@ -197,8 +197,10 @@ class Chat:
             except ChatterError as exc:
                 self.error(str(exc))
 
-    def turn(self, start, attach: bool = False) -> None:
+    def turn(self, start, attach: bool = False, stats: dict | None = None) -> None:
         renderer = ReplyRenderer(self.console, plain=not self.terminal)
+        if stats:
+            renderer.adopt(stats)
         keys = KeyReader() if self.terminal else None
         with renderer, (keys or nullcontext()):
             def while_streaming() -> str | None:
@@ -233,7 +235,7 @@ class Chat:
         if snap["generation_id"] is None:
             return
         self.say(f"› {snap.get('user_text') or ''}", style="bold")
-        self.turn(lambda: snap, attach=True)  # from the snapshot: what it has, then live
+        self.turn(lambda: snap, attach=True, stats=snap.get("stats"))  # from the snapshot: what it has, then live
 
     # ------------------------------------------------------------ commands
 

@@ -9,7 +9,6 @@ import uuid
 from contextlib import nullcontext
 from typing import Callable
 
-from rich.text import Text
 
 from clients.api import ChatterError, Client
 from clients.output import (EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, SigintFlag, exit_code, outcome_json,
@@ -99,8 +98,8 @@ def cmd_watch(client: Client, args) -> int:
             seen.add(snap["generation_id"])
             renderer = renderer_for(args)
             if renderer is not None:
-                renderer.console.print(Text(f"› {snap.get('user_text') or ''}", style="bold"),
-                                       **({"file": sys.stderr} if renderer.plain else {}))
+                renderer.adopt(snap.get("stats") or {})
+                renderer.heading(f"› {snap.get('user_text') or ''}")
             with renderer or nullcontext():
                 def check() -> str | None:
                     if renderer is not None:

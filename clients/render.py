@@ -81,6 +81,21 @@ class ReplyRenderer:
             self.live.stop()
             self.live = None
 
+    def heading(self, line: str) -> None:
+        """The user turn above a reply: on stderr in plain mode, so stdout stays the reply's text."""
+        if self.plain:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            self.console.print(Text(line, style="bold"))
+
+    def adopt(self, stats: dict) -> None:
+        """Attaching to a reply under way: take its clock from the coordinator's stats, not from now."""
+        if stats.get("ttft_ms") is None or stats.get("duration_ms") is None:
+            return
+        since_first_s = (stats["duration_ms"] + (stats.get("queue_wait_ms") or 0) - stats["ttft_ms"]) / 1000
+        self.first_token_at = time.monotonic() - max(0.0, since_first_s)
+        self.started_at = self.first_token_at - stats["ttft_ms"] / 1000
+
     def update(self, fresh: str, tokens: int | None = None) -> None:
         if fresh and self.first_token_at is None:
             self.first_token_at = time.monotonic()

@@ -6,7 +6,7 @@ import pytest
 
 from protocol import messages as m
 from services.coordinator.machine import ToClients, ToControl, ToGenerators, ToPersister
-from services.coordinator.prompt import PromptTooLarge, assemble
+from services.coordinator.prompt import PromptTooLarge, assemble, prompt_hash
 from tests.unit.test_coordinator_machine import CLIENT, delta, effects, make, reply, start, words
 
 
@@ -161,3 +161,31 @@ def test_a_session_loaded_after_a_restart_keeps_request_ids_and_has_no_live_repl
     assert machine.sessions["s"].history[1]["status"] == "interrupted"
     again = reply(machine.handle_rpc(CLIENT, m.Send(2, "s", "q", "req-9"), 1))
     assert again.result["message_id"] == "a1" and not machine.active
+
+
+def test_session_settings_reach_the_job_and_the_prompt_hash_from_the_next_reply_on():
+    machine = make()
+    sid, r, first = start(machine, "q1")
+    assert (job_of(first).params, job_of(first).stream) == ({}, None)
+    done = reply(machine.handle_rpc(CLIENT, m.ConfigureSession(
+        3, sid, None, None, "other-model", {"temperature": 0.5, "max_tokens": 64, "stream": False}), 100.1)).result
+    assert (done["model"], done["params"], done["stream"]) == ("other-model", {"temperature": 0.5, "max_tokens": 64},
+                                                               False)
+    assert machine.active[r["generation_id"]].prompt.params == ()  # the reply under way keeps its frozen prompt
+    finish(machine, r)
+    _, second, out = start(machine, "q2", now=101, session_id=sid)
+    job = job_of(out)
+    assert (job.model, job.params, job.stream) == ("other-model", {"max_tokens": 64, "temperature": 0.5}, False)
+    assert job.prompt_hash == prompt_hash(job.messages, "other-model", {"max_tokens": 64, "temperature": 0.5})
+    machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid, None, None, "", {"temperature": None, "stream": None}), 102)
+    assert machine.sessions[sid].params == {"max_tokens": 64} and machine.sessions[sid].stream is None
+
+
+def test_bad_session_settings_are_refused_and_change_nothing():
+    machine = make()
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    for params in ({"temperature": 9}, {"max_tokens": 0}, {"stream": "yes"}, {"top_k": 3}):
+        refused = reply(machine.handle_rpc(CLIENT, m.ConfigureSession(2, sid, None, None, None, params), 0))
+        assert not refused.ok and "bad setting" in refused.error
+    assert not reply(machine.handle_rpc(CLIENT, m.ConfigureSession(3, sid, None, -5), 0)).ok
+    assert machine.sessions[sid].params == {} and machine.sessions[sid].stream is None

@@ -1,0 +1,125 @@
+"""The real ``chatter chat`` in a pseudo-terminal against a real stack, as a person would use it."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pexpect
+
+from clients.spawn import REPO
+
+SESSION = re.compile(r"session ([0-9a-f]{32})")
+
+
+def spawn_chat(stack, tmp_path, *args: str, env: dict | None = None) -> pexpect.spawn:
+    child_env = stack.env | {"TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1",
+                             "XDG_DATA_HOME": str(tmp_path), "COLUMNS": "120", "LINES": "40"} | (env or {})
+    return pexpect.spawn(sys.executable, ["-m", "clients.cli", "chat", *args], cwd=str(REPO), env=child_env,
+                         encoding="utf-8", dimensions=(40, 120), timeout=30)
+
+
+def quit_at_the_prompt(chat: pexpect.spawn) -> None:
+    """Ctrl+D once the prompt is drawn and waiting for keys."""
+    chat.expect("›")
+    chat.expect(r"\x1b\[\?25h")  # the cursor shown again: the prompt is ready for input
+    chat.sendcontrol("d")
+    chat.expect(pexpect.EOF)
+
+
+def test_chat_in_a_terminal(stack, tmp_path):
+    chat = spawn_chat(stack, tmp_path)
+    try:
+        chat.expect(SESSION)
+        first_session = chat.match.group(1)
+        chat.expect("›")
+        chat.sendline("hello there [[mock tokens=30 tps=60 ttft_ms=1500]]")
+        chat.expect("Thinking")  # the stats bar, before the first token
+        chat.expect(r"tokens \(estimated\) \| [0-9.]+s \| [0-9.–]+ tok/s \| TTFT \d+ ms")  # live
+        chat.expect(r"30 tokens \(server\) \| [0-9.]+s \| [0-9.]+ tok/s \| TTFT [0-9.]+ ms \| ctx ~\d+/8192 "
+                    r"\| completed")
+        chat.expect("›")
+        chat.sendline("a long one [[mock tokens=400 tps=20]]")
+        chat.expect(r"tokens \(estimated\)")
+        chat.sendcontrol("c")  # cancels the reply, not the chat
+        chat.expect(r"\| cancelled")
+        chat.expect("›")
+        chat.sendline("still here [[mock tokens=5]]")
+        chat.expect(r"\| completed")
+        chat.expect("›")
+        chat.sendline("/new")
+        chat.expect(SESSION)
+        second_session = chat.match.group(1)
+        assert second_session != first_session
+        chat.expect("›")
+        chat.sendline(f"/switch {first_session[:10]}")
+        chat.expect(f"session {first_session}")
+        chat.expect(r"5 tokens \(server\).*\| completed")  # its last reply, final
+        chat.expect("›")
+        chat.sendline("/regenerate")
+        chat.expect(r"5 tokens \(server\).*\| completed")
+        chat.expect("›")
+        chat.sendline("/tokens")
+        chat.expect(r"context ~\d+/8192 tokens")
+        quit_at_the_prompt(chat)
+    finally:
+        chat.close(force=True)
+    assert chat.exitstatus == 0
+    history = stack.cli_json("history", first_session)["messages"]
+    replies = [(h["status"], h["superseded"]) for h in history if h["role"] == "assistant"]
+    assert replies == [("completed", False), ("cancelled", False), ("completed", True), ("completed", False)]
+
+
+def test_ctrl_c_at_the_prompt_clears_the_input_and_errors_show_plainly(stack, tmp_path):
+    chat = spawn_chat(stack, tmp_path)
+    try:
+        chat.expect("›")
+        chat.send("half typed")
+        chat.sendcontrol("c")
+        chat.expect("›")
+        chat.sendline("/switch nope-nope")
+        chat.expect("error: unknown session nope-nope")
+        chat.sendline("/config temperature=9")
+        chat.expect("error: bad setting temperature=9")
+        chat.sendline("/config temperature=0.3 max_tokens=50 stream=off")
+        chat.expect(r"temperature 0.3, max_tokens 50, stream off")
+        chat.sendline("configured [[mock tokens=4]]")
+        chat.expect(r"\| completed")
+        quit_at_the_prompt(chat)
+    finally:
+        chat.close(force=True)
+    body = [e for e in stack.journal() if "configured" in json.dumps(e["body"])][-1]["body"]
+    assert body["temperature"] == 0.3 and body["max_tokens"] == 50 and body["stream"] is False
+    assert "half typed" not in json.dumps(stack.journal())
+
+
+def test_piped_output_carries_no_escape_codes(stack):
+    sent = stack.cli("send", "plain please [[mock tokens=20]]")
+    assert sent.returncode == 0
+    assert b"\x1b" not in sent.stdout and b"\x1b" not in sent.stderr
+    session = json.loads(stack.cli("sessions", "--json").stdout)[0]["session_id"]
+    watched = stack.cli("watch", session, "--once")
+    assert watched.returncode == 0 and b"\x1b" not in watched.stdout + watched.stderr
+    assert watched.stdout == sent.stdout  # the same reply, the same plain text
+
+
+def test_no_color_is_respected_on_a_terminal(stack, tmp_path):
+    child = pexpect.spawn(sys.executable, ["-m", "clients.cli", "send", "colourless [[mock tokens=10]]"],
+                          cwd=str(REPO), env=stack.env | {"TERM": "xterm-256color", "NO_COLOR": "1"},
+                          encoding="utf-8", dimensions=(40, 120), timeout=30)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "completed" in child.before
+    assert not re.search(r"\x1b\[[0-9;]*(3[0-9]|9[0-7]|38;)[0-9;]*m", child.before), "colour codes despite NO_COLOR"
+
+
+def test_help_is_complete_for_every_command():
+    commands = ["send", "chat", "watch", "regenerate", "sessions", "status", "history", "preview", "loadtest"]
+    top = subprocess.run([sys.executable, "-m", "clients.cli", "--help"], capture_output=True, text=True, cwd=REPO)
+    for command in commands:
+        assert command in top.stdout
+        done = subprocess.run([sys.executable, "-m", "clients.cli", command, "--help"], capture_output=True,
+                              text=True, cwd=REPO)
+        assert done.returncode == 0 and "usage: chatter " + command in done.stdout
