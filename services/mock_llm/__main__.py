@@ -60,6 +60,8 @@ class MockLLM:
         except (ValueError, TypeError, KeyError) as exc:
             return _error(400, f"bad request: {exc}", "invalid_request_error")
         key = request_key(body)
+        if len(self.attempts) >= JOURNAL_LIMIT and key not in self.attempts:
+            self.attempts.clear()  # bounded memory under long load runs; fault scripts need only recent keys
         self.attempts[key] += 1
         entry = {"id": next(self.ids), "received_at": time.time(), "body": body, "attempt": self.attempts[key],
                  "stream": bool(body.get("stream")), "status": 200, "chunks_sent": 0, "completed": False,
