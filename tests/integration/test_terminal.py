@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pexpect
 
@@ -23,7 +24,8 @@ def spawn_chat(stack, tmp_path, *args: str, env: dict | None = None) -> pexpect.
 def quit_at_the_prompt(chat: pexpect.spawn) -> None:
     """Ctrl+D once the prompt is drawn and waiting for keys."""
     chat.expect("›")
-    chat.expect(r"\x1b\[\?25h")  # the cursor shown again: the prompt is ready for input
+    chat.expect(r"\x1b\[\?25h")  # the cursor shown again: the prompt is drawn
+    time.sleep(0.3)  # keys sent while prompt_toolkit still sets up a new prompt can be lost
     chat.sendcontrol("d")
     chat.expect(pexpect.EOF)
 
@@ -123,3 +125,36 @@ def test_help_is_complete_for_every_command():
         done = subprocess.run([sys.executable, "-m", "clients.cli", command, "--help"], capture_output=True,
                               text=True, cwd=REPO)
         assert done.returncode == 0 and "usage: chatter " + command in done.stdout
+
+
+def test_input_history_persists_tab_completes_and_alt_enter_adds_a_line(stack, tmp_path):
+    chat = spawn_chat(stack, tmp_path)
+    try:
+        chat.expect(SESSION)
+        session_id = chat.match.group(1)
+        chat.expect("›")
+        chat.send("first line")
+        chat.send("\x1b\r")  # Esc then Enter (what Alt+Enter sends): a new line, not a send
+        chat.sendline("second line [[mock tokens=3]]")
+        chat.expect(r"\| completed")
+        chat.send("/rege")
+        chat.send("\t")  # Tab completes the command
+        chat.expect("nerate")  # the completion, drawn after what was typed
+        chat.sendcontrol("c")  # clears the completed, unsent input
+        quit_at_the_prompt(chat)
+    finally:
+        chat.close(force=True)
+    history = stack.cli_json("history", session_id)["messages"]
+    assert history[0]["content"] == "first line\nsecond line [[mock tokens=3]]"
+    assert len(history) == 2  # the completed /regenerate was never sent
+    assert "second line" in (tmp_path / "chatter" / "history").read_text()
+    again = spawn_chat(stack, tmp_path)  # a new run: Up brings the last input back
+    try:
+        again.expect("›")
+        again.expect(r"\x1b\[\?25h")
+        again.send("\x1b[A")
+        again.expect("second line")
+        again.sendcontrol("c")
+        quit_at_the_prompt(again)
+    finally:
+        again.close(force=True)
