@@ -153,7 +153,7 @@ class Client:
             if action == "cancel":
                 cancelled = True
                 try:
-                    self.cancel(session_id, generation_id, seen_len=len(view.text))
+                    self.cancel(session_id, generation_id, seen_len=view.length)
                 except ChatterError:
                     pass  # it ended first; its final event follows
             if self.stream.poll(50):

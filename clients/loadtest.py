@@ -211,10 +211,10 @@ class LoadRun:
             if stream.first_text_at is None:
                 stream.first_text_at = now
         if (stream.cancel_at_chars is not None and stream.cancelled_at is None and view.final is None
-                and len(view.text) >= stream.cancel_at_chars):
+                and view.length >= stream.cancel_at_chars):
             stream.cancelled_at = time.time()
             stream.kept_text = view.text
-            self.call(m.Cancel(next(self.req_ids), stream.session_id, stream.generation_id, len(view.text)),
+            self.call(m.Cancel(next(self.req_ids), stream.session_id, stream.generation_id, view.length),
                       lambda s, r: None, stream)
         if view.final is not None:
             self.end(stream, None)

@@ -62,9 +62,9 @@ class ReplyRenderer:
         self.plain = (not self.console.is_terminal) if plain is None else plain
         self.started_at = time.monotonic()
         self.first_token_at: float | None = None
-        self.text = ""
+        self.tail = ""  # the block being written: what is not yet printed for good
+        self.shown = 0  # characters rendered so far
         self.tokens = 0
-        self.committed = 0  # characters already printed for good
         self.note = ""  # a line typed while the reply streams
         self.live: Live | None = None
         self._last_refresh = 0.0
@@ -99,7 +99,8 @@ class ReplyRenderer:
     def update(self, fresh: str, tokens: int | None = None) -> None:
         if fresh and self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        self.text += fresh
+        self.tail += fresh
+        self.shown += len(fresh)
         if tokens is not None:
             self.tokens = tokens
         if self.plain:
@@ -116,14 +117,14 @@ class ReplyRenderer:
         if not force and now - self._last_refresh < 1 / REFRESH_PER_S:
             return
         self._last_refresh = now
-        cut = split_finished(self.text)
-        if cut > self.committed:
-            self.live.console.print(Markdown(self.text[self.committed:cut]))
-            self.committed = cut
+        cut = split_finished(self.tail)
+        if cut:
+            self.live.console.print(Markdown(self.tail[:cut]))
+            self.tail = self.tail[cut:]
         self.live.update(self._region(), refresh=True)
 
     def _region(self, final_line: str | None = None, style: str = "dim"):
-        tail = Markdown(self.text[self.committed:]) if self.text[self.committed:].strip() else Text("")
+        tail = Markdown(self.tail) if self.tail.strip() else Text("")
         if final_line is not None:
             bar = Text(final_line, style=style)
         elif self.first_token_at is None:
@@ -140,19 +141,18 @@ class ReplyRenderer:
         return Group(*parts)
 
     def finish(self, outcome: dict, stats: dict | None = None, text: str | None = None) -> None:
-        """The durable end: the final text (a cancel may have cut it) and the final stats."""
+        """The durable end: the final stats. A cancel by another client may have kept less than this
+        view showed; then the tail on screen is cut to the final text where it still can be."""
         line = final_stats_line(outcome, stats)
         style = {"completed": "dim", "cancelled": "yellow"}.get(outcome["status"], "red")
         if self.plain:
-            if text is not None and text != self.text and text.startswith(self.text):
-                sys.stdout.write(text[len(self.text):])
             sys.stdout.write("\n")
             sys.stdout.flush()
             print(line, file=sys.stderr, flush=True)
             return
-        if text is not None:
-            self.text = text
-            self.committed = min(self.committed, len(text))
+        if text is not None and len(text) < self.shown:
+            self.tail = self.tail[:max(0, len(self.tail) - (self.shown - len(text)))]
+            self.shown = len(text)
         if self.live is not None:
             self.live.update(self._region(line, style), refresh=True)
 

@@ -16,13 +16,26 @@ APPLIED, IGNORED, GAP = "applied", "ignored", "gap"
 @dataclass
 class ReplyView:
     generation_id: str
-    text: str = ""
     tokens: int = 0
     status: str = "queued"
     final: dict | None = None  # status, message_id, stats, error, content_hash once the reply is durable
     gaps: int = 0
     preview: str | None = None
     new_text: list[str] = field(default_factory=list)  # applied since the caller last took it
+    # the text as parts, joined on demand: ``str +=`` on an attribute copies it all, O(n²) per reply
+    _parts: list[str] = field(default_factory=list, repr=False)
+    length: int = 0
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._parts[:] = [value] if value else []
+        self.length = len(value)
 
     def take_new_text(self) -> str:
         out = "".join(self.new_text)
@@ -35,7 +48,7 @@ class ReplyView:
         if isinstance(event, m.StreamDelta):
             return self._apply_delta(event.offset, event.text, event.tokens)
         if isinstance(event, m.Final):
-            if event.length > len(self.text):
+            if event.length > self.length:
                 self.gaps += 1
                 return GAP  # the tail went missing: only a snapshot can supply it
             self.text = self.text[:event.length]  # a cancel may keep less than this view had
@@ -49,14 +62,15 @@ class ReplyView:
         return IGNORED
 
     def _apply_delta(self, offset: int, text: str, tokens: int) -> str:
-        have = len(self.text)
+        have = self.length
         if offset > have:
             self.gaps += 1
             return GAP
         if offset + len(text) <= have:
             return IGNORED  # a replay of text we have
         fresh = text[have - offset:]
-        self.text += fresh
+        self._parts.append(fresh)
+        self.length += len(fresh)
         self.new_text.append(fresh)
         self.tokens = tokens
         self.status = "streaming"
@@ -67,10 +81,10 @@ class ReplyView:
         if snap.get("generation_id") != self.generation_id:
             return IGNORED
         text = snap.get("text") or ""
-        if len(text) > len(self.text) and text.startswith(self.text):
-            self.new_text.append(text[len(self.text):])
+        if len(text) > self.length and text.startswith(self.text):
+            self.new_text.append(text[self.length:])
             self.text = text
-        elif len(text) < len(self.text) and snap.get("final"):
+        elif len(text) < self.length and snap.get("final"):
             self.text = text  # final and shorter: cut to the durable reply
         if snap.get("final"):
             self.status = snap["status"]

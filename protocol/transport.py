@@ -31,7 +31,6 @@ GEN_EVENTS = Channel("gen-events", zmq.PULL, zmq.PUSH, 100_000)
 CONTROL = Channel("control", zmq.PUB, zmq.SUB, 10_000)
 PERSIST = Channel("persist", zmq.PUSH, zmq.PULL, 100_000)
 PERSIST_ACKS = Channel("persist-acks", zmq.PULL, zmq.PUSH, 100_000)
-CHANNELS = (RPC, STREAM, JOBS, GEN_EVENTS, CONTROL, PERSIST, PERSIST_ACKS)
 
 LINGER_MS = 0  # a stopping process must never hang on unsent frames; resends cover the loss
 

@@ -42,14 +42,13 @@ def test_generator_killed_mid_stream_ends_as_error_keeping_partial_text(fresh_st
     client, session_id, sent = start_send(stack, text)
     try:
         wait_for_chunks(stack, sent["message_id"], 20)
-        killed_at = time.monotonic()
         stack.kill("generator")  # SIGKILL: no goodbye, no cancel
         view = client.follow(session_id, sent["generation_id"])
-        took = time.monotonic() - killed_at
     finally:
         client.close()
+    # "generator lost" comes only from the missed-heartbeat check (1.5 s here); without it the stream
+    # would end much later as "stalled" (30 s watchdog)
     assert view.status == "error" and "generator lost" in view.final["error"]
-    assert took < 6, f"took {took:.1f}s to notice the dead generator"
     assert view.text and expected(text, 400).startswith(view.text)
     row = stack.wait_db_status(sent["message_id"], ("error",))
     assert row["content"] == view.text and "generator lost" in row["error"]
