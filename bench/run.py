@@ -204,6 +204,7 @@ def bench_stack(levels: list[int], tokens: int, tps: float, generators: int) -> 
         report.pop("_delivery_samples", None)
         report.pop("throughput_timeline", None)
         report.pop("mismatch_details", None)
+        report.pop("rss_timeline_mb", None)
         out.append(report)
     return out
 

@@ -81,6 +81,8 @@ class ProcessMeter:
         self.cpu_start = {name: self._cpu(p) for name, p in self.procs.items()}
         self.io_start = {name: self._io(p) for name, p in self.procs.items()}
         self.rss_peak = {name: 0 for name in self.procs}
+        self.began = time.monotonic()
+        self.timeline: dict[str, list[list[float]]] = {name: [] for name in self.procs}  # [s, MB] every 10 s
 
     @staticmethod
     def _cpu(proc: psutil.Process) -> float:
@@ -95,11 +97,16 @@ class ProcessMeter:
             return 0
 
     def sample(self) -> None:
+        second = round(time.monotonic() - self.began)
         for name, proc in self.procs.items():
             try:
-                self.rss_peak[name] = max(self.rss_peak[name], proc.memory_info().rss)
+                rss = proc.memory_info().rss
             except psutil.NoSuchProcess:
-                pass
+                continue
+            self.rss_peak[name] = max(self.rss_peak[name], rss)
+            points = self.timeline[name]
+            if not points or second - points[-1][0] >= 10:
+                points.append([second, round(rss / 2**20, 1)])
 
     def finish(self) -> tuple[dict, dict, dict]:
         cpu, io = {}, {}
@@ -360,14 +367,14 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
             status_after = client.status()
         journal = fetch_journal(mock_port)
         db_rows = read_database(database_url, [s.message_id for s in load.streams if s.message_id])
-        return build_report(spec, load, elapsed, cpu, io, rss, status_before, status_after, journal, db_rows)
+        return build_report(spec, load, elapsed, cpu, io, rss, meter, status_before, status_after, journal, db_rows)
     finally:
         if stack is not None:
             stack.stop()
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def build_report(spec, load: LoadRun, elapsed, cpu, io, rss, before, after, journal, db_rows) -> dict:
+def build_report(spec, load: LoadRun, elapsed, cpu, io, rss, meter, before, after, journal, db_rows) -> dict:
     outcomes = []
     mismatches = []
     cancel_ms = []
@@ -408,6 +415,7 @@ def build_report(spec, load: LoadRun, elapsed, cpu, io, rss, before, after, jour
         "cpu_us_per_token": {name: round(v * 1e6 / tokens, 1) if tokens else None for name, v in cpu.items()},
         "backend_cpu_us_per_token": round(backend_cpu * 1e6 / tokens, 1) if tokens else None,
         "rss_mb": rss,
+        "rss_timeline_mb": meter.timeline,
         "db_bytes_written": io.get("persister"),
         "content_bytes": content_bytes,
         "db_bytes_per_content_byte": round(io["persister"] / content_bytes, 2)

@@ -31,6 +31,7 @@ def settings_from_env() -> Settings:
         default_model=config.default_model(),
         max_input_tokens=config.env_int("CHATTER_MAX_INPUT_TOKENS", 8192),
         stall_ms=config.env_int("CHATTER_STALL_MS", 30_000),
+        max_cached_sessions=config.env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000),
     )
 
 

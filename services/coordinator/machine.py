@@ -32,6 +32,7 @@ class Settings:
     default_model: str = "mock-1"
     max_input_tokens: int = 8192  # the default input budget of a session
     stall_ms: float = 30_000.0  # a generation without a delta this long ends as error (stalled)
+    max_cached_sessions: int = 5_000  # idle sessions beyond this leave memory; the database has them
 
 
 # ---------------------------------------------------------------- effects: what the shell carries out
@@ -214,6 +215,7 @@ class Coordinator:
                 out.append(ToControl(m.CoordinatorHeartbeat(now)))
             self._check_generators(now, out)
             self._check_stalls(now, out)
+            self._evict_idle_sessions()
             out.extend(ToPersister(op) for op in self.persisted.due(now, self._text_of))
         return out
 
@@ -649,6 +651,22 @@ class Coordinator:
             out.append(ToControl(m.CancelGeneration(gen.generation_id)))
             self._finalize(gen, "error", now, out,
                            error=f"stalled: {waited} for {self.settings.stall_ms / 1000:g} s")
+
+    def _evict_idle_sessions(self) -> None:
+        """Memory stays flat however many sessions pass through: the least recently active idle ones
+        (nothing streaming or waiting for the persister) are dropped and read back when asked for."""
+        excess = len(self.sessions) - self.settings.max_cached_sessions
+        if excess <= 0:
+            return
+        busy = {g.session_id for g in self.active.values()} | {g.session_id for g in self.finalizing.values()}
+        idle = sorted((s for s in self.sessions.values() if s.session_id not in busy and s.history),
+                      key=lambda s: s.last_activity)
+        for sess in idle[:excess]:
+            if any(r["message_id"] in self.persisted.states for r in sess.history):
+                continue  # not all of it is durable yet
+            del self.sessions[sess.session_id]
+            for record in sess.history:
+                self.message_sessions.pop(record["message_id"], None)
 
     def _text_of(self, generation_id: str) -> str:
         gen = self.active.get(generation_id) or self.finalizing[generation_id]

@@ -7,7 +7,7 @@ import pytest
 from protocol import messages as m
 from services.coordinator.machine import ToClients, ToControl, ToGenerators, ToPersister
 from services.coordinator.prompt import PromptTooLarge, assemble, prompt_hash
-from tests.unit.test_coordinator_machine import CLIENT, delta, effects, make, reply, start, words
+from tests.unit.test_coordinator_machine import CLIENT, ack_all, delta, effects, make, reply, start, words
 
 
 def finish(machine, r, text="done", now=100.5):
@@ -189,3 +189,24 @@ def test_bad_session_settings_are_refused_and_change_nothing():
         assert not refused.ok and "bad setting" in refused.error
     assert not reply(machine.handle_rpc(CLIENT, m.ConfigureSession(3, sid, None, -5), 0)).ok
     assert machine.sessions[sid].params == {} and machine.sessions[sid].stream is None
+
+
+def test_idle_sessions_beyond_the_cap_leave_memory_busy_and_unpersisted_ones_stay():
+    machine = make(max_cached_sessions=3)
+    sessions = []
+    for i in range(4):
+        sid, r, out = start(machine, f"q{i}", now=float(i))
+        outs = [out, delta(machine, r["generation_id"], 1, "done", i + 0.1),
+                machine.handle_event(m.GenDone(r["generation_id"], 1, 4, "stop", 1, "server"), i + 0.2)]
+        if i != 1:  # the second one's persister never answers: it must stay in memory
+            ack_all(machine, outs, i + 0.3)
+        sessions.append(sid)
+    streaming, _, _ = start(machine, "still going", now=10.0)
+    machine.tick(10.1)
+    assert streaming in machine.sessions  # busy: never evicted
+    assert sessions[1] in machine.sessions  # its finalize is not durable yet: kept
+    assert sessions[0] not in machine.sessions and sessions[2] not in machine.sessions  # the oldest idle, durable
+    assert sessions[3] in machine.sessions and len(machine.sessions) == 3
+    assert set(machine.message_sessions.values()) == set(machine.sessions)
+    machine.load_session({"session_id": sessions[0], "title": "q0", "system": None, "messages": []})
+    assert sessions[0] in machine.sessions  # read back from the database when asked for
