@@ -182,6 +182,7 @@ def test_a_dead_upstream_ends_as_error_with_a_readable_reason(fresh_stack):
     stack = fresh_stack(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", CHATTER_RETRY_DEADLINE_MS="1500")
     out = stack.cli_json("send", "anyone there?")
     assert out["status"] == "error" and "unreachable" in out["error"] and "attempts" in out["error"]
+    assert "OPENAI_BASE_URL" in out["error"]  # the error names the setting to fix
     deadline = time.monotonic() + 5  # retries reach the coordinator with the next heartbeat
     while stack.cli_json("status")["counters"]["retries"] < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
