@@ -141,19 +141,17 @@ class Client:
         view = ReplyView(generation_id)
         if attach:
             view.apply_snapshot(self.snapshot(session_id, generation_id))
-        cancelled = False
         last_event = time.monotonic()
         while view.final is None:
             fresh = view.take_new_text()
-            if fresh and on_text is not None and not cancelled:
+            if fresh and on_text is not None:
                 on_text(fresh, view)
-            action = interrupt() if interrupt is not None and not cancelled else None
+            action = interrupt() if interrupt is not None and view.kept_text is None else None
             if action == "detach":
                 return view
             if action == "cancel":
-                cancelled = True
                 try:
-                    self.cancel(session_id, generation_id, seen_len=view.length)
+                    self.cancel(session_id, generation_id, seen_len=view.cancel())
                 except ChatterError:
                     pass  # it ended first; its final event follows
             if self.stream.poll(50):
@@ -169,7 +167,7 @@ class Client:
                 last_event = time.monotonic()  # a quiet stream, a lost final, or a restarted coordinator: ask
                 view.apply_snapshot(self.snapshot(session_id, generation_id))
         fresh = view.take_new_text()
-        if fresh and on_text is not None and not cancelled:
+        if fresh and on_text is not None:
             on_text(fresh, view)
         return view
 

@@ -56,7 +56,6 @@ class UserStream:
     sent_at: float = 0.0
     first_text_at: float | None = None
     cancelled_at: float | None = None
-    kept_text: str | None = None
     ended_at: float | None = None
     last_event_at: float = 0.0
     snapshot_pending: bool = False
@@ -220,8 +219,7 @@ class LoadRun:
         if (stream.cancel_at_chars is not None and stream.cancelled_at is None and view.final is None
                 and view.length >= stream.cancel_at_chars):
             stream.cancelled_at = time.time()
-            stream.kept_text = view.text
-            self.call(m.Cancel(next(self.req_ids), stream.session_id, stream.generation_id, view.length),
+            self.call(m.Cancel(next(self.req_ids), stream.session_id, stream.generation_id, view.cancel()),
                       lambda s, r: None, stream)
         if view.final is not None:
             self.end(stream, None)
@@ -382,7 +380,7 @@ def build_report(spec, load: LoadRun, elapsed, cpu, io, rss, meter, before, afte
         view = s.view or ReplyView("")
         status, content = db_rows.get(s.message_id, (None, None))
         outcome = StreamOutcome(status=view.status, text=view.text, cancel_requested=s.cancelled_at is not None,
-                                kept_text=s.kept_text, db_status=status, db_content=content)
+                                kept_text=view.kept_text, db_status=status, db_content=content)
         expected = reply_text([{"role": "user", "content": s.text}], spec.model, spec.tokens)
         problems = verify_stream(outcome, expected)
         if problems:

@@ -25,6 +25,7 @@ class ReplyView:
     # the text as parts, joined on demand: ``str +=`` on an attribute copies it all, O(n²) per reply
     _parts: list[str] = field(default_factory=list, repr=False)
     length: int = 0
+    kept_text: str | None = None  # set by ``cancel``: what this client had when it asked to stop
 
     @property
     def text(self) -> str:
@@ -38,9 +39,17 @@ class ReplyView:
         self.length = len(value)
 
     def take_new_text(self) -> str:
-        out = "".join(self.new_text)
+        """Text to render since the last call; nothing once this client cancelled."""
+        out = "" if self.kept_text is not None else "".join(self.new_text)
         self.new_text.clear()
         return out
+
+    def cancel(self) -> int:
+        """This client stops the reply: the length to keep is what it has rendered, and nothing that
+        arrives afterwards is rendered (the coordinator cuts the stored reply to the same length)."""
+        self.take_new_text()  # rendered already by the caller's last turn, or never
+        self.kept_text = self.text
+        return self.length
 
     def apply(self, event: m.Message) -> str:
         if getattr(event, "generation_id", None) != self.generation_id:

@@ -42,3 +42,14 @@ def test_snapshot_fills_a_gap_and_can_end_the_reply():
                          "stats": {"tokens": 3}, "message_id": "msg"})
     assert view.final["status"] == "completed" and view.text == "abcdefgh"
     assert view.apply_snapshot({"generation_id": "other", "text": "zzz"}) == IGNORED
+
+
+def test_after_cancel_nothing_more_is_rendered_and_the_kept_text_is_what_was_rendered():
+    view = ReplyView("g")
+    view.apply(d(0, "shown "))
+    assert view.take_new_text() == "shown "
+    assert view.cancel() == len("shown ") and view.kept_text == "shown "
+    view.apply(d(6, "arrived after the cancel"))
+    assert view.take_new_text() == ""  # applied (offsets stay exact) but never rendered
+    assert view.apply(final(6, "cancelled")) == APPLIED
+    assert view.text == view.kept_text == "shown " and view.status == "cancelled"
