@@ -29,6 +29,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 # Streams are spread over clients of this many streams each: one connection pool for hundreds of
 # streams scans them all on every request (httpcore: O(n²) per burst).
 STREAMS_PER_CLIENT = 32
+READ_DEADLINE_STEP_S = 1.0  # how often a live stream moves its read deadline on
 
 
 def make_http_client(timeout: httpx2.Timeout) -> httpx2.AsyncClient:
@@ -73,7 +74,10 @@ class GeneratorShell:
         self.include_usage = config.env_bool("CHATTER_INCLUDE_USAGE", True)
         self.retry_deadline_s = config.env_int("CHATTER_RETRY_DEADLINE_MS", 30_000) / 1000
         self.coordinator_silent_s = config.env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000) / 1000
-        timeout = httpx2.Timeout(config.env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000) / 1000, connect=5.0)
+        self.read_timeout_s = config.env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000) / 1000
+        # No per-read timeout in the HTTP client: aiohttp re-arms a timer on every read (11% of this
+        # process under load, py-spy). ``stream_once`` keeps its own deadline, moved at most once a second.
+        timeout = httpx2.Timeout(connect=5.0, read=None, write=self.read_timeout_s, pool=self.read_timeout_s)
         self.clients = [openai.AsyncOpenAI(
             base_url=config.openai_base_url(),
             api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
@@ -240,29 +244,40 @@ class GeneratorShell:
     async def stream_once(self, gen: Generation) -> None:
         decoder = SSEDecoder()
         saw_done = False
+        loop = asyncio.get_running_loop()
         try:
-            async with self.clients[gen.client_index].chat.completions.with_streaming_response.create(
-                    **self._request_args(gen, True)) as response:
-                async for line in response.iter_lines():
-                    event = decoder.feed(line)
-                    if event is None:
-                        continue
-                    if event is DONE:
-                        saw_done = True
+            async with asyncio.timeout(self.read_timeout_s) as read_deadline, \
+                    self.clients[gen.client_index].chat.completions.with_streaming_response.create(
+                        **self._request_args(gen, True)) as response:
+                moved_at = loop.time()
+                async for data in response.iter_bytes():
+                    now = loop.time()
+                    if now - moved_at > READ_DEADLINE_STEP_S:  # silence longer than the timeout ends the stream
+                        read_deadline.reschedule(now + self.read_timeout_s)
+                        moved_at = now
+                    for event in decoder.feed_bytes(data):
+                        if event is DONE:
+                            saw_done = True
+                            break
+                        self.on_chunk(gen, event)
+                    if saw_done:
                         break
-                    await self.on_chunk(gen, event)
                 else:
                     event = decoder.close()
                     if event is DONE:
                         saw_done = True
                     elif event is not None:
-                        await self.on_chunk(gen, event)
+                        self.on_chunk(gen, event)
         except openai.APIStatusError as exc:
             self._classify_status(exc)
-        except (openai.APIConnectionError, httpx2.TransportError) as exc:
+        except (openai.APIConnectionError, httpx2.TransportError, TimeoutError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else "unreachable"  # ours, not a refused connect
             if gen.seq == 0:
-                raise RetryBeforeFirstToken(f"upstream unreachable at {config.openai_base_url()} (OPENAI_BASE_URL): "
-                                        f"{exc.__class__.__name__}") from None
+                raise RetryBeforeFirstToken(f"upstream {what} at {config.openai_base_url()} (OPENAI_BASE_URL): "
+                                            f"{exc.__class__.__name__}") from None
+            if what == "timed out":
+                raise JobFailed(f"upstream sent nothing for {self.read_timeout_s:g} s after {gen.length} "
+                                f"characters (CHATTER_UPSTREAM_TIMEOUT_MS)") from None
             raise JobFailed(f"upstream disconnected after {gen.length} characters: {exc.__class__.__name__}") from None
         except UpstreamProtocolError as exc:
             raise JobFailed(str(exc)) from None
@@ -273,17 +288,20 @@ class GeneratorShell:
     async def whole_once(self, gen: Generation) -> None:
         """Non-streaming mode: one request, one delta, through the same pipeline."""
         try:
-            completion = await self.clients[gen.client_index].chat.completions.create(**self._request_args(gen, False))
+            async with asyncio.timeout(self.read_timeout_s):  # a whole reply sends nothing until it is done
+                completion = await self.clients[gen.client_index].chat.completions.create(
+                    **self._request_args(gen, False))
         except openai.APIStatusError as exc:
             self._classify_status(exc)
-        except openai.APIConnectionError as exc:
-            raise RetryBeforeFirstToken(f"upstream unreachable at {config.openai_base_url()} (OPENAI_BASE_URL): "
+        except (openai.APIConnectionError, TimeoutError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else "unreachable"  # ours, not a refused connect
+            raise RetryBeforeFirstToken(f"upstream {what} at {config.openai_base_url()} (OPENAI_BASE_URL): "
                                         f"{exc.__class__.__name__}") from None
         if not completion.choices:
             raise JobFailed("upstream returned no choices")
         choice = completion.choices[0]
         usage = completion.usage
-        await self.on_chunk(gen, ChunkEvent(
+        self.on_chunk(gen, ChunkEvent(
             choice.message.content or "", choice.finish_reason,
             usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
 
@@ -294,7 +312,7 @@ class GeneratorShell:
             raise RetryBeforeFirstToken(f"HTTP {status}: {_error_message(exc)}", retry_after) from None
         raise JobFailed(f"upstream refused the request: HTTP {status}: {_error_message(exc)}") from None
 
-    async def on_chunk(self, gen: Generation, event) -> None:
+    def on_chunk(self, gen: Generation, event) -> None:
         if event.finish_reason:
             gen.finish_reason = event.finish_reason
         if event.completion_tokens is not None:

@@ -244,3 +244,18 @@ def test_a_send_retried_after_a_timeout_starts_one_generation(fresh_stack):
     assert len([e for e in stack.journal() if "retried" in json.dumps(e["body"])]) == 1
     history = stack.cli_json("history", session_id)["messages"]
     assert [h["role"] for h in history] == ["user", "assistant"]
+
+
+def test_an_upstream_silent_past_the_read_timeout_ends_as_error_keeping_its_text(fresh_stack):
+    stack = fresh_stack(CHATTER_UPSTREAM_TIMEOUT_MS="1500", CHATTER_RETRY_DEADLINE_MS="1000")
+    text = "quiet [[mock tokens=30 stall_after=3 stall_ms=60000]]"
+    out = stack.cli_json("send", text)
+    # the generator's own read deadline, not the coordinator's 30 s watchdog, ends it
+    assert out["status"] == "error" and "sent nothing for 1.5 s after" in out["error"], out["error"]
+    assert "CHATTER_UPSTREAM_TIMEOUT_MS" in out["error"]
+    assert out["content"] == "".join(reply_tokens([{"role": "user", "content": text}], MODEL, 30)[:3])
+    entry = wait_journal(stack, "quiet", lambda e: e["client_closed"], timeout=5)
+    assert entry["chunks_sent"] == 3
+    # silent before its first token: a timeout like any other failure there, retried until the deadline
+    out = stack.cli_json("send", "mute [[mock tokens=30 stall_after=0 stall_ms=60000]]")
+    assert out["status"] == "error" and "upstream timed out" in out["error"] and "attempts" in out["error"]

@@ -59,3 +59,48 @@ def test_protocol_errors(lines, needle):
 def test_null_content_and_role_only_chunks_carry_no_text():
     events = feed(['data: {"choices": [{"delta": {"role": "assistant", "content": null}}]}', ""])
     assert events[0].text == "" and events[0].finish_reason is None
+
+
+STREAM = ("data: " + json.dumps({"choices": [{"delta": {"content": "naïve ☕ 日本"}}]}, ensure_ascii=False) + "\n\n"
+          + ": keep-alive\n\n"
+          + 'data: {"choices": [{"delta":\ndata: {"content": "two lines"}}]}\n\n'
+          + chunk(finish="stop") + "\n\n" + "data: [DONE]\n\n")
+
+
+def by_bytes(data: bytes, cuts: list[int]):
+    decoder, out = SSEDecoder(), []
+    for start, end in zip([0] + cuts, cuts + [len(data)]):
+        out.extend(decoder.feed_bytes(data[start:end]))
+    tail = decoder.close()
+    return out + ([tail] if tail is not None else [])
+
+
+def summary(events):
+    return [e if e is DONE else (e.text, e.finish_reason) for e in events]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_bytes_cut_anywhere_decode_like_whole_lines(newline):
+    data = STREAM.replace("\n", newline).encode()
+    expected = summary(feed(STREAM.split("\n")))
+    assert expected[0] == ("naïve ☕ 日本", None) and expected[-1] is DONE
+    for cut in range(1, len(data)):  # every split point, including inside a UTF-8 character and a CRLF
+        assert summary(by_bytes(data, [cut])) == expected, cut
+    assert summary(by_bytes(data, list(range(1, len(data))))) == expected  # one byte at a time
+
+
+def test_a_last_line_without_its_newline_still_counts():
+    assert [e.text for e in by_bytes(chunk("x").encode(), [])] == ["x"]
+
+
+def test_invalid_utf8_is_a_protocol_error():
+    with pytest.raises(UpstreamProtocolError, match="UTF-8"):
+        list(SSEDecoder().feed_bytes(b"data: \xff\xfe\n\n"))
+
+
+def test_events_before_a_bad_line_in_the_same_read_come_out_first():
+    decoder, got = SSEDecoder(), []
+    with pytest.raises(UpstreamProtocolError, match="malformed"):
+        for event in decoder.feed_bytes((chunk("kept") + "\n\n" + 'data: {"unterminated\n\n').encode()):
+            got.append(event.text)
+    assert got == ["kept"]
