@@ -336,4 +336,15 @@ class OrphansInterrupted(Message):
     count: int
 
 
-PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted)
+@message(63)
+class PersisterStats(Message):
+    """The persister's running totals, sent at most a few times a second while it commits."""
+
+    pid: int
+    commits: int
+    ops: int
+    reply_text_bytes: int  # UTF-8 bytes of reply text written: checkpoint appends plus final contents
+    failed_batches: int
+
+
+PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats)

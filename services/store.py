@@ -61,15 +61,19 @@ class Message(BaseModel):
 
 
 class Chunk(BaseModel):
-    """Streamed text, appended by offset and never rewritten; folded into Message.content at finalize."""
+    """Checkpointed text of streaming messages: an append-only log. Rows only ever go at its end, with
+    ids the persister assigns in order, and there is no index to keep sorted: an index on (message,
+    offset) took a page write per growing reply per commit (about 170 disk bytes per content byte at
+    1000 streams). A finalized message's text is folded into Message.content; its rows leave the log
+    from the front once no streaming message has rows before them (``truncate_chunks``)."""
 
-    message = peewee.ForeignKeyField(Message, column_name="message_id", on_delete="CASCADE")
+    message = peewee.ForeignKeyField(Message, column_name="message_id", on_delete="CASCADE", index=False)
     offset = peewee.IntegerField()
     text = peewee.TextField()
 
-    class Meta:
-        indexes = ((("message", "offset"), True),)
 
+# Indexes of earlier versions of the chunk log; dropped by ``migrate``.
+OLD_INDEXES = ("chunk_message_id_offset", "chunk_message_id")
 
 MODELS = (Session, Message, Chunk)
 
@@ -81,6 +85,11 @@ def migrate(db: peewee.Database) -> list[str]:
     db.create_tables(MODELS, safe=True)
     migrator = SchemaMigrator.from_database(db)
     added = []
+    existing = {index.name for index in db.get_indexes(Chunk._meta.table_name)}
+    for name in OLD_INDEXES:
+        if name in existing:
+            db.execute_sql(f"DROP INDEX {name}")
+            added.append(f"-index {name}")
     for model in MODELS:
         have = {column.name for column in db.get_columns(model._meta.table_name)}
         for field in model._meta.sorted_fields:
@@ -103,11 +112,35 @@ def open_database(url: str) -> peewee.Database:
 
 
 def streamed_text(message_id: str) -> str:
-    """The text of a message as durable now: its content if final, else its chunks in order."""
+    """The text of a message as durable now: its content if final, else its chunks in order
+    (a scan of the chunk log, which holds only what recent and streaming messages wrote)."""
     msg = Message.get_by_id(message_id)
     if msg.status != STREAMING:
         return msg.content
-    return "".join(c.text for c in Chunk.select(Chunk.text).where(Chunk.message == message_id).order_by(Chunk.offset))
+    return "".join(c.text for c in Chunk.select(Chunk.text).where(Chunk.message == message_id).order_by(Chunk.id))
+
+
+def streaming_chunks() -> dict[str, tuple[int, list[str]]]:
+    """Every streaming message's checkpointed text, in one scan of the log: message id -> (its first
+    chunk id, its text parts in order). A message with no chunk yet is absent."""
+    out: dict[str, tuple[int, list[str]]] = {}
+    query = (Chunk.select(Chunk.id, Chunk.message, Chunk.text).join(Message)
+             .where(Message.status == STREAMING).order_by(Chunk.id).tuples())
+    for chunk_id, message_id, text in query:
+        if message_id in out:
+            out[message_id][1].append(text)
+        else:
+            out[message_id] = (chunk_id, [text])
+    return out
+
+
+def truncate_chunks(below_id: int) -> int:
+    """Drop the log's rows before ``below_id``: a range at the front, so whole pages leave at once."""
+    return Chunk.delete().where(Chunk.id < below_id).execute()
+
+
+def next_chunk_id() -> int:
+    return (Chunk.select(peewee.fn.MAX(Chunk.id)).scalar() or 0) + 1
 
 
 def message_record(msg: Message, content: str) -> dict:

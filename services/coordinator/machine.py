@@ -142,6 +142,7 @@ class Coordinator:
         self.persisted = PersistTracker(settings.persist_resend_ms)
         self.generators: dict[str, GeneratorInfo] = {}
         self.persister_pid = 0
+        self.persister_stats: dict = {}  # the persister's latest totals (commits, ops, reply text bytes)
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
@@ -160,6 +161,7 @@ class Coordinator:
             m.GenError: self._on_gen_error, m.GenCancelled: self._on_gen_cancelled,
             m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
             m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
+            m.PersisterStats: self._on_persister_stats,
         }
 
     # ------------------------------------------------------------ entry points
@@ -395,6 +397,7 @@ class Coordinator:
                            for g in self.generators.values()],
             "coordinator_pid": self.pid,
             "persister_pid": self.persister_pid,
+            "persister": self.persister_stats,
             "active": [{"generation_id": g.generation_id, "session_id": g.session_id, "status": g.status,
                         "length": g.length, "generator_id": g.generator_id, "prompt_tokens": g.prompt.prompt_tokens,
                         "max_input_tokens": g.prompt.max_input_tokens} for g in self.active.values()],
@@ -626,6 +629,10 @@ class Coordinator:
 
     def _on_orphans_interrupted(self, msg: m.OrphansInterrupted, now: float, out: list) -> None:
         self.persisted.on_orphans_interrupted()
+
+    def _on_persister_stats(self, msg: m.PersisterStats, now: float, out: list) -> None:
+        self.persister_stats = {"pid": msg.pid, "commits": msg.commits, "ops": msg.ops,
+                                "reply_text_bytes": msg.reply_text_bytes, "failed_batches": msg.failed_batches}
 
     # ------------------------------------------------------------ liveness
 

@@ -22,6 +22,7 @@ from services.mock_llm.script import (Scenario, env_scenario, prompt_token_count
                                       scenario_for)
 
 JOURNAL_LIMIT = 10_000
+CONTENT_TAIL = b'}, "finish_reason": null}]}\n\n'
 
 
 class MockLLM:
@@ -99,6 +100,8 @@ class MockLLM:
         await resp.prepare(request)
         base = {"id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
+        content_head = (b"data: " + json.dumps(base | {"choices": [{"index": 0, "delta": {"content": ""}}]},
+                                                ensure_ascii=False).encode()).rsplit(b'""', 1)[0]
         start = time.monotonic() + scenario.ttft_ms / 1000
         interval = 1 / max(scenario.tps, 1e-6)
         jitter = _jitter(entry["id"], scenario.jitter_ms)
@@ -114,8 +117,11 @@ class MockLLM:
             delay = start + i * interval + next(jitter) - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            delta = {"role": "assistant", "content": token} if i == 0 else {"content": token}
-            await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            if i == 0:
+                delta = {"role": "assistant", "content": token}
+                await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            else:  # the same bytes as json.dumps of the whole chunk, at a fifth of its cost (py-spy)
+                await resp.write(content_head + json.dumps(token, ensure_ascii=False).encode() + CONTENT_TAIL)
             entry["chunks_sent"] += 1
         if not scenario.no_finish:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})

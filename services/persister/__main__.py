@@ -18,6 +18,8 @@ from services.logs import configure
 
 DRAIN_BATCH = 4096
 GROUP_COMMIT_MS = config.env_int("CHATTER_GROUP_COMMIT_MS", 10)
+STATS_EVERY_S = 0.25
+TRUNCATE_EVERY_ROWS = 1024  # cut the chunk log's front in steps this big: whole pages, not a row per commit
 
 
 class Persister:
@@ -32,10 +34,30 @@ class Persister:
         self.open: dict[str, list[str]] = {}  # message id -> durable text parts
         self.open_length: dict[str, int] = {}
         self.finalized: dict[str, int] = {}  # message id -> final length
+        self.reply_text_bytes = 0  # reply text written: checkpoint appends plus final contents (see PersisterStats)
+        self.loaded = False  # streaming messages' text and the chunk log's position are in memory
+        self.first_chunk: dict[str, int] = {}  # streaming message id -> id of its first row in the chunk log
+        self.next_chunk_id = 1
+        self.truncated_below = 0
         quote = db.quote[0] + "{}" + db.quote[1] if isinstance(db.quote, str) and len(db.quote) == 2 else '"{}"'
-        self.insert_chunks_sql = (f"INSERT INTO {quote.format('chunk')} ({quote.format('message_id')}, "
-                                  f"{quote.format('offset')}, {quote.format('text')}) "
-                                  f"VALUES ({db.param}, {db.param}, {db.param})")
+        self.insert_chunks_sql = (f"INSERT INTO {quote.format('chunk')} ({quote.format('id')}, "
+                                  f"{quote.format('message_id')}, {quote.format('offset')}, {quote.format('text')}) "
+                                  f"VALUES ({db.param}, {db.param}, {db.param}, {db.param})")
+
+    def load(self) -> None:
+        """Read every streaming message's durable text and the chunk log's end: one scan of the log,
+        at start and after a failed transaction. The log may only be cut before the first chunk of
+        every streaming message, so all of them must be known before anything is truncated."""
+        for message_id in store.Message.select(store.Message.id).where(store.Message.status == store.STREAMING) \
+                .tuples().iterator():
+            self.open[message_id[0]] = []
+            self.open_length[message_id[0]] = 0
+        for message_id, (first_id, parts) in store.streaming_chunks().items():
+            self.open[message_id] = parts
+            self.open_length[message_id] = sum(map(len, parts))
+            self.first_chunk[message_id] = first_id
+        self.next_chunk_id = store.next_chunk_id()
+        self.loaded = True
 
     def interrupt_orphans(self, reason: str, live_message_ids: list) -> list[str]:
         """Every streaming message without a live generation becomes ``interrupted``, keeping the text
@@ -56,6 +78,8 @@ class Persister:
         answers: list[m.Message] = []
         chunks: list[tuple] = []
         now = time.time()
+        if not self.loaded:
+            self.load()
         for op in ops:
             if isinstance(op, m.Append):
                 if self._known(op.message_id) and op.message_id in self.open:
@@ -63,7 +87,9 @@ class Persister:
                     end = op.offset + len(op.text)
                     if op.offset <= length < end:  # continues the stored text (a resend may overlap it)
                         fresh = op.text[length - op.offset:]
-                        chunks.append((op.message_id, length, fresh))
+                        chunks.append((self.next_chunk_id, op.message_id, length, fresh))
+                        self.first_chunk.setdefault(op.message_id, self.next_chunk_id)
+                        self.next_chunk_id += 1
                         self.open[op.message_id].append(fresh)
                         self.open_length[op.message_id] = end
                 acks[op.message_id] = self._ack(op.message_id)
@@ -83,17 +109,28 @@ class Persister:
                     self.log.info("orphans_interrupted", count=len(ids), reason=op.reason)
         if chunks:
             self._insert_chunks(chunks)
+        self._truncate_log()
         return acks, answers
 
+    def _truncate_log(self) -> None:
+        """Cut the chunk log's front once enough of it belongs to finalized messages only."""
+        keep_from = min(self.first_chunk.values(), default=self.next_chunk_id)
+        if keep_from - self.truncated_below >= TRUNCATE_EVERY_ROWS:
+            store.truncate_chunks(keep_from)
+            self.truncated_below = keep_from
+
     def forget(self) -> None:
-        """After a failed transaction nothing in memory can be trusted: reload on next touch."""
+        """After a failed transaction nothing in memory can be trusted: reload before the next batch."""
         self.open.clear()
         self.open_length.clear()
         self.finalized.clear()
+        self.first_chunk.clear()
+        self.loaded = False
 
     def _insert_chunks(self, rows: list[tuple]) -> None:
         # one executemany: peewee's per-row query building was the persister's top cost (py-spy)
         self.db.cursor().executemany(self.insert_chunks_sql, rows)
+        self.reply_text_bytes += sum(len(row[3].encode()) for row in rows)
 
     def _known(self, message_id: str) -> bool:
         """Load a message's state on first touch; False if it does not exist (its create is still to come)."""
@@ -102,12 +139,10 @@ class Persister:
         msg = store.Message.get_or_none(store.Message.id == message_id)
         if msg is None:
             return False
-        if msg.status == store.STREAMING:
-            text = store.streamed_text(message_id)
-            self.open[message_id] = [text] if text else []
-            self.open_length[message_id] = len(text)
-        else:
-            self._remember_final(message_id, msg.length)
+        if msg.status == store.STREAMING:  # not seen by ``load``: memory is behind the database, so reread it
+            self.load()
+            return message_id in self.open
+        self._remember_final(message_id, msg.length)
         return True
 
     def _ack(self, message_id: str) -> tuple[int, bool]:
@@ -164,7 +199,8 @@ class Persister:
         store.Message.update(content=text, length=len(text), status=status, stats=stats, error=error,
                              content_hash=content_hash, updated_at=time.time()).where(
             store.Message.id == message_id).execute()
-        store.Chunk.delete().where(store.Chunk.message == message_id).execute()
+        self.first_chunk.pop(message_id, None)  # its rows in the chunk log may now be cut
+        self.reply_text_bytes += len(text.encode())
         self._remember_final(message_id, len(text))
 
 
@@ -188,10 +224,20 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    bad_frames = 0
+    bad_frames = failed_batches = commits = ops_applied = 0
+    stats_sent_at, stats_sent_for = 0.0, -1
+
+    def send_stats() -> None:
+        nonlocal stats_sent_at, stats_sent_for
+        stats_sent_at, stats_sent_for = time.monotonic(), commits
+        acks_out.send(m.PersisterStats(os.getpid(), commits, ops_applied, persister.reply_text_bytes,
+                                       failed_batches).encode())
+
     log.info("persister_ready", database=config.database_url())
     while not stopping:
-        if not ops_in.poll(250):
+        if not ops_in.poll(STATS_EVERY_S * 1000):
+            if stats_sent_for != commits:  # idle now: the totals of the last commits still go out
+                send_stats()
             continue
         ops: list[m.Message] = []
         # group commit: every commit rewrites whole pages, so a few ms of gathering saves most of the bytes
@@ -211,17 +257,25 @@ def main() -> None:
                 log.warning("bad_frame_dropped", kind=err.kind, detail=err.detail[:200], total=bad_frames)
         if not ops:
             continue
+        text_bytes_before = persister.reply_text_bytes
         try:
             with db.atomic():
                 acks, answers = persister.apply_batch(ops)
         except Exception as exc:  # a database failure: nothing acked, so the coordinator resends
             persister.forget()
+            persister.reply_text_bytes = text_bytes_before  # rolled back: not written
+            failed_batches += 1
             log.error("batch_failed", error=str(exc), ops=len(ops))
             continue
+        commits += 1
+        ops_applied += len(ops)
         for message_id, (length, finalized) in acks.items():
             acks_out.send(m.PersistAck(message_id, length, finalized).encode())
         for answer in answers:
             acks_out.send(answer.encode())
+        if time.monotonic() - stats_sent_at > STATS_EVERY_S:
+            send_stats()
+    send_stats()
     ops_in.close(0)
     acks_out.close(0)
     ctx.term()

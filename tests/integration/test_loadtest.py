@@ -27,3 +27,8 @@ def test_small_loadtest_has_no_mismatches_and_right_statuses(tmp_path):
         assert key in report
     assert {"coordinator", "persister", "generator"} <= set(report["cpu_us_per_token"]) <= set(report["rss_mb"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # append-only checkpoints: every reply byte is written once as a checkpoint and once in its final
+    # row (a cancelled reply may have checkpointed a little more than it keeps). Rewriting the growing
+    # text at each checkpoint would make this about the number of checkpoints per reply (~10 here).
+    assert report["db_commits"] > 0
+    assert 1.9 <= report["db_text_bytes_per_content_byte"] <= 2.3, report["db_text_bytes_per_content_byte"]

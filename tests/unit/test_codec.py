@@ -23,7 +23,7 @@ SAMPLES = [
     m.CreateMessage("msg", "s", "title", None, "user", "hi", "completed", 1.0),
     m.Append("msg", 0, "abc"), m.Finalize("msg", "completed", 3, "h", {}, None),
     m.InterruptOrphans("restart", ["msg"]), m.PersistAck("msg", 3, True), m.PersisterHello(1.0),
-    m.OrphansInterrupted(2),
+    m.OrphansInterrupted(2), m.PersisterStats(7, 3, 40, 1200, 0),
 ]
 
 

@@ -41,7 +41,6 @@ def test_finalize_folds_chunks_into_content_and_can_cut_a_cancelled_reply(persis
     assert acks["a1"] == (5, True)
     row = store.Message.get_by_id("a1")
     assert (row.content, row.status, row.length, row.stats) == ("hello", "cancelled", 5, {"tokens": 1})
-    assert store.Chunk.select().count() == 0
     acks, _ = persister.apply_batch([m.Append("a1", 5, "late"), m.Finalize("a1", "completed", 9, "h", {}, None)])
     assert acks["a1"] == (5, True) and store.Message.get_by_id("a1").content == "hello"
 
@@ -65,3 +64,41 @@ def test_creates_are_idempotent_and_positions_follow_order(persister):
     persister.apply_batch([create("u1", "user", "hi", "completed"), create("a1"), create("u1", "user", "hi", "completed")])
     rows = list(store.Message.select().order_by(store.Message.position))
     assert [(r.id, r.position) for r in rows] == [("u1", 0), ("a1", 1)]
+
+
+def test_the_chunk_log_is_cut_only_before_every_streaming_message(persister, monkeypatch):
+    import services.persister.__main__ as module
+    monkeypatch.setattr(module, "TRUNCATE_EVERY_ROWS", 2)
+    persister.apply_batch([create("a1"), create("a2"), m.Append("a1", 0, "one "), m.Append("a2", 0, "uno ")])
+    persister.apply_batch([m.Append("a1", 4, "two "), m.Append("a2", 4, "dos ")])
+    persister.apply_batch([m.Finalize("a1", "completed", 8, "h", {}, None), m.Append("a2", 8, "tres")])
+    # a1 is final: the log's front is cut up to a2's first row (the second), and not one row further
+    assert [c.id for c in store.Chunk.select().order_by(store.Chunk.id)] == [2, 3, 4, 5]
+    assert store.streamed_text("a2") == "uno dos tres" and store.Message.get_by_id("a1").content == "one two "
+    persister.apply_batch([m.Finalize("a2", "completed", 12, "h", {}, None)])
+    assert store.Chunk.select().count() == 0  # both final: the whole log goes
+    assert store.Message.get_by_id("a2").content == "uno dos tres"
+
+
+def test_a_restarted_persister_reads_streaming_text_back_and_goes_on(persister):
+    persister.apply_batch([create("a1"), create("a2"), m.Append("a1", 0, "hello "), m.Append("a2", 0, "x"),
+                           m.Append("a1", 6, "wor")])
+    again = Persister(structlog.get_logger(), persister.db)
+    acks, _ = again.apply_batch([m.Append("a1", 0, "hello world")])  # the coordinator resends from its ack
+    assert acks["a1"] == (11, False) and store.streamed_text("a1") == "hello world"
+    assert again.first_chunk == {"a1": 1, "a2": 2}  # known again, so the log is never cut before them
+    acks, _ = again.apply_batch([m.Finalize("a1", "completed", 11, "h", {}, None)])
+    assert acks["a1"] == (11, True) and store.Message.get_by_id("a1").content == "hello world"
+    assert again.next_chunk_id == 5
+
+
+def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
+    db = store.open_database("sqlite:///:memory:")
+    try:
+        db.create_tables(store.MODELS)
+        db.execute_sql('CREATE UNIQUE INDEX "chunk_message_id_offset" ON "chunk" ("message_id", "offset")')
+        db.execute_sql('CREATE INDEX "chunk_message_id" ON "chunk" ("message_id")')
+        assert set(store.migrate(db)) == {"-index chunk_message_id_offset", "-index chunk_message_id"}
+        assert db.get_indexes("chunk") == [] and store.migrate(db) == []
+    finally:
+        db.close()
