@@ -169,7 +169,7 @@ def bench_generator(streams: int = 300, tokens: int = 100, tps: float = 20.0) ->
         last_beat = time.monotonic()
         while done < streams:
             if time.monotonic() - last_beat > 1:  # keep the generator from thinking we are gone
-                control.send_multipart([b"", m.CoordinatorHeartbeat(time.time()).encode()])
+                control.send(transport.published("", m.CoordinatorHeartbeat(time.time()).encode()))
                 last_beat = time.monotonic()
             if not events.poll(1000):
                 continue

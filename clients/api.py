@@ -124,10 +124,10 @@ class Client:
     # ------------------------------------------------------------ stream
 
     def subscribe(self, session_id: str) -> None:
-        self.stream.setsockopt(zmq.SUBSCRIBE, session_id.encode())
+        self.stream.setsockopt(zmq.SUBSCRIBE, transport.topic_prefix(session_id))
 
     def unsubscribe(self, session_id: str) -> None:
-        self.stream.setsockopt(zmq.UNSUBSCRIBE, session_id.encode())
+        self.stream.setsockopt(zmq.UNSUBSCRIBE, transport.topic_prefix(session_id))
 
     def follow(self, session_id: str, generation_id: str, *, on_text: Callable[[str, ReplyView], None] | None = None,
                interrupt: Callable[[], str | None] | None = None, attach: bool = False,
@@ -157,7 +157,7 @@ class Client:
             if self.stream.poll(50):
                 last_event = time.monotonic()
                 try:
-                    event = codec.decode(self.stream.recv_multipart()[-1], m.STREAM_EVENTS)
+                    event = codec.decode(transport.payload_of(self.stream.recv()), m.STREAM_EVENTS)
                 except codec.FrameError:
                     self.bad_frames += 1
                     continue
@@ -184,7 +184,7 @@ class Client:
                 if not self.stream.poll(50):
                     continue
                 try:
-                    event = codec.decode(self.stream.recv_multipart()[-1], m.STREAM_EVENTS)
+                    event = codec.decode(transport.payload_of(self.stream.recv()), m.STREAM_EVENTS)
                 except codec.FrameError:
                     self.bad_frames += 1
                     continue

@@ -24,7 +24,7 @@ import zmq
 from clients.api import Client
 from clients.view import GAP, ReplyView
 from clients.verify import StreamOutcome, verify_stream
-from protocol import codec, messages as m
+from protocol import codec, messages as m, transport
 from services.mock_llm.script import reply_text
 
 SILENCE_S = 2.0  # a stream quiet this long asks for a snapshot
@@ -276,7 +276,7 @@ class LoadRun:
             if self.client.stream in ready:
                 for _ in range(1024):
                     try:
-                        self.on_event(self.client.stream.recv_multipart(zmq.NOBLOCK)[-1], now)
+                        self.on_event(transport.payload_of(self.client.stream.recv(zmq.NOBLOCK)), now)
                     except zmq.Again:
                         break
             if self.client.rpc in ready:

@@ -32,6 +32,27 @@ CONTROL = Channel("control", zmq.PUB, zmq.SUB, 10_000)
 PERSIST = Channel("persist", zmq.PUSH, zmq.PULL, 100_000)
 PERSIST_ACKS = Channel("persist-acks", zmq.PULL, zmq.PUSH, 100_000)
 
+TOPIC_END = b" "  # a published frame is ``topic + b" " + payload``: one send, where topic and payload
+# frames cost two (measured here: ~1 µs against ~5.5 µs a publish). The space also ends the topic, so
+# subscribing to one session's prefix never matches a longer id that starts the same way.
+
+
+def topic_prefix(topic: str) -> bytes:
+    """What a subscriber subscribes to for ``topic`` (ZeroMQ matches subscriptions as prefixes)."""
+    return topic.encode() + TOPIC_END
+
+
+def published(topic: str, payload: bytes) -> bytes:
+    return topic.encode() + TOPIC_END + payload
+
+
+def payload_of(frame: bytes) -> bytes:
+    """The payload of a published frame. Without a topic end the whole frame is returned, and decoding
+    rejects it like any other bad frame."""
+    end = frame.find(TOPIC_END)
+    return frame[end + 1:] if end >= 0 else frame
+
+
 LINGER_MS = 0  # a stopping process must never hang on unsent frames; resends cover the loss
 
 
@@ -61,7 +82,7 @@ def open_socket(ctx: zmq.Context, channel: Channel, *, bind: bool, subscribe: by
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, hwm or channel.hwm)
     sock.setsockopt(zmq.RCVHWM, hwm or channel.hwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)  # + room for a topic frame
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 1024)  # + room for a topic
     if channel is RPC and bind:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished client must not raise in the loop
     if subscribe is not None:

@@ -60,15 +60,15 @@ class CoordinatorShell:
         for effect in effects:
             kind = type(effect)
             if kind is ToClients:
-                self.stream.send_multipart([effect.session_id.encode(), effect.msg.encode()])
+                self.stream.send(transport.published(effect.session_id, effect.msg.encode()))
             elif kind is ToPersister:
                 try:
                     self.persist.send(effect.msg.encode(), zmq.NOBLOCK)
                 except zmq.Again:
                     pass  # no persister or its queue is full: the machine resends what is not acked
             elif kind is ToControl:
-                topic = getattr(effect.msg, "generation_id", "").encode()
-                self.control.send_multipart([topic, effect.msg.encode()])
+                topic = getattr(effect.msg, "generation_id", "")
+                self.control.send(transport.published(topic, effect.msg.encode()))
             elif kind is ToGenerators:
                 self.pending_jobs.append(effect.msg.encode())
             elif kind is ReplyTo:

@@ -155,9 +155,9 @@ class GeneratorShell:
 
     async def follow_control(self) -> None:
         while True:
-            frames = await self.control.recv_multipart()
+            frame = await self.control.recv()
             try:
-                msg = codec.decode(frames[-1], (m.CancelGeneration, m.CoordinatorHeartbeat))
+                msg = codec.decode(transport.payload_of(frame), (m.CancelGeneration, m.CoordinatorHeartbeat))
             except codec.FrameError as err:
                 self.log.warning("bad_frame_dropped", channel="control", kind=err.kind, detail=err.detail[:200])
                 continue

@@ -31,3 +31,37 @@ def test_endpoints_can_be_tcp(monkeypatch):
     monkeypatch.setenv("CHATTER_ENDPOINT_JOBS", "http://nope")
     with pytest.raises(ValueError):
         transport.endpoint(transport.JOBS)
+
+
+def test_a_subscriber_gets_only_its_topic_in_one_frame_and_a_longer_id_never_matches(tmp_path):
+    import time
+
+    import zmq
+
+    from protocol import codec, messages as m
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    sub = ctx.socket(zmq.SUB)
+    try:
+        pub.bind(f"ipc://{tmp_path}/t.sock")
+        sub.connect(f"ipc://{tmp_path}/t.sock")
+        sub.setsockopt(zmq.SUBSCRIBE, transport.topic_prefix("abc"))
+        time.sleep(0.2)  # a subscription takes a moment to reach the publisher
+        for session in ("abcd", "ab", "abc"):
+            pub.send(transport.published(session, m.OrphansInterrupted(len(session)).encode()))
+        assert sub.poll(2000)
+        frame = sub.recv()
+        assert codec.decode(transport.payload_of(frame), (m.OrphansInterrupted,)) == m.OrphansInterrupted(3)
+        assert not sub.poll(200)  # "abcd" and "ab" were filtered out by the publisher
+    finally:
+        pub.close(0)
+        sub.close(0)
+        ctx.term()
+
+
+def test_a_frame_without_a_topic_end_is_rejected_as_a_bad_frame():
+    from protocol import codec, messages as m
+
+    with pytest.raises(codec.FrameError):
+        codec.decode(transport.payload_of(b"no-topic-end"), m.STREAM_EVENTS)
