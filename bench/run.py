@@ -256,7 +256,8 @@ def write_markdown(results: dict) -> str:
     lines += ["## c. The whole stack, and d. the peer side by side", "",
               "| streams | mismatches | errors | delivery p50/p99 ms | TTFT p50/p99 ms | cancel p99 ms | tok/s "
               "| backend CPU µs/token | coordinator / persister / generator µs/token | coordinator RSS MB "
-              "| DB bytes/content byte | peer client CPU µs/token | peer TTFT p50/p99 ms | peer / backend CPU |",
+              "| DB reply text / disk bytes per content byte | peer client CPU µs/token | peer TTFT p50/p99 ms "
+              "| peer / backend CPU |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, peer in zip(results["whole_stack"], results["peer"]):
         cpu = row["cpu_us_per_token"]
@@ -267,10 +268,40 @@ def write_markdown(results: dict) -> str:
             f"{row['delivery_latency_ms']['p99']} | {row['ttft_ms']['p50']} / {row['ttft_ms']['p99']} | "
             f"{row['cancel_latency_ms']['p99']} | {row['tokens_per_s']} | {row['backend_cpu_us_per_token']} | "
             f"{cpu.get('coordinator')} / {cpu.get('persister')} / {round(gen_cpu, 1)} | {row['rss_mb'].get('coordinator')} | "
-            f"{row['db_bytes_per_content_byte']} | {peer['client_cpu_us_per_token']} | {peer['ttft_ms']['p50']} / "
+            f"{row['db_text_bytes_per_content_byte']} / {row['db_bytes_per_content_byte']} | "
+            f"{peer['client_cpu_us_per_token']} | {peer['ttft_ms']['p50']} / "
             f"{peer['ttft_ms']['p99']} | {ratio} |")
-    lines += ["", "Raw figures: `bench/results.json`.", ""]
+    lines += ["", "## The targets, read from this run", "", "| target | figure | met |", "|---|---|---|"]
+    lines += [f"| {name} | {figure} | {'yes' if met else '**no**'} |" for name, figure, met in targets(results)]
+    lines += ["", "Where the time and the bytes go, with profiles, and what would close each gap: "
+              "`docs/PERFORMANCE.md`.", "", "Raw figures: `bench/results.json`.", ""]
     return "\n".join(lines)
+
+
+def targets(results: dict) -> list[tuple[str, str, bool]]:
+    """Each target of the load-testing issue against this run's figures (the largest level of c)."""
+    top = results["whole_stack"][-1]
+    peer = results["peer"][-1]
+    n = top["streams"]
+    backend = top["backend_cpu_us_per_token"]
+    ratio = round(peer["client_cpu_us_per_token"] / backend, 2)
+    cancel_p99 = max((r["cancel_latency_ms"]["p99"] or 0) for r in results["whole_stack"])
+    rss = top["rss_mb"].get("coordinator")
+    return [
+        (f"{n} streams at 20 tok/s: 0 mismatches", str(top["mismatches"]), top["mismatches"] == 0),
+        (f"{n} streams: delivery p99 ≤ 100 ms", f"{top['delivery_latency_ms']['p99']} ms",
+         top["delivery_latency_ms"]["p99"] <= 100),
+        ("backend CPU ≤ 30 µs per token", f"{backend} µs ({n} streams)", backend <= 30),
+        ("backend CPU ≥ 4× less than the peer's", f"{ratio}×", ratio >= 4),
+        ("the coordinator alone ≥ 200k deltas/s", f"{results['coordinator_alone']['deltas_per_s']:,}",
+         results["coordinator_alone"]["deltas_per_s"] >= 200_000),
+        ("cancel p99 ≤ 20 ms (every level)", f"{cancel_p99} ms", cancel_p99 <= 20),
+        (f"coordinator RSS ≤ 150 MB at {n} streams", f"{rss} MB", rss is not None and rss <= 150),
+        ("DB reply text per content byte ≤ 2 (append-only checkpoints)", str(top["db_text_bytes_per_content_byte"]),
+         top["db_text_bytes_per_content_byte"] is not None and top["db_text_bytes_per_content_byte"] <= 2),
+        ("DB disk bytes per content byte ≤ 2 (SQLite pages, WAL and metadata included)",
+         str(top["db_bytes_per_content_byte"]), top["db_bytes_per_content_byte"] <= 2),
+    ]
 
 
 def main() -> None:

@@ -188,6 +188,12 @@ def cmd_status(client: Client, args) -> int:
         ctx = status["context"]
         print(f"session {ctx['session_id']}: history ~{ctx['history_tokens']}/{ctx['max_input_tokens']} tokens")
     print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())))
+    persister = status.get("persister") or {}
+    if persister:
+        print(f"persister: {persister['commits']} commits, {persister['ops']} operations, "
+              f"{persister['reply_text_bytes']} reply text bytes written, {persister['failed_batches']} failed batches")
+    else:
+        print("persister: no totals yet (it reports after its first commit)")
     return EXIT_OK
 
 

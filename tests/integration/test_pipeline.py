@@ -188,3 +188,19 @@ def test_history_shows_the_persisted_messages(stack):
     for h in history["messages"]:
         assert stack.db_message(h["message_id"])["content"] == h["content"]
     assert history["title"] == "first turn [[mock tokens=4]]"
+
+
+def test_status_reports_the_persisters_totals(stack):
+    before = stack.cli_json("status").get("persister") or {"commits": 0, "reply_text_bytes": 0}
+    out = stack.cli_json("send", "count my bytes [[mock tokens=12]]")
+    written = 2 * len(out["content"].encode())  # once as checkpoints, once in the final row
+    deadline = time.monotonic() + 5  # the persister sends its totals a few times a second
+    while time.monotonic() < deadline:
+        now = stack.cli_json("status")["persister"]
+        if now.get("reply_text_bytes", 0) - before["reply_text_bytes"] >= written:
+            break
+        time.sleep(0.1)
+    assert now["reply_text_bytes"] - before["reply_text_bytes"] == written  # nothing else ran in between
+    assert now["commits"] > before["commits"] and now["failed_batches"] == 0 and now["pid"] > 0
+    text = stack.cli("status").stdout.decode()
+    assert f"{now['reply_text_bytes']} reply text bytes written" in text
