@@ -57,15 +57,13 @@ class CoordinatorShell:
     # ------------------------------------------------------------ effects
 
     def carry_out(self, effects: list) -> None:
+        persist_ops: list[bytes] = []
         for effect in effects:
             kind = type(effect)
             if kind is ToClients:
                 self.stream.send(transport.published(effect.session_id, effect.msg.encode()))
             elif kind is ToPersister:
-                try:
-                    self.persist.send(effect.msg.encode(), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # no persister or its queue is full: the machine resends what is not acked
+                persist_ops.append(effect.msg.encode())
             elif kind is ToControl:
                 topic = getattr(effect.msg, "generation_id", "")
                 self.control.send(transport.published(topic, effect.msg.encode()))
@@ -75,6 +73,11 @@ class CoordinatorShell:
                 self.rpc.send_multipart([effect.client, effect.msg.encode()])
             elif kind is Log:
                 self.log.info(effect.event, **effect.fields)
+        for frame in m.bundle(persist_ops):  # in order, one send per bundle rather than per operation
+            try:
+                self.persist.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no persister or its queue is full: the machine resends what is not acked
         while self.pending_jobs:
             try:
                 self.jobs.send(self.pending_jobs[0], zmq.NOBLOCK)
@@ -137,14 +140,16 @@ class CoordinatorShell:
             except zmq.Again:
                 break
             try:
-                msg = codec.decode(payload, expect)
+                msgs, errors = m.unbundle(codec.decode(payload, expect + (m.Bundle,)), expect)
             except codec.FrameError as err:
+                msgs, errors = [], [err]
+            for err in errors:
                 self.bad_frame(channel, err)
-                continue
-            try:
-                effects.extend(self.machine.handle_event(msg, now))
-            except Exception:  # a bug must cost one event, never the coordinator
-                self.log.exception("event_failed", event=type(msg).__name__)
+            for msg in msgs:
+                try:
+                    effects.extend(self.machine.handle_event(msg, now))
+                except Exception:  # a bug must cost one event, never the coordinator
+                    self.log.exception("event_failed", event=type(msg).__name__)
         self.carry_out(effects)
 
     # ------------------------------------------------------------ loop

@@ -251,8 +251,11 @@ def main() -> None:
                     break
                 continue
             try:
-                ops.append(codec.decode(payload, m.PERSIST_OPS))
+                decoded, errors = m.unbundle(codec.decode(payload, m.PERSIST_OPS + (m.Bundle,)), m.PERSIST_OPS)
             except codec.FrameError as err:
+                decoded, errors = [], [err]
+            ops.extend(decoded)
+            for err in errors:
                 bad_frames += 1
                 log.warning("bad_frame_dropped", kind=err.kind, detail=err.detail[:200], total=bad_frames)
         if not ops:
@@ -269,10 +272,11 @@ def main() -> None:
             continue
         commits += 1
         ops_applied += len(ops)
-        for message_id, (length, finalized) in acks.items():
-            acks_out.send(m.PersistAck(message_id, length, finalized).encode())
-        for answer in answers:
-            acks_out.send(answer.encode())
+        replies = [m.PersistAck(message_id, length, finalized).encode()
+                   for message_id, (length, finalized) in acks.items()]
+        replies += [answer.encode() for answer in answers]
+        for frame in m.bundle(replies):  # one send per commit, not one per message (py-spy: 18% of this process)
+            acks_out.send(frame)
         if time.monotonic() - stats_sent_at > STATS_EVERY_S:
             send_stats()
     send_stats()

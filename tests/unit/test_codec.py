@@ -23,7 +23,7 @@ SAMPLES = [
     m.CreateMessage("msg", "s", "title", None, "user", "hi", "completed", 1.0),
     m.Append("msg", 0, "abc"), m.Finalize("msg", "completed", 3, "h", {}, None),
     m.InterruptOrphans("restart", ["msg"]), m.PersistAck("msg", 3, True), m.PersisterHello(1.0),
-    m.OrphansInterrupted(2), m.PersisterStats(7, 3, 40, 1200, 0),
+    m.OrphansInterrupted(2), m.PersisterStats(7, 3, 40, 1200, 0), m.Bundle([m.Append("msg", 0, "abc").encode()]),
 ]
 
 
@@ -93,3 +93,26 @@ def test_a_delta_batch_unpacks_its_valid_items_and_counts_the_rest():
                                           ["g", True, "c", 1, 1.0], "junk", ["g", 3]]).encode())
     good, bad = m.unpack_deltas(batch)
     assert good == [m.GenDelta("g", 1, "a", 1, 1.0), m.GenDelta("g", 2, "b", 1, 2)] and bad == 4
+
+
+def test_bundles_keep_order_split_by_size_and_send_a_lone_frame_as_itself(monkeypatch):
+    ops = [m.Append("msg", i, "x" * 100).encode() for i in range(30)]
+    assert m.bundle(ops[:1]) == ops[:1]  # nothing to gain from wrapping one frame
+    monkeypatch.setattr(m, "BUNDLE_BYTES", 1000)
+    frames = m.bundle(ops)
+    assert 3 <= len(frames) <= 5 and all(len(f) <= 1000 + 200 for f in frames)
+    out = []
+    for frame in frames:
+        msgs, errors = m.unbundle(codec.decode(frame, m.PERSIST_OPS + (m.Bundle,)), m.PERSIST_OPS)
+        assert errors == []
+        out.extend(msgs)
+    assert [op.offset for op in out] == list(range(30))
+
+
+def test_a_bad_item_in_a_bundle_is_dropped_alone():
+    frames = [m.Append("msg", 0, "a").encode(), b"\xc1garbage", "not bytes", m.PersistAck("x", 1, False).encode(),
+              m.Bundle([m.Append("msg", 1, "b").encode()]).encode(), m.Append("msg", 1, "b").encode()]
+    msgs, errors = m.unbundle(codec.decode(m.Bundle(frames).encode()), m.PERSIST_OPS)
+    assert [(op.offset, op.text) for op in msgs] == [(0, "a"), (1, "b")]
+    # garbage, a non-bytes item, a message of another channel, and a bundle inside a bundle
+    assert [type(e) for e in errors] == [codec.NotMsgpack, codec.BadField, codec.UnknownType, codec.UnknownType]
