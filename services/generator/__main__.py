@@ -252,7 +252,7 @@ class GeneratorShell:
                 moved_at = loop.time()
                 async for data in response.iter_bytes():
                     now = loop.time()
-                    if now - moved_at > READ_DEADLINE_STEP_S:  # silence longer than the timeout ends the stream
+                    if now - moved_at > READ_DEADLINE_STEP_S:  # the deadline follows the data, a second at a time
                         read_deadline.reschedule(now + self.read_timeout_s)
                         moved_at = now
                     for event in decoder.feed_bytes(data):
@@ -271,11 +271,9 @@ class GeneratorShell:
         except openai.APIStatusError as exc:
             self._classify_status(exc)
         except (openai.APIConnectionError, httpx2.TransportError, TimeoutError) as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else "unreachable"  # ours, not a refused connect
             if gen.seq == 0:
-                raise RetryBeforeFirstToken(f"upstream {what} at {config.openai_base_url()} (OPENAI_BASE_URL): "
-                                            f"{exc.__class__.__name__}") from None
-            if what == "timed out":
+                raise _not_reached(exc) from None
+            if isinstance(exc, TimeoutError):
                 raise JobFailed(f"upstream sent nothing for {self.read_timeout_s:g} s after {gen.length} "
                                 f"characters (CHATTER_UPSTREAM_TIMEOUT_MS)") from None
             raise JobFailed(f"upstream disconnected after {gen.length} characters: {exc.__class__.__name__}") from None
@@ -294,9 +292,7 @@ class GeneratorShell:
         except openai.APIStatusError as exc:
             self._classify_status(exc)
         except (openai.APIConnectionError, TimeoutError) as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else "unreachable"  # ours, not a refused connect
-            raise RetryBeforeFirstToken(f"upstream {what} at {config.openai_base_url()} (OPENAI_BASE_URL): "
-                                        f"{exc.__class__.__name__}") from None
+            raise _not_reached(exc) from None
         if not completion.choices:
             raise JobFailed("upstream returned no choices")
         choice = completion.choices[0]
@@ -349,6 +345,14 @@ class GeneratorShell:
         self.ctx.term()
         self.sync_ctx.term()
         self.log.info("generator_stopped")
+
+
+def _not_reached(exc: Exception) -> RetryBeforeFirstToken:
+    """A failure before the first token: the upstream did not answer, or said nothing within our deadline
+    (``TimeoutError``; the openai client reports a refused connection as a timeout of its own)."""
+    what = "timed out" if isinstance(exc, TimeoutError) else "unreachable"
+    return RetryBeforeFirstToken(f"upstream {what} at {config.openai_base_url()} (OPENAI_BASE_URL): "
+                                 f"{exc.__class__.__name__}")
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

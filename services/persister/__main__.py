@@ -139,9 +139,10 @@ class Persister:
         msg = store.Message.get_or_none(store.Message.id == message_id)
         if msg is None:
             return False
-        if msg.status == store.STREAMING:  # not seen by ``load``: memory is behind the database, so reread it
-            self.load()
-            return message_id in self.open
+        if msg.status == store.STREAMING:
+            # ``load`` read every streaming message and this process is the only writer, so memory is
+            # behind the database: fail the batch (nothing is acked, the coordinator resends), reload, go on
+            raise RuntimeError(f"streaming message {message_id} is not in memory")
         self._remember_final(message_id, msg.length)
         return True
 

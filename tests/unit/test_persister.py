@@ -102,3 +102,13 @@ def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
         assert db.get_indexes("chunk") == [] and store.migrate(db) == []
     finally:
         db.close()
+
+
+def test_memory_behind_the_database_fails_the_batch_and_the_next_one_reloads(persister):
+    persister.apply_batch([create("a1"), m.Append("a1", 0, "kept")])
+    persister.open.pop("a1")  # as if memory had lost it
+    with pytest.raises(RuntimeError, match="not in memory"):
+        persister.apply_batch([m.Append("a1", 4, " more")])
+    persister.forget()  # what the loop does after a failed batch
+    acks, _ = persister.apply_batch([m.Append("a1", 4, " more")])
+    assert acks["a1"] == (9, False) and store.streamed_text("a1") == "kept more"
