@@ -18,7 +18,7 @@ def words(text: str, model: str) -> int:
 
 def make(**overrides) -> Coordinator:
     ids = (f"id{i}" for i in itertools.count())
-    return Coordinator(Settings(**overrides), words, new_id=lambda: next(ids))
+    return Coordinator(Settings(**overrides), words, new_id=lambda: next(ids), new_ordered_id=lambda: next(ids))
 
 
 def effects(out, kind, msg_type=None):
@@ -436,3 +436,12 @@ def test_a_delta_batch_applies_in_order_and_counts_malformed_items():
                                                 [gen_id, 2, "dup", 1, 1.0], [gen_id, 3, "c", 1, 1.0]]), 100.0)
     assert client_text([out]) == persisted_text([out]) == "abc"
     assert machine.counters["bad_frames_dropped"] == 1 and machine.counters["duplicate_deltas_dropped"] == 1
+
+
+def test_message_and_generation_ids_sort_by_time_and_session_ids_are_random():
+    from services.coordinator.machine import new_id, new_ordered_id
+    ordered = [new_ordered_id() for _ in range(2000)]
+    assert len(set(ordered)) == 2000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ordered)
+    assert ordered == sorted(ordered, key=lambda i: i[:12])  # the millisecond prefix never goes back
+    sessions = [new_id() for _ in range(200)]
+    assert sessions != sorted(sessions)  # random: nothing about one session's id gives another's away
