@@ -1,4 +1,4 @@
-"""docs/STREAMING.md points at real code: every `path: Symbol` and `path::test_name` must exist."""
+"""docs/STREAMING.md and docs/PERFORMANCE.md point at real code: every `path: Symbol` and `path::test_name` must exist."""
 from __future__ import annotations
 
 import ast
@@ -56,3 +56,9 @@ def test_the_checker_catches_a_stale_reference():
     assert missing("`services/coordinator/machine.py: Coordinator._no_such_method`")
     assert missing("`services/nowhere.py: thing`")
     assert missing("`tests/unit/test_codec.py::test_that_never_was`")
+
+
+def test_every_reference_in_performance_md_exists():
+    text = (REPO / "docs" / "PERFORMANCE.md").read_text()
+    assert len(references(text)) >= 7, "the document lost its references"
+    assert missing(text) == []
