@@ -1,0 +1,110 @@
+"""Disk bytes the persister writes per content byte, without the rest of the stack.
+
+Drives the real ``Persister`` (real SQLite, WAL mode, the real schema) with the load pattern of
+``--total`` replies of ``--tokens`` tokens at ``--tps``, ``--streams`` of them at once: a user message
+and a streaming assistant message per reply, an append per checkpoint interval, then a finalize. The
+batches are committed every ``--commit-ms`` of simulated time, as the persister's group commit does.
+Bytes come from this process's own I/O accounting (``/proc/self/io``), as in ``chatter loadtest``.
+
+    python bench/persister_bytes.py --streams 1000 --total 4000 --commit-ms 100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import structlog  # noqa: E402
+
+from protocol import messages as m  # noqa: E402
+from services import store  # noqa: E402
+from services.coordinator.machine import new_ordered_id  # noqa: E402
+from services.persister.__main__ import Persister  # noqa: E402
+
+WORDS = ("the ", "stream ", "token ", "café ", "🙂", "数据 ", "reply ")
+
+
+def written_bytes() -> int:
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
+
+
+def run(total: int, streams: int, tokens: int, tps: float, commit_ms: float, checkpoint_ms: float,
+        random_ids: bool) -> dict:
+    new_id = (lambda: uuid.uuid4().hex) if random_ids else new_ordered_id
+    workdir = tempfile.mkdtemp(prefix="chatter-persister-bytes-")
+    db = store.open_database(f"sqlite:///{workdir}/chatter.db")
+    store.migrate(db)
+    persister = Persister(structlog.get_logger(), db)
+    rng = random.Random(1)
+    life = tokens / tps
+    starts = [i * life / streams for i in range(total)]
+    active: list[dict] = []
+    started = commits = content = 0
+    now, step = 0.0, commit_ms / 1000
+    before = written_bytes()
+    try:
+        while started < total or active:
+            batch: list = []
+            while started < total and starts[started] <= now:
+                session_id, message_id = uuid.uuid4().hex, new_id()
+                batch.append(m.CreateMessage(new_id(), session_id, "t", None, "user", "hello there", "completed", now))
+                batch.append(m.CreateMessage(message_id, session_id, "t", None, "assistant", "", "streaming", now,
+                                             new_id(), [{"role": "user", "content": "hello there"}], "h" * 64,
+                                             "[user]\nhello there", "mock-1", {}))
+                active.append({"start": starts[started], "id": message_id, "length": 0, "sent": 0,
+                               "due_at": starts[started] + checkpoint_ms / 1000})
+                started += 1
+            still = []
+            for reply in active:
+                if now >= reply["due_at"]:
+                    due = min(tokens, int((now - reply["start"]) * tps))
+                    if due > reply["sent"]:
+                        text = "".join(rng.choice(WORDS) for _ in range(due - reply["sent"]))
+                        batch.append(m.Append(reply["id"], reply["length"], text))
+                        reply["length"] += len(text)
+                        reply["sent"] = due
+                        content += len(text.encode())
+                    reply["due_at"] = now + checkpoint_ms / 1000
+                    if reply["sent"] >= tokens:
+                        batch.append(m.Finalize(reply["id"], "completed", reply["length"], "h" * 64, {}))
+                        continue
+                still.append(reply)
+            active = still
+            if batch:
+                with db.atomic():
+                    persister.apply_batch(batch)
+                commits += 1
+            now += step
+        disk = written_bytes() - before
+    finally:
+        db.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"total": total, "streams": streams, "commit_ms": commit_ms, "random_ids": random_ids,
+            "commits": commits, "content_bytes": content, "disk_bytes": disk,
+            "disk_bytes_per_content_byte": round(disk / content, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--total", type=int, default=4000, help="replies in all")
+    parser.add_argument("--streams", type=int, default=1000, help="replies at once")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--tps", type=float, default=20.0)
+    parser.add_argument("--commit-ms", type=float, default=10.0)
+    parser.add_argument("--checkpoint-ms", type=float, default=250.0)
+    parser.add_argument("--random-ids", action="store_true", help="random message ids, as before they were ordered")
+    args = parser.parse_args()
+    print(json.dumps(run(args.total, args.streams, args.tokens, args.tps, args.commit_ms, args.checkpoint_ms,
+                         args.random_ids)))
+
+
+if __name__ == "__main__":
+    main()
