@@ -79,24 +79,25 @@ MODELS = (Session, Message, Chunk)
 
 
 def migrate(db: peewee.Database) -> list[str]:
-    """Create the tables, and add columns that a database from an earlier version lacks."""
+    """Create the tables, add columns that a database from an earlier version lacks, and drop the chunk
+    log's indexes of earlier versions. Returns what it changed."""
     from playhouse.migrate import SchemaMigrator, migrate as run
 
     db.create_tables(MODELS, safe=True)
     migrator = SchemaMigrator.from_database(db)
-    added = []
+    changes = []
     existing = {index.name for index in db.get_indexes(Chunk._meta.table_name)}
     for name in OLD_INDEXES:
         if name in existing:
             db.execute_sql(f"DROP INDEX {name}")
-            added.append(f"-index {name}")
+            changes.append(f"-index {name}")
     for model in MODELS:
         have = {column.name for column in db.get_columns(model._meta.table_name)}
         for field in model._meta.sorted_fields:
             if field.column_name not in have:
                 run(migrator.add_column(model._meta.table_name, field.column_name, field))
-                added.append(f"{model._meta.table_name}.{field.column_name}")
-    return added
+                changes.append(f"{model._meta.table_name}.{field.column_name}")
+    return changes
 
 
 def open_database(url: str) -> peewee.Database:

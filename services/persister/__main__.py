@@ -208,9 +208,9 @@ class Persister:
 def main() -> None:
     log = configure("persister")
     db = store.open_database(config.database_url())
-    added = store.migrate(db)
-    if added:
-        log.info("schema_migrated", added=added)
+    changes = store.migrate(db)
+    if changes:
+        log.info("schema_migrated", changes=changes)
     persister = Persister(log, db)
     ctx = zmq.Context()
     ops_in = transport.open_socket(ctx, transport.PERSIST, bind=False)
