@@ -174,6 +174,16 @@ def test_bad_input_gets_a_clear_error_and_crashes_nothing(stack):
     time.sleep(0.3)
     status = stack.cli_json("status")
     assert status["counters"]["bad_frames_dropped"] >= 4
+    ctx, sock = stack.raw_socket(zmq.PUSH, "persist-acks")
+    try:  # a bundle with two bad items (not msgpack, trailing bytes) and a good one: each bad one counted alone
+        sock.send(m.Bundle([b"\xc1junk", m.OrphansInterrupted(1).encode() + b"x",
+                            m.PersistAck("no-such-message", 3, False).encode()]).encode())
+    finally:
+        sock.close()
+        ctx.term()
+    time.sleep(0.3)
+    bad_before, status = status["counters"]["bad_frames_dropped"], stack.cli_json("status")
+    assert status["counters"]["bad_frames_dropped"] - bad_before == 2
     assert status["counters"]["late_deltas_dropped"] >= 1
     assert stack.cli_json("send", "still alive [[mock tokens=3]]")["status"] == "completed"
 
