@@ -200,8 +200,20 @@ def test_history_shows_the_persisted_messages(stack):
     assert history["title"] == "first turn [[mock tokens=4]]"
 
 
+def settled_persister_totals(stack) -> dict:
+    """The persister's totals once they stop moving: they are sent a few times a second, after commits."""
+    totals = stack.cli_json("status").get("persister")
+    for _ in range(25):
+        time.sleep(0.4)
+        again = stack.cli_json("status").get("persister")
+        if again == totals:
+            break
+        totals = again
+    return totals or {"commits": 0, "reply_text_bytes": 0}
+
+
 def test_status_reports_the_persisters_totals(stack):
-    before = stack.cli_json("status").get("persister") or {"commits": 0, "reply_text_bytes": 0}
+    before = settled_persister_totals(stack)  # earlier tests' last totals may still be on their way
     out = stack.cli_json("send", "count my bytes [[mock tokens=12]]")
     written = 2 * len(out["content"].encode())  # once as checkpoints, once in the final row
     deadline = time.monotonic() + 5  # the persister sends its totals a few times a second
