@@ -2,14 +2,14 @@
 through the openai client's raw streaming response, and pushes seq-numbered deltas.
 
 A cancel on the control channel cancels the job's task, which closes the upstream response
-at once. Failures before the first token are retried within a deadline; after it, never.
+at once. Failures before the first token are retried within a deadline; after it, never. Those
+rules (numbering, how a stream must end, what is retried) are pure, in ``rules.py``; this is the I/O.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import os
-import random
 import signal
 import time
 import uuid
@@ -21,11 +21,11 @@ import zmq.asyncio
 
 from protocol import codec, messages as m, transport
 from services import config
+from services.generator.rules import Generation, JobFailed, RetryBeforeFirstToken, retry_delay, status_failure
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError
 from services.logs import configure
 from services.tokens import count_tokens
 
-RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 # Streams are spread over clients of this many streams each: one connection pool for hundreds of
 # streams scans them all on every request (httpcore: O(n²) per burst).
 STREAMS_PER_CLIENT = 32
@@ -38,31 +38,6 @@ def make_http_client(timeout: httpx2.Timeout) -> httpx2.AsyncClient:
     if config.env_str("CHATTER_HTTP_CLIENT", "aiohttp") == "httpx":
         return openai.DefaultAsyncHttpxClient(timeout=timeout)
     return openai.DefaultAioHttpClient(timeout=timeout)
-
-
-class RetryBeforeFirstToken(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class JobFailed(Exception):
-    """Ends the generation as ``error`` with this reason."""
-
-
-class Generation:
-    """One job's upstream stream: its seq counter and what it has sent."""
-
-    def __init__(self, job: m.Job) -> None:
-        self.job = job
-        self.seq = 0
-        self.length = 0
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-        self.attempts = 0
-        self.client_index = 0
 
 
 class GeneratorShell:
@@ -224,10 +199,7 @@ class GeneratorShell:
                 await (self.stream_once(gen) if streaming else self.whole_once(gen))
                 return
             except RetryBeforeFirstToken as exc:
-                if exc.retry_after is not None:
-                    delay = exc.retry_after
-                else:  # exponential backoff with a little jitter, so retries of many streams spread out
-                    delay = min(4.0, 0.25 * 2 ** (gen.attempts - 1)) * (1 + random.random() * 0.1)
+                delay = retry_delay(gen.attempts, exc.retry_after)
                 if time.monotonic() + delay > deadline:
                     raise JobFailed(f"upstream failed after {gen.attempts} attempts: {exc}") from None
                 self.retries += 1
@@ -271,17 +243,10 @@ class GeneratorShell:
         except openai.APIStatusError as exc:
             self._classify_status(exc)
         except (openai.APIConnectionError, httpx2.TransportError, TimeoutError) as exc:
-            if gen.seq == 0:
-                raise _not_reached(exc) from None
-            if isinstance(exc, TimeoutError):
-                raise JobFailed(f"upstream sent nothing for {self.read_timeout_s:g} s after {gen.length} "
-                                f"characters (CHATTER_UPSTREAM_TIMEOUT_MS)") from None
-            raise JobFailed(f"upstream disconnected after {gen.length} characters: {exc.__class__.__name__}") from None
+            raise self._lost(gen, exc) from None
         except UpstreamProtocolError as exc:
             raise JobFailed(str(exc)) from None
-        if gen.finish_reason is None:
-            raise JobFailed("truncated: the stream ended without a finish reason"
-                            + ("" if saw_done else " (connection closed)"))
+        gen.check_ended(saw_done)
 
     async def whole_once(self, gen: Generation) -> None:
         """Non-streaming mode: one request, one delta, through the same pipeline."""
@@ -292,7 +257,7 @@ class GeneratorShell:
         except openai.APIStatusError as exc:
             self._classify_status(exc)
         except (openai.APIConnectionError, TimeoutError) as exc:
-            raise _not_reached(exc) from None
+            raise self._lost(gen, exc) from None
         if not completion.choices:
             raise JobFailed("upstream returned no choices")
         choice = completion.choices[0]
@@ -302,23 +267,18 @@ class GeneratorShell:
             usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
 
     def _classify_status(self, exc: openai.APIStatusError):
-        status = exc.status_code
-        if status in RETRYABLE_STATUS:
-            retry_after = _retry_after_seconds(exc.response.headers.get("retry-after"))
-            raise RetryBeforeFirstToken(f"HTTP {status}: {_error_message(exc)}", retry_after) from None
-        raise JobFailed(f"upstream refused the request: HTTP {status}: {_error_message(exc)}") from None
+        raise status_failure(exc.status_code, _error_message(exc), exc.response.headers.get("retry-after")) from None
+
+    def _lost(self, gen: Generation, exc: Exception) -> Exception:
+        # TimeoutError is our own read deadline; the openai client reports a refused connection as a timeout
+        # of its own (APITimeoutError), which is "unreachable"
+        return gen.lost_upstream(exc.__class__.__name__, isinstance(exc, TimeoutError),
+                                 f"{config.openai_base_url()} (OPENAI_BASE_URL)", self.read_timeout_s)
 
     def on_chunk(self, gen: Generation, event) -> None:
-        if event.finish_reason:
-            gen.finish_reason = event.finish_reason
-        if event.completion_tokens is not None:
-            gen.prompt_tokens, gen.completion_tokens = event.prompt_tokens, event.completion_tokens
-        if event.text:
-            gen.seq += 1
-            gen.parts.append(event.text)
-            gen.length += len(event.text)
-            self.emit_delta(gen.job.generation_id, gen.seq, event.text, count_tokens(event.text, gen.job.model),
-                            time.time())
+        text = gen.take(event)
+        if text:
+            self.emit_delta(gen.job.generation_id, gen.seq, text, count_tokens(text, gen.job.model), time.time())
 
     # ------------------------------------------------------------ life
 
@@ -345,23 +305,6 @@ class GeneratorShell:
         self.ctx.term()
         self.sync_ctx.term()
         self.log.info("generator_stopped")
-
-
-def _not_reached(exc: Exception) -> RetryBeforeFirstToken:
-    """A failure before the first token: the upstream did not answer, or said nothing within our deadline
-    (``TimeoutError``; the openai client reports a refused connection as a timeout of its own)."""
-    what = "timed out" if isinstance(exc, TimeoutError) else "unreachable"
-    return RetryBeforeFirstToken(f"upstream {what} at {config.openai_base_url()} (OPENAI_BASE_URL): "
-                                 f"{exc.__class__.__name__}")
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
 
 
 def _error_message(exc: openai.APIStatusError) -> str:

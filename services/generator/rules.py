@@ -1,0 +1,100 @@
+"""The generator's rules, pure: how one upstream stream is numbered, how it must end, and which failures
+are retried. The asyncio shell (``__main__``) does the I/O and applies these.
+
+- Every content chunk gets the next seq, from 1; chunks without text (role, finish, usage) get none.
+- A stream that ends without a finish reason is ``truncated``, never ``completed``.
+- Before the first token, a failure is retried (408, 409, 429, 5xx, unreachable, silent), with
+  exponential backoff and jitter, or after the server's Retry-After, until the retry deadline.
+  After the first token, a failure ends the generation as ``error`` and keeps the text.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from protocol import messages as m
+
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 4.0
+BACKOFF_JITTER = 0.1  # up to 10% more, so the retries of many streams spread out
+
+
+class RetryBeforeFirstToken(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class JobFailed(Exception):
+    """Ends the generation as ``error`` with this reason."""
+
+
+@dataclass(slots=True)
+class Generation:
+    """One job's upstream stream: its seq counter, its text, and how it is ending."""
+
+    job: m.Job
+    seq: int = 0
+    length: int = 0
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    attempts: int = 0
+    client_index: int = 0
+
+    def take(self, event) -> str | None:
+        """Apply one decoded chunk (``sse.ChunkEvent``); returns its text when it is a delta to send,
+        numbered ``self.seq``."""
+        if event.finish_reason:
+            self.finish_reason = event.finish_reason
+        if event.completion_tokens is not None:
+            self.prompt_tokens, self.completion_tokens = event.prompt_tokens, event.completion_tokens
+        if not event.text:
+            return None
+        self.seq += 1
+        self.parts.append(event.text)
+        self.length += len(event.text)
+        return event.text
+
+    def check_ended(self, saw_done: bool) -> None:
+        """At the end of the byte stream: without a finish reason the reply is truncated."""
+        if self.finish_reason is None:
+            raise JobFailed("truncated: the stream ended without a finish reason"
+                            + ("" if saw_done else " (connection closed)"))
+
+    def lost_upstream(self, error_name: str, timed_out: bool, where: str, read_timeout_s: float) -> Exception:
+        """The connection failed (``error_name``) or fell silent (``timed_out``): retried before the
+        first token, an error that keeps the text after it. ``where`` names the upstream and its setting."""
+        if self.seq == 0:
+            what = "timed out" if timed_out else "unreachable"
+            return RetryBeforeFirstToken(f"upstream {what} at {where}: {error_name}")
+        if timed_out:
+            return JobFailed(f"upstream sent nothing for {read_timeout_s:g} s after {self.length} characters "
+                             "(CHATTER_UPSTREAM_TIMEOUT_MS)")
+        return JobFailed(f"upstream disconnected after {self.length} characters: {error_name}")
+
+
+def status_failure(status: int, message: str, retry_after_header: str | None) -> Exception:
+    """An HTTP error status from the upstream, as the exception that says what happens next."""
+    if status in RETRYABLE_STATUS:
+        return RetryBeforeFirstToken(f"HTTP {status}: {message}", retry_after_seconds(retry_after_header))
+    return JobFailed(f"upstream refused the request: HTTP {status}: {message}")
+
+
+def retry_delay(attempts: int, retry_after: float | None, rng: random.Random | None = None) -> float:
+    """How long to wait before attempt ``attempts + 1``: the server's Retry-After when it gave one."""
+    if retry_after is not None:
+        return retry_after
+    base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempts - 1))
+    return base * (1 + (rng or random).random() * BACKOFF_JITTER)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
