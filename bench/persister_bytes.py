@@ -26,7 +26,7 @@ import structlog  # noqa: E402
 from protocol import messages as m  # noqa: E402
 from services import store  # noqa: E402
 from services.coordinator.machine import new_ordered_id  # noqa: E402
-from services.persister.__main__ import Persister  # noqa: E402
+from services.persister.apply import Persister  # noqa: E402
 
 WORDS = ("the ", "stream ", "token ", "café ", "🙂", "数据 ", "reply ")
 

@@ -26,11 +26,39 @@ class CoordinatorSilent(ChatterError):
 
 
 
+def _rpc_timeout_ms() -> int:
+    raw = os.environ.get("CHATTER_RPC_TIMEOUT_MS") or "5000"
+    if not raw.isdigit() or not 1 <= int(raw) <= 3_600_000:
+        raise ChatterError(f"CHATTER_RPC_TIMEOUT_MS must be a number of milliseconds from 1 to 3600000, got {raw!r}")
+    return int(raw)
+
+
+def encode_request(msg: m.Message) -> bytes:
+    """A request's frame, or a ChatterError that names the input that cannot be sent."""
+    for name in msg._FIELDS:
+        value = getattr(msg, name)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = value[exc.start]
+                what = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+                raise ChatterError(f"the {name.replace('_', ' ')} is not valid UTF-8 text ({what} at character "
+                                   f"{exc.start})") from None
+    try:
+        return msg.encode()
+    except codec.FrameTooLarge:
+        raise ChatterError(f"the request is too large to send: over {codec.MAX_FRAME_BYTES // (1024 * 1024)} MiB "
+                           "(the coordinator's character limit is lower still: CHATTER_MAX_TEXT_CHARS)") from None
+    except (OverflowError, ValueError) as exc:
+        raise ChatterError(f"the request cannot be sent: {exc}") from None
+
+
 class Client:
     def __init__(self, rpc_timeout_ms: int | None = None, run_dir: str | None = None,
                  stream_hwm: int | None = None) -> None:
         self.run_dir = run_dir  # default: CHATTER_RUN_DIR
-        self.rpc_timeout_ms = rpc_timeout_ms or int(os.environ.get("CHATTER_RPC_TIMEOUT_MS") or 5000)
+        self.rpc_timeout_ms = rpc_timeout_ms or _rpc_timeout_ms()
         self.ctx = zmq.Context()
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
         self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=False, run_dir_path=self.run_dir,
@@ -66,7 +94,7 @@ class Client:
         raise AssertionError("unreachable")
 
     def _request_once(self, msg: m.Message) -> dict:
-        self.rpc.send(msg.encode())
+        self.rpc.send(encode_request(msg))
         deadline = time.monotonic() + self.rpc_timeout_ms / 1000
         while True:
             left_ms = (deadline - time.monotonic()) * 1000

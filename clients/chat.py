@@ -129,7 +129,7 @@ class Chat:
         self.pending: str | None = None  # a command typed while a reply streamed
         self.lines = None if self.terminal else LineReader()
         self.prompt = self._prompt_session() if self.terminal else None
-        if args.session:
+        if args.session is not None:
             self.session_id = resolve_session(client, args.session)
         else:
             self.session_id = client.new_session(system=args.system, model=args.model,

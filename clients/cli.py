@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
 from contextlib import nullcontext
 from typing import Callable
 
-
 from clients.api import ChatterError, Client
 from clients.output import (EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, SigintFlag, exit_code, outcome_json,
                             resolve_session)
 from clients.render import ReplyRenderer
 from clients.view import ReplyView
+from protocol import transport
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def write_out(text: str) -> None:
@@ -60,16 +63,37 @@ def finish(outcome: dict, view: ReplyView, renderer: ReplyRenderer | None) -> in
 # ---------------------------------------------------------------- commands
 
 
+def message_text(given: str) -> str:
+    """The message of ``send``: its argument, or with ``-`` standard input (so also a file: ``< FILE``)."""
+    if given != "-":
+        return given
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise ChatterError(f"standard input is over {MAX_STDIN_BYTES // (1024 * 1024)} MiB; the coordinator takes "
+                           "messages up to CHATTER_MAX_TEXT_CHARS characters (100000 by default)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChatterError(f"standard input is not valid UTF-8 text (byte 0x{data[exc.start]:02x} at byte "
+                           f"{exc.start})") from None
+
+
+MAX_STDIN_BYTES = 4 * 1024 * 1024  # the frame limit: more could never be sent
+
+
 def cmd_send(client: Client, args) -> int:
-    if args.session and args.system:
+    if args.session is not None and args.system:
         raise ChatterError("--system sets the system prompt of a new session; use /system in chat to change one")
-    session_id = (resolve_session(client, args.session) if args.session
+    text = message_text(args.text)
+    if not text.strip():
+        raise ChatterError("the message is empty")
+    session_id = (resolve_session(client, args.session) if args.session is not None
                   else client.new_session(system=args.system, model=args.model, max_input_tokens=args.max_input_tokens))
     request_id = uuid.uuid4().hex
     renderer = renderer_for(args)
     with renderer or nullcontext():
         outcome, view = stream_reply(client, session_id,
-                                     lambda: client.send(session_id, args.text, request_id, args.model),
+                                     lambda: client.send(session_id, text, request_id, args.model),
                                      renderer=renderer)
         return finish(outcome, view, renderer)
 
@@ -171,7 +195,7 @@ def print_sessions(rows: list[dict]) -> None:
 
 
 def cmd_status(client: Client, args) -> int:
-    session_id = resolve_session(client, args.session) if args.session else None
+    session_id = resolve_session(client, args.session) if args.session is not None else None
     status = client.status(session_id)
     if args.json:
         print(json.dumps({"coordinator": "up"} | status, ensure_ascii=False))
@@ -242,25 +266,54 @@ def print_preview(preview: dict) -> None:
     write_out(preview["preview"])
 
 
+def int_in(lo: int, hi: int):
+    """An argparse type: an integer from ``lo`` to ``hi``, else a usage error that says so."""
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {raw}")
+        return value
+    return parse
+
+
+def float_in(lo: float, hi: float):
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+        if not lo <= value <= hi:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, got {raw}")
+        return value
+    return parse
+
+
+TOKENS = int_in(1, 2**31 - 1)  # the schema's bound: a 32-bit column
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatter", description="Stream LLM chat replies through Chatter.",
         epilog="exit codes: 0 completed; 1 error, interrupted, refused or coordinator unreachable; "
-               "130 cancelled (Ctrl+C); 2 bad usage. Settings come from the environment: see the README.")
+               "130 cancelled (Ctrl+C); 2 bad usage; 141 output pipe closed early. Settings come from the "
+               "environment: see the README.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("send", help="send one message and stream the reply")
-    p.add_argument("text", help="the message")
+    p.add_argument("text", help="the message; - reads it from standard input (chatter send - < FILE)")
     p.add_argument("--session", help="an existing session id or unique prefix (default: a new session)")
     p.add_argument("--system", help="system prompt for a new session")
     p.add_argument("--model", help="model for this message (default: the session's, else CHATTER_MODEL)")
-    p.add_argument("--max-input-tokens", type=int, help="input budget of a new session")
+    p.add_argument("--max-input-tokens", type=TOKENS, help="input budget of a new session")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
     p.set_defaults(func=cmd_send)
     p = sub.add_parser("chat", help="an interactive conversation (/help inside)")
     p.add_argument("--session", help="continue this session (id or unique prefix; default: a new one)")
     p.add_argument("--system", help="system prompt of a new session")
     p.add_argument("--model", help="model of a new session (default CHATTER_MODEL)")
-    p.add_argument("--max-input-tokens", type=int, help="input budget of a new session (default "
+    p.add_argument("--max-input-tokens", type=TOKENS, help="input budget of a new session (default "
                    "CHATTER_MAX_INPUT_TOKENS)")
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("watch", help="follow a session's replies live, from any moment")
@@ -273,24 +326,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_regenerate)
     p = sub.add_parser("loadtest", help="simulated users against the stack, every stream verified, with a report")
-    p.add_argument("--streams", type=int, default=20, help="concurrent users (default 20)")
+    p.add_argument("--streams", type=int_in(1, 100_000), default=20, help="concurrent users (default 20)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--count", type=int, help="streams in all (default: --streams)")
-    group.add_argument("--duration", type=float, help="keep starting streams for this many seconds")
-    p.add_argument("--tokens", type=int, default=200, help="tokens per reply (default 200)")
-    p.add_argument("--tps", type=float, default=20.0, help="mock tokens per second per stream (default 20)")
-    p.add_argument("--ttft-ms", type=float, default=50.0, help="mock time to first token (default 50)")
-    p.add_argument("--cancel-frac", type=float, default=0.0, help="fraction of users who cancel at a random moment")
+    group.add_argument("--count", type=int_in(1, 10_000_000), help="streams in all (default: --streams)")
+    group.add_argument("--duration", type=float_in(0.001, 86_400), help="keep starting streams for this many seconds")
+    p.add_argument("--tokens", type=int_in(1, 100_000), default=200, help="tokens per reply (default 200)")
+    p.add_argument("--tps", type=float_in(0.001, 1e6), default=20.0,
+                   help="mock tokens per second per stream (default 20)")
+    p.add_argument("--ttft-ms", type=float_in(0, 3_600_000), default=50.0, help="mock time to first token (default 50)")
+    p.add_argument("--cancel-frac", type=float_in(0, 1), default=0.0,
+                   help="fraction of users who cancel at a random moment")
     p.add_argument("--spawn", action="store_true", help="start a private stack: temporary database, free port")
-    p.add_argument("--generators", type=int, default=1, help="with --spawn: generator processes (default 1)")
+    p.add_argument("--generators", type=int_in(1, 64), default=1,
+                   help="with --spawn: generator processes (default 1)")
     p.add_argument("--model", default="mock-1", help="model name sent with every request (default mock-1)")
-    p.add_argument("--seed", type=int, default=1, help="seed of who cancels when")
+    p.add_argument("--seed", type=int_in(-(2**63), 2**63 - 1), default=1, help="seed of who cancels when")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.add_argument("--plot", help="write a latency histogram and throughput over time to this PNG")
     p.set_defaults(func=cmd_loadtest, needs_client=False)
     p = sub.add_parser("sessions", help="recent sessions")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=int_in(1, 100_000), default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_sessions)
     p = sub.add_parser("status", help="coordinator, generators, active generations and counters")
@@ -314,14 +370,20 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("watch --json needs --once")
     try:
         if not getattr(args, "needs_client", True):
-            return args.func(args)
-        with Client() as client:
-            return args.func(client, args)
-    except ChatterError as exc:
+            code = args.func(args)
+        else:
+            with Client() as client:
+                code = args.func(client, args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen below and not at exit
+        return code
+    except (ChatterError, transport.SetupError) as exc:
         print(f"chatter: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:  # outside a reply there is nothing to cancel
         return EXIT_CANCELLED
+    except BrokenPipeError:  # the reader left (chatter status | head -1): stop quietly, as standard tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ class SigintFlag:
 
 def resolve_session(client: Client, given: str) -> str:
     """A full session id, or a unique prefix of a recent one."""
+    if not given.strip():
+        raise ChatterError("a session id (or a unique prefix of one) cannot be empty")
     if len(given) >= 32:
         return given
     matches = [s["session_id"] for s in client.sessions(limit=1000) if s["session_id"].startswith(given)]

@@ -3,6 +3,10 @@
 A frame is a msgpack array ``[version, type, field1, field2, ...]`` with fields in
 declaration order. Arrays, not maps: they are smaller and faster to build, and the
 schema lives in one place (``protocol.messages``) instead of in every frame.
+
+Fields are checked for range as well as type at decode: ``Annotated[int, Range(lo, hi)]`` and
+``Annotated[str, MaxLen(n)]``. An int without a ``Range`` must still fit in 64 signed bits, so
+no value that a database column cannot hold gets past the decoder.
 """
 from __future__ import annotations
 
@@ -51,6 +55,23 @@ class FrameTooLarge(FrameError):
         super().__init__("too_large", detail)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Range:
+    """An int (or float) field's inclusive bounds."""
+
+    lo: int
+    hi: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MaxLen:
+    """A str, list or dict field's largest length."""
+
+    n: int
+
+
+INT64 = Range(-(2**63), 2**63 - 1)
+
 _REGISTRY: dict[int, type[Message]] = {}
 
 
@@ -59,7 +80,7 @@ class Message:
 
     TYPE: ClassVar[int]
     _FIELDS: ClassVar[tuple[str, ...]]
-    _CHECKS: ClassVar[tuple[tuple[str, tuple[type, ...]], ...]]
+    _CHECKS: ClassVar[tuple[tuple[str, tuple[type, ...], Range | None, int | None], ...]]
 
     def encode(self) -> bytes:
         return encode(self)
@@ -68,6 +89,8 @@ class Message:
 def _accepted_types(hint: Any) -> tuple[type, ...]:
     """The isinstance tuple for one annotated field type."""
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        return _accepted_types(typing.get_args(hint)[0])
     if origin in (typing.Union, types.UnionType):
         out: tuple[type, ...] = ()
         for arg in typing.get_args(hint):
@@ -84,6 +107,20 @@ def _accepted_types(hint: Any) -> tuple[type, ...]:
     return (hint,)
 
 
+def _bounds(hint: Any, accepted: tuple[type, ...]) -> tuple[Range | None, int | None]:
+    """A field's (value range, largest length) from its ``Annotated`` metadata; every int gets INT64."""
+    extras = typing.get_args(hint)[1:] if typing.get_origin(hint) is typing.Annotated else ()
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[Annotated[...]]
+        for arg in typing.get_args(hint):
+            if typing.get_origin(arg) is typing.Annotated:
+                extras = typing.get_args(arg)[1:]
+    value_range = next((e for e in extras if isinstance(e, Range)), None)
+    max_len = next((e.n for e in extras if isinstance(e, MaxLen)), None)
+    if value_range is None and int in accepted and float not in accepted:
+        value_range = INT64
+    return value_range, max_len
+
+
 def message(type_id: int):
     """Register a dataclass as a wire message with a fixed numeric type id."""
 
@@ -91,11 +128,15 @@ def message(type_id: int):
         cls = dataclasses.dataclass(slots=True)(cls)
         if type_id in _REGISTRY:
             raise RuntimeError(f"type id {type_id} used twice: {_REGISTRY[type_id].__name__}, {cls.__name__}")
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         fields = dataclasses.fields(cls)
         cls.TYPE = type_id
         cls._FIELDS = tuple(f.name for f in fields)
-        cls._CHECKS = tuple((f.name, _accepted_types(hints[f.name])) for f in fields)
+        checks = []
+        for f in fields:
+            accepted = _accepted_types(hints[f.name])
+            checks.append((f.name, accepted, *_bounds(hints[f.name], accepted)))
+        cls._CHECKS = tuple(checks)
         cls._REQUIRED = sum(
             1 for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         )
@@ -135,9 +176,15 @@ def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Mess
     values = frame[2:]
     if not cls._REQUIRED <= len(values) <= len(cls._FIELDS):
         raise BadField(f"{cls.__name__} takes {cls._REQUIRED}..{len(cls._FIELDS)} fields, got {len(values)}")
-    for value, (name, accepted) in zip(values, cls._CHECKS):
+    for value, (name, accepted, value_range, max_len) in zip(values, cls._CHECKS):
         if not isinstance(value, accepted) or (value is True or value is False) and bool not in accepted:
             raise BadField(f"{cls.__name__}.{name} must be {'|'.join(t.__name__ for t in accepted)}, got {type(value).__name__}")
+        if value is None:
+            continue
+        if value_range is not None and not value_range.lo <= value <= value_range.hi:
+            raise BadField(f"{cls.__name__}.{name} must be from {value_range.lo} to {value_range.hi}, got {value}")
+        if max_len is not None and len(value) > max_len:
+            raise BadField(f"{cls.__name__}.{name} is {len(value)} long; the limit is {max_len}")
     return cls(*values)
 
 

@@ -8,10 +8,19 @@ control (coordinator -> generators), persist and persist-acks (coordinator <-> p
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Optional
+from typing import Annotated, Optional
 
 from protocol import codec
-from protocol.codec import Message, message
+from protocol.codec import MaxLen, Message, Range, message
+
+# What enters through rpc is bounded here, at decode: a request out of range is refused with the field's
+# name, before any handler or database sees it. Counts and lengths fit a 32-bit integer column
+# (PostgreSQL's ``integer``); ids and names fit their ``varchar`` columns.
+Id = Annotated[str, MaxLen(64)]
+RequestKey = Annotated[str, MaxLen(128)]
+ModelName = Annotated[str, MaxLen(128)]
+Count = Annotated[int, Range(0, 2**31 - 1)]
+SessionsLimit = Annotated[int, Range(1, 100_000)]
 
 # ---------------------------------------------------------------- rpc: client -> coordinator
 
@@ -20,17 +29,17 @@ from protocol.codec import Message, message
 class NewSession(Message):
     req_id: int
     system: Optional[str] = None
-    model: Optional[str] = None
-    max_input_tokens: Optional[int] = None  # this session's input budget; default CHATTER_MAX_INPUT_TOKENS
+    model: Optional[ModelName] = None
+    max_input_tokens: Optional[Count] = None  # this session's input budget; default CHATTER_MAX_INPUT_TOKENS
 
 
 @message(2)
 class Send(Message):
     req_id: int
-    session_id: str
+    session_id: Id
     text: str
-    client_request_id: str
-    model: Optional[str] = None
+    client_request_id: RequestKey
+    model: Optional[ModelName] = None
 
 
 @message(3)
@@ -39,9 +48,9 @@ class Cancel(Message):
     had rendered: the kept reply is cut to it, so what the user saw is what is stored."""
 
     req_id: int
-    session_id: str
-    generation_id: Optional[str] = None
-    seen_len: Optional[int] = None
+    session_id: Id
+    generation_id: Optional[Id] = None
+    seen_len: Optional[Count] = None
 
 
 @message(4)
@@ -49,26 +58,26 @@ class Snapshot(Message):
     """A session's active (else last) reply, or one generation's when ``generation_id`` is given."""
 
     req_id: int
-    session_id: str
-    generation_id: Optional[str] = None
+    session_id: Id
+    generation_id: Optional[Id] = None
 
 
 @message(5)
 class Status(Message):
     req_id: int
-    session_id: Optional[str] = None  # also report this session's context use
+    session_id: Optional[Id] = None  # also report this session's context use
 
 
 @message(6)
 class History(Message):
     req_id: int
-    session_id: str
+    session_id: Id
 
 
 @message(7)
 class Preview(Message):
     req_id: int
-    message_id: str
+    message_id: Id
 
 
 @message(8)
@@ -76,14 +85,14 @@ class Regenerate(Message):
     """Cancel the session's streaming reply if any, supersede the last reply, answer the last user turn again."""
 
     req_id: int
-    session_id: str
-    client_request_id: str
+    session_id: Id
+    client_request_id: RequestKey
 
 
 @message(10)
 class Sessions(Message):
     req_id: int
-    limit: int = 50
+    limit: SessionsLimit = 50
 
 
 @message(11)
@@ -93,11 +102,11 @@ class ConfigureSession(Message):
     and ``stream`` (a ``None`` value unsets one)."""
 
     req_id: int
-    session_id: str
+    session_id: Id
     system: Optional[str] = None
-    max_input_tokens: Optional[int] = None
-    model: Optional[str] = None
-    params: Optional[dict] = None
+    max_input_tokens: Optional[Count] = None
+    model: Optional[ModelName] = None
+    params: Optional[Annotated[dict, MaxLen(16)]] = None
 
 
 @message(9)
@@ -346,9 +355,21 @@ class PersisterStats(Message):
     ops: int
     reply_text_bytes: int  # UTF-8 bytes of reply text written: checkpoint appends plus final contents
     failed_batches: int
+    ops_rejected: int = 0  # operations that failed alone and were dropped (their replies end as error)
+    failing_since: Optional[float] = None  # wall clock of the first failure of the current run, None if healthy
+    last_error: Optional[str] = None  # the database's own words for it
 
 
-PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats)
+@message(64)
+class PersistRejected(Message):
+    """An operation on ``message_id`` failed alone, deterministically, and was dropped: the coordinator stops
+    resending it and ends the reply as error with ``reason``."""
+
+    message_id: str
+    reason: str
+
+
+PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, PersistRejected)
 
 
 # ---------------------------------------------------------------- any point-to-point channel

@@ -6,6 +6,7 @@ in a private run directory (mode 0700); each can be overridden with a tcp:// add
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import tempfile
@@ -56,24 +57,76 @@ def payload_of(frame: bytes) -> bytes:
 LINGER_MS = 0  # a stopping process must never hang on unsent frames; resends cover the loss
 
 
+IPC_PATH_MAX = 107  # sockaddr_un.sun_path on Linux, less its terminating NUL
+
+
+class SetupError(Exception):
+    """A run directory or endpoint that cannot be used; the sentence names the setting and the fix."""
+
+
 def run_dir(path: str | None = None) -> str:
     """CHATTER_RUN_DIR (or ``path``), created 0700 if missing; refused if others can reach it."""
     path = path or os.environ.get("CHATTER_RUN_DIR") or os.path.join(tempfile.gettempdir(), f"chatter-{os.getuid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.stat(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path)
+    except FileExistsError:
+        raise SetupError(f"the run directory CHATTER_RUN_DIR={path} is a file; name a directory") from None
+    except OSError as exc:
+        raise SetupError(f"cannot create the run directory CHATTER_RUN_DIR={path}: {exc.strerror}") from None
     if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        raise PermissionError(f"run dir {path} must be owned by this user with mode 0700")
+        raise SetupError(f"the run directory CHATTER_RUN_DIR={path} must be owned by this user with mode 0700 "
+                         f"(it is {stat.S_IMODE(info.st_mode):o}): chmod 700 it, or name another")
     return path
 
 
 def endpoint(channel: Channel, run_dir_path: str | None = None) -> str:
     """CHATTER_ENDPOINT_<NAME> (tcp://host:port or ipc://path), else ipc://<run dir>/<name>.sock."""
-    override = os.environ.get("CHATTER_ENDPOINT_" + channel.name.upper().replace("-", "_"))
+    setting = "CHATTER_ENDPOINT_" + channel.name.upper().replace("-", "_")
+    override = os.environ.get(setting)
     if override:
         if not override.startswith(("tcp://", "ipc://")):
-            raise ValueError(f"endpoint for {channel.name} must be tcp:// or ipc://, got {override!r}")
+            raise SetupError(f"{setting} must be tcp://HOST:PORT or ipc://PATH, got {override!r}")
         return override
-    return f"ipc://{os.path.join(run_dir(run_dir_path), channel.name + '.sock')}"
+    path = os.path.join(run_dir(run_dir_path), channel.name + ".sock")
+    if len(os.fsencode(path)) > IPC_PATH_MAX:
+        raise SetupError(f"the run directory CHATTER_RUN_DIR={os.path.dirname(path)} is too long for an ipc "
+                         f"socket ({len(os.fsencode(path))} bytes with the socket's name, the limit is "
+                         f"{IPC_PATH_MAX}): name a shorter one, or give tcp endpoints")
+    return f"ipc://{path}"
+
+
+LOCK_NAME = "coordinator.lock"
+
+
+def claim_run_dir(run_dir_path: str | None = None) -> int:
+    """Hold the run directory for this coordinator's lifetime (a lock file, released by the kernel when the
+    process dies however it dies), so that a second coordinator refuses to start instead of unlinking the
+    live one's sockets. Returns the lock's descriptor."""
+    path = os.path.join(run_dir(run_dir_path), LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SetupError(f"another coordinator (pid {holder}) owns the run directory {os.path.dirname(path)}; "
+                             "stop it first, or give this one its own CHATTER_RUN_DIR") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # not a file that its last owner unlinked while we waited
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def release_run_dir(fd: int, run_dir_path: str | None = None) -> None:
+    os.unlink(os.path.join(run_dir(run_dir_path), LOCK_NAME))
+    os.close(fd)
 
 
 def open_socket(ctx: zmq.Context, channel: Channel, *, bind: bool, subscribe: bytes | None = None,
@@ -90,7 +143,9 @@ def open_socket(ctx: zmq.Context, channel: Channel, *, bind: bool, subscribe: by
     addr = endpoint(channel, run_dir_path)
     if bind:
         if addr.startswith("ipc://") and os.path.exists(addr[6:]):
-            os.unlink(addr[6:])  # stale file of a killed coordinator; binding over it would fail silently for peers
+            # stale: only the holder of the run directory (``claim_run_dir``) binds, and a killed one leaves
+            # its files; binding over one would fail silently for peers
+            os.unlink(addr[6:])
         sock.bind(addr)
     else:
         sock.connect(addr)

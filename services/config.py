@@ -8,14 +8,20 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, lo: int | None = 0, hi: int | None = None) -> int:
+    """An integer setting, checked for range at start: a process that cannot run refuses to start, with
+    one line that names the setting and what would be right."""
     raw = os.environ.get(name)
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        where = (f"from {lo} to {hi}" if hi is not None else f"at least {lo}") if lo is not None else f"at most {hi}"
+        raise SystemExit(f"{name} must be {where}, got {value}")
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -30,7 +36,7 @@ def database_url() -> str:
 
 
 def mock_port() -> int:
-    return env_int("CHATTER_MOCK_PORT", 8700)
+    return env_int("CHATTER_MOCK_PORT", 8700, lo=1, hi=65535)
 
 
 def openai_base_url() -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import peewee
-from playhouse.db_url import connect
+from playhouse import db_url
 
 db_proxy = peewee.DatabaseProxy()
 
@@ -100,16 +101,83 @@ def migrate(db: peewee.Database) -> list[str]:
     return changes
 
 
+class DatabaseUrlError(Exception):
+    """CHATTER_DATABASE_URL cannot be used: the sentence says why and what would be right."""
+
+
+SQLITE_PREFIX = "sqlite:///"
+SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000, "foreign_keys": 1}
+
+
+def describe_url(url: str) -> str:
+    """The URL as it may be shown: without its password."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", url)
+
+
 def open_database(url: str) -> peewee.Database:
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+    """Open (and connect to) the database of ``url``, or raise ``DatabaseUrlError`` with what to change.
+    SQLite files are private to their user: the directory 0700, the database and its WAL 0600."""
+    shown = f"CHATTER_DATABASE_URL={describe_url(url)}"
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in db_url.schemes:
+        raise DatabaseUrlError(f"{shown} is not a database URL this persister knows; use sqlite:///PATH "
+                               "or postgresql://USER:PASSWORD@HOST:PORT/NAME")
+    if url.startswith(SQLITE_PREFIX):
+        path = url[len(SQLITE_PREFIX):]
         if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        db = connect(url, pragmas={"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000, "foreign_keys": 1})
+            _private_sqlite_file(path, shown)
+        db = db_url.connect(url, pragmas=SQLITE_PRAGMAS)
     else:
-        db = connect(url)
+        try:
+            db = db_url.connect(url)
+        except (RuntimeError, ValueError) as exc:
+            raise DatabaseUrlError(f"{shown}: {exc}") from None
+    try:
+        db.connect(reuse_if_open=True)
+    except peewee.ImproperlyConfigured as exc:
+        raise DatabaseUrlError(f"{shown} needs a database driver that is not installed ({exc})") from None
+    except peewee.DatabaseError as exc:
+        raise DatabaseUrlError(f"cannot open the database of {shown}: {str(exc).strip()}") from None
     db_proxy.initialize(db)
     return db
+
+
+def _private_sqlite_file(path: str, shown: str) -> None:
+    """Create the database's directory 0700 and its file 0600 (SQLite gives its WAL and shared-memory files
+    the database file's mode), and tighten files of ours that an earlier version left readable."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise DatabaseUrlError(f"{shown} names a directory; give the path of a database file in it")
+    try:
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700)
+            os.chmod(directory, 0o700)
+        elif _owned(directory) and all(name.startswith(os.path.basename(path)) for name in os.listdir(directory)):
+            os.chmod(directory, 0o700)  # a directory of this database alone (data/ of an earlier version)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty file is an empty database
+        for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+            if os.path.exists(name) and _owned(name):
+                os.chmod(name, 0o600)
+    except OSError as exc:
+        raise DatabaseUrlError(f"cannot create the database of {shown}: {exc.strerror} ({exc.filename})") from None
+
+
+def _owned(path: str) -> bool:
+    return os.stat(path).st_uid == os.getuid()
+
+
+def file_identity(db: peewee.Database) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite database's file, to notice it being deleted or replaced; None when it is
+    gone, or for a database that is not a file."""
+    if not isinstance(db, peewee.SqliteDatabase) or db.database in ("", ":memory:"):
+        return None
+    try:
+        info = os.stat(db.database)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def streamed_text(message_id: str) -> str:

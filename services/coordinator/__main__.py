@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import time
 
 import msgpack
-import peewee
 import zmq
 
 from protocol import codec, messages as m, transport
-from services import config, store
-from services.coordinator.machine import (Coordinator, Log, ReplyTo, Settings, ToClients, ToControl, ToGenerators,
-                                          ToPersister)
-from services.logs import configure
+from services import config, shell, store
+from services.coordinator.machine import (Coordinator, Log, ReplyTo, RequestRefused, Settings, ToClients, ToControl,
+                                          ToGenerators, ToPersister)
 from services.tokens import count_tokens
 
 DRAIN_BATCH = 256  # measured: draining with NOBLOCK before yielding is ~4x a message-at-a-time loop
@@ -23,29 +20,32 @@ DRAIN_BATCH = 256  # measured: draining with NOBLOCK before yielding is ~4x a me
 
 def settings_from_env() -> Settings:
     return Settings(
-        flush_ms=config.env_int("CHATTER_FLUSH_MS", 20),
-        checkpoint_ms=config.env_int("CHATTER_CHECKPOINT_MS", 250),
-        persist_resend_ms=config.env_int("CHATTER_PERSIST_RESEND_MS", 2000),
-        generator_dead_ms=config.env_int("CHATTER_GENERATOR_DEAD_MS", 3000),
-        max_text_chars=config.env_int("CHATTER_MAX_TEXT_CHARS", 100_000),
+        flush_ms=config.env_int("CHATTER_FLUSH_MS", 20, lo=0, hi=10_000),
+        checkpoint_ms=config.env_int("CHATTER_CHECKPOINT_MS", 250, lo=1, hi=60_000),
+        persist_resend_ms=config.env_int("CHATTER_PERSIST_RESEND_MS", 2000, lo=10, hi=600_000),
+        generator_dead_ms=config.env_int("CHATTER_GENERATOR_DEAD_MS", 3000, lo=100, hi=3_600_000),
+        # a text of this many characters (4 UTF-8 bytes each at worst) must fit in one frame
+        max_text_chars=config.env_int("CHATTER_MAX_TEXT_CHARS", 100_000, lo=1, hi=codec.MAX_FRAME_BYTES // 8),
         default_model=config.default_model(),
-        max_input_tokens=config.env_int("CHATTER_MAX_INPUT_TOKENS", 8192),
-        stall_ms=config.env_int("CHATTER_STALL_MS", 30_000),
-        max_cached_sessions=config.env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000),
+        max_input_tokens=config.env_int("CHATTER_MAX_INPUT_TOKENS", 8192, lo=1, hi=2**31 - 1),
+        stall_ms=config.env_int("CHATTER_STALL_MS", 30_000, lo=100, hi=86_400_000),
+        max_cached_sessions=config.env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
     )
 
 
 class CoordinatorShell:
     def __init__(self) -> None:
-        self.log = configure("coordinator")
+        self.log = shell.start("coordinator")
         self.machine = Coordinator(settings_from_env(), count_tokens, pid=os.getpid())
+        stream_hwm = config.env_int("CHATTER_STREAM_HWM", 0, lo=0)
+        store.open_database(config.database_url())  # read-only here; a bad URL stops the start, as in the persister
         count_tokens("warm up", config.default_model())  # load the encoding now, not on the first request
-        store.open_database(config.database_url())
+        self.run_dir_lock = transport.claim_run_dir()  # before binding: a second coordinator must not take over
         self.ctx = zmq.Context()
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=True)
         # per-subscriber queue bound: past it PUB drops, and clients catch up by snapshot
         self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=True,
-                                            hwm=config.env_int("CHATTER_STREAM_HWM", 0) or None)
+                                            hwm=stream_hwm or None)
         self.jobs = transport.open_socket(self.ctx, transport.JOBS, bind=True)
         self.gen_events = transport.open_socket(self.ctx, transport.GEN_EVENTS, bind=True)
         self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=True)
@@ -92,7 +92,8 @@ class CoordinatorShell:
         self.log.warning("bad_frame_dropped", channel=channel, kind=err.kind, detail=err.detail[:200])
 
     def ensure_loaded(self, msg: m.Message) -> None:
-        """Sessions not in memory (after a restart) are read from the database before the machine sees them."""
+        """Sessions not in memory (after a restart) are read from the database before the machine sees them.
+        A database that cannot be read refuses this one request."""
         try:
             session_id = getattr(msg, "session_id", None)
             if session_id is None and isinstance(msg, m.Preview):
@@ -105,8 +106,10 @@ class CoordinatorShell:
                     self.machine.load_session(data)
             if isinstance(msg, m.Sessions):
                 self.machine.load_summaries(store.list_sessions(msg.limit))
-        except peewee.PeeweeException as exc:
-            self.log.warning("session_load_failed", error=str(exc))
+        except Exception as exc:
+            self.log.warning("session_load_failed", request=type(msg).__name__, error=shell.plain_error(exc),
+                             exc_info=exc)
+            raise RequestRefused(f"could not read the database: {shell.plain_error(exc)}; try again") from None
 
     def drain_rpc(self, now: float) -> None:
         for _ in range(DRAIN_BATCH):
@@ -123,9 +126,11 @@ class CoordinatorShell:
                 if req_id is not None:
                     self.carry_out([ReplyTo(client, m.Reply(req_id, False, {}, f"bad request: {err}"))])
                 continue
-            self.ensure_loaded(msg)
             try:
+                self.ensure_loaded(msg)
                 effects = self.machine.handle_rpc(client, msg, now)
+            except RequestRefused as refused:
+                effects = [ReplyTo(client, m.Reply(msg.req_id, False, {}, str(refused)))]
             except Exception:  # a bug must cost one request, never the coordinator
                 self.log.exception("rpc_failed", request=type(msg).__name__)
                 effects = [ReplyTo(client, m.Reply(msg.req_id, False, {}, "internal error in the coordinator; "
@@ -139,10 +144,7 @@ class CoordinatorShell:
                 payload = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            try:
-                msgs, errors = m.unbundle(codec.decode(payload, expect + (m.Bundle,)), expect)
-            except codec.FrameError as err:
-                msgs, errors = [], [err]
+            msgs, errors = shell.decode_bundle(payload, expect)
             for err in errors:
                 self.bad_frame(channel, err)
             for msg in msgs:
@@ -155,6 +157,7 @@ class CoordinatorShell:
     # ------------------------------------------------------------ loop
 
     def run(self) -> None:
+        shell.on_stop_signals(self.stop)
         poller = zmq.Poller()
         for sock in (self.rpc, self.gen_events, self.acks):
             poller.register(sock, zmq.POLLIN)
@@ -180,7 +183,11 @@ class CoordinatorShell:
         for sock in (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks):
             transport.close_bound(sock)
         self.ctx.term()
+        transport.release_run_dir(self.run_dir_lock)
         self.log.info("coordinator_stopped")
+
+    def stop(self) -> None:
+        self.stopping = True
 
 
 def _salvage_req_id(payload: bytes) -> int | None:
@@ -193,14 +200,7 @@ def _salvage_req_id(payload: bytes) -> int | None:
 
 
 def main() -> None:
-    shell = CoordinatorShell()
-
-    def stop(signum, _frame):
-        shell.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    shell.run()
+    shell.main("coordinator", CoordinatorShell)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ class Coordinator:
             m.GenError: self._on_gen_error, m.GenCancelled: self._on_gen_cancelled,
             m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
             m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
-            m.PersisterStats: self._on_persister_stats,
+            m.PersisterStats: self._on_persister_stats, m.PersistRejected: self._on_persist_rejected,
         }
 
     # ------------------------------------------------------------ entry points
@@ -235,7 +235,13 @@ class Coordinator:
 
     # ------------------------------------------------------------ rpc
 
+    def _check_system(self, system: str | None) -> None:
+        if system is not None and len(system) > self.settings.max_text_chars:
+            raise RequestRefused(f"the system prompt is {len(system)} characters; the limit is "
+                                 f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
+
     def _on_new_session(self, msg: m.NewSession, now: float, out: list) -> dict:
+        self._check_system(msg.system)
         sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
                             created_at=now, last_activity=now)
         self.sessions[sess.session_id] = sess
@@ -249,7 +255,7 @@ class Coordinator:
         for key, value in (msg.params or {}).items():
             if key == "temperature" and (value is None or (isinstance(value, (int, float)) and 0 <= value <= 2)):
                 params[key] = value
-            elif key == "max_tokens" and (value is None or (isinstance(value, int) and value > 0)):
+            elif key == "max_tokens" and (value is None or (isinstance(value, int) and 0 < value < 2**31)):
                 params[key] = value
             elif key == "stream" and (value is None or isinstance(value, bool)):
                 stream = value
@@ -258,6 +264,7 @@ class Coordinator:
                                      f"integer, stream true or false")
         if msg.max_input_tokens is not None and msg.max_input_tokens < 0:
             raise RequestRefused("the input budget cannot be negative")
+        self._check_system(msg.system)
         sess.params = {k: v for k, v in params.items() if v is not None}
         sess.stream = stream
         if msg.system is not None:
@@ -282,7 +289,8 @@ class Coordinator:
         if not msg.text.strip():
             raise RequestRefused("empty message")
         if len(msg.text) > self.settings.max_text_chars:
-            raise RequestRefused(f"message is {len(msg.text)} characters; the limit is {self.settings.max_text_chars}")
+            raise RequestRefused(f"the message is {len(msg.text)} characters; the limit is "
+                                 f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
         prompt = self._assemble(sess, sess.history, msg.text, msg.model)
         if not sess.title:
             sess.title = " ".join(msg.text.split())[:60]
@@ -435,6 +443,8 @@ class Coordinator:
     def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> dict:
         merged = dict(self.stored_summaries)
         for sess in self.sessions.values():  # memory is newer than the database
+            if not sess.history:
+                continue  # no message yet, so not in the database either: a refused first send leaves nothing
             merged[sess.session_id] = sessions.summary(sess, sess.active_generation is not None)
         ordered = sorted(merged.values(), key=lambda row: row["last_activity"], reverse=True)
         return {"sessions": ordered[:max(1, msg.limit)]}
@@ -577,8 +587,21 @@ class Coordinator:
                   keep_len: int | None = None) -> None:
         """Terminal at once (later deltas are late), then: tail to clients and persister, finalize op.
         The ``final`` event waits for the persister's ack (see ``_on_persist_ack``)."""
-        del self.active[gen.generation_id]
+        text = self._end(gen, status, now, out, error, keep_len)
         self.finalizing[gen.generation_id] = gen
+        sent_len = self.persisted.sent_len(gen.message_id)
+        if sent_len < gen.length:
+            out.append(ToPersister(self.persisted.append(gen.message_id, text[sent_len:], now)))
+        final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), gen.record["stats"], error)
+        out.append(ToPersister(self.persisted.finalize(final, now)))
+        out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
+                                                 "length": gen.length, "error": error}))
+
+    def _end(self, gen: GenerationState, status: str, now: float, out: list, error: str | None,
+             keep_len: int | None = None) -> str:
+        """A generation leaves ``active``: its record takes its final text, status and stats, clients get the
+        text they lack, and its session is free for the next reply. Returns the text."""
+        del self.active[gen.generation_id]
         gen.status, gen.ended_at, gen.error = status, now, error
         if status == "cancelled":
             out.append(ToControl(m.CancelGeneration(gen.generation_id)))
@@ -593,21 +616,14 @@ class Coordinator:
                                                                text[gen.client_len:], gen.tokens,
                                                                gen.client_pending_since)))
             gen.client_len = gen.length
-        sent_len = self.persisted.sent_len(gen.message_id)
-        if sent_len < gen.length:
-            out.append(ToPersister(self.persisted.append(gen.message_id, text[sent_len:], now)))
         gen.client_pending.clear()
         gen.persist_pending.clear()
-        stats = self._stats(gen, now)
-        final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), stats, error)
-        out.append(ToPersister(self.persisted.finalize(final, now)))
-        gen.record.update(content=text, status=status, stats=stats, error=error)
+        gen.record.update(content=text, status=status, stats=self._stats(gen, now), error=error)
         sess = self.sessions[gen.session_id]
         sess.last_activity = now
         if sess.active_generation == gen.generation_id:
             sess.active_generation = None
-        out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
-                                                 "length": gen.length, "error": error}))
+        return text
 
     def _stats(self, gen: GenerationState, now: float) -> dict:
         end = gen.ended_at or now
@@ -644,7 +660,28 @@ class Coordinator:
 
     def _on_persister_stats(self, msg: m.PersisterStats, now: float, out: list) -> None:
         self.persister_stats = {"pid": msg.pid, "commits": msg.commits, "ops": msg.ops,
-                                "reply_text_bytes": msg.reply_text_bytes, "failed_batches": msg.failed_batches}
+                                "reply_text_bytes": msg.reply_text_bytes, "failed_batches": msg.failed_batches,
+                                "ops_rejected": msg.ops_rejected, "failing_since": msg.failing_since,
+                                "last_error": msg.last_error}
+
+    def _on_persist_rejected(self, msg: m.PersistRejected, now: float, out: list) -> None:
+        """The persister dropped an operation that it can never apply: stop resending what is left of the
+        message, and end its reply as error. Nothing more of it can become durable, so ``final`` goes out
+        now instead of after an ack."""
+        state = self.persisted.reject(msg.message_id)
+        out.append(Log("persist_rejected", {"message_id": msg.message_id, "reason": msg.reason}))
+        gen_id = state.generation_id if state is not None else None
+        gen = self.active.get(gen_id or "") or self.finalizing.pop(gen_id or "", None)
+        if gen is None:
+            return
+        error = f"the reply could not be stored: {msg.reason}"
+        if gen.generation_id in self.active:
+            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+            self._end(gen, "error", now, out, error)
+        gen.record.update(status="error", error=error)
+        text = gen.record["content"]
+        out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, "error",
+                                                     len(text), content_hash(text), gen.record["stats"], error)))
 
     # ------------------------------------------------------------ liveness
 

@@ -77,6 +77,10 @@ class PersistTracker:
             return state
         return None
 
+    def reject(self, message_id: str) -> PersistState | None:
+        """The persister can never apply this message's operations: forget them. Returns its state."""
+        return self.states.pop(message_id, None)
+
     def on_persister_hello(self) -> None:
         """A restarted persister: it must hear the live messages, and everything unacked goes again now."""
         self.orphan_sweep, self.orphan_sweep_at = "persister restarted", 0.0

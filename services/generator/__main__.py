@@ -14,17 +14,24 @@ import signal
 import time
 import uuid
 
+import aiohttp
 import httpx2
 import openai
 import zmq
 import zmq.asyncio
 
 from protocol import codec, messages as m, transport
-from services import config
-from services.generator.rules import Generation, JobFailed, RetryBeforeFirstToken, retry_delay, status_failure
+from services import config, shell
+from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
+                                      not_an_event_stream, retry_delay, status_failure)
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError
-from services.logs import configure
+from services.logs import redact
 from services.tokens import count_tokens
+
+# What a request to the upstream can raise: a status, a connection failure (the openai client's own, or its
+# HTTP backends' when they escape it), or our read deadline.
+UPSTREAM_ERRORS = (openai.APIStatusError, openai.APIConnectionError, httpx2.TransportError, aiohttp.ClientError,
+                   TimeoutError)
 
 # Streams are spread over clients of this many streams each: one connection pool for hundreds of
 # streams scans them all on every request (httpcore: O(n²) per burst).
@@ -42,14 +49,16 @@ def make_http_client(timeout: httpx2.Timeout) -> httpx2.AsyncClient:
 
 class GeneratorShell:
     def __init__(self) -> None:
-        self.log = configure("generator")
+        self.log = shell.start("generator")
         self.generator_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.concurrency = config.env_int("CHATTER_GENERATOR_CONCURRENCY", 64)
+        self.concurrency = config.env_int("CHATTER_GENERATOR_CONCURRENCY", 64, lo=1, hi=100_000)
         self.streaming = config.env_bool("CHATTER_STREAM", True)
         self.include_usage = config.env_bool("CHATTER_INCLUDE_USAGE", True)
-        self.retry_deadline_s = config.env_int("CHATTER_RETRY_DEADLINE_MS", 30_000) / 1000
-        self.coordinator_silent_s = config.env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000) / 1000
-        self.read_timeout_s = config.env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000) / 1000
+        self.retry_deadline_s = config.env_int("CHATTER_RETRY_DEADLINE_MS", 30_000, lo=0, hi=86_400_000) / 1000
+        self.coordinator_silent_s = config.env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000, lo=100,
+                                                   hi=86_400_000) / 1000
+        self.read_timeout_s = config.env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000, lo=100, hi=86_400_000) / 1000
+        self.upstream = f"{config.openai_base_url()} (OPENAI_BASE_URL)"
         # No per-read timeout in the HTTP client: aiohttp re-arms a timer on every read (11% of this
         # process under load, py-spy). ``stream_once`` keeps its own deadline, moved at most once a second.
         timeout = httpx2.Timeout(connect=5.0, read=None, write=self.read_timeout_s, pool=self.read_timeout_s)
@@ -125,7 +134,7 @@ class GeneratorShell:
             if self.cancelled_early.pop(job.generation_id, None) is not None or job.generation_id in self.tasks:
                 self.capacity.release()
                 continue
-            task = asyncio.create_task(self.run(job))
+            task = asyncio.create_task(self.run_job(job))
             self.tasks[job.generation_id] = task
 
     async def follow_control(self) -> None:
@@ -160,7 +169,7 @@ class GeneratorShell:
 
     # ------------------------------------------------------------ one job
 
-    async def run(self, job: m.Job) -> None:
+    async def run_job(self, job: m.Job) -> None:
         gen = Generation(job)
         gen.client_index = min(range(len(self.clients)), key=self.client_streams.__getitem__)
         self.client_streams[gen.client_index] += 1
@@ -180,10 +189,12 @@ class GeneratorShell:
             self.emit(m.GenCancelled(job.generation_id, gen.seq))
             log.info("generation_cancelled", seq=gen.seq)
         except JobFailed as exc:
-            self.emit(m.GenError(job.generation_id, gen.seq, str(exc), gen.attempts))
+            self.emit(m.GenError(job.generation_id, gen.seq, redact(str(exc)), gen.attempts))
             log.warning("generation_failed", reason=str(exc), seq=gen.seq)
         except Exception as exc:  # a bug must end this generation, never the process
-            self.emit(m.GenError(job.generation_id, gen.seq, f"generator fault: {exc!r}", gen.attempts))
+            # the reason is stored and shown: a type and plain words, never a repr (it may hold the key)
+            self.emit(m.GenError(job.generation_id, gen.seq,
+                                 f"generator fault: {type(exc).__name__}: {shell.plain_error(exc)}", gen.attempts))
             log.exception("generation_crashed")
         finally:
             self.client_streams[gen.client_index] -= 1
@@ -221,6 +232,14 @@ class GeneratorShell:
             async with asyncio.timeout(self.read_timeout_s) as read_deadline, \
                     self.clients[gen.client_index].chat.completions.with_streaming_response.create(
                         **self._request_args(gen, True)) as response:
+                content_type = response.headers.get("content-type")
+                if not (content_type or "").startswith("text/event-stream"):
+                    head = b""
+                    async for data in response.iter_bytes():  # enough to tell an error body from a page
+                        head += data
+                        if len(head) >= 4096:
+                            break
+                    raise not_an_event_stream(content_type, head[:4096], self.upstream)
                 moved_at = loop.time()
                 async for data in response.iter_bytes():
                     now = loop.time()
@@ -240,10 +259,8 @@ class GeneratorShell:
                         saw_done = True
                     elif event is not None:
                         self.on_chunk(gen, event)
-        except openai.APIStatusError as exc:
-            self._classify_status(exc)
-        except (openai.APIConnectionError, httpx2.TransportError, TimeoutError) as exc:
-            raise self._lost(gen, exc) from None
+        except UPSTREAM_ERRORS as exc:
+            raise self._failure(gen, exc) from None
         except UpstreamProtocolError as exc:
             raise JobFailed(str(exc)) from None
         gen.check_ended(saw_done)
@@ -254,10 +271,8 @@ class GeneratorShell:
             async with asyncio.timeout(self.read_timeout_s):  # a whole reply sends nothing until it is done
                 completion = await self.clients[gen.client_index].chat.completions.create(
                     **self._request_args(gen, False))
-        except openai.APIStatusError as exc:
-            self._classify_status(exc)
-        except (openai.APIConnectionError, TimeoutError) as exc:
-            raise self._lost(gen, exc) from None
+        except UPSTREAM_ERRORS as exc:
+            raise self._failure(gen, exc) from None
         if not completion.choices:
             raise JobFailed("upstream returned no choices")
         choice = completion.choices[0]
@@ -266,14 +281,15 @@ class GeneratorShell:
             choice.message.content or "", choice.finish_reason,
             usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
 
-    def _classify_status(self, exc: openai.APIStatusError):
-        raise status_failure(exc.status_code, _error_message(exc), exc.response.headers.get("retry-after")) from None
-
-    def _lost(self, gen: Generation, exc: Exception) -> Exception:
-        # TimeoutError is our own read deadline; the openai client reports a refused connection as a timeout
-        # of its own (APITimeoutError), which is "unreachable"
-        return gen.lost_upstream(exc.__class__.__name__, isinstance(exc, TimeoutError),
-                                 f"{config.openai_base_url()} (OPENAI_BASE_URL)", self.read_timeout_s)
+    def _failure(self, gen: Generation, exc: Exception) -> Exception:
+        """An upstream failure as the exception that says what happens next, in words."""
+        if isinstance(exc, openai.APIStatusError):
+            return status_failure(exc.status_code, _error_message(exc), exc.response.headers.get("retry-after"))
+        if isinstance(exc, aiohttp.ClientResponseError):  # aiohttp's parser could not read the answer
+            return JobFailed(f"upstream at {self.upstream} sent a response that is not HTTP")
+        timed_out = isinstance(exc, TimeoutError)  # our own read deadline; anything else is the connection
+        return gen.lost_upstream("no data" if timed_out else connection_failure(exc), timed_out, self.upstream,
+                                 self.read_timeout_s)
 
     def on_chunk(self, gen: Generation, event) -> None:
         text = gen.take(event)
@@ -281,6 +297,9 @@ class GeneratorShell:
             self.emit_delta(gen.job.generation_id, gen.seq, text, count_tokens(text, gen.job.model), time.time())
 
     # ------------------------------------------------------------ life
+
+    def run(self) -> None:
+        asyncio.run(self.main())
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -319,7 +338,7 @@ def _error_message(exc: openai.APIStatusError) -> str:
 
 
 def main() -> None:
-    asyncio.run(GeneratorShell().main())
+    shell.main("generator", GeneratorShell)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ are retried. The asyncio shell (``__main__``) does the I/O and applies these.
 """
 from __future__ import annotations
 
+import json
 import random
+import socket
 from dataclasses import dataclass, field
 
 from protocol import messages as m
@@ -64,16 +66,62 @@ class Generation:
             raise JobFailed("truncated: the stream ended without a finish reason"
                             + ("" if saw_done else " (connection closed)"))
 
-    def lost_upstream(self, error_name: str, timed_out: bool, where: str, read_timeout_s: float) -> Exception:
-        """The connection failed (``error_name``) or fell silent (``timed_out``): retried before the
-        first token, an error that keeps the text after it. ``where`` names the upstream and its setting."""
+    def lost_upstream(self, what_failed: str, timed_out: bool, where: str, read_timeout_s: float) -> Exception:
+        """The connection failed (``what_failed``, in words) or fell silent (``timed_out``): retried before
+        the first token, an error that keeps the text after it. ``where`` names the upstream and its setting."""
         if self.seq == 0:
             what = "timed out" if timed_out else "unreachable"
-            return RetryBeforeFirstToken(f"upstream {what} at {where}: {error_name}")
+            return RetryBeforeFirstToken(f"upstream {what} at {where}: {what_failed}")
         if timed_out:
             return JobFailed(f"upstream sent nothing for {read_timeout_s:g} s after {self.length} characters "
                              "(CHATTER_UPSTREAM_TIMEOUT_MS)")
-        return JobFailed(f"upstream disconnected after {self.length} characters: {error_name}")
+        return JobFailed(f"upstream disconnected after {self.length} characters: {what_failed}")
+
+
+def connection_failure(exc: BaseException) -> str:
+    """What went wrong with a connection, in words, from the exception and its causes: never their repr,
+    which for an HTTP client carries the request's headers and so the API key. The openai client reports
+    a refused connection as a timeout of its own (``APITimeoutError``); its cause says what it was."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    chain += [e.os_error for e in chain if isinstance(getattr(e, "os_error", None), OSError)]
+    for e in chain:
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, socket.gaierror):
+            return "host name not found"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset by the server"
+    for e in chain:
+        name = type(e).__name__
+        if name == "ServerDisconnectedError" or "closed" in str(e).lower():
+            return "the server closed the connection"
+        if "Timeout" in name:
+            return "connection timed out"
+    return "connection failed"
+
+
+def not_an_event_stream(content_type: str | None, body_head: bytes, where: str) -> JobFailed:
+    """A 200 answer to a streaming request that is not Server-Sent Events: an error body in JSON, or
+    (an HTML page, say) an address that is not the API's."""
+    error = _error_in_json(body_head)
+    if error:
+        return JobFailed(f"upstream answered with an error instead of a stream: {error}")
+    return JobFailed(f"upstream answered HTTP 200 with {content_type or 'no content type'}, not an event stream: "
+                     f"is {where} the API's address (it usually ends in /v1)?")
+
+
+def _error_in_json(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message")
+    return str(err)[:300] if err else None
 
 
 def status_failure(status: int, message: str, retry_after_header: str | None) -> Exception:

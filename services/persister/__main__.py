@@ -1,291 +1,177 @@
 """The persister's loop: drain the persist queue, apply the batch in one transaction, commit, ack.
 
-Appends are idempotent by offset: text is applied only where it continues the stored length,
-so the coordinator's resends are harmless. Rows go in with one bulk insert per batch, not
-per-row ORM calls (measured: ~9k row updates/s through the ORM against ~240k/s in bulk).
+The apply rules are in ``apply.py`` and what a failed transaction leads to in ``failures.py``; this is the
+I/O: sockets, transactions, the database file's identity, and the totals sent to the coordinator.
 """
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import zmq
 
 from protocol import codec, messages as m, transport
-from services import config, store
-from services.logs import configure
+from services import config, shell, store
+from services.persister.apply import Persister
+from services.persister.failures import DatabaseGone, Retry
 
 DRAIN_BATCH = 4096
-GROUP_COMMIT_MS = config.env_int("CHATTER_GROUP_COMMIT_MS", 10)
 STATS_EVERY_S = 0.25
-TRUNCATE_EVERY_ROWS = 1024  # cut the chunk log's front in steps this big: whole pages, not a row per commit
 
 
-class Persister:
-    """Applies persist operations. It keeps the durable text of open (streaming) messages in memory,
-    so appends and finalizes never read the database back; a restart reloads them on first touch."""
+class PersisterShell:
+    def __init__(self) -> None:
+        self.log = shell.start("persister")
+        self.group_commit_s = config.env_int("CHATTER_GROUP_COMMIT_MS", 10, lo=0, hi=10_000) / 1000
+        self.url = config.database_url()
+        self.db = store.open_database(self.url)
+        changes = store.migrate(self.db)
+        if changes:
+            self.log.info("schema_migrated", changes=changes)
+        self.file_identity = store.file_identity(self.db)
+        self.persister = Persister(self.log, self.db)
+        self.retry = Retry()
+        self.ctx = zmq.Context()
+        self.ops_in = transport.open_socket(self.ctx, transport.PERSIST, bind=False)
+        self.acks_out = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=False)
+        self.stopping = False
+        self.bad_frames = self.failed_batches = self.commits = self.ops_applied = self.ops_rejected = 0
+        self.stats_sent_at, self.stats_sent_for = 0.0, -1
 
-    FINALIZED_KEPT = 100_000  # recently finalized messages remembered; older ones are looked up again
+    # ------------------------------------------------------------ loop
 
-    def __init__(self, log, db) -> None:
-        self.log = log
-        self.db = db
-        self.open: dict[str, list[str]] = {}  # message id -> durable text parts
-        self.open_length: dict[str, int] = {}
-        self.finalized: dict[str, int] = {}  # message id -> final length
-        self.reply_text_bytes = 0  # reply text written: checkpoint appends plus final contents (see PersisterStats)
-        self.loaded = False  # streaming messages' text and the chunk log's position are in memory
-        self.first_chunk: dict[str, int] = {}  # streaming message id -> id of its first row in the chunk log
-        self.next_chunk_id = 1
-        self.truncated_below = 0
-        quote = db.quote[0] + "{}" + db.quote[1] if isinstance(db.quote, str) and len(db.quote) == 2 else '"{}"'
-        self.insert_chunks_sql = (f"INSERT INTO {quote.format('chunk')} ({quote.format('id')}, "
-                                  f"{quote.format('message_id')}, {quote.format('offset')}, {quote.format('text')}) "
-                                  f"VALUES ({db.param}, {db.param}, {db.param}, {db.param})")
-
-    def load(self) -> None:
-        """Read every streaming message's durable text and the chunk log's end: one scan of the log,
-        at start and after a failed transaction. The log may only be cut before the first chunk of
-        every streaming message, so all of them must be known before anything is truncated."""
-        for message_id in store.Message.select(store.Message.id).where(store.Message.status == store.STREAMING) \
-                .tuples().iterator():
-            self.open[message_id[0]] = []
-            self.open_length[message_id[0]] = 0
-        for message_id, (first_id, parts) in store.streaming_chunks().items():
-            self.open[message_id] = parts
-            self.open_length[message_id] = sum(map(len, parts))
-            self.first_chunk[message_id] = first_id
-        self.next_chunk_id = store.next_chunk_id()
-        self.loaded = True
-
-    def interrupt_orphans(self, reason: str, live_message_ids: list) -> list[str]:
-        """Every streaming message without a live generation becomes ``interrupted``, keeping the text
-        that reached us. Only the coordinator knows which are live, so it sends the list."""
-        live = set(live_message_ids)
-        ids = [row.id for row in store.Message.select(store.Message.id).where(store.Message.status == store.STREAMING)
-               if row.id not in live]
-        for message_id in ids:
-            self._known(message_id)
-            self._write_final(message_id, "interrupted", "".join(self.open[message_id]), {},
-                              f"interrupted: {reason}", None)
-        return ids
-
-    def apply_batch(self, ops: list[m.Message]) -> tuple[dict[str, tuple[int, bool]], list[m.Message]]:
-        """Apply ops in one transaction; returns message id -> (durable length, finalized) to ack,
-        and other answers for the coordinator."""
-        acks: dict[str, tuple[int, bool]] = {}
-        answers: list[m.Message] = []
-        chunks: list[tuple] = []
-        now = time.time()
-        if not self.loaded:
-            self.load()
-        for op in ops:
-            if isinstance(op, m.Append):
-                if self._known(op.message_id) and op.message_id in self.open:
-                    length = self.open_length[op.message_id]
-                    end = op.offset + len(op.text)
-                    if op.offset <= length < end:  # continues the stored text (a resend may overlap it)
-                        fresh = op.text[length - op.offset:]
-                        chunks.append((self.next_chunk_id, op.message_id, length, fresh))
-                        self.first_chunk.setdefault(op.message_id, self.next_chunk_id)
-                        self.next_chunk_id += 1
-                        self.open[op.message_id].append(fresh)
-                        self.open_length[op.message_id] = end
-                acks[op.message_id] = self._ack(op.message_id)
+    def run(self) -> None:
+        shell.on_stop_signals(self.stop)
+        # The coordinator answers with the live messages; every other streaming one is then interrupted.
+        self.acks_out.send(m.PersisterHello(time.time(), os.getpid()).encode())
+        self.log.info("persister_ready", database=store.describe_url(self.url))
+        while not self.stopping:
+            if self.retry.holding:  # a failed transaction's operations go first, after their backoff
+                wait_s = self.retry.retry_at - time.time()
+                if wait_s > 0:
+                    time.sleep(min(wait_s, STATS_EVERY_S))
+                    continue
+                self.commit(self.retry.next_ops())
                 continue
-            if chunks:  # keep order: chunks before a finalize that follows them
-                self._insert_chunks(chunks)
-                chunks = []
-            if isinstance(op, m.CreateMessage):
-                self._create(op, now)
-                acks[op.message_id] = self._ack(op.message_id)
-            elif isinstance(op, m.Finalize):
-                acks[op.message_id] = self._finalize(op)
-            elif isinstance(op, m.InterruptOrphans):
-                ids = self.interrupt_orphans(op.reason, op.live_message_ids)
-                answers.append(m.OrphansInterrupted(len(ids)))
-                if ids:
-                    self.log.info("orphans_interrupted", count=len(ids), reason=op.reason)
-        if chunks:
-            self._insert_chunks(chunks)
-        self._truncate_log()
-        return acks, answers
+            ops = self.drain()
+            if ops:
+                self.commit(ops)
+        self.send_stats()
+        self.ops_in.close(0)
+        self.acks_out.close(0)
+        self.ctx.term()
+        self.db.close()
+        self.log.info("persister_stopped")
 
-    def _truncate_log(self) -> None:
-        """Cut the chunk log's front once enough of it belongs to finalized messages only."""
-        keep_from = min(self.first_chunk.values(), default=self.next_chunk_id)
-        if keep_from - self.truncated_below >= TRUNCATE_EVERY_ROWS:
-            store.truncate_chunks(keep_from)
-            self.truncated_below = keep_from
+    def stop(self) -> None:
+        self.stopping = True
 
-    def forget(self) -> None:
-        """After a failed transaction nothing in memory can be trusted: reload before the next batch."""
-        self.open.clear()
-        self.open_length.clear()
-        self.finalized.clear()
-        self.first_chunk.clear()
-        self.loaded = False
-
-    def _insert_chunks(self, rows: list[tuple]) -> None:
-        # one executemany: peewee's per-row query building was the persister's top cost (py-spy)
-        self.db.cursor().executemany(self.insert_chunks_sql, rows)
-        self.reply_text_bytes += sum(len(row[3].encode()) for row in rows)
-
-    def _known(self, message_id: str) -> bool:
-        """Load a message's state on first touch; False if it does not exist (its create is still to come)."""
-        if message_id in self.open or message_id in self.finalized:
-            return True
-        msg = store.Message.get_or_none(store.Message.id == message_id)
-        if msg is None:
-            return False
-        if msg.status == store.STREAMING:
-            # ``load`` read every streaming message and this process is the only writer, so memory is
-            # behind the database: fail the batch (nothing is acked, the coordinator resends), reload, go on
-            raise RuntimeError(f"streaming message {message_id} is not in memory")
-        self._remember_final(message_id, msg.length)
-        return True
-
-    def _ack(self, message_id: str) -> tuple[int, bool]:
-        if message_id in self.finalized:
-            return self.finalized[message_id], True
-        return self.open_length.get(message_id, 0), False
-
-    def _remember_final(self, message_id: str, length: int) -> None:
-        self.open.pop(message_id, None)
-        self.open_length.pop(message_id, None)
-        self.finalized[message_id] = length
-        if len(self.finalized) > self.FINALIZED_KEPT:
-            for key in list(self.finalized)[: self.FINALIZED_KEPT // 2]:
-                del self.finalized[key]
-
-    def _create(self, op: m.CreateMessage, now: float) -> None:
-        store.Session.insert(id=op.session_id, title=op.session_title, system=op.session_system,
-                             created_at=op.created_at, updated_at=now).on_conflict_ignore().execute()
-        # the session's settings as of this message: a /system change is persisted with the next message
-        store.Session.update(updated_at=now, title=op.session_title, system=op.session_system,
-                             max_input_tokens=op.session_max_input_tokens).where(
-            store.Session.id == op.session_id).execute()
-        if op.supersedes:
-            store.Message.update(superseded=True).where(store.Message.id.in_(op.supersedes)).execute()
-        if self._known(op.message_id):
-            return  # a resent create: the row is there already
-        position = store.Message.select().where(store.Message.session == op.session_id).count()
-        store.Message.insert(
-            id=op.message_id, session=op.session_id, position=position, role=op.role, content=op.content,
-            length=len(op.content), status=op.status, generation_id=op.generation_id,
-            prompt_messages=op.prompt_messages, prompt_hash=op.prompt_hash, preview=op.preview, model=op.model,
-            params=op.params, client_request_id=op.client_request_id, dropped_message_ids=op.dropped_message_ids,
-            created_at=op.created_at, updated_at=now,
-        ).execute()
-        if op.status == store.STREAMING:
-            self.open[op.message_id] = []
-            self.open_length[op.message_id] = 0
-        else:
-            self._remember_final(op.message_id, len(op.content))
-
-    def _finalize(self, op: m.Finalize) -> tuple[int, bool]:
-        if not self._known(op.message_id):
-            return 0, False
-        if op.message_id in self.finalized:
-            return self.finalized[op.message_id], True
-        if self.open_length[op.message_id] < op.length:
-            return self.open_length[op.message_id], False  # text is missing: wait for the resent appends
-        text = "".join(self.open[op.message_id])[:op.length]  # a cancel may keep less than was checkpointed
-        self._write_final(op.message_id, op.status, text, op.stats, op.error, op.content_hash)
-        return op.length, True
-
-    def _write_final(self, message_id: str, status: str, text: str, stats: dict, error: str | None,
-                     content_hash: str | None) -> None:
-        store.Message.update(content=text, length=len(text), status=status, stats=stats, error=error,
-                             content_hash=content_hash, updated_at=time.time()).where(
-            store.Message.id == message_id).execute()
-        self.first_chunk.pop(message_id, None)  # its rows in the chunk log may now be cut
-        self.reply_text_bytes += len(text.encode())
-        self._remember_final(message_id, len(text))
-
-
-def main() -> None:
-    log = configure("persister")
-    db = store.open_database(config.database_url())
-    changes = store.migrate(db)
-    if changes:
-        log.info("schema_migrated", changes=changes)
-    persister = Persister(log, db)
-    ctx = zmq.Context()
-    ops_in = transport.open_socket(ctx, transport.PERSIST, bind=False)
-    acks_out = transport.open_socket(ctx, transport.PERSIST_ACKS, bind=False)
-    # The coordinator answers with the live messages; every other streaming one is then interrupted.
-    acks_out.send(m.PersisterHello(time.time(), os.getpid()).encode())
-    stopping = False
-
-    def stop(signum, _frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    bad_frames = failed_batches = commits = ops_applied = 0
-    stats_sent_at, stats_sent_for = 0.0, -1
-
-    def send_stats() -> None:
-        nonlocal stats_sent_at, stats_sent_for
-        stats_sent_at, stats_sent_for = time.monotonic(), commits
-        acks_out.send(m.PersisterStats(os.getpid(), commits, ops_applied, persister.reply_text_bytes,
-                                       failed_batches).encode())
-
-    log.info("persister_ready", database=config.database_url())
-    while not stopping:
-        if not ops_in.poll(STATS_EVERY_S * 1000):
-            if stats_sent_for != commits:  # idle now: the totals of the last commits still go out
-                send_stats()
-            continue
+    def drain(self) -> list[m.Message]:
+        """The next batch: what is queued now, gathered for ``CHATTER_GROUP_COMMIT_MS`` (every commit
+        rewrites whole pages, so a few ms of gathering saves most of the bytes)."""
+        if not self.ops_in.poll(STATS_EVERY_S * 1000):
+            if self.stats_sent_for != self.commits:  # idle now: the totals of the last commits still go out
+                self.send_stats()
+            return []
         ops: list[m.Message] = []
-        # group commit: every commit rewrites whole pages, so a few ms of gathering saves most of the bytes
-        deadline = time.monotonic() + GROUP_COMMIT_MS / 1000
+        deadline = time.monotonic() + self.group_commit_s
         while len(ops) < DRAIN_BATCH:
             try:
-                payload = ops_in.recv(zmq.NOBLOCK)
+                payload = self.ops_in.recv(zmq.NOBLOCK)
             except zmq.Again:
                 left_ms = (deadline - time.monotonic()) * 1000
-                if left_ms <= 0 or not ops_in.poll(left_ms):
+                if left_ms <= 0 or not self.ops_in.poll(left_ms):
                     break
                 continue
-            try:
-                decoded, errors = m.unbundle(codec.decode(payload, m.PERSIST_OPS + (m.Bundle,)), m.PERSIST_OPS)
-            except codec.FrameError as err:
-                decoded, errors = [], [err]
+            decoded, errors = shell.decode_bundle(payload, m.PERSIST_OPS)
             ops.extend(decoded)
             for err in errors:
-                bad_frames += 1
-                log.warning("bad_frame_dropped", kind=err.kind, detail=err.detail[:200], total=bad_frames)
-        if not ops:
-            continue
-        text_bytes_before = persister.reply_text_bytes
+                self.bad_frames += 1
+                self.log.warning("bad_frame_dropped", kind=err.kind, detail=err.detail[:200], total=self.bad_frames)
+        return ops
+
+    # ------------------------------------------------------------ transactions
+
+    def commit(self, ops: list[m.Message]) -> None:
+        text_bytes_before = self.persister.reply_text_bytes
         try:
-            with db.atomic():
-                acks, answers = persister.apply_batch(ops)
-        except Exception as exc:  # a database failure: nothing acked, so the coordinator resends
-            persister.forget()
-            persister.reply_text_bytes = text_bytes_before  # rolled back: not written
-            failed_batches += 1
-            log.error("batch_failed", error=str(exc), ops=len(ops))
-            continue
-        commits += 1
-        ops_applied += len(ops)
+            acks, answers = self.transaction(lambda: self.persister.apply_batch(ops))
+        except Exception as exc:  # nothing acked: the operations are held and tried again
+            self.persister.forget()  # memory may be ahead of what rolled back: reload before the next batch
+            self.persister.reply_text_bytes = text_bytes_before
+            self.failed_batches += 1
+            reason = shell.plain_error(exc)
+            rejected = self.retry.failed(ops, exc, reason, time.time())
+            if rejected is not None:
+                self.reject(rejected, reason, exc)
+            else:
+                self.log.error("batch_failed", error=reason, ops=len(ops), failed_batches=self.failed_batches,
+                               retry_in_s=round(max(0.0, self.retry.retry_at - time.time()), 2), exc_info=exc)
+            self.send_stats()
+            return
+        if self.retry.holding:
+            self.retry.applied(ops)
+            if not self.retry.holding:
+                self.log.info("database_recovered", failed_batches=self.failed_batches)
+        self.commits += 1
+        self.ops_applied += len(ops)
         replies = [m.PersistAck(message_id, length, finalized).encode()
                    for message_id, (length, finalized) in acks.items()]
         replies += [answer.encode() for answer in answers]
         for frame in m.bundle(replies):  # one send per commit, not one per message (py-spy: 18% of this process)
-            acks_out.send(frame)
-        if time.monotonic() - stats_sent_at > STATS_EVERY_S:
-            send_stats()
-    send_stats()
-    ops_in.close(0)
-    acks_out.close(0)
-    ctx.term()
-    db.close()
-    log.info("persister_stopped")
+            self.acks_out.send(frame)
+        if time.monotonic() - self.stats_sent_at > STATS_EVERY_S:
+            self.send_stats()
+
+    def transaction(self, work):
+        """``work()`` in one transaction, committed only while the database file is still the one opened.
+        A failure rolls back and raises the first error: after a full disk SQLite has already rolled back,
+        and the rollback's own complaint ("no transaction is active") would hide the real words."""
+        with self.db.manual_commit():
+            self.db.begin()
+            try:
+                result = work()
+                self.check_database_file()
+                self.db.commit()
+            except BaseException:
+                try:
+                    self.db.rollback()
+                except Exception:
+                    pass
+                raise
+        return result
+
+    def check_database_file(self) -> None:
+        """A database file deleted or replaced while open takes every later commit with it, silently."""
+        if self.file_identity is not None and store.file_identity(self.db) != self.file_identity:
+            raise DatabaseGone(f"the database file {self.db.database} was deleted or replaced while the persister "
+                               "ran; nothing is acked until the persister is restarted, which opens it anew")
+
+    def reject(self, op: m.Message, reason: str, exc: Exception) -> None:
+        """An operation that fails alone, deterministically: dropped, and its reply ends as error."""
+        self.ops_rejected += 1
+        message_id = getattr(op, "message_id", None)
+        self.log.error("operation_rejected", op=type(op).__name__, message_id=message_id, error=reason,
+                       ops_rejected=self.ops_rejected, exc_info=exc)
+        if message_id is None:
+            return
+        try:
+            self.transaction(lambda: self.persister.mark_error(message_id, f"could not be stored: {reason}"))
+        except Exception as mark_exc:
+            self.persister.forget()
+            self.log.warning("mark_error_failed", message_id=message_id, error=shell.plain_error(mark_exc))
+        self.acks_out.send(m.PersistRejected(message_id, reason).encode())
+
+    def send_stats(self) -> None:
+        self.stats_sent_at, self.stats_sent_for = time.monotonic(), self.commits
+        self.acks_out.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied,
+                                            self.persister.reply_text_bytes, self.failed_batches,
+                                            self.ops_rejected, self.retry.failing_since,
+                                            self.retry.last_error).encode())
+
+
+def main() -> None:
+    shell.main("persister", PersisterShell)
 
 
 if __name__ == "__main__":

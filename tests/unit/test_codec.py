@@ -23,7 +23,8 @@ SAMPLES = [
     m.CreateMessage("msg", "s", "title", None, "user", "hi", "completed", 1.0),
     m.Append("msg", 0, "abc"), m.Finalize("msg", "completed", 3, "h", {}, None),
     m.InterruptOrphans("restart", ["msg"]), m.PersistAck("msg", 3, True), m.PersisterHello(1.0),
-    m.OrphansInterrupted(2), m.PersisterStats(7, 3, 40, 1200, 0), m.Bundle([m.Append("msg", 0, "abc").encode()]),
+    m.OrphansInterrupted(2), m.PersisterStats(7, 3, 40, 1200, 0, 1, 5.0, "database or disk is full"),
+    m.PersistRejected("msg", "integer out of range"), m.Bundle([m.Append("msg", 0, "abc").encode()]),
 ]
 
 

@@ -6,7 +6,7 @@ import structlog
 
 from protocol import messages as m
 from services import store
-from services.persister.__main__ import Persister
+from services.persister.apply import Persister
 
 
 @pytest.fixture
@@ -30,9 +30,22 @@ def test_appends_are_idempotent_by_offset(persister):
     assert acks["a1"] == (12, False) and store.streamed_text("a1") == "hello world!"
 
 
-def test_an_append_before_its_create_acks_zero(persister):
-    acks, _ = persister.apply_batch([m.Append("nope", 0, "x")])
-    assert acks["nope"] == (0, False)
+def test_nothing_is_acked_for_a_message_whose_row_does_not_exist(persister):
+    # an ack means applied: acking these would tell the coordinator that the create had been applied, and
+    # it would never resend it (a full disk lost completed replies that way)
+    acks, _ = persister.apply_batch([m.Append("nope", 0, "x"), m.Finalize("nope", "completed", 1, "h", {}, None)])
+    assert acks == {}
+    acks, _ = persister.apply_batch([create("nope"), m.Append("nope", 0, "x")])
+    assert acks == {"nope": (1, False)}
+
+
+def test_a_message_whose_operation_was_rejected_ends_as_error_with_its_text(persister):
+    persister.apply_batch([create(), m.Append("a1", 0, "partial")])
+    persister.forget()  # as after the failed transaction that found the bad operation
+    persister.mark_error("a1", "could not be stored: integer out of range")
+    row = store.Message.get_by_id("a1")
+    assert (row.status, row.content, row.error) == ("error", "partial", "could not be stored: integer out of range")
+    persister.mark_error("nope", "x")  # no row: nothing to mark, and no error
 
 
 def test_finalize_folds_chunks_into_content_and_can_cut_a_cancelled_reply(persister):
@@ -67,7 +80,7 @@ def test_creates_are_idempotent_and_positions_follow_order(persister):
 
 
 def test_the_chunk_log_is_cut_only_before_every_streaming_message(persister, monkeypatch):
-    import services.persister.__main__ as module
+    import services.persister.apply as module
     monkeypatch.setattr(module, "TRUNCATE_EVERY_ROWS", 2)
     persister.apply_batch([create("a1"), create("a2"), m.Append("a1", 0, "one "), m.Append("a2", 0, "uno ")])
     persister.apply_batch([m.Append("a1", 4, "two "), m.Append("a2", 4, "dos ")])

@@ -21,7 +21,7 @@ def test_a_run_dir_others_can_reach_is_refused(tmp_path, monkeypatch):
     path.mkdir(mode=0o755)
     os.chmod(path, 0o755)
     monkeypatch.setenv("CHATTER_RUN_DIR", str(path))
-    with pytest.raises(PermissionError):
+    with pytest.raises(transport.SetupError):
         transport.run_dir()
 
 
@@ -29,7 +29,7 @@ def test_endpoints_can_be_tcp(monkeypatch):
     monkeypatch.setenv("CHATTER_ENDPOINT_GEN_EVENTS", "tcp://127.0.0.1:5999")
     assert transport.endpoint(transport.GEN_EVENTS) == "tcp://127.0.0.1:5999"
     monkeypatch.setenv("CHATTER_ENDPOINT_JOBS", "http://nope")
-    with pytest.raises(ValueError):
+    with pytest.raises(transport.SetupError):
         transport.endpoint(transport.JOBS)
 
 

@@ -1,0 +1,47 @@
+"""What every process's shell shares: start-up (private files, logging), stop signals, decoding one
+channel's frames and bundles, errors in plain words, and refusing to start with a bad setting."""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable
+
+from protocol import codec, messages as m, transport
+from services import logs, store
+
+
+def start(process: str):
+    """Every file a Chatter process creates is its user's alone (0600, directories 0700); returns the log."""
+    os.umask(0o077)
+    return logs.configure(process)
+
+
+def on_stop_signals(stop: Callable[[], None]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: stop())
+
+
+def decode_bundle(payload: bytes, expect: tuple) -> tuple[list, list[codec.FrameError]]:
+    """A frame of a point-to-point channel as the messages it carries (itself, or a bundle's items), and
+    the errors of what was dropped: a bad frame, or each bad item of a bundle alone."""
+    try:
+        return m.unbundle(codec.decode(payload, expect + (m.Bundle,)), expect)
+    except codec.FrameError as err:
+        return [], [err]
+
+
+def plain_error(exc: BaseException) -> str:
+    """An exception in words for a log or a reply: its message (never a repr of a library object), redacted."""
+    words = " ".join(str(exc).split()) or type(exc).__name__
+    return logs.redact(words)[:500]
+
+
+def main(process: str, make: Callable[[], object]) -> None:
+    """Build a process's shell with ``make`` and run it. A setting it cannot run with (a run directory, an
+    endpoint, a database URL, one held by another process) is one line on stderr and exit 1, never a
+    traceback: a bad setting never leaves half a stack running."""
+    try:
+        proc = make()
+    except (transport.SetupError, store.DatabaseUrlError) as exc:
+        raise SystemExit(f"chatter {process}: {exc}") from None
+    proc.run()
