@@ -24,6 +24,19 @@ def env_int(name: str, default: int, lo: int | None = 0, hi: int | None = None) 
     return value
 
 
+def env_float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:  # NaN fails this too
+        raise SystemExit(f"{name} must be from {lo:g} to {hi:g}, got {raw}")
+    return value
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if not raw:

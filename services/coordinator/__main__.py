@@ -193,7 +193,7 @@ class CoordinatorShell:
 def _salvage_req_id(payload: bytes) -> int | None:
     """A bad request still gets an answer when its request id can be read."""
     try:
-        frame = msgpack.unpackb(payload, raw=False)
+        frame = msgpack.unpackb(payload, raw=False, strict_map_key=False)
         return frame[2] if isinstance(frame, list) and len(frame) > 2 and isinstance(frame[2], int) else None
     except Exception:
         return None

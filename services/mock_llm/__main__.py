@@ -16,8 +16,7 @@ import time
 
 from aiohttp import web
 
-from services import config
-from services.logs import configure
+from services import config, shell
 from services.mock_llm.script import (Scenario, env_scenario, prompt_token_count, reply_tokens, request_key,
                                       scenario_for)
 
@@ -155,12 +154,17 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None) ->
 
 
 async def serve() -> None:
-    log = configure("mock_llm")
+    log = shell.start("mock_llm")
     port = config.mock_port()
     runner = web.AppRunner(MockLLM(env_scenario()).app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"chatter mock_llm: cannot listen on 127.0.0.1:{port} (CHATTER_MOCK_PORT): "
+                         f"{exc.strerror}") from None
     log.info("mock_llm_ready", url=f"http://127.0.0.1:{port}/v1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

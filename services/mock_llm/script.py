@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 from dataclasses import dataclass, fields, replace
+
+from services import config
 
 # Mixed widths on purpose: offsets are counted in characters, and a 4-byte emoji, accents and
 # newlines catch any code that counts bytes or splits text.
@@ -43,9 +44,9 @@ class Scenario:
 
 def env_scenario() -> Scenario:
     return Scenario(
-        tokens=int(os.environ.get("CHATTER_MOCK_TOKENS") or Scenario.tokens),
-        tps=float(os.environ.get("CHATTER_MOCK_TPS") or Scenario.tps),
-        ttft_ms=float(os.environ.get("CHATTER_MOCK_TTFT_MS") or Scenario.ttft_ms),
+        tokens=config.env_int("CHATTER_MOCK_TOKENS", Scenario.tokens, lo=0, hi=1_000_000),
+        tps=config.env_float("CHATTER_MOCK_TPS", Scenario.tps, lo=0.001, hi=1e9),
+        ttft_ms=config.env_float("CHATTER_MOCK_TTFT_MS", Scenario.ttft_ms, lo=0, hi=3_600_000),
     )
 
 

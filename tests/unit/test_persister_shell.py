@@ -1,0 +1,104 @@
+"""The persister's shell against a real SQLite file and a real socket: a batch with one operation that can
+never be applied commits everything else, and that one is dropped alone, answered, and its reply marked."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import zmq
+
+from protocol import codec, messages as m, transport
+from services import store
+from services.persister.__main__ import PersisterShell
+
+
+@pytest.fixture
+def persister(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHATTER_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("CHATTER_DATABASE_URL", f"sqlite:///{tmp_path / 'data' / 'chatter.db'}")
+    umask = os.umask(0)
+    os.umask(umask)
+    shell = PersisterShell()
+    ctx = zmq.Context()
+    acks = ctx.socket(zmq.PULL)  # what the coordinator would hear
+    acks.bind(transport.endpoint(transport.PERSIST_ACKS))
+    yield shell, acks
+    acks.close(0)
+    ctx.term()
+    shell.ops_in.close(0)
+    shell.acks_out.close(0)
+    shell.ctx.term()
+    shell.db.close()
+    os.umask(umask)  # the shell made this process's files private; the rest of the suite keeps its own
+
+
+def heard(acks) -> list[m.Message]:
+    out = []
+    while acks.poll(500):
+        msgs, errors = m.unbundle(codec.decode(acks.recv()), m.PERSIST_ACKS)
+        assert errors == []
+        out += msgs
+    return out
+
+
+def create(message_id: str, **kw) -> m.CreateMessage:
+    return m.CreateMessage(message_id, "s1", "title", None, "assistant", "", "streaming", 1.0, "g-" + message_id, **kw)
+
+
+def settle(shell) -> None:
+    """Try again what is held, as the loop does once each backoff has passed."""
+    for _ in range(20):
+        if not shell.retry.holding:
+            return
+        shell.commit(shell.retry.next_ops())
+    raise AssertionError("the held operations never settled")
+
+
+def test_one_operation_that_cannot_be_stored_is_dropped_alone(persister):
+    shell, acks = persister
+    unsortable = {1: "one", "two": 2}  # JSON with sorted keys cannot hold both kinds of key: a TypeError
+    shell.commit([create("a1"), m.Append("a1", 0, "abc"), create("bad", params=unsortable), create("a2"),
+                  m.Append("a2", 0, "xyz")])
+    assert shell.retry.holding and shell.failed_batches == 1  # the batch failed whole, nothing acked yet
+    settle(shell)
+    assert shell.ops_rejected == 1
+    assert store.streamed_text("a1") == "abc" and store.streamed_text("a2") == "xyz"
+    assert store.Message.get_or_none(store.Message.id == "bad") is None
+    answers = heard(acks)
+    (rejected,) = [a for a in answers if isinstance(a, m.PersistRejected)]
+    assert rejected.message_id == "bad" and "not supported" in rejected.reason
+    assert {a.message_id: a.length for a in answers if isinstance(a, m.PersistAck)} == {"a1": 3, "a2": 3}
+    shell.commit([m.Append("a1", 3, "def")])  # later batches are not poisoned
+    assert not shell.retry.holding and store.streamed_text("a1") == "abcdef"
+
+
+def test_a_finalize_that_cannot_be_stored_marks_its_reply_error_keeping_its_text(persister):
+    shell, acks = persister
+    shell.commit([create("a1"), m.Append("a1", 0, "partial")])
+    shell.commit([m.Finalize("a1", "completed", 7, "h", {1: "x", "y": 2}, None)])
+    settle(shell)
+    row = store.Message.get_by_id("a1")
+    assert (row.status, row.content) == ("error", "partial") and row.error.startswith("could not be stored:")
+    assert any(isinstance(a, m.PersistRejected) and a.message_id == "a1" for a in heard(acks))
+
+
+def test_failures_reach_the_coordinator_at_once_with_the_databases_words(persister, monkeypatch):
+    shell, acks = persister
+    heard(acks)
+    shell.check_database_file = lambda: (_ for _ in ()).throw(store.peewee.OperationalError("disk I/O error"))
+    shell.commit([create("a1")])
+    (stats,) = [a for a in heard(acks) if isinstance(a, m.PersisterStats)]
+    assert stats.failed_batches == 1 and stats.last_error == "disk I/O error" and stats.failing_since
+    assert shell.retry.holding and shell.retry.mode == "batch"  # the database's failure: backoff, no rejection
+    del shell.check_database_file
+    settle(shell)
+    assert store.Message.get_or_none(store.Message.id == "a1") is not None and shell.ops_rejected == 0
+
+
+def test_a_deleted_database_file_is_never_committed_to(persister):
+    shell, acks = persister
+    shell.commit([create("a1")])
+    os.unlink(shell.db.database)
+    shell.commit([create("a2")])
+    assert shell.retry.holding and "deleted or replaced" in shell.retry.last_error
+    assert not [a for a in heard(acks) if isinstance(a, m.PersistAck) and a.message_id == "a2"]
