@@ -215,7 +215,11 @@ def cmd_status(client: Client, args) -> int:
     persister = status.get("persister") or {}
     if persister:
         print(f"persister: {persister['commits']} commits, {persister['ops']} operations, "
-              f"{persister['reply_text_bytes']} reply text bytes written, {persister['failed_batches']} failed batches")
+              f"{persister['reply_text_bytes']} reply text bytes written, {persister['failed_batches']} failed "
+              f"batches, {persister['ops_rejected']} operations rejected")
+        if persister["failing_since"] is not None:
+            print(f"persister: FAILING for {max(0.0, time.time() - persister['failing_since']):.0f} s: "
+                  f"{persister['last_error']}; nothing new is durable until it recovers")
     else:
         print("persister: no totals yet (it reports after its first commit)")
     return EXIT_OK
