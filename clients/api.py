@@ -43,7 +43,7 @@ def encode_request(msg: m.Message) -> bytes:
             except UnicodeEncodeError as exc:
                 bad = value[exc.start]
                 what = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
-                raise ChatterError(f"the {name.replace('_', ' ')} is not valid UTF-8 text ({what} at character "
+                raise ChatterError(f"the {name.replace('_', ' ')} is not valid UTF-8 ({what} at character "
                                    f"{exc.start})") from None
     try:
         return msg.encode()

@@ -117,3 +117,53 @@ def test_a_bad_item_in_a_bundle_is_dropped_alone():
     assert [(op.offset, op.text) for op in msgs] == [(0, "a"), (1, "b")]
     # garbage, a non-bytes item, a message of another channel, and a bundle inside a bundle
     assert [type(e) for e in errors] == [codec.NotMsgpack, codec.BadField, codec.UnknownType, codec.UnknownType]
+
+
+def test_every_integer_field_of_every_message_is_bounded_at_decode():
+    """No integer that a database column cannot hold gets past the decoder; rpc fields have tighter bounds."""
+    for cls in codec.registered().values():
+        for name, accepted, value_range, _ in cls._CHECKS:
+            if int in accepted and float not in accepted:
+                assert value_range is not None, f"{cls.__name__}.{name}"
+                assert -(2**63) <= value_range.lo <= value_range.hi <= 2**63 - 1
+
+
+@pytest.mark.parametrize("cls, index, bad, good", [
+    (m.Sessions, 1, 0, 1), (m.Sessions, 1, 100_001, 100_000), (m.Sessions, 1, 2**64 - 1, 50),
+    (m.NewSession, 3, 2**31, 2**31 - 1), (m.NewSession, 3, -1, 0), (m.Cancel, 3, -1, 0),
+    (m.Send, 1, "s" * 65, "s" * 64), (m.Send, 4, "m" * 129, "m" * 128), (m.Send, 3, "r" * 129, "r" * 128),
+    (m.ConfigureSession, 5, {str(i): i for i in range(17)}, {"max_tokens": 5}),
+    (m.Status, 0, 2**63, 2**63 - 1), (m.Status, 0, 2**64 - 1, -(2**63)),
+])
+def test_values_out_of_a_fields_bounds_are_refused_with_its_name(cls, index, bad, good):
+    sample = {m.Sessions: m.Sessions(1, 5), m.NewSession: m.NewSession(1, None, None, 5),
+              m.Cancel: m.Cancel(1, "s", None, 0), m.Send: m.Send(1, "s", "t", "r", "m"),
+              m.ConfigureSession: m.ConfigureSession(1, "s"), m.Status: m.Status(1)}[cls]
+    values = [getattr(sample, f) for f in cls._FIELDS]
+    for value, ok in ((bad, False), (good, True)):
+        values[index] = value
+        data = msgpack.packb([codec.PROTOCOL_VERSION, cls.TYPE, *values], use_bin_type=True)
+        if ok:
+            assert getattr(codec.decode(data), cls._FIELDS[index]) == value
+        else:
+            with pytest.raises(codec.BadField, match=f"{cls.__name__}.{cls._FIELDS[index]}"):
+                codec.decode(data)
+
+
+@given(st.sampled_from(m.RPC_REQUESTS), st.lists(st.one_of(
+    st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=80), st.none(), st.booleans(), st.binary(max_size=8),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=3)),
+    min_size=1, max_size=8))
+def test_any_values_in_a_request_decode_or_raise_frame_error(cls, values):
+    data = msgpack.packb([codec.PROTOCOL_VERSION, cls.TYPE, *values], use_bin_type=True)
+    try:
+        msg = codec.decode(data)
+    except codec.FrameError:
+        return
+    for name, accepted, value_range, max_len in cls._CHECKS:
+        value = getattr(msg, name)
+        if value_range is not None and isinstance(value, int):
+            assert value_range.lo <= value <= value_range.hi
+        if max_len is not None and value is not None:
+            assert len(value) <= max_len
