@@ -1,6 +1,6 @@
 """Disk bytes the persister writes per content byte, without the rest of the stack.
 
-Drives the real ``Persister`` (real SQLite, WAL mode, the real schema) with the load pattern of
+Drives the persister's real core and writes (real SQLite, WAL mode, the real schema) with the load pattern of
 ``--total`` replies of ``--tokens`` tokens at ``--tps``, ``--streams`` of them at once: a user message
 and a streaming assistant message per reply, an append per checkpoint interval, then a finalize. The
 batches are committed every ``--commit-ms`` of simulated time, as the persister's group commit does.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import structlog  # noqa: E402
 
 from protocol import messages as m  # noqa: E402
 from services import store  # noqa: E402
 from services.coordinator.machine import new_ordered_id  # noqa: E402
-from services.persister.apply import Persister  # noqa: E402
+from services.persister.core import PersisterCore  # noqa: E402
+from services.persister.shell import WRITES  # noqa: E402
 
 WORDS = ("the ", "stream ", "token ", "café ", "🙂", "数据 ", "reply ")
 
@@ -42,7 +42,8 @@ def run(total: int, streams: int, tokens: int, tps: float, commit_ms: float, che
     workdir = tempfile.mkdtemp(prefix="chatter-persister-bytes-")
     db = store.open_database(f"sqlite:///{workdir}/chatter.db")
     store.migrate(db)
-    persister = Persister(structlog.get_logger(), db)
+    persister = PersisterCore()
+    persister.load([], {}, store.next_chunk_id())
     rng = random.Random(1)
     life = tokens / tps
     starts = [i * life / streams for i in range(total)]
@@ -79,8 +80,9 @@ def run(total: int, streams: int, tokens: int, tps: float, commit_ms: float, che
                 still.append(reply)
             active = still
             if batch:
-                with db.atomic():
-                    persister.apply_batch(batch)
+                with db.atomic():  # what the persister's shell does with a batch, without its sockets
+                    for write in persister.plan(batch).writes:
+                        WRITES[type(write)](db, write)
                 commits += 1
             now += step
         disk = written_bytes() - before

@@ -1,108 +1,144 @@
-"""The persister's apply rules against a real (in-memory) SQLite database."""
+"""The persister's rules, pure: what operations write and ack, with no database (``services/persister/core.py``)."""
 from __future__ import annotations
 
 import pytest
-import structlog
+from hypothesis import given, strategies as st
 
 from protocol import messages as m
 from services import store
-from services.persister.apply import Persister
+from services.persister import core
+from services.persister.core import (InsertChunks, InsertMessage, NotInMemory, PersisterCore, StoredMessage,
+                                     Supersede, TruncateLog, UpsertSession, WriteFinal)
 
 
 @pytest.fixture
-def persister():
-    db = store.open_database("sqlite:///:memory:")
-    db.create_tables(store.MODELS)
-    yield Persister(structlog.get_logger(), db)
-    db.close()
+def persister() -> PersisterCore:
+    p = PersisterCore()
+    p.load([], {}, 1)
+    return p
 
 
-def create(message_id="a1", role="assistant", content="", status="streaming"):
-    return m.CreateMessage(message_id, "s1", "title", None, role, content, status, 1.0, "g1")
+def create(message_id="a1", role="assistant", content="", status="streaming", **kw):
+    return m.CreateMessage(message_id, "s1", "title", None, role, content, status, 1.0, "g1", **kw)
+
+
+def writes(plan, kind):
+    return [w for w in plan.writes if isinstance(w, kind)]
+
+
+def chunk_rows(plan):
+    return [row for w in writes(plan, InsertChunks) for row in w.rows]
 
 
 def test_appends_are_idempotent_by_offset(persister):
-    acks, _ = persister.apply_batch([create(), m.Append("a1", 0, "hello "), m.Append("a1", 0, "hello "),
-                                     m.Append("a1", 3, "lo world"), m.Append("a1", 20, "gap")])
-    assert acks["a1"] == (11, False)
-    assert store.streamed_text("a1") == "hello world"
-    acks, _ = persister.apply_batch([create(), m.Append("a1", 6, "world"), m.Append("a1", 11, "!")])
-    assert acks["a1"] == (12, False) and store.streamed_text("a1") == "hello world!"
+    plan = persister.plan([create(), m.Append("a1", 0, "hello "), m.Append("a1", 0, "hello "),
+                           m.Append("a1", 3, "lo world"), m.Append("a1", 20, "gap")])
+    assert plan.acks == {"a1": (11, False)}
+    assert chunk_rows(plan) == [(1, "a1", 0, "hello "), (2, "a1", 6, "world")]
+    assert plan.reply_text_bytes == 11
+    plan = persister.plan([create(), m.Append("a1", 6, "world"), m.Append("a1", 11, "!")])
+    assert plan.acks == {"a1": (12, False)} and chunk_rows(plan) == [(3, "a1", 11, "!")]
+    assert writes(plan, InsertMessage) == [] and len(writes(plan, UpsertSession)) == 1  # a resent create
 
 
 def test_nothing_is_acked_for_a_message_whose_row_does_not_exist(persister):
     # an ack means applied: acking these would tell the coordinator that the create had been applied, and
     # it would never resend it (a full disk lost completed replies that way)
-    acks, _ = persister.apply_batch([m.Append("nope", 0, "x"), m.Finalize("nope", "completed", 1, "h", {}, None)])
-    assert acks == {}
-    acks, _ = persister.apply_batch([create("nope"), m.Append("nope", 0, "x")])
-    assert acks == {"nope": (1, False)}
+    plan = persister.plan([m.Append("nope", 0, "x"), m.Finalize("nope", "completed", 1, "h", {}, None)])
+    assert plan.acks == {} and plan.writes == []
+    plan = persister.plan([create("nope"), m.Append("nope", 0, "x")])
+    assert plan.acks == {"nope": (1, False)}
 
 
-def test_a_message_whose_operation_was_rejected_ends_as_error_with_its_text(persister):
-    persister.apply_batch([create(), m.Append("a1", 0, "partial")])
-    persister.forget()  # as after the failed transaction that found the bad operation
-    persister.mark_error("a1", "could not be stored: integer out of range")
-    row = store.Message.get_by_id("a1")
-    assert (row.status, row.content, row.error) == ("error", "partial", "could not be stored: integer out of range")
-    persister.mark_error("nope", "x")  # no row: nothing to mark, and no error
-
-
-def test_finalize_folds_chunks_into_content_and_can_cut_a_cancelled_reply(persister):
-    persister.apply_batch([create(), m.Append("a1", 0, "hello world")])
-    acks, _ = persister.apply_batch([m.Finalize("a1", "cancelled", 5, "h", {"tokens": 1}, None)])
-    assert acks["a1"] == (5, True)
-    row = store.Message.get_by_id("a1")
-    assert (row.content, row.status, row.length, row.stats) == ("hello", "cancelled", 5, {"tokens": 1})
-    acks, _ = persister.apply_batch([m.Append("a1", 5, "late"), m.Finalize("a1", "completed", 9, "h", {}, None)])
-    assert acks["a1"] == (5, True) and store.Message.get_by_id("a1").content == "hello"
+def test_finalize_folds_the_text_into_the_row_and_can_cut_a_cancelled_reply(persister):
+    persister.plan([create(), m.Append("a1", 0, "hello world")])
+    plan = persister.plan([m.Finalize("a1", "cancelled", 5, "h", {"tokens": 1}, None)])
+    assert plan.acks == {"a1": (5, True)}
+    assert writes(plan, WriteFinal) == [WriteFinal("a1", "cancelled", "hello", {"tokens": 1}, None, "h")]
+    plan = persister.plan([m.Append("a1", 5, "late"), m.Finalize("a1", "completed", 9, "h", {}, None)])
+    assert plan.acks == {"a1": (5, True)} and plan.writes == []
 
 
 def test_finalize_waits_for_missing_text(persister):
-    persister.apply_batch([create(), m.Append("a1", 0, "abc")])
-    acks, _ = persister.apply_batch([m.Finalize("a1", "completed", 6, "h", {}, None)])
-    assert acks["a1"] == (3, False) and store.Message.get_by_id("a1").status == "streaming"
+    persister.plan([create(), m.Append("a1", 0, "abc")])
+    plan = persister.plan([m.Finalize("a1", "completed", 6, "h", {}, None)])
+    assert plan.acks == {"a1": (3, False)} and plan.writes == []
 
 
-def test_orphans_except_the_live_ones_become_interrupted(persister):
-    persister.apply_batch([create("a1"), create("a2"), m.Append("a1", 0, "partial")])
-    _, answers = persister.apply_batch([m.InterruptOrphans("restart", ["a2"])])
-    assert answers == [m.OrphansInterrupted(1)]
-    row = store.Message.get_by_id("a1")
-    assert (row.status, row.content) == ("interrupted", "partial") and "restart" in row.error
-    assert store.Message.get_by_id("a2").status == "streaming"
+def test_orphans_except_the_live_ones_become_interrupted_with_their_text(persister):
+    persister.plan([create("a1"), create("a2"), m.Append("a1", 0, "partial")])
+    plan = persister.plan([m.InterruptOrphans("restart", ["a2"])])
+    assert plan.answers == [m.OrphansInterrupted(1)] and plan.interrupted == 1
+    (final,) = writes(plan, WriteFinal)
+    assert (final.message_id, final.status, final.content) == ("a1", "interrupted", "partial")
+    assert "restart" in final.error
+    assert "a2" in persister.open
 
 
-def test_creates_are_idempotent_and_positions_follow_order(persister):
-    persister.apply_batch([create("u1", "user", "hi", "completed"), create("a1"), create("u1", "user", "hi", "completed")])
-    rows = list(store.Message.select().order_by(store.Message.position))
-    assert [(r.id, r.position) for r in rows] == [("u1", 0), ("a1", 1)]
+def test_creates_are_idempotent_and_supersede_follows_the_create_it_names(persister):
+    plan = persister.plan([create("u1", "user", "hi", "completed"), create("a1"),
+                           create("u1", "user", "hi", "completed"), create("a2", supersedes=["a1"])])
+    assert [w.op.message_id for w in writes(plan, InsertMessage)] == ["u1", "a1", "a2"]
+    kinds = [type(w).__name__ for w in plan.writes]
+    assert kinds.index("Supersede") > [i for i, k in enumerate(kinds) if k == "InsertMessage"][1]
+    assert writes(plan, Supersede) == [Supersede(["a1"])]
+    assert plan.acks == {"u1": (2, True), "a1": (0, False), "a2": (0, False)}
 
 
 def test_the_chunk_log_is_cut_only_before_every_streaming_message(persister, monkeypatch):
-    import services.persister.apply as module
-    monkeypatch.setattr(module, "TRUNCATE_EVERY_ROWS", 2)
-    persister.apply_batch([create("a1"), create("a2"), m.Append("a1", 0, "one "), m.Append("a2", 0, "uno ")])
-    persister.apply_batch([m.Append("a1", 4, "two "), m.Append("a2", 4, "dos ")])
-    persister.apply_batch([m.Finalize("a1", "completed", 8, "h", {}, None), m.Append("a2", 8, "tres")])
+    monkeypatch.setattr(core, "TRUNCATE_EVERY_ROWS", 2)
+    persister.plan([create("a1"), create("a2"), m.Append("a1", 0, "one "), m.Append("a2", 0, "uno ")])
+    plan = persister.plan([m.Append("a1", 4, "two "), m.Append("a2", 4, "dos ")])
+    assert writes(plan, TruncateLog) == []
+    plan = persister.plan([m.Finalize("a1", "completed", 8, "h", {}, None), m.Append("a2", 8, "tres")])
     # a1 is final: the log's front is cut up to a2's first row (the second), and not one row further
-    assert [c.id for c in store.Chunk.select().order_by(store.Chunk.id)] == [2, 3, 4, 5]
-    assert store.streamed_text("a2") == "uno dos tres" and store.Message.get_by_id("a1").content == "one two "
-    persister.apply_batch([m.Finalize("a2", "completed", 12, "h", {}, None)])
-    assert store.Chunk.select().count() == 0  # both final: the whole log goes
-    assert store.Message.get_by_id("a2").content == "uno dos tres"
+    assert writes(plan, TruncateLog) == [TruncateLog(2)]
+    plan = persister.plan([m.Finalize("a2", "completed", 12, "h", {}, None)])
+    assert writes(plan, TruncateLog) == [TruncateLog(6)]  # both final: the whole log goes
+    assert writes(plan, WriteFinal)[0].content == "uno dos tres"
 
 
-def test_a_restarted_persister_reads_streaming_text_back_and_goes_on(persister):
-    persister.apply_batch([create("a1"), create("a2"), m.Append("a1", 0, "hello "), m.Append("a2", 0, "x"),
-                           m.Append("a1", 6, "wor")])
-    again = Persister(structlog.get_logger(), persister.db)
-    acks, _ = again.apply_batch([m.Append("a1", 0, "hello world")])  # the coordinator resends from its ack
-    assert acks["a1"] == (11, False) and store.streamed_text("a1") == "hello world"
-    assert again.first_chunk == {"a1": 1, "a2": 2}  # known again, so the log is never cut before them
-    acks, _ = again.apply_batch([m.Finalize("a1", "completed", 11, "h", {}, None)])
-    assert acks["a1"] == (11, True) and store.Message.get_by_id("a1").content == "hello world"
-    assert again.next_chunk_id == 5
+def test_a_restarted_persister_reads_streaming_text_back_and_goes_on():
+    again = PersisterCore()
+    again.load(["a1", "a2", "a3"], {"a1": (1, ["hello ", "wor"]), "a2": (2, ["x"])}, 4)
+    plan = again.plan([m.Append("a1", 0, "hello world")])  # the coordinator resends from its ack
+    assert plan.acks == {"a1": (11, False)} and chunk_rows(plan) == [(4, "a1", 9, "ld")]
+    assert again.first_chunk == {"a1": 1, "a2": 2} and again.open_length["a3"] == 0
+    plan = again.plan([m.Finalize("a1", "completed", 11, "h", {}, None)])
+    assert plan.acks == {"a1": (11, True)} and writes(plan, WriteFinal)[0].content == "hello world"
+
+
+def test_messages_memory_does_not_hold_are_looked_up(persister):
+    assert persister.unknown([m.Append("old", 0, "x"), create("a1"), m.InterruptOrphans("r", [])]) == {"old", "a1"}
+    persister.learn([StoredMessage("old", False, 7)])  # "a1" has no row yet
+    plan = persister.plan([m.Append("old", 7, "late"), m.Finalize("old", "completed", 7, "h", {}, None)])
+    assert plan.acks == {"old": (7, True)} and plan.writes == []
+    with pytest.raises(NotInMemory):  # memory behind the database: the transaction fails, the next reloads
+        persister.learn([StoredMessage("lost", True, 3)])
+    persister.forget()
+    assert not persister.loaded and persister.open == {} and persister.finalized == {}
+
+
+def test_a_message_whose_operation_was_rejected_ends_as_error_with_its_text(persister):
+    persister.plan([create(), m.Append("a1", 0, "partial")])
+    plan = persister.mark_error("a1", "could not be stored: integer out of range")
+    assert writes(plan, WriteFinal) == [WriteFinal("a1", "error", "partial", {},
+                                                   "could not be stored: integer out of range", None)]
+    assert persister.mark_error("nope", "x").writes == []
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 12)), max_size=60))
+def test_any_resends_and_overlaps_keep_the_durable_text_a_prefix_of_the_reply(appends):
+    reply = "the quick brown fox jumps over the lazy dog, twice over"
+    p = PersisterCore()
+    p.load([], {}, 1)
+    p.plan([create()])
+    durable = ""
+    for offset, size in appends:
+        plan = p.plan([m.Append("a1", offset, reply[offset:offset + size])])
+        durable += "".join(row[3] for row in chunk_rows(plan))
+        assert reply.startswith(durable) and plan.acks["a1"] == (len(durable), False)
+    assert "".join(p.open["a1"]) == durable
 
 
 def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
@@ -115,13 +151,3 @@ def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
         assert db.get_indexes("chunk") == [] and store.migrate(db) == []
     finally:
         db.close()
-
-
-def test_memory_behind_the_database_fails_the_batch_and_the_next_one_reloads(persister):
-    persister.apply_batch([create("a1"), m.Append("a1", 0, "kept")])
-    persister.open.pop("a1")  # as if memory had lost it
-    with pytest.raises(RuntimeError, match="not in memory"):
-        persister.apply_batch([m.Append("a1", 4, " more")])
-    persister.forget()  # what the loop does after a failed batch
-    acks, _ = persister.apply_batch([m.Append("a1", 4, " more")])
-    assert acks["a1"] == (9, False) and store.streamed_text("a1") == "kept more"

@@ -9,7 +9,7 @@ import zmq
 
 from protocol import codec, messages as m, transport
 from services import store
-from services.persister.__main__ import PersisterShell
+from services.persister.shell import PersisterShell
 
 
 @pytest.fixture

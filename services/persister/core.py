@@ -1,0 +1,239 @@
+"""The persister's rules, pure: which persist operations apply, what they write, and what is acked. No
+database, no clock, no socket: the shell (``shell.py``) reads what the core asks for, carries the write
+plan out through ``store.write`` in one transaction, and sends the acks once it commits.
+
+- An ack means applied: a message gets an ack only once its row exists, so a create that was lost
+  (a failed transaction) is resent by the coordinator until it is applied.
+- Appends are idempotent by offset: text applies only where it continues the stored length, so the
+  coordinator's resends are harmless. The durable text of streaming messages is kept here, so appends
+  and finalizes never read the database back.
+- The chunk log may be cut only before the first row of every streaming message, so all of them are
+  known (``load``) before anything is planned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocol import messages as m
+
+TRUNCATE_EVERY_ROWS = 1024  # cut the chunk log's front in steps this big: whole pages, not a row per commit
+FINALIZED_KEPT = 100_000  # recently finalized messages remembered; older ones are looked up again
+
+# ---------------------------------------------------------------- the write plan: what ``store.write`` does, in order
+
+
+@dataclass(slots=True)
+class UpsertSession:
+    """Create the session if new; its settings as of this message (a /system change comes with the next one)."""
+
+    op: m.CreateMessage
+
+
+@dataclass(slots=True)
+class Supersede:
+    message_ids: list[str]
+
+
+@dataclass(slots=True)
+class InsertMessage:
+    op: m.CreateMessage  # its position is the session's message count at insert
+
+
+@dataclass(slots=True)
+class InsertChunks:
+    rows: list[tuple[int, str, int, str]]  # (chunk id, message id, offset, text)
+
+
+@dataclass(slots=True)
+class WriteFinal:
+    message_id: str
+    status: str
+    content: str
+    stats: dict
+    error: str | None
+    content_hash: str | None
+
+
+@dataclass(slots=True)
+class TruncateLog:
+    below_id: int
+
+
+@dataclass
+class Plan:
+    writes: list = field(default_factory=list)
+    acks: dict[str, tuple[int, bool]] = field(default_factory=dict)  # message id -> (durable length, finalized)
+    answers: list[m.Message] = field(default_factory=list)  # other answers for the coordinator
+    reply_text_bytes: int = 0  # reply text this plan writes: checkpoint appends plus final contents
+    interrupted: int = 0
+
+
+class NotInMemory(Exception):
+    """A streaming message that memory does not hold: memory is behind the database. The transaction fails
+    (nothing is acked, the coordinator resends) and the next batch reloads."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """What the database says of a message that memory did not know."""
+
+    message_id: str
+    streaming: bool
+    length: int
+
+
+class PersisterCore:
+    def __init__(self) -> None:
+        self.open: dict[str, list[str]] = {}  # streaming message id -> durable text parts
+        self.open_length: dict[str, int] = {}
+        self.finalized: dict[str, int] = {}  # message id -> final length
+        self.first_chunk: dict[str, int] = {}  # streaming message id -> id of its first row in the chunk log
+        self.next_chunk_id = 1
+        self.truncated_below = 0
+        self.loaded = False
+
+    # ------------------------------------------------------------ what the shell reads for the core
+
+    def load(self, streaming_ids, chunks: dict[str, tuple[int, list[str]]], next_chunk_id: int) -> None:
+        """Every streaming message, its checkpointed text (first chunk id, parts) and the chunk log's end:
+        at start, and after a failed transaction."""
+        for message_id in streaming_ids:
+            self.open[message_id], self.open_length[message_id] = [], 0
+        for message_id, (first_id, parts) in chunks.items():
+            self.open[message_id] = parts
+            self.open_length[message_id] = sum(map(len, parts))
+            self.first_chunk[message_id] = first_id
+        self.next_chunk_id = next_chunk_id
+        self.loaded = True
+
+    def unknown(self, ops: list[m.Message]) -> set[str]:
+        """Message ids the batch touches that memory does not hold: the shell looks them up (``learn``)."""
+        ids = {op.message_id for op in ops if not isinstance(op, m.InterruptOrphans)}
+        return {i for i in ids if i not in self.open and i not in self.finalized}
+
+    def learn(self, found: list[StoredMessage]) -> None:
+        """What the database holds of ids that ``unknown`` named; an id it lacks has no row yet."""
+        for row in found:
+            if row.streaming:  # ``load`` read every streaming one, and this process is the only writer
+                raise NotInMemory(f"streaming message {row.message_id} is not in memory")
+            self._remember_final(row.message_id, row.length)
+
+    def forget(self) -> None:
+        """After a failed transaction nothing in memory can be trusted: reload before the next batch."""
+        self.open.clear()
+        self.open_length.clear()
+        self.finalized.clear()
+        self.first_chunk.clear()
+        self.loaded = False
+
+    # ------------------------------------------------------------ the plan
+
+    def plan(self, ops: list[m.Message]) -> Plan:
+        """What ``ops`` write and ack, in order. Memory moves on as if the plan committed: if it does not,
+        the shell calls ``forget``."""
+        plan = Plan()
+        chunks: list[tuple[int, str, int, str]] = []
+        for op in ops:
+            if isinstance(op, m.Append):
+                self._append(op, plan, chunks)
+                continue
+            if chunks:  # keep order: chunks before what follows them
+                self._flush_chunks(plan, chunks)
+                chunks = []
+            if isinstance(op, m.CreateMessage):
+                self._create(op, plan)
+            elif isinstance(op, m.Finalize):
+                self._finalize(op, plan)
+            elif isinstance(op, m.InterruptOrphans):
+                self._interrupt_orphans(op, plan)
+        if chunks:
+            self._flush_chunks(plan, chunks)
+        keep_from = min(self.first_chunk.values(), default=self.next_chunk_id)
+        if keep_from - self.truncated_below >= TRUNCATE_EVERY_ROWS:
+            plan.writes.append(TruncateLog(keep_from))
+            self.truncated_below = keep_from
+        return plan
+
+    def mark_error(self, message_id: str, reason: str) -> Plan:
+        """A streaming message whose operation could not be stored ends as ``error``, keeping its text."""
+        plan = Plan()
+        if message_id in self.open:
+            self._write_final(message_id, "error", "".join(self.open[message_id]), {}, reason, None, plan)
+        return plan
+
+    def _exists(self, message_id: str) -> bool:
+        return message_id in self.open or message_id in self.finalized
+
+    def _append(self, op: m.Append, plan: Plan, chunks: list) -> None:
+        if not self._exists(op.message_id):
+            return  # its create has not been applied: no ack, so the coordinator resends the create
+        if op.message_id in self.open:
+            length = self.open_length[op.message_id]
+            end = op.offset + len(op.text)
+            if op.offset <= length < end:  # continues the stored text (a resend may overlap it)
+                fresh = op.text[length - op.offset:]
+                chunks.append((self.next_chunk_id, op.message_id, length, fresh))
+                self.first_chunk.setdefault(op.message_id, self.next_chunk_id)
+                self.next_chunk_id += 1
+                self.open[op.message_id].append(fresh)
+                self.open_length[op.message_id] = end
+        plan.acks[op.message_id] = self._ack(op.message_id)
+
+    def _flush_chunks(self, plan: Plan, chunks: list) -> None:
+        plan.writes.append(InsertChunks(chunks))
+        plan.reply_text_bytes += sum(len(row[3].encode()) for row in chunks)
+
+    def _create(self, op: m.CreateMessage, plan: Plan) -> None:
+        plan.writes.append(UpsertSession(op))
+        if op.supersedes:
+            plan.writes.append(Supersede(list(op.supersedes)))
+        if not self._exists(op.message_id):  # else a resent create: the row is there already
+            plan.writes.append(InsertMessage(op))
+            if op.status == "streaming":
+                self.open[op.message_id], self.open_length[op.message_id] = [], 0
+            else:
+                self._remember_final(op.message_id, len(op.content))
+        plan.acks[op.message_id] = self._ack(op.message_id)
+
+    def _finalize(self, op: m.Finalize, plan: Plan) -> None:
+        if not self._exists(op.message_id):
+            return
+        if op.message_id in self.finalized:
+            plan.acks[op.message_id] = (self.finalized[op.message_id], True)
+        elif self.open_length[op.message_id] < op.length:
+            plan.acks[op.message_id] = (self.open_length[op.message_id], False)  # wait for the resent appends
+        else:
+            text = "".join(self.open[op.message_id])[:op.length]  # a cancel may keep less than was checkpointed
+            self._write_final(op.message_id, op.status, text, op.stats, op.error, op.content_hash, plan)
+            plan.acks[op.message_id] = (op.length, True)
+
+    def _interrupt_orphans(self, op: m.InterruptOrphans, plan: Plan) -> None:
+        """Every streaming message without a live generation becomes ``interrupted``, keeping the text that
+        reached us. Only the coordinator knows which are live, so it sends the list."""
+        live = set(op.live_message_ids)
+        orphans = [message_id for message_id in self.open if message_id not in live]
+        for message_id in orphans:
+            self._write_final(message_id, "interrupted", "".join(self.open[message_id]), {},
+                              f"interrupted: {op.reason}", None, plan)
+        plan.answers.append(m.OrphansInterrupted(len(orphans)))
+        plan.interrupted += len(orphans)
+
+    def _write_final(self, message_id: str, status: str, text: str, stats: dict, error: str | None,
+                     content_hash: str | None, plan: Plan) -> None:
+        plan.writes.append(WriteFinal(message_id, status, text, stats, error, content_hash))
+        plan.reply_text_bytes += len(text.encode())
+        self.first_chunk.pop(message_id, None)  # its rows in the chunk log may now be cut
+        self._remember_final(message_id, len(text))
+
+    def _ack(self, message_id: str) -> tuple[int, bool]:
+        if message_id in self.finalized:
+            return self.finalized[message_id], True
+        return self.open_length[message_id], False
+
+    def _remember_final(self, message_id: str, length: int) -> None:
+        self.open.pop(message_id, None)
+        self.open_length.pop(message_id, None)
+        self.finalized[message_id] = length
+        if len(self.finalized) > FINALIZED_KEPT:
+            for key in list(self.finalized)[: FINALIZED_KEPT // 2]:
+                del self.finalized[key]

@@ -1,0 +1,212 @@
+"""The persister's shell: drain the persist queue, carry the core's write plan out in one transaction,
+commit, ack.
+
+The rules are pure: what operations write and ack in ``core.py``, what a failed transaction leads to in
+``failures.py``. This is the I/O: sockets, reads and writes through ``store``, transactions, the database
+file's identity, and the totals sent to the coordinator.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import zmq
+
+from protocol import codec, messages as m, transport
+from services import config, shell, store
+from services.persister import core
+from services.persister.failures import DatabaseGone, Retry
+
+DRAIN_BATCH = 4096
+STATS_EVERY_S = 0.25
+
+
+class PersisterShell:
+    def __init__(self) -> None:
+        self.log = shell.start("persister")
+        self.group_commit_s = config.env_int("CHATTER_GROUP_COMMIT_MS", 10, lo=0, hi=10_000) / 1000
+        self.url = config.database_url()
+        self.db = store.open_database(self.url)
+        changes = store.migrate(self.db)
+        if changes:
+            self.log.info("schema_migrated", changes=changes)
+        self.file_identity = store.file_identity(self.db)
+        self.core = core.PersisterCore()
+        self.retry = Retry()
+        self.reply_text_bytes = 0  # reply text written: checkpoint appends plus final contents (PersisterStats)
+        self.ctx = zmq.Context()
+        self.ops_in = transport.open_socket(self.ctx, transport.PERSIST, bind=False)
+        self.acks_out = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=False)
+        self.stopping = False
+        self.bad_frames = self.failed_batches = self.commits = self.ops_applied = self.ops_rejected = 0
+        self.stats_sent_at, self.stats_sent_for = 0.0, -1
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        shell.on_stop_signals(self.stop)
+        # The coordinator answers with the live messages; every other streaming one is then interrupted.
+        self.acks_out.send(m.PersisterHello(time.time(), os.getpid()).encode())
+        self.log.info("persister_ready", database=store.describe_url(self.url))
+        while not self.stopping:
+            if self.retry.holding:  # a failed transaction's operations go first, after their backoff
+                wait_s = self.retry.retry_at - time.time()
+                if wait_s > 0:
+                    time.sleep(min(wait_s, STATS_EVERY_S))
+                    continue
+                self.commit(self.retry.next_ops())
+                continue
+            ops = self.drain()
+            if ops:
+                self.commit(ops)
+        self.send_stats()
+        self.ops_in.close(0)
+        self.acks_out.close(0)
+        self.ctx.term()
+        self.db.close()
+        self.log.info("persister_stopped")
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def drain(self) -> list[m.Message]:
+        """The next batch: what is queued now, gathered for ``CHATTER_GROUP_COMMIT_MS`` (every commit
+        rewrites whole pages, so a few ms of gathering saves most of the bytes)."""
+        if not self.ops_in.poll(STATS_EVERY_S * 1000):
+            if self.stats_sent_for != self.commits:  # idle now: the totals of the last commits still go out
+                self.send_stats()
+            return []
+        ops: list[m.Message] = []
+        deadline = time.monotonic() + self.group_commit_s
+        while len(ops) < DRAIN_BATCH:
+            try:
+                payload = self.ops_in.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                left_ms = (deadline - time.monotonic()) * 1000
+                if left_ms <= 0 or not self.ops_in.poll(left_ms):
+                    break
+                continue
+            decoded, errors = shell.decode_bundle(payload, m.PERSIST_OPS)
+            ops.extend(decoded)
+            for err in errors:
+                self.bad_frames += 1
+                self.log.warning("bad_frame_dropped", kind=err.kind, detail=err.detail[:200], total=self.bad_frames)
+        return ops
+
+    # ------------------------------------------------------------ transactions
+
+    def commit(self, ops: list[m.Message]) -> None:
+        try:
+            plan = self.transaction(lambda: self.apply(ops))
+        except Exception as exc:  # nothing acked: the operations are held and tried again
+            self.core.forget()  # memory may be ahead of what rolled back: reload before the next batch
+            self.failed_batches += 1
+            reason = shell.plain_error(exc)
+            rejected = self.retry.failed(ops, exc, reason, time.time())
+            if rejected is not None:
+                self.reject(rejected, reason, exc)
+            else:
+                self.log.error("batch_failed", error=reason, ops=len(ops), failed_batches=self.failed_batches,
+                               retry_in_s=round(max(0.0, self.retry.retry_at - time.time()), 2), exc_info=exc)
+            self.send_stats()
+            return
+        if self.retry.holding:
+            self.retry.applied(ops)
+            if not self.retry.holding:
+                self.log.info("database_recovered", failed_batches=self.failed_batches)
+        self.commits += 1
+        self.ops_applied += len(ops)
+        self.reply_text_bytes += plan.reply_text_bytes
+        if plan.interrupted:
+            self.log.info("orphans_interrupted", count=plan.interrupted)
+        replies = [m.PersistAck(message_id, length, finalized).encode()
+                   for message_id, (length, finalized) in plan.acks.items()]
+        replies += [answer.encode() for answer in plan.answers]
+        for frame in m.bundle(replies):  # one send per commit, not one per message (py-spy: 18% of this process)
+            self.acks_out.send(frame)
+        if time.monotonic() - self.stats_sent_at > STATS_EVERY_S:
+            self.send_stats()
+
+    def apply(self, ops: list[m.Message]) -> core.Plan:
+        """The core's plan for ``ops``, written (inside the caller's transaction)."""
+        self.ensure_loaded()
+        unknown = self.core.unknown(ops)
+        if unknown:
+            self.core.learn([core.StoredMessage(*row) for row in store.stored_messages(unknown)])
+        plan = self.core.plan(ops)
+        self.write(plan.writes)
+        return plan
+
+    def ensure_loaded(self) -> None:
+        if not self.core.loaded:  # one scan of the chunk log: at start and after a failed transaction
+            self.core.load(store.streaming_ids(), store.streaming_chunks(), store.next_chunk_id())
+
+    def write(self, writes: list) -> None:
+        for item in writes:
+            WRITES[type(item)](self.db, item)
+
+    def transaction(self, work):
+        """``work()`` in one transaction, committed only while the database file is still the one opened.
+        A failure rolls back and raises the first error: after a full disk SQLite has already rolled back,
+        and the rollback's own complaint ("no transaction is active") would hide the real words."""
+        with self.db.manual_commit():
+            self.db.begin()
+            try:
+                result = work()
+                self.check_database_file()
+                self.db.commit()
+            except BaseException:
+                try:
+                    self.db.rollback()
+                except Exception:
+                    pass
+                raise
+        return result
+
+    def check_database_file(self) -> None:
+        """A database file deleted or replaced while open takes every later commit with it, silently."""
+        if self.file_identity is not None and store.file_identity(self.db) != self.file_identity:
+            raise DatabaseGone(f"the database file {self.db.database} was deleted or replaced while the persister "
+                               "ran; nothing is acked until the persister is restarted, which opens it anew")
+
+    def reject(self, op: m.Message, reason: str, exc: Exception) -> None:
+        """An operation that fails alone, deterministically: dropped, and its reply ends as error."""
+        self.ops_rejected += 1
+        message_id = getattr(op, "message_id", None)
+        self.log.error("operation_rejected", op=type(op).__name__, message_id=message_id, error=reason,
+                       ops_rejected=self.ops_rejected, exc_info=exc)
+        if message_id is None:
+            return
+        def mark_error() -> None:
+            self.ensure_loaded()
+            self.write(self.core.mark_error(message_id, f"could not be stored: {reason}").writes)
+
+        try:
+            self.transaction(mark_error)
+        except Exception as mark_exc:
+            self.core.forget()
+            self.log.warning("mark_error_failed", message_id=message_id, error=shell.plain_error(mark_exc))
+        self.acks_out.send(m.PersistRejected(message_id, reason).encode())
+
+    def send_stats(self) -> None:
+        self.stats_sent_at, self.stats_sent_for = time.monotonic(), self.commits
+        self.acks_out.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied,
+                                            self.reply_text_bytes, self.failed_batches,
+                                            self.ops_rejected, self.retry.failing_since,
+                                            self.retry.last_error).encode())
+
+
+# How each step of a write plan is carried out, in plan order.
+WRITES = {
+    core.UpsertSession: lambda db, w: store.upsert_session(w.op),
+    core.Supersede: lambda db, w: store.supersede(w.message_ids),
+    core.InsertMessage: lambda db, w: store.insert_message(w.op),
+    core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows),
+    core.WriteFinal: lambda db, w: store.write_final(w.message_id, w.status, w.content, w.stats, w.error,
+                                                    w.content_hash),
+    core.TruncateLog: lambda db, w: store.truncate_chunks(w.below_id),
+}
+
+
+def main() -> None:
+    shell.main("persister", PersisterShell)
