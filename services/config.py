@@ -1,7 +1,13 @@
-"""Settings read from the environment (and ``.env`` under honcho). One table, documented in the README."""
+"""Settings read from the environment (and ``.env`` under honcho): one frozen dataclass per process, built by
+its ``from_env``, every value checked for range at start. One table, documented in the README."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+
+from protocol.codec import MAX_FRAME_BYTES
+
+DAY_MS = 86_400_000
 
 
 def env_str(name: str, default: str) -> str:
@@ -58,3 +64,101 @@ def openai_base_url() -> str:
 
 def default_model() -> str:
     return env_str("CHATTER_MODEL", "mock-1")
+
+
+# ---------------------------------------------------------------- one dataclass per process
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """The coordinator's settings; its pure machine reads the first group."""
+
+    flush_ms: float = 20.0
+    flush_chars: int = 4096
+    checkpoint_ms: float = 250.0
+    checkpoint_chars: int = 2048
+    persist_resend_ms: float = 2000.0
+    generator_dead_ms: float = 3000.0  # three missed one-second heartbeats
+    housekeeping_ms: float = 250.0
+    max_text_chars: int = 100_000
+    default_model: str = "mock-1"
+    max_input_tokens: int = 8192  # the default input budget of a session
+    stall_ms: float = 30_000.0  # a generation without a delta this long ends as error (stalled)
+    max_cached_sessions: int = 5_000  # idle sessions beyond this leave memory; the database has them
+    # the shell's
+    stream_hwm: int = 0  # 0: the stream channel's own
+    database_url: str = "sqlite:///data/chatter.db"
+
+    @classmethod
+    def from_env(cls) -> CoordinatorSettings:
+        return cls(
+            flush_ms=env_int("CHATTER_FLUSH_MS", 20, lo=0, hi=10_000),
+            checkpoint_ms=env_int("CHATTER_CHECKPOINT_MS", 250, lo=1, hi=60_000),
+            persist_resend_ms=env_int("CHATTER_PERSIST_RESEND_MS", 2000, lo=10, hi=600_000),
+            generator_dead_ms=env_int("CHATTER_GENERATOR_DEAD_MS", 3000, lo=100, hi=3_600_000),
+            # a text of this many characters (4 UTF-8 bytes each at worst) must fit in one frame
+            max_text_chars=env_int("CHATTER_MAX_TEXT_CHARS", 100_000, lo=1, hi=MAX_FRAME_BYTES // 8),
+            default_model=default_model(),
+            max_input_tokens=env_int("CHATTER_MAX_INPUT_TOKENS", 8192, lo=1, hi=2**31 - 1),
+            stall_ms=env_int("CHATTER_STALL_MS", 30_000, lo=100, hi=DAY_MS),
+            max_cached_sessions=env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
+            stream_hwm=env_int("CHATTER_STREAM_HWM", 0, lo=0),
+            database_url=database_url(),
+        )
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    base_url: str
+    api_key: str = field(repr=False)  # never in a log or an error
+    default_model: str = "mock-1"
+    concurrency: int = 64
+    streaming: bool = True
+    include_usage: bool = True
+    retry_deadline_ms: int = 30_000
+    coordinator_silent_ms: int = 5_000
+    upstream_timeout_ms: int = 60_000
+    http_client: str = "aiohttp"
+
+    @classmethod
+    def from_env(cls) -> GeneratorSettings:
+        http_client = env_str("CHATTER_HTTP_CLIENT", "aiohttp")
+        if http_client not in ("aiohttp", "httpx"):
+            raise SystemExit(f"CHATTER_HTTP_CLIENT must be aiohttp or httpx, got {http_client!r}")
+        return cls(
+            base_url=openai_base_url(),
+            api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+            default_model=default_model(),
+            concurrency=env_int("CHATTER_GENERATOR_CONCURRENCY", 64, lo=1, hi=100_000),
+            streaming=env_bool("CHATTER_STREAM", True),
+            include_usage=env_bool("CHATTER_INCLUDE_USAGE", True),
+            retry_deadline_ms=env_int("CHATTER_RETRY_DEADLINE_MS", 30_000, lo=0, hi=DAY_MS),
+            coordinator_silent_ms=env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000, lo=100, hi=DAY_MS),
+            upstream_timeout_ms=env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000, lo=100, hi=DAY_MS),
+            http_client=http_client,
+        )
+
+
+@dataclass(frozen=True)
+class PersisterSettings:
+    database_url: str = "sqlite:///data/chatter.db"
+    group_commit_ms: int = 10
+
+    @classmethod
+    def from_env(cls) -> PersisterSettings:
+        return cls(database_url=database_url(),
+                   group_commit_ms=env_int("CHATTER_GROUP_COMMIT_MS", 10, lo=0, hi=10_000))
+
+
+@dataclass(frozen=True)
+class MockSettings:
+    port: int = 8700
+    tokens: int = 40
+    tps: float = 50.0
+    ttft_ms: float = 50.0
+
+    @classmethod
+    def from_env(cls) -> MockSettings:
+        return cls(port=mock_port(), tokens=env_int("CHATTER_MOCK_TOKENS", cls.tokens, lo=0, hi=1_000_000),
+                   tps=env_float("CHATTER_MOCK_TPS", cls.tps, lo=0.001, hi=1e9),
+                   ttft_ms=env_float("CHATTER_MOCK_TTFT_MS", cls.ttft_ms, lo=0, hi=3_600_000))

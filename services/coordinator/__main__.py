@@ -11,41 +11,26 @@ import zmq
 
 from protocol import codec, messages as m, transport
 from services import config, shell, store
-from services.coordinator.machine import (Coordinator, Log, ReplyTo, RequestRefused, Settings, ToClients, ToControl,
+from services.coordinator.machine import (Coordinator, Log, ReplyTo, RequestRefused, ToClients, ToControl,
                                           ToGenerators, ToPersister)
 from services.tokens import count_tokens
 
-DRAIN_BATCH = 256  # measured: draining with NOBLOCK before yielding is ~4x a message-at-a-time loop
-
-
-def settings_from_env() -> Settings:
-    return Settings(
-        flush_ms=config.env_int("CHATTER_FLUSH_MS", 20, lo=0, hi=10_000),
-        checkpoint_ms=config.env_int("CHATTER_CHECKPOINT_MS", 250, lo=1, hi=60_000),
-        persist_resend_ms=config.env_int("CHATTER_PERSIST_RESEND_MS", 2000, lo=10, hi=600_000),
-        generator_dead_ms=config.env_int("CHATTER_GENERATOR_DEAD_MS", 3000, lo=100, hi=3_600_000),
-        # a text of this many characters (4 UTF-8 bytes each at worst) must fit in one frame
-        max_text_chars=config.env_int("CHATTER_MAX_TEXT_CHARS", 100_000, lo=1, hi=codec.MAX_FRAME_BYTES // 8),
-        default_model=config.default_model(),
-        max_input_tokens=config.env_int("CHATTER_MAX_INPUT_TOKENS", 8192, lo=1, hi=2**31 - 1),
-        stall_ms=config.env_int("CHATTER_STALL_MS", 30_000, lo=100, hi=86_400_000),
-        max_cached_sessions=config.env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
-    )
+DRAIN_BATCH = 256  # per socket and loop turn (see ``shell.drain``)
 
 
 class CoordinatorShell:
     def __init__(self) -> None:
         self.log = shell.start("coordinator")
-        self.machine = Coordinator(settings_from_env(), count_tokens, pid=os.getpid())
-        stream_hwm = config.env_int("CHATTER_STREAM_HWM", 0, lo=0)
-        store.open_database(config.database_url())  # read-only here; a bad URL stops the start, as in the persister
-        count_tokens("warm up", config.default_model())  # load the encoding now, not on the first request
+        self.settings = config.CoordinatorSettings.from_env()
+        self.machine = Coordinator(self.settings, count_tokens, pid=os.getpid())
+        store.open_database(self.settings.database_url)  # read-only here; a bad URL stops the start, as in the persister
+        count_tokens("warm up", self.settings.default_model)  # load the encoding now, not on the first request
         self.run_dir_lock = transport.claim_run_dir()  # before binding: a second coordinator must not take over
         self.ctx = zmq.Context()
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=True)
         # per-subscriber queue bound: past it PUB drops, and clients catch up by snapshot
         self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=True,
-                                            hwm=stream_hwm or None)
+                                            hwm=self.settings.stream_hwm or None)
         self.jobs = transport.open_socket(self.ctx, transport.JOBS, bind=True)
         self.gen_events = transport.open_socket(self.ctx, transport.GEN_EVENTS, bind=True)
         self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=True)
@@ -89,7 +74,7 @@ class CoordinatorShell:
 
     def bad_frame(self, channel: str, err: codec.FrameError) -> None:
         self.machine.counters["bad_frames_dropped"] += 1
-        self.log.warning("bad_frame_dropped", channel=channel, kind=err.kind, detail=err.detail[:200])
+        shell.log_bad_frame(self.log, channel, err, self.machine.counters["bad_frames_dropped"])
 
     def ensure_loaded(self, msg: m.Message) -> None:
         """Sessions not in memory (after a restart) are read from the database before the machine sees them.
@@ -112,11 +97,7 @@ class CoordinatorShell:
             raise RequestRefused(f"could not read the database: {shell.plain_error(exc)}; try again") from None
 
     def drain_rpc(self, now: float) -> None:
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = self.rpc.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in shell.drain(self.rpc, DRAIN_BATCH, multipart=True):
             client, payload = frames[0], frames[-1]
             try:
                 msg = codec.decode(payload, m.RPC_REQUESTS)
@@ -139,11 +120,7 @@ class CoordinatorShell:
 
     def drain_events(self, sock: zmq.Socket, channel: str, expect: tuple, now: float) -> None:
         effects: list = []
-        for _ in range(DRAIN_BATCH):
-            try:
-                payload = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for payload in shell.drain(sock, DRAIN_BATCH):
             msgs, errors = shell.decode_bundle(payload, expect)
             for err in errors:
                 self.bad_frame(channel, err)

@@ -15,26 +15,11 @@ import uuid
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from services.config import CoordinatorSettings as Settings
 from services.coordinator.persistence import PersistTracker
 from services.coordinator import sessions
 from services.coordinator.prompt import PromptPackage, PromptTooLarge, assemble
 from services.coordinator.sessions import SessionState
-
-
-@dataclass(frozen=True)
-class Settings:
-    flush_ms: float = 20.0
-    flush_chars: int = 4096
-    checkpoint_ms: float = 250.0
-    checkpoint_chars: int = 2048
-    persist_resend_ms: float = 2000.0
-    generator_dead_ms: float = 3000.0  # three missed one-second heartbeats
-    housekeeping_ms: float = 250.0
-    max_text_chars: int = 100_000
-    default_model: str = "mock-1"
-    max_input_tokens: int = 8192  # the default input budget of a session
-    stall_ms: float = 30_000.0  # a generation without a delta this long ends as error (stalled)
-    max_cached_sessions: int = 5_000  # idle sessions beyond this leave memory; the database has them
 
 
 # ---------------------------------------------------------------- effects: what the shell carries out

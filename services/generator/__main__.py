@@ -39,10 +39,10 @@ STREAMS_PER_CLIENT = 32
 READ_DEADLINE_STEP_S = 1.0  # how often a live stream moves its read deadline on
 
 
-def make_http_client(timeout: httpx2.Timeout) -> httpx2.AsyncClient:
+def make_http_client(timeout: httpx2.Timeout, kind: str = "aiohttp") -> httpx2.AsyncClient:
     """The openai client's own HTTP backends. aiohttp (its C parser) reads a live stream for ~65 µs CPU
     per chunk where the default httpx2 stack takes ~141 µs (measured here, 300 streams at 20 tok/s)."""
-    if config.env_str("CHATTER_HTTP_CLIENT", "aiohttp") == "httpx":
+    if kind == "httpx":
         return openai.DefaultAsyncHttpxClient(timeout=timeout)
     return openai.DefaultAioHttpClient(timeout=timeout)
 
@@ -51,23 +51,23 @@ class GeneratorShell:
     def __init__(self) -> None:
         self.log = shell.start("generator")
         self.generator_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.concurrency = config.env_int("CHATTER_GENERATOR_CONCURRENCY", 64, lo=1, hi=100_000)
-        self.streaming = config.env_bool("CHATTER_STREAM", True)
-        self.include_usage = config.env_bool("CHATTER_INCLUDE_USAGE", True)
-        self.retry_deadline_s = config.env_int("CHATTER_RETRY_DEADLINE_MS", 30_000, lo=0, hi=86_400_000) / 1000
-        self.coordinator_silent_s = config.env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000, lo=100,
-                                                   hi=86_400_000) / 1000
-        self.read_timeout_s = config.env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000, lo=100, hi=86_400_000) / 1000
-        self.upstream = f"{config.openai_base_url()} (OPENAI_BASE_URL)"
+        self.settings = settings = config.GeneratorSettings.from_env()
+        self.concurrency = settings.concurrency
+        self.streaming = settings.streaming
+        self.include_usage = settings.include_usage
+        self.retry_deadline_s = settings.retry_deadline_ms / 1000
+        self.coordinator_silent_s = settings.coordinator_silent_ms / 1000
+        self.read_timeout_s = settings.upstream_timeout_ms / 1000
+        self.upstream = f"{settings.base_url} (OPENAI_BASE_URL)"
         # No per-read timeout in the HTTP client: aiohttp re-arms a timer on every read (11% of this
         # process under load, py-spy). ``stream_once`` keeps its own deadline, moved at most once a second.
         timeout = httpx2.Timeout(connect=5.0, read=None, write=self.read_timeout_s, pool=self.read_timeout_s)
         self.clients = [openai.AsyncOpenAI(
-            base_url=config.openai_base_url(),
-            api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+            base_url=settings.base_url,
+            api_key=settings.api_key,
             max_retries=0,  # retries are ours: before the first token only, honouring Retry-After
             timeout=timeout,
-            http_client=make_http_client(timeout),
+            http_client=make_http_client(timeout, settings.http_client),
         ) for _ in range(-(-self.concurrency // STREAMS_PER_CLIENT))]
         self.client_streams = [0] * len(self.clients)
         self.ctx = zmq.asyncio.Context()
@@ -83,10 +83,11 @@ class GeneratorShell:
         self.tasks: dict[str, asyncio.Task] = {}
         self.cancelled_early: dict[str, float] = {}  # cancels that beat their job here
         self.retries = 0
+        self.bad_frames = 0
         self.coordinator_heard_at = time.monotonic()
         self.capacity = asyncio.Semaphore(self.concurrency)
         self.stop = asyncio.Event()
-        count_tokens("warm up", config.default_model())  # load the encoding now, not on the first token
+        count_tokens("warm up", settings.default_model)  # load the encoding now, not on the first token
 
     def emit(self, msg: m.Message) -> None:
         """Send an event after every delta emitted before it: order per generation is the protocol."""
@@ -129,7 +130,8 @@ class GeneratorShell:
                 job = codec.decode(payload, (m.Job,))
             except codec.FrameError as err:
                 self.capacity.release()
-                self.log.warning("bad_frame_dropped", channel="jobs", kind=err.kind, detail=err.detail[:200])
+                self.bad_frames += 1
+                shell.log_bad_frame(self.log, "jobs", err, self.bad_frames)
                 continue
             if self.cancelled_early.pop(job.generation_id, None) is not None or job.generation_id in self.tasks:
                 self.capacity.release()
@@ -143,7 +145,8 @@ class GeneratorShell:
             try:
                 msg = codec.decode(transport.payload_of(frame), (m.CancelGeneration, m.CoordinatorHeartbeat))
             except codec.FrameError as err:
-                self.log.warning("bad_frame_dropped", channel="control", kind=err.kind, detail=err.detail[:200])
+                self.bad_frames += 1
+                shell.log_bad_frame(self.log, "control", err, self.bad_frames)
                 continue
             self.coordinator_heard_at = time.monotonic()
             if isinstance(msg, m.CancelGeneration):
@@ -306,7 +309,7 @@ class GeneratorShell:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         workers = [asyncio.create_task(c) for c in (self.pull_jobs(), self.follow_control(), self.heartbeat())]
-        self.log.info("generator_ready", generator_id=self.generator_id, upstream=config.openai_base_url(),
+        self.log.info("generator_ready", generator_id=self.generator_id, upstream=self.settings.base_url,
                       concurrency=self.concurrency, streaming=self.streaming)
         await self.stop.wait()
         for task in list(self.tasks.values()):

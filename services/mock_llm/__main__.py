@@ -155,8 +155,9 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None) ->
 
 async def serve() -> None:
     log = shell.start("mock_llm")
-    port = config.mock_port()
-    runner = web.AppRunner(MockLLM(env_scenario()).app(), handler_cancellation=True, access_log=None)
+    settings = config.MockSettings.from_env()
+    port = settings.port
+    runner = web.AppRunner(MockLLM(env_scenario(settings)).app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
     try:

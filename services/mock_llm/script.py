@@ -42,12 +42,8 @@ class Scenario:
     stall_ms: float = 3_600_000.0  # ...for this long
 
 
-def env_scenario() -> Scenario:
-    return Scenario(
-        tokens=config.env_int("CHATTER_MOCK_TOKENS", Scenario.tokens, lo=0, hi=1_000_000),
-        tps=config.env_float("CHATTER_MOCK_TPS", Scenario.tps, lo=0.001, hi=1e9),
-        ttft_ms=config.env_float("CHATTER_MOCK_TTFT_MS", Scenario.ttft_ms, lo=0, hi=3_600_000),
-    )
+def env_scenario(settings: config.MockSettings) -> Scenario:
+    return Scenario(tokens=settings.tokens, tps=settings.tps, ttft_ms=settings.ttft_ms)
 
 
 def _coerce(name: str, raw):

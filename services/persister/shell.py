@@ -24,8 +24,9 @@ STATS_EVERY_S = 0.25
 class PersisterShell:
     def __init__(self) -> None:
         self.log = shell.start("persister")
-        self.group_commit_s = config.env_int("CHATTER_GROUP_COMMIT_MS", 10, lo=0, hi=10_000) / 1000
-        self.url = config.database_url()
+        self.settings = config.PersisterSettings.from_env()
+        self.group_commit_s = self.settings.group_commit_ms / 1000
+        self.url = self.settings.database_url
         self.db = store.open_database(self.url)
         changes = store.migrate(self.db)
         if changes:
@@ -90,7 +91,7 @@ class PersisterShell:
             ops.extend(decoded)
             for err in errors:
                 self.bad_frames += 1
-                self.log.warning("bad_frame_dropped", kind=err.kind, detail=err.detail[:200], total=self.bad_frames)
+                shell.log_bad_frame(self.log, "persist", err, self.bad_frames)
         return ops
 
     # ------------------------------------------------------------ transactions
