@@ -12,7 +12,7 @@ import time
 
 import zmq
 
-from protocol import codec, messages as m, transport
+from protocol import messages as m, transport
 from services import config, shell, store
 from services.persister import core
 from services.persister.failures import DatabaseGone, Retry

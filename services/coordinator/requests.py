@@ -1,0 +1,262 @@
+"""The requests of the coordinator's machine: sessions, send, regenerate, cancel, and the views clients
+ask for (snapshot, history, sessions, preview, status). A mixin of ``machine.Coordinator``, which holds
+the state and dispatches to these handlers; pure, like all of the machine."""
+from __future__ import annotations
+
+from protocol import messages as m
+from services.coordinator import sessions
+from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
+from services.coordinator.prompt import PromptPackage, PromptTooLarge, assemble
+from services.coordinator.sessions import SessionState
+from services.coordinator.stream import GenerationState
+
+
+class Requests:
+    # ------------------------------------------------------------ rpc
+
+    def _check_system(self, system: str | None) -> None:
+        if system is not None and len(system) > self.settings.max_text_chars:
+            raise RequestRefused(f"the system prompt is {len(system)} characters; the limit is "
+                                 f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
+
+    def _on_new_session(self, msg: m.NewSession, now: float, out: list) -> dict:
+        self._check_system(msg.system)
+        sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
+                            created_at=now, last_activity=now)
+        self.sessions[sess.session_id] = sess
+        return {"session_id": sess.session_id}
+
+    def _on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> dict:
+        """Takes effect from the next prompt (a reply under way keeps its frozen prompt); the system prompt
+        and budget are persisted with the next message."""
+        sess = self._session(msg.session_id)
+        params, stream = dict(sess.params), sess.stream
+        for key, value in (msg.params or {}).items():
+            if key == "temperature" and (value is None or (isinstance(value, (int, float)) and 0 <= value <= 2)):
+                params[key] = value
+            elif key == "max_tokens" and (value is None or (isinstance(value, int) and 0 < value < 2**31)):
+                params[key] = value
+            elif key == "stream" and (value is None or isinstance(value, bool)):
+                stream = value
+            else:
+                raise RequestRefused(f"bad setting {key}={value!r}: temperature is 0..2, max_tokens a positive "
+                                     f"integer, stream true or false")
+        if msg.max_input_tokens is not None and msg.max_input_tokens < 0:
+            raise RequestRefused("the input budget cannot be negative")
+        self._check_system(msg.system)
+        sess.params = {k: v for k, v in params.items() if v is not None}
+        sess.stream = stream
+        if msg.system is not None:
+            sess.system = msg.system or None
+        if msg.max_input_tokens is not None:
+            sess.max_input_tokens = msg.max_input_tokens or None
+        if msg.model is not None:
+            sess.model = msg.model or None
+        return self._settings(sess)
+
+    def _settings(self, sess: SessionState) -> dict:
+        return {"session_id": sess.session_id, "system": sess.system, "max_input_tokens": self._budget(sess),
+                "model": sess.model or self.settings.default_model, "params": dict(sess.params),
+                "stream": sess.stream}
+
+    def _on_send(self, msg: m.Send, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        if msg.client_request_id in sess.request_ids:
+            return self._request_result(sess, msg.client_request_id)  # a retry never starts a second generation
+        if sess.active_generation is not None:
+            raise RequestRefused(f"a reply is already streaming in session {sess.session_id}; cancel it first")
+        if not msg.text.strip():
+            raise RequestRefused("empty message")
+        if len(msg.text) > self.settings.max_text_chars:
+            raise RequestRefused(f"the message is {len(msg.text)} characters; the limit is "
+                                 f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
+        prompt = self._assemble(sess, sess.history, msg.text, msg.model)
+        if not sess.title:
+            sess.title = " ".join(msg.text.split())[:60]
+        user = sessions.user_record(self.new_ordered_id(), sess.session_id, msg.text, now)
+        sess.history.append(user)
+        self.message_sessions[user["message_id"]] = sess.session_id
+        out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
+        return self._start_generation(sess, prompt, now, out, msg.client_request_id, supersedes=[])
+
+    def _on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        if msg.client_request_id in sess.request_ids:
+            return self._request_result(sess, msg.client_request_id)
+        last_user = sess.last_user_index()
+        if last_user is None:
+            raise RequestRefused("nothing to regenerate: the session has no message yet")
+        active = self.active.get(sess.active_generation or "")
+        if active is not None:
+            self._finalize(active, "cancelled", now, out)
+        # validate before touching anything: a prompt that no longer fits leaves the history as it was
+        prompt = self._assemble(sess, sess.history[:last_user], sess.history[last_user]["content"], None)
+        replaced = [r for r in sess.history[last_user + 1:] if r["role"] == "assistant" and not r["superseded"]]
+        for record in replaced:
+            record["superseded"] = True
+        return self._start_generation(sess, prompt, now, out, msg.client_request_id,
+                                      supersedes=[r["message_id"] for r in replaced])
+
+    def _assemble(self, sess: SessionState, history: list[dict], user_text: str, model: str | None) -> PromptPackage:
+        model = model or sess.model or self.settings.default_model
+        try:
+            return assemble(sess.system, history, user_text, model, sess.params, self.count_tokens,
+                            self._budget(sess))
+        except PromptTooLarge as exc:
+            raise RequestRefused(str(exc)) from None
+
+    def _budget(self, sess: SessionState) -> int:
+        return sess.max_input_tokens or self.settings.max_input_tokens
+
+    def _start_generation(self, sess: SessionState, prompt: PromptPackage, now: float, out: list,
+                          client_request_id: str, supersedes: list[str]) -> dict:
+        """A new assistant message and its generation: persisted, announced, dispatched."""
+        message_id, gen_id = self.new_ordered_id(), self.new_ordered_id()
+        record = sessions.assistant_record(message_id, sess.session_id, gen_id, prompt, now, client_request_id or None)
+        sess.history.append(record)
+        sess.last_activity = now
+        self.message_sessions[message_id] = sess.session_id
+        gen = GenerationState(gen_id, sess.session_id, message_id, prompt, record, queued_at=now)
+        self.active[gen_id] = gen
+        sess.active_generation = gen_id
+        if client_request_id:
+            sess.request_ids[client_request_id] = message_id
+        create = self._create_op(sess, record, now)
+        create.supersedes = supersedes or None
+        out.append(ToPersister(self.persisted.create(create, now)))
+        out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, message_id, prompt.prompt_hash,
+                                                        prompt.preview, prompt.prompt_tokens,
+                                                        list(prompt.dropped_message_ids), prompt.max_input_tokens)))
+        gen.stream = sess.stream
+        out.append(ToGenerators(self._job(gen)))
+        out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id,
+                                             "prompt_tokens": prompt.prompt_tokens,
+                                             "dropped_messages": len(prompt.dropped_message_ids)}))
+        return self._request_result(sess, client_request_id) if client_request_id else self._result(sess, record)
+
+    @staticmethod
+    def _job(gen: GenerationState) -> m.Job:
+        p = gen.prompt
+        return m.Job(gen.generation_id, p.wire_messages(), p.model, p.wire_params(), p.prompt_hash, gen.stream)
+
+    def _create_op(self, sess: SessionState, rec: dict, now: float) -> m.CreateMessage:
+        assistant = rec["role"] == "assistant"
+        return m.CreateMessage(
+            message_id=rec["message_id"], session_id=sess.session_id, session_title=sess.title,
+            session_system=sess.system, role=rec["role"], content=rec["content"],
+            status="streaming" if assistant else rec["status"], created_at=now, generation_id=rec["generation_id"],
+            prompt_messages=rec["prompt_messages"], prompt_hash=rec["prompt_hash"], preview=rec["preview"],
+            model=rec["model"], params=dict(sess.params) if assistant else None,
+            client_request_id=rec["client_request_id"], supersedes=None,
+            session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=rec["dropped_message_ids"] or None)
+
+    def _request_result(self, sess: SessionState, client_request_id: str) -> dict:
+        return self._result(sess, sess.record(sess.request_ids[client_request_id]))
+
+    def _result(self, sess: SessionState, record: dict) -> dict:
+        return {"session_id": sess.session_id, "generation_id": record["generation_id"],
+                "message_id": record["message_id"], "prompt_hash": record["prompt_hash"],
+                "dropped_message_ids": record["dropped_message_ids"]}
+
+    def _on_cancel(self, msg: m.Cancel, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        gen_id = msg.generation_id or sess.active_generation
+        gen = self.active.get(gen_id) if gen_id else None
+        if gen is None or gen.session_id != sess.session_id:
+            raise RequestRefused("nothing is streaming to cancel")
+        self._finalize(gen, "cancelled", now, out, keep_len=msg.seen_len)
+        return {"generation_id": gen.generation_id, "length": gen.length}
+
+    def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> dict:
+        """Exactly what clients were sent of a reply: its text, offset (= length) and status."""
+        sess = self._session(msg.session_id)
+        gen = self.active.get(msg.generation_id or sess.active_generation or "")
+        if gen is not None and gen.session_id == sess.session_id:
+            return {"generation_id": gen.generation_id, "message_id": gen.message_id, "status": gen.status,
+                    "text": gen.text()[:gen.client_len], "final": False, "stats": self._stats(gen, now),
+                    "error": None, "prompt_hash": gen.prompt.prompt_hash, "superseded": False,
+                    "user_text": sess.user_text_before(gen.message_id)}
+        if msg.generation_id:
+            record = next((r for r in sess.history if r["generation_id"] == msg.generation_id), None)
+        else:
+            record = sess.last_reply()
+        if record is None:
+            if msg.generation_id:
+                raise RequestRefused(f"no generation {msg.generation_id} in session {sess.session_id}")
+            return {"generation_id": None, "message_id": None, "status": None, "text": "", "final": True,
+                    "stats": {}, "error": None, "prompt_hash": None, "superseded": False, "user_text": None}
+        return {"generation_id": record["generation_id"], "message_id": record["message_id"],
+                "status": record["status"], "text": record["content"],
+                "final": record["generation_id"] not in self.finalizing, "stats": record["stats"],
+                "error": record["error"], "prompt_hash": record["prompt_hash"], "superseded": record["superseded"],
+                "user_text": sess.user_text_before(record["message_id"])}
+
+    def _on_status(self, msg: m.Status, now: float, out: list) -> dict:
+        result = {
+            "generators": [{"generator_id": g.generator_id, "capacity_free": g.capacity_free, "active": g.active,
+                            "seen_ms_ago": round((now - g.last_seen) * 1000), "pid": g.pid}
+                           for g in self.generators.values()],
+            "coordinator_pid": self.pid,
+            "persister_pid": self.persister_pid,
+            "persister": self.persister_stats,
+            "active": [{"generation_id": g.generation_id, "session_id": g.session_id, "status": g.status,
+                        "length": g.length, "generator_id": g.generator_id, "prompt_tokens": g.prompt.prompt_tokens,
+                        "max_input_tokens": g.prompt.max_input_tokens} for g in self.active.values()],
+            "counters": self.counters | {"retries": sum(g.retries for g in self.generators.values()),
+                                         "persist_resends": self.persisted.resends},
+        }
+        if msg.session_id:
+            sess = self._session(msg.session_id)
+            model = sess.model or self.settings.default_model
+            result["context"] = {"session_id": sess.session_id, "max_input_tokens": self._budget(sess),
+                                 "history_tokens": sessions.context_tokens(sess, model, self.count_tokens)}
+        return result
+
+    def _on_history(self, msg: m.History, now: float, out: list) -> dict:
+        sess = self._session(msg.session_id)
+        messages = []
+        for record in sess.history:
+            gen = self.active.get(record["generation_id"] or "")
+            messages.append(sessions.client_view(record, gen.text()[:gen.client_len] if gen else None))
+        return {"session_id": sess.session_id, "title": sess.title, "system": sess.system,
+                "max_input_tokens": self._budget(sess), "messages": messages}
+
+    def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> dict:
+        merged = dict(self.stored_summaries)
+        for sess in self.sessions.values():  # memory is newer than the database
+            if not sess.history:
+                continue  # no message yet, so not in the database either: a refused first send leaves nothing
+            merged[sess.session_id] = sessions.summary(sess, sess.active_generation is not None)
+        ordered = sorted(merged.values(), key=lambda row: row["last_activity"], reverse=True)
+        return {"sessions": ordered[:max(1, msg.limit)]}
+
+    def _on_preview(self, msg: m.Preview, now: float, out: list) -> dict:
+        sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))
+        record = sess.record(msg.message_id) if sess else None
+        if record is None or record["preview"] is None:
+            raise RequestRefused(f"no assistant message {msg.message_id}")
+        return {"message_id": msg.message_id, "session_id": sess.session_id, "preview": record["preview"],
+                "messages": record["prompt_messages"], "prompt_hash": record["prompt_hash"], "model": record["model"],
+                "dropped_message_ids": record["dropped_message_ids"]}
+
+    def _session(self, session_id: str) -> SessionState:
+        sess = self.sessions.get(session_id)
+        if sess is None:
+            raise RequestRefused(f"unknown session {session_id}")
+        return sess
+
+    def _evict_idle_sessions(self) -> None:
+        """Memory stays flat however many sessions pass through: the least recently active idle ones
+        (nothing streaming or waiting for the persister) are dropped and read back when asked for."""
+        excess = len(self.sessions) - self.settings.max_cached_sessions
+        if excess <= 0:
+            return
+        busy = {g.session_id for g in self.active.values()} | {g.session_id for g in self.finalizing.values()}
+        idle = sorted((s for s in self.sessions.values() if s.session_id not in busy and s.history),
+                      key=lambda s: s.last_activity)
+        for sess in idle[:excess]:
+            if any(r["message_id"] in self.persisted.states for r in sess.history):
+                continue  # not all of it is durable yet
+            del self.sessions[sess.session_id]
+            for record in sess.history:
+                self.message_sessions.pop(record["message_id"], None)
