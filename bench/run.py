@@ -29,8 +29,9 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clients.loadtest import LoadSpec, percentiles, run_loadtest  # noqa: E402
-from clients.spawn import REPO, LocalStack  # noqa: E402
+from tools.loadtest import LoadSpec, run_loadtest  # noqa: E402
+from tools.report import percentiles  # noqa: E402
+from tools.spawn import REPO, LocalStack  # noqa: E402
 from protocol import codec, messages as m, transport  # noqa: E402
 
 OUT = Path(__file__).resolve().parent

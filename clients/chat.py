@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clients.api import ChatterError, Client
-from clients.cli import print_history, print_preview, print_sessions, stream_reply
+from clients.show import print_history, print_preview, print_sessions, stream_reply
 from clients.output import EXIT_OK, resolve_session
 from clients.render import ReplyRenderer
 
@@ -88,13 +88,54 @@ class LineReader:
         return line.decode("utf-8", errors="replace").rstrip("\r")
 
 
+class TypedLine:
+    """The line typed on a raw terminal while a reply streams: printable characters and backspace. An escape
+    sequence (an arrow or function key: ``ESC [ ... final``, ``ESC O x``) is dropped whole, never typed."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.escape = ""  # an escape sequence under way
+
+    def feed(self, data: str) -> list[str]:
+        """Apply typed characters; returns the lines they finished."""
+        done = []
+        for ch in data:
+            if self.escape:
+                self.escape += ch
+                if _escape_ended(self.escape):
+                    self.escape = ""
+            elif ch == "\x1b":
+                self.escape = ch
+            elif ch in "\r\n":
+                done.append(self.text)
+                self.text = ""
+            elif ch in "\x7f\b":
+                self.text = self.text[:-1]
+            elif ch >= " ":
+                self.text += ch
+        return done
+
+
+def _escape_ended(seq: str) -> bool:
+    if len(seq) == 2:
+        return seq[1] not in "[O"  # ESC x: a two-character sequence (Alt+x)
+    if seq[1] == "O":
+        return True  # SS3: ESC O x
+    return "\x40" <= seq[-1] <= "\x7e"  # CSI: parameters and intermediates, then one final byte
+
+
 class KeyReader:
     """Keys typed on the terminal while a reply streams, without echo (the stats bar shows them)."""
 
     def __init__(self) -> None:
         self.fd = sys.stdin.fileno()
-        self.typed = ""
+        self.line = TypedLine()
+        self.finished: list[str] = []
         self.saved = None
+
+    @property
+    def typed(self) -> str:
+        return self.line.text
 
     def __enter__(self) -> KeyReader:
         self.saved = termios.tcgetattr(self.fd)
@@ -109,17 +150,9 @@ class KeyReader:
 
     def poll(self) -> str | None:
         """A finished line, or None; the line being typed is in ``typed``."""
-        while select.select([self.fd], [], [], 0)[0]:
-            data = os.read(self.fd, 1024).decode("utf-8", errors="replace")
-            for ch in data:
-                if ch in "\r\n":
-                    line, self.typed = self.typed, ""
-                    return line
-                if ch in "\x7f\b":
-                    self.typed = self.typed[:-1]
-                elif ch >= " ":
-                    self.typed += ch
-        return None
+        while not self.finished and select.select([self.fd], [], [], 0)[0]:
+            self.finished += self.line.feed(os.read(self.fd, 1024).decode("utf-8", errors="replace"))
+        return self.finished.pop(0) if self.finished else None
 
 
 class Chat:
@@ -243,67 +276,66 @@ class Chat:
     # ------------------------------------------------------------ commands
 
     def command(self, line: str) -> str | None:
+        """Run one /command; returns "quit" to leave."""
         name, _, rest = line.partition(" ")
-        rest = rest.strip()
-        client = self.client
-        if name in ("/quit", "/exit"):
-            return "quit"
-        if name == "/help":
-            table = Table(show_header=False, box=None)
-            for command, text in COMMANDS.items():
-                table.add_row(command, text)
-            self.err.print(table)
-        elif name == "/new":
-            client.unsubscribe(self.session_id)
-            self.session_id = client.new_session(system=rest or None, model=self.model)
-            self.say(f"session {self.session_id}")
-        elif name == "/sessions":
-            print_sessions(client.sessions())
-        elif name == "/switch":
-            if not rest:
-                raise ChatterError("/switch needs a session id")
-            target = resolve_session(client, rest)
-            client.unsubscribe(self.session_id)
-            self.session_id = target
-            self.say(f"session {self.session_id}")
-            self.catch_up()
-        elif name == "/history":
-            print_history(client.history(self.session_id))
-        elif name == "/preview":
-            last = next((m for m in reversed(client.history(self.session_id)["messages"])
-                         if m["role"] == "assistant"), None)
-            if last is None:
-                raise ChatterError("no reply yet")
-            print_preview(client.preview(last["message_id"]))
-        elif name == "/regenerate":
-            request_id = uuid.uuid4().hex
-            self.turn(lambda: client.regenerate(self.session_id, request_id))
-        elif name == "/system":
-            client.configure(self.session_id, system=rest)
-            self.say("system prompt " + ("set" if rest else "cleared") + ", from the next reply on")
-        elif name == "/config":
-            self.configure(rest)
-        elif name == "/budget":
-            try:
-                budget = int(rest)
-            except ValueError:
-                raise ChatterError("/budget needs a number of tokens") from None
-            done = client.configure(self.session_id, max_input_tokens=budget)
-            self.say(f"input budget {done['max_input_tokens']} tokens")
-        elif name == "/tokens":
-            ctx = client.status(self.session_id)["context"]
-            self.say(f"context ~{ctx['history_tokens']}/{ctx['max_input_tokens']} tokens (the oldest turns are "
-                     f"left out when the history does not fit)")
-        elif name == "/status":
-            status = client.status()
-            gens = ", ".join(f"{g['generator_id']} ({g['capacity_free']} free)" for g in status["generators"])
-            self.say(f"coordinator up; generators: {gens or 'none'}; active replies: {len(status['active'])}; "
-                     + ", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())))
-        elif name == "/stop":
-            self.say("nothing is streaming")
-        else:
+        handler = Chat.COMMAND_HANDLERS.get(name)
+        if handler is None:
             raise ChatterError(f"unknown command {name}; /help lists them")
-        return None
+        return handler(self, rest.strip())
+
+    def show_help(self, rest: str) -> None:
+        table = Table(show_header=False, box=None)
+        for command, text in COMMANDS.items():
+            table.add_row(command, text)
+        self.err.print(table)
+
+    def new_session(self, rest: str) -> None:
+        self.client.unsubscribe(self.session_id)
+        self.session_id = self.client.new_session(system=rest or None, model=self.model)
+        self.say(f"session {self.session_id}")
+
+    def switch(self, rest: str) -> None:
+        if not rest:
+            raise ChatterError("/switch needs a session id")
+        target = resolve_session(self.client, rest)
+        self.client.unsubscribe(self.session_id)
+        self.session_id = target
+        self.say(f"session {self.session_id}")
+        self.catch_up()
+
+    def preview(self, rest: str) -> None:
+        last = next((m for m in reversed(self.client.history(self.session_id)["messages"])
+                     if m["role"] == "assistant"), None)
+        if last is None:
+            raise ChatterError("no reply yet")
+        print_preview(self.client.preview(last["message_id"]))
+
+    def regenerate(self, rest: str) -> None:
+        request_id = uuid.uuid4().hex
+        self.turn(lambda: self.client.regenerate(self.session_id, request_id))
+
+    def set_system(self, rest: str) -> None:
+        self.client.configure(self.session_id, system=rest)
+        self.say("system prompt " + ("set" if rest else "cleared") + ", from the next reply on")
+
+    def set_budget(self, rest: str) -> None:
+        try:
+            budget = int(rest)
+        except ValueError:
+            raise ChatterError("/budget needs a number of tokens") from None
+        done = self.client.configure(self.session_id, max_input_tokens=budget)
+        self.say(f"input budget {done['max_input_tokens']} tokens")
+
+    def show_tokens(self, rest: str) -> None:
+        ctx = self.client.status(self.session_id)["context"]
+        self.say(f"context ~{ctx['history_tokens']}/{ctx['max_input_tokens']} tokens (the oldest turns are "
+                 f"left out when the history does not fit)")
+
+    def show_status(self, rest: str) -> None:
+        status = self.client.status()
+        gens = ", ".join(f"{g['generator_id']} ({g['capacity_free']} free)" for g in status["generators"])
+        self.say(f"coordinator up; generators: {gens or 'none'}; active replies: {len(status['active'])}; "
+                 + ", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())))
 
     def configure(self, rest: str) -> None:
         """/config key=value ...: model, temperature, max_tokens, stream; 'default' unsets one."""
@@ -334,3 +366,21 @@ class Chat:
                  f"{done['params'].get('max_tokens', 'default')}, stream {stream}, input budget "
                  f"{done['max_input_tokens']} — from the next reply on")
 
+    # ------------------------------------------------------------ the commands, one line each (help in COMMANDS)
+    COMMAND_HANDLERS = {
+        "/help": show_help,
+        "/new": new_session,
+        "/sessions": lambda self, rest: print_sessions(self.client.sessions()),
+        "/switch": switch,
+        "/history": lambda self, rest: print_history(self.client.history(self.session_id)),
+        "/preview": preview,
+        "/regenerate": regenerate,
+        "/system": set_system,
+        "/config": lambda self, rest: self.configure(rest),
+        "/budget": set_budget,
+        "/tokens": show_tokens,
+        "/status": show_status,
+        "/stop": lambda self, rest: self.say("nothing is streaming"),
+        "/quit": lambda self, rest: "quit",
+        "/exit": lambda self, rest: "quit",
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+from markdown_it import MarkdownIt
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markdown import Markdown
@@ -40,18 +41,18 @@ def final_stats_line(outcome: dict, stats: dict | None = None) -> str:
     return line
 
 
+_BLOCKS = MarkdownIt("commonmark")
+
+
 def split_finished(text: str) -> int:
-    """Where the finished blocks of ``text`` end: after the last blank line outside a code fence."""
-    cut = 0
-    in_fence = False
-    position = 0
-    for line in text.splitlines(keepends=True):
-        position += len(line)
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-        elif not in_fence and line.strip() == "" and position < len(text):
-            cut = position
-    return cut
+    """Where the finished blocks of ``text`` end: at the start of its last top-level Markdown block, which may
+    still grow. markdown-it-py knows the blocks: fences of backticks or tildes (an open one runs to the end),
+    indented code, and lists and quotes across blank lines."""
+    starts = [token.map[0] for token in _BLOCKS.parse(text) if token.level == 0 and token.map and token.nesting >= 0]
+    if len(starts) < 2:
+        return 0
+    lines = text.splitlines(keepends=True)
+    return sum(len(line) for line in lines[:starts[-1]])
 
 
 class ReplyRenderer:

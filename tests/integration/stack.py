@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zmq
 
-from clients.spawn import REPO, LocalStack, free_port  # noqa: F401  (free_port: for tests)
+from tools.spawn import REPO, LocalStack, free_port  # noqa: F401  (free_port: for tests)
 
 
 class Stack(LocalStack):

@@ -19,7 +19,7 @@ import msgpack
 import pytest
 import zmq
 
-from clients.spawn import REPO
+from tools.spawn import REPO
 from protocol import codec, messages as m
 from services.mock_llm.script import reply_text
 from tests.integration.stack import Stack, free_port

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from clients.spawn import REPO
+from tools.spawn import REPO
 
 
 def test_small_loadtest_has_no_mismatches_and_right_statuses(tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import pexpect
 
-from clients.spawn import REPO
+from tools.spawn import REPO
 
 SESSION = re.compile(r"session ([0-9a-f]{32})")
 

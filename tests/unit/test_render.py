@@ -20,3 +20,14 @@ def test_the_final_stats_line_labels_its_source_and_context():
                     "(2 old messages left out) | completed")
     cancelled = outcome | {"tokens_source": None, "tok_per_s": None, "status": "error", "error": "stalled"}
     assert final_stats_line(cancelled).endswith("(estimated) | 2.1s | – tok/s | TTFT 95 ms | error | stalled")
+
+
+def test_tilde_fences_indented_code_and_loose_lists_are_one_block_each():
+    tilde = "intro\n\n~~~\ncode\n\nmore code\n"  # an open ~~~ fence: the blank line inside does not end it
+    assert split_finished(tilde) == len("intro\n\n")
+    indented = "intro\n\n    code\n\n    more code\n"
+    assert split_finished(indented) == len("intro\n\n")
+    loose = "- one\n\n- two\n\n- thr"  # a list across blank lines is still being written
+    assert split_finished(loose) == 0
+    done = "- one\n\n- two\n\nafter the list"
+    assert split_finished(done) == len("- one\n\n- two\n\n")

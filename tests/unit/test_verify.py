@@ -1,8 +1,8 @@
 """The load test's checker must be able to fail."""
 from __future__ import annotations
 
-from clients.loadtest import percentiles, timeline
-from clients.verify import StreamOutcome, verify_stream
+from tools.report import percentiles, timeline
+from tools.verify import StreamOutcome, verify_stream
 
 EXPECTED = "the whole reply, exactly"
 

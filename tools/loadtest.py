@@ -7,7 +7,6 @@ would measure itself.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import random
@@ -23,7 +22,7 @@ import zmq
 
 from clients.api import Client
 from clients.view import GAP, ReplyView
-from clients.verify import StreamOutcome, verify_stream
+from tools.report import ProcessMeter, build_report
 from protocol import codec, messages as m, transport
 from services.mock_llm.script import reply_text
 
@@ -59,68 +58,6 @@ class UserStream:
     ended_at: float | None = None
     last_event_at: float = 0.0
     snapshot_pending: bool = False
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 2), "n": len(ordered)}
-
-
-class ProcessMeter:
-    """CPU and peak RSS of each service process, read from the processes' own accounting."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
-        self.cpu_start = {name: self._cpu(p) for name, p in self.procs.items()}
-        self.io_start = {name: self._io(p) for name, p in self.procs.items()}
-        self.rss_peak = {name: 0 for name in self.procs}
-        self.began = time.monotonic()
-        self.timeline: dict[str, list[list[float]]] = {name: [] for name in self.procs}  # [s, MB] every 10 s
-
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
-        t = proc.cpu_times()
-        return t.user + t.system
-
-    @staticmethod
-    def _io(proc: psutil.Process) -> int:
-        try:
-            return proc.io_counters().write_chars
-        except (psutil.AccessDenied, AttributeError):
-            return 0
-
-    def sample(self) -> None:
-        second = round(time.monotonic() - self.began)
-        for name, proc in self.procs.items():
-            try:
-                rss = proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-            self.rss_peak[name] = max(self.rss_peak[name], rss)
-            points = self.timeline[name]
-            if not points or second - points[-1][0] >= 10:
-                points.append([second, round(rss / 2**20, 1)])
-
-    def finish(self) -> tuple[dict, dict, dict]:
-        cpu, io = {}, {}
-        self.sample()
-        for name, proc in self.procs.items():
-            try:
-                cpu[name] = self._cpu(proc) - self.cpu_start[name]
-                io[name] = self._io(proc) - self.io_start[name]
-                with open(f"/proc/{proc.pid}/status") as status:  # VmHWM: the kernel's own peak RSS
-                    for line in status:
-                        if line.startswith("VmHWM:"):
-                            self.rss_peak[name] = max(self.rss_peak[name], int(line.split()[1]) * 1024)
-            except (psutil.NoSuchProcess, FileNotFoundError):
-                pass
-        return cpu, io, {name: round(rss / 2**20, 1) for name, rss in self.rss_peak.items()}
 
 
 class LoadRun:
@@ -332,7 +269,7 @@ def read_database(url: str, message_ids: list[str]) -> dict[str, tuple[str, str]
 def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_url: str | None = None,
                  mock_port: int | None = None, progress=None, stack_env: dict | None = None) -> dict:
     """Run one load test and return its report (the JSON object)."""
-    from clients.spawn import LocalStack
+    from tools.spawn import LocalStack
     from services import config
 
     run_id = f"{int(time.time())}-{random.randrange(10**6)}"
@@ -383,133 +320,3 @@ def settled_status(client: Client, timeout_s: float = 3.0) -> dict:
             return again
         status = again
     return status
-
-
-def build_report(spec, load: LoadRun, elapsed, cpu, io, rss, meter, before, after, journal, db_rows) -> dict:
-    outcomes = []
-    mismatches = []
-    cancel_ms = []
-    for s in load.streams:
-        view = s.view or ReplyView("")
-        status, content = db_rows.get(s.message_id, (None, None))
-        outcome = StreamOutcome(status=view.status, text=view.text, cancel_requested=s.cancelled_at is not None,
-                                kept_text=view.kept_text, db_status=status, db_content=content)
-        expected = reply_text([{"role": "user", "content": s.text}], spec.model, spec.tokens)
-        problems = verify_stream(outcome, expected)
-        if problems:
-            mismatches.append({"stream": s.index, "message_id": s.message_id, "problems": problems})
-        outcomes.append(outcome)
-        entry = journal.get(s.text)
-        if s.cancelled_at is not None and view.status == "cancelled" and entry and entry["client_closed"]:
-            cancel_ms.append((entry["closed_at"] - s.cancelled_at) * 1000)
-    tokens = sum(((s.view.final or {}).get("stats") or {}).get("tokens") or 0 for s in load.streams if s.view)
-    content_bytes = sum(len(o.db_content.encode()) for o in outcomes if o.db_content)
-    backend = ("coordinator", "persister") + tuple(n for n in cpu if n.startswith("generator"))
-    backend_cpu = sum(cpu.get(n, 0.0) for n in backend)
-    counters_before, counters_after = before["counters"], after["counters"]
-
-    def persister_delta(key: str) -> int | None:
-        then, now = before.get("persister") or {}, after.get("persister") or {}
-        if key not in now or then.get("pid", now.get("pid")) != now.get("pid"):
-            return None  # no totals yet, or the persister restarted during the run
-        return now[key] - then.get(key, 0)
-
-    text_bytes = persister_delta("reply_text_bytes")
-    return {
-        "streams": spec.streams,
-        "count": len(load.streams),
-        "completed": sum(o.status == "completed" for o in outcomes),
-        "cancelled": sum(o.status == "cancelled" for o in outcomes),
-        "errors": sum(o.status not in ("completed", "cancelled") for o in outcomes),
-        "mismatches": len(mismatches),
-        "mismatch_details": mismatches[:20],
-        "late_deltas_dropped": counters_after["late_deltas_dropped"] - counters_before["late_deltas_dropped"],
-        "ttft_ms": percentiles([(s.first_text_at - s.sent_at) * 1000 for s in load.streams if s.first_text_at]),
-        "delivery_latency_ms": percentiles(load.delivery_ms),
-        "cancel_latency_ms": percentiles(cancel_ms),
-        "tokens": tokens,
-        "elapsed_s": round(elapsed, 2),
-        "tokens_per_s": round(tokens / elapsed, 1) if elapsed else None,
-        "cpu_s": {name: round(v, 3) for name, v in cpu.items()},
-        "cpu_us_per_token": {name: round(v * 1e6 / tokens, 1) if tokens else None for name, v in cpu.items()},
-        "backend_cpu_us_per_token": round(backend_cpu * 1e6 / tokens, 1) if tokens else None,
-        "rss_mb": rss,
-        "rss_timeline_mb": meter.timeline,
-        "db_bytes_written": io.get("persister"),
-        "content_bytes": content_bytes,
-        "db_bytes_per_content_byte": round(io["persister"] / content_bytes, 2)
-        if content_bytes and io.get("persister") is not None else None,
-        # what the append-only rule bounds: each reply byte written once as a checkpoint, once in its final row
-        "db_text_bytes_written": text_bytes,
-        "db_text_bytes_per_content_byte": round(text_bytes / content_bytes, 2)
-        if content_bytes and text_bytes is not None else None,
-        "db_commits": persister_delta("commits"),
-        "throughput_timeline": timeline(load.text_times),
-        "spec": dataclasses.asdict(spec),
-        "_delivery_samples": load.delivery_ms,  # for --plot; dropped from printed reports
-    }
-
-
-def timeline(text_times: list[tuple[float, int]]) -> list[list[float]]:
-    """Characters received per second of the run: [[second, chars], ...]."""
-    if not text_times:
-        return []
-    start = text_times[0][0]
-    buckets: dict[int, int] = {}
-    for at, chars in text_times:
-        buckets[int(at - start)] = buckets.get(int(at - start), 0) + chars
-    return [[second, buckets.get(second, 0)] for second in range(max(buckets) + 1)]
-
-
-def print_table(report: dict, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"chatter loadtest — {report['count']} streams, {report['streams']} at once")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-
-    def pcts(d: dict) -> str:
-        return "–" if d["p50"] is None else f"p50 {d['p50']}  p95 {d['p95']}  p99 {d['p99']}"
-
-    rows = [
-        ("completed / cancelled / errors", f"{report['completed']} / {report['cancelled']} / {report['errors']}"),
-        ("mismatches", str(report["mismatches"])),
-        ("late deltas dropped", str(report["late_deltas_dropped"])),
-        ("TTFT ms", pcts(report["ttft_ms"])),
-        ("delivery latency ms", pcts(report["delivery_latency_ms"])),
-        ("cancel latency ms", pcts(report["cancel_latency_ms"])),
-        ("tokens/s", str(report["tokens_per_s"])),
-        ("backend CPU µs/token", str(report["backend_cpu_us_per_token"])),
-    ]
-    rows += [(f"  {name} CPU µs/token", str(v)) for name, v in report["cpu_us_per_token"].items()]
-    rows += [(f"  {name} peak RSS MB", str(v)) for name, v in report["rss_mb"].items()]
-    rows.append(("DB reply text written per content byte", str(report["db_text_bytes_per_content_byte"])))
-    rows.append(("DB disk bytes written per content byte", str(report["db_bytes_per_content_byte"])))
-    for name, value in rows:
-        table.add_row(name, value)
-    console.print(table)
-
-
-def plot(report: dict, path: str) -> None:
-    """A latency histogram and throughput over time, as a PNG (needs matplotlib: the ``plot`` extra)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'chatter[plot]'") from None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    samples = report.get("_delivery_samples") or []
-    left.hist(samples, bins=50, color="#4477aa")
-    left.set_title("delivery latency (generator → client)")
-    left.set_xlabel("ms")
-    left.set_ylabel("events")
-    seconds = [row[0] for row in report["throughput_timeline"]]
-    chars = [row[1] for row in report["throughput_timeline"]]
-    right.plot(seconds, chars, color="#228833")
-    right.set_title("throughput")
-    right.set_xlabel("s since first text")
-    right.set_ylabel("characters/s to clients")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,167 @@
+"""The ``chatter`` commands: each takes a connected client and the parsed arguments, and returns an exit
+code. ``cli.py`` parses the arguments; ``show.py`` renders."""
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from contextlib import nullcontext
+
+from clients.api import ChatterError, Client
+from clients.output import EXIT_ERROR, EXIT_OK, SigintFlag, outcome_json, resolve_session
+from clients.show import (finish, print_history, print_preview, print_sessions, print_status, renderer_for,
+                          stream_reply)
+
+
+def message_text(given: str) -> str:
+    """The message of ``send``: its argument, or with ``-`` standard input (so also a file: ``< FILE``)."""
+    if given != "-":
+        return given
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise ChatterError(f"standard input is over {MAX_STDIN_BYTES // (1024 * 1024)} MiB; the coordinator takes "
+                           "messages up to CHATTER_MAX_TEXT_CHARS characters (100000 by default)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChatterError(f"standard input is not valid UTF-8 text (byte 0x{data[exc.start]:02x} at byte "
+                           f"{exc.start})") from None
+
+
+MAX_STDIN_BYTES = 4 * 1024 * 1024  # the frame limit: more could never be sent
+
+
+def cmd_send(client: Client, args) -> int:
+    if args.session is not None and args.system:
+        raise ChatterError("--system sets the system prompt of a new session; use /system in chat to change one")
+    text = message_text(args.text)
+    if not text.strip():
+        raise ChatterError("the message is empty")
+    session_id = (resolve_session(client, args.session) if args.session is not None
+                  else client.new_session(system=args.system, model=args.model, max_input_tokens=args.max_input_tokens))
+    request_id = uuid.uuid4().hex
+    renderer = renderer_for(args)
+    with renderer or nullcontext():
+        outcome, view = stream_reply(client, session_id,
+                                     lambda: client.send(session_id, text, request_id, args.model),
+                                     renderer=renderer)
+        return finish(outcome, view, renderer)
+
+
+def cmd_regenerate(client: Client, args) -> int:
+    session_id = resolve_session(client, args.session)
+    request_id = uuid.uuid4().hex
+    renderer = renderer_for(args)
+    with renderer or nullcontext():
+        outcome, view = stream_reply(client, session_id, lambda: client.regenerate(session_id, request_id),
+                                     renderer=renderer)
+        return finish(outcome, view, renderer)
+
+
+def cmd_watch(client: Client, args) -> int:
+    """Attach at any moment: print what a reply already has, then follow it live; any number of
+    watchers see identical text. Ctrl+C stops watching, never the reply."""
+    session_id = resolve_session(client, args.session)
+    client.subscribe(session_id)
+    seen: set[str] = set()
+    with SigintFlag() as sigint:
+        while True:
+            snap = client.next_generation(session_id, seen, stop=sigint)
+            if snap is None:
+                return EXIT_OK
+            seen.add(snap["generation_id"])
+            renderer = renderer_for(args)
+            if renderer is not None:
+                renderer.adopt(snap.get("stats") or {})
+                renderer.heading(f"› {snap.get('user_text') or ''}")
+            with renderer or nullcontext():
+                def check() -> str | None:
+                    if renderer is not None:
+                        renderer.tick()
+                    return "detach" if sigint.raised else None
+
+                view = client.follow(session_id, snap["generation_id"], attach=True, interrupt=check,
+                                     on_text=(lambda fresh, v: renderer.update(fresh, v.tokens)) if renderer else None)
+                if view.final is None:  # Ctrl+C: stop watching
+                    return EXIT_OK
+                outcome = outcome_json(session_id, view, snap)
+                if args.once:
+                    return finish(outcome, view, renderer)
+                renderer.finish(outcome, view.final.get("stats"), view.text)
+
+
+def cmd_chat(client: Client, args) -> int:
+    from clients.chat import Chat
+    return Chat(client, args).run()
+
+
+def cmd_loadtest(args) -> int:
+    """Runs without a default client: it may spawn its own stack."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tools.loadtest import LoadSpec, run_loadtest
+    from tools.report import plot, print_table
+
+    spec = LoadSpec(streams=args.streams, count=args.count, duration_s=args.duration, tokens=args.tokens,
+                    tps=args.tps, ttft_ms=args.ttft_ms, cancel_frac=args.cancel_frac, model=args.model,
+                    seed=args.seed)
+    if spec.count is None and spec.duration_s is None:
+        spec.count = spec.streams
+    console = Console(stderr=True)
+    total = spec.count
+    with Progress(TextColumn("streams"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("load", total=total)
+        report = run_loadtest(spec, spawn=args.spawn, generators=args.generators,
+                              progress=lambda done: bar.update(task, completed=done))
+    if args.plot:
+        plot(report, args.plot)
+    samples = report.pop("_delivery_samples")
+    del samples
+    text = json.dumps(report, ensure_ascii=False, indent=None if args.json else 2)
+    if args.out:
+        with open(args.out, "w") as out:
+            out.write(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print_table(report, console)
+    return EXIT_OK if report["mismatches"] == 0 and report["errors"] == 0 else EXIT_ERROR
+
+
+def cmd_sessions(client: Client, args) -> int:
+    rows = client.sessions(limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return EXIT_OK
+    print_sessions(rows)
+    return EXIT_OK
+
+
+def cmd_status(client: Client, args) -> int:
+    session_id = resolve_session(client, args.session) if args.session is not None else None
+    status = client.status(session_id)
+    if args.json:
+        print(json.dumps({"coordinator": "up"} | status, ensure_ascii=False))
+        return EXIT_OK
+    print_status(status)
+    return EXIT_OK
+
+
+def cmd_history(client: Client, args) -> int:
+    history = client.history(resolve_session(client, args.session))
+    if args.json:
+        print(json.dumps(history, ensure_ascii=False))
+        return EXIT_OK
+    print_history(history)
+    return EXIT_OK
+
+
+def cmd_preview(client: Client, args) -> int:
+    preview = client.preview(args.message_id)
+    if args.json:
+        print(json.dumps(preview, ensure_ascii=False))
+        return EXIT_OK
+    print_preview(preview)
+    return EXIT_OK
