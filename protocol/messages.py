@@ -7,113 +7,105 @@ control (coordinator -> generators), persist and persist-acks (coordinator <-> p
 """
 from __future__ import annotations
 
-from dataclasses import field
-from typing import Annotated, Optional
+from typing import Annotated, ClassVar, Optional
+
+import msgspec
+from msgspec import Meta, field
 
 from protocol import codec
-from protocol.codec import MaxLen, Message, Range, message
+from protocol.codec import Int, Message
 
 # What enters through rpc is bounded here, at decode: a request out of range is refused with the field's
 # name, before any handler or database sees it. Counts and lengths fit a 32-bit integer column
 # (PostgreSQL's ``integer``); ids and names fit their ``varchar`` columns.
-Id = Annotated[str, MaxLen(64)]
-RequestKey = Annotated[str, MaxLen(128)]
-ModelName = Annotated[str, MaxLen(128)]
-Count = Annotated[int, Range(0, 2**31 - 1)]
-SessionsLimit = Annotated[int, Range(1, 100_000)]
+Id = Annotated[str, Meta(max_length=64)]
+RequestKey = Annotated[str, Meta(max_length=128)]
+ModelName = Annotated[str, Meta(max_length=128)]
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+SessionsLimit = Annotated[int, Meta(ge=1, le=100_000)]
+PromptMessage = dict[str, str]  # {"role": ..., "content": ...}: the openai client takes it as it is
 
 # ---------------------------------------------------------------- rpc: client -> coordinator
 
 
-@message(1)
-class NewSession(Message):
-    req_id: int
+class NewSession(Message, tag=1):
+    req_id: Int
     system: Optional[str] = None
     model: Optional[ModelName] = None
     max_input_tokens: Optional[Count] = None  # this session's input budget; default CHATTER_MAX_INPUT_TOKENS
 
 
-@message(2)
-class Send(Message):
-    req_id: int
+class Send(Message, tag=2):
+    req_id: Int
     session_id: Id
     text: str
     client_request_id: RequestKey
     model: Optional[ModelName] = None
 
 
-@message(3)
-class Cancel(Message):
+class Cancel(Message, tag=3):
     """Stop a session's active generation. ``seen_len`` is how much text the canceller
     had rendered: the kept reply is cut to it, so what the user saw is what is stored."""
 
-    req_id: int
+    req_id: Int
     session_id: Id
     generation_id: Optional[Id] = None
     seen_len: Optional[Count] = None
 
 
-@message(4)
-class Snapshot(Message):
+class Snapshot(Message, tag=4):
     """A session's active (else last) reply, or one generation's when ``generation_id`` is given."""
 
-    req_id: int
+    req_id: Int
     session_id: Id
     generation_id: Optional[Id] = None
 
 
-@message(5)
-class Status(Message):
-    req_id: int
+class Status(Message, tag=5):
+    req_id: Int
     session_id: Optional[Id] = None  # also report this session's context use
 
 
-@message(6)
-class History(Message):
-    req_id: int
+class History(Message, tag=6):
+    req_id: Int
     session_id: Id
 
 
-@message(7)
-class Preview(Message):
-    req_id: int
+class Preview(Message, tag=7):
+    req_id: Int
     message_id: Id
 
 
-@message(8)
-class Regenerate(Message):
+class Regenerate(Message, tag=8):
     """Cancel the session's streaming reply if any, supersede the last reply, answer the last user turn again."""
 
-    req_id: int
+    req_id: Int
     session_id: Id
     client_request_id: RequestKey
 
 
-@message(10)
-class Sessions(Message):
-    req_id: int
+class Sessions(Message, tag=10):
+    req_id: Int
     limit: SessionsLimit = 50
 
 
-@message(11)
-class ConfigureSession(Message):
+class ConfigureSession(Message, tag=11):
     """Change a session's settings from its next reply on. ``None`` leaves one as it is; an empty system
     prompt clears it; a budget of 0 means the default. ``params`` may set ``temperature``, ``max_tokens``
     and ``stream`` (a ``None`` value unsets one)."""
 
-    req_id: int
+    req_id: Int
     session_id: Id
     system: Optional[str] = None
     max_input_tokens: Optional[Count] = None
     model: Optional[ModelName] = None
-    params: Optional[Annotated[dict, MaxLen(16)]] = None
+    params: Optional[Annotated[dict, Meta(max_length=16)]] = None
 
 
-@message(9)
-class Reply(Message):
+class Reply(Message, tag=9):
     """The coordinator's answer to any rpc request."""
 
-    req_id: int
+    req_id: Int
     ok: bool
     result: dict = field(default_factory=dict)
     error: Optional[str] = None
@@ -122,42 +114,73 @@ class Reply(Message):
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
                 ConfigureSession)
 
+# ---------------------------------------------------------------- records
+
+
+class MessageRecord(msgspec.Struct, kw_only=True):
+    """One message of a session as the coordinator keeps it in memory and reads it back from the database:
+    the one shape of a history record. Clients see it without its prompt (``client_view``)."""
+
+    message_id: str
+    session_id: str
+    role: str  # "user" or "assistant"
+    content: str
+    status: str
+    created_at: float
+    generation_id: Optional[str] = None
+    prompt_hash: Optional[str] = None
+    model: Optional[str] = None
+    stats: dict = field(default_factory=dict)
+    error: Optional[str] = None
+    preview: Optional[str] = None
+    prompt_messages: Optional[list[PromptMessage]] = None
+    superseded: bool = False
+    client_request_id: Optional[str] = None
+    dropped_message_ids: list[str] = field(default_factory=list)
+
+    HIDDEN_FROM_CLIENTS: ClassVar[tuple[str, ...]] = ("preview", "prompt_messages")
+
+    def client_view(self, content: str | None = None) -> dict:
+        """What a client's history shows of it; ``content`` instead of its own while it streams."""
+        view = {name: getattr(self, name) for name in self.__struct_fields__ if name not in self.HIDDEN_FROM_CLIENTS}
+        if content is not None:
+            view["content"] = content
+        return view
+
+
 # ---------------------------------------------------------------- stream: coordinator -> clients
 
 
-@message(20)
-class Started(Message):
+class Started(Message, tag=20):
     session_id: str
     generation_id: str
     message_id: str
     prompt_hash: str
     preview: str
-    prompt_tokens: int
-    dropped_message_ids: list = field(default_factory=list)  # left out to fit the input budget
-    max_input_tokens: int = 0
+    prompt_tokens: Int
+    dropped_message_ids: list[str] = field(default_factory=list)  # left out to fit the input budget
+    max_input_tokens: Int = 0
 
 
-@message(21)
-class StreamDelta(Message):
+class StreamDelta(Message, tag=21):
     """Text of a reply at character ``offset``. Apply only when offset == len(text so far)."""
 
     session_id: str
     generation_id: str
-    offset: int
+    offset: Int
     text: str
-    tokens: int  # estimated tokens so far
+    tokens: Int  # estimated tokens so far
     first_received_at: float = 0.0  # when the generator read the oldest chunk in this text: delivery latency
 
 
-@message(22)
-class Final(Message):
+class Final(Message, tag=22):
     """Published only after the persister acked the finalize: this is durable."""
 
     session_id: str
     generation_id: str
     message_id: str
     status: str
-    length: int
+    length: Int
     content_hash: str
     stats: dict
     error: Optional[str] = None
@@ -168,23 +191,20 @@ STREAM_EVENTS = (Started, StreamDelta, Final)
 # ---------------------------------------------------------------- jobs and control
 
 
-@message(30)
-class Job(Message):
+class Job(Message, tag=30):
     generation_id: str
-    messages: list
+    messages: list[PromptMessage]  # sent upstream as they are
     model: str
     params: dict  # sent upstream as they are (temperature, max_tokens, ...): part of the prompt hash
     prompt_hash: str
     stream: Optional[bool] = None  # None: the generator's default (CHATTER_STREAM)
 
 
-@message(31)
-class CancelGeneration(Message):
+class CancelGeneration(Message, tag=31):
     generation_id: str
 
 
-@message(32)
-class CoordinatorHeartbeat(Message):
+class CoordinatorHeartbeat(Message, tag=32):
     sent_at: float
 
 
@@ -193,77 +213,65 @@ CONTROL_TOPIC_ALL = b""  # generators subscribe to everything on control: cancel
 # ---------------------------------------------------------------- gen-events: generator -> coordinator
 
 
-@message(40)
-class GenStarted(Message):
+class GenStarted(Message, tag=40):
     generation_id: str
     generator_id: str
 
 
-@message(41)
-class GenDelta(Message):
+class GenDelta(Message, tag=41):
     generation_id: str
-    seq: int
+    seq: Int
     text: str
-    tokens: int
+    tokens: Int
     received_at: float  # wall clock when the generator read the upstream chunk
 
 
-@message(46)
-class GenDeltaBatch(Message):
+class DeltaItem(msgspec.Struct, array_like=True):
+    """One delta inside a ``GenDeltaBatch``: the fields of ``GenDelta``, without a type of its own."""
+
+    generation_id: str
+    seq: Int
+    text: str
+    tokens: Int
+    received_at: float
+
+
+class GenDeltaBatch(Message, tag=46):
     """Deltas of many generations in one frame, in order: a generator sends one frame per event-loop
-    turn instead of one per chunk. Each item is ``[generation_id, seq, text, tokens, received_at]``."""
+    turn instead of one per chunk. Each item is ``[generation_id, seq, text, tokens, received_at]``; a
+    batch with a bad item is a bad frame (its deltas' generations then see a gap, and end as error)."""
 
-    deltas: list
-
-
-_DELTA_ITEM_TYPES = (str, int, str, int, (float, int))
+    deltas: list[DeltaItem]
 
 
-def unpack_deltas(batch: GenDeltaBatch) -> tuple[list[GenDelta], int]:
-    """The batch's valid deltas, and how many items were malformed (dropped and counted, like bad frames)."""
-    good, bad = [], 0
-    for item in batch.deltas:
-        if (isinstance(item, (list, tuple)) and len(item) == 5
-                and all(isinstance(v, t) and v is not True and v is not False
-                        for v, t in zip(item, _DELTA_ITEM_TYPES))):
-            good.append(GenDelta(*item))
-        else:
-            bad += 1
-    return good, bad
-
-
-@message(42)
-class GenDone(Message):
+class GenDone(Message, tag=42):
     generation_id: str
-    last_seq: int
-    length: int
+    last_seq: Int
+    length: Int
     finish_reason: str
-    completion_tokens: int
+    completion_tokens: Int
     tokens_source: str  # "server" or "estimated"
-    prompt_tokens: Optional[int] = None
+    prompt_tokens: Optional[Int] = None
 
 
-@message(43)
-class GenError(Message):
+class GenError(Message, tag=43):
     generation_id: str
-    last_seq: int
+    last_seq: Int
     reason: str
-    attempts: int
+    attempts: Int
 
 
-@message(44)
-class GenCancelled(Message):
+class GenCancelled(Message, tag=44):
     generation_id: str
-    last_seq: int
+    last_seq: Int
 
 
-@message(45)
-class GeneratorHeartbeat(Message):
+class GeneratorHeartbeat(Message, tag=45):
     generator_id: str
-    capacity_free: int
-    active: int
-    retries: int
-    pid: int = 0
+    capacity_free: Int
+    active: Int
+    retries: Int
+    pid: Int = 0
 
 
 GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat)
@@ -271,8 +279,7 @@ GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancell
 # ---------------------------------------------------------------- persist: coordinator -> persister
 
 
-@message(50)
-class CreateMessage(Message):
+class CreateMessage(Message, tag=50):
     """Create a session (if new) and one message in it. Idempotent by message id."""
 
     message_id: str
@@ -284,84 +291,76 @@ class CreateMessage(Message):
     status: str
     created_at: float
     generation_id: Optional[str] = None
-    prompt_messages: Optional[list] = None
+    prompt_messages: Optional[list[PromptMessage]] = None
     prompt_hash: Optional[str] = None
     preview: Optional[str] = None
     model: Optional[str] = None
     params: Optional[dict] = None
     client_request_id: Optional[str] = None
-    supersedes: Optional[list] = None  # earlier replies this one replaces (regenerate)
-    session_max_input_tokens: Optional[int] = None
-    dropped_message_ids: Optional[list] = None
+    supersedes: Optional[list[str]] = None  # earlier replies this one replaces (regenerate)
+    session_max_input_tokens: Optional[Int] = None
+    dropped_message_ids: Optional[list[str]] = None
 
 
-@message(51)
-class Append(Message):
+class Append(Message, tag=51):
     """Text at ``offset`` of a message. Applied only where it continues the stored text."""
 
     message_id: str
-    offset: int
+    offset: Int
     text: str
 
 
-@message(52)
-class Finalize(Message):
+class Finalize(Message, tag=52):
     message_id: str
     status: str
-    length: int
+    length: Int
     content_hash: str
     stats: dict
     error: Optional[str] = None
 
 
-@message(53)
-class InterruptOrphans(Message):
+class InterruptOrphans(Message, tag=53):
     """Every streaming message not in ``live_message_ids`` has no generation behind it: mark it
     ``interrupted``. Resent by the coordinator until the persister answers ``OrphansInterrupted``."""
 
     reason: str
-    live_message_ids: list
+    live_message_ids: list[str]
 
 
 PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans)
 
 
-@message(60)
-class PersistAck(Message):
+class PersistAck(Message, tag=60):
     message_id: str
-    length: int
+    length: Int
     finalized: bool
 
 
-@message(61)
-class PersisterHello(Message):
+class PersisterHello(Message, tag=61):
     """A persister that (re)started: the coordinator answers with the live messages and resends."""
 
     started_at: float
-    pid: int = 0
+    pid: Int = 0
 
 
-@message(62)
-class OrphansInterrupted(Message):
-    count: int
+class OrphansInterrupted(Message, tag=62):
+    count: Int
 
 
-@message(63)
-class PersisterStats(Message):
+class PersisterStats(Message, tag=63):
     """The persister's running totals, sent at most a few times a second while it commits."""
 
-    pid: int
-    commits: int
-    ops: int
-    reply_text_bytes: int  # UTF-8 bytes of reply text written: checkpoint appends plus final contents
-    failed_batches: int
-    ops_rejected: int = 0  # operations that failed alone and were dropped (their replies end as error)
+    pid: Int
+    commits: Int
+    ops: Int
+    reply_text_bytes: Int  # UTF-8 bytes of reply text written: checkpoint appends plus final contents
+    failed_batches: Int
+    ops_rejected: Int = 0  # operations that failed alone and were dropped (their replies end as error)
     failing_since: Optional[float] = None  # wall clock of the first failure of the current run, None if healthy
     last_error: Optional[str] = None  # the database's own words for it
 
 
-@message(64)
-class PersistRejected(Message):
+class PersistRejected(Message, tag=64):
     """An operation on ``message_id`` failed alone, deterministically, and was dropped: the coordinator stops
     resending it and ends the reply as error with ``reason``."""
 
@@ -375,8 +374,7 @@ PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, 
 # ---------------------------------------------------------------- any point-to-point channel
 
 
-@message(90)
-class Bundle(Message):
+class Bundle(Message, tag=90):
     """Several encoded frames in one, in order: a sender with many messages for one peer in a loop turn
     sends them with one zmq call (the persist and persist-acks channels). Each item is validated as a
     frame of its own when it is unbundled; a bundle never holds a bundle."""
@@ -419,3 +417,7 @@ def unbundle(msg, expect: tuple) -> tuple[list, list]:
         except codec.FrameError as err:
             errors.append(err)
     return good, errors
+
+
+codec.register(*[cls for cls in list(globals().values())
+                 if isinstance(cls, type) and issubclass(cls, Message) and cls is not Message])

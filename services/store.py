@@ -10,6 +10,8 @@ import time
 import peewee
 from playhouse import db_url
 
+from protocol.messages import MessageRecord
+
 db_proxy = peewee.DatabaseProxy()
 
 STREAMING = "streaming"
@@ -273,15 +275,14 @@ def next_chunk_id() -> int:
     return (Chunk.select(peewee.fn.MAX(Chunk.id)).scalar() or 0) + 1
 
 
-def message_record(msg: Message, content: str) -> dict:
+def message_record(msg: Message, content: str) -> MessageRecord:
     """A message as the coordinator keeps it in a session's history."""
-    return {
-        "message_id": msg.id, "session_id": msg.session_id, "role": msg.role, "content": content,
-        "status": msg.status, "generation_id": msg.generation_id, "prompt_hash": msg.prompt_hash,
-        "model": msg.model, "stats": msg.stats or {}, "error": msg.error, "created_at": msg.created_at,
-        "preview": msg.preview, "prompt_messages": msg.prompt_messages, "superseded": bool(msg.superseded),
-        "client_request_id": msg.client_request_id, "dropped_message_ids": msg.dropped_message_ids or [],
-    }
+    return MessageRecord(
+        message_id=msg.id, session_id=msg.session_id, role=msg.role, content=content, status=msg.status,
+        created_at=msg.created_at, generation_id=msg.generation_id, prompt_hash=msg.prompt_hash, model=msg.model,
+        stats=msg.stats or {}, error=msg.error, preview=msg.preview, prompt_messages=msg.prompt_messages,
+        superseded=bool(msg.superseded), client_request_id=msg.client_request_id,
+        dropped_message_ids=msg.dropped_message_ids or [])
 
 
 def load_session(session_id: str) -> dict | None:

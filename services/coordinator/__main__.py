@@ -170,8 +170,10 @@ class CoordinatorShell:
 def _salvage_req_id(payload: bytes) -> int | None:
     """A bad request still gets an answer when its request id can be read."""
     try:
-        frame = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-        return frame[2] if isinstance(frame, list) and len(frame) > 2 and isinstance(frame[2], int) else None
+        frame = msgpack.unpackb(payload, raw=False, strict_map_key=False)  # [version, [type, req_id, ...]]
+        body = frame[1] if isinstance(frame, list) and len(frame) == 2 else None
+        req_id = body[1] if isinstance(body, list) and len(body) > 1 else None
+        return req_id if isinstance(req_id, int) and not isinstance(req_id, bool) else None
     except Exception:
         return None
 

@@ -84,7 +84,7 @@ class Coordinator(Requests, StreamRules):
         sess = SessionState.from_stored(data)
         self.sessions[sess.session_id] = sess
         for record in sess.history:
-            self.message_sessions[record["message_id"]] = sess.session_id
+            self.message_sessions[record.message_id] = sess.session_id
 
     def load_summaries(self, rows: list[dict]) -> None:
         """The database's sessions list, read by the shell for a ``Sessions`` request."""

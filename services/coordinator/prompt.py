@@ -5,6 +5,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from protocol.messages import MessageRecord
+
 # Replies with these statuses are shown in history but never sent to the model again.
 EXCLUDED_FROM_PROMPT = frozenset({"cancelled", "error", "interrupted", "streaming", "queued"})
 
@@ -53,14 +55,14 @@ class PromptPackage:
         return dict(self.params)
 
 
-def in_prompt(record: dict) -> bool:
+def in_prompt(record: MessageRecord) -> bool:
     """User turns always count; a reply only if it completed and was not superseded."""
-    if record["role"] != "assistant":
+    if record.role != "assistant":
         return True
-    return record["status"] not in EXCLUDED_FROM_PROMPT and not record.get("superseded")
+    return record.status not in EXCLUDED_FROM_PROMPT and not record.superseded
 
 
-def assemble(system: str | None, history: list[dict], user_text: str, model: str, params: dict,
+def assemble(system: str | None, history: list[MessageRecord], user_text: str, model: str, params: dict,
              count_tokens, max_input_tokens: int = 0) -> PromptPackage:
     """System prompt, the history without cancelled/errored/superseded replies, then the newest user turn.
 
@@ -71,29 +73,29 @@ def assemble(system: str | None, history: list[dict], user_text: str, model: str
     def cost(content: str) -> int:
         return count_tokens(content, model) + TOKENS_PER_MESSAGE
 
-    turns: list[list[dict]] = []
+    turns: list[list[MessageRecord]] = []
     for record in history:
         if not in_prompt(record):
             continue
-        if record["role"] == "user" or not turns:
+        if record.role == "user" or not turns:
             turns.append([])
         turns[-1].append(record)
     fixed = (cost(system) if system else 0) + cost(user_text) + REPLY_PRIMING_TOKENS
     if max_input_tokens and fixed > max_input_tokens:
         raise PromptTooLarge(f"the system prompt and this message are ~{fixed} tokens; "
                              f"the input budget is {max_input_tokens}")
-    kept: list[list[dict]] = []
+    kept: list[list[MessageRecord]] = []
     total = fixed
     for turn in reversed(turns):  # newest first, so the oldest are the ones left out
-        turn_cost = sum(cost(r["content"]) for r in turn)
+        turn_cost = sum(cost(r.content) for r in turn)
         if max_input_tokens and total + turn_cost > max_input_tokens:
             break
         kept.append(turn)
         total += turn_cost
     kept.reverse()
-    dropped = tuple(r["message_id"] for turn in turns[:len(turns) - len(kept)] for r in turn)
+    dropped = tuple(r.message_id for turn in turns[:len(turns) - len(kept)] for r in turn)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": r["role"], "content": r["content"]} for turn in kept for r in turn]
+    messages += [{"role": r.role, "content": r.content} for turn in kept for r in turn]
     messages.append({"role": "user", "content": user_text})
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages),

@@ -75,7 +75,7 @@ class Requests:
             sess.title = " ".join(msg.text.split())[:60]
         user = sessions.user_record(self.new_ordered_id(), sess.session_id, msg.text, now)
         sess.history.append(user)
-        self.message_sessions[user["message_id"]] = sess.session_id
+        self.message_sessions[user.message_id] = sess.session_id
         out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
         return self._start_generation(sess, prompt, now, out, msg.client_request_id, supersedes=[])
 
@@ -90,12 +90,12 @@ class Requests:
         if active is not None:
             self._finalize(active, "cancelled", now, out)
         # validate before touching anything: a prompt that no longer fits leaves the history as it was
-        prompt = self._assemble(sess, sess.history[:last_user], sess.history[last_user]["content"], None)
-        replaced = [r for r in sess.history[last_user + 1:] if r["role"] == "assistant" and not r["superseded"]]
+        prompt = self._assemble(sess, sess.history[:last_user], sess.history[last_user].content, None)
+        replaced = [r for r in sess.history[last_user + 1:] if r.role == "assistant" and not r.superseded]
         for record in replaced:
-            record["superseded"] = True
+            record.superseded = True
         return self._start_generation(sess, prompt, now, out, msg.client_request_id,
-                                      supersedes=[r["message_id"] for r in replaced])
+                                      supersedes=[r.message_id for r in replaced])
 
     def _assemble(self, sess: SessionState, history: list[dict], user_text: str, model: str | None) -> PromptPackage:
         model = model or sess.model or self.settings.default_model
@@ -140,23 +140,23 @@ class Requests:
         return m.Job(gen.generation_id, p.wire_messages(), p.model, p.wire_params(), p.prompt_hash, gen.stream)
 
     def _create_op(self, sess: SessionState, rec: dict, now: float) -> m.CreateMessage:
-        assistant = rec["role"] == "assistant"
+        assistant = rec.role == "assistant"
         return m.CreateMessage(
-            message_id=rec["message_id"], session_id=sess.session_id, session_title=sess.title,
-            session_system=sess.system, role=rec["role"], content=rec["content"],
-            status="streaming" if assistant else rec["status"], created_at=now, generation_id=rec["generation_id"],
-            prompt_messages=rec["prompt_messages"], prompt_hash=rec["prompt_hash"], preview=rec["preview"],
-            model=rec["model"], params=dict(sess.params) if assistant else None,
-            client_request_id=rec["client_request_id"], supersedes=None,
-            session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=rec["dropped_message_ids"] or None)
+            message_id=rec.message_id, session_id=sess.session_id, session_title=sess.title,
+            session_system=sess.system, role=rec.role, content=rec.content,
+            status="streaming" if assistant else rec.status, created_at=now, generation_id=rec.generation_id,
+            prompt_messages=rec.prompt_messages, prompt_hash=rec.prompt_hash, preview=rec.preview,
+            model=rec.model, params=dict(sess.params) if assistant else None,
+            client_request_id=rec.client_request_id, supersedes=None,
+            session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=rec.dropped_message_ids or None)
 
     def _request_result(self, sess: SessionState, client_request_id: str) -> dict:
         return self._result(sess, sess.record(sess.request_ids[client_request_id]))
 
-    def _result(self, sess: SessionState, record: dict) -> dict:
-        return {"session_id": sess.session_id, "generation_id": record["generation_id"],
-                "message_id": record["message_id"], "prompt_hash": record["prompt_hash"],
-                "dropped_message_ids": record["dropped_message_ids"]}
+    def _result(self, sess: SessionState, record: m.MessageRecord) -> dict:
+        return {"session_id": sess.session_id, "generation_id": record.generation_id,
+                "message_id": record.message_id, "prompt_hash": record.prompt_hash,
+                "dropped_message_ids": record.dropped_message_ids}
 
     def _on_cancel(self, msg: m.Cancel, now: float, out: list) -> dict:
         sess = self._session(msg.session_id)
@@ -177,7 +177,7 @@ class Requests:
                     "error": None, "prompt_hash": gen.prompt.prompt_hash, "superseded": False,
                     "user_text": sess.user_text_before(gen.message_id)}
         if msg.generation_id:
-            record = next((r for r in sess.history if r["generation_id"] == msg.generation_id), None)
+            record = next((r for r in sess.history if r.generation_id == msg.generation_id), None)
         else:
             record = sess.last_reply()
         if record is None:
@@ -185,11 +185,11 @@ class Requests:
                 raise RequestRefused(f"no generation {msg.generation_id} in session {sess.session_id}")
             return {"generation_id": None, "message_id": None, "status": None, "text": "", "final": True,
                     "stats": {}, "error": None, "prompt_hash": None, "superseded": False, "user_text": None}
-        return {"generation_id": record["generation_id"], "message_id": record["message_id"],
-                "status": record["status"], "text": record["content"],
-                "final": record["generation_id"] not in self.finalizing, "stats": record["stats"],
-                "error": record["error"], "prompt_hash": record["prompt_hash"], "superseded": record["superseded"],
-                "user_text": sess.user_text_before(record["message_id"])}
+        return {"generation_id": record.generation_id, "message_id": record.message_id,
+                "status": record.status, "text": record.content,
+                "final": record.generation_id not in self.finalizing, "stats": record.stats,
+                "error": record.error, "prompt_hash": record.prompt_hash, "superseded": record.superseded,
+                "user_text": sess.user_text_before(record.message_id)}
 
     def _on_status(self, msg: m.Status, now: float, out: list) -> dict:
         result = {
@@ -216,8 +216,8 @@ class Requests:
         sess = self._session(msg.session_id)
         messages = []
         for record in sess.history:
-            gen = self.active.get(record["generation_id"] or "")
-            messages.append(sessions.client_view(record, gen.text()[:gen.client_len] if gen else None))
+            gen = self.active.get(record.generation_id or "")
+            messages.append(record.client_view(gen.text()[:gen.client_len] if gen else None))
         return {"session_id": sess.session_id, "title": sess.title, "system": sess.system,
                 "max_input_tokens": self._budget(sess), "messages": messages}
 
@@ -233,11 +233,11 @@ class Requests:
     def _on_preview(self, msg: m.Preview, now: float, out: list) -> dict:
         sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))
         record = sess.record(msg.message_id) if sess else None
-        if record is None or record["preview"] is None:
+        if record is None or record.preview is None:
             raise RequestRefused(f"no assistant message {msg.message_id}")
-        return {"message_id": msg.message_id, "session_id": sess.session_id, "preview": record["preview"],
-                "messages": record["prompt_messages"], "prompt_hash": record["prompt_hash"], "model": record["model"],
-                "dropped_message_ids": record["dropped_message_ids"]}
+        return {"message_id": msg.message_id, "session_id": sess.session_id, "preview": record.preview,
+                "messages": record.prompt_messages, "prompt_hash": record.prompt_hash, "model": record.model,
+                "dropped_message_ids": record.dropped_message_ids}
 
     def _session(self, session_id: str) -> SessionState:
         sess = self.sessions.get(session_id)
@@ -255,8 +255,8 @@ class Requests:
         idle = sorted((s for s in self.sessions.values() if s.session_id not in busy and s.history),
                       key=lambda s: s.last_activity)
         for sess in idle[:excess]:
-            if any(r["message_id"] in self.persisted.states for r in sess.history):
+            if any(r.message_id in self.persisted.states for r in sess.history):
                 continue  # not all of it is durable yet
             del self.sessions[sess.session_id]
             for record in sess.history:
-                self.message_sessions.pop(record["message_id"], None)
+                self.message_sessions.pop(record.message_id, None)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocol.messages import MessageRecord
 from services.coordinator.prompt import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, in_prompt
-
-HIDDEN_FROM_CLIENTS = ("preview", "prompt_messages")
 
 
 @dataclass
@@ -18,7 +17,7 @@ class SessionState:
     max_input_tokens: int | None = None  # None: the coordinator's default
     params: dict = field(default_factory=dict)  # upstream request params: temperature, max_tokens
     stream: bool | None = None  # None: the generator's default
-    history: list[dict] = field(default_factory=list)  # one record per message, in order
+    history: list[MessageRecord] = field(default_factory=list)  # one record per message, in order
     active_generation: str | None = None
     request_ids: dict[str, str] = field(default_factory=dict)  # client_request_id -> assistant message id
     created_at: float = 0.0
@@ -31,62 +30,53 @@ class SessionState:
                    max_input_tokens=data.get("max_input_tokens"), history=list(data["messages"]),
                    created_at=data.get("created_at", 0.0), last_activity=data.get("updated_at", 0.0))
         for record in sess.history:
-            if record["status"] == "streaming":  # the persister marks it too, once the sweep reaches it
-                record["status"] = "interrupted"
-            if record.get("client_request_id"):
-                sess.request_ids[record["client_request_id"]] = record["message_id"]
+            if record.status == "streaming":  # the persister marks it too, once the sweep reaches it
+                record.status = "interrupted"
+            if record.client_request_id:
+                sess.request_ids[record.client_request_id] = record.message_id
         return sess
 
-    def record(self, message_id: str) -> dict | None:
-        return next((r for r in reversed(self.history) if r["message_id"] == message_id), None)
+    def record(self, message_id: str) -> MessageRecord | None:
+        return next((r for r in reversed(self.history) if r.message_id == message_id), None)
 
-    def last_reply(self) -> dict | None:
-        return next((r for r in reversed(self.history) if r["role"] == "assistant"), None)
+    def last_reply(self) -> MessageRecord | None:
+        return next((r for r in reversed(self.history) if r.role == "assistant"), None)
 
     def user_text_before(self, message_id: str) -> str | None:
         """The user turn a reply answers."""
         seen = False
         for record in reversed(self.history):
-            seen = seen or record["message_id"] == message_id
-            if seen and record["role"] == "user":
-                return record["content"]
+            seen = seen or record.message_id == message_id
+            if seen and record.role == "user":
+                return record.content
         return None
 
     def last_user_index(self) -> int | None:
-        return next((i for i in range(len(self.history) - 1, -1, -1) if self.history[i]["role"] == "user"), None)
+        return next((i for i in range(len(self.history) - 1, -1, -1) if self.history[i].role == "user"), None)
 
 
-def user_record(message_id: str, session_id: str, text: str, now: float) -> dict:
-    return {"message_id": message_id, "session_id": session_id, "role": "user", "content": text,
-            "status": "completed", "generation_id": None, "prompt_hash": None, "model": None, "stats": {},
-            "error": None, "created_at": now, "preview": None, "prompt_messages": None, "superseded": False,
-            "client_request_id": None, "dropped_message_ids": []}
+def user_record(message_id: str, session_id: str, text: str, now: float) -> MessageRecord:
+    return MessageRecord(message_id=message_id, session_id=session_id, role="user", content=text,
+                         status="completed", created_at=now)
 
 
 def assistant_record(message_id: str, session_id: str, generation_id: str, prompt, now: float,
-                     client_request_id: str | None) -> dict:
-    return {"message_id": message_id, "session_id": session_id, "role": "assistant", "content": "",
-            "status": "queued", "generation_id": generation_id, "prompt_hash": prompt.prompt_hash,
-            "model": prompt.model, "stats": {}, "error": None, "created_at": now, "preview": prompt.preview,
-            "prompt_messages": prompt.wire_messages(), "superseded": False, "client_request_id": client_request_id,
-            "dropped_message_ids": list(prompt.dropped_message_ids)}
-
-
-def client_view(record: dict, content: str | None = None) -> dict:
-    view = {k: v for k, v in record.items() if k not in HIDDEN_FROM_CLIENTS}
-    if content is not None:
-        view["content"] = content
-    return view
+                     client_request_id: str | None) -> MessageRecord:
+    return MessageRecord(message_id=message_id, session_id=session_id, role="assistant", content="",
+                         status="queued", created_at=now, generation_id=generation_id,
+                         prompt_hash=prompt.prompt_hash, model=prompt.model, preview=prompt.preview,
+                         prompt_messages=prompt.wire_messages(), client_request_id=client_request_id,
+                         dropped_message_ids=list(prompt.dropped_message_ids))
 
 
 def summary(sess: SessionState, streaming: bool) -> dict:
     last = sess.last_reply()
-    status = "streaming" if streaming else (last["status"] if last else "empty")
+    status = "streaming" if streaming else (last.status if last else "empty")
     return {"session_id": sess.session_id, "title": sess.title, "message_count": len(sess.history),
             "last_activity": sess.last_activity, "status": status}
 
 
 def context_tokens(sess: SessionState, model: str, count_tokens) -> int:
     """~tokens the whole history would take as the next prompt, before any trimming."""
-    contents = ([sess.system] if sess.system else []) + [r["content"] for r in sess.history if in_prompt(r)]
+    contents = ([sess.system] if sess.system else []) + [r.content for r in sess.history if in_prompt(r)]
     return sum(count_tokens(c, model) + TOKENS_PER_MESSAGE for c in contents) + REPLY_PRIMING_TOKENS

@@ -17,7 +17,7 @@ class GenerationState:
     session_id: str
     message_id: str
     prompt: PromptPackage
-    record: dict  # the assistant message's history record
+    record: m.MessageRecord  # the assistant message's history record
     queued_at: float
     status: str = "queued"
     generator_id: str | None = None
@@ -67,9 +67,9 @@ class StreamRules:
             return
         gen.generator_id = msg.generator_id
         gen.started_at = now
-        gen.status = gen.record["status"] = "streaming"
+        gen.status = gen.record.status = "streaming"
 
-    def _on_gen_delta(self, msg: m.GenDelta, now: float, out: list) -> None:
+    def _on_gen_delta(self, msg: m.GenDelta | m.DeltaItem, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)
         if gen is None:  # terminal or unknown: late. Drop, count, and make sure its generator stops.
             self.counters["late_deltas_dropped"] += 1
@@ -87,7 +87,7 @@ class StreamRules:
         gen.last_delta_at = now
         if gen.first_token_at is None:
             gen.first_token_at = now
-            gen.status = gen.record["status"] = "streaming"
+            gen.status = gen.record.status = "streaming"
         if not msg.text:
             return
         gen.parts.append(msg.text)
@@ -100,9 +100,7 @@ class StreamRules:
         self._schedule(gen, now, out)
 
     def _on_gen_delta_batch(self, msg: m.GenDeltaBatch, now: float, out: list) -> None:
-        deltas, bad = m.unpack_deltas(msg)
-        self.counters["bad_frames_dropped"] += bad
-        for delta in deltas:
+        for delta in msg.deltas:  # typed at decode: each is a DeltaItem, with GenDelta's fields
             self._on_gen_delta(delta, now, out)
 
     def _on_gen_done(self, msg: m.GenDone, now: float, out: list) -> None:
@@ -186,7 +184,7 @@ class StreamRules:
         sent_len = self.persisted.sent_len(gen.message_id)
         if sent_len < gen.length:
             out.append(ToPersister(self.persisted.append(gen.message_id, text[sent_len:], now)))
-        final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), gen.record["stats"], error)
+        final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), gen.record.stats, error)
         out.append(ToPersister(self.persisted.finalize(final, now)))
         out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
                                                  "length": gen.length, "error": error}))
@@ -212,7 +210,8 @@ class StreamRules:
             gen.client_len = gen.length
         gen.client_pending.clear()
         gen.persist_pending.clear()
-        gen.record.update(content=text, status=status, stats=self._stats(gen, now), error=error)
+        gen.record.content, gen.record.status, gen.record.error = text, status, error
+        gen.record.stats = self._stats(gen, now)
         sess = self.sessions[gen.session_id]
         sess.last_activity = now
         if sess.active_generation == gen.generation_id:
@@ -272,10 +271,10 @@ class StreamRules:
         if gen.generation_id in self.active:
             out.append(ToControl(m.CancelGeneration(gen.generation_id)))
             self._end(gen, "error", now, out, error)
-        gen.record.update(status="error", error=error)
-        text = gen.record["content"]
+        gen.record.status, gen.record.error = "error", error
+        text = gen.record.content
         out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, "error",
-                                                     len(text), content_hash(text), gen.record["stats"], error)))
+                                                     len(text), content_hash(text), gen.record.stats, error)))
 
     # ------------------------------------------------------------ liveness
 

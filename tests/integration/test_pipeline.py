@@ -154,8 +154,8 @@ def test_bad_input_gets_a_clear_error_and_crashes_nothing(stack):
     ctx, sock = stack.raw_socket(zmq.DEALER, "rpc")
     try:
         sock.send(b"\xc1 not msgpack")
-        sock.send(msgpack.packb([1, 999, 7]))  # unknown type, readable request id
-        sock.send(msgpack.packb([1, m.Send.TYPE, 8, 42]))  # ill-typed session id
+        sock.send(msgpack.packb([codec.PROTOCOL_VERSION, [999, 7]]))  # unknown type, readable request id
+        sock.send(msgpack.packb([codec.PROTOCOL_VERSION, [m.Send.TYPE, 8, 42]]))  # ill-typed session id
         replies = []
         while sock.poll(3000) and len(replies) < 2:
             replies.append(codec.decode(sock.recv(), (m.Reply,)))

@@ -428,14 +428,14 @@ def test_a_cancel_shorter_than_the_checkpoints_never_resends_past_the_kept_lengt
     assert effects(later, ToPersister, m.Finalize)[0].msg.length == 5
 
 
-def test_a_delta_batch_applies_in_order_and_counts_malformed_items():
+def test_a_delta_batch_applies_in_order_and_drops_duplicates():
     machine = make(flush_ms=0, checkpoint_ms=0)
     _, r, _ = start(machine)
     gen_id = r["generation_id"]
-    out = machine.handle_event(m.GenDeltaBatch([[gen_id, 1, "a", 1, 1.0], [gen_id, 2, "b", 1, 1.0], ["bad"],
-                                                [gen_id, 2, "dup", 1, 1.0], [gen_id, 3, "c", 1, 1.0]]), 100.0)
+    items = [m.DeltaItem(gen_id, seq, text, 1, 1.0) for seq, text in ((1, "a"), (2, "b"), (2, "dup"), (3, "c"))]
+    out = machine.handle_event(m.GenDeltaBatch(items), 100.0)
     assert client_text([out]) == persisted_text([out]) == "abc"
-    assert machine.counters["bad_frames_dropped"] == 1 and machine.counters["duplicate_deltas_dropped"] == 1
+    assert machine.counters["duplicate_deltas_dropped"] == 1
 
 
 def test_message_and_generation_ids_sort_by_time_and_session_ids_are_random():

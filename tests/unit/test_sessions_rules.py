@@ -66,8 +66,9 @@ def test_regenerate_of_an_empty_session_is_refused_and_a_retry_is_idempotent():
 # ---------------------------------------------------------------- the context budget
 
 
-def record(message_id, role, content, status="completed"):
-    return {"message_id": message_id, "role": role, "content": content, "status": status, "superseded": False}
+def record(message_id, role, content, status="completed", **more):
+    return m.MessageRecord(message_id=message_id, session_id="s", role=role, content=content, status=status,
+                           created_at=1.0, **more)
 
 
 def test_oldest_turns_are_dropped_whole_system_and_newest_always_stay():
@@ -154,11 +155,10 @@ def test_sessions_list_merges_memory_over_the_database_newest_first():
 def test_a_session_loaded_after_a_restart_keeps_request_ids_and_has_no_live_reply():
     machine = make()
     machine.load_session({"session_id": "s", "title": "t", "system": None, "messages": [
-        record("u1", "user", "q") | {"client_request_id": None, "generation_id": None, "prompt_hash": None,
-                                     "dropped_message_ids": []},
-        record("a1", "assistant", "partial", "streaming") | {"client_request_id": "req-9", "generation_id": "g1",
-                                                             "prompt_hash": "h", "dropped_message_ids": []}]})
-    assert machine.sessions["s"].history[1]["status"] == "interrupted"
+        record("u1", "user", "q"),
+        record("a1", "assistant", "partial", "streaming", client_request_id="req-9", generation_id="g1",
+               prompt_hash="h")]})
+    assert machine.sessions["s"].history[1].status == "interrupted"
     again = reply(machine.handle_rpc(CLIENT, m.Send(2, "s", "q", "req-9"), 1))
     assert again.result["message_id"] == "a1" and not machine.active
 
