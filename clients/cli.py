@@ -15,29 +15,27 @@ from protocol import transport
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 
 
-def int_in(lo: int, hi: int):
-    """An argparse type: an integer from ``lo`` to ``hi``, else a usage error that says so."""
-    def parse(raw: str) -> int:
+def in_range(convert, lo, hi, what: str):
+    """An argparse type: a number (``convert``: int or float) from ``lo`` to ``hi``, else a usage error that
+    says so."""
+    def parse(raw: str):
         try:
-            value = int(raw)
+            value = convert(raw)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {raw}")
+            raise argparse.ArgumentTypeError(f"{raw!r} is not {what}") from None
+        if not lo <= value <= hi:  # NaN fails this too
+            shown = (f"{b:g}" if isinstance(b, float) else str(b) for b in (lo, hi))
+            raise argparse.ArgumentTypeError("must be from {} to {}, got {}".format(*shown, raw))
         return value
     return parse
+
+
+def int_in(lo: int, hi: int):
+    return in_range(int, lo, hi, "an integer")
 
 
 def float_in(lo: float, hi: float):
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
-        if not lo <= value <= hi:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, got {raw}")
-        return value
-    return parse
+    return in_range(float, lo, hi, "a number")
 
 
 TOKENS = int_in(1, 2**31 - 1)  # the schema's bound: a 32-bit column

@@ -130,38 +130,27 @@ def cmd_loadtest(args) -> int:
     return EXIT_OK if report["mismatches"] == 0 and report["errors"] == 0 else EXIT_ERROR
 
 
-def cmd_sessions(client: Client, args) -> int:
-    rows = client.sessions(limit=args.limit)
+def show(args, value, print_text) -> int:
+    """One JSON value with ``--json``, else its text form."""
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False))
-        return EXIT_OK
-    print_sessions(rows)
+        print(json.dumps(value, ensure_ascii=False))
+    else:
+        print_text(value)
     return EXIT_OK
+
+
+def cmd_sessions(client: Client, args) -> int:
+    return show(args, client.sessions(limit=args.limit), print_sessions)
 
 
 def cmd_status(client: Client, args) -> int:
     session_id = resolve_session(client, args.session) if args.session is not None else None
-    status = client.status(session_id)
-    if args.json:
-        print(json.dumps({"coordinator": "up"} | status, ensure_ascii=False))
-        return EXIT_OK
-    print_status(status)
-    return EXIT_OK
+    return show(args, {"coordinator": "up"} | client.status(session_id), print_status)
 
 
 def cmd_history(client: Client, args) -> int:
-    history = client.history(resolve_session(client, args.session))
-    if args.json:
-        print(json.dumps(history, ensure_ascii=False))
-        return EXIT_OK
-    print_history(history)
-    return EXIT_OK
+    return show(args, client.history(resolve_session(client, args.session)), print_history)
 
 
 def cmd_preview(client: Client, args) -> int:
-    preview = client.preview(args.message_id)
-    if args.json:
-        print(json.dumps(preview, ensure_ascii=False))
-        return EXIT_OK
-    print_preview(preview)
-    return EXIT_OK
+    return show(args, client.preview(args.message_id), print_preview)

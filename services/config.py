@@ -17,30 +17,30 @@ def env_str(name: str, default: str) -> str:
 def env_int(name: str, default: int, lo: int | None = 0, hi: int | None = None) -> int:
     """An integer setting, checked for range at start: a process that cannot run refuses to start, with
     one line that names the setting and what would be right."""
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        where = (f"from {lo} to {hi}" if hi is not None else f"at least {lo}") if lo is not None else f"at most {hi}"
-        raise SystemExit(f"{name} must be {where}, got {value}")
-    return value
+    return _env_number(name, default, int, "an integer", lo, hi)
 
 
 def env_float(name: str, default: float, lo: float, hi: float) -> float:
+    return _env_number(name, default, float, "a number", lo, hi)
+
+
+def _env_number(name: str, default, convert, what: str, lo, hi):
     raw = os.environ.get(name)
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = convert(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
-    if not lo <= value <= hi:  # NaN fails this too
-        raise SystemExit(f"{name} must be from {lo:g} to {hi:g}, got {raw}")
+        raise SystemExit(f"{name} must be {what}, got {raw!r}") from None
+    if (lo is not None and not value >= lo) or (hi is not None and not value <= hi):  # NaN fails too
+        where = (f"from {_shown(lo)} to {_shown(hi)}" if hi is not None else f"at least {_shown(lo)}") \
+            if lo is not None else f"at most {_shown(hi)}"
+        raise SystemExit(f"{name} must be {where}, got {raw}")
     return value
+
+
+def _shown(bound) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
 def env_bool(name: str, default: bool) -> bool:
