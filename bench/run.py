@@ -61,7 +61,7 @@ def bench_coordinator(generations: int = 200, deltas_each: int = 1000, batch: in
             for i in range(generations):
                 sid = client.new_session()
                 sent = client.send(sid, f"bench {i}", uuid.uuid4().hex)
-                sessions[sent["generation_id"]] = sid
+                sessions[sent.generation_id] = sid
             gen_ids = []
             while len(gen_ids) < generations:
                 gen_ids.append(codec.decode(jobs.recv(), (m.Job,)).generation_id)
@@ -81,7 +81,7 @@ def bench_coordinator(generations: int = 200, deltas_each: int = 1000, batch: in
                 events.send(m.GenDeltaBatch(pending).encode())
             for gen_id in gen_ids:
                 events.send(m.GenDone(gen_id, deltas_each, 4 * deltas_each, "stop", deltas_each, "server").encode())
-            while client.status()["active"]:  # every generation's done processed: all deltas taken
+            while client.status().active:  # every generation's done processed: all deltas taken
                 time.sleep(0.002)
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(coordinator) - cpu0
@@ -89,10 +89,10 @@ def bench_coordinator(generations: int = 200, deltas_each: int = 1000, batch: in
             right = 0
             for gen_id, sid in sessions.items():  # the figure counts only if every reply came out whole
                 snap = client.snapshot(sid, gen_id)
-                while not snap["final"] and time.monotonic() < deadline:
+                while not snap.final and time.monotonic() < deadline:
                     time.sleep(0.01)
                     snap = client.snapshot(sid, gen_id)
-                right += snap["status"] == "completed" and snap["text"] == "tok " * deltas_each
+                right += snap.status == "completed" and snap.text == "tok " * deltas_each
         jobs.close(0)
         events.close(0)
         ctx.term()

@@ -14,7 +14,7 @@ from typing import Callable
 import zmq
 
 from clients.view import GAP, ReplyView
-from protocol import codec, messages as m, transport
+from protocol import codec, messages as m, results, transport
 
 
 class ChatterError(Exception):
@@ -81,7 +81,7 @@ class Client:
 
     # ------------------------------------------------------------ rpc
 
-    def request(self, msg: m.Message, attempts: int = 1) -> dict:
+    def request(self, msg: m.Message, attempts: int = 1) -> results.Result:
         """One rpc. ``attempts`` > 1 only for idempotent requests: a send carries its client request
         id, so asking again after a timeout can never start a second generation."""
         for attempt in range(attempts):
@@ -93,7 +93,7 @@ class Client:
                     raise
         raise AssertionError("unreachable")
 
-    def _request_once(self, msg: m.Message) -> dict:
+    def _request_once(self, msg: m.Message) -> results.Result:
         self.rpc.send(encode_request(msg))
         deadline = time.monotonic() + self.rpc_timeout_ms / 1000
         while True:
@@ -117,36 +117,36 @@ class Client:
 
     def new_session(self, system: str | None = None, model: str | None = None,
                     max_input_tokens: int | None = None) -> str:
-        return self.request(m.NewSession(next(self.req_ids), system, model, max_input_tokens))["session_id"]
+        return self.request(m.NewSession(next(self.req_ids), system, model, max_input_tokens)).session_id
 
-    def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> dict:
+    def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> results.Result:
         return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model), attempts=3)
 
-    def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None) -> dict:
+    def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None) -> results.Result:
         return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len))
 
-    def snapshot(self, session_id: str, generation_id: str | None = None) -> dict:
+    def snapshot(self, session_id: str, generation_id: str | None = None) -> results.Result:
         self.snapshots += 1
         return self.request(m.Snapshot(next(self.req_ids), session_id, generation_id))
 
-    def regenerate(self, session_id: str, client_request_id: str) -> dict:
+    def regenerate(self, session_id: str, client_request_id: str) -> results.Result:
         return self.request(m.Regenerate(next(self.req_ids), session_id, client_request_id), attempts=3)
 
     def sessions(self, limit: int = 50) -> list[dict]:
-        return self.request(m.Sessions(next(self.req_ids), limit))["sessions"]
+        return self.request(m.Sessions(next(self.req_ids), limit)).sessions
 
     def configure(self, session_id: str, system: str | None = None, max_input_tokens: int | None = None,
-                  model: str | None = None, params: dict | None = None) -> dict:
+                  model: str | None = None, params: dict | None = None) -> results.Result:
         return self.request(m.ConfigureSession(next(self.req_ids), session_id, system, max_input_tokens, model,
                                                params))
 
-    def status(self, session_id: str | None = None) -> dict:
+    def status(self, session_id: str | None = None) -> results.Result:
         return self.request(m.Status(next(self.req_ids), session_id))
 
-    def history(self, session_id: str) -> dict:
+    def history(self, session_id: str) -> results.Result:
         return self.request(m.History(next(self.req_ids), session_id))
 
-    def preview(self, message_id: str) -> dict:
+    def preview(self, message_id: str) -> results.Result:
         return self.request(m.Preview(next(self.req_ids), message_id))
 
     # ------------------------------------------------------------ stream
@@ -205,7 +205,7 @@ class Client:
         done, a ``started`` event says when one begins. Returns that snapshot, or None when stopped."""
         while not stop():
             snap = self.snapshot(session_id)
-            if snap["generation_id"] and snap["generation_id"] not in after:
+            if snap.generation_id and snap.generation_id not in after:
                 return snap
             deadline = time.monotonic() + poll_ms / 1000
             while time.monotonic() < deadline and not stop():

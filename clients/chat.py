@@ -268,10 +268,10 @@ class Chat:
         """Show the session's reply under way live, or its last reply as final."""
         self.client.subscribe(self.session_id)
         snap = self.client.snapshot(self.session_id)
-        if snap["generation_id"] is None:
+        if snap.generation_id is None:
             return
-        self.say(f"› {snap.get('user_text') or ''}", style="bold")
-        self.turn(lambda: snap, attach=True, stats=snap.get("stats"))  # from the snapshot: what it has, then live
+        self.say(f"› {snap.user_text or ''}", style="bold")
+        self.turn(lambda: snap, attach=True, stats=snap.stats)  # from the snapshot: what it has, then live
 
     # ------------------------------------------------------------ commands
 
@@ -304,11 +304,11 @@ class Chat:
         self.catch_up()
 
     def preview(self, rest: str) -> None:
-        last = next((m for m in reversed(self.client.history(self.session_id)["messages"])
-                     if m["role"] == "assistant"), None)
+        last = next((m for m in reversed(self.client.history(self.session_id).messages)
+                     if m.role == "assistant"), None)
         if last is None:
             raise ChatterError("no reply yet")
-        print_preview(self.client.preview(last["message_id"]))
+        print_preview(self.client.preview(last.message_id))
 
     def regenerate(self, rest: str) -> None:
         request_id = uuid.uuid4().hex
@@ -324,18 +324,18 @@ class Chat:
         except ValueError:
             raise ChatterError("/budget needs a number of tokens") from None
         done = self.client.configure(self.session_id, max_input_tokens=budget)
-        self.say(f"input budget {done['max_input_tokens']} tokens")
+        self.say(f"input budget {done.max_input_tokens} tokens")
 
     def show_tokens(self, rest: str) -> None:
-        ctx = self.client.status(self.session_id)["context"]
-        self.say(f"context ~{ctx['history_tokens']}/{ctx['max_input_tokens']} tokens (the oldest turns are "
+        ctx = self.client.status(self.session_id).context
+        self.say(f"context ~{ctx.history_tokens}/{ctx.max_input_tokens} tokens (the oldest turns are "
                  f"left out when the history does not fit)")
 
     def show_status(self, rest: str) -> None:
         status = self.client.status()
-        gens = ", ".join(f"{g['generator_id']} ({g['capacity_free']} free)" for g in status["generators"])
-        self.say(f"coordinator up; generators: {gens or 'none'}; active replies: {len(status['active'])}; "
-                 + ", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())))
+        gens = ", ".join(f"{g.generator_id} ({g.capacity_free} free)" for g in status.generators)
+        self.say(f"coordinator up; generators: {gens or 'none'}; active replies: {len(status.active)}; "
+                 + ", ".join(f"{k}={v}" for k, v in sorted(status.counters.items())))
 
     def configure(self, rest: str) -> None:
         """/config key=value ...: model, temperature, max_tokens, stream; 'default' unsets one."""
@@ -361,10 +361,10 @@ class Chat:
                 raise ChatterError(f"bad value for {key}: {value}") from None
         done = self.client.configure(self.session_id, model=model, params=params or None)
         self.model = None  # the session's model now decides
-        stream = {True: "on", False: "off", None: "default"}[done["stream"]]
-        self.say(f"model {done['model']}, temperature {done['params'].get('temperature', 'default')}, max_tokens "
-                 f"{done['params'].get('max_tokens', 'default')}, stream {stream}, input budget "
-                 f"{done['max_input_tokens']} — from the next reply on")
+        stream = {True: "on", False: "off", None: "default"}[done.stream]
+        self.say(f"model {done.model}, temperature {done.params.get('temperature', 'default')}, max_tokens "
+                 f"{done.params.get('max_tokens', 'default')}, stream {stream}, input budget "
+                 f"{done.max_input_tokens} — from the next reply on")
 
     # ------------------------------------------------------------ the commands, one line each (help in COMMANDS)
     COMMAND_HANDLERS = {

@@ -8,6 +8,7 @@ import uuid
 from contextlib import nullcontext
 
 from clients.api import ChatterError, Client
+from protocol import results
 from clients.output import EXIT_ERROR, EXIT_OK, SigintFlag, outcome_json, resolve_session
 from clients.show import (finish, print_history, print_preview, print_sessions, print_status, renderer_for,
                           stream_reply)
@@ -69,18 +70,18 @@ def cmd_watch(client: Client, args) -> int:
             snap = client.next_generation(session_id, seen, stop=sigint)
             if snap is None:
                 return EXIT_OK
-            seen.add(snap["generation_id"])
+            seen.add(snap.generation_id)
             renderer = renderer_for(args)
             if renderer is not None:
-                renderer.adopt(snap.get("stats") or {})
-                renderer.heading(f"› {snap.get('user_text') or ''}")
+                renderer.adopt(snap.stats)
+                renderer.heading(f"› {snap.user_text or ''}")
             with renderer or nullcontext():
                 def check() -> str | None:
                     if renderer is not None:
                         renderer.tick()
                     return "detach" if sigint.raised else None
 
-                view = client.follow(session_id, snap["generation_id"], attach=True, interrupt=check,
+                view = client.follow(session_id, snap.generation_id, attach=True, interrupt=check,
                                      on_text=(lambda fresh, v: renderer.update(fresh, v.tokens)) if renderer else None)
                 if view.final is None:  # Ctrl+C: stop watching
                     return EXIT_OK
@@ -130,10 +131,11 @@ def cmd_loadtest(args) -> int:
     return EXIT_OK if report["mismatches"] == 0 and report["errors"] == 0 else EXIT_ERROR
 
 
-def show(args, value, print_text) -> int:
-    """One JSON value with ``--json``, else its text form."""
+def show(args, value, print_text, **extra) -> int:
+    """One JSON value with ``--json`` (a result's fields, and ``extra``), else its text form."""
     if args.json:
-        print(json.dumps(value, ensure_ascii=False))
+        plain = [results.plain(v) for v in value] if isinstance(value, list) else extra | results.plain(value)
+        print(json.dumps(plain, ensure_ascii=False))
     else:
         print_text(value)
     return EXIT_OK
@@ -145,7 +147,7 @@ def cmd_sessions(client: Client, args) -> int:
 
 def cmd_status(client: Client, args) -> int:
     session_id = resolve_session(client, args.session) if args.session is not None else None
-    return show(args, {"coordinator": "up"} | client.status(session_id), print_status)
+    return show(args, client.status(session_id), print_status, coordinator="up")
 
 
 def cmd_history(client: Client, args) -> int:

@@ -5,21 +5,22 @@ import signal
 
 from clients.api import ChatterError, Client
 from clients.view import ReplyView
+from protocol import results
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
 
 
-def outcome_json(session_id: str, view: ReplyView, started: dict) -> dict:
+def outcome_json(session_id: str, view: ReplyView, started: results.ReplyStarted | results.Snapshot) -> dict:
     """The object ``send --json``, ``regenerate --json`` and ``watch --once --json`` print."""
     final = view.final or {}
     stats = final.get("stats") or {}
     return {
         "session_id": session_id,
         "generation_id": view.generation_id,
-        "message_id": final.get("message_id") or started.get("message_id"),
+        "message_id": final.get("message_id") or started.message_id,
         "status": view.status,
         "content": view.text,
-        "prompt_hash": started.get("prompt_hash"),
+        "prompt_hash": started.prompt_hash,
         "tokens": stats.get("tokens"),
         "tokens_source": stats.get("tokens_source"),
         "ttft_ms": stats.get("ttft_ms"),
@@ -61,7 +62,7 @@ def resolve_session(client: Client, given: str) -> str:
         raise ChatterError("a session id (or a unique prefix of one) cannot be empty")
     if len(given) >= 32:
         return given
-    matches = [s["session_id"] for s in client.sessions(limit=1000) if s["session_id"].startswith(given)]
+    matches = [s.session_id for s in client.sessions(limit=1000) if s.session_id.startswith(given)]
     if len(matches) == 1:
         return matches[0]
     if not matches:

@@ -11,6 +11,7 @@ from clients.api import Client
 from clients.output import SigintFlag, exit_code, outcome_json
 from clients.render import ReplyRenderer
 from clients.view import ReplyView
+from protocol import results
 
 
 def write_out(text: str) -> None:
@@ -39,7 +40,7 @@ def stream_reply(client: Client, session_id: str, start: Callable[[], dict], *,
                 return "cancel"
             return interrupt() if interrupt is not None else None
 
-        view = client.follow(session_id, started["generation_id"], interrupt=check, attach=attach,
+        view = client.follow(session_id, started.generation_id, interrupt=check, attach=attach,
                              on_text=(lambda fresh, v: renderer.update(fresh, v.tokens)) if renderer else None)
     return outcome_json(session_id, view, started), view
 
@@ -56,59 +57,59 @@ def finish(outcome: dict, view: ReplyView, renderer: ReplyRenderer | None) -> in
 # ---------------------------------------------------------------- commands
 
 
-def print_sessions(rows: list[dict]) -> None:
+def print_sessions(rows: list[results.SessionSummary]) -> None:
     for row in rows:
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["last_activity"])) if row["last_activity"] else "–"
-        print(f"{row['session_id']}  {stamp}  {row['message_count']:>3} msgs  {row['status']:<11}  {row['title']}")
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.last_activity)) if row.last_activity else "–"
+        print(f"{row.session_id}  {stamp}  {row.message_count:>3} msgs  {row.status:<11}  {row.title}")
 
 
-def print_status(status: dict) -> None:
+def print_status(status: results.Status) -> None:
     print("coordinator: up")
-    print(f"generators: {len(status['generators'])}")
-    for g in status["generators"]:
-        print(f"  {g['generator_id']}: {g['active']} active, {g['capacity_free']} free, seen {g['seen_ms_ago']} ms ago")
-    print(f"active generations: {len(status['active'])}")
-    for g in status["active"]:
-        print(f"  {g['generation_id']} session {g['session_id']}: {g['status']}, {g['length']} chars, "
-              f"prompt ~{g['prompt_tokens']}/{g['max_input_tokens']} tokens")
-    if "context" in status:
-        ctx = status["context"]
-        print(f"session {ctx['session_id']}: history ~{ctx['history_tokens']}/{ctx['max_input_tokens']} tokens")
-    print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())))
-    persister = status.get("persister") or {}
+    print(f"generators: {len(status.generators)}")
+    for g in status.generators:
+        print(f"  {g.generator_id}: {g.active} active, {g.capacity_free} free, seen {g.seen_ms_ago} ms ago")
+    print(f"active generations: {len(status.active)}")
+    for g in status.active:
+        print(f"  {g.generation_id} session {g.session_id}: {g.status}, {g.length} chars, "
+              f"prompt ~{g.prompt_tokens}/{g.max_input_tokens} tokens")
+    if status.context is not None:
+        ctx = status.context
+        print(f"session {ctx.session_id}: history ~{ctx.history_tokens}/{ctx.max_input_tokens} tokens")
+    print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(status.counters.items())))
+    persister = status.persister
     if persister:
-        print(f"persister: {persister['commits']} commits, {persister['ops']} operations, "
-              f"{persister['reply_text_bytes']} reply text bytes written, {persister['failed_batches']} failed "
-              f"batches, {persister['ops_rejected']} operations rejected")
-        if persister["failing_since"] is not None:
-            print(f"persister: FAILING for {max(0.0, time.time() - persister['failing_since']):.0f} s: "
-                  f"{persister['last_error']}; nothing new is durable until it recovers")
+        print(f"persister: {persister.commits} commits, {persister.ops} operations, "
+              f"{persister.reply_text_bytes} reply text bytes written, {persister.failed_batches} failed "
+              f"batches, {persister.ops_rejected} operations rejected")
+        if persister.failing_since is not None:
+            print(f"persister: FAILING for {max(0.0, time.time() - persister.failing_since):.0f} s: "
+                  f"{persister.last_error}; nothing new is durable until it recovers")
     else:
         print("persister: no totals yet (it reports after its first commit)")
 
 
-def print_history(history: dict) -> None:
-    print(f"session {history['session_id']}: {history['title']}")
-    if history.get("system"):
-        print(f"[system] {history['system']}")
-    for msg in history["messages"]:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg["created_at"]))
-        status = msg["status"] + (", superseded" if msg.get("superseded") else "")
-        head = f"[{msg['role']}] {stamp} {status} {msg['message_id']}"
-        stats = msg.get("stats") or {}
-        if msg["role"] == "assistant" and stats:
+def print_history(history: results.History) -> None:
+    print(f"session {history.session_id}: {history.title}")
+    if history.system:
+        print(f"[system] {history.system}")
+    for msg in history.messages:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.created_at))
+        status = msg.status + (", superseded" if msg.superseded else "")
+        head = f"[{msg.role}] {stamp} {status} {msg.message_id}"
+        stats = msg.stats
+        if msg.role == "assistant" and stats:
             head += f" | {stats.get('tokens')} tokens ({stats.get('tokens_source')}), TTFT {stats.get('ttft_ms')} ms"
-        if msg.get("error"):
-            head += f" | {msg['error']}"
+        if msg.error:
+            head += f" | {msg.error}"
         print(head)
-        print(msg["content"])
+        print(msg.content)
         print()
 
 
-def print_preview(preview: dict) -> None:
-    note = f"# prompt of {preview['message_id']} — model {preview['model']}, sha256 {preview['prompt_hash']}"
-    if preview.get("dropped_message_ids"):
-        note += (f"\n# left out to fit the input budget: {len(preview['dropped_message_ids'])} older messages: "
-                 + ", ".join(preview["dropped_message_ids"]))
+def print_preview(preview: results.Preview) -> None:
+    note = f"# prompt of {preview.message_id} — model {preview.model}, sha256 {preview.prompt_hash}"
+    if preview.dropped_message_ids:
+        note += (f"\n# left out to fit the input budget: {len(preview.dropped_message_ids)} older messages: "
+                 + ", ".join(preview.dropped_message_ids))
     print(note, file=sys.stderr)
-    write_out(preview["preview"])
+    write_out(preview.preview)

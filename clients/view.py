@@ -85,18 +85,19 @@ class ReplyView:
         self.status = "streaming"
         return APPLIED
 
-    def apply_snapshot(self, snap: dict) -> str:
+    def apply_snapshot(self, snap) -> str:
+        # ``snap``: a protocol.results.Snapshot
         """Adopt a snapshot of the session taken after subscribing. Returns APPLIED or IGNORED."""
-        if snap.get("generation_id") != self.generation_id:
+        if snap.generation_id != self.generation_id:
             return IGNORED
-        text = snap.get("text") or ""
+        text = snap.text
         if len(text) > self.length and text.startswith(self.text):
             self.new_text.append(text[self.length:])
             self.text = text
-        elif len(text) < self.length and snap.get("final"):
+        elif len(text) < self.length and snap.final:
             self.text = text  # final and shorter: cut to the durable reply
-        if snap.get("final"):
-            self.status = snap["status"]
-            self.final = {"status": snap["status"], "message_id": snap.get("message_id"),
-                          "stats": snap.get("stats") or {}, "error": snap.get("error"), "content_hash": None}
+        if snap.final:
+            self.status = snap.status
+            self.final = {"status": snap.status, "message_id": snap.message_id, "stats": snap.stats,
+                          "error": snap.error, "content_hash": None}
         return APPLIED

@@ -7,13 +7,17 @@ control (coordinator -> generators), persist and persist-acks (coordinator <-> p
 """
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Optional
+from typing import Annotated, Optional
 
 import msgspec
 from msgspec import Meta, field
 
 from protocol import codec
 from protocol.codec import Int, Message
+from protocol.records import MessageRecord, PromptMessage
+
+__all_records__ = (MessageRecord,)  # part of this schema: m.MessageRecord
+from protocol import results
 
 # What enters through rpc is bounded here, at decode: a request out of range is refused with the field's
 # name, before any handler or database sees it. Counts and lengths fit a 32-bit integer column
@@ -23,7 +27,6 @@ RequestKey = Annotated[str, Meta(max_length=128)]
 ModelName = Annotated[str, Meta(max_length=128)]
 Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 SessionsLimit = Annotated[int, Meta(ge=1, le=100_000)]
-PromptMessage = dict[str, str]  # {"role": ..., "content": ...}: the openai client takes it as it is
 
 # ---------------------------------------------------------------- rpc: client -> coordinator
 
@@ -107,46 +110,12 @@ class Reply(Message, tag=9):
 
     req_id: Int
     ok: bool
-    result: dict = field(default_factory=dict)
+    result: Optional[results.ANY] = None  # typed by the request (protocol/results.py); None when refused
     error: Optional[str] = None
 
 
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
                 ConfigureSession)
-
-# ---------------------------------------------------------------- records
-
-
-class MessageRecord(msgspec.Struct, kw_only=True):
-    """One message of a session as the coordinator keeps it in memory and reads it back from the database:
-    the one shape of a history record. Clients see it without its prompt (``client_view``)."""
-
-    message_id: str
-    session_id: str
-    role: str  # "user" or "assistant"
-    content: str
-    status: str
-    created_at: float
-    generation_id: Optional[str] = None
-    prompt_hash: Optional[str] = None
-    model: Optional[str] = None
-    stats: dict = field(default_factory=dict)
-    error: Optional[str] = None
-    preview: Optional[str] = None
-    prompt_messages: Optional[list[PromptMessage]] = None
-    superseded: bool = False
-    client_request_id: Optional[str] = None
-    dropped_message_ids: list[str] = field(default_factory=list)
-
-    HIDDEN_FROM_CLIENTS: ClassVar[tuple[str, ...]] = ("preview", "prompt_messages")
-
-    def client_view(self, content: str | None = None) -> dict:
-        """What a client's history shows of it; ``content`` instead of its own while it streams."""
-        view = {name: getattr(self, name) for name in self.__struct_fields__ if name not in self.HIDDEN_FROM_CLIENTS}
-        if content is not None:
-            view["content"] = content
-        return view
-
 
 # ---------------------------------------------------------------- stream: coordinator -> clients
 

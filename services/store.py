@@ -10,7 +10,7 @@ import time
 import peewee
 from playhouse import db_url
 
-from protocol.messages import MessageRecord
+from protocol.records import MessageRecord
 
 db_proxy = peewee.DatabaseProxy()
 

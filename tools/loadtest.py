@@ -108,7 +108,7 @@ class LoadRun:
     def on_session(self, stream: UserStream, reply: m.Reply) -> None:
         if not reply.ok:
             return self.end(stream, "error: " + str(reply.error))
-        stream.session_id = reply.result["session_id"]
+        stream.session_id = reply.result.session_id
         self.by_session[stream.session_id] = stream
         self.client.subscribe(stream.session_id)
         stream.sent_at = time.time()
@@ -118,8 +118,8 @@ class LoadRun:
     def on_sent(self, stream: UserStream, reply: m.Reply) -> None:
         if not reply.ok:
             return self.end(stream, "error: " + str(reply.error))
-        stream.generation_id = reply.result["generation_id"]
-        stream.message_id = reply.result["message_id"]
+        stream.generation_id = reply.result.generation_id
+        stream.message_id = reply.result.message_id
         stream.view = ReplyView(stream.generation_id)
         for event in stream.early_events:
             self.apply(stream, event, time.time())
@@ -288,10 +288,9 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
         client = stack.client(rpc_timeout_ms=10_000) if stack else Client(rpc_timeout_ms=10_000)
         with client:
             status_before = client.status()
-            pids = {"coordinator": status_before.get("coordinator_pid", 0),
-                    "persister": status_before.get("persister_pid", 0)}
-            for i, gen in enumerate(status_before["generators"]):
-                pids["generator" if i == 0 else f"generator.{i + 1}"] = gen.get("pid", 0)
+            pids = {"coordinator": status_before.coordinator_pid, "persister": status_before.persister_pid}
+            for i, gen in enumerate(status_before.generators):
+                pids["generator" if i == 0 else f"generator.{i + 1}"] = gen.pid
             if stack is not None:
                 pids["mock_llm"] = stack.procs["mock_llm"].pid
             pids = {name: pid for name, pid in pids.items() if pid and psutil.pid_exists(pid)}
@@ -316,7 +315,7 @@ def settled_status(client: Client, timeout_s: float = 3.0) -> dict:
     while time.monotonic() < deadline:
         time.sleep(0.3)
         again = client.status()
-        if again.get("persister") == status.get("persister"):
+        if again.persister == status.persister:
             return again
         status = again
     return status

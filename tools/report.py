@@ -94,13 +94,13 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
     content_bytes = sum(len(o.db_content.encode()) for o in outcomes if o.db_content)
     backend = ("coordinator", "persister") + tuple(n for n in cpu if n.startswith("generator"))
     backend_cpu = sum(cpu.get(n, 0.0) for n in backend)
-    counters_before, counters_after = before["counters"], after["counters"]
+    counters_before, counters_after = before.counters, after.counters
 
     def persister_delta(key: str) -> int | None:
-        then, now = before.get("persister") or {}, after.get("persister") or {}
-        if key not in now or then.get("pid", now.get("pid")) != now.get("pid"):
+        then, now = before.persister, after.persister
+        if now is None or (then is not None and then.pid != now.pid):
             return None  # no totals yet, or the persister restarted during the run
-        return now[key] - then.get(key, 0)
+        return getattr(now, key) - (getattr(then, key) if then is not None else 0)
 
     text_bytes = persister_delta("reply_text_bytes")
     return {

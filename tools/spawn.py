@@ -87,7 +87,7 @@ class LocalStack:
     def live_generators(self) -> int:
         try:
             with self.client(rpc_timeout_ms=500) as client:
-                return len(client.status()["generators"])
+                return len(client.status().generators)
         except ChatterError:
             return 0
 

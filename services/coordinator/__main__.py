@@ -105,16 +105,16 @@ class CoordinatorShell:
                 self.bad_frame("rpc", err)
                 req_id = _salvage_req_id(payload)
                 if req_id is not None:
-                    self.carry_out([ReplyTo(client, m.Reply(req_id, False, {}, f"bad request: {err}"))])
+                    self.carry_out([ReplyTo(client, m.Reply(req_id, False, None, f"bad request: {err}"))])
                 continue
             try:
                 self.ensure_loaded(msg)
                 effects = self.machine.handle_rpc(client, msg, now)
             except RequestRefused as refused:
-                effects = [ReplyTo(client, m.Reply(msg.req_id, False, {}, str(refused)))]
+                effects = [ReplyTo(client, m.Reply(msg.req_id, False, None, str(refused)))]
             except Exception:  # a bug must cost one request, never the coordinator
                 self.log.exception("rpc_failed", request=type(msg).__name__)
-                effects = [ReplyTo(client, m.Reply(msg.req_id, False, {}, "internal error in the coordinator; "
+                effects = [ReplyTo(client, m.Reply(msg.req_id, False, None, "internal error in the coordinator; "
                                                    "see its log"))]
             self.carry_out(effects)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 
-from protocol import messages as m
+from protocol import messages as m, results
 from services.config import CoordinatorSettings as Settings
 from services.coordinator.effects import (Log, ReplyTo, RequestRefused, ToClients, ToControl, ToGenerators,
                                           ToPersister, content_hash, new_id, new_ordered_id)
@@ -33,13 +33,14 @@ class Coordinator(Requests, StreamRules):
         self.new_ordered_id = new_ordered_id
         self.sessions: dict[str, SessionState] = {}
         self.message_sessions: dict[str, str] = {}  # message id -> session id
-        self.stored_summaries: dict[str, dict] = {}  # sessions in the database, as the shell last read them
+        # sessions in the database, as the shell last read them
+        self.stored_summaries: dict[str, results.SessionSummary] = {}
         self.active: dict[str, GenerationState] = {}  # queued or streaming
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms)
         self.generators: dict[str, GeneratorInfo] = {}
         self.persister_pid = 0
-        self.persister_stats: dict = {}  # the persister's latest totals (commits, ops, reply text bytes)
+        self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
@@ -69,7 +70,7 @@ class Coordinator(Requests, StreamRules):
             result = self._handlers[type(msg)](msg, now, out)
             out.append(ReplyTo(client, m.Reply(msg.req_id, True, result)))
         except RequestRefused as refused:
-            out.append(ReplyTo(client, m.Reply(msg.req_id, False, {}, str(refused))))
+            out.append(ReplyTo(client, m.Reply(msg.req_id, False, None, str(refused))))
         return out
 
     def handle_event(self, msg: m.Message, now: float) -> list:
@@ -88,7 +89,7 @@ class Coordinator(Requests, StreamRules):
 
     def load_summaries(self, rows: list[dict]) -> None:
         """The database's sessions list, read by the shell for a ``Sessions`` request."""
-        self.stored_summaries = {row["session_id"]: row for row in rows}
+        self.stored_summaries = {row["session_id"]: results.SessionSummary(**row) for row in rows}
 
     def next_deadline(self) -> float:
         soonest = self._housekeeping_at

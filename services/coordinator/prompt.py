@@ -5,7 +5,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from protocol.messages import MessageRecord
+from protocol.records import MessageRecord
 
 # Replies with these statuses are shown in history but never sent to the model again.
 EXCLUDED_FROM_PROMPT = frozenset({"cancelled", "error", "interrupted", "streaming", "queued"})

@@ -3,7 +3,7 @@ ask for (snapshot, history, sessions, preview, status). A mixin of ``machine.Coo
 the state and dispatches to these handlers; pure, like all of the machine."""
 from __future__ import annotations
 
-from protocol import messages as m
+from protocol import messages as m, results
 from services.coordinator import sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
 from services.coordinator.prompt import PromptPackage, PromptTooLarge, assemble
@@ -19,14 +19,14 @@ class Requests:
             raise RequestRefused(f"the system prompt is {len(system)} characters; the limit is "
                                  f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
 
-    def _on_new_session(self, msg: m.NewSession, now: float, out: list) -> dict:
+    def _on_new_session(self, msg: m.NewSession, now: float, out: list) -> results.Result:
         self._check_system(msg.system)
         sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
                             created_at=now, last_activity=now)
         self.sessions[sess.session_id] = sess
-        return {"session_id": sess.session_id}
+        return results.SessionCreated(session_id=sess.session_id)
 
-    def _on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> dict:
+    def _on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> results.Result:
         """Takes effect from the next prompt (a reply under way keeps its frozen prompt); the system prompt
         and budget are persisted with the next message."""
         sess = self._session(msg.session_id)
@@ -54,12 +54,13 @@ class Requests:
             sess.model = msg.model or None
         return self._settings(sess)
 
-    def _settings(self, sess: SessionState) -> dict:
-        return {"session_id": sess.session_id, "system": sess.system, "max_input_tokens": self._budget(sess),
-                "model": sess.model or self.settings.default_model, "params": dict(sess.params),
-                "stream": sess.stream}
+    def _settings(self, sess: SessionState) -> results.SessionSettings:
+        return results.SessionSettings(session_id=sess.session_id, system=sess.system,
+                                       max_input_tokens=self._budget(sess),
+                                       model=sess.model or self.settings.default_model, params=dict(sess.params),
+                                       stream=sess.stream)
 
-    def _on_send(self, msg: m.Send, now: float, out: list) -> dict:
+    def _on_send(self, msg: m.Send, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
         if msg.client_request_id in sess.request_ids:
             return self._request_result(sess, msg.client_request_id)  # a retry never starts a second generation
@@ -79,7 +80,7 @@ class Requests:
         out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
         return self._start_generation(sess, prompt, now, out, msg.client_request_id, supersedes=[])
 
-    def _on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> dict:
+    def _on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
         if msg.client_request_id in sess.request_ids:
             return self._request_result(sess, msg.client_request_id)
@@ -109,7 +110,7 @@ class Requests:
         return sess.max_input_tokens or self.settings.max_input_tokens
 
     def _start_generation(self, sess: SessionState, prompt: PromptPackage, now: float, out: list,
-                          client_request_id: str, supersedes: list[str]) -> dict:
+                          client_request_id: str, supersedes: list[str]) -> results.ReplyStarted:
         """A new assistant message and its generation: persisted, announced, dispatched."""
         message_id, gen_id = self.new_ordered_id(), self.new_ordered_id()
         record = sessions.assistant_record(message_id, sess.session_id, gen_id, prompt, now, client_request_id or None)
@@ -150,32 +151,32 @@ class Requests:
             client_request_id=rec.client_request_id, supersedes=None,
             session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=rec.dropped_message_ids or None)
 
-    def _request_result(self, sess: SessionState, client_request_id: str) -> dict:
+    def _request_result(self, sess: SessionState, client_request_id: str) -> results.ReplyStarted:
         return self._result(sess, sess.record(sess.request_ids[client_request_id]))
 
-    def _result(self, sess: SessionState, record: m.MessageRecord) -> dict:
-        return {"session_id": sess.session_id, "generation_id": record.generation_id,
-                "message_id": record.message_id, "prompt_hash": record.prompt_hash,
-                "dropped_message_ids": record.dropped_message_ids}
+    def _result(self, sess: SessionState, record: m.MessageRecord) -> results.ReplyStarted:
+        return results.ReplyStarted(session_id=sess.session_id, generation_id=record.generation_id,
+                                    message_id=record.message_id, prompt_hash=record.prompt_hash,
+                                    dropped_message_ids=list(record.dropped_message_ids))
 
-    def _on_cancel(self, msg: m.Cancel, now: float, out: list) -> dict:
+    def _on_cancel(self, msg: m.Cancel, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
         gen_id = msg.generation_id or sess.active_generation
         gen = self.active.get(gen_id) if gen_id else None
         if gen is None or gen.session_id != sess.session_id:
             raise RequestRefused("nothing is streaming to cancel")
         self._finalize(gen, "cancelled", now, out, keep_len=msg.seen_len)
-        return {"generation_id": gen.generation_id, "length": gen.length}
+        return results.Cancelled(generation_id=gen.generation_id, length=gen.length)
 
-    def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> dict:
+    def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> results.Result:
         """Exactly what clients were sent of a reply: its text, offset (= length) and status."""
         sess = self._session(msg.session_id)
         gen = self.active.get(msg.generation_id or sess.active_generation or "")
         if gen is not None and gen.session_id == sess.session_id:
-            return {"generation_id": gen.generation_id, "message_id": gen.message_id, "status": gen.status,
-                    "text": gen.text()[:gen.client_len], "final": False, "stats": self._stats(gen, now),
-                    "error": None, "prompt_hash": gen.prompt.prompt_hash, "superseded": False,
-                    "user_text": sess.user_text_before(gen.message_id)}
+            return results.Snapshot(generation_id=gen.generation_id, message_id=gen.message_id, status=gen.status,
+                                    text=gen.text()[:gen.client_len], final=False, stats=self._stats(gen, now),
+                                    prompt_hash=gen.prompt.prompt_hash,
+                                    user_text=sess.user_text_before(gen.message_id))
         if msg.generation_id:
             record = next((r for r in sess.history if r.generation_id == msg.generation_id), None)
         else:
@@ -183,61 +184,60 @@ class Requests:
         if record is None:
             if msg.generation_id:
                 raise RequestRefused(f"no generation {msg.generation_id} in session {sess.session_id}")
-            return {"generation_id": None, "message_id": None, "status": None, "text": "", "final": True,
-                    "stats": {}, "error": None, "prompt_hash": None, "superseded": False, "user_text": None}
-        return {"generation_id": record.generation_id, "message_id": record.message_id,
-                "status": record.status, "text": record.content,
-                "final": record.generation_id not in self.finalizing, "stats": record.stats,
-                "error": record.error, "prompt_hash": record.prompt_hash, "superseded": record.superseded,
-                "user_text": sess.user_text_before(record.message_id)}
+            return results.Snapshot(generation_id=None, message_id=None, status=None, text="", final=True, stats={})
+        return results.Snapshot(generation_id=record.generation_id, message_id=record.message_id,
+                                status=record.status, text=record.content,
+                                final=record.generation_id not in self.finalizing, stats=record.stats,
+                                error=record.error, prompt_hash=record.prompt_hash, superseded=record.superseded,
+                                user_text=sess.user_text_before(record.message_id))
 
-    def _on_status(self, msg: m.Status, now: float, out: list) -> dict:
-        result = {
-            "generators": [{"generator_id": g.generator_id, "capacity_free": g.capacity_free, "active": g.active,
-                            "seen_ms_ago": round((now - g.last_seen) * 1000), "pid": g.pid}
-                           for g in self.generators.values()],
-            "coordinator_pid": self.pid,
-            "persister_pid": self.persister_pid,
-            "persister": self.persister_stats,
-            "active": [{"generation_id": g.generation_id, "session_id": g.session_id, "status": g.status,
-                        "length": g.length, "generator_id": g.generator_id, "prompt_tokens": g.prompt.prompt_tokens,
-                        "max_input_tokens": g.prompt.max_input_tokens} for g in self.active.values()],
-            "counters": self.counters | {"retries": sum(g.retries for g in self.generators.values()),
-                                         "persist_resends": self.persisted.resends},
-        }
+    def _on_status(self, msg: m.Status, now: float, out: list) -> results.Result:
+        context = None
         if msg.session_id:
             sess = self._session(msg.session_id)
             model = sess.model or self.settings.default_model
-            result["context"] = {"session_id": sess.session_id, "max_input_tokens": self._budget(sess),
-                                 "history_tokens": sessions.context_tokens(sess, model, self.count_tokens)}
-        return result
+            context = results.ContextUse(session_id=sess.session_id, max_input_tokens=self._budget(sess),
+                                         history_tokens=sessions.context_tokens(sess, model, self.count_tokens))
+        return results.Status(
+            generators=[results.GeneratorView(generator_id=g.generator_id, capacity_free=g.capacity_free,
+                                              active=g.active, seen_ms_ago=round((now - g.last_seen) * 1000),
+                                              pid=g.pid) for g in self.generators.values()],
+            coordinator_pid=self.pid, persister_pid=self.persister_pid, persister=self.persister_stats,
+            active=[results.ActiveGeneration(generation_id=g.generation_id, session_id=g.session_id, status=g.status,
+                                             length=g.length, generator_id=g.generator_id,
+                                             prompt_tokens=g.prompt.prompt_tokens,
+                                             max_input_tokens=g.prompt.max_input_tokens)
+                    for g in self.active.values()],
+            counters=self.counters | {"retries": sum(g.retries for g in self.generators.values()),
+                                      "persist_resends": self.persisted.resends},
+            context=context)
 
-    def _on_history(self, msg: m.History, now: float, out: list) -> dict:
+    def _on_history(self, msg: m.History, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
         messages = []
         for record in sess.history:
             gen = self.active.get(record.generation_id or "")
             messages.append(record.client_view(gen.text()[:gen.client_len] if gen else None))
-        return {"session_id": sess.session_id, "title": sess.title, "system": sess.system,
-                "max_input_tokens": self._budget(sess), "messages": messages}
+        return results.History(session_id=sess.session_id, title=sess.title, system=sess.system,
+                               max_input_tokens=self._budget(sess), messages=messages)
 
-    def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> dict:
+    def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> results.Result:
         merged = dict(self.stored_summaries)
         for sess in self.sessions.values():  # memory is newer than the database
             if not sess.history:
                 continue  # no message yet, so not in the database either: a refused first send leaves nothing
             merged[sess.session_id] = sessions.summary(sess, sess.active_generation is not None)
-        ordered = sorted(merged.values(), key=lambda row: row["last_activity"], reverse=True)
-        return {"sessions": ordered[:max(1, msg.limit)]}
+        ordered = sorted(merged.values(), key=lambda row: row.last_activity, reverse=True)
+        return results.SessionList(sessions=ordered[:max(1, msg.limit)])
 
-    def _on_preview(self, msg: m.Preview, now: float, out: list) -> dict:
+    def _on_preview(self, msg: m.Preview, now: float, out: list) -> results.Result:
         sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))
         record = sess.record(msg.message_id) if sess else None
         if record is None or record.preview is None:
             raise RequestRefused(f"no assistant message {msg.message_id}")
-        return {"message_id": msg.message_id, "session_id": sess.session_id, "preview": record.preview,
-                "messages": record.prompt_messages, "prompt_hash": record.prompt_hash, "model": record.model,
-                "dropped_message_ids": record.dropped_message_ids}
+        return results.Preview(message_id=msg.message_id, session_id=sess.session_id, preview=record.preview,
+                               messages=record.prompt_messages or [], prompt_hash=record.prompt_hash,
+                               model=record.model, dropped_message_ids=list(record.dropped_message_ids))
 
     def _session(self, session_id: str) -> SessionState:
         sess = self.sessions.get(session_id)

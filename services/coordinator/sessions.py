@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol.messages import MessageRecord
+from protocol.records import MessageRecord
+from protocol.results import SessionSummary
 from services.coordinator.prompt import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, in_prompt
 
 
@@ -69,11 +70,11 @@ def assistant_record(message_id: str, session_id: str, generation_id: str, promp
                          dropped_message_ids=list(prompt.dropped_message_ids))
 
 
-def summary(sess: SessionState, streaming: bool) -> dict:
+def summary(sess: SessionState, streaming: bool) -> SessionSummary:
     last = sess.last_reply()
     status = "streaming" if streaming else (last.status if last else "empty")
-    return {"session_id": sess.session_id, "title": sess.title, "message_count": len(sess.history),
-            "last_activity": sess.last_activity, "status": status}
+    return SessionSummary(session_id=sess.session_id, title=sess.title, message_count=len(sess.history),
+                          last_activity=sess.last_activity, status=status)
 
 
 def context_tokens(sess: SessionState, model: str, count_tokens) -> int:

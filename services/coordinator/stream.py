@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from protocol import messages as m
+from protocol import messages as m, results
 from services.coordinator.effects import Log, ToClients, ToControl, ToGenerators, ToPersister, content_hash
 from services.coordinator.prompt import PromptPackage
 
@@ -252,10 +252,10 @@ class StreamRules:
         self.persisted.on_orphans_interrupted()
 
     def _on_persister_stats(self, msg: m.PersisterStats, now: float, out: list) -> None:
-        self.persister_stats = {"pid": msg.pid, "commits": msg.commits, "ops": msg.ops,
-                                "reply_text_bytes": msg.reply_text_bytes, "failed_batches": msg.failed_batches,
-                                "ops_rejected": msg.ops_rejected, "failing_since": msg.failing_since,
-                                "last_error": msg.last_error}
+        self.persister_stats = results.PersisterTotals(
+            pid=msg.pid, commits=msg.commits, ops=msg.ops, reply_text_bytes=msg.reply_text_bytes,
+            failed_batches=msg.failed_batches, ops_rejected=msg.ops_rejected, failing_since=msg.failing_since,
+            last_error=msg.last_error)
 
     def _on_persist_rejected(self, msg: m.PersistRejected, now: float, out: list) -> None:
         """The persister dropped an operation that it can never apply: stop resending what is left of the

@@ -41,16 +41,16 @@ def test_generator_killed_mid_stream_ends_as_error_keeping_partial_text(fresh_st
     text = "slow and doomed [[mock tokens=400 tps=40]]"
     client, session_id, sent = start_send(stack, text)
     try:
-        wait_for_chunks(stack, sent["message_id"], 20)
+        wait_for_chunks(stack, sent.message_id, 20)
         stack.kill("generator")  # SIGKILL: no goodbye, no cancel
-        view = client.follow(session_id, sent["generation_id"])
+        view = client.follow(session_id, sent.generation_id)
     finally:
         client.close()
     # "generator lost" comes only from the missed-heartbeat check (1.5 s here); without it the stream
     # would end much later as "stalled" (30 s watchdog)
     assert view.status == "error" and "generator lost" in view.final["error"]
     assert view.text and expected(text, 400).startswith(view.text)
-    row = stack.wait_db_status(sent["message_id"], ("error",))
+    row = stack.wait_db_status(sent.message_id, ("error",))
     assert row["content"] == view.text and "generator lost" in row["error"]
 
 
@@ -59,16 +59,16 @@ def test_persister_killed_mid_stream_loses_nothing(fresh_stack):
     text = "survive the persister [[mock tokens=120 tps=60]]"
     client, session_id, sent = start_send(stack, text)
     try:
-        wait_for_chunks(stack, sent["message_id"], 10)
+        wait_for_chunks(stack, sent.message_id, 10)
         stack.kill("persister")
         time.sleep(0.5)  # appends and the finalize pile up unacked meanwhile
         stack.start("persister")
-        view = client.follow(session_id, sent["generation_id"])
+        view = client.follow(session_id, sent.generation_id)
     finally:
         client.close()
     assert view.status == "completed"
     assert view.text == expected(text, 120)
-    row = stack.wait_db_status(sent["message_id"], ("completed",))
+    row = stack.wait_db_status(sent.message_id, ("completed",))
     assert row["content"] == view.text
 
 
@@ -77,19 +77,19 @@ def test_after_a_crash_orphans_become_interrupted_with_their_text(fresh_stack):
     text = "orphan me [[mock tokens=400 tps=40]]"
     client, session_id, sent = start_send(stack, text)
     try:
-        wait_for_chunks(stack, sent["message_id"], 20)
+        wait_for_chunks(stack, sent.message_id, 20)
         stack.kill("coordinator")  # the only owner of the generation is gone
         stack.kill("persister")
         with sqlite3.connect(stack.db_path) as conn:
             durable = "".join(r[0] for r in conn.execute(
-                "select text from chunk where message_id = ? order by offset", (sent["message_id"],)))
+                "select text from chunk where message_id = ? order by offset", (sent.message_id,)))
         stack.start("persister")
         time.sleep(1.0)
-        assert stack.db_message(sent["message_id"])["status"] == "streaming"  # the persister alone cannot know
+        assert stack.db_message(sent.message_id)["status"] == "streaming"  # the persister alone cannot know
         stack.start("coordinator")  # a new coordinator knows no live generation
     finally:
         client.close()
-    row = stack.wait_db_status(sent["message_id"], ("interrupted",))
+    row = stack.wait_db_status(sent.message_id, ("interrupted",))
     assert row["content"] == durable and len(durable) >= 20
     assert expected(text, 400).startswith(durable)
 
@@ -125,7 +125,7 @@ def test_sigterm_mid_stream_closes_the_upstream_request(fresh_stack):
     stack = fresh_stack()
     client, session_id, sent = start_send(stack, "long and interrupted [[mock tokens=400 tps=40]]")
     try:
-        wait_for_chunks(stack, sent["message_id"], 5)
+        wait_for_chunks(stack, sent.message_id, 5)
         stack.kill("generator", signal.SIGTERM)
     finally:
         client.close()
@@ -158,8 +158,8 @@ def test_cancel_during_a_stalled_upstream_closes_it(fresh_stack):
     client, session_id, sent = start_send(stack, "stuck [[mock tokens=50 stall_after=3 stall_ms=60000]]")
     try:
         wait_journal(stack, "stuck", lambda e: e["chunks_sent"] == 3)
-        client.cancel(session_id, sent["generation_id"])
-        view = client.follow(session_id, sent["generation_id"])
+        client.cancel(session_id, sent.generation_id)
+        view = client.follow(session_id, sent.generation_id)
     finally:
         client.close()
     assert view.status == "cancelled" and len(view.text) > 0

@@ -42,15 +42,15 @@ def test_a_slow_subscriber_loses_messages_to_the_hwm_and_still_ends_exact(fresh_
         slow.subscribe(session_id)
         client.subscribe(session_id)
         sent = client.send(session_id, text, "req-flood")
-        view = slow.follow(session_id, sent["generation_id"], on_text=lambda _text, _view: time.sleep(0.005))
-        fast = client.follow(session_id, sent["generation_id"], attach=True)
+        view = slow.follow(session_id, sent.generation_id, on_text=lambda _text, _view: time.sleep(0.005))
+        fast = client.follow(session_id, sent.generation_id, attach=True)
     finally:
         slow.close()
         client.close()
     assert view.gaps >= 1 and slow.snapshots >= 1, "PUB never dropped: the test proved nothing"
     assert view.status == fast.status == "completed"
     assert view.text == fast.text == expected(text, 4000)
-    assert stack.db_message(sent["message_id"])["content"] == view.text
+    assert stack.db_message(sent.message_id)["content"] == view.text
 
 
 def test_watchers_attaching_mid_stream_see_exactly_what_the_sender_sees(stack):
@@ -81,19 +81,19 @@ def test_leaving_a_session_mid_stream_does_not_stop_it_and_coming_back_shows_it(
         client.subscribe(session_a)
         text = "keep going [[mock tokens=120 tps=60]]"
         sent = client.send(session_a, text, "req-a")
-        client.follow(session_a, sent["generation_id"], interrupt=lambda: "detach")  # leave at once
+        client.follow(session_a, sent.generation_id, interrupt=lambda: "detach")  # leave at once
         client.unsubscribe(session_a)
         session_b = client.new_session()
         client.subscribe(session_b)
         other = client.send(session_b, "meanwhile [[mock tokens=5]]", "req-b")
-        assert client.follow(session_b, other["generation_id"]).status == "completed"
+        assert client.follow(session_b, other.generation_id).status == "completed"
         client.unsubscribe(session_b)
         client.subscribe(session_a)  # back: snapshot, then live or final
-        back = client.follow(session_a, sent["generation_id"], attach=True)
+        back = client.follow(session_a, sent.generation_id, attach=True)
     finally:
         client.close()
     assert back.status == "completed" and back.text == expected(text, 120)
-    assert stack.db_message(sent["message_id"])["content"] == back.text
+    assert stack.db_message(sent.message_id)["content"] == back.text
 
 
 def test_chat_switches_away_mid_reply_and_back_to_the_finished_reply(stack):
@@ -182,15 +182,15 @@ def test_a_duplicate_request_id_runs_one_generation_even_across_a_restart(fresh_
         client.subscribe(session_id)
         first = client.send(session_id, "only once [[mock tokens=20]]", "req-dup")
         again = client.send(session_id, "only once [[mock tokens=20]]", "req-dup")
-        assert again["generation_id"] == first["generation_id"]
-        client.follow(session_id, first["generation_id"])
+        assert again.generation_id == first.generation_id
+        client.follow(session_id, first.generation_id)
     finally:
         client.close()
     stack.kill("coordinator")
     stack.start("coordinator")
     with stack.client() as client:
         third = client.send(session_id, "only once [[mock tokens=20]]", "req-dup")
-    assert third["message_id"] == first["message_id"]
+    assert third.message_id == first.message_id
     assert len([e for e in stack.journal() if "only once" in json.dumps(e["body"])]) == 1
 
 
@@ -210,16 +210,16 @@ def test_a_coordinator_restarted_mid_generation_gives_a_clear_outcome(fresh_stac
     client, session_id, sent = start_send(stack, "interrupted tale [[mock tokens=400 tps=40]]")
     client.close()
     watcher = stack.spawn_cli("watch", session_id, "--once", "--json")
-    wait_for_chunks(stack, sent["message_id"], 30)
+    wait_for_chunks(stack, sent.message_id, 30)
     stack.kill("coordinator")
     with sqlite3.connect(stack.db_path) as conn:
         durable = "".join(r[0] for r in conn.execute(
-            "select text from chunk where message_id = ? order by offset", (sent["message_id"],)))
+            "select text from chunk where message_id = ? order by offset", (sent.message_id,)))
     stack.start("coordinator")
     out, err = watcher.communicate(timeout=30)  # never a hang
     outcome = json.loads(out)
     assert outcome["status"] == "interrupted" and watcher.returncode == 1, err
-    row = stack.wait_db_status(sent["message_id"], ("interrupted",))
+    row = stack.wait_db_status(sent.message_id, ("interrupted",))
     assert row["content"] == durable == outcome["content"] and len(durable) >= 30
 
 
@@ -235,7 +235,7 @@ def test_a_send_retried_after_a_timeout_starts_one_generation(fresh_stack):
         coordinator.send_signal(signal.SIGSTOP)  # the first attempt times out unanswered...
         threading.Timer(0.9, coordinator.send_signal, (signal.SIGCONT,)).start()
         sent = client.send(session_id, "retried [[mock tokens=10]]", "req-retry")  # ...the retry is answered
-        view = client.follow(session_id, sent["generation_id"])
+        view = client.follow(session_id, sent.generation_id)
     finally:
         coordinator.send_signal(signal.SIGCONT)
         client.close()

@@ -33,10 +33,10 @@ def reply(out) -> m.Reply:
 def start(machine: Coordinator, text: str = "hi", now: float = 100.0, session_id: str | None = None):
     """A session with one queued generation; returns (session id, send result, effects)."""
     if session_id is None:
-        session_id = reply(machine.handle_rpc(CLIENT, m.NewSession(1), now)).result["session_id"]
+        session_id = reply(machine.handle_rpc(CLIENT, m.NewSession(1), now)).result.session_id
     out = machine.handle_rpc(CLIENT, m.Send(2, session_id, text, ""), now)
     result = reply(out).result
-    machine.handle_event(m.GenStarted(result["generation_id"], "gen-A"), now)
+    machine.handle_event(m.GenStarted(result.generation_id, "gen-A"), now)
     return session_id, result, out
 
 
@@ -89,9 +89,9 @@ def test_send_creates_messages_publishes_started_and_dispatches_the_frozen_promp
     sid, result, out = start(machine, "hello")
     (job,) = effects(out, ToGenerators)
     assert job.msg.messages == [{"role": "user", "content": "hello"}]
-    assert job.msg.prompt_hash == result["prompt_hash"]
+    assert job.msg.prompt_hash == result.prompt_hash
     (started,) = effects(out, ToClients, m.Started)
-    assert started.msg.preview == "[user]\nhello\n\n" and started.msg.prompt_hash == result["prompt_hash"]
+    assert started.msg.preview == "[user]\nhello\n\n" and started.msg.prompt_hash == result.prompt_hash
     creates = effects(out, ToPersister, m.CreateMessage)
     assert [(c.msg.role, c.msg.status) for c in creates] == [("user", "completed"), ("assistant", "streaming")]
     assert creates[1].msg.prompt_messages == job.msg.messages and creates[0].msg.session_title == "hello"
@@ -100,13 +100,13 @@ def test_send_creates_messages_publishes_started_and_dispatches_the_frozen_promp
 def test_next_prompt_leaves_out_cancelled_and_errored_replies():
     machine = make()
     sid, first, _ = start(machine, "one")
-    delta(machine, first["generation_id"], 1, "kept", 100.0)
-    machine.handle_event(m.GenDone(first["generation_id"], 1, 4, "stop", 1, "server"), 100.1)
+    delta(machine, first.generation_id, 1, "kept", 100.0)
+    machine.handle_event(m.GenDone(first.generation_id, 1, 4, "stop", 1, "server"), 100.1)
     _, second, _ = start(machine, "two", session_id=sid)
-    delta(machine, second["generation_id"], 1, "dropped", 101.0)
+    delta(machine, second.generation_id, 1, "dropped", 101.0)
     machine.handle_rpc(CLIENT, m.Cancel(3, sid), 101.1)
     _, third, _ = start(machine, "three", session_id=sid)
-    machine.handle_event(m.GenError(third["generation_id"], 0, "boom", 1), 102.0)
+    machine.handle_event(m.GenError(third.generation_id, 0, "boom", 1), 102.0)
     _, _, out = start(machine, "four", session_id=sid)
     (job,) = effects(out, ToGenerators)
     assert job.msg.messages == [
@@ -119,14 +119,14 @@ def test_send_is_refused_while_a_reply_streams_and_for_bad_input():
     sid, _, _ = start(machine, "hi")
     assert "already streaming" in reply(machine.handle_rpc(CLIENT, m.Send(5, sid, "again", ""), 1)).error
     assert "unknown session" in reply(machine.handle_rpc(CLIENT, m.Send(6, "nope", "x", ""), 1)).error
-    other = reply(machine.handle_rpc(CLIENT, m.NewSession(7), 1)).result["session_id"]
+    other = reply(machine.handle_rpc(CLIENT, m.NewSession(7), 1)).result.session_id
     assert "limit" in reply(machine.handle_rpc(CLIENT, m.Send(8, other, "x" * 11, ""), 1)).error
     assert "empty" in reply(machine.handle_rpc(CLIENT, m.Send(9, other, "  ", ""), 1)).error
 
 
 def test_a_retried_request_id_never_starts_a_second_generation():
     machine = make()
-    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
     first = machine.handle_rpc(CLIENT, m.Send(2, sid, "hi", "req-1"), 0)
     again = machine.handle_rpc(CLIENT, m.Send(3, sid, "hi", "req-1"), 0)
     assert reply(again).ok and reply(again).result == reply(first).result
@@ -139,15 +139,15 @@ def test_a_retried_request_id_never_starts_a_second_generation():
 def test_in_order_deltas_reach_clients_and_persister_in_order():
     machine = make(flush_ms=0, checkpoint_ms=0)
     _, r, _ = start(machine)
-    outs = [delta(machine, r["generation_id"], i, f"w{i} ", 100 + i) for i in range(1, 6)]
+    outs = [delta(machine, r.generation_id, i, f"w{i} ", 100 + i) for i in range(1, 6)]
     assert client_text(outs) == persisted_text(outs) == "w1 w2 w3 w4 w5 "
 
 
 def test_a_duplicate_seq_is_dropped_and_counted():
     machine = make(flush_ms=0, checkpoint_ms=0)
     _, r, _ = start(machine)
-    outs = [delta(machine, r["generation_id"], 1, "a", 100), delta(machine, r["generation_id"], 1, "a", 100.01),
-            delta(machine, r["generation_id"], 2, "b", 100.02)]
+    outs = [delta(machine, r.generation_id, 1, "a", 100), delta(machine, r.generation_id, 1, "a", 100.01),
+            delta(machine, r.generation_id, 2, "b", 100.02)]
     assert client_text(outs) == "ab"
     assert machine.counters["duplicate_deltas_dropped"] == 1
 
@@ -155,7 +155,7 @@ def test_a_duplicate_seq_is_dropped_and_counted():
 def test_a_gap_finalizes_as_error_and_cancels_the_generator():
     machine = make()
     _, r, _ = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     o1 = delta(machine, gen_id, 1, "a", 100)
     o2 = delta(machine, gen_id, 3, "c", 100.1)
     assert any(isinstance(e.msg, m.CancelGeneration) and e.msg.generation_id == gen_id for e in effects(o2, ToControl))
@@ -168,7 +168,7 @@ def test_a_gap_finalizes_as_error_and_cancels_the_generator():
 def test_a_delta_after_cancel_is_late_dropped_counted_and_cancelled_again():
     machine = make()
     sid, r, _ = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     delta(machine, gen_id, 1, "a", 100)
     machine.handle_rpc(CLIENT, m.Cancel(3, sid), 100.1)
     late = delta(machine, gen_id, 2, "b", 100.2)
@@ -179,7 +179,7 @@ def test_a_delta_after_cancel_is_late_dropped_counted_and_cancelled_again():
 def test_a_delta_after_final_is_late():
     machine = make()
     _, r, _ = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     delta(machine, gen_id, 1, "a", 100)
     machine.handle_event(m.GenDone(gen_id, 1, 1, "stop", 1, "server"), 100.1)
     late = delta(machine, gen_id, 2, "b", 100.2)
@@ -196,8 +196,8 @@ def test_a_delta_for_an_unknown_generation_is_late():
 def test_done_that_disagrees_with_what_arrived_is_an_error():
     machine = make()
     _, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "abc", 100)
-    out = machine.handle_event(m.GenDone(r["generation_id"], 2, 6, "stop", 2, "server"), 100.1)
+    delta(machine, r.generation_id, 1, "abc", 100)
+    out = machine.handle_event(m.GenDone(r.generation_id, 2, 6, "stop", 2, "server"), 100.1)
     (final,) = effects(out, ToPersister, m.Finalize)
     assert final.msg.status == "error" and "incomplete" in final.msg.error
 
@@ -208,7 +208,7 @@ def test_done_that_disagrees_with_what_arrived_is_an_error():
 def test_first_delta_goes_to_clients_at_once_then_coalesced_until_the_deadline():
     machine = make(flush_ms=20, checkpoint_ms=10_000)
     _, r, _ = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     first = delta(machine, gen_id, 1, "a", 100.000)
     assert [e.msg.text for e in effects(first, ToClients, m.StreamDelta)] == ["a"]
     held = [delta(machine, gen_id, 2, "b", 100.005), delta(machine, gen_id, 3, "c", 100.010)]
@@ -222,23 +222,23 @@ def test_first_delta_goes_to_clients_at_once_then_coalesced_until_the_deadline()
 def test_a_delta_after_a_quiet_spell_is_not_delayed():
     machine = make(flush_ms=20, checkpoint_ms=10_000)
     _, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "a", 100.0)
-    out = delta(machine, r["generation_id"], 2, "b", 100.5)  # a slow model: 500 ms between tokens
+    delta(machine, r.generation_id, 1, "a", 100.0)
+    out = delta(machine, r.generation_id, 2, "b", 100.5)  # a slow model: 500 ms between tokens
     assert [e.msg.text for e in effects(out, ToClients, m.StreamDelta)] == ["b"]
 
 
 def test_a_full_buffer_flushes_before_the_deadline():
     machine = make(flush_ms=1000, flush_chars=10, checkpoint_ms=10_000)
     _, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "a", 100.0)
-    out = delta(machine, r["generation_id"], 2, "x" * 10, 100.001)
+    delta(machine, r.generation_id, 1, "a", 100.0)
+    out = delta(machine, r.generation_id, 2, "x" * 10, 100.001)
     assert [e.msg.text for e in effects(out, ToClients, m.StreamDelta)] == ["x" * 10]
 
 
 def test_checkpoints_follow_their_cadence_and_size():
     machine = make(flush_ms=0, checkpoint_ms=250, checkpoint_chars=8)
     _, r, _ = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     outs = [delta(machine, gen_id, 1, "ab", 100.0)]  # the first checkpoint goes at once
     assert [e.msg.text for e in effects(outs[0], ToPersister, m.Append)] == ["ab"]
     outs.append(delta(machine, gen_id, 2, "cd", 100.1))
@@ -259,7 +259,7 @@ def test_checkpoints_follow_their_cadence_and_size():
 def test_finalize_order_tail_then_finalize_then_ack_then_final():
     machine = make(flush_ms=1000, checkpoint_ms=1000)
     sid, r, send_out = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     outs = [send_out, delta(machine, gen_id, 1, "a", 100.0), delta(machine, gen_id, 2, "b", 100.1)]
     done = machine.handle_event(m.GenDone(gen_id, 2, 2, "stop", 2, "server"), 100.2)
     kinds = [(type(e).__name__, type(e.msg).__name__) for e in done if not isinstance(e, Log)]
@@ -277,16 +277,16 @@ def test_finalize_order_tail_then_finalize_then_ack_then_final():
 def test_an_ack_short_of_the_final_length_publishes_nothing():
     machine = make()
     _, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "abc", 100.0)
-    machine.handle_event(m.GenDone(r["generation_id"], 1, 3, "stop", 1, "server"), 100.1)
-    out = machine.handle_event(m.PersistAck(r["message_id"], 2, True), 100.2)
+    delta(machine, r.generation_id, 1, "abc", 100.0)
+    machine.handle_event(m.GenDone(r.generation_id, 1, 3, "stop", 1, "server"), 100.1)
+    out = machine.handle_event(m.PersistAck(r.message_id, 2, True), 100.2)
     assert effects(out, ToClients) == []
 
 
 def test_cancel_keeps_exactly_what_the_canceller_saw():
     machine = make(flush_ms=0, checkpoint_ms=0)
     sid, r, send_out = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     outs = [send_out, delta(machine, gen_id, 1, "hello ", 100.0), delta(machine, gen_id, 2, "world", 100.1)]
     cancel = machine.handle_rpc(CLIENT, m.Cancel(3, sid, gen_id, seen_len=6), 100.2)
     assert reply(cancel).ok
@@ -301,8 +301,8 @@ def test_cancel_keeps_exactly_what_the_canceller_saw():
 def test_cancel_without_a_seen_length_keeps_and_flushes_everything():
     machine = make(flush_ms=1000, checkpoint_ms=1000)
     sid, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "a", 100.0)
-    delta(machine, r["generation_id"], 2, "b", 100.1)
+    delta(machine, r.generation_id, 1, "a", 100.0)
+    delta(machine, r.generation_id, 2, "b", 100.1)
     cancel = machine.handle_rpc(CLIENT, m.Cancel(3, sid), 100.2)
     assert [e.msg.text for e in effects(cancel, ToClients, m.StreamDelta)] == ["b"]
     assert effects(cancel, ToPersister, m.Finalize)[0].msg.length == 2
@@ -310,7 +310,7 @@ def test_cancel_without_a_seen_length_keeps_and_flushes_everything():
 
 def test_cancel_with_nothing_streaming_is_refused():
     machine = make()
-    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
     assert "nothing is streaming" in reply(machine.handle_rpc(CLIENT, m.Cancel(2, sid), 0)).error
 
 
@@ -322,11 +322,11 @@ def test_a_silent_generator_is_lost_its_streams_error_and_unstarted_jobs_rerun()
     machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 2, 0), 100.0)
     _, streaming, _ = start(machine, "one", now=100.0)
     _, waiting, _ = start(machine, "two", now=100.0)
-    delta(machine, streaming["generation_id"], 1, "partial", 100.5)
+    delta(machine, streaming.generation_id, 1, "partial", 100.5)
     assert effects(machine.tick(102.9), ToGenerators) == []
     out = machine.tick(103.2)  # housekeeping runs every 250 ms
     (rerun,) = effects(out, ToGenerators)
-    assert rerun.msg.generation_id == waiting["generation_id"]
+    assert rerun.msg.generation_id == waiting.generation_id
     (fin,) = effects(out, ToPersister, m.Finalize)
     assert fin.msg.status == "error" and "generator lost" in fin.msg.error and fin.msg.length == len("partial")
     assert machine.counters["generators_lost"] == 1
@@ -345,9 +345,9 @@ def test_heartbeats_go_out_on_control():
 def test_snapshot_holds_exactly_what_clients_were_sent():
     machine = make(flush_ms=1000, checkpoint_ms=1000)
     sid, r, _ = start(machine)
-    outs = [delta(machine, r["generation_id"], 1, "ab", 100.0), delta(machine, r["generation_id"], 2, "cd", 100.1)]
+    outs = [delta(machine, r.generation_id, 1, "ab", 100.0), delta(machine, r.generation_id, 2, "cd", 100.1)]
     snap = reply(machine.handle_rpc(CLIENT, m.Snapshot(9, sid), 100.2)).result
-    assert snap["text"] == client_text(outs) == "ab" and snap["final"] is False
+    assert snap.text == client_text(outs) == "ab" and snap.final is False
 
 
 # ---------------------------------------------------------------- properties
@@ -361,7 +361,7 @@ def test_any_interleaving_of_deltas_duplicates_and_ticks_keeps_clients_and_datab
                                                                                           checkpoint_ms):
     machine = make(flush_ms=flush_ms, checkpoint_ms=checkpoint_ms, checkpoint_chars=16, flush_chars=16)
     sid, r, send_out = start(machine, now=0.0)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     outs, sent, seq, now = [send_out], "", 0, 0.0
     for action, text, step in plan:
         now += step
@@ -383,7 +383,7 @@ def test_any_interleaving_of_deltas_duplicates_and_ticks_keeps_clients_and_datab
 def test_a_cancel_shorter_than_the_checkpoints_never_resends_past_the_kept_length():
     machine = make(flush_ms=0, checkpoint_ms=0, persist_resend_ms=1000)
     sid, r, send_out = start(machine)
-    delta(machine, r["generation_id"], 1, "hello world", 100.0)
+    delta(machine, r.generation_id, 1, "hello world", 100.0)
     cancel = machine.handle_rpc(CLIENT, m.Cancel(3, sid, None, seen_len=5), 100.1)
     assert effects(cancel, ToPersister, m.Append) == []  # nothing new to send: the persister cuts at finalize
     assert effects(cancel, ToPersister, m.Finalize)[0].msg.length == 5
@@ -395,7 +395,7 @@ def test_a_cancel_shorter_than_the_checkpoints_never_resends_past_the_kept_lengt
 def test_a_delta_batch_applies_in_order_and_drops_duplicates():
     machine = make(flush_ms=0, checkpoint_ms=0)
     _, r, _ = start(machine)
-    gen_id = r["generation_id"]
+    gen_id = r.generation_id
     items = [m.DeltaItem(gen_id, seq, text, 1, 1.0) for seq, text in ((1, "a"), (2, "b"), (2, "dup"), (3, "c"))]
     out = machine.handle_event(m.GenDeltaBatch(items), 100.0)
     assert client_text([out]) == persisted_text([out]) == "abc"
@@ -415,5 +415,5 @@ def test_sessions_without_a_message_are_not_listed():
     machine = make()
     reply(machine.handle_rpc(CLIENT, m.NewSession(1), 100.0))  # a send that was then refused leaves this
     session_id, _, _ = start(machine, now=100.0)
-    listed = reply(machine.handle_rpc(CLIENT, m.Sessions(2, 10), 100.1)).result["sessions"]
-    assert [s["session_id"] for s in listed] == [session_id]
+    listed = reply(machine.handle_rpc(CLIENT, m.Sessions(2, 10), 100.1)).result.sessions
+    assert [s.session_id for s in listed] == [session_id]

@@ -10,11 +10,11 @@ from tests.unit.test_coordinator_machine import CLIENT, ack_all, delta, effects,
 def test_unacked_persist_ops_are_resent_from_the_acked_length():
     machine = make(flush_ms=0, checkpoint_ms=0, persist_resend_ms=1000)
     _, r, _ = start(machine)
-    machine.handle_event(m.PersistAck(r["message_id"], 0, False), 100.0)  # created
-    delta(machine, r["generation_id"], 1, "abc", 100.0)
-    machine.handle_event(m.PersistAck(r["message_id"], 3, False), 100.0)
-    delta(machine, r["generation_id"], 2, "def", 100.1)  # this append is lost
-    machine.handle_event(m.GenDone(r["generation_id"], 2, 6, "stop", 2, "server"), 100.2)  # and the finalize
+    machine.handle_event(m.PersistAck(r.message_id, 0, False), 100.0)  # created
+    delta(machine, r.generation_id, 1, "abc", 100.0)
+    machine.handle_event(m.PersistAck(r.message_id, 3, False), 100.0)
+    delta(machine, r.generation_id, 2, "def", 100.1)  # this append is lost
+    machine.handle_event(m.GenDone(r.generation_id, 2, 6, "stop", 2, "server"), 100.2)  # and the finalize
     assert effects(machine.tick(100.5), ToPersister, m.Append) == []
     out = machine.tick(101.3)
     assert [(e.msg.offset, e.msg.text) for e in effects(out, ToPersister, m.Append)] == [(3, "def")]
@@ -30,7 +30,7 @@ def test_a_restarted_persister_hears_the_live_messages_and_gets_a_resend():
     machine.handle_event(m.PersisterHello(100.1), 100.1)
     out = machine.tick(100.2)
     (sweep,) = effects(out, ToPersister, m.InterruptOrphans)
-    assert sweep.msg.live_message_ids == [r["message_id"]]
+    assert sweep.msg.live_message_ids == [r.message_id]
     machine.handle_event(m.OrphansInterrupted(0), 100.3)
     assert effects(machine.tick(110.0), ToPersister, m.InterruptOrphans) == []
 
@@ -48,51 +48,51 @@ def test_a_lost_create_is_resent_until_an_ack_says_its_row_exists():
     (a create lost to a full disk, followed by appends, must never count as applied)."""
     machine = make(flush_ms=0, checkpoint_ms=0, persist_resend_ms=1000)
     _, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "abc", 100.0)
-    machine.handle_event(m.GenDone(r["generation_id"], 1, 3, "stop", 1, "server"), 100.1)
+    delta(machine, r.generation_id, 1, "abc", 100.0)
+    machine.handle_event(m.GenDone(r.generation_id, 1, 3, "stop", 1, "server"), 100.1)
     for now in (101.2, 102.4):
         creates = [e.msg.message_id for e in effects(machine.tick(now), ToPersister, m.CreateMessage)]
-        assert r["message_id"] in creates
-    machine.handle_event(m.PersistAck(r["message_id"], 3, False), 102.5)  # the row exists now, with its text
+        assert r.message_id in creates
+    machine.handle_event(m.PersistAck(r.message_id, 3, False), 102.5)  # the row exists now, with its text
     out = machine.tick(103.6)
-    assert r["message_id"] not in [e.msg.message_id for e in effects(out, ToPersister, m.CreateMessage)]
+    assert r.message_id not in [e.msg.message_id for e in effects(out, ToPersister, m.CreateMessage)]
     assert effects(out, ToPersister, m.Finalize)
 
 
 def test_a_rejected_operation_ends_a_streaming_reply_as_error_at_once_and_is_never_resent():
     machine = make(flush_ms=0, checkpoint_ms=0, persist_resend_ms=1000)
     session_id, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "abc", 100.0)
-    out = machine.handle_event(m.PersistRejected(r["message_id"], "integer out of range"), 100.1)
+    delta(machine, r.generation_id, 1, "abc", 100.0)
+    out = machine.handle_event(m.PersistRejected(r.message_id, "integer out of range"), 100.1)
     (final,) = effects(out, ToClients, m.Final)
     assert (final.msg.status, final.msg.length) == ("error", 3)
     assert "could not be stored: integer out of range" in final.msg.error
     assert effects(out, ToControl, m.CancelGeneration)  # its upstream stops too
     assert effects(out, ToPersister) == []
-    assert all(getattr(e.msg, "message_id", None) != r["message_id"]
+    assert all(getattr(e.msg, "message_id", None) != r.message_id
                for t in (101.5, 103.0) for e in effects(machine.tick(t), ToPersister))
-    assert effects(delta(machine, r["generation_id"], 2, "late", 100.2), ToClients) == []  # terminal: late
-    history = reply(machine.handle_rpc(CLIENT, m.History(3, session_id), 100.3)).result["messages"]
-    assert (history[-1]["status"], history[-1]["content"]) == ("error", "abc")
+    assert effects(delta(machine, r.generation_id, 2, "late", 100.2), ToClients) == []  # terminal: late
+    history = reply(machine.handle_rpc(CLIENT, m.History(3, session_id), 100.3)).result.messages
+    assert (history[-1].status, history[-1].content) == ("error", "abc")
     assert reply(machine.handle_rpc(CLIENT, m.Send(4, session_id, "next", ""), 100.4)).ok  # the session goes on
 
 
 def test_a_rejected_finalize_publishes_the_error_instead_of_waiting_for_an_ack():
     machine = make(flush_ms=0, checkpoint_ms=0)
     _, r, _ = start(machine)
-    delta(machine, r["generation_id"], 1, "abc", 100.0)
-    done = machine.handle_event(m.GenDone(r["generation_id"], 1, 3, "stop", 1, "server"), 100.1)
+    delta(machine, r.generation_id, 1, "abc", 100.0)
+    done = machine.handle_event(m.GenDone(r.generation_id, 1, 3, "stop", 1, "server"), 100.1)
     assert effects(done, ToClients, m.Final) == []  # waits for the persister
-    out = machine.handle_event(m.PersistRejected(r["message_id"], "bad stats"), 100.2)
+    out = machine.handle_event(m.PersistRejected(r.message_id, "bad stats"), 100.2)
     (final,) = effects(out, ToClients, m.Final)
     assert final.msg.status == "error" and "bad stats" in final.msg.error
-    assert r["generation_id"] not in machine.finalizing
-    assert machine.handle_event(m.PersistAck(r["message_id"], 3, True), 100.3) == []  # nothing twice
+    assert r.generation_id not in machine.finalizing
+    assert machine.handle_event(m.PersistAck(r.message_id, 3, True), 100.3) == []  # nothing twice
 
 
 def test_the_persisters_failure_shows_in_status_at_once():
     machine = make()
     machine.handle_event(m.PersisterStats(7, 0, 0, 0, 3, 0, 99.0, "database or disk is full"), 100.0)
     status = reply(machine.handle_rpc(CLIENT, m.Status(1), 100.0)).result
-    assert status["persister"]["failing_since"] == 99.0
-    assert status["persister"]["last_error"] == "database or disk is full"
+    assert status.persister.failing_since == 99.0
+    assert status.persister.last_error == "database or disk is full"

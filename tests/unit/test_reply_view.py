@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from clients.view import APPLIED, GAP, IGNORED, ReplyView
-from protocol import messages as m
+from protocol import messages as m, results
 
 
 def d(offset, text, gen="g"):
@@ -31,17 +31,21 @@ def test_final_cuts_a_longer_view_and_a_longer_final_is_a_gap():
     assert view.text == "hello" and view.status == "cancelled"
 
 
+def snapshot(generation_id, text, final, status, stats=None, message_id=None) -> results.Snapshot:
+    return results.Snapshot(generation_id=generation_id, message_id=message_id, status=status, text=text,
+                            final=final, stats=stats or {})
+
+
 def test_snapshot_fills_a_gap_and_can_end_the_reply():
     view = ReplyView("g")
     view.apply(d(0, "ab"))
     view.take_new_text()
-    view.apply_snapshot({"generation_id": "g", "text": "abcdef", "final": False, "status": "streaming"})
+    view.apply_snapshot(snapshot("g", "abcdef", False, "streaming"))
     assert view.text == "abcdef" and view.take_new_text() == "cdef" and view.final is None
     view.apply(d(6, "gh"))
-    view.apply_snapshot({"generation_id": "g", "text": "abcdefgh", "final": True, "status": "completed",
-                         "stats": {"tokens": 3}, "message_id": "msg"})
+    view.apply_snapshot(snapshot("g", "abcdefgh", True, "completed", stats={"tokens": 3}, message_id="msg"))
     assert view.final["status"] == "completed" and view.text == "abcdefgh"
-    assert view.apply_snapshot({"generation_id": "other", "text": "zzz"}) == IGNORED
+    assert view.apply_snapshot(snapshot("other", "zzz", False, "streaming")) == IGNORED
 
 
 def test_after_cancel_nothing_more_is_rendered_and_the_kept_text_is_what_was_rendered():

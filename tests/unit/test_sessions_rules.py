@@ -11,8 +11,8 @@ from tests.unit.test_coordinator_machine import CLIENT, ack_all, delta, effects,
 
 
 def finish(machine, r, text="done", now=100.5):
-    delta(machine, r["generation_id"], 1, text, now)
-    machine.handle_event(m.GenDone(r["generation_id"], 1, len(text), "stop", 1, "server"), now)
+    delta(machine, r.generation_id, 1, text, now)
+    machine.handle_event(m.GenDone(r.generation_id, 1, len(text), "stop", 1, "server"), now)
 
 
 def job_of(out):
@@ -26,18 +26,18 @@ def job_of(out):
 def test_regenerate_while_streaming_cancels_supersedes_and_answers_the_same_turn():
     machine = make()
     sid, first, _ = start(machine, "question")
-    delta(machine, first["generation_id"], 1, "half an ans", 100.1)
+    delta(machine, first.generation_id, 1, "half an ans", 100.1)
     out = machine.handle_rpc(CLIENT, m.Regenerate(5, sid, "regen-1"), 100.2)
     result = reply(out).result
-    assert result["generation_id"] != first["generation_id"]
+    assert result.generation_id != first.generation_id
     (fin,) = effects(out, ToPersister, m.Finalize)
-    assert (fin.msg.message_id, fin.msg.status) == (first["message_id"], "cancelled")
-    assert m.CancelGeneration(first["generation_id"]) in [e.msg for e in effects(out, ToControl)]
+    assert (fin.msg.message_id, fin.msg.status) == (first.message_id, "cancelled")
+    assert m.CancelGeneration(first.generation_id) in [e.msg for e in effects(out, ToControl)]
     creates = effects(out, ToPersister, m.CreateMessage)
-    assert [c.msg.supersedes for c in creates] == [[first["message_id"]]]  # no new user message
+    assert [c.msg.supersedes for c in creates] == [[first.message_id]]  # no new user message
     assert job_of(out).messages == [{"role": "user", "content": "question"}]
-    history = reply(machine.handle_rpc(CLIENT, m.History(6, sid), 100.3)).result["messages"]
-    assert [(h["role"], h["status"], h["superseded"]) for h in history] == [
+    history = reply(machine.handle_rpc(CLIENT, m.History(6, sid), 100.3)).result.messages
+    assert [(h.role, h.status, h.superseded) for h in history] == [
         ("user", "completed", False), ("assistant", "cancelled", True), ("assistant", "queued", False)]
 
 
@@ -46,7 +46,7 @@ def test_next_prompt_leaves_out_superseded_and_cancelled_replies():
     sid, first, _ = start(machine, "q1")
     finish(machine, first, "answer one")
     regen = reply(machine.handle_rpc(CLIENT, m.Regenerate(5, sid, "r1"), 101)).result
-    finish(machine, {"generation_id": regen["generation_id"]}, "better one", 101.5)
+    finish(machine, regen, "better one", 101.5)
     _, _, out = start(machine, "q2", now=102, session_id=sid)
     assert job_of(out).messages == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "better one"},
                                     {"role": "user", "content": "q2"}]
@@ -54,7 +54,7 @@ def test_next_prompt_leaves_out_superseded_and_cancelled_replies():
 
 def test_regenerate_of_an_empty_session_is_refused_and_a_retry_is_idempotent():
     machine = make()
-    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
     assert "nothing to regenerate" in reply(machine.handle_rpc(CLIENT, m.Regenerate(2, sid, "x"), 0)).error
     _, first, _ = start(machine, "q", session_id=sid)
     finish(machine, first)
@@ -88,7 +88,7 @@ def test_a_message_that_cannot_fit_even_alone_is_refused():
     with pytest.raises(PromptTooLarge):
         assemble("sys " * 50, [], "hello", "m", {}, words, max_input_tokens=20)
     machine = make(max_input_tokens=10)
-    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
     refused = reply(machine.handle_rpc(CLIENT, m.Send(2, sid, "word " * 30, "r"), 0))
     assert not refused.ok and "budget" in refused.error
     assert machine.sessions[sid].history == []  # nothing half-created
@@ -96,7 +96,7 @@ def test_a_message_that_cannot_fit_even_alone_is_refused():
 
 def test_the_session_budget_overrides_the_default_and_is_reported():
     machine = make(max_input_tokens=10_000)
-    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1, None, None, 60), 0)).result["session_id"]
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1, None, None, 60), 0)).result.session_id
     for i in range(6):
         _, r, _ = start(machine, "word " * 10, now=float(i), session_id=sid)
         finish(machine, r, "word " * 10, now=i + 0.5)
@@ -105,7 +105,7 @@ def test_the_session_budget_overrides_the_default_and_is_reported():
     assert started.msg.max_input_tokens == 60 and started.msg.dropped_message_ids
     assert started.msg.prompt_tokens <= 60
     status = reply(machine.handle_rpc(CLIENT, m.Status(3, sid), 11)).result
-    assert status["context"]["max_input_tokens"] == 60 and status["context"]["history_tokens"] > 60
+    assert status.context.max_input_tokens == 60 and status.context.history_tokens > 60
     machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid, "be brief", 0), 12)
     assert machine.sessions[sid].system == "be brief" and machine._budget(machine.sessions[sid]) == 10_000
 
@@ -117,12 +117,12 @@ def test_a_generation_without_deltas_for_stall_ms_ends_as_stalled_and_its_upstre
     machine = make(stall_ms=30_000, generator_dead_ms=10**9)
     machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 1, 0), 100.0)
     sid, r, _ = start(machine, now=100.0)
-    delta(machine, r["generation_id"], 1, "a", 101.0)
+    delta(machine, r.generation_id, 1, "a", 101.0)
     assert effects(machine.tick(130.5), ToPersister, m.Finalize) == []
     out = machine.tick(131.3)
     (fin,) = effects(out, ToPersister, m.Finalize)
     assert fin.msg.status == "error" and "stalled" in fin.msg.error
-    assert m.CancelGeneration(r["generation_id"]) in [e.msg for e in effects(out, ToControl)]
+    assert m.CancelGeneration(r.generation_id) in [e.msg for e in effects(out, ToControl)]
 
 
 # ---------------------------------------------------------------- views
@@ -133,12 +133,12 @@ def test_snapshot_of_a_given_generation_and_the_user_turn_it_answers():
     sid, first, _ = start(machine, "q1")
     finish(machine, first, "a1")
     _, second, _ = start(machine, "q2", now=101, session_id=sid)
-    delta(machine, second["generation_id"], 1, "part", 101.1)
-    old = reply(machine.handle_rpc(CLIENT, m.Snapshot(3, sid, first["generation_id"]), 102)).result
-    assert (old["text"], old["status"], old["user_text"]) == ("a1", "completed", "q1")
+    delta(machine, second.generation_id, 1, "part", 101.1)
+    old = reply(machine.handle_rpc(CLIENT, m.Snapshot(3, sid, first.generation_id), 102)).result
+    assert (old.text, old.status, old.user_text) == ("a1", "completed", "q1")
     now_ = reply(machine.handle_rpc(CLIENT, m.Snapshot(4, sid), 102)).result
-    assert (now_["generation_id"], now_["text"], now_["final"], now_["user_text"]) == (
-        second["generation_id"], "part", False, "q2")
+    assert (now_.generation_id, now_.text, now_.final, now_.user_text) == (
+        second.generation_id, "part", False, "q2")
     assert not reply(machine.handle_rpc(CLIENT, m.Snapshot(5, sid, "nope"), 102)).ok
 
 
@@ -147,8 +147,8 @@ def test_sessions_list_merges_memory_over_the_database_newest_first():
     machine.load_summaries([{"session_id": "old", "title": "from disk", "message_count": 4, "last_activity": 5.0,
                              "status": "completed"}])
     sid, r, _ = start(machine, "fresh title", now=50.0)
-    rows = reply(machine.handle_rpc(CLIENT, m.Sessions(1, 10), 51)).result["sessions"]
-    assert [(row["session_id"], row["status"], row["title"]) for row in rows] == [
+    rows = reply(machine.handle_rpc(CLIENT, m.Sessions(1, 10), 51)).result.sessions
+    assert [(row.session_id, row.status, row.title) for row in rows] == [
         (sid, "streaming", "fresh title"), ("old", "completed", "from disk")]
 
 
@@ -160,7 +160,7 @@ def test_a_session_loaded_after_a_restart_keeps_request_ids_and_has_no_live_repl
                prompt_hash="h")]})
     assert machine.sessions["s"].history[1].status == "interrupted"
     again = reply(machine.handle_rpc(CLIENT, m.Send(2, "s", "q", "req-9"), 1))
-    assert again.result["message_id"] == "a1" and not machine.active
+    assert again.result.message_id == "a1" and not machine.active
 
 
 def test_session_settings_reach_the_job_and_the_prompt_hash_from_the_next_reply_on():
@@ -169,9 +169,9 @@ def test_session_settings_reach_the_job_and_the_prompt_hash_from_the_next_reply_
     assert (job_of(first).params, job_of(first).stream) == ({}, None)
     done = reply(machine.handle_rpc(CLIENT, m.ConfigureSession(
         3, sid, None, None, "other-model", {"temperature": 0.5, "max_tokens": 64, "stream": False}), 100.1)).result
-    assert (done["model"], done["params"], done["stream"]) == ("other-model", {"temperature": 0.5, "max_tokens": 64},
+    assert (done.model, done.params, done.stream) == ("other-model", {"temperature": 0.5, "max_tokens": 64},
                                                                False)
-    assert machine.active[r["generation_id"]].prompt.params == ()  # the reply under way keeps its frozen prompt
+    assert machine.active[r.generation_id].prompt.params == ()  # the reply under way keeps its frozen prompt
     finish(machine, r)
     _, second, out = start(machine, "q2", now=101, session_id=sid)
     job = job_of(out)
@@ -183,7 +183,7 @@ def test_session_settings_reach_the_job_and_the_prompt_hash_from_the_next_reply_
 
 def test_bad_session_settings_are_refused_and_change_nothing():
     machine = make()
-    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result["session_id"]
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
     for params in ({"temperature": 9}, {"max_tokens": 0}, {"stream": "yes"}, {"top_k": 3}):
         refused = reply(machine.handle_rpc(CLIENT, m.ConfigureSession(2, sid, None, None, None, params), 0))
         assert not refused.ok and "bad setting" in refused.error
@@ -196,8 +196,8 @@ def test_idle_sessions_beyond_the_cap_leave_memory_busy_and_unpersisted_ones_sta
     sessions = []
     for i in range(4):
         sid, r, out = start(machine, f"q{i}", now=float(i))
-        outs = [out, delta(machine, r["generation_id"], 1, "done", i + 0.1),
-                machine.handle_event(m.GenDone(r["generation_id"], 1, 4, "stop", 1, "server"), i + 0.2)]
+        outs = [out, delta(machine, r.generation_id, 1, "done", i + 0.1),
+                machine.handle_event(m.GenDone(r.generation_id, 1, 4, "stop", 1, "server"), i + 0.2)]
         if i != 1:  # the second one's persister never answers: it must stay in memory
             ack_all(machine, outs, i + 0.3)
         sessions.append(sid)

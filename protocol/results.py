@@ -1,0 +1,147 @@
+"""What the coordinator answers to each rpc request, typed: the ``result`` of a ``Reply``. Each is a msgspec
+struct sent as a msgpack map tagged by ``kind``, so a client reads fields, never a dict's keys with
+defaults, and a field that is missing or ill-typed fails at decode.
+
+Not on the per-delta hot path: these go once per request."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import msgspec
+from msgspec import field
+
+from protocol.codec import Int
+from protocol.records import MessageView, PromptMessage
+
+
+class Result(msgspec.Struct, kw_only=True, tag_field="kind"):
+    pass
+
+
+class SessionCreated(Result, tag="session"):
+    session_id: str
+
+
+class ReplyStarted(Result, tag="started"):
+    """A send or regenerate accepted (or, for a repeated request id, the reply it started the first time)."""
+
+    session_id: str
+    generation_id: Optional[str]
+    message_id: str
+    prompt_hash: Optional[str]
+    dropped_message_ids: list[str] = field(default_factory=list)
+
+
+class Cancelled(Result, tag="cancelled"):
+    generation_id: str
+    length: Int
+
+
+class Snapshot(Result, tag="snapshot"):
+    """Exactly what clients were sent of a reply: its text (offset = its length), status and stats."""
+
+    generation_id: Optional[str]
+    message_id: Optional[str]
+    status: Optional[str]
+    text: str
+    final: bool
+    stats: dict
+    error: Optional[str] = None
+    prompt_hash: Optional[str] = None
+    superseded: bool = False
+    user_text: Optional[str] = None
+
+
+class SessionSummary(msgspec.Struct, kw_only=True):
+    session_id: str
+    title: str
+    message_count: Int
+    last_activity: float
+    status: str  # "streaming", the last reply's status, or "empty"
+
+
+class SessionList(Result, tag="sessions"):
+    sessions: list[SessionSummary]
+
+
+class History(Result, tag="history"):
+    session_id: str
+    title: str
+    system: Optional[str]
+    max_input_tokens: Int
+    messages: list[MessageView]  # as clients see them: without their prompts
+
+
+class Preview(Result, tag="preview"):
+    message_id: str
+    session_id: str
+    preview: str
+    messages: list[PromptMessage]
+    prompt_hash: Optional[str]
+    model: Optional[str]
+    dropped_message_ids: list[str] = field(default_factory=list)
+
+
+class SessionSettings(Result, tag="settings"):
+    session_id: str
+    system: Optional[str]
+    max_input_tokens: Int
+    model: str
+    params: dict
+    stream: Optional[bool]
+
+
+class GeneratorView(msgspec.Struct, kw_only=True):
+    generator_id: str
+    capacity_free: Int
+    active: Int
+    seen_ms_ago: Int
+    pid: Int
+
+
+class ActiveGeneration(msgspec.Struct, kw_only=True):
+    generation_id: str
+    session_id: str
+    status: str
+    length: Int
+    generator_id: Optional[str]
+    prompt_tokens: Int
+    max_input_tokens: Int
+
+
+class PersisterTotals(msgspec.Struct, kw_only=True):
+    pid: Int
+    commits: Int
+    ops: Int
+    reply_text_bytes: Int
+    failed_batches: Int
+    ops_rejected: Int = 0
+    failing_since: Optional[float] = None
+    last_error: Optional[str] = None
+
+
+class ContextUse(msgspec.Struct, kw_only=True):
+    session_id: str
+    max_input_tokens: Int
+    history_tokens: Int
+
+
+class Status(Result, tag="status"):
+    generators: list[GeneratorView]
+    coordinator_pid: Int
+    persister_pid: Int
+    persister: Optional[PersisterTotals]  # None until the persister reports
+    active: list[ActiveGeneration]
+    counters: dict[str, Int]
+    context: Optional[ContextUse] = None
+
+
+ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,
+            Status]
+
+
+def plain(result: Result) -> dict:
+    """A result as JSON-ready values (``--json`` output): its fields, without the wire's ``kind``."""
+    out = msgspec.to_builtins(result)
+    out.pop("kind", None)
+    return out
