@@ -23,7 +23,8 @@ class CoordinatorShell:
         self.log = shell.start("coordinator")
         self.settings = config.CoordinatorSettings.from_env()
         self.machine = Coordinator(self.settings, count_tokens, pid=os.getpid())
-        store.open_database(self.settings.database_url)  # read-only here; a bad URL stops the start, as in the persister
+        # read-only here; a bad URL stops the start, as in the persister
+        self.db = store.open_database(self.settings.database_url)
         count_tokens("warm up", self.settings.default_model)  # load the encoding now, not on the first request
         self.run_dir_lock = transport.claim_run_dir()  # before binding: a second coordinator must not take over
         self.ctx = zmq.Context()
@@ -94,6 +95,7 @@ class CoordinatorShell:
         except Exception as exc:
             self.log.warning("session_load_failed", request=type(msg).__name__, error=shell.plain_error(exc),
                              exc_info=exc)
+            store.reset_connection(self.db)  # the next read reconnects (a database server that restarted)
             raise RequestRefused(f"could not read the database: {shell.plain_error(exc)}; try again") from None
 
     def drain_rpc(self, now: float) -> None:

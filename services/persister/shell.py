@@ -104,6 +104,8 @@ class PersisterShell:
             self.failed_batches += 1
             reason = shell.plain_error(exc)
             rejected = self.retry.failed(ops, exc, reason, time.time())
+            if rejected is None:
+                store.reset_connection(self.db)  # a server that restarted: reconnect on the next try
             if rejected is not None:
                 self.reject(rejected, reason, exc)
             else:
@@ -149,19 +151,30 @@ class PersisterShell:
     def transaction(self, work):
         """``work()`` in one transaction, committed only while the database file is still the one opened.
         A failure rolls back and raises the first error: after a full disk SQLite has already rolled back,
-        and the rollback's own complaint ("no transaction is active") would hide the real words."""
-        with self.db.manual_commit():
-            self.db.begin()
-            try:
-                result = work()
-                self.check_database_file()
-                self.db.commit()
-            except BaseException:
+        and the rollback's own complaint ("no transaction is active") would hide the real words; a server
+        that dropped the connection leaves peewee's transaction stack empty, and its complaint would too."""
+        first: BaseException | None = None
+        # connect first: peewee's connect() clears its transaction stack, so opening a connection inside the
+        # block (after ``reset_connection``) would pull the transaction out from under us
+        self.db.connect(reuse_if_open=True)
+        try:
+            with self.db.manual_commit():
+                self.db.begin()
                 try:
-                    self.db.rollback()
-                except Exception:
-                    pass
-                raise
+                    result = work()
+                    self.check_database_file()
+                    self.db.commit()
+                except BaseException as exc:
+                    first = exc
+                    try:
+                        self.db.rollback()
+                    except Exception:
+                        pass
+                    raise
+        except BaseException as exc:
+            if first is not None and exc is not first:
+                raise first from None
+            raise
         return result
 
     def check_database_file(self) -> None:

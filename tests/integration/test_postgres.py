@@ -1,0 +1,102 @@
+"""Chatter on a real PostgreSQL server that the suite starts itself (tools/pgserver.py): replies persist
+with their exact text, a server restart while replies stream loses nothing, a bad URL is one line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from services.mock_llm.script import reply_text
+from tests.integration.stack import Stack
+from tools.pgserver import PostgresServer, PostgresUnavailable
+from tools.spawn import REPO
+
+MODEL = "mock-1"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_stack(postgres, tmp_path):
+    with psycopg.connect(postgres.url, autocommit=True) as conn:  # each test starts from an empty database
+        conn.execute("DROP TABLE IF EXISTS chunk, message, session CASCADE")
+    stack = Stack(tmp_path / "stack", CHATTER_DATABASE_URL=postgres.url, CHATTER_PERSIST_RESEND_MS="500")
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def rows(url: str, session_id: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT role, content, status FROM message WHERE session_id = %s ORDER BY position",
+                            (session_id,)).fetchall()
+
+
+def expected(text: str, tokens: int) -> str:
+    return reply_text([{"role": "user", "content": text}], MODEL, tokens)
+
+
+def test_replies_persist_on_postgresql_with_their_exact_text(pg_stack, postgres):
+    out = pg_stack.cli_json("send", "on postgres [[mock tokens=60]]")
+    assert out["status"] == "completed" and out["content"] == expected("on postgres [[mock tokens=60]]", 60)
+    again = pg_stack.cli_json("send", "and again [[mock tokens=20]]", "--session", out["session_id"])
+    assert again["status"] == "completed"
+    assert rows(postgres.url, out["session_id"]) == [
+        ("user", "on postgres [[mock tokens=60]]", "completed"), ("assistant", out["content"], "completed"),
+        ("user", "and again [[mock tokens=20]]", "completed"), ("assistant", again["content"], "completed")]
+    preview = pg_stack.cli_json("preview", again["message_id"])
+    assert preview["prompt_hash"] == again["prompt_hash"]
+    assert [s["session_id"] for s in pg_stack.cli_json("sessions")] == [out["session_id"]]
+    with psycopg.connect(postgres.url) as conn:  # the chunk log held the streaming text, offsets in order
+        chunks = conn.execute('SELECT "offset", text FROM chunk WHERE message_id = %s ORDER BY id',
+                              (out["message_id"],)).fetchall()
+    assert "".join(text for _, text in chunks) == out["content"][:sum(len(t) for _, t in chunks)]
+    assert [offset for offset, _ in chunks] == sorted(offset for offset, _ in chunks)
+
+
+def test_a_postgresql_restart_while_replies_stream_loses_nothing(pg_stack, postgres):
+    texts = [f"through a restart {i} [[mock tokens=200 tps=50]]" for i in range(20)]
+    sends = [pg_stack.spawn_cli("send", text, "--json") for text in texts]
+    try:
+        time.sleep(1.5)  # mid-stream: checkpoints are being written
+        postgres.restart("fast")
+        outs = [json.loads(send.communicate(timeout=120)[0]) for send in sends]
+    finally:
+        for send in sends:
+            if send.poll() is None:
+                send.kill()
+    assert [o["status"] for o in outs] == ["completed"] * len(texts)
+    assert [o["content"] for o in outs] == [expected(text, 200) for text in texts]
+    for text, out in zip(texts, outs):
+        assert rows(postgres.url, out["session_id"]) == [("user", text, "completed"),
+                                                        ("assistant", out["content"], "completed")]
+    status = pg_stack.cli_json("status")["persister"]
+    assert status["failed_batches"] >= 1 and status["failing_since"] is None  # it failed, then reconnected
+    after = pg_stack.cli_json("send", "after the restart [[mock tokens=10]]")
+    assert after["status"] == "completed" and rows(postgres.url, after["session_id"])[1][2] == "completed"
+
+
+def test_a_bad_password_is_one_line_naming_the_setting(postgres, tmp_path):
+    env = Stack(tmp_path / "bad").env | {"CHATTER_DATABASE_URL": postgres.url.replace("chatter-test-password",
+                                                                                      "wrong")}
+    done = subprocess.run([sys.executable, "-m", "services.persister"], env=env, cwd=REPO, capture_output=True,
+                          timeout=60)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "CHATTER_DATABASE_URL" in err and "wrong" not in err  # the password is not shown
