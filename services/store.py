@@ -300,8 +300,10 @@ def load_session(session_id: str) -> dict | None:
     """A session and its messages as plain values, or None. Used by the coordinator on a cache miss."""
     try:
         sess = Session.get_or_none(Session.id == session_id)
-    except peewee.OperationalError:  # no tables yet: the persister has not started
-        return None
+    except peewee.DatabaseError as exc:
+        if _no_tables_yet(exc):
+            return None
+        raise  # a database that cannot be read: the request is refused, and the next read reconnects
     if sess is None:
         return None
     messages = []
@@ -315,23 +317,36 @@ def load_session(session_id: str) -> dict | None:
 def list_sessions(limit: int) -> list[dict]:
     """The most recently active sessions, as summaries (see ``services.coordinator.sessions.summary``)."""
     try:
+        # three queries whatever the limit (was one more per session): the sessions, their message counts,
+        # and their last assistant message's status
         rows = list(Session.select().order_by(Session.updated_at.desc()).limit(max(1, limit)))
+        ids = [r.id for r in rows]
         counts = dict(Message.select(Message.session, peewee.fn.COUNT(Message.id))
-                      .where(Message.session.in_([r.id for r in rows])).group_by(Message.session).tuples())
-        out = []
-        for row in rows:
-            last = (Message.select(Message.status).where((Message.session == row.id) & (Message.role == "assistant"))
-                    .order_by(Message.position.desc()).first())
-            out.append({"session_id": row.id, "title": row.title, "message_count": counts.get(row.id, 0),
-                        "last_activity": row.updated_at, "status": last.status if last else "empty"})
-        return out
-    except peewee.OperationalError:  # no tables yet
-        return []
+                      .where(Message.session.in_(ids)).group_by(Message.session).tuples())
+        latest = (Message.select(Message.session, peewee.fn.MAX(Message.position).alias("position"))
+                  .where(Message.session.in_(ids) & (Message.role == "assistant")).group_by(Message.session))
+        last_status = dict(Message.select(Message.session, Message.status)
+                           .join(latest, on=((Message.session == latest.c.session_id)
+                                             & (Message.position == latest.c.position))).tuples())
+        return [{"session_id": row.id, "title": row.title, "message_count": counts.get(row.id, 0),
+                 "last_activity": row.updated_at, "status": last_status.get(row.id, "empty")} for row in rows]
+    except peewee.DatabaseError as exc:
+        if _no_tables_yet(exc):
+            return []
+        raise
 
 
 def find_message_session(message_id: str) -> str | None:
     try:
         msg = Message.get_or_none(Message.id == message_id)
-    except peewee.OperationalError:
-        return None
+    except peewee.DatabaseError as exc:
+        if _no_tables_yet(exc):
+            return None
+        raise
     return None if msg is None else msg.session_id
+
+
+def _no_tables_yet(exc: Exception) -> bool:
+    """The persister, which creates the schema, has not started yet: nothing is stored, which is no error."""
+    words = str(exc)
+    return "no such table" in words or ("relation" in words and "does not exist" in words)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import collections
 import os
 import time
+from typing import Callable
 
 import msgpack
 import zmq
 
 from protocol import codec, messages as m, transport
 from services import config, shell, store
-from services.coordinator.machine import (Coordinator, Log, ReplyTo, RequestRefused, ToClients, ToControl,
-                                          ToGenerators, ToPersister)
+from services.coordinator.machine import (Coordinator, Log, ReplyTo, ToClients, ToControl, ToGenerators,
+                                          ToPersister)
+from services.coordinator.reader import DatabaseReader
 from services.tokens import count_tokens
 
 DRAIN_BATCH = 256  # per socket and loop turn (see ``shell.drain``)
@@ -38,6 +40,8 @@ class CoordinatorShell:
         self.persist = transport.open_socket(self.ctx, transport.PERSIST, bind=True)
         self.acks = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=True)
         self.pending_jobs: collections.deque[bytes] = collections.deque()
+        self.reader = DatabaseReader(self.ctx, self.db)
+        self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
         self.stopping = False
 
     # ------------------------------------------------------------ effects
@@ -77,26 +81,17 @@ class CoordinatorShell:
         self.machine.counters["bad_frames_dropped"] += 1
         shell.log_bad_frame(self.log, channel, err, self.machine.counters["bad_frames_dropped"])
 
-    def ensure_loaded(self, msg: m.Message) -> None:
-        """Sessions not in memory (after a restart) are read from the database before the machine sees them.
-        A database that cannot be read refuses this one request."""
-        try:
-            session_id = getattr(msg, "session_id", None)
-            if session_id is None and isinstance(msg, m.Preview):
-                if msg.message_id in self.machine.message_sessions:
-                    return
-                session_id = store.find_message_session(msg.message_id)
-            if session_id and session_id not in self.machine.sessions:
-                data = store.load_session(session_id)
-                if data is not None:
-                    self.machine.load_session(data)
-            if isinstance(msg, m.Sessions):
-                self.machine.load_summaries(store.list_sessions(msg.limit))
-        except Exception as exc:
-            self.log.warning("session_load_failed", request=type(msg).__name__, error=shell.plain_error(exc),
-                             exc_info=exc)
-            store.reset_connection(self.db)  # the next read reconnects (a database server that restarted)
-            raise RequestRefused(f"could not read the database: {shell.plain_error(exc)}; try again") from None
+    def read_for(self, msg: m.Message) -> tuple[str, Callable[[], tuple]] | None:
+        """The database read a request needs before the machine can answer it, as (key, read): a session not
+        in memory (after a restart, or evicted), the session of a message, or the stored sessions list."""
+        if isinstance(msg, m.Sessions):
+            return "sessions", lambda: ("summaries", store.list_sessions(msg.limit))
+        if isinstance(msg, m.Preview) and msg.message_id not in self.machine.message_sessions:
+            return f"message {msg.message_id}", lambda: ("session", _session_of_message(msg.message_id))
+        session_id = getattr(msg, "session_id", None)
+        if session_id and session_id not in self.machine.sessions:
+            return f"session {session_id}", lambda: ("session", store.load_session(session_id))
+        return None
 
     def drain_rpc(self, now: float) -> None:
         for frames in shell.drain(self.rpc, DRAIN_BATCH, multipart=True):
@@ -109,16 +104,40 @@ class CoordinatorShell:
                 if req_id is not None:
                     self.carry_out([ReplyTo(client, m.Reply(req_id, False, None, f"bad request: {err}"))])
                 continue
-            try:
-                self.ensure_loaded(msg)
-                effects = self.machine.handle_rpc(client, msg, now)
-            except RequestRefused as refused:
-                effects = [ReplyTo(client, m.Reply(msg.req_id, False, None, str(refused)))]
-            except Exception:  # a bug must cost one request, never the coordinator
-                self.log.exception("rpc_failed", request=type(msg).__name__)
-                effects = [ReplyTo(client, m.Reply(msg.req_id, False, None, "internal error in the coordinator; "
-                                                   "see its log"))]
-            self.carry_out(effects)
+            need = self.read_for(msg)
+            if need is None:
+                self.answer(client, msg, now)
+                continue
+            key, read = need
+            waiting = self.parked.setdefault(key, [])
+            if not waiting:  # one read serves every request parked behind it
+                self.reader.ask(key, read)
+            waiting.append((client, msg))
+
+    def take_reads(self, now: float) -> None:
+        """Answers of the database reader: adopt what was read, then answer the requests parked on it."""
+        for key, value, exc in self.reader.take():
+            if exc is not None:
+                self.log.warning("session_load_failed", read=key, error=shell.plain_error(exc), exc_info=exc)
+            elif value[0] == "session" and value[1] is not None:
+                self.machine.load_session(value[1])
+            elif value[0] == "summaries":
+                self.machine.load_summaries(value[1])
+            for client, msg in self.parked.pop(key, []):
+                if exc is not None:
+                    refusal = f"could not read the database: {shell.plain_error(exc)}; try again"
+                    self.carry_out([ReplyTo(client, m.Reply(msg.req_id, False, None, refusal))])
+                else:
+                    self.answer(client, msg, now)
+
+    def answer(self, client: bytes, msg: m.Message, now: float) -> None:
+        try:
+            effects = self.machine.handle_rpc(client, msg, now)
+        except Exception:  # a bug must cost one request, never the coordinator
+            self.log.exception("rpc_failed", request=type(msg).__name__)
+            effects = [ReplyTo(client, m.Reply(msg.req_id, False, None, "internal error in the coordinator; "
+                                               "see its log"))]
+        self.carry_out(effects)
 
     def drain_events(self, sock: zmq.Socket, channel: str, expect: tuple, now: float) -> None:
         effects: list = []
@@ -138,7 +157,7 @@ class CoordinatorShell:
     def run(self) -> None:
         shell.on_stop_signals(self.stop)
         poller = zmq.Poller()
-        for sock in (self.rpc, self.gen_events, self.acks):
+        for sock in (self.rpc, self.gen_events, self.acks, self.reader.wake):
             poller.register(sock, zmq.POLLIN)
         poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
@@ -155,18 +174,26 @@ class CoordinatorShell:
                 self.drain_events(self.acks, "persist-acks", m.PERSIST_ACKS, now)
             if self.rpc in ready:
                 self.drain_rpc(now)
+            if self.reader.wake in ready:
+                self.take_reads(now)
             self.carry_out(self.machine.tick(time.time()))
         self.close()
 
     def close(self) -> None:
         for sock in (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks):
             transport.close_bound(sock)
+        self.reader.close()
         self.ctx.term()
         transport.release_run_dir(self.run_dir_lock)
         self.log.info("coordinator_stopped")
 
     def stop(self) -> None:
         self.stopping = True
+
+
+def _session_of_message(message_id: str) -> dict | None:
+    session_id = store.find_message_session(message_id)
+    return store.load_session(session_id) if session_id else None
 
 
 def _salvage_req_id(payload: bytes) -> int | None:

@@ -104,8 +104,10 @@ class PersisterShell:
             self.failed_batches += 1
             reason = shell.plain_error(exc)
             rejected = self.retry.failed(ops, exc, reason, time.time())
-            if rejected is None:
-                store.reset_connection(self.db)  # a server that restarted: reconnect on the next try
+            if rejected is None and store.file_identity(self.db) == self.file_identity:
+                # a server that restarted: reconnect on the next try (but never reopen the path of a deleted
+                # database file, which would create an empty database there)
+                store.reset_connection(self.db)
             if rejected is not None:
                 self.reject(rejected, reason, exc)
             else:

@@ -259,3 +259,28 @@ def test_an_upstream_silent_past_the_read_timeout_ends_as_error_keeping_its_text
     # silent before its first token: a timeout like any other failure there, retried until the deadline
     out = stack.cli_json("send", "mute [[mock tokens=30 stall_after=0 stall_ms=60000]]")
     assert out["status"] == "error" and "upstream timed out" in out["error"] and "attempts" in out["error"]
+
+
+def test_database_reads_run_off_the_loop_while_replies_stream(fresh_stack):
+    """Sessions not in memory are read by the coordinator's reader thread; the requests that need them wait,
+    the streams do not. With a cache of 2, most of these sessions must come back from the database while
+    replies stream: every read answers right, and every stream ends exact."""
+    stack = fresh_stack(CHATTER_MAX_CACHED_SESSIONS="2")
+    stored = [stack.cli_json("send", f"stored {i} [[mock tokens=8]]") for i in range(6)]
+    texts = [f"streaming {i} [[mock tokens=120 tps=60]]" for i in range(8)]
+    sends = [stack.spawn_cli("send", text, "--json") for text in texts]
+    try:
+        for _ in range(3):
+            for out in stored:
+                history = stack.cli_json("history", out["session_id"][:12])  # prefix resolution, then a read
+                assert history["session_id"] == out["session_id"]
+                assert history["messages"][1]["content"] == out["content"]
+            listed = {s["session_id"] for s in stack.cli_json("sessions", "--limit", "100")}
+            assert {out["session_id"] for out in stored} <= listed
+        outs = [json.loads(send.communicate(timeout=60)[0]) for send in sends]
+    finally:
+        for send in sends:
+            if send.poll() is None:
+                send.kill()
+    assert [o["status"] for o in outs] == ["completed"] * len(texts)
+    assert [o["content"] for o in outs] == [expected(text, 120) for text in texts]
