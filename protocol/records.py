@@ -9,9 +9,9 @@ from msgspec import field
 PromptMessage = dict[str, str]  # {"role": ..., "content": ...}: the openai client takes it as it is
 
 
-class MessageRecord(msgspec.Struct, kw_only=True):
-    """One message of a session as the coordinator keeps it in memory and reads it back from the database:
-    the one shape of a history record. Clients see it without its prompt (``client_view``)."""
+class MessageView(msgspec.Struct, kw_only=True):
+    """A history record as clients see it: everything but the prompt it was generated from (that is
+    ``chatter preview``'s)."""
 
     message_id: str
     session_id: str
@@ -24,11 +24,17 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     model: Optional[str] = None
     stats: dict = field(default_factory=dict)
     error: Optional[str] = None
-    preview: Optional[str] = None
-    prompt_messages: Optional[list[PromptMessage]] = None
     superseded: bool = False
     client_request_id: Optional[str] = None
     dropped_message_ids: list[str] = field(default_factory=list)
+
+
+class MessageRecord(MessageView, kw_only=True):
+    """One message of a session as the coordinator keeps it in memory and reads it back from the database:
+    the one shape of a history record, its prompt included."""
+
+    preview: Optional[str] = None
+    prompt_messages: Optional[list[PromptMessage]] = None
 
     def client_view(self, content: str | None = None) -> MessageView:
         """What a client's history shows of it: no prompt; ``content`` instead of its own while it streams."""
@@ -36,22 +42,3 @@ class MessageRecord(msgspec.Struct, kw_only=True):
         if content is not None:
             fields["content"] = content
         return MessageView(**fields)
-
-
-class MessageView(msgspec.Struct, kw_only=True):
-    """A history record as clients see it: without the prompt it was generated from (``chatter preview``)."""
-
-    message_id: str
-    session_id: str
-    role: str
-    content: str
-    status: str
-    created_at: float
-    generation_id: Optional[str] = None
-    prompt_hash: Optional[str] = None
-    model: Optional[str] = None
-    stats: dict = field(default_factory=dict)
-    error: Optional[str] = None
-    superseded: bool = False
-    client_request_id: Optional[str] = None
-    dropped_message_ids: list[str] = field(default_factory=list)
