@@ -85,6 +85,14 @@ class PostgresServer:
         if done.returncode != 0:
             raise PostgresUnavailable(f"createdb failed: {done.stderr.decode(errors='replace')[-500:]}")
 
+    def new_database(self, prefix: str) -> str:
+        """A new, empty database on this server; returns its URL."""
+        import psycopg
+        name = f"{prefix}_{free_port()}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def pg_ctl_start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.workdir} -c fsync=on"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.workdir / "server.log"), "-w",

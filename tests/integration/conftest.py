@@ -37,3 +37,25 @@ def fresh_stack(tmp_path_factory, request):
     yield start
     for gen in started:
         next(gen, None)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server for the whole run, started on first use (``postgres_server()``); a test
+    that needs one and cannot have it skips, saying why."""
+    from tools.pgserver import PostgresServer, PostgresUnavailable
+    started: list = []
+
+    def get():
+        if not started:
+            try:
+                started.append(PostgresServer().start())
+            except PostgresUnavailable as exc:
+                started.append(exc)
+        if isinstance(started[0], Exception):
+            pytest.skip(f"no PostgreSQL server can be started here: {started[0]}")
+        return started[0]
+
+    yield get
+    if started and not isinstance(started[0], Exception):
+        started[0].stop()

@@ -48,11 +48,21 @@ class Stack(LocalStack):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/journal", timeout=5) as resp:
             return json.load(resp)["requests"]
 
-    def db_message(self, message_id: str) -> dict:
+    def query(self, sql: str, params: tuple = ()) -> list[dict]:
+        """Rows of the stack's database, SQLite or PostgreSQL (``?`` placeholders either way)."""
+        url = self.env["CHATTER_DATABASE_URL"]
+        if url.startswith("postgresql://"):
+            import psycopg
+            from psycopg.rows import dict_row
+            with psycopg.connect(url, row_factory=dict_row) as conn:
+                return conn.execute(sql.replace("?", "%s"), params).fetchall()
         with sqlite3.connect(self.db_path) as conn:
             conn.row_factory = sqlite3.Row
-            row = conn.execute("select * from message where id = ?", (message_id,)).fetchone()
-            return dict(row) if row else {}
+            return [dict(row) for row in conn.execute(sql, params)]
+
+    def db_message(self, message_id: str) -> dict:
+        rows = self.query("select * from message where id = ?", (message_id,))
+        return rows[0] if rows else {}
 
     def wait_db_status(self, message_id: str, statuses: tuple[str, ...], timeout: float = 15) -> dict:
         deadline = time.monotonic() + timeout

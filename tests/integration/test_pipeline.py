@@ -11,12 +11,24 @@ import time
 import msgpack
 import zmq
 
+import pytest
+
 from protocol import codec, messages as m
 from services.coordinator.prompt import prompt_hash
 from services.mock_llm.script import reply_text, reply_tokens
 
 MODEL = "mock-1"
 
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, tmp_path_factory, postgres_server):
+    """The whole pipeline runs on SQLite and on a real PostgreSQL server (its own database)."""
+    from tests.integration.conftest import _stack
+    env = {"CHATTER_RETRY_DEADLINE_MS": "2000"}
+    if request.param == "postgresql":
+        env["CHATTER_DATABASE_URL"] = postgres_server().new_database("pipeline")
+    yield from _stack(tmp_path_factory, request, **env)
 
 def expected(text: str, tokens: int) -> str:
     return reply_text([{"role": "user", "content": text}], MODEL, tokens)
@@ -76,10 +88,7 @@ def test_cancel_mid_stream_keeps_exactly_what_the_client_printed(stack):
 
 
 def _assistant_rows(stack) -> list[dict]:
-    import sqlite3
-    with sqlite3.connect(stack.db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("select * from message where role='assistant' order by created_at")]
+    return stack.query("select * from message where role = 'assistant' order by created_at")
 
 
 def test_preview_and_hash_equal_what_the_mock_received(stack):

@@ -12,22 +12,14 @@ import pytest
 
 from services.mock_llm.script import reply_text
 from tests.integration.stack import Stack
-from tools.pgserver import PostgresServer, PostgresUnavailable
 from tools.spawn import REPO
 
 MODEL = "mock-1"
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    try:
-        server = PostgresServer().start()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+def postgres(postgres_server):
+    return postgres_server()
 
 
 @pytest.fixture
