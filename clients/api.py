@@ -26,10 +26,10 @@ class CoordinatorSilent(ChatterError):
 
 
 
-def _rpc_timeout_ms() -> int:
-    raw = os.environ.get("CHATTER_RPC_TIMEOUT_MS") or "5000"
+def _env_ms(name: str, default: int) -> int:
+    raw = os.environ.get(name) or str(default)
     if not raw.isdigit() or not 1 <= int(raw) <= 3_600_000:
-        raise ChatterError(f"CHATTER_RPC_TIMEOUT_MS must be a number of milliseconds from 1 to 3600000, got {raw!r}")
+        raise ChatterError(f"{name} must be a number of milliseconds from 1 to 3600000, got {raw!r}")
     return int(raw)
 
 
@@ -58,7 +58,9 @@ class Client:
     def __init__(self, rpc_timeout_ms: int | None = None, run_dir: str | None = None,
                  stream_hwm: int | None = None) -> None:
         self.run_dir = run_dir  # default: CHATTER_RUN_DIR
-        self.rpc_timeout_ms = rpc_timeout_ms or _rpc_timeout_ms()
+        self.rpc_timeout_ms = rpc_timeout_ms or _env_ms("CHATTER_RPC_TIMEOUT_MS", 5000)
+        # how long a reply that ended waits to become durable before the client stops waiting for it
+        self.durable_wait_ms = _env_ms("CHATTER_DURABLE_WAIT_MS", 30_000)
         self.ctx = zmq.Context()
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
         self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=False, run_dir_path=self.run_dir,
@@ -170,7 +172,13 @@ class Client:
         if attach:
             view.apply_snapshot(self.snapshot(session_id, generation_id))
         last_event = time.monotonic()
+        ended_at: float | None = None  # when a snapshot first said the reply ended, not yet durable
         while view.final is None:
+            if view.ended is not None:
+                ended_at = ended_at or time.monotonic()
+                if (time.monotonic() - ended_at) * 1000 >= self.durable_wait_ms:
+                    view.stop_waiting_for_durability()
+                    break
             fresh = view.take_new_text()
             if fresh and on_text is not None:
                 on_text(fresh, view)

@@ -27,10 +27,13 @@ def outcome_json(session_id: str, view: ReplyView, started: results.ReplyStarted
         "duration_ms": stats.get("duration_ms"),
         "tok_per_s": stats.get("tok_per_s"),
         "error": final.get("error"),
+        "saved": not final.get("unsaved", False),  # False: complete, but the persister has not made it durable
     }
 
 
-def exit_code(status: str) -> int:
+def exit_code(status: str, saved: bool = True) -> int:
+    if not saved:
+        return EXIT_ERROR
     return {"completed": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_ERROR)
 
 

@@ -51,7 +51,11 @@ def finish(outcome: dict, view: ReplyView, renderer: ReplyRenderer | None) -> in
         print(json.dumps(outcome, ensure_ascii=False))
     else:
         renderer.finish(outcome, stats, view.text)
-    return exit_code(outcome["status"])
+    if not outcome["saved"]:
+        print(f"chatter: the reply is {outcome['status']} ({len(view.text)} characters) but not saved yet: the "
+              "persister or its database is unreachable; it is saved when they are back "
+              "(chatter status shows the persister)", file=sys.stderr)
+    return exit_code(outcome["status"], outcome["saved"])
 
 
 # ---------------------------------------------------------------- commands

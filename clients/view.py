@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from protocol import messages as m
 
 APPLIED, IGNORED, GAP = "applied", "ignored", "gap"
+ENDED = ("completed", "cancelled", "error", "interrupted")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ReplyView:
     _parts: list[str] = field(default_factory=list, repr=False)
     length: int = 0
     kept_text: str | None = None  # set by ``cancel``: what this client had when it asked to stop
+    ended: object | None = None  # the snapshot of a reply that ended but is not durable yet
 
     @property
     def text(self) -> str:
@@ -100,4 +102,14 @@ class ReplyView:
             self.status = snap.status
             self.final = {"status": snap.status, "message_id": snap.message_id, "stats": snap.stats,
                           "error": snap.error, "content_hash": None}
+        elif snap.status in ENDED:
+            self.ended = snap  # its text is all here; only its saving is pending
         return APPLIED
+
+    def stop_waiting_for_durability(self) -> None:
+        """The reply ended but is still not durable (the persister or its database is away): end this view
+        with what it has, marked unsaved. The reply is saved when they are back; this client stops waiting."""
+        snap = self.ended
+        self.status = snap.status
+        self.final = {"status": snap.status, "message_id": snap.message_id, "stats": snap.stats,
+                      "error": snap.error, "content_hash": None, "unsaved": True}

@@ -187,3 +187,21 @@ def test_a_dead_upstream_ends_as_error_with_a_readable_reason(fresh_stack):
     while stack.cli_json("status")["counters"]["retries"] < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert stack.cli_json("status")["counters"]["retries"] >= 2
+
+
+def test_a_send_waits_a_bounded_time_for_durability_and_the_reply_is_saved_later(fresh_stack):
+    stack = fresh_stack(CHATTER_PERSIST_RESEND_MS="300")
+    stack.kill("persister")  # nothing can become durable now
+    text = "saved later [[mock tokens=30]]"
+    env = stack.env | {"CHATTER_DURABLE_WAIT_MS": "1500"}
+    import json
+    import subprocess
+    done = subprocess.run([*stack.cli_argv(), "send", text, "--json"], env=env, cwd=stack.cwd, capture_output=True,
+                          timeout=60)
+    out = json.loads(done.stdout)
+    assert done.returncode == 1 and out["status"] == "completed" and out["saved"] is False
+    assert out["content"] == expected(text, 30)  # the reply is complete on the client
+    assert "not saved yet" in done.stderr.decode() and "persister" in done.stderr.decode()
+    stack.start("persister")
+    row = stack.wait_db_status(out["message_id"], ("completed",))
+    assert row["content"] == out["content"]  # saved once the persister is back

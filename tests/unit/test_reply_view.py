@@ -57,3 +57,16 @@ def test_after_cancel_nothing_more_is_rendered_and_the_kept_text_is_what_was_ren
     assert view.take_new_text() == ""  # applied (offsets stay exact) but never rendered
     assert view.apply(final(6, "cancelled")) == APPLIED
     assert view.text == view.kept_text == "shown " and view.status == "cancelled"
+
+
+def test_a_reply_that_ended_but_is_not_durable_can_stop_the_wait_marked_unsaved():
+    view = ReplyView("g")
+    view.apply(d(0, "all of it"))
+    view.apply_snapshot(snapshot("g", "all of it", False, "completed", message_id="msg"))
+    assert view.final is None and view.ended is not None  # ended, still waiting for its durable final
+    view.stop_waiting_for_durability()
+    assert view.final["unsaved"] and view.final["status"] == view.status == "completed"
+    assert view.text == "all of it"
+    still = ReplyView("g")
+    still.apply_snapshot(snapshot("g", "half", False, "streaming"))
+    assert still.ended is None  # a reply still streaming is not "ended"
