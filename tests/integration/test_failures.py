@@ -1,9 +1,11 @@
 """Crashes and modes that need a stack of their own: kill -9, restarts, non-streaming, SIGTERM."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 
 from services.mock_llm.script import reply_text
@@ -194,8 +196,6 @@ def test_a_send_waits_a_bounded_time_for_durability_and_the_reply_is_saved_later
     stack.kill("persister")  # nothing can become durable now
     text = "saved later [[mock tokens=30]]"
     env = stack.env | {"CHATTER_DURABLE_WAIT_MS": "1500"}
-    import json
-    import subprocess
     done = subprocess.run([*stack.cli_argv(), "send", text, "--json"], env=env, cwd=stack.cwd, capture_output=True,
                           timeout=60)
     out = json.loads(done.stdout)
