@@ -38,6 +38,8 @@ def final_stats_line(outcome: dict, stats: dict | None = None) -> str:
     line += f" | {outcome['status']}"
     if outcome["error"]:
         line += f" | {outcome['error']}"
+    if outcome.get("saved") is False:
+        line += " | NOT SAVED YET: the persister or its database is unreachable (saved when back)"
     return line
 
 

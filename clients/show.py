@@ -80,16 +80,37 @@ def print_status(status: results.Status) -> None:
         ctx = status.context
         print(f"session {ctx.session_id}: history ~{ctx.history_tokens}/{ctx.max_input_tokens} tokens")
     print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(status.counters.items())))
-    persister = status.persister
+    print_durability(status)
+
+
+def print_durability(status: results.Status) -> None:
+    """The persister, its database, the coordinator's own reads, and what is not saved yet."""
+    persister, seen = status.persister, status.persister_seen_ms_ago
+    if seen is None:
+        print("persister: NOT CONNECTED (not heard from since the coordinator started)")
+    elif not status.persister_connected:
+        print(f"persister: NOT CONNECTED (last heard from {seen / 1000:.0f} s ago)")
+    else:
+        print(f"persister: connected (heard from {seen} ms ago)")
     if persister:
         print(f"persister: {persister.commits} commits, {persister.ops} operations, "
               f"{persister.reply_text_bytes} reply text bytes written, {persister.failed_batches} failed "
               f"batches, {persister.ops_rejected} operations rejected")
         if persister.failing_since is not None:
-            print(f"persister: FAILING for {max(0.0, time.time() - persister.failing_since):.0f} s: "
-                  f"{persister.last_error}; nothing new is durable until it recovers")
+            print(f"database: FAILING for {_since(persister.failing_since)}: {persister.last_error}; nothing new "
+                  "is durable until it recovers")
+        else:
+            print("database: reachable")
+    if status.reads_failing_since is not None:
+        print(f"coordinator's reads: FAILING for {_since(status.reads_failing_since)}: {status.reads_error}")
+    if status.unsaved:
+        print(f"not saved yet: {status.unsaved} messages, the oldest waiting {status.oldest_unsaved_ms / 1000:.1f} s")
     else:
-        print("persister: no totals yet (it reports after its first commit)")
+        print("not saved yet: nothing")
+
+
+def _since(then: float) -> str:
+    return f"{max(0.0, time.time() - then):.0f} s"
 
 
 def print_history(history: results.History) -> None:

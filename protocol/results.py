@@ -91,6 +91,9 @@ class SessionSettings(Result, tag="settings"):
     stream: Optional[bool]
 
 
+PERSISTER_SILENT_MS = 3000
+
+
 class GeneratorView(msgspec.Struct, kw_only=True):
     generator_id: str
     capacity_free: Int
@@ -134,6 +137,13 @@ class Status(Result, tag="status"):
     active: list[ActiveGeneration]
     counters: dict[str, Int]
     context: Optional[ContextUse] = None
+    persister_seen_ms_ago: Optional[Int] = None  # None: not heard from since the coordinator started
+    persister_connected: bool = False  # heard from within PERSISTER_SILENT_MS (it reports every second)
+    database_reachable: Optional[bool] = None  # as the persister last found it; None before it reports
+    unsaved: Int = 0  # messages with operations the persister has not acked yet
+    oldest_unsaved_ms: Optional[Int] = None  # how long the oldest of them has waited
+    reads_failing_since: Optional[float] = None  # the coordinator's own database reads: None while they work
+    reads_error: Optional[str] = None
 
 
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,

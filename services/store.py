@@ -174,6 +174,20 @@ def _owned(path: str) -> bool:
     return os.stat(path).st_uid == os.getuid()
 
 
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 5.0
+
+
+def backoff_s(failures: int) -> float:
+    """Wait before try ``failures + 1`` of a failing database: 0.1 s, doubling, at most 5 s."""
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
+
+
+def ping(db: peewee.Database) -> None:
+    """One round trip to the database: raises when it cannot be reached."""
+    db.execute_sql("SELECT 1").fetchone()
+
+
 def reset_connection(db: peewee.Database) -> None:
     """Drop a connection that may be dead (a database server that restarted): the next query opens a new one."""
     try:

@@ -98,8 +98,12 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.workdir / "server.log"), "-w",
                   "-t", "60", "start")
 
-    def restart(self, mode: str = "fast") -> None:
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server and keep its data: ``pg_ctl_start`` brings it back."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        self.halt(mode)
         self.pg_ctl_start()
 
     def pid(self) -> int | None:

@@ -116,7 +116,9 @@ class CoordinatorShell:
 
     def take_reads(self, now: float) -> None:
         """Answers of the database reader: adopt what was read, then answer the requests parked on it."""
-        for key, value, exc in self.reader.take():
+        answers = self.reader.take()
+        self.machine.reads_health = self.reader.health
+        for key, value, exc in answers:
             if exc is not None:
                 self.log.warning("session_load_failed", read=key, error=shell.plain_error(exc), exc_info=exc)
             elif value[0] == "session" and value[1] is not None:

@@ -18,6 +18,8 @@ from services.coordinator.requests import Requests
 from services.coordinator.sessions import SessionState
 from services.coordinator.stream import GenerationState, GeneratorInfo, StreamRules
 
+PERSISTER_EVENTS = frozenset(m.PERSIST_ACKS)
+
 # what the shell and the tests take from here: the machine, its settings, and the effects it returns
 __all__ = ["Coordinator", "Settings", "Log", "ReplyTo", "RequestRefused", "ToClients", "ToControl", "ToGenerators",
            "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
@@ -40,6 +42,8 @@ class Coordinator(Requests, StreamRules):
         self.persisted = PersistTracker(settings.persist_resend_ms)
         self.generators: dict[str, GeneratorInfo] = {}
         self.persister_pid = 0
+        self.persister_seen_at: float | None = None  # the last message from the persister (it heartbeats)
+        self.reads_health: tuple[float | None, str | None] = (None, None)  # the shell's database reads, for status
         self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0}
@@ -75,6 +79,8 @@ class Coordinator(Requests, StreamRules):
 
     def handle_event(self, msg: m.Message, now: float) -> list:
         out: list = []
+        if type(msg) in PERSISTER_EVENTS:
+            self.persister_seen_at = now
         self._event_handlers[type(msg)](msg, now, out)
         return out
 

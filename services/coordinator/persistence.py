@@ -22,6 +22,7 @@ class PersistState:
     acked_len: int = 0
     final: m.Finalize | None = None
     last_sent_at: float = 0.0
+    unsaved_since: float = 0.0  # when the oldest operation not acked yet was sent (status: the oldest unsaved)
 
     @property
     def behind(self) -> bool:
@@ -39,7 +40,7 @@ class PersistTracker:
 
     def create(self, create: m.CreateMessage, now: float) -> m.CreateMessage:
         self.states[create.message_id] = PersistState(create.message_id, create, create.generation_id,
-                                                      last_sent_at=now)
+                                                      last_sent_at=now, unsaved_since=now)
         return create
 
     def sent_len(self, message_id: str) -> int:
@@ -48,6 +49,8 @@ class PersistTracker:
     def append(self, message_id: str, text: str, now: float) -> m.Append:
         """The next checkpoint: ``text`` continues what was sent."""
         state = self.states[message_id]
+        if not state.behind:
+            state.unsaved_since = now
         op = m.Append(message_id, state.sent_len, text)
         state.sent_len += len(text)
         state.last_sent_at = now
@@ -55,6 +58,8 @@ class PersistTracker:
 
     def finalize(self, final: m.Finalize, now: float) -> m.Finalize:
         state = self.states[final.message_id]
+        if not state.behind:
+            state.unsaved_since = now
         state.final = final
         # a cancel may keep less than was checkpointed: the persister cuts it at finalize
         state.sent_len = min(state.sent_len, final.length)
@@ -80,6 +85,11 @@ class PersistTracker:
     def reject(self, message_id: str) -> PersistState | None:
         """The persister can never apply this message's operations: forget them. Returns its state."""
         return self.states.pop(message_id, None)
+
+    def oldest_unsaved(self) -> tuple[int, float | None]:
+        """How many messages have operations not acked yet, and since when the oldest of them waits."""
+        waiting = [state.unsaved_since for state in self.states.values() if state.behind]
+        return len(waiting), min(waiting, default=None)
 
     def on_persister_hello(self) -> None:
         """A restarted persister: it must hear the live messages, and everything unacked goes again now."""

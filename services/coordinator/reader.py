@@ -2,27 +2,35 @@
 database: the loop asks (``ask``), parks the request that needed the answer, and takes the answers
 (``take``) when the reader wakes it through an inproc socket that its poller watches.
 
-Peewee keeps a connection per thread, so the reader has its own; one that fails is dropped and the next
-read reconnects (a database server that restarted)."""
+Peewee keeps a connection per thread, so the reader has its own; one that fails is dropped and a later
+read reconnects (a database server that restarted), after a backoff (0.1 s doubling to 5 s) during which
+reads are refused at once with the last error. ``health`` is what ``chatter status`` shows of it."""
 from __future__ import annotations
 
 import collections
 import itertools
 import queue
 import threading
+import time
 from typing import Callable
 
 import zmq
 
-from services import store
+from services import shell, store
 
 _IDS = itertools.count(1)
+
+
+class BackingOff(Exception):
+    """A read refused without trying: the database failed moments ago and its backoff has not passed."""
 
 
 class DatabaseReader:
     def __init__(self, ctx: zmq.Context, db) -> None:
         self.db = db
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.health: tuple[float | None, str | None] = (None, None)  # (failing since, last error); the loop reads it
+        self._failures, self._retry_at = 0, 0.0
         self.answers: collections.deque = collections.deque()  # (key, value, exception), in order
         address = f"inproc://coordinator-reader-{next(_IDS)}"
         self.wake = ctx.socket(zmq.PAIR)  # the loop's end: readable when answers are waiting
@@ -52,17 +60,29 @@ class DatabaseReader:
             if item is None:
                 break
             key, read = item
-            try:
-                self.answers.append((key, read(), None))
-            except Exception as exc:  # the request that needed it is refused; the loop goes on
-                store.reset_connection(self.db)
-                self.answers.append((key, None, exc))
+            self.answers.append((key, *self._read(read)))
             self._wake_loop.send(b"")
         self._wake_loop.close(0)
         try:
             self.db.close()
         except Exception:
             pass
+
+    def _read(self, read: Callable[[], object]) -> tuple[object, Exception | None]:
+        now = time.time()
+        failing_since, last_error = self.health
+        if failing_since is not None and now < self._retry_at:
+            return None, BackingOff(last_error)
+        try:
+            value = read()
+        except Exception as exc:  # the request that needed it is refused; the loop goes on
+            store.reset_connection(self.db)
+            self._failures += 1
+            self._retry_at = now + store.backoff_s(self._failures)
+            self.health = (failing_since or now, shell.plain_error(exc))
+            return None, exc
+        self._failures, self.health = 0, (None, None)
+        return value, None
 
     def close(self) -> None:
         self.requests.put(None)

@@ -198,6 +198,8 @@ class Requests:
             model = sess.model or self.settings.default_model
             context = results.ContextUse(session_id=sess.session_id, max_input_tokens=self._budget(sess),
                                          history_tokens=sessions.context_tokens(sess, model, self.count_tokens))
+        unsaved, oldest_unsaved = self.persisted.oldest_unsaved()
+        seen_ms_ago, stats = _ms_since(self.persister_seen_at, now), self.persister_stats
         return results.Status(
             generators=[results.GeneratorView(generator_id=g.generator_id, capacity_free=g.capacity_free,
                                               active=g.active, seen_ms_ago=round((now - g.last_seen) * 1000),
@@ -210,7 +212,11 @@ class Requests:
                     for g in self.active.values()],
             counters=self.counters | {"retries": sum(g.retries for g in self.generators.values()),
                                       "persist_resends": self.persisted.resends},
-            context=context)
+            context=context, unsaved=unsaved, oldest_unsaved_ms=_ms_since(oldest_unsaved, now),
+            persister_seen_ms_ago=seen_ms_ago,
+            persister_connected=seen_ms_ago is not None and seen_ms_ago <= results.PERSISTER_SILENT_MS,
+            database_reachable=None if stats is None else stats.failing_since is None,
+            reads_failing_since=self.reads_health[0], reads_error=self.reads_health[1])
 
     def _on_history(self, msg: m.History, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
@@ -260,3 +266,7 @@ class Requests:
             del self.sessions[sess.session_id]
             for record in sess.history:
                 self.message_sessions.pop(record.message_id, None)
+
+
+def _ms_since(then: float | None, now: float) -> int | None:
+    return None if then is None else max(0, round((now - then) * 1000))

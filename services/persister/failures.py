@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import peewee
 
-BACKOFF_FIRST_S = 0.1
-BACKOFF_MAX_S = 5.0
+from services.store import BACKOFF_MAX_S, backoff_s  # noqa: F401 (BACKOFF_MAX_S: part of these rules)
+
 BATCH, ONE_BY_ONE = "batch", "one_by_one"
 
 # Errors of one operation's values; anything else is taken to be the database's own failure.
@@ -29,11 +29,6 @@ class DatabaseGone(Exception):
 
 def is_operation_error(exc: BaseException) -> bool:
     return isinstance(exc, OPERATION_ERRORS) and not isinstance(exc, DatabaseGone)
-
-
-def backoff_s(failures: int) -> float:
-    """Wait before try ``failures + 1``: 0.1 s, doubling, at most 5 s."""
-    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
 
 
 @dataclass

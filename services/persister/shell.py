@@ -19,6 +19,7 @@ from services.persister.failures import DatabaseGone, Retry
 
 DRAIN_BATCH = 4096
 STATS_EVERY_S = 0.25
+HEARTBEAT_S = 1.0  # an idle persister still reports (and checks its database) this often
 
 
 class PersisterShell:
@@ -41,6 +42,8 @@ class PersisterShell:
         self.stopping = False
         self.bad_frames = self.failed_batches = self.commits = self.ops_applied = self.ops_rejected = 0
         self.stats_sent_at, self.stats_sent_for = 0.0, -1
+        self.probe_failing_since: float | None = None  # an idle persister's database check, when it fails
+        self.probe_error: str | None = None
 
     # ------------------------------------------------------------ loop
 
@@ -54,6 +57,8 @@ class PersisterShell:
                 wait_s = self.retry.retry_at - time.time()
                 if wait_s > 0:
                     time.sleep(min(wait_s, STATS_EVERY_S))
+                    if time.monotonic() - self.stats_sent_at > HEARTBEAT_S:
+                        self.send_stats()
                     continue
                 self.commit(self.retry.next_ops())
                 continue
@@ -74,7 +79,10 @@ class PersisterShell:
         """The next batch: what is queued now, gathered for ``CHATTER_GROUP_COMMIT_MS`` (every commit
         rewrites whole pages, so a few ms of gathering saves most of the bytes)."""
         if not self.ops_in.poll(STATS_EVERY_S * 1000):
-            if self.stats_sent_for != self.commits:  # idle now: the totals of the last commits still go out
+            if time.monotonic() - self.stats_sent_at > HEARTBEAT_S:
+                self.probe()
+                self.send_stats()
+            elif self.stats_sent_for != self.commits:  # idle now: the totals of the last commits still go out
                 self.send_stats()
             return []
         ops: list[m.Message] = []
@@ -119,6 +127,7 @@ class PersisterShell:
             self.retry.applied(ops)
             if not self.retry.holding:
                 self.log.info("database_recovered", failed_batches=self.failed_batches)
+        self.probe_failing_since = self.probe_error = None
         self.commits += 1
         self.ops_applied += len(ops)
         self.reply_text_bytes += plan.reply_text_bytes
@@ -179,6 +188,25 @@ class PersisterShell:
             raise
         return result
 
+    def probe(self) -> None:
+        """An idle persister's check that its database is there (one round trip), so that ``chatter status``
+        tells of a database that went away before any reply needs it."""
+        try:
+            self.check_database_file()
+            store.ping(self.db)
+        except Exception as exc:
+            reason = shell.plain_error(exc)
+            if self.probe_failing_since is None:
+                self.probe_failing_since = time.time()
+                self.log.error("database_unreachable", error=reason)
+            self.probe_error = reason
+            if not isinstance(exc, DatabaseGone):
+                store.reset_connection(self.db)
+            return
+        if self.probe_failing_since is not None:
+            self.log.info("database_reachable")
+        self.probe_failing_since = self.probe_error = None
+
     def check_database_file(self) -> None:
         """A database file deleted or replaced while open takes every later commit with it, silently."""
         if self.file_identity is not None and store.file_identity(self.db) != self.file_identity:
@@ -208,8 +236,8 @@ class PersisterShell:
         self.stats_sent_at, self.stats_sent_for = time.monotonic(), self.commits
         self.acks_out.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied,
                                             self.reply_text_bytes, self.failed_batches,
-                                            self.ops_rejected, self.retry.failing_since,
-                                            self.retry.last_error).encode())
+                                            self.ops_rejected, self.retry.failing_since or self.probe_failing_since,
+                                            self.retry.last_error or self.probe_error).encode())
 
 
 # How each step of a write plan is carried out, in plan order.

@@ -15,6 +15,17 @@ import zmq
 from tools.spawn import REPO, LocalStack, free_port  # noqa: F401  (free_port: for tests)
 
 
+def wait_until(predicate, timeout: float = 20, what: str = "the condition"):
+    """The first true value of ``predicate()``, polled every 0.1 s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} never held")
+
+
 class Stack(LocalStack):
     cwd = REPO
 

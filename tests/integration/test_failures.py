@@ -9,6 +9,7 @@ import subprocess
 import time
 
 from services.mock_llm.script import reply_text
+from tests.integration.stack import free_port, wait_until
 
 MODEL = "mock-1"
 
@@ -136,7 +137,6 @@ def test_sigterm_mid_stream_closes_the_upstream_request(fresh_stack):
 
 
 def test_every_channel_can_run_over_tcp_on_loopback(fresh_stack):
-    from tests.integration.stack import free_port
     names = ("RPC", "STREAM", "JOBS", "GEN_EVENTS", "CONTROL", "PERSIST", "PERSIST_ACKS")
     env = {f"CHATTER_ENDPOINT_{n}": f"tcp://127.0.0.1:{free_port()}" for n in names}
     stack = fresh_stack(**env)
@@ -180,7 +180,6 @@ def test_generators_drop_their_streams_when_the_coordinator_dies(fresh_stack):
 
 
 def test_a_dead_upstream_ends_as_error_with_a_readable_reason(fresh_stack):
-    from tests.integration.stack import free_port
     stack = fresh_stack(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", CHATTER_RETRY_DEADLINE_MS="1500")
     out = stack.cli_json("send", "anyone there?")
     assert out["status"] == "error" and "unreachable" in out["error"] and "attempts" in out["error"]
@@ -202,6 +201,10 @@ def test_a_send_waits_a_bounded_time_for_durability_and_the_reply_is_saved_later
     assert done.returncode == 1 and out["status"] == "completed" and out["saved"] is False
     assert out["content"] == expected(text, 30)  # the reply is complete on the client
     assert "not saved yet" in done.stderr.decode() and "persister" in done.stderr.decode()
+    gone = wait_until(lambda: not (s := stack.cli_json("status"))["persister_connected"] and s,
+                      what="status saying the persister is gone")
+    assert gone["unsaved"] >= 1 and gone["oldest_unsaved_ms"] >= 1500
+    assert "persister: NOT CONNECTED" in stack.cli("status").stdout.decode()
     stack.start("persister")
     row = stack.wait_db_status(out["message_id"], ("completed",))
     assert row["content"] == out["content"]  # saved once the persister is back

@@ -22,23 +22,13 @@ import zmq
 from tools.spawn import REPO
 from protocol import codec, messages as m
 from services.mock_llm.script import reply_text
-from tests.integration.stack import Stack, free_port
+from tests.integration.stack import Stack, free_port, wait_until
 
 MODEL = "mock-1"
 
 
 def expected(text: str, tokens: int) -> str:
     return reply_text([{"role": "user", "content": text}], MODEL, tokens)
-
-
-def wait_until(predicate, timeout: float = 20, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} never held")
 
 
 def persister_status(stack) -> dict:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from services.mock_llm.script import reply_text
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, wait_until
 from tools.spawn import REPO
 
 MODEL = "mock-1"
@@ -82,6 +82,49 @@ def test_a_postgresql_restart_while_replies_stream_loses_nothing(pg_stack, postg
     assert status["failed_batches"] >= 1 and status["failing_since"] is None  # it failed, then reconnected
     after = pg_stack.cli_json("send", "after the restart [[mock tokens=10]]")
     assert after["status"] == "completed" and rows(postgres.url, after["session_id"])[1][2] == "completed"
+
+
+def test_while_postgresql_is_away_status_says_so_and_a_reply_ends_unsaved_then_is_saved(pg_stack, postgres):
+    first = pg_stack.cli_json("send", "before the outage [[mock tokens=10]]")
+    assert first["status"] == "completed"
+    postgres.halt("fast")
+    try:
+        away = wait_until(lambda: (s := pg_stack.cli_json("status"))["database_reachable"] is False and s,
+                          what="status saying the database is unreachable")  # the idle persister's own check
+        assert away["persister_connected"] and away["unsaved"] == 0 and away["persister"]["last_error"]
+        text = "while the database is away [[mock tokens=40]]"
+        env = pg_stack.env | {"CHATTER_DURABLE_WAIT_MS": "2000"}
+        done = subprocess.run([*pg_stack.cli_argv(), "send", text, "--session", first["session_id"], "--json"],
+                              env=env, cwd=pg_stack.cwd, capture_output=True, timeout=60)
+        out = json.loads(done.stdout)
+        assert done.returncode == 1 and out["status"] == "completed" and out["saved"] is False
+        assert out["content"] == expected_in_session(first, text, 40)  # complete on the client
+        assert "not saved yet" in done.stderr.decode()
+        waiting = pg_stack.cli_json("status")
+        assert waiting["unsaved"] >= 1 and waiting["oldest_unsaved_ms"] >= 2000
+        assert waiting["persister"]["failed_batches"] >= 1 and waiting["persister_connected"]
+        plain = pg_stack.cli("status").stdout.decode()
+        assert "database: FAILING" in plain and "not saved yet: " in plain and "persister: connected" in plain
+        listing = pg_stack.cli("sessions")  # a read of the coordinator's own: refused, not hung
+        assert listing.returncode != 0 and "could not read the database" in listing.stderr.decode()
+        assert pg_stack.cli_json("status")["reads_error"]
+    finally:
+        postgres.pg_ctl_start()
+    row = pg_stack.wait_db_status(out["message_id"], ("completed",), timeout=60)  # saved once it is back
+    assert row["content"] == out["content"]
+    back = wait_until(lambda: (s := pg_stack.cli_json("status"))["database_reachable"] and s["unsaved"] == 0 and s,
+                      what="status saying the database is back")
+    assert back["persister"]["failing_since"] is None
+    sessions = wait_until(lambda: pg_stack.cli("sessions", "--json").returncode == 0 and pg_stack.cli_json("sessions"),
+                          what="the sessions list read again")  # the reader reconnected after its backoff
+    assert [row["session_id"] for row in sessions] == [first["session_id"]]
+    assert pg_stack.cli_json("status")["reads_failing_since"] is None
+
+
+def expected_in_session(first: dict, text: str, tokens: int) -> str:
+    history = [{"role": "user", "content": "before the outage [[mock tokens=10]]"},
+               {"role": "assistant", "content": first["content"]}, {"role": "user", "content": text}]
+    return reply_text(history, MODEL, tokens)
 
 
 def test_a_bad_password_is_one_line_naming_the_setting(postgres, tmp_path):

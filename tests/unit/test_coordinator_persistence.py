@@ -96,3 +96,42 @@ def test_the_persisters_failure_shows_in_status_at_once():
     status = reply(machine.handle_rpc(CLIENT, m.Status(1), 100.0)).result
     assert status.persister.failing_since == 99.0
     assert status.persister.last_error == "database or disk is full"
+
+
+def status_at(machine, now):
+    return reply(machine.handle_rpc(CLIENT, m.Status(1), now)).result
+
+
+def test_status_tells_whether_the_persister_is_there_by_when_it_was_last_heard_from():
+    machine = make()
+    status = status_at(machine, 100.0)
+    assert (status.persister_seen_ms_ago, status.persister_connected, status.database_reachable) == (None, False,
+                                                                                                        None)
+    machine.handle_event(m.PersisterStats(7, 1, 1, 0, 0), 100.0)  # a heartbeat: healthy
+    status = status_at(machine, 101.0)
+    assert (status.persister_seen_ms_ago, status.persister_connected, status.database_reachable) == (1000, True,
+                                                                                                        True)
+    status = status_at(machine, 104.5)  # silent past PERSISTER_SILENT_MS
+    assert (status.persister_seen_ms_ago, status.persister_connected) == (4500, False)
+    machine.handle_event(m.PersistAck("nobody", 0, False), 105.0)  # any message of the persister counts
+    assert status_at(machine, 105.0).persister_connected
+    machine.handle_event(m.PersisterStats(7, 1, 1, 0, 0, 0, 104.0, "connection refused"), 105.0)
+    assert status_at(machine, 105.0).database_reachable is False
+
+
+def test_status_counts_the_unsaved_messages_and_the_age_of_the_oldest():
+    machine = make(flush_ms=0, checkpoint_ms=0, persist_resend_ms=60_000)
+    _, r, send_out = start(machine)  # the user message and the reply, created at 100.0
+    status = status_at(machine, 102.0)
+    assert (status.unsaved, status.oldest_unsaved_ms) == (2, 2000)
+    ack_all(machine, [send_out], 102.0)
+    status = status_at(machine, 102.0)
+    assert (status.unsaved, status.oldest_unsaved_ms) == (0, None)
+    appended = delta(machine, r.generation_id, 1, "abc", 103.0)  # behind again from here
+    status = status_at(machine, 110.0)
+    assert (status.unsaved, status.oldest_unsaved_ms) == (1, 7000)
+    ack_all(machine, [appended], 110.0)
+    done = machine.handle_event(m.GenDone(r.generation_id, 1, 3, "stop", 1, "server"), 111.0)
+    assert (status_at(machine, 111.5).unsaved, status_at(machine, 111.5).oldest_unsaved_ms) == (1, 500)
+    ack_all(machine, [done], 112.0)
+    assert status_at(machine, 112.0).unsaved == 0

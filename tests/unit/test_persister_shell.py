@@ -102,3 +102,31 @@ def test_a_deleted_database_file_is_never_committed_to(persister):
     shell.commit([create("a2")])
     assert shell.retry.holding and "deleted or replaced" in shell.retry.last_error
     assert not [a for a in heard(acks) if isinstance(a, m.PersistAck) and a.message_id == "a2"]
+
+
+def test_an_idle_persister_finds_its_database_gone_and_back(persister):
+    shell, acks = persister
+    heard(acks)
+    shell.probe()
+    assert shell.probe_failing_since is None
+    real_ping = store.ping
+    store.ping = lambda db: (_ for _ in ()).throw(store.peewee.OperationalError("connection refused"))
+    try:
+        shell.probe()
+        shell.send_stats()
+    finally:
+        store.ping = real_ping
+    (stats,) = [a for a in heard(acks) if isinstance(a, m.PersisterStats)]
+    assert stats.failing_since and stats.last_error == "connection refused" and stats.failed_batches == 0
+    shell.probe()
+    shell.send_stats()
+    (stats,) = [a for a in heard(acks) if isinstance(a, m.PersisterStats)]
+    assert (stats.failing_since, stats.last_error) == (None, None)
+
+
+def test_an_idle_persister_never_reopens_a_deleted_database_file(persister):
+    shell, acks = persister
+    path = shell.db.database
+    os.unlink(path)
+    shell.probe()
+    assert "deleted or replaced" in shell.probe_error and not os.path.exists(path)

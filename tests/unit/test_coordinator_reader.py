@@ -1,0 +1,51 @@
+"""The coordinator's database reader on its thread, against a real SQLite file: answers come back in order,
+and a failing database is refused at once during its backoff, then tried again."""
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from services import store
+from services.coordinator.reader import BackingOff, DatabaseReader
+
+
+def answers(reader, count):
+    out = []
+    deadline = time.monotonic() + 5
+    while len(out) < count and time.monotonic() < deadline:
+        reader.wake.poll(100)
+        out += reader.take()
+    return out
+
+
+def test_reads_answer_in_order_and_a_failure_backs_off(tmp_path):
+    db = store.open_database(f"sqlite:///{tmp_path / 'chatter.db'}")
+    ctx = zmq.Context()
+    reader = DatabaseReader(ctx, db)
+    calls = []
+
+    def failing():
+        calls.append("failing")
+        raise store.peewee.OperationalError("connection refused")
+
+    try:
+        reader.ask("a", lambda: ("one", 1))
+        reader.ask("b", failing)
+        reader.ask("c", lambda: calls.append("skipped") or ("three", 3))
+        got = answers(reader, 3)
+        assert [key for key, _, _ in got] == ["a", "b", "c"]
+        assert got[0][1:] == (("one", 1), None)
+        assert str(got[1][2]) == "connection refused"
+        assert isinstance(got[2][2], BackingOff) and str(got[2][2]) == "connection refused"
+        assert calls == ["failing"]  # refused without trying, inside the backoff
+        failing_since, error = reader.health
+        assert failing_since is not None and error == "connection refused"
+        time.sleep(store.backoff_s(1) + 0.05)
+        reader.ask("d", lambda: ("four", 4))
+        assert answers(reader, 1) == [("d", ("four", 4), None)]
+        assert reader.health == (None, None)
+    finally:
+        reader.close()
+        ctx.term()
+        db.close()
