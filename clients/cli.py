@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cancel-frac", type=float_in(0, 1), default=0.0,
                    help="fraction of users who cancel at a random moment")
     p.add_argument("--spawn", action="store_true", help="start a private stack: temporary database, free port")
+    p.add_argument("--database-url", help="with --spawn: the stack's database instead of a temporary SQLite file "
+                   "(a PostgreSQL URL: the report adds the server's WAL, data pages and CPU)")
     p.add_argument("--generators", type=int_in(1, 64), default=1,
                    help="with --spawn: generator processes (default 1)")
     p.add_argument("--model", default="mock-1", help="model name sent with every request (default mock-1)")

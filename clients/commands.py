@@ -114,7 +114,7 @@ def cmd_loadtest(args) -> int:
     with Progress(TextColumn("streams"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                   transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("load", total=total)
-        report = run_loadtest(spec, spawn=args.spawn, generators=args.generators,
+        report = run_loadtest(spec, spawn=args.spawn, generators=args.generators, database_url=args.database_url,
                               progress=lambda done: bar.update(task, completed=done))
     if args.plot:
         plot(report, args.plot)

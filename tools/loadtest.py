@@ -269,8 +269,9 @@ def read_database(url: str, message_ids: list[str]) -> dict[str, tuple[str, str]
 def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_url: str | None = None,
                  mock_port: int | None = None, progress=None, stack_env: dict | None = None) -> dict:
     """Run one load test and return its report (the JSON object)."""
-    from tools.spawn import LocalStack
     from services import config
+    from tools.dbmeter import PostgresMeter
+    from tools.spawn import LocalStack
 
     run_id = f"{int(time.time())}-{random.randrange(10**6)}"
     workdir = None
@@ -279,8 +280,10 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
         workdir = tempfile.mkdtemp(prefix="chatter-load-")
         per_generator = -(-spec.streams // generators) + 8
         env = {"CHATTER_GENERATOR_CONCURRENCY": str(per_generator)} | (stack_env or {})
+        if database_url:  # a database of the caller's (PostgreSQL): the stack's processes use it
+            env["CHATTER_DATABASE_URL"] = database_url
         stack = LocalStack(Path(workdir), generators=generators, **env).start()
-        database_url = f"sqlite:///{stack.db_path}"
+        database_url = stack.env["CHATTER_DATABASE_URL"]
         mock_port = stack.port
     database_url = database_url or config.database_url()
     mock_port = mock_port or config.mock_port()
@@ -296,12 +299,15 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
             pids = {name: pid for name, pid in pids.items() if pid and psutil.pid_exists(pid)}
             meter = ProcessMeter(pids | {"loadtest": psutil.Process().pid})
             load = LoadRun(client, spec, run_id, progress)
+            server = PostgresMeter(database_url) if database_url.startswith("postgresql://") else None
             elapsed = load.run(meter)
             cpu, io, rss = meter.finish()
+            server_figures = server.finish() if server is not None else None
             status_after = settled_status(client)
         journal = fetch_journal(mock_port)
         db_rows = read_database(database_url, [s.message_id for s in load.streams if s.message_id])
-        return build_report(spec, load, elapsed, cpu, io, rss, meter, status_before, status_after, journal, db_rows)
+        return build_report(spec, load, elapsed, cpu, io, rss, meter, status_before, status_after, journal, db_rows,
+                            server_figures)
     finally:
         if stack is not None:
             stack.stop()

@@ -73,7 +73,8 @@ class ProcessMeter:
         return cpu, io, {name: round(rss / 2**20, 1) for name, rss in self.rss_peak.items()}
 
 
-def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journal, db_rows) -> dict:
+def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journal, db_rows,
+                 server: dict | None = None) -> dict:
     outcomes = []
     mismatches = []
     cancel_ms = []
@@ -103,6 +104,7 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
         return getattr(now, key) - (getattr(then, key) if then is not None else 0)
 
     text_bytes = persister_delta("reply_text_bytes")
+    db_bytes = server["wal_bytes"] + server["data_page_bytes"] if server else io.get("persister")
     return {
         "streams": spec.streams,
         "count": len(load.streams),
@@ -123,19 +125,34 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
         "backend_cpu_us_per_token": round(backend_cpu * 1e6 / tokens, 1) if tokens else None,
         "rss_mb": rss,
         "rss_timeline_mb": meter.timeline,
-        "db_bytes_written": io.get("persister"),
         "content_bytes": content_bytes,
-        "db_bytes_per_content_byte": round(io["persister"] / content_bytes, 2)
-        if content_bytes and io.get("persister") is not None else None,
+        # the database's disk bytes: on SQLite the persister's own writes, on PostgreSQL its server's (WAL and
+        # data pages; the persister's process writes next to nothing there)
+        "db_bytes_source": "postgresql server (WAL + data pages)" if server else "persister process (SQLite)",
+        "db_bytes_written": db_bytes,
+        "db_bytes_per_content_byte": round(db_bytes / content_bytes, 2) if content_bytes and db_bytes is not None
+        else None,
         # what the append-only rule bounds: each reply byte written once as a checkpoint, once in its final row
         "db_text_bytes_written": text_bytes,
         "db_text_bytes_per_content_byte": round(text_bytes / content_bytes, 2)
         if content_bytes and text_bytes is not None else None,
         "db_commits": persister_delta("commits"),
+        # PostgreSQL: what its server wrote (WAL and data pages) and its processes' CPU; None on SQLite, where
+        # the persister's own writes above are the database's
+        "db_server": _server_figures(server, content_bytes, tokens),
         "throughput_timeline": timeline(load.text_times),
         "spec": dataclasses.asdict(spec),
         "_delivery_samples": load.delivery_ms,  # for --plot; dropped from printed reports
     }
+
+
+def _server_figures(server: dict | None, content_bytes: int, tokens: int) -> dict | None:
+    if server is None:
+        return None
+    out = dict(server)
+    out["wal_bytes_per_content_byte"] = round(server["wal_bytes"] / content_bytes, 2) if content_bytes else None
+    out["cpu_us_per_token"] = round(server["cpu_s"] * 1e6 / tokens, 1) if tokens and server["cpu_s"] is not None else None
+    return out
 
 
 def timeline(text_times: list[tuple[float, int]]) -> list[list[float]]:
@@ -172,7 +189,12 @@ def print_table(report: dict, console) -> None:
     rows += [(f"  {name} CPU µs/token", str(v)) for name, v in report["cpu_us_per_token"].items()]
     rows += [(f"  {name} peak RSS MB", str(v)) for name, v in report["rss_mb"].items()]
     rows.append(("DB reply text written per content byte", str(report["db_text_bytes_per_content_byte"])))
-    rows.append(("DB disk bytes written per content byte", str(report["db_bytes_per_content_byte"])))
+    where = "PG server" if report.get("db_server") else "persister"
+    rows.append((f"DB disk bytes per content byte ({where})", str(report["db_bytes_per_content_byte"])))
+    server = report.get("db_server")
+    if server:
+        rows.append(("  of which WAL, per content byte", str(server["wal_bytes_per_content_byte"])))
+        rows.append(("  PG server CPU µs/token", str(server["cpu_us_per_token"])))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

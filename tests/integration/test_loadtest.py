@@ -5,15 +5,19 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tools.spawn import REPO
 
 
-def test_small_loadtest_has_no_mismatches_and_right_statuses(tmp_path):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_small_loadtest_has_no_mismatches_and_right_statuses(tmp_path, database, postgres_server):
     out = tmp_path / "report.json"
     png = tmp_path / "plot.png"
+    url = ["--database-url", postgres_server().new_database("loadtest")] if database == "postgresql" else []
     done = subprocess.run([sys.executable, "-m", "clients.cli", "loadtest", "--spawn", "--streams", "10",
                            "--count", "20", "--tokens", "60", "--tps", "150", "--cancel-frac", "0.4",
-                           "--json", "--out", str(out), "--plot", str(png)],
+                           "--json", "--out", str(out), "--plot", str(png), *url],
                           cwd=REPO, capture_output=True, timeout=180)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     report = json.loads(done.stdout)
@@ -32,3 +36,12 @@ def test_small_loadtest_has_no_mismatches_and_right_statuses(tmp_path):
     # text at each checkpoint would make this about the number of checkpoints per reply (~10 here).
     assert report["db_commits"] > 0
     assert 1.9 <= report["db_text_bytes_per_content_byte"] <= 2.3, report["db_text_bytes_per_content_byte"]
+    if database == "sqlite":
+        assert report["db_server"] is None and report["db_bytes_source"] == "persister process (SQLite)"
+    else:  # the server's own writes: every reply byte is in the WAL at least once (its checkpoint row)
+        server = report["db_server"]
+        assert report["db_bytes_source"].startswith("postgresql server")
+        assert server["wal_bytes"] > report["content_bytes"] and server["wal_bytes_per_content_byte"] > 1
+        assert report["db_bytes_written"] == server["wal_bytes"] + server["data_page_bytes"]
+        assert server["checkpointed"] and server["data_page_bytes"] > 0
+        assert server["processes"] >= 3 and server["cpu_s"] > 0  # its backend worked for the persister
