@@ -5,7 +5,20 @@ import pytest
 from tests.integration.stack import Stack
 
 
-def _stack(tmp_path_factory, request, **env):
+@pytest.fixture(scope="module")
+def database(request, postgres_server):
+    """Where a test's stacks keep their data: a new database for each stack on the suite's PostgreSQL server
+    when the module is parametrized with ``BOTH_DATABASES`` and this is its postgresql run, else each stack's
+    own SQLite file (a URL of None)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return lambda: None
+    server = postgres_server()
+    return lambda: server.new_database("stack")
+
+
+def _stack(tmp_path_factory, request, database_url=None, **env):
+    if database_url:
+        env["CHATTER_DATABASE_URL"] = database_url
     stack = Stack(tmp_path_factory.mktemp("stack"), **env)
     try:
         stack.start()
@@ -21,15 +34,15 @@ def _stack(tmp_path_factory, request, **env):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, request):
-    yield from _stack(tmp_path_factory, request, CHATTER_RETRY_DEADLINE_MS="2000")
+def stack(tmp_path_factory, request, database):
+    yield from _stack(tmp_path_factory, request, database(), CHATTER_RETRY_DEADLINE_MS="2000")
 
 
 @pytest.fixture
-def fresh_stack(tmp_path_factory, request):
+def fresh_stack(tmp_path_factory, request, database):
     """A stack of its own, for tests that kill or reconfigure processes."""
     def start(**env):
-        gen = _stack(tmp_path_factory, request, **env)
+        gen = _stack(tmp_path_factory, request, database(), **env)
         started.append(gen)
         return next(gen)
 

@@ -10,9 +10,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tools.spawn import REPO, LocalStack, free_port  # noqa: F401  (free_port: for tests)
+
+
+# ``pytestmark = BOTH_DATABASES`` runs a module's tests on SQLite and on the suite's PostgreSQL server (the
+# ``database`` fixture of conftest.py).
+BOTH_DATABASES = pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
 
 
 def wait_until(predicate, timeout: float = 20, what: str = "the condition"):
@@ -70,6 +76,11 @@ class Stack(LocalStack):
         with sqlite3.connect(self.db_path) as conn:
             conn.row_factory = sqlite3.Row
             return [dict(row) for row in conn.execute(sql, params)]
+
+    def durable_text(self, message_id: str) -> str:
+        """A streaming message's checkpointed text: its chunk log rows in order."""
+        return "".join(row["text"] for row in self.query('select text from chunk where message_id = ? order by "offset"',
+                                                          (message_id,)))
 
     def db_message(self, message_id: str) -> dict:
         rows = self.query("select * from message where id = ?", (message_id,))

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 
 from services.mock_llm.script import reply_text
-from tests.integration.stack import free_port, wait_until
+from tests.integration.stack import BOTH_DATABASES, free_port, wait_until
+
+pytestmark = BOTH_DATABASES
 
 MODEL = "mock-1"
 
@@ -30,10 +31,9 @@ def start_send(stack, text: str):
 def wait_for_chunks(stack, message_id: str, min_chars: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with sqlite3.connect(stack.db_path) as conn:
-            have = conn.execute("select coalesce(sum(length(text)), 0) from chunk where message_id = ?",
-                                (message_id,)).fetchone()[0]
-        if have >= min_chars:
+        (row,) = stack.query("select coalesce(sum(length(text)), 0) as n from chunk where message_id = ?",
+                             (message_id,))
+        if row["n"] >= min_chars:
             return
         time.sleep(0.05)
     raise TimeoutError(f"fewer than {min_chars} characters were checkpointed")
@@ -83,9 +83,7 @@ def test_after_a_crash_orphans_become_interrupted_with_their_text(fresh_stack):
         wait_for_chunks(stack, sent.message_id, 20)
         stack.kill("coordinator")  # the only owner of the generation is gone
         stack.kill("persister")
-        with sqlite3.connect(stack.db_path) as conn:
-            durable = "".join(r[0] for r in conn.execute(
-                "select text from chunk where message_id = ? order by offset", (sent.message_id,)))
+        durable = stack.durable_text(sent.message_id)
         stack.start("persister")
         time.sleep(1.0)
         assert stack.db_message(sent.message_id)["status"] == "streaming"  # the persister alone cannot know

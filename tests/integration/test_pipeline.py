@@ -1,4 +1,5 @@
-"""One generation end to end through real processes, real sockets, SQLite and the mock LLM."""
+"""One generation end to end through real processes, real sockets, a real database (SQLite and PostgreSQL)
+and the mock LLM."""
 from __future__ import annotations
 
 import hashlib
@@ -16,19 +17,12 @@ import pytest
 from protocol import codec, messages as m
 from services.coordinator.prompt import prompt_hash
 from services.mock_llm.script import reply_text, reply_tokens
+from tests.integration.stack import BOTH_DATABASES
 
 MODEL = "mock-1"
 
+pytestmark = BOTH_DATABASES  # the whole pipeline, on SQLite and on a real PostgreSQL server
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, tmp_path_factory, postgres_server):
-    """The whole pipeline runs on SQLite and on a real PostgreSQL server (its own database)."""
-    from tests.integration.conftest import _stack
-    env = {"CHATTER_RETRY_DEADLINE_MS": "2000"}
-    if request.param == "postgresql":
-        env["CHATTER_DATABASE_URL"] = postgres_server().new_database("pipeline")
-    yield from _stack(tmp_path_factory, request, **env)
 
 def expected(text: str, tokens: int) -> str:
     return reply_text([{"role": "user", "content": text}], MODEL, tokens)

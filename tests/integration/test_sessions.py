@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import select
-import sqlite3
 import subprocess
 import time
 
 from services.mock_llm.script import reply_text, reply_tokens
+from tests.integration.stack import BOTH_DATABASES
 from tests.integration.test_failures import start_send, wait_for_chunks, wait_journal
+
+pytestmark = BOTH_DATABASES
 
 MODEL = "mock-1"
 
@@ -212,9 +214,7 @@ def test_a_coordinator_restarted_mid_generation_gives_a_clear_outcome(fresh_stac
     watcher = stack.spawn_cli("watch", session_id, "--once", "--json")
     wait_for_chunks(stack, sent.message_id, 30)
     stack.kill("coordinator")
-    with sqlite3.connect(stack.db_path) as conn:
-        durable = "".join(r[0] for r in conn.execute(
-            "select text from chunk where message_id = ? order by offset", (sent.message_id,)))
+    durable = stack.durable_text(sent.message_id)
     stack.start("coordinator")
     out, err = watcher.communicate(timeout=30)  # never a hang
     outcome = json.loads(out)
