@@ -86,6 +86,8 @@ class CoordinatorShell:
         in memory (after a restart, or evicted), the session of a message, or the stored sessions list."""
         if isinstance(msg, m.Sessions):
             return "sessions", lambda: ("summaries", store.list_sessions(msg.limit))
+        if "\x00" in (getattr(msg, "session_id", None) or "") + (getattr(msg, "message_id", None) or ""):
+            return None  # no id has one, and PostgreSQL refuses it in a query: unknown, with no read
         if isinstance(msg, m.Preview) and msg.message_id not in self.machine.message_sessions:
             return f"message {msg.message_id}", lambda: ("session", _session_of_message(msg.message_id))
         session_id = getattr(msg, "session_id", None)

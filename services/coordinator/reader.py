@@ -14,11 +14,13 @@ import threading
 import time
 from typing import Callable
 
+import peewee
 import zmq
 
 from services import shell, store
 
 _IDS = itertools.count(1)
+DATABASE_DOWN = (peewee.OperationalError, peewee.InterfaceError)  # unreachable, or a dropped connection
 
 
 class BackingOff(Exception):
@@ -77,6 +79,8 @@ class DatabaseReader:
             value = read()
         except Exception as exc:  # the request that needed it is refused; the loop goes on
             store.reset_connection(self.db)
+            if not isinstance(exc, DATABASE_DOWN):  # this read's own trouble: the next one tries at once
+                return None, exc
             self._failures += 1
             self._retry_at = now + store.backoff_s(self._failures)
             self.health = (failing_since or now, shell.plain_error(exc))

@@ -14,13 +14,23 @@ from services.coordinator.stream import GenerationState
 class Requests:
     # ------------------------------------------------------------ rpc
 
-    def _check_system(self, system: str | None) -> None:
-        if system is not None and len(system) > self.settings.max_text_chars:
-            raise RequestRefused(f"the system prompt is {len(system)} characters; the limit is "
+    def _check_text(self, what: str, text: str | None) -> None:
+        """A text for the database: within CHATTER_MAX_TEXT_CHARS, and without NUL (which PostgreSQL cannot
+        store), refused alike on every database."""
+        if text is None:
+            return
+        if len(text) > self.settings.max_text_chars:
+            raise RequestRefused(f"{what} is {len(text)} characters; the limit is "
                                  f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
+        if "\x00" in text:
+            raise RequestRefused(f"{what} contains a NUL character (\\x00), which cannot be stored")
+
+    def _check_session_texts(self, msg) -> None:
+        self._check_text("the system prompt", msg.system)
+        self._check_text("the model name", msg.model)
 
     def _on_new_session(self, msg: m.NewSession, now: float, out: list) -> results.Result:
-        self._check_system(msg.system)
+        self._check_session_texts(msg)
         sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
                             created_at=now, last_activity=now)
         self.sessions[sess.session_id] = sess
@@ -43,7 +53,7 @@ class Requests:
                                      f"integer, stream true or false")
         if msg.max_input_tokens is not None and msg.max_input_tokens < 0:
             raise RequestRefused("the input budget cannot be negative")
-        self._check_system(msg.system)
+        self._check_session_texts(msg)
         sess.params = {k: v for k, v in params.items() if v is not None}
         sess.stream = stream
         if msg.system is not None:
@@ -62,15 +72,15 @@ class Requests:
 
     def _on_send(self, msg: m.Send, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
+        self._check_text("the request id", msg.client_request_id)
         if msg.client_request_id in sess.request_ids:
             return self._request_result(sess, msg.client_request_id)  # a retry never starts a second generation
         if sess.active_generation is not None:
             raise RequestRefused(f"a reply is already streaming in session {sess.session_id}; cancel it first")
         if not msg.text.strip():
             raise RequestRefused("empty message")
-        if len(msg.text) > self.settings.max_text_chars:
-            raise RequestRefused(f"the message is {len(msg.text)} characters; the limit is "
-                                 f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
+        self._check_text("the message", msg.text)
+        self._check_text("the model name", msg.model)
         prompt = self._assemble(sess, sess.history, msg.text, msg.model)
         if not sess.title:
             sess.title = " ".join(msg.text.split())[:60]
@@ -82,6 +92,7 @@ class Requests:
 
     def _on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
+        self._check_text("the request id", msg.client_request_id)
         if msg.client_request_id in sess.request_ids:
             return self._request_result(sess, msg.client_request_id)
         last_user = sess.last_user_index()

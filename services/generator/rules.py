@@ -3,6 +3,8 @@ are retried. The asyncio shell (``__main__``) does the I/O and applies these.
 
 - Every content chunk gets the next seq, from 1; chunks without text (role, finish, usage) get none.
 - A stream that ends without a finish reason is ``truncated``, never ``completed``.
+- A NUL character in the model's text becomes U+FFFD: PostgreSQL cannot store NUL in text, and a reply
+  must read the same on every database and every client.
 - Before the first token, a failure is retried (408, 409, 429, 5xx, unreachable, silent), with
   exponential backoff and jitter, or after the server's Retry-After, until the retry deadline.
   After the first token, a failure ends the generation as ``error`` and keeps the text.
@@ -20,6 +22,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 4.0
 BACKOFF_JITTER = 0.1  # up to 10% more, so the retries of many streams spread out
+REPLACEMENT = "\ufffd"  # for a NUL in the model's text
 
 
 class RetryBeforeFirstToken(Exception):
@@ -53,12 +56,15 @@ class Generation:
             self.finish_reason = event.finish_reason
         if event.completion_tokens is not None:
             self.prompt_tokens, self.completion_tokens = event.prompt_tokens, event.completion_tokens
-        if not event.text:
+        text = event.text
+        if not text:
             return None
+        if "\x00" in text:
+            text = text.replace("\x00", REPLACEMENT)
         self.seq += 1
-        self.parts.append(event.text)
-        self.length += len(event.text)
-        return event.text
+        self.parts.append(text)
+        self.length += len(text)
+        return text
 
     def check_ended(self, saw_done: bool) -> None:
         """At the end of the byte stream: without a finish reason the reply is truncated."""

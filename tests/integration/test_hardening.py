@@ -22,7 +22,7 @@ import zmq
 from tools.spawn import REPO
 from protocol import codec, messages as m
 from services.mock_llm.script import reply_text
-from tests.integration.stack import Stack, free_port, wait_until
+from tests.integration.stack import BOTH_DATABASES, Stack, free_port, wait_until
 
 MODEL = "mock-1"
 
@@ -165,6 +165,7 @@ def rpc(stack, frames: list[bytes], timeout_ms: int = 5000) -> list[m.Reply]:
         ctx.term()
 
 
+@BOTH_DATABASES
 def test_huge_integers_are_refused_one_by_one_and_nothing_goes_down(stack):
     huge = 2**64 - 1
     done = stack.cli("sessions", "--limit", str(huge))
@@ -189,10 +190,11 @@ EXTREMES = [2**64 - 1, -(2**63), 2**63, -1, 0, 1.5, float("nan"), float("inf"), 
             "\u0000\U0001F642", b"\xff", [], [[1, "a"]], {"temperature": 2**64 - 1}, {1: 2}]
 
 
+@BOTH_DATABASES
 def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(stack):
     """Each request type, each field replaced by each extreme value: every frame is answered (accepted or
     refused in words), the coordinator never answers "internal error", and nothing reaches the database
-    that it cannot store."""
+    that it cannot store (PostgreSQL refuses a NUL in text: it is refused before)."""
     session_id = stack.cli_json("send", "fuzz target [[mock tokens=3]]")["session_id"]
     samples = {
         m.NewSession: m.NewSession(0, "sys", MODEL, 100), m.Send: m.Send(0, session_id, "hi", "r", MODEL),
@@ -219,6 +221,9 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
     status = json.loads(stack.cli("status", "--json").stdout)
     assert status["persister"]["failed_batches"] == 0 and status["persister"]["ops_rejected"] == 0
     assert "rpc_failed" not in stack.log("coordinator")
+    assert status["reads_failing_since"] is None  # no request made the coordinator's reads back off
+    nul = [r.error for r in replies if not r.ok and "NUL" in (r.error or "")]
+    assert nul and all("cannot be stored" in e for e in nul)
     assert stack.cli_json("send", "after the fuzz [[mock tokens=4]]")["status"] == "completed"
 
 

@@ -124,6 +124,24 @@ def test_send_is_refused_while_a_reply_streams_and_for_bad_input():
     assert "empty" in reply(machine.handle_rpc(CLIENT, m.Send(9, other, "  ", ""), 1)).error
 
 
+def test_a_nul_character_is_refused_wherever_a_client_text_would_be_stored():
+    """PostgreSQL cannot store NUL in text; every database refuses it alike, in words, before it is stored."""
+    machine = make()
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
+    refusals = [
+        machine.handle_rpc(CLIENT, m.Send(2, sid, "a\x00b", ""), 0),
+        machine.handle_rpc(CLIENT, m.Send(3, sid, "fine", "req\x00"), 0),
+        machine.handle_rpc(CLIENT, m.Send(4, sid, "fine", "", "mo\x00del"), 0),
+        machine.handle_rpc(CLIENT, m.NewSession(5, "sys\x00"), 0),
+        machine.handle_rpc(CLIENT, m.ConfigureSession(6, sid, "sys\x00", None, None, None), 0),
+        machine.handle_rpc(CLIENT, m.Regenerate(7, sid, "re\x00"), 0),
+    ]
+    errors = [reply(out).error for out in refusals]
+    assert all(e and "NUL" in e and "cannot be stored" in e for e in errors), errors
+    assert all(effects(out, ToPersister) == [] and effects(out, ToGenerators) == [] for out in refusals)
+    assert reply(machine.handle_rpc(CLIENT, m.Send(8, sid, "fine", ""), 0)).ok
+
+
 def test_a_retried_request_id_never_starts_a_second_generation():
     machine = make()
     sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id

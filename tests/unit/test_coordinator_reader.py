@@ -45,6 +45,15 @@ def test_reads_answer_in_order_and_a_failure_backs_off(tmp_path):
         reader.ask("d", lambda: ("four", 4))
         assert answers(reader, 1) == [("d", ("four", 4), None)]
         assert reader.health == (None, None)
+
+        def refused_value():
+            raise store.peewee.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+
+        reader.ask("e", refused_value)  # this read's own trouble, not the database's: no backoff
+        reader.ask("f", lambda: ("six", 6))
+        got = answers(reader, 2)
+        assert isinstance(got[0][2], store.peewee.DataError) and got[1] == ("f", ("six", 6), None)
+        assert reader.health == (None, None)
     finally:
         reader.close()
         ctx.term()
