@@ -6,6 +6,10 @@ b. the generator alone against the mock: CPU µs per upstream chunk, our raw-SSE
 c. the whole stack at 200, 500 and 1000 concurrent streams, 20 tok/s, 200 tokens each
 d. the peer, in the same run: the same streams straight from the mock with the openai client's typed
    iteration, one asyncio task per stream, as a single-process chat app does it
+e. PostgreSQL against SQLite, 500 streams each in the same run: persister CPU and the server's, delivery
+   p99, and disk bytes per content byte (for PostgreSQL the server's WAL and data pages)
+f. the coordinator's database reads hammered while 200 streams run on PostgreSQL: delivery p99 with and
+   without, in one stack
 
 Timings are figures to compare within one run on one machine, never assertions.
 """
@@ -222,6 +226,45 @@ def bench_peer(levels: list[int], tokens: int, tps: float) -> list[dict]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def bench_databases(streams: int, tokens: int, tps: float) -> dict:
+    from tools.pgserver import PostgresServer, PostgresUnavailable
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        return {"skipped": str(exc)}
+    try:
+        out = {}
+        for name, url in (("sqlite", None), ("postgresql", server.new_database("bench"))):
+            report = run_loadtest(LoadSpec(streams=streams, count=streams, tokens=tokens, tps=tps), spawn=True,
+                                  database_url=url)
+            out[name] = {k: report[k] for k in ("streams", "completed", "errors", "mismatches", "delivery_latency_ms",
+                                                "cpu_us_per_token", "backend_cpu_us_per_token", "db_bytes_source",
+                                                "db_bytes_per_content_byte", "db_text_bytes_per_content_byte",
+                                                "db_server", "tokens_per_s")}
+        return out
+    finally:
+        server.stop()
+
+
+def bench_hammer(streams: int, tokens: int, tps: float) -> dict:
+    from tools.hammer import quiet_and_hammered
+    from tools.pgserver import PostgresServer, PostgresUnavailable
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        return {"skipped": str(exc)}
+    workdir = Path(tempfile.mkdtemp(prefix="chatter-bench-f-"))
+    stack = LocalStack(workdir, CHATTER_DATABASE_URL=server.new_database("hammer"), CHATTER_MAX_CACHED_SESSIONS="20",
+                       CHATTER_GENERATOR_CONCURRENCY=str(streams + 8))
+    try:
+        stack.start()
+        return quiet_and_hammered(stack, streams=streams, tokens=tokens, tps=tps, stored=100)
+    finally:
+        stack.stop()
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -272,11 +315,46 @@ def write_markdown(results: dict) -> str:
             f"{row['db_text_bytes_per_content_byte']} / {row['db_bytes_per_content_byte']} | "
             f"{peer['client_cpu_us_per_token']} | {peer['ttft_ms']['p50']} / "
             f"{peer['ttft_ms']['p99']} | {ratio} |")
+    lines += write_databases(results)
     lines += ["", "## The targets, read from this run", "", "| target | figure | met |", "|---|---|---|"]
     lines += [f"| {name} | {figure} | {'yes' if met else '**no**'} |" for name, figure, met in targets(results)]
     lines += ["", "Where the time and the bytes go, with profiles, and what would close each gap: "
               "`docs/PERFORMANCE.md`.", "", "Raw figures: `bench/results.json`.", ""]
     return "\n".join(lines)
+
+
+def write_databases(results: dict) -> list[str]:
+    lines = []
+    e = results.get("databases")
+    if e and "skipped" not in e:
+        lines += ["", f"## e. PostgreSQL against SQLite ({e['sqlite']['streams']} streams each, same run)", "",
+                  "| database | mismatches | errors | delivery p50/p99 ms | persister CPU µs/token "
+                  "| PG server CPU µs/token | disk bytes per content byte | of which WAL | written by |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name in ("sqlite", "postgresql"):
+            row, server = e[name], e[name]["db_server"] or {}
+            lines.append(f"| {name} | {row['mismatches']} | {row['errors']} | {row['delivery_latency_ms']['p50']} / "
+                         f"{row['delivery_latency_ms']['p99']} | {row['cpu_us_per_token'].get('persister')} | "
+                         f"{server.get('cpu_us_per_token', '–')} | {row['db_bytes_per_content_byte']} | "
+                         f"{server.get('wal_bytes_per_content_byte', '–')} | {row['db_bytes_source']} |")
+    elif e:
+        lines += ["", f"## e. PostgreSQL against SQLite: not run ({e['skipped']})"]
+    f = results.get("hammer")
+    if f and "skipped" not in f:
+        q, h = f["quiet"]["delivery_latency_ms"], f["hammered"]["delivery_latency_ms"]
+        lines += ["", f"## f. Database reads hammered while {f['streams']} streams run (PostgreSQL)", "",
+                  f"{f['hammer']['sessions_lists']} sessions lists and {f['hammer']['histories']} histories by "
+                  f"prefix ({f['hammer']['requests_per_s']}/s, {f['hammer']['wrong']} wrong, "
+                  f"{f['hammer']['refused']} refused; {f['database_reads']} database reads) over "
+                  f"{f['stored_sessions']} sessions not in memory. Delivery p50/p99: quiet {q['p50']} / {q['p99']} ms,"
+                  f" hammered {h['p50']} / {h['p99']} ms: **p99 ratio {f['delivery_p99_ratio']}**. Mismatches "
+                  f"{f['quiet']['mismatches']} / {f['hammered']['mismatches']}; coordinator CPU µs/token "
+                  f"{f['quiet']['cpu_us_per_token'].get('coordinator')} / "
+                  f"{f['hammered']['cpu_us_per_token'].get('coordinator')} (the hammer's lists are built on the "
+                  "loop; the database waits are not)."]
+    elif f:
+        lines += ["", f"## f. Reads hammered: not run ({f['skipped']})"]
+    return lines
 
 
 def targets(results: dict) -> list[tuple[str, str, bool]]:
@@ -309,7 +387,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--generators", type=int, default=1)
+    parser.add_argument("--only", help="run only these sections (e.g. e,f), keeping the others' last figures")
     args = parser.parse_args()
+    if args.only:
+        return run_only(set(args.only.split(",")), args.quick)
     levels = [50, 100] if args.quick else [200, 500, 1000]
     tokens = 60 if args.quick else 200
     results = {"machine": machine()}
@@ -322,6 +403,27 @@ def main() -> None:
     results["whole_stack"] = bench_stack(levels, tokens, 20.0, args.generators)
     print("d. peer", levels, file=sys.stderr)
     results["peer"] = bench_peer(levels, tokens, 20.0)
+    print("e. PostgreSQL against SQLite", file=sys.stderr)
+    results["databases"] = bench_databases(100 if args.quick else 500, tokens, 20.0)
+    print("f. reads hammered", file=sys.stderr)
+    results["hammer"] = bench_hammer(50 if args.quick else 200, 60 if args.quick else 100, 20.0)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "RESULTS.md").write_text(write_markdown(results))
+    print((OUT / "RESULTS.md").read_text())
+
+
+def run_only(sections: set[str], quick: bool) -> None:
+    """Some sections again, into the last results (the machine line says when the rest was measured)."""
+    results = json.loads((OUT / "results.json").read_text())
+    unknown = sections - {"e", "f"}
+    if unknown:
+        raise SystemExit(f"--only runs e and f; not {', '.join(sorted(unknown))}")
+    if "e" in sections:
+        results["databases"] = bench_databases(100 if quick else 500, 60 if quick else 200, 20.0)
+        results["databases"]["date"] = machine()["date"]
+    if "f" in sections:
+        results["hammer"] = bench_hammer(50 if quick else 200, 60 if quick else 100, 20.0)
+        results["hammer"]["date"] = machine()["date"]
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())

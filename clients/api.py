@@ -137,6 +137,10 @@ class Client:
     def sessions(self, limit: int = 50) -> list[dict]:
         return self.request(m.Sessions(next(self.req_ids), limit)).sessions
 
+    def resolve(self, prefix: str) -> str:
+        """The one session whose id starts with ``prefix``; refused when none or several do."""
+        return self.request(m.ResolveSession(next(self.req_ids), prefix)).session_id
+
     def configure(self, session_id: str, system: str | None = None, max_input_tokens: int | None = None,
                   model: str | None = None, params: dict | None = None) -> results.Result:
         return self.request(m.ConfigureSession(next(self.req_ids), session_id, system, max_input_tokens, model,

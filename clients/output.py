@@ -60,14 +60,9 @@ class SigintFlag:
 
 
 def resolve_session(client: Client, given: str) -> str:
-    """A full session id, or a unique prefix of a recent one."""
+    """A full session id, or a unique prefix of any stored session's."""
     if not given.strip():
         raise ChatterError("a session id (or a unique prefix of one) cannot be empty")
     if len(given) >= 32:
         return given
-    matches = [s.session_id for s in client.sessions(limit=1000) if s.session_id.startswith(given)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise ChatterError(f"unknown session {given}")
-    raise ChatterError(f"{given} matches {len(matches)} sessions; give more of the id")
+    return client.resolve(given)  # the coordinator asks the database's index, however many sessions there are

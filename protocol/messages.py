@@ -92,6 +92,14 @@ class Sessions(Message, tag=10):
     limit: SessionsLimit = 50
 
 
+class ResolveSession(Message, tag=12):
+    """The one session whose id starts with ``prefix`` (in memory or in the database), or a refusal naming
+    how many match."""
+
+    req_id: Int
+    prefix: Id
+
+
 class ConfigureSession(Message, tag=11):
     """Change a session's settings from its next reply on. ``None`` leaves one as it is; an empty system
     prompt clears it; a budget of 0 means the default. ``params`` may set ``temperature``, ``max_tokens``
@@ -115,7 +123,7 @@ class Reply(Message, tag=9):
 
 
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
-                ConfigureSession)
+                ConfigureSession, ResolveSession)
 
 # ---------------------------------------------------------------- stream: coordinator -> clients
 

@@ -82,6 +82,10 @@ class Preview(Result, tag="preview"):
     dropped_message_ids: list[str] = field(default_factory=list)
 
 
+class SessionResolved(Result, tag="resolved"):
+    session_id: str
+
+
 class SessionSettings(Result, tag="settings"):
     session_id: str
     system: Optional[str]
@@ -147,7 +151,7 @@ class Status(Result, tag="status"):
 
 
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,
-            Status]
+            Status, SessionResolved]
 
 
 def plain(result: Result) -> dict:

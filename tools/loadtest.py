@@ -267,22 +267,26 @@ def read_database(url: str, message_ids: list[str]) -> dict[str, tuple[str, str]
 
 
 def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_url: str | None = None,
-                 mock_port: int | None = None, progress=None, stack_env: dict | None = None) -> dict:
-    """Run one load test and return its report (the JSON object)."""
+                 mock_port: int | None = None, progress=None, stack_env: dict | None = None,
+                 stack=None) -> dict:
+    """Run one load test and return its report (the JSON object): against a stack it spawns (``spawn``),
+    a ``tools.spawn.LocalStack`` of the caller's (``stack``, left running), or the one the environment names."""
     from services import config
     from tools.dbmeter import PostgresMeter
     from tools.spawn import LocalStack
 
     run_id = f"{int(time.time())}-{random.randrange(10**6)}"
     workdir = None
-    stack = None
-    if spawn:
+    owned = None
+    if stack is not None:
+        database_url, mock_port = stack.env["CHATTER_DATABASE_URL"], stack.port
+    elif spawn:
         workdir = tempfile.mkdtemp(prefix="chatter-load-")
         per_generator = -(-spec.streams // generators) + 8
         env = {"CHATTER_GENERATOR_CONCURRENCY": str(per_generator)} | (stack_env or {})
         if database_url:  # a database of the caller's (PostgreSQL): the stack's processes use it
             env["CHATTER_DATABASE_URL"] = database_url
-        stack = LocalStack(Path(workdir), generators=generators, **env).start()
+        stack = owned = LocalStack(Path(workdir), generators=generators, **env).start()
         database_url = stack.env["CHATTER_DATABASE_URL"]
         mock_port = stack.port
     database_url = database_url or config.database_url()
@@ -309,8 +313,8 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
         return build_report(spec, load, elapsed, cpu, io, rss, meter, status_before, status_after, journal, db_rows,
                             server_figures)
     finally:
-        if stack is not None:
-            stack.stop()
+        if owned is not None:
+            owned.stop()
             shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -84,8 +84,12 @@ class CoordinatorShell:
     def read_for(self, msg: m.Message) -> tuple[str, Callable[[], tuple]] | None:
         """The database read a request needs before the machine can answer it, as (key, read): a session not
         in memory (after a restart, or evicted), the session of a message, or the stored sessions list."""
+        if isinstance(msg, m.ResolveSession):
+            prefix = msg.prefix
+            return f"prefix {prefix}", lambda: ("matches", (prefix, store.sessions_with_prefix(prefix, 2)))
         if isinstance(msg, m.Sessions):
-            return "sessions", lambda: ("summaries", store.list_sessions(msg.limit))
+            # keyed by the limit: a read of 100 cannot answer a request for 1000 parked behind it
+            return f"sessions {msg.limit}", lambda: ("summaries", store.list_sessions(msg.limit))
         if "\x00" in (getattr(msg, "session_id", None) or "") + (getattr(msg, "message_id", None) or ""):
             return None  # no id has one, and PostgreSQL refuses it in a query: unknown, with no read
         if isinstance(msg, m.Preview) and msg.message_id not in self.machine.message_sessions:
@@ -120,6 +124,7 @@ class CoordinatorShell:
         """Answers of the database reader: adopt what was read, then answer the requests parked on it."""
         answers = self.reader.take()
         self.machine.reads_health = self.reader.health
+        self.machine.counters["database_reads"] += len(answers)
         for key, value, exc in answers:
             if exc is not None:
                 self.log.warning("session_load_failed", read=key, error=shell.plain_error(exc), exc_info=exc)
@@ -127,6 +132,8 @@ class CoordinatorShell:
                 self.machine.load_session(value[1])
             elif value[0] == "summaries":
                 self.machine.load_summaries(value[1])
+            elif value[0] == "matches":
+                self.machine.stored_matches = dict([value[1]])
             for client, msg in self.parked.pop(key, []):
                 if exc is not None:
                     refusal = f"could not read the database: {shell.plain_error(exc)}; try again"

@@ -37,6 +37,7 @@ class Coordinator(Requests, StreamRules):
         self.message_sessions: dict[str, str] = {}  # message id -> session id
         # sessions in the database, as the shell last read them
         self.stored_summaries: dict[str, results.SessionSummary] = {}
+        self.stored_matches: dict[str, list[str]] = {}  # a prefix -> the stored ids it matches (the last read)
         self.active: dict[str, GenerationState] = {}  # queued or streaming
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms)
@@ -46,7 +47,7 @@ class Coordinator(Requests, StreamRules):
         self.reads_health: tuple[float | None, str | None] = (None, None)  # the shell's database reads, for status
         self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
-                         "gaps": 0, "generators_lost": 0}
+                         "gaps": 0, "generators_lost": 0, "database_reads": 0}  # reads: the shell counts them
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
         self._tiebreak = 0
         self._housekeeping_at = 0.0
@@ -55,7 +56,7 @@ class Coordinator(Requests, StreamRules):
             m.NewSession: self._on_new_session, m.Send: self._on_send, m.Cancel: self._on_cancel,
             m.Snapshot: self._on_snapshot, m.Status: self._on_status, m.History: self._on_history,
             m.Preview: self._on_preview, m.Regenerate: self._on_regenerate, m.Sessions: self._on_sessions,
-            m.ConfigureSession: self._on_configure,
+            m.ConfigureSession: self._on_configure, m.ResolveSession: self._on_resolve,
         }
         self._event_handlers = {
             m.GenStarted: self._on_gen_started, m.GenDelta: self._on_gen_delta, m.GenDone: self._on_gen_done,

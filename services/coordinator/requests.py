@@ -3,6 +3,8 @@ ask for (snapshot, history, sessions, preview, status). A mixin of ``machine.Coo
 the state and dispatches to these handlers; pure, like all of the machine."""
 from __future__ import annotations
 
+import heapq
+
 from protocol import messages as m, results
 from services.coordinator import sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
@@ -239,13 +241,29 @@ class Requests:
                                max_input_tokens=self._budget(sess), messages=messages)
 
     def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> results.Result:
+        limit = max(1, msg.limit)
         merged = dict(self.stored_summaries)
-        for sess in self.sessions.values():  # memory is newer than the database
-            if not sess.history:
-                continue  # no message yet, so not in the database either: a refused first send leaves nothing
+        # memory is newer than the database; only its ``limit`` most recent sessions can be listed, so only
+        # those are summarized (the cache holds thousands; every sessions request summarized them all)
+        recent = heapq.nlargest(limit, (sess for sess in self.sessions.values() if sess.history),
+                                key=lambda sess: sess.last_activity)  # no message yet: not in the database either
+        for sess in recent:
             merged[sess.session_id] = sessions.summary(sess, sess.active_generation is not None)
-        ordered = sorted(merged.values(), key=lambda row: row.last_activity, reverse=True)
-        return results.SessionList(sessions=ordered[:max(1, msg.limit)])
+        ordered = heapq.nlargest(limit, merged.values(), key=lambda row: row.last_activity)
+        return results.SessionList(sessions=ordered)
+
+    def _on_resolve(self, msg: m.ResolveSession, now: float, out: list) -> results.Result:
+        """A prefix, against the database's sessions (read by the shell first) and those only in memory."""
+        prefix = msg.prefix
+        if not prefix.strip():
+            raise RequestRefused("a session id (or a unique prefix of one) cannot be empty")
+        matches = set(self.stored_matches.get(prefix, ()))
+        matches.update(sid for sid, sess in self.sessions.items() if sid.startswith(prefix) and sess.history)
+        if len(matches) == 1:
+            return results.SessionResolved(session_id=matches.pop())
+        if not matches:
+            raise RequestRefused(f"unknown session {prefix}")
+        raise RequestRefused(f"{prefix} matches {len(matches)} sessions; give more of the id")
 
     def _on_preview(self, msg: m.Preview, now: float, out: list) -> results.Result:
         sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))

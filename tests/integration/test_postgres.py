@@ -135,3 +135,24 @@ def test_a_bad_password_is_one_line_naming_the_setting(postgres, tmp_path):
     err = done.stderr.decode()
     assert done.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "CHATTER_DATABASE_URL" in err and "wrong" not in err  # the password is not shown
+
+
+def test_hammering_the_coordinators_reads_while_200_replies_stream(postgres, tmp_path):
+    """The sessions list, prefix resolution and the history of sessions not in memory, asked for as fast as
+    4 clients can while 200 replies stream: every answer right, every stream exact. The delivery p99 with and
+    without the hammering, in one run, is reported (a figure, not an assertion: the machine is shared)."""
+    from tools.hammer import quiet_and_hammered
+    stack = Stack(tmp_path / "stack", CHATTER_DATABASE_URL=postgres.new_database("hammer"),
+                  CHATTER_MAX_CACHED_SESSIONS="20", CHATTER_GENERATOR_CONCURRENCY="256")
+    try:
+        stack.start()
+        figures = quiet_and_hammered(stack, streams=200, tokens=60, tps=20.0, stored=60)
+    finally:
+        stack.stop()
+    print("hammer figures:", json.dumps(figures))
+    for run in ("quiet", "hammered"):
+        assert figures[run]["completed"] == 200 and figures[run]["mismatches"] == 0 and figures[run]["errors"] == 0
+    hammer = figures["hammer"]
+    assert hammer["wrong"] == 0 and hammer["refused"] == 0 and hammer["histories"] >= 20
+    assert figures["database_reads"] >= hammer["histories"]  # the sessions came from the database, not memory
+    assert figures["delivery_p99_ratio"] is not None

@@ -435,3 +435,20 @@ def test_sessions_without_a_message_are_not_listed():
     session_id, _, _ = start(machine, now=100.0)
     listed = reply(machine.handle_rpc(CLIENT, m.Sessions(2, 10), 100.1)).result.sessions
     assert [s.session_id for s in listed] == [session_id]
+
+
+def test_a_prefix_resolves_against_the_stored_sessions_and_those_in_memory():
+    machine = make()
+    in_memory = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id  # "id0"
+    machine.handle_rpc(CLIENT, m.Send(2, in_memory, "hi", ""), 0)  # a message: now it is a session to find
+
+    def resolve(prefix, stored=()):
+        machine.stored_matches = {prefix: list(stored)}  # what the shell's read found
+        return reply(machine.handle_rpc(CLIENT, m.ResolveSession(3, prefix), 0))
+
+    assert resolve("id").result.session_id == in_memory
+    assert resolve("ab", ["ab12", "ab34"]).error == "ab matches 2 sessions; give more of the id"
+    assert resolve("ab1", ["ab12"]).result.session_id == "ab12"
+    assert resolve("i", ["i999"]).error == "i matches 2 sessions; give more of the id"
+    assert resolve("zz").error == "unknown session zz"
+    assert "cannot be empty" in resolve(" ").error
