@@ -13,11 +13,15 @@ from clients.output import resolve_session
 
 
 class ReadHammer:
-    def __init__(self, run_dir: str, sessions: dict[str, str], threads: int = 4, prefix_len: int = 10) -> None:
-        """``sessions``: session id -> the text of its first reply, to check each history read against."""
+    def __init__(self, run_dir: str, sessions: dict[str, str], threads: int = 4, prefix_len: int = 10,
+                 rate: float | None = None) -> None:
+        """``sessions``: session id -> the text of its first reply, to check each history read against.
+        ``rate``: rounds a second in all (a round is a sessions list, a prefix and a history), or None: as
+        fast as the answers come."""
         self.run_dir, self.sessions, self.prefix_len = run_dir, sessions, prefix_len
+        self.round_s = None if rate is None else threads / rate  # each thread's time per round
         self.stopping = threading.Event()
-        self.counts = {"sessions_lists": 0, "histories": 0, "refused": 0, "wrong": 0}
+        self.counts = {"rounds": 0, "refused": 0, "wrong": 0}  # a round: 3 requests (list, prefix, history)
         self.refusals: list[str] = []  # the first few, in words
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
@@ -37,8 +41,8 @@ class ReadHammer:
 
     def figures(self) -> dict:
         seconds = max(self.ended - self.began, 1e-9)
-        done = self.counts["sessions_lists"] + self.counts["histories"]
-        return self.counts | {"requests_per_s": round(done / seconds, 1), "seconds": round(seconds, 2),
+        requests = 3 * (self.counts["rounds"] + self.counts["wrong"])
+        return self.counts | {"requests_per_s": round(requests / seconds, 1), "seconds": round(seconds, 2),
                               "refusals": self.refusals}
 
     def _count(self, key: str) -> None:
@@ -49,11 +53,15 @@ class ReadHammer:
         ids = list(self.sessions)
         order = itertools.cycle(ids[index::len(self.threads)] or ids)
         with Client(rpc_timeout_ms=30_000, run_dir=self.run_dir) as client:
+            next_at = time.monotonic()
             while not self.stopping.is_set():
+                if self.round_s is not None:
+                    next_at += self.round_s
+                    if self.stopping.wait(max(0.0, next_at - time.monotonic())):
+                        break
                 session_id = next(order)
                 try:
                     listed = client.sessions(limit=100)
-                    self._count("sessions_lists" if listed else "wrong")
                     full = resolve_session(client, session_id[:self.prefix_len])
                     history = client.history(full)
                 except ChatterError as exc:
@@ -61,14 +69,17 @@ class ReadHammer:
                     if len(self.refusals) < 5:
                         self.refusals.append(str(exc))
                     continue
-                right = full == session_id and history.messages[1].content == self.sessions[session_id]
-                self._count("histories" if right else "wrong")
+                right = (bool(listed) and full == session_id
+                         and history.messages[1].content == self.sessions[session_id])
+                self._count("rounds" if right else "wrong")
 
 
-def quiet_and_hammered(stack, streams: int, tokens: int, tps: float, stored: int = 100, threads: int = 4) -> dict:
+def quiet_and_hammered(stack, streams: int, tokens: int, tps: float, stored: int = 100, threads: int = 4,
+                       rates: tuple = (None,)) -> dict:
     """In one running ``stack`` (whose coordinator keeps few sessions in memory): ``stored`` short replies
-    first, then the same load test twice, quiet and with the hammer on those sessions. Returns both reports'
-    figures, the hammer's, and the ratio of delivery p99 hammered to quiet."""
+    first, then the same load test quiet, and once more with the hammer on those sessions at each of
+    ``rates`` (rounds a second; None: flat out). Returns the reports' figures, the hammer's, and the ratio
+    of delivery p99 hammered to quiet."""
     from tools.loadtest import LoadSpec, run_loadtest
 
     seed = run_loadtest(LoadSpec(streams=min(stored, 50), count=stored, tokens=5, tps=1000.0), spawn=False,
@@ -79,15 +90,19 @@ def quiet_and_hammered(stack, streams: int, tokens: int, tps: float, stored: int
             sessions[session_id] = client.history(session_id).messages[1].content
         reads_before = client.status().counters["database_reads"]
     spec = LoadSpec(streams=streams, count=streams, tokens=tokens, tps=tps)
-    quiet = run_loadtest(spec, spawn=False, stack=stack)
-    with ReadHammer(str(stack.run_dir), sessions, threads=threads) as hammer:
-        hammered = run_loadtest(spec, spawn=False, stack=stack)
-    with Client(rpc_timeout_ms=30_000, run_dir=str(stack.run_dir)) as client:
-        reads = client.status().counters["database_reads"] - reads_before
     keep = ("count", "completed", "errors", "mismatches", "delivery_latency_ms", "ttft_ms", "tokens_per_s",
             "cpu_us_per_token")
-    p99 = (quiet["delivery_latency_ms"]["p99"], hammered["delivery_latency_ms"]["p99"])
+    quiet = run_loadtest(spec, spawn=False, stack=stack)
+    runs = []
+    for rate in rates:
+        with ReadHammer(str(stack.run_dir), sessions, threads=threads, rate=rate) as hammer:
+            hammered = run_loadtest(spec, spawn=False, stack=stack)
+        with Client(rpc_timeout_ms=30_000, run_dir=str(stack.run_dir)) as client:
+            reads = client.status().counters["database_reads"] - reads_before
+            reads_before += reads
+        p99 = (quiet["delivery_latency_ms"]["p99"], hammered["delivery_latency_ms"]["p99"])
+        runs.append({"rate": rate, "report": {k: hammered[k] for k in keep}, "hammer": hammer.figures(),
+                     "database_reads": reads,
+                     "delivery_p99_ratio": round(p99[1] / p99[0], 2) if p99[0] else None})
     return {"streams": streams, "stored_sessions": len(sessions), "seed_errors": seed["errors"],
-            "quiet": {k: quiet[k] for k in keep}, "hammered": {k: hammered[k] for k in keep},
-            "hammer": hammer.figures(), "database_reads": reads,
-            "delivery_p99_ratio": round(p99[1] / p99[0], 2) if p99[0] else None}
+            "quiet": {k: quiet[k] for k in keep}, "hammered": runs}
