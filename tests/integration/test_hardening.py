@@ -88,7 +88,7 @@ def test_a_full_disk_loses_no_reply_and_says_so_until_space_comes_back(fresh_sta
                              what="chatter status showing the failing persister")
         assert "full" in failing["last_error"], failing  # the database's own words
         assert failing["failed_batches"] >= 1 and failing["ops_rejected"] == 0
-        assert "persister: FAILING for" in stack.cli("status").stdout.decode()
+        assert "database: FAILING for" in stack.cli("status").stdout.decode()
         time.sleep(1.5)  # a few retries with backoff, all failing
         assert send.poll() is None  # no final: nothing is durable yet, so nothing is shown as final
         filler.unlink()  # space comes back
