@@ -14,7 +14,7 @@ from typing import Callable
 import zmq
 
 from clients.view import GAP, ReplyView
-from protocol import codec, messages as m, results, transport
+from protocol import codec, curve, messages as m, results, transport
 
 
 class ChatterError(Exception):
@@ -62,7 +62,8 @@ class Client:
         # how long a reply that ended waits to become durable before the client stops waiting for it
         self.durable_wait_ms = _env_ms("CHATTER_DURABLE_WAIT_MS", 30_000)
         self.ctx = zmq.Context()
-        self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
+        self.rpc_address = transport.endpoint(transport.RPC, self.run_dir)
+        self._open_rpc()
         self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=False, run_dir_path=self.run_dir,
                                             hwm=stream_hwm)
         self.req_ids = itertools.count(1)
@@ -70,8 +71,20 @@ class Client:
         self.snapshots = 0  # how often following had to catch up: gaps, silences, attaches
         self.rpc_timeouts = 0
 
-    def close(self) -> None:
+    def _open_rpc(self) -> None:
+        self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
+        # over tcp, a refused handshake (a key the coordinator does not know, CURVE on one side only) is told
+        # at once, in words, instead of as silence until the rpc timeout
+        self.rpc_monitor = curve.watch(self.rpc) if self.rpc_address.startswith("tcp://") else None
+
+    def _close_rpc(self) -> None:
+        if self.rpc_monitor is not None:
+            self.rpc.disable_monitor()
+            self.rpc_monitor.close(0)
         self.rpc.close(0)
+
+    def close(self) -> None:
+        self._close_rpc()
         self.stream.close(0)
         self.ctx.term()
 
@@ -100,12 +113,14 @@ class Client:
         deadline = time.monotonic() + self.rpc_timeout_ms / 1000
         while True:
             left_ms = (deadline - time.monotonic()) * 1000
-            if left_ms <= 0 or not self.rpc.poll(left_ms):
+            if left_ms <= 0 or not self._wait_rpc(left_ms):
                 # a DEALER would deliver this request late to a coordinator that comes up: start afresh
-                self.rpc.close(0)
-                self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=False, run_dir_path=self.run_dir)
+                self._close_rpc()
+                self._open_rpc()
+                hint = ("is it running, and are CHATTER_CURVE_SECRET and CHATTER_CURVE_SERVER this client's key and "
+                        "the coordinator's?" if self.rpc_monitor is not None else "is it running (make run)?")
                 raise CoordinatorSilent(f"the coordinator did not answer within {self.rpc_timeout_ms} ms at "
-                                        f"{transport.endpoint(transport.RPC, self.run_dir)}: is it running (make run)?")
+                                        f"{self.rpc_address}: {hint}")
             try:
                 reply = codec.decode(self.rpc.recv(), (m.Reply,))
             except codec.FrameError:
@@ -116,6 +131,18 @@ class Client:
             if not reply.ok:
                 raise ChatterError(reply.error or "request refused")
             return reply.result
+
+    def _wait_rpc(self, timeout_ms: float) -> bool:
+        """Wait for an answer; a refused handshake is a ChatterError at once."""
+        if self.rpc_monitor is None:
+            return bool(self.rpc.poll(timeout_ms))
+        poller = zmq.Poller()
+        poller.register(self.rpc, zmq.POLLIN)
+        poller.register(self.rpc_monitor, zmq.POLLIN)
+        ready = dict(poller.poll(timeout_ms))
+        if self.rpc_monitor in ready and (words := curve.refusal(self.rpc_monitor)) is not None:
+            raise ChatterError(f"cannot talk to the coordinator at {self.rpc_address}: {words}")
+        return self.rpc in ready
 
     def new_session(self, system: str | None = None, model: str | None = None,
                     max_input_tokens: int | None = None) -> str:

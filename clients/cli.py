@@ -7,8 +7,8 @@ import os
 import sys
 
 from clients.api import ChatterError, Client
-from clients.commands import (cmd_chat, cmd_history, cmd_loadtest, cmd_preview, cmd_regenerate, cmd_send,
-                              cmd_sessions, cmd_status, cmd_watch)
+from clients.commands import (cmd_chat, cmd_history, cmd_keys_new, cmd_loadtest, cmd_preview, cmd_regenerate,
+                              cmd_send, cmd_sessions, cmd_status, cmd_watch)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 from protocol import transport
 
@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message_id", help="an assistant message id (see history)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_preview)
+    p = sub.add_parser("keys", help="CURVE keys for tcp channels across hosts")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("new", help="write NAME.key (public) and NAME.key_secret (mode 0600)")
+    k.add_argument("name", help="whose key: coordinator, or a process's or client's name")
+    k.add_argument("--dir", default=".", help="where to write them (default: the current directory)")
+    k.set_defaults(func=cmd_keys_new, needs_client=False)
     return parser
 
 

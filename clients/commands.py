@@ -141,6 +141,21 @@ def show(args, value, print_text, **extra) -> int:
     return EXIT_OK
 
 
+def cmd_keys_new(args) -> int:
+    """A CURVE key pair; what to do with each file is said on standard error."""
+    from protocol import curve
+    try:
+        public, secret = curve.new_keys(args.name, args.dir)
+    except (ValueError, OSError) as exc:
+        raise ChatterError(str(exc)) from None
+    print(public)
+    print(secret)
+    print(f"chatter: {secret} is {args.name}'s own (CHATTER_CURVE_SECRET, mode 0600); hand out {public}: "
+          + ("every other process and client names it in CHATTER_CURVE_SERVER" if args.name == "coordinator"
+             else "put it in the coordinator's CHATTER_CURVE_AUTHORIZED directory"), file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_sessions(client: Client, args) -> int:
     return show(args, client.sessions(limit=args.limit), print_sessions)
 

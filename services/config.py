@@ -152,6 +152,7 @@ class PersisterSettings:
 
 @dataclass(frozen=True)
 class MockSettings:
+    host: str = "127.0.0.1"
     port: int = 8700
     tokens: int = 40
     tps: float = 50.0
@@ -159,6 +160,6 @@ class MockSettings:
 
     @classmethod
     def from_env(cls) -> MockSettings:
-        return cls(port=mock_port(), tokens=env_int("CHATTER_MOCK_TOKENS", cls.tokens, lo=0, hi=1_000_000),
+        return cls(host=os.environ.get("CHATTER_MOCK_HOST") or cls.host, port=mock_port(), tokens=env_int("CHATTER_MOCK_TOKENS", cls.tokens, lo=0, hi=1_000_000),
                    tps=env_float("CHATTER_MOCK_TPS", cls.tps, lo=0.001, hi=1e9),
                    ttft_ms=env_float("CHATTER_MOCK_TTFT_MS", cls.ttft_ms, lo=0, hi=3_600_000))

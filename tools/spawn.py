@@ -24,7 +24,10 @@ def free_port() -> int:
 
 
 class LocalStack:
-    def __init__(self, workdir: Path, generators: int = 1, **env: str) -> None:
+    def __init__(self, workdir: Path, generators: int = 1, prefix: tuple[str, ...] = (), **env: str) -> None:
+        """``prefix``: what the processes' command lines start with (``ip netns exec NAME``, for a process on
+        another host in a test)."""
+        self.prefix = tuple(prefix)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.run_dir = self.workdir / "run"
@@ -40,8 +43,9 @@ class LocalStack:
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         })
         self.env.pop("OPENAI_API_KEY", None)
-        for key in [k for k in self.env if k.startswith("CHATTER_ENDPOINT_")]:
-            del self.env[key]  # a private stack never shares the caller's endpoints
+        for key in [k for k in self.env if k.startswith(("CHATTER_ENDPOINT_", "CHATTER_CURVE_"))
+                    or k in ("CHATTER_COORDINATOR", "CHATTER_INSECURE_TCP")]:
+            del self.env[key]  # a private stack never shares the caller's endpoints or keys
         self.env.update(env)
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -59,7 +63,8 @@ class LocalStack:
                 for i in range(copies):
                     key = name if i == 0 else f"{name}.{i + 1}"
                     log = open(self.workdir / f"{key}.log", "ab")
-                    self.procs[key] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=self.env,
+                    self.procs[key] = subprocess.Popen([*self.prefix, sys.executable, "-m", f"services.{name}"],
+                                                       env=self.env,
                                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
                     log.close()
             self.wait_ready(wanted)

@@ -10,7 +10,7 @@ from typing import Callable
 import msgpack
 import zmq
 
-from protocol import codec, messages as m, transport
+from protocol import codec, curve, messages as m, transport
 from services import config, shell, store
 from services.coordinator.machine import (Coordinator, Log, ReplyTo, ToClients, ToControl, ToGenerators,
                                           ToPersister)
@@ -30,6 +30,10 @@ class CoordinatorShell:
         count_tokens("warm up", self.settings.default_model)  # load the encoding now, not on the first request
         self.run_dir_lock = transport.claim_run_dir()  # before binding: a second coordinator must not take over
         self.ctx = zmq.Context()
+        # CURVE's ZAP handler must be there before a tcp socket binds: it is asked at every handshake
+        keys = curve.settings(coordinator=True)
+        self.authorized = (curve.AuthorizedKeys(self.ctx, os.environ["CHATTER_CURVE_AUTHORIZED"], self.log)
+                           if keys is not None else None)
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=True)
         # per-subscriber queue bound: past it PUB drops, and clients catch up by snapshot
         self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=True,
@@ -39,6 +43,11 @@ class CoordinatorShell:
         self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=True)
         self.persist = transport.open_socket(self.ctx, transport.PERSIST, bind=True)
         self.acks = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=True)
+        bound = (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks)
+        # refused handshakes on the tcp channels, counted and logged (an unauthorized key, a plain client)
+        self.monitors = {curve.watch(sock): (sock, channel.name) for sock, channel in zip(bound, transport.CHANNELS)
+                         if sock.getsockopt_string(zmq.LAST_ENDPOINT).startswith("tcp://")}
+        self.refusal_logged_at: dict[str, float] = {}
         self.pending_jobs: collections.deque[bytes] = collections.deque()
         self.reader = DatabaseReader(self.ctx, self.db)
         self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
@@ -168,8 +177,9 @@ class CoordinatorShell:
     def run(self) -> None:
         shell.on_stop_signals(self.stop)
         poller = zmq.Poller()
-        for sock in (self.rpc, self.gen_events, self.acks, self.reader.wake):
+        for sock in (self.rpc, self.gen_events, self.acks, self.reader.wake, *self.monitors):
             poller.register(sock, zmq.POLLIN)
+        keys_checked_at = 0.0
         poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
         while not self.stopping:
@@ -187,12 +197,35 @@ class CoordinatorShell:
                 self.drain_rpc(now)
             if self.reader.wake in ready:
                 self.take_reads(now)
+            for monitor in [sock for sock in self.monitors if sock in ready]:
+                self.count_refusals(monitor)
+            if self.authorized is not None and now - keys_checked_at >= 1.0:
+                keys_checked_at = now
+                self.authorized.reload_if_changed()
+                self.machine.counters["curve_keys_refused"] = self.authorized.refused_keys
             self.carry_out(self.machine.tick(time.time()))
         self.close()
 
+    def count_refusals(self, monitor: zmq.Socket) -> None:
+        """Every refused handshake is counted; a peer refused once is refused again at each reconnect (ten
+        times a second), so each channel logs at most one line a second."""
+        sock, channel = self.monitors[monitor]
+        while (words := curve.refusal(monitor)) is not None:
+            self.machine.counters["handshakes_refused"] += 1
+            now = time.monotonic()
+            if now - self.refusal_logged_at.get(channel, 0.0) >= 1.0:
+                self.refusal_logged_at[channel] = now
+                self.log.warning("handshake_refused", channel=channel, reason=words,
+                                 total=self.machine.counters["handshakes_refused"])
+
     def close(self) -> None:
+        for monitor, (sock, _) in self.monitors.items():
+            sock.disable_monitor()
+            monitor.close(0)
         for sock in (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks):
             transport.close_bound(sock)
+        if self.authorized is not None:
+            self.authorized.stop()
         self.reader.close()
         self.ctx.term()
         transport.release_run_dir(self.run_dir_lock)

@@ -47,7 +47,9 @@ class Coordinator(Requests, StreamRules):
         self.reads_health: tuple[float | None, str | None] = (None, None)  # the shell's database reads, for status
         self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
-                         "gaps": 0, "generators_lost": 0, "database_reads": 0}  # reads: the shell counts them
+                         "gaps": 0, "generators_lost": 0,
+                         # counted by the shell: its database reads, and refused tcp handshakes and CURVE keys
+                         "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
         self._tiebreak = 0
         self._housekeeping_at = 0.0

@@ -1,5 +1,5 @@
 """The mock LLM server: OpenAI-compatible ``POST /v1/chat/completions`` (SSE and plain JSON) on
-127.0.0.1, with injectable faults and a request journal at ``GET /journal`` (``DELETE`` clears it).
+127.0.0.1 (or CHATTER_MOCK_HOST), with injectable faults and a request journal at ``GET /journal`` (``DELETE`` clears it).
 
 Handler cancellation is on, so a client that closes the stream cancels the handler at once:
 the journal records exactly when the upstream request was really stopped.
@@ -156,17 +156,17 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None) ->
 async def serve() -> None:
     log = shell.start("mock_llm")
     settings = config.MockSettings.from_env()
-    port = settings.port
+    host, port = settings.host, settings.port
     runner = web.AppRunner(MockLLM(env_scenario(settings)).app(), handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise SystemExit(f"chatter mock_llm: cannot listen on 127.0.0.1:{port} (CHATTER_MOCK_PORT): "
+        raise SystemExit(f"chatter mock_llm: cannot listen on {host}:{port} (CHATTER_MOCK_HOST, CHATTER_MOCK_PORT): "
                          f"{exc.strerror}") from None
-    log.info("mock_llm_ready", url=f"http://127.0.0.1:{port}/v1")
+    log.info("mock_llm_ready", url=f"http://{host}:{port}/v1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

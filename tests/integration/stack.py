@@ -39,14 +39,14 @@ class Stack(LocalStack):
         super().__init__(workdir, **({"CHATTER_MOCK_TPS": "200", "CHATTER_MOCK_TTFT_MS": "20"} | env))
 
     def live_generators(self) -> int:
-        if any(k.startswith("CHATTER_ENDPOINT_") for k in self.env):  # endpoints only the stack's env knows
+        if any(k.startswith("CHATTER_ENDPOINT_") or k == "CHATTER_COORDINATOR" for k in self.env):
+            # endpoints only the stack's env knows (and, on another host, only its namespace reaches)
             done = self.cli("status", "--json")
             return len(json.loads(done.stdout)["generators"]) if done.returncode == 0 else 0
         return super().live_generators()
 
-    @staticmethod
-    def cli_argv() -> list[str]:
-        return [sys.executable, "-m", "clients.cli"]
+    def cli_argv(self) -> list[str]:
+        return [*self.prefix, sys.executable, "-m", "clients.cli"]
 
     def cli(self, *args: str, timeout: float = 60, **popen) -> subprocess.CompletedProcess:
         return subprocess.run([*self.cli_argv(), *args], env=self.env, cwd=REPO,

@@ -67,3 +67,44 @@ def test_a_frame_without_a_topic_end_is_rejected_as_a_bad_frame():
 
     with pytest.raises(codec.FrameError):
         codec.decode(transport.payload_of(b"no-topic-end"), m.STREAM_EVENTS)
+
+
+def test_one_address_puts_the_channels_on_consecutive_ports_in_the_documented_order(monkeypatch):
+    monkeypatch.setenv("CHATTER_COORDINATOR", "tcp://10.0.0.5:7000")
+    names = [channel.name for channel in transport.CHANNELS]
+    assert names == ["rpc", "stream", "jobs", "gen-events", "control", "persist", "persist-acks"]
+    assert [transport.endpoint(c) for c in transport.CHANNELS] == [f"tcp://10.0.0.5:{7000 + i}" for i in range(7)]
+    monkeypatch.setenv("CHATTER_ENDPOINT_JOBS", "tcp://10.0.0.9:9000")  # a channel's own setting still wins
+    assert transport.endpoint(transport.JOBS) == "tcp://10.0.0.9:9000"
+    monkeypatch.setenv("CHATTER_COORDINATOR", "tcp://[::1]:7000")
+    assert transport.endpoint(transport.STREAM) == "tcp://[::1]:7001"
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5:7000", "tcp://10.0.0.5", "tcp://10.0.0.5:0", "tcp://10.0.0.5:65530",
+                                   "ipc:///tmp/x", "tcp://host name:7000", "tcp://10.0.0.5:7000/x"])
+def test_a_bad_coordinator_address_is_refused_in_words(value, monkeypatch):
+    monkeypatch.setenv("CHATTER_COORDINATOR", value)
+    with pytest.raises(transport.SetupError, match="CHATTER_COORDINATOR must be tcp://HOST:PORT"):
+        transport.endpoint(transport.RPC)
+
+
+@pytest.mark.parametrize("address, loopback", [("tcp://127.0.0.1:1", True), ("tcp://127.9.9.9:1", True),
+                                               ("tcp://localhost:1", True), ("tcp://[::1]:1", True),
+                                               ("tcp://0.0.0.0:1", False), ("tcp://*:1", False),
+                                               ("tcp://10.0.0.1:1", False), ("tcp://eth0:1", False),
+                                               ("tcp://example.org:1", False)])
+def test_only_loopback_addresses_count_as_this_host_only(address, loopback):
+    assert transport.is_loopback(address) is loopback
+
+
+def test_a_coordinator_will_not_bind_beyond_loopback_without_keys(tmp_path, monkeypatch):
+    import zmq
+    monkeypatch.setenv("CHATTER_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("CHATTER_COORDINATOR", "tcp://0.0.0.0:7000")
+    monkeypatch.delenv("CHATTER_INSECURE_TCP", raising=False)
+    ctx = zmq.Context()
+    try:
+        with pytest.raises(transport.SetupError, match="chatter keys new coordinator"):
+            transport.open_socket(ctx, transport.RPC, bind=True)
+    finally:
+        ctx.term()
