@@ -1,14 +1,16 @@
 """What every process's shell shares: start-up (private files, logging), stop signals, decoding one
-channel's frames and bundles, errors in plain words, and refusing to start with a bad setting."""
+channel's frames and bundles, errors in plain words, refusing to start with a bad setting, and telling of a
+refused handshake with the coordinator."""
 from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Callable
 
 import zmq
 
-from protocol import codec, messages as m, transport
+from protocol import codec, curve, messages as m, transport
 from services import logs, store
 
 
@@ -65,3 +67,28 @@ def main(process: str, make: Callable[[], object]) -> None:
     except (transport.SetupError, store.DatabaseUrlError) as exc:
         raise SystemExit(f"chatter {process}: {exc}") from None
     proc.run()
+
+
+class RefusalWatch:
+    """A process's connection to the coordinator over tcp: a refused handshake (its key not authorized, CURVE
+    on one side only) is logged, at most once a second, instead of staying silent. Nothing over ipc."""
+
+    def __init__(self, log, sock: zmq.Socket, channel: transport.Channel) -> None:
+        self.log, self.sock = log, sock
+        self.address = transport.endpoint(channel)
+        self.monitor = curve.watch(sock) if self.address.startswith("tcp://") else None
+        self.refused, self.logged_at = 0, 0.0
+
+    def check(self) -> None:
+        if self.monitor is None:
+            return
+        while (words := curve.refusal(self.monitor)) is not None:
+            self.refused += 1
+            if time.monotonic() - self.logged_at >= 1.0:
+                self.logged_at = time.monotonic()
+                self.log.error("handshake_refused", coordinator=self.address, reason=words, refused=self.refused)
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(0)

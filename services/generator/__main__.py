@@ -76,6 +76,7 @@ class GeneratorShell:
         # of this process under load (py-spy). Events are batched per event-loop turn, in order.
         self.sync_ctx = zmq.Context()
         self.events = transport.open_socket(self.sync_ctx, transport.GEN_EVENTS, bind=False)
+        self.refusals = shell.RefusalWatch(self.log, self.events, transport.GEN_EVENTS)
         self.pending_deltas: list[list] = []
         self.unsent: collections.deque[bytes] = collections.deque()  # held while the coordinator's queue is full
         self.flush_scheduled = False
@@ -168,6 +169,7 @@ class GeneratorShell:
             for gen_id, at in list(self.cancelled_early.items()):
                 if now - at > 60:
                     del self.cancelled_early[gen_id]
+            self.refusals.check()
             await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------ one job
@@ -322,6 +324,7 @@ class GeneratorShell:
         for client in self.clients:
             await client.close()
         self.flush_deltas()
+        self.refusals.close()
         for sock in (self.jobs, self.events, self.control):
             sock.close(0)
         self.ctx.term()

@@ -39,9 +39,12 @@ class PersisterShell:
         self.ctx = zmq.Context()
         self.ops_in = transport.open_socket(self.ctx, transport.PERSIST, bind=False)
         self.acks_out = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=False)
+        self.refusals = shell.RefusalWatch(self.log, self.acks_out, transport.PERSIST_ACKS)
         self.stopping = False
         self.bad_frames = self.failed_batches = self.commits = self.ops_applied = self.ops_rejected = 0
         self.stats_sent_at, self.stats_sent_for = 0.0, -1
+        self.frames_dropped = 0  # to the coordinator, while it could not be reached (see ``send``)
+        self.hello_sent = False
         self.probe_failing_since: float | None = None  # an idle persister's database check, when it fails
         self.probe_error: str | None = None
 
@@ -50,7 +53,7 @@ class PersisterShell:
     def run(self) -> None:
         shell.on_stop_signals(self.stop)
         # The coordinator answers with the live messages; every other streaming one is then interrupted.
-        self.acks_out.send(m.PersisterHello(time.time(), os.getpid()).encode())
+        self.say_hello()
         self.log.info("persister_ready", database=store.describe_url(self.url))
         while not self.stopping:
             if self.retry.holding:  # a failed transaction's operations go first, after their backoff
@@ -66,6 +69,7 @@ class PersisterShell:
             if ops:
                 self.commit(ops)
         self.send_stats()
+        self.refusals.close()
         self.ops_in.close(0)
         self.acks_out.close(0)
         self.ctx.term()
@@ -80,6 +84,9 @@ class PersisterShell:
         rewrites whole pages, so a few ms of gathering saves most of the bytes)."""
         if not self.ops_in.poll(STATS_EVERY_S * 1000):
             if time.monotonic() - self.stats_sent_at > HEARTBEAT_S:
+                if not self.hello_sent:  # the coordinator must hear that this persister started
+                    self.say_hello()
+                self.refusals.check()
                 self.probe()
                 self.send_stats()
             elif self.stats_sent_for != self.commits:  # idle now: the totals of the last commits still go out
@@ -137,7 +144,7 @@ class PersisterShell:
                    for message_id, (length, finalized) in plan.acks.items()]
         replies += [answer.encode() for answer in plan.answers]
         for frame in m.bundle(replies):  # one send per commit, not one per message (py-spy: 18% of this process)
-            self.acks_out.send(frame)
+            self.send(frame)
         if time.monotonic() - self.stats_sent_at > STATS_EVERY_S:
             self.send_stats()
 
@@ -230,11 +237,25 @@ class PersisterShell:
         except Exception as mark_exc:
             self.core.forget()
             self.log.warning("mark_error_failed", message_id=message_id, error=shell.plain_error(mark_exc))
-        self.acks_out.send(m.PersistRejected(message_id, reason).encode())
+        self.send(m.PersistRejected(message_id, reason).encode())
+
+    def say_hello(self) -> None:
+        self.hello_sent = self.send(m.PersisterHello(time.time(), os.getpid()).encode())
+
+    def send(self, frame: bytes) -> bool:
+        """To the coordinator, never blocking: with no connection to it (it is down, or refused this
+        persister's key) a PUSH socket would block, and the persister could not even stop. What is dropped
+        is resent: the coordinator resends every operation not acked, and the acks follow them."""
+        try:
+            self.acks_out.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self.frames_dropped += 1
+            return False
 
     def send_stats(self) -> None:
         self.stats_sent_at, self.stats_sent_for = time.monotonic(), self.commits
-        self.acks_out.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied,
+        self.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied,
                                             self.reply_text_bytes, self.failed_batches,
                                             self.ops_rejected, self.retry.failing_since or self.probe_failing_since,
                                             self.retry.last_error or self.probe_error).encode())

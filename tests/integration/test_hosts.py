@@ -135,6 +135,23 @@ def test_an_unauthorized_key_and_a_plain_client_are_refused_in_one_line(deployme
     after = wait_until(lambda: (c := client.cli_json("status")["counters"])["curve_keys_refused"] >
                        before["curve_keys_refused"] and c, what="the refusals counted")
     assert after["handshakes_refused"] >= before["handshakes_refused"] + 2
+    # a process with a key the coordinator does not know says so in its log (and never gets a job)
+    rogue = Stack(client.workdir / "rogue", prefix=client.prefix,
+                  CHATTER_COORDINATOR=client.env["CHATTER_COORDINATOR"], **curve_env(keys, "stranger"))
+    log_path = rogue.workdir / "rogue-persister.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*rogue.prefix, sys.executable, "-m", "services.persister"], env=rogue.env,
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "handshake_refused" in log_path.read_text(), what="the persister's refusal in its log")
+        assert "not among its authorized keys" in log_path.read_text()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     # a key put in the authorized directory is let in without a restart
     shutil.copy(keys / "stranger.key", keys / "authorized")
     try:
