@@ -193,7 +193,8 @@ def refusal(monitor: zmq.Socket) -> str | None:
         return None
     kind = event["event"]
     if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return "the coordinator refused this key: it is not among its authorized keys (CHATTER_CURVE_AUTHORIZED)"
+        return ("the coordinator refused this key (CHATTER_CURVE_SECRET): it is not among its authorized keys "
+                "(CHATTER_CURVE_AUTHORIZED)")
     # a protocol error, or none named (a plain peer may just see the connection dropped)
     return ("the handshake failed: one side uses CURVE and the other does not, or the keys do not match "
             "(CHATTER_CURVE_SECRET, CHATTER_CURVE_SERVER)")
