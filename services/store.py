@@ -109,7 +109,8 @@ class DatabaseUrlError(Exception):
 
 
 SQLITE_PREFIX = "sqlite:///"
-SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000, "foreign_keys": 1}
+SQLITE_PRAGMAS = {"busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1}
+OPEN_LOCKED_TRIES = 50  # 0.1 s apart: see ``open_database``
 
 
 def describe_url(url: str) -> str:
@@ -139,7 +140,17 @@ def open_database(url: str) -> peewee.Database:
         except (RuntimeError, ValueError) as exc:
             raise DatabaseUrlError(f"{shown}: {exc}") from None
     try:
-        db.connect(reuse_if_open=True)
+        for attempt in range(OPEN_LOCKED_TRIES):
+            try:
+                db.connect(reuse_if_open=True)
+                break
+            except peewee.OperationalError as exc:
+                # two processes opening a new SQLite file at once both switch it to WAL, which takes a lock
+                # that SQLite refuses at once rather than wait for (a deadlock to it): try again shortly
+                if "locked" not in str(exc) or attempt == OPEN_LOCKED_TRIES - 1:
+                    raise
+                reset_connection(db)
+                time.sleep(0.1)
     except peewee.ImproperlyConfigured as exc:
         raise DatabaseUrlError(f"{shown} needs a database driver that is not installed ({exc})") from None
     except peewee.DatabaseError as exc:
