@@ -26,9 +26,22 @@ def outcome_json(session_id: str, view: ReplyView, started: results.ReplyStarted
         "ttft_ms": stats.get("ttft_ms"),
         "duration_ms": stats.get("duration_ms"),
         "tok_per_s": stats.get("tok_per_s"),
+        "finish_reason": stats.get("finish_reason"),  # the server's: stop, length, content_filter...
         "error": final.get("error"),
         "saved": not final.get("unsaved", False),  # False: complete, but the persister has not made it durable
     }
+
+
+FINISH_WORDS = {"length": "length limit", "content_filter": "content filter", "tool_calls": "tool calls",
+                "function_call": "function call"}
+
+
+def status_label(status: str, finish_reason: str | None) -> str:
+    """A reply's status as shown: a completed reply that the server ended for another reason than its own
+    stop says which (``completed (length limit)``: cut at the model's or the request's token limit)."""
+    if status == "completed" and finish_reason and finish_reason != "stop":
+        return f"completed ({FINISH_WORDS.get(finish_reason, finish_reason)})"
+    return status
 
 
 def exit_code(status: str, saved: bool = True) -> int:

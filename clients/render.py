@@ -17,6 +17,8 @@ from rich.markdown import Markdown
 from rich.spinner import Spinner
 from rich.text import Text
 
+from clients.output import status_label
+
 REFRESH_PER_S = 8
 
 
@@ -35,7 +37,7 @@ def final_stats_line(outcome: dict, stats: dict | None = None) -> str:
         line += f" | ctx ~{stats.get('prompt_tokens')}/{stats['max_input_tokens']}"
         if stats.get("dropped_messages"):
             line += f" ({stats['dropped_messages']} old messages left out)"
-    line += f" | {outcome['status']}"
+    line += f" | {status_label(outcome['status'], outcome.get('finish_reason'))}"
     if outcome["error"]:
         line += f" | {outcome['error']}"
     if outcome.get("saved") is False:

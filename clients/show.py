@@ -8,7 +8,7 @@ import time
 from typing import Callable
 
 from clients.api import Client
-from clients.output import SigintFlag, exit_code, outcome_json
+from clients.output import SigintFlag, exit_code, outcome_json, status_label
 from clients.render import ReplyRenderer
 from clients.view import ReplyView
 from protocol import results
@@ -119,7 +119,8 @@ def print_history(history: results.History) -> None:
         print(f"[system] {history.system}")
     for msg in history.messages:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.created_at))
-        status = msg.status + (", superseded" if msg.superseded else "")
+        status = status_label(msg.status, (msg.stats or {}).get("finish_reason")) + (
+            ", superseded" if msg.superseded else "")
         head = f"[{msg.role}] {stamp} {status} {msg.message_id}"
         stats = msg.stats
         if msg.role == "assistant" and stats:

@@ -229,6 +229,7 @@ class GenDone(Message, tag=42):
     completion_tokens: Int
     tokens_source: str  # "server" or "estimated"
     prompt_tokens: Optional[Int] = None
+    streamed: bool = True  # False: one non-streaming request, so no speed or first token was measured
 
 
 class GenError(Message, tag=43):
@@ -249,6 +250,7 @@ class GeneratorHeartbeat(Message, tag=45):
     active: Int
     retries: Int
     pid: Int = 0
+    contexts: Optional[dict[str, Count]] = None  # model -> context length in tokens, as the server tells it
 
 
 GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat)

@@ -62,6 +62,25 @@ def openai_base_url() -> str:
     return env_str("OPENAI_BASE_URL", f"http://127.0.0.1:{mock_port()}/v1")
 
 
+def first_token_ms() -> int:
+    """How long a reply may wait for its first token (coordinator and generator alike)."""
+    return env_int("CHATTER_FIRST_TOKEN_MS", 600_000, lo=100, hi=DAY_MS)
+
+
+def model_contexts() -> dict[str, int]:
+    """CHATTER_MODEL_CONTEXT=MODEL=TOKENS[,MODEL=TOKENS...]: the context length of models whose server does not
+    tell it."""
+    raw = os.environ.get("CHATTER_MODEL_CONTEXT", "").strip()
+    out = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        model, _, tokens = pair.rpartition("=")
+        if not model or not tokens.isdigit() or not 1 <= int(tokens) < 2**31:
+            raise SystemExit(f"CHATTER_MODEL_CONTEXT must be MODEL=TOKENS pairs separated by commas "
+                             f"(llama3.1=8192,qwen2.5=32768), got {pair!r}")
+        out[model.strip()] = int(tokens)
+    return out
+
+
 def default_model() -> str:
     return env_str("CHATTER_MODEL", "mock-1")
 
@@ -84,7 +103,11 @@ class CoordinatorSettings:
     default_model: str = "mock-1"
     max_input_tokens: int = 8192  # the default input budget of a session
     stall_ms: float = 30_000.0  # a generation without a delta this long ends as error (stalled)
+    # waiting for a first token is not a stall: a server that runs one request at a time holds the others
+    first_token_ms: float = 600_000.0
     max_cached_sessions: int = 5_000  # idle sessions beyond this leave memory; the database has them
+    # model -> context length in tokens, for servers that do not tell it (CHATTER_MODEL_CONTEXT)
+    model_contexts: dict = field(default_factory=dict)
     # the shell's
     stream_hwm: int = 0  # 0: the stream channel's own
     database_url: str = "sqlite:///data/chatter.db"
@@ -101,7 +124,9 @@ class CoordinatorSettings:
             default_model=default_model(),
             max_input_tokens=env_int("CHATTER_MAX_INPUT_TOKENS", 8192, lo=1, hi=2**31 - 1),
             stall_ms=env_int("CHATTER_STALL_MS", 30_000, lo=100, hi=DAY_MS),
+            first_token_ms=first_token_ms(),
             max_cached_sessions=env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
+            model_contexts=model_contexts(),
             stream_hwm=env_int("CHATTER_STREAM_HWM", 0, lo=0),
             database_url=database_url(),
         )
@@ -118,6 +143,7 @@ class GeneratorSettings:
     retry_deadline_ms: int = 30_000
     coordinator_silent_ms: int = 5_000
     upstream_timeout_ms: int = 60_000
+    first_token_ms: int = 600_000
     http_client: str = "aiohttp"
 
     @classmethod
@@ -135,6 +161,7 @@ class GeneratorSettings:
             retry_deadline_ms=env_int("CHATTER_RETRY_DEADLINE_MS", 30_000, lo=0, hi=DAY_MS),
             coordinator_silent_ms=env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000, lo=100, hi=DAY_MS),
             upstream_timeout_ms=env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000, lo=100, hi=DAY_MS),
+            first_token_ms=first_token_ms(),
             http_client=http_client,
         )
 
@@ -157,9 +184,13 @@ class MockSettings:
     tokens: int = 40
     tps: float = 50.0
     ttft_ms: float = 50.0
+    serial: bool = False  # one request at a time; the others answered 200 at once and held, as llama.cpp does
+    context: int = 0  # the model's context length in tokens (prompt and reply); 0: none
 
     @classmethod
     def from_env(cls) -> MockSettings:
         return cls(host=os.environ.get("CHATTER_MOCK_HOST") or cls.host, port=mock_port(), tokens=env_int("CHATTER_MOCK_TOKENS", cls.tokens, lo=0, hi=1_000_000),
                    tps=env_float("CHATTER_MOCK_TPS", cls.tps, lo=0.001, hi=1e9),
-                   ttft_ms=env_float("CHATTER_MOCK_TTFT_MS", cls.ttft_ms, lo=0, hi=3_600_000))
+                   ttft_ms=env_float("CHATTER_MOCK_TTFT_MS", cls.ttft_ms, lo=0, hi=3_600_000),
+                   serial=env_bool("CHATTER_MOCK_SERIAL", False),
+                   context=env_int("CHATTER_MOCK_CONTEXT", 0, lo=0, hi=10_000_000))

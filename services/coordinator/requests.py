@@ -115,12 +115,22 @@ class Requests:
         model = model or sess.model or self.settings.default_model
         try:
             return assemble(sess.system, history, user_text, model, sess.params, self.count_tokens,
-                            self._budget(sess))
+                            self._budget(sess, model))
         except PromptTooLarge as exc:
             raise RequestRefused(str(exc)) from None
 
-    def _budget(self, sess: SessionState) -> int:
-        return sess.max_input_tokens or self.settings.max_input_tokens
+    def _budget(self, sess: SessionState, model: str | None = None) -> int:
+        """The input budget of a prompt: the session's own; else from the model's context length, as its server
+        tells it (vLLM) or CHATTER_MODEL_CONTEXT says, less room for the reply (the session's max_tokens, else
+        a quarter of the context); else CHATTER_MAX_INPUT_TOKENS."""
+        if sess.max_input_tokens:
+            return sess.max_input_tokens
+        model = model or sess.model or self.settings.default_model
+        context = self.model_contexts.get(model) or self.settings.model_contexts.get(model)
+        if context:
+            reserve = sess.params.get("max_tokens") or context // 4
+            return max(1, context - min(reserve, context - 1))
+        return self.settings.max_input_tokens
 
     def _start_generation(self, sess: SessionState, prompt: PromptPackage, now: float, out: list,
                           client_request_id: str, supersedes: list[str]) -> results.ReplyStarted:

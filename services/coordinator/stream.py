@@ -40,6 +40,8 @@ class GenerationState:
     persist_deadline: float | None = None
     error: str | None = None
     stream: bool | None = None  # the session's choice when it was queued; None: the generator's default
+    finish_reason: str | None = None  # the server's: stop, length (its limit), content_filter...
+    streamed: bool = True  # False: the generator made one non-streaming request
 
     def text(self) -> str:
         if len(self.parts) > 1:
@@ -113,6 +115,7 @@ class StreamRules:
             return
         gen.tokens = msg.completion_tokens
         gen.tokens_source = msg.tokens_source
+        gen.finish_reason, gen.streamed = msg.finish_reason or None, msg.streamed
         self._finalize(gen, "completed", now, out)
 
     def _on_gen_error(self, msg: m.GenError, now: float, out: list) -> None:
@@ -132,6 +135,8 @@ class StreamRules:
             out.append(Log("generator_joined", {"generator_id": msg.generator_id}))
         info.last_seen, info.capacity_free, info.active, info.retries = now, msg.capacity_free, msg.active, msg.retries
         info.pid = msg.pid
+        if msg.contexts:
+            self.model_contexts.update(msg.contexts)
 
     # ------------------------------------------------------------ coalescing and checkpoints
 
@@ -220,7 +225,8 @@ class StreamRules:
 
     def _stats(self, gen: GenerationState, now: float) -> dict:
         end = gen.ended_at or now
-        first = gen.first_token_at
+        # speed and time to first token only where they were measured: a non-streaming reply arrives whole
+        first = gen.first_token_at if gen.streamed else None
         tok_window = end - first if first is not None else 0.0
         return {
             "tokens": gen.tokens,
@@ -232,6 +238,8 @@ class StreamRules:
             "tok_per_s": round(gen.tokens / tok_window, 1) if tok_window > 0 and gen.tokens > 1 else None,
             "max_input_tokens": gen.prompt.max_input_tokens,
             "dropped_messages": len(gen.prompt.dropped_message_ids),
+            "finish_reason": gen.finish_reason,
+            "streamed": gen.streamed,
         }
 
     def _on_persist_ack(self, msg: m.PersistAck, now: float, out: list) -> None:
@@ -292,14 +300,23 @@ class StreamRules:
                     self._finalize(gen, "error", now, out, error=f"generator lost: {gen_id} stopped heartbeating")
 
     def _check_stalls(self, now: float, out: list) -> None:
-        """Nothing says "generating" forever: no delta for ``stall_ms`` ends the generation and its upstream."""
-        limit = self.settings.stall_ms / 1000
-        for gen in [g for g in self.active.values()
-                    if now - (g.last_delta_at or g.started_at or g.queued_at) > limit]:
-            waited = "no generator took the job" if gen.started_at is None else "no token"
-            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
-            self._finalize(gen, "error", now, out,
-                           error=f"stalled: {waited} for {self.settings.stall_ms / 1000:g} s")
+        """Nothing says "generating" forever, and each wait has its own limit: no generator taking the job
+        and no token after the first are stalls (``stall_ms``); waiting for the first token is not (a server
+        that runs one request at a time holds the others), and has its own, longer ``first_token_ms``."""
+        s = self.settings
+        for gen in list(self.active.values()):
+            if gen.started_at is None:
+                waited, limit_ms, words = now - gen.queued_at, s.stall_ms, "stalled: no generator took the job"
+                setting = "CHATTER_STALL_MS"
+            elif gen.last_delta_at is None:
+                waited, limit_ms, words = now - gen.started_at, s.first_token_ms, "no first token"
+                setting = "CHATTER_FIRST_TOKEN_MS"
+            else:
+                waited, limit_ms, words = now - gen.last_delta_at, s.stall_ms, "stalled: no token"
+                setting = "CHATTER_STALL_MS"
+            if waited > limit_ms / 1000:
+                out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+                self._finalize(gen, "error", now, out, error=f"{words} for {limit_ms / 1000:g} s ({setting})")
 
     def _text_of(self, generation_id: str) -> str:
         gen = self.active.get(generation_id) or self.finalizing[generation_id]

@@ -23,7 +23,8 @@ import zmq.asyncio
 from protocol import codec, messages as m, transport
 from services import config, shell
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
-                                      not_an_event_stream, retry_delay, status_failure)
+                                      context_lengths, not_an_event_stream, retry_delay, server_words,
+                                      status_failure)
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError
 from services.logs import redact
 from services.tokens import count_tokens
@@ -58,6 +59,8 @@ class GeneratorShell:
         self.retry_deadline_s = settings.retry_deadline_ms / 1000
         self.coordinator_silent_s = settings.coordinator_silent_ms / 1000
         self.read_timeout_s = settings.upstream_timeout_ms / 1000
+        self.first_token_s = settings.first_token_ms / 1000  # before it, silence is the server's queue
+        self.contexts: dict[str, int] = {}  # model -> context length, as the server tells it
         self.upstream = f"{settings.base_url} (OPENAI_BASE_URL)"
         # No per-read timeout in the HTTP client: aiohttp re-arms a timer on every read (11% of this
         # process under load, py-spy). ``stream_once`` keeps its own deadline, moved at most once a second.
@@ -157,10 +160,26 @@ class GeneratorShell:
                 else:
                     self.cancelled_early[msg.generation_id] = time.monotonic()
 
+    async def learn_contexts(self) -> None:
+        """The models' context lengths, where the server tells them (vLLM's /v1/models: max_model_len), now and
+        every minute; the coordinator budgets prompts by them when a session sets no budget of its own."""
+        while True:
+            try:
+                async with asyncio.timeout(10):
+                    page = await self.clients[0].models.list()
+                found = context_lengths([model.model_dump() for model in page.data])
+                if found != self.contexts:
+                    self.log.info("model_contexts", contexts=found)
+                self.contexts = found
+            except (*UPSTREAM_ERRORS, openai.APIError, ValueError, TypeError) as exc:
+                self.log.debug("model_contexts_unknown", error=shell.plain_error(exc))  # not every server says
+            await asyncio.sleep(60)
+
     async def heartbeat(self) -> None:
         while True:
             free = self.concurrency - len(self.tasks)
-            self.emit(m.GeneratorHeartbeat(self.generator_id, free, len(self.tasks), self.retries, os.getpid()))
+            self.emit(m.GeneratorHeartbeat(self.generator_id, free, len(self.tasks), self.retries, os.getpid(),
+                                           self.contexts or None))
             now = time.monotonic()
             if self.tasks and now - self.coordinator_heard_at > self.coordinator_silent_s:
                 self.log.warning("coordinator_silent", cancelling=len(self.tasks))
@@ -188,7 +207,7 @@ class GeneratorShell:
             else:
                 tokens, source = count_tokens(text, job.model), "estimated"
             self.emit(m.GenDone(job.generation_id, gen.seq, gen.length, gen.finish_reason or "", tokens, source,
-                                      gen.prompt_tokens))
+                                gen.prompt_tokens, gen.streamed))
             log.info("generation_done", seq=gen.seq, length=gen.length, attempts=gen.attempts)
         except asyncio.CancelledError:
             self.emit(m.GenCancelled(job.generation_id, gen.seq))
@@ -211,7 +230,7 @@ class GeneratorShell:
         while True:
             gen.attempts += 1
             try:
-                streaming = self.streaming if gen.job.stream is None else gen.job.stream
+                streaming = gen.streamed = self.streaming if gen.job.stream is None else gen.job.stream
                 await (self.stream_once(gen) if streaming else self.whole_once(gen))
                 return
             except RetryBeforeFirstToken as exc:
@@ -234,7 +253,7 @@ class GeneratorShell:
         saw_done = False
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.read_timeout_s) as read_deadline, \
+            async with asyncio.timeout(self.first_token_s) as read_deadline, \
                     self.clients[gen.client_index].chat.completions.with_streaming_response.create(
                         **self._request_args(gen, True)) as response:
                 content_type = response.headers.get("content-type")
@@ -245,12 +264,14 @@ class GeneratorShell:
                         if len(head) >= 4096:
                             break
                     raise not_an_event_stream(content_type, head[:4096], self.upstream)
-                moved_at = loop.time()
+                moved_at, following = loop.time(), False
                 async for data in response.iter_bytes():
                     now = loop.time()
-                    if now - moved_at > READ_DEADLINE_STEP_S:  # the deadline follows the data, a second at a time
+                    # until the first token the deadline is CHATTER_FIRST_TOKEN_MS from the request; from then
+                    # on it follows the data, CHATTER_UPSTREAM_TIMEOUT_MS ahead, moved a second at a time
+                    if gen.seq and (not following or now - moved_at > READ_DEADLINE_STEP_S):
                         read_deadline.reschedule(now + self.read_timeout_s)
-                        moved_at = now
+                        moved_at, following = now, True
                     for event in decoder.feed_bytes(data):
                         if event is DONE:
                             saw_done = True
@@ -273,7 +294,7 @@ class GeneratorShell:
     async def whole_once(self, gen: Generation) -> None:
         """Non-streaming mode: one request, one delta, through the same pipeline."""
         try:
-            async with asyncio.timeout(self.read_timeout_s):  # a whole reply sends nothing until it is done
+            async with asyncio.timeout(self.first_token_s):  # a whole reply sends nothing until it is done
                 completion = await self.clients[gen.client_index].chat.completions.create(
                     **self._request_args(gen, False))
         except UPSTREAM_ERRORS as exc:
@@ -294,7 +315,7 @@ class GeneratorShell:
             return JobFailed(f"upstream at {self.upstream} sent a response that is not HTTP")
         timed_out = isinstance(exc, TimeoutError)  # our own read deadline; anything else is the connection
         return gen.lost_upstream("no data" if timed_out else connection_failure(exc), timed_out, self.upstream,
-                                 self.read_timeout_s)
+                                 self.read_timeout_s, self.first_token_s)
 
     def on_chunk(self, gen: Generation, event) -> None:
         text = gen.take(event)
@@ -310,7 +331,8 @@ class GeneratorShell:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        workers = [asyncio.create_task(c) for c in (self.pull_jobs(), self.follow_control(), self.heartbeat())]
+        workers = [asyncio.create_task(c) for c in (self.pull_jobs(), self.follow_control(), self.heartbeat(),
+                                                     self.learn_contexts())]
         self.log.info("generator_ready", generator_id=self.generator_id, upstream=self.settings.base_url,
                       concurrency=self.concurrency, streaming=self.streaming)
         await self.stop.wait()
@@ -334,13 +356,12 @@ class GeneratorShell:
 
 def _error_message(exc: openai.APIStatusError) -> str:
     body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if body.get("message"):
-            return str(body["message"])
-    return exc.message
+    if body is None:  # a streaming request's error body may not have been parsed
+        try:
+            body = exc.response.json()
+        except Exception:
+            body = getattr(exc.response, "text", None)
+    return server_words(body, exc.message)
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ are retried. The asyncio shell (``__main__``) does the I/O and applies these.
 - A stream that ends without a finish reason is ``truncated``, never ``completed``.
 - A NUL character in the model's text becomes U+FFFD: PostgreSQL cannot store NUL in text, and a reply
   must read the same on every database and every client.
-- Before the first token, a failure is retried (408, 409, 429, 5xx, unreachable, silent), with
-  exponential backoff and jitter, or after the server's Retry-After, until the retry deadline.
+- Before the first token, a failure is retried (408, 409, 429, 5xx, unreachable), with exponential
+  backoff and jitter, or after the server's Retry-After, until the retry deadline. Silence before the
+  first token is waiting, up to its own limit (CHATTER_FIRST_TOKEN_MS), never retried.
   After the first token, a failure ends the generation as ``error`` and keeps the text.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Generation:
     completion_tokens: int | None = None
     attempts: int = 0
     client_index: int = 0
+    streamed: bool = True  # False: the reply came whole, from a non-streaming request
 
     def take(self, event) -> str | None:
         """Apply one decoded chunk (``sse.ChunkEvent``); returns its text when it is a delta to send,
@@ -72,12 +74,17 @@ class Generation:
             raise JobFailed("truncated: the stream ended without a finish reason"
                             + ("" if saw_done else " (connection closed)"))
 
-    def lost_upstream(self, what_failed: str, timed_out: bool, where: str, read_timeout_s: float) -> Exception:
-        """The connection failed (``what_failed``, in words) or fell silent (``timed_out``): retried before
-        the first token, an error that keeps the text after it. ``where`` names the upstream and its setting."""
+    def lost_upstream(self, what_failed: str, timed_out: bool, where: str, read_timeout_s: float,
+                      first_token_s: float) -> Exception:
+        """The connection failed (``what_failed``, in words) or fell silent (``timed_out``). Before the first
+        token a failed connection is retried, but silence is waiting (a busy server queues requests), up to
+        ``first_token_s``; trying again would only queue the request anew at the back. After the first
+        token either is an error that keeps the text. ``where`` names the upstream and its setting."""
         if self.seq == 0:
-            what = "timed out" if timed_out else "unreachable"
-            return RetryBeforeFirstToken(f"upstream {what} at {where}: {what_failed}")
+            if timed_out:
+                return JobFailed(f"no first token within {first_token_s:g} s (CHATTER_FIRST_TOKEN_MS) from "
+                                 f"{where}: the server may be busy with other requests")
+            return RetryBeforeFirstToken(f"upstream unreachable at {where}: {what_failed}")
         if timed_out:
             return JobFailed(f"upstream sent nothing for {read_timeout_s:g} s after {self.length} characters "
                              "(CHATTER_UPSTREAM_TIMEOUT_MS)")
@@ -152,3 +159,40 @@ def retry_after_seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
+
+
+# Where servers tell a model's context length in /v1/models: vLLM (max_model_len), and the names others use.
+CONTEXT_KEYS = ("max_model_len", "context_length", "max_context_length", "context_window")
+
+
+def context_lengths(models: list) -> dict[str, int]:
+    """model id -> context length in tokens, for the models of a /v1/models answer that say."""
+    found = {}
+    for model in models:
+        if not isinstance(model, dict) or not isinstance(model.get("id"), str):
+            continue
+        for key in CONTEXT_KEYS:
+            value = model.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31:
+                found[model["id"]] = value
+                break
+    return found
+
+
+def server_words(body, fallback: str) -> str:
+    """The server's own words for an error status, from its body as each server shapes it: OpenAI and
+    llama.cpp ``{"error": {"message": ...}}``, vLLM ``{"message": ...}``, Ollama ``{"error": "..."}``, or a
+    short text; else ``fallback`` (the HTTP client's own, which says little: "Error code: 401")."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"].strip():
+            return " ".join(err["message"].split())[:500]
+        if isinstance(err, str) and err.strip():
+            return " ".join(err.split())[:500]
+        if isinstance(body.get("message"), str) and body["message"].strip():
+            return " ".join(body["message"].split())[:500]
+        if isinstance(body.get("detail"), str) and body["detail"].strip():
+            return " ".join(body["detail"].split())[:500]
+    if isinstance(body, str) and body.strip() and not body.lstrip().startswith("<"):
+        return " ".join(body.split())[:500]
+    return fallback

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import random
@@ -25,8 +26,14 @@ CONTENT_TAIL = b'}, "finish_reason": null}]}\n\n'
 
 
 class MockLLM:
-    def __init__(self, base: Scenario) -> None:
+    def __init__(self, base: Scenario, *, serial: bool = False, context: int = 0) -> None:
+        """``serial``: one request generates at a time; the others are answered 200 at once and held, silent,
+        until their turn (llama.cpp's server by default, Ollama with one slot). ``context``: the model's context
+        length, told in /v1/models as vLLM does (``max_model_len``): a prompt over it is refused with 400, and
+        a reply that reaches it ends with finish_reason ``length``."""
         self.base = base
+        self.serial = asyncio.Lock() if serial else None
+        self.context = context
         self.journal: collections.deque[dict] = collections.deque(maxlen=JOURNAL_LIMIT)
         self.attempts: collections.Counter[str] = collections.Counter()
         self.ids = itertools.count(1)
@@ -41,7 +48,10 @@ class MockLLM:
         return app
 
     async def models(self, _request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "mock-1", "object": "model", "owned_by": "chatter"}]})
+        model = {"id": "mock-1", "object": "model", "owned_by": "chatter"}
+        if self.context:
+            model["max_model_len"] = self.context
+        return web.json_response({"object": "list", "data": [model]})
 
     async def read_journal(self, _request: web.Request) -> web.Response:
         return web.json_response({"requests": list(self.journal)})
@@ -72,31 +82,55 @@ class MockLLM:
             headers = {"Retry-After": f"{scenario.retry_after:g}"} if scenario.retry_after >= 0 else {}
             return _error(scenario.fail_status, f"injected failure {scenario.fail_status}", "server_error", headers)
         tokens = reply_tokens(body["messages"], str(body.get("model", "")), scenario.tokens)
+        finish = "stop"
+        if self.context:
+            prompt = prompt_token_count(body["messages"])
+            if prompt >= self.context:
+                entry["status"] = 400
+                return _error(400, f"This model's maximum context length is {self.context} tokens. However, your "
+                              f"messages resulted in {prompt} tokens. Please reduce the length of the messages.",
+                              "invalid_request_error")
+            if prompt + len(tokens) > self.context:
+                tokens, finish = tokens[:self.context - prompt], "length"
         try:
             if entry["stream"]:
-                return await self._stream(request, body, scenario, tokens, entry)
-            return await self._whole(body, scenario, tokens, entry)
+                return await self._stream(request, body, scenario, tokens, entry, finish)
+            return await self._whole(body, scenario, tokens, entry, finish)
         except asyncio.CancelledError:
             entry["client_closed"] = True
             raise
         finally:
             entry["closed_at"] = time.time()
 
-    async def _whole(self, body: dict, scenario: Scenario, tokens: list[str], entry: dict) -> web.Response:
-        await asyncio.sleep(scenario.ttft_ms / 1000 + len(tokens) / max(scenario.tps, 1e-6))
+    async def _whole(self, body: dict, scenario: Scenario, tokens: list[str], entry: dict,
+                     finish: str) -> web.Response:
+        async with self._turn(entry):
+            await asyncio.sleep(scenario.ttft_ms / 1000 + len(tokens) / max(scenario.tps, 1e-6))
         entry["completed"] = True
         return web.json_response({
             "id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
-                         "finish_reason": "stop"}],
+                         "finish_reason": finish}],
             "usage": _usage(body, len(tokens)),
         })
 
+    def _turn(self, entry: dict):
+        """This request's turn to generate: at once, or in serial mode when the one before it is done."""
+        if self.serial is None:
+            return contextlib.nullcontext()
+        entry["queued"] = self.serial.locked()
+        return self.serial
+
     async def _stream(self, request: web.Request, body: dict, scenario: Scenario, tokens: list[str],
-                      entry: dict) -> web.StreamResponse:
+                      entry: dict, finish: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+        await resp.prepare(request)  # 200 and the headers at once, even when the request then waits its turn
+        async with self._turn(entry):
+            return await self._generate(request, body, scenario, tokens, entry, finish, resp)
+
+    async def _generate(self, request: web.Request, body: dict, scenario: Scenario, tokens: list[str],
+                        entry: dict, finish: str, resp: web.StreamResponse) -> web.StreamResponse:
         base = {"id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
         content_head = (b"data: " + json.dumps(base | {"choices": [{"index": 0, "delta": {"content": ""}}]},
@@ -123,7 +157,7 @@ class MockLLM:
                 await resp.write(content_head + json.dumps(token, ensure_ascii=False).encode() + CONTENT_TAIL)
             entry["chunks_sent"] += 1
         if not scenario.no_finish:
-            await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             await _send(resp, base | {"choices": [], "usage": _usage(body, len(tokens))})
         await resp.write(b"data: [DONE]\n\n")
@@ -157,7 +191,8 @@ async def serve() -> None:
     log = shell.start("mock_llm")
     settings = config.MockSettings.from_env()
     host, port = settings.host, settings.port
-    runner = web.AppRunner(MockLLM(env_scenario(settings)).app(), handler_cancellation=True, access_log=None)
+    mock = MockLLM(env_scenario(settings), serial=settings.serial, context=settings.context)
+    runner = web.AppRunner(mock.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

@@ -104,6 +104,9 @@ def test_non_streaming_mode_gives_the_same_content(fresh_stack):
     assert stack.db_message(out["message_id"])["content"] == out["content"]
     assert out["tokens"] == 30 and out["tokens_source"] == "server"
     assert stack.journal()[-1]["stream"] is False
+    # the reply came whole: no speed and no first token were measured, so none is reported
+    assert out["tok_per_s"] is None and out["ttft_ms"] is None and out["duration_ms"] > 0
+    assert stack.db_message(out["message_id"])["stats"].count('"streamed": false') == 1
 
 
 def test_sigterm_stops_every_process_cleanly_leaving_no_socket(fresh_stack):

@@ -247,7 +247,8 @@ def test_a_send_retried_after_a_timeout_starts_one_generation(fresh_stack):
 
 
 def test_an_upstream_silent_past_the_read_timeout_ends_as_error_keeping_its_text(fresh_stack):
-    stack = fresh_stack(CHATTER_UPSTREAM_TIMEOUT_MS="1500", CHATTER_RETRY_DEADLINE_MS="1000")
+    stack = fresh_stack(CHATTER_UPSTREAM_TIMEOUT_MS="1500", CHATTER_RETRY_DEADLINE_MS="1000",
+                        CHATTER_FIRST_TOKEN_MS="2500")
     text = "quiet [[mock tokens=30 stall_after=3 stall_ms=60000]]"
     out = stack.cli_json("send", text)
     # the generator's own read deadline, not the coordinator's 30 s watchdog, ends it
@@ -256,9 +257,12 @@ def test_an_upstream_silent_past_the_read_timeout_ends_as_error_keeping_its_text
     assert out["content"] == "".join(reply_tokens([{"role": "user", "content": text}], MODEL, 30)[:3])
     entry = wait_journal(stack, "quiet", lambda e: e["client_closed"], timeout=5)
     assert entry["chunks_sent"] == 3
-    # silent before its first token: a timeout like any other failure there, retried until the deadline
+    # silent before its first token: the server's queue, waited for up to its own limit and never retried
+    # (a new request would queue again at the back)
     out = stack.cli_json("send", "mute [[mock tokens=30 stall_after=0 stall_ms=60000]]")
-    assert out["status"] == "error" and "upstream timed out" in out["error"] and "attempts" in out["error"]
+    assert out["status"] == "error" and "no first token" in out["error"], out["error"]
+    assert "CHATTER_FIRST_TOKEN_MS" in out["error"] and "2.5 s" in out["error"]
+    assert len([e for e in stack.journal() if "mute" in json.dumps(e["body"])]) == 1
 
 
 def test_database_reads_run_off_the_loop_while_replies_stream(fresh_stack):

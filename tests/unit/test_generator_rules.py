@@ -48,15 +48,18 @@ def test_no_finish_reason_is_truncated_never_completed(saw_done, tail):
 
 def test_a_lost_upstream_is_retried_before_the_first_token_and_an_error_after():
     g = gen()
-    before = g.lost_upstream("ConnectError", False, "http://x/v1 (OPENAI_BASE_URL)", 60)
+    before = g.lost_upstream("ConnectError", False, "http://x/v1 (OPENAI_BASE_URL)", 60, 600)
     assert isinstance(before, RetryBeforeFirstToken)
     assert str(before) == "upstream unreachable at http://x/v1 (OPENAI_BASE_URL): ConnectError"
-    silent = g.lost_upstream("TimeoutError", True, "http://x/v1 (OPENAI_BASE_URL)", 60)
-    assert isinstance(silent, RetryBeforeFirstToken) and str(silent).startswith("upstream timed out at")
+    # silence before the first token is the server's queue: waited for up to its own limit, then an error
+    # that names it, never retried (a new request would only queue again at the back)
+    silent = g.lost_upstream("TimeoutError", True, "http://x/v1 (OPENAI_BASE_URL)", 60, 600)
+    assert isinstance(silent, JobFailed) and str(silent).startswith("no first token within 600 s "
+                                                                    "(CHATTER_FIRST_TOKEN_MS)")
     g.take(ChunkEvent("some text"))
-    after = g.lost_upstream("ReadError", False, "http://x/v1", 60)
+    after = g.lost_upstream("ReadError", False, "http://x/v1", 60, 600)
     assert isinstance(after, JobFailed) and str(after) == "upstream disconnected after 9 characters: ReadError"
-    quiet = g.lost_upstream("TimeoutError", True, "http://x/v1", 1.5)
+    quiet = g.lost_upstream("TimeoutError", True, "http://x/v1", 1.5, 600)
     assert isinstance(quiet, JobFailed) and "sent nothing for 1.5 s after 9 characters" in str(quiet)
 
 
@@ -86,3 +89,23 @@ def test_backoff_doubles_with_jitter_up_to_its_cap_and_retry_after_wins():
         assert base <= delay <= base * 1.1
     assert delays[-1] <= BACKOFF_MAX_S * 1.1 and delays[1] > delays[0]
     assert retry_delay(1, 7.0, rng) == 7.0
+
+
+def test_the_servers_own_words_are_kept_however_it_shapes_its_error():
+    from services.generator.rules import server_words
+    fallback = "Error code: 401"
+    assert server_words({"error": {"message": "Invalid API Key", "type": "auth"}}, fallback) == "Invalid API Key"
+    assert server_words({"object": "error", "message": "model  not\nfound"}, fallback) == "model not found"
+    assert server_words({"error": "unauthorized: bad\n token"}, fallback) == "unauthorized: bad token"
+    assert server_words({"detail": "Not authenticated"}, fallback) == "Not authenticated"
+    assert server_words("upstream says no", fallback) == "upstream says no"
+    assert server_words("<html><body>401</body></html>", fallback) == fallback  # a page is not words
+    assert server_words({"error": {"code": 401}}, fallback) == fallback and server_words(None, fallback) == fallback
+
+
+def test_context_lengths_are_read_where_servers_put_them():
+    from services.generator.rules import context_lengths
+    models = [{"id": "llama", "max_model_len": 2048}, {"id": "qwen", "context_length": 32768},
+              {"id": "plain"}, {"id": "odd", "max_model_len": "big"}, {"id": "flag", "max_model_len": True},
+              "not a model"]
+    assert context_lengths(models) == {"llama": 2048, "qwen": 32768}

@@ -20,6 +20,9 @@ def test_the_final_stats_line_labels_its_source_and_context():
                     "(2 old messages left out) | completed")
     cancelled = outcome | {"tokens_source": None, "tok_per_s": None, "status": "error", "error": "stalled"}
     assert final_stats_line(cancelled).endswith("(estimated) | 2.1s | – tok/s | TTFT 95 ms | error | stalled")
+    cut = final_stats_line(outcome | {"finish_reason": "length"})
+    assert cut.endswith("| completed (length limit)")
+    assert final_stats_line(outcome | {"finish_reason": "stop"}).endswith("| completed")
     unsaved = final_stats_line(outcome | {"saved": False})
     assert unsaved.startswith("42 tokens (server)") and "| completed | NOT SAVED YET" in unsaved
 

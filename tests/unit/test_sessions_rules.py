@@ -121,8 +121,29 @@ def test_a_generation_without_deltas_for_stall_ms_ends_as_stalled_and_its_upstre
     assert effects(machine.tick(130.5), ToPersister, m.Finalize) == []
     out = machine.tick(131.3)
     (fin,) = effects(out, ToPersister, m.Finalize)
-    assert fin.msg.status == "error" and "stalled" in fin.msg.error
+    assert fin.msg.status == "error" and fin.msg.error == "stalled: no token for 30 s (CHATTER_STALL_MS)"
     assert m.CancelGeneration(r.generation_id) in [e.msg for e in effects(out, ToControl)]
+
+
+def test_waiting_for_the_first_token_is_not_a_stall_and_has_its_own_limit():
+    """A server that runs one request at a time holds the others with nothing to say: past CHATTER_STALL_MS
+    that is still waiting; past CHATTER_FIRST_TOKEN_MS it ends, naming that limit."""
+    machine = make(stall_ms=30_000, first_token_ms=300_000, generator_dead_ms=10**9)
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 1, 0), 100.0)
+    _, r, _ = start(machine, now=100.0)  # taken by a generator at 100.0, no token yet
+    assert effects(machine.tick(200.0), ToPersister, m.Finalize) == []  # far past the stall limit: waiting
+    out = machine.tick(400.5)
+    (fin,) = effects(out, ToPersister, m.Finalize)
+    assert fin.msg.error == "no first token for 300 s (CHATTER_FIRST_TOKEN_MS)"
+    assert m.CancelGeneration(r.generation_id) in [e.msg for e in effects(out, ToControl)]
+
+
+def test_a_job_no_generator_takes_is_a_stall():
+    machine = make(stall_ms=30_000, first_token_ms=300_000)
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 100.0)).result.session_id
+    machine.handle_rpc(CLIENT, m.Send(2, sid, "anyone?", ""), 100.0)  # queued, never started
+    (fin,) = effects(machine.tick(131.0), ToPersister, m.Finalize)
+    assert fin.msg.error == "stalled: no generator took the job for 30 s (CHATTER_STALL_MS)"
 
 
 # ---------------------------------------------------------------- views
