@@ -38,6 +38,7 @@ class Keys:
     public: bytes
     secret: bytes
     server: bytes | None  # the coordinator's public key; None on the coordinator itself
+    authorized: str | None = None  # the coordinator's: the directory of the public keys it lets in
 
     def apply(self, sock: zmq.Socket, *, server: bool) -> None:
         sock.curve_secretkey = self.secret
@@ -65,7 +66,7 @@ def settings(*, coordinator: bool) -> Keys | None:
         if not authorized:
             raise _setup_error("a coordinator with CURVE keys needs CHATTER_CURVE_AUTHORIZED: the directory of the "
                                "public keys (NAME.key) allowed in")
-        return Keys(public, secret, None)
+        return Keys(public, secret, None, authorized)
     if not server_file:
         raise _setup_error("CHATTER_CURVE_SECRET is set but not CHATTER_CURVE_SERVER: name the coordinator's public "
                            "key file (coordinator.key)")

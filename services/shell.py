@@ -70,11 +70,13 @@ def main(process: str, make: Callable[[], object]) -> None:
 
 
 class RefusalWatch:
-    """A process's connection to the coordinator over tcp: a refused handshake (its key not authorized, CURVE
-    on one side only) is logged, at most once a second, instead of staying silent. Nothing over ipc."""
+    """Refused handshakes on one tcp channel (a key not authorized, CURVE on one side only), counted and logged
+    instead of silent: on the coordinator's side, a peer it let not in; on a process's, the coordinator that
+    refused it. A refused peer tries again ten times a second, so at most one line a second is logged.
+    ``monitor`` is None over ipc, which has no handshake to refuse."""
 
     def __init__(self, log, sock: zmq.Socket, channel: transport.Channel) -> None:
-        self.log, self.sock = log, sock
+        self.log, self.sock, self.channel = log, sock, channel.name
         self.address = transport.endpoint(channel)
         self.monitor = curve.watch(sock) if self.address.startswith("tcp://") else None
         self.refused, self.logged_at = 0, 0.0
@@ -86,7 +88,8 @@ class RefusalWatch:
             self.refused += 1
             if time.monotonic() - self.logged_at >= 1.0:
                 self.logged_at = time.monotonic()
-                self.log.error("handshake_refused", coordinator=self.address, reason=words, refused=self.refused)
+                self.log.error("handshake_refused", channel=self.channel, endpoint=self.address, reason=words,
+                               refused=self.refused)
 
     def close(self) -> None:
         if self.monitor is not None:

@@ -32,8 +32,7 @@ class CoordinatorShell:
         self.ctx = zmq.Context()
         # CURVE's ZAP handler must be there before a tcp socket binds: it is asked at every handshake
         keys = curve.settings(coordinator=True)
-        self.authorized = (curve.AuthorizedKeys(self.ctx, os.environ["CHATTER_CURVE_AUTHORIZED"], self.log)
-                           if keys is not None else None)
+        self.authorized = curve.AuthorizedKeys(self.ctx, keys.authorized, self.log) if keys is not None else None
         self.rpc = transport.open_socket(self.ctx, transport.RPC, bind=True)
         # per-subscriber queue bound: past it PUB drops, and clients catch up by snapshot
         self.stream = transport.open_socket(self.ctx, transport.STREAM, bind=True,
@@ -43,11 +42,10 @@ class CoordinatorShell:
         self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=True)
         self.persist = transport.open_socket(self.ctx, transport.PERSIST, bind=True)
         self.acks = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=True)
-        bound = (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks)
+        self.bound = (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks)
         # refused handshakes on the tcp channels, counted and logged (an unauthorized key, a plain client)
-        self.monitors = {curve.watch(sock): (sock, channel.name) for sock, channel in zip(bound, transport.CHANNELS)
-                         if sock.getsockopt_string(zmq.LAST_ENDPOINT).startswith("tcp://")}
-        self.refusal_logged_at: dict[str, float] = {}
+        watches = (shell.RefusalWatch(self.log, sock, channel) for sock, channel in zip(self.bound, transport.CHANNELS))
+        self.refusals = {watch.monitor: watch for watch in watches if watch.monitor is not None}
         self.pending_jobs: collections.deque[bytes] = collections.deque()
         self.reader = DatabaseReader(self.ctx, self.db)
         self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
@@ -177,7 +175,7 @@ class CoordinatorShell:
     def run(self) -> None:
         shell.on_stop_signals(self.stop)
         poller = zmq.Poller()
-        for sock in (self.rpc, self.gen_events, self.acks, self.reader.wake, *self.monitors):
+        for sock in (self.rpc, self.gen_events, self.acks, self.reader.wake, *self.refusals):
             poller.register(sock, zmq.POLLIN)
         keys_checked_at = 0.0
         poller.register(self.jobs, 0)
@@ -197,8 +195,9 @@ class CoordinatorShell:
                 self.drain_rpc(now)
             if self.reader.wake in ready:
                 self.take_reads(now)
-            for monitor in [sock for sock in self.monitors if sock in ready]:
-                self.count_refusals(monitor)
+            for monitor in [sock for sock in self.refusals if sock in ready]:
+                self.refusals[monitor].check()
+                self.machine.counters["handshakes_refused"] = sum(w.refused for w in self.refusals.values())
             if self.authorized is not None and now - keys_checked_at >= 1.0:
                 keys_checked_at = now
                 self.authorized.reload_if_changed()
@@ -206,23 +205,10 @@ class CoordinatorShell:
             self.carry_out(self.machine.tick(time.time()))
         self.close()
 
-    def count_refusals(self, monitor: zmq.Socket) -> None:
-        """Every refused handshake is counted; a peer refused once is refused again at each reconnect (ten
-        times a second), so each channel logs at most one line a second."""
-        sock, channel = self.monitors[monitor]
-        while (words := curve.refusal(monitor)) is not None:
-            self.machine.counters["handshakes_refused"] += 1
-            now = time.monotonic()
-            if now - self.refusal_logged_at.get(channel, 0.0) >= 1.0:
-                self.refusal_logged_at[channel] = now
-                self.log.warning("handshake_refused", channel=channel, reason=words,
-                                 total=self.machine.counters["handshakes_refused"])
-
     def close(self) -> None:
-        for monitor, (sock, _) in self.monitors.items():
-            sock.disable_monitor()
-            monitor.close(0)
-        for sock in (self.rpc, self.stream, self.jobs, self.gen_events, self.control, self.persist, self.acks):
+        for watch in self.refusals.values():
+            watch.close()
+        for sock in self.bound:
             transport.close_bound(sock)
         if self.authorized is not None:
             self.authorized.stop()
