@@ -60,8 +60,7 @@ class PersisterShell:
                 wait_s = self.retry.retry_at - time.time()
                 if wait_s > 0:
                     time.sleep(min(wait_s, STATS_EVERY_S))
-                    if time.monotonic() - self.stats_sent_at > HEARTBEAT_S:
-                        self.send_stats()
+                    self.heartbeat(idle=False)
                     continue
                 self.commit(self.retry.next_ops())
                 continue
@@ -83,14 +82,8 @@ class PersisterShell:
         """The next batch: what is queued now, gathered for ``CHATTER_GROUP_COMMIT_MS`` (every commit
         rewrites whole pages, so a few ms of gathering saves most of the bytes)."""
         if not self.ops_in.poll(STATS_EVERY_S * 1000):
-            if time.monotonic() - self.stats_sent_at > HEARTBEAT_S:
-                if not self.hello_sent:  # the coordinator must hear that this persister started
-                    self.say_hello()
-                self.refusals.check()
-                self.probe()
-                self.send_stats()
-            elif self.stats_sent_for != self.commits:  # idle now: the totals of the last commits still go out
-                self.send_stats()
+            if not self.heartbeat(idle=True) and self.stats_sent_for != self.commits:
+                self.send_stats()  # idle now: the totals of the last commits still go out
             return []
         ops: list[m.Message] = []
         deadline = time.monotonic() + self.group_commit_s
@@ -194,6 +187,20 @@ class PersisterShell:
                 raise first from None
             raise
         return result
+
+    def heartbeat(self, *, idle: bool) -> bool:
+        """Once a second, the totals, so that the coordinator knows this persister is there; an idle one also
+        checks its database (``probe``), the hello if it did not go out, and a refused handshake. Returns
+        whether it was time."""
+        if time.monotonic() - self.stats_sent_at <= HEARTBEAT_S:
+            return False
+        if idle:
+            if not self.hello_sent:  # the coordinator must hear that this persister started
+                self.say_hello()
+            self.refusals.check()
+            self.probe()
+        self.send_stats()
+        return True
 
     def probe(self) -> None:
         """An idle persister's check that its database is there (one round trip), so that ``chatter status``
