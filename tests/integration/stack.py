@@ -61,6 +61,20 @@ class Stack(LocalStack):
         return subprocess.Popen([*self.cli_argv(), *args], env=self.env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
+    def send_all(self, texts: list[str], *args: str, meanwhile=None, timeout: float = 120) -> list[dict]:
+        """Each text sent at once, by a ``send --json`` process of its own; ``meanwhile()`` runs while they
+        stream. Returns their outcomes in order; every process is ended, even when the test fails."""
+        sends = [self.spawn_cli("send", text, *args, "--json") for text in texts]
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            return [json.loads(send.communicate(timeout=timeout)[0]) for send in sends]
+        finally:
+            for send in sends:
+                if send.poll() is None:
+                    send.kill()
+                    send.wait()
+
     def journal(self) -> list[dict]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/journal", timeout=5) as resp:
             return json.load(resp)["requests"]

@@ -3,7 +3,6 @@ mock LLM and a generator; host A the coordinator, the persister and the client. 
 CURVE-encrypted, and the coordinator lets in only the keys in its authorized directory."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -96,17 +95,17 @@ def test_a_reply_crosses_hosts_over_curve_with_its_exact_text(deployment):
 def test_the_link_down_for_three_seconds_mid_reply_ends_the_reply_clearly(deployment, hosts):
     client, _ = deployment
     text = "through an outage [[mock tokens=300 tps=50]]"
-    send = client.spawn_cli("send", text, "--json")
-    try:
+
+    def pull_the_cable():
         time.sleep(1.5)  # mid-reply
         hosts.link(False)
         time.sleep(3)
         hosts.link(True)
-        out = json.loads(send.communicate(timeout=90)[0])
+
+    try:
+        (out,) = client.send_all([text], meanwhile=pull_the_cable, timeout=90)
     finally:
         hosts.link(True)
-        if send.poll() is None:
-            send.kill()
     print("after the outage:", out["status"], out["error"])
     assert out["status"] in ("completed", "error"), out
     if out["status"] == "completed":

@@ -21,13 +21,7 @@ def test_requests_a_serial_server_holds_are_waiting_not_stalled(fresh_stack):
     first token, twice the stall limit, and still completes."""
     stack = fresh_stack(CHATTER_MOCK_SERIAL="1", CHATTER_STALL_MS="1500")
     texts = [f"in line {i} [[mock tokens=40 tps=40 ttft_ms=0]]" for i in range(4)]
-    sends = [stack.spawn_cli("send", text, "--json") for text in texts]
-    try:
-        outs = [json.loads(send.communicate(timeout=60)[0]) for send in sends]
-    finally:
-        for send in sends:
-            if send.poll() is None:
-                send.kill()
+    outs = stack.send_all(texts, timeout=60)
     assert [o["status"] for o in outs] == ["completed"] * 4, [o["error"] for o in outs]
     assert [o["content"] for o in outs] == [expected(text, 40) for text in texts]
     assert sum(entry.get("queued", False) for entry in stack.journal()) >= 2  # they really waited their turn

@@ -12,8 +12,6 @@ import time
 import msgpack
 import zmq
 
-import pytest
-
 from protocol import codec, messages as m
 from services.coordinator.prompt import prompt_hash
 from services.mock_llm.script import reply_text, reply_tokens

@@ -64,15 +64,12 @@ def test_replies_persist_on_postgresql_with_their_exact_text(pg_stack, postgres)
 
 def test_a_postgresql_restart_while_replies_stream_loses_nothing(pg_stack, postgres):
     texts = [f"through a restart {i} [[mock tokens=200 tps=50]]" for i in range(20)]
-    sends = [pg_stack.spawn_cli("send", text, "--json") for text in texts]
-    try:
+
+    def restart_mid_stream():
         time.sleep(1.5)  # mid-stream: checkpoints are being written
         postgres.restart("fast")
-        outs = [json.loads(send.communicate(timeout=120)[0]) for send in sends]
-    finally:
-        for send in sends:
-            if send.poll() is None:
-                send.kill()
+
+    outs = pg_stack.send_all(texts, meanwhile=restart_mid_stream)
     assert [o["status"] for o in outs] == ["completed"] * len(texts)
     assert [o["content"] for o in outs] == [expected(text, 200) for text in texts]
     for text, out in zip(texts, outs):

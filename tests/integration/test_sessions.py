@@ -272,8 +272,8 @@ def test_database_reads_run_off_the_loop_while_replies_stream(fresh_stack):
     stack = fresh_stack(CHATTER_MAX_CACHED_SESSIONS="2")
     stored = [stack.cli_json("send", f"stored {i} [[mock tokens=8]]") for i in range(6)]
     texts = [f"streaming {i} [[mock tokens=120 tps=60]]" for i in range(8)]
-    sends = [stack.spawn_cli("send", text, "--json") for text in texts]
-    try:
+
+    def read_while_streaming():
         for _ in range(3):
             for out in stored:
                 history = stack.cli_json("history", out["session_id"][:12])  # prefix resolution, then a read
@@ -281,10 +281,7 @@ def test_database_reads_run_off_the_loop_while_replies_stream(fresh_stack):
                 assert history["messages"][1]["content"] == out["content"]
             listed = {s["session_id"] for s in stack.cli_json("sessions", "--limit", "100")}
             assert {out["session_id"] for out in stored} <= listed
-        outs = [json.loads(send.communicate(timeout=60)[0]) for send in sends]
-    finally:
-        for send in sends:
-            if send.poll() is None:
-                send.kill()
+
+    outs = stack.send_all(texts, meanwhile=read_while_streaming, timeout=60)
     assert [o["status"] for o in outs] == ["completed"] * len(texts)
     assert [o["content"] for o in outs] == [expected(text, 120) for text in texts]
