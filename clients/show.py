@@ -95,7 +95,9 @@ def print_durability(status: results.Status) -> None:
     if persister:
         print(f"persister: {persister.commits} commits, {persister.ops} operations, "
               f"{persister.reply_text_bytes} reply text bytes written, {persister.failed_batches} failed "
-              f"batches, {persister.ops_rejected} operations rejected")
+              f"batches, {persister.ops_rejected} operations rejected"
+              + (f", {persister.frames_dropped} answers dropped while the coordinator was unreachable (resent)"
+                 if persister.frames_dropped else ""))
         if persister.failing_since is not None:
             print(f"database: FAILING for {_since(persister.failing_since)}: {persister.last_error}; nothing new "
                   "is durable until it recovers")

@@ -337,6 +337,7 @@ class PersisterStats(Message, tag=63):
     ops_rejected: Int = 0  # operations that failed alone and were dropped (their replies end as error)
     failing_since: Optional[float] = None  # wall clock of the first failure of the current run, None if healthy
     last_error: Optional[str] = None  # the database's own words for it
+    frames_dropped: Int = 0  # answers it could not send while the coordinator was unreachable (resent since)
 
 
 class PersistRejected(Message, tag=64):

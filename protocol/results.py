@@ -125,6 +125,7 @@ class PersisterTotals(msgspec.Struct, kw_only=True):
     ops_rejected: Int = 0
     failing_since: Optional[float] = None
     last_error: Optional[str] = None
+    frames_dropped: Int = 0
 
 
 class ContextUse(msgspec.Struct, kw_only=True):

@@ -42,7 +42,6 @@ class Coordinator(Requests, StreamRules):
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms)
         self.generators: dict[str, GeneratorInfo] = {}
-        self.model_contexts: dict[str, int] = {}  # model -> context length, as the generators' servers tell it
         self.persister_pid = 0
         self.persister_seen_at: float | None = None  # the last message from the persister (it heartbeats)
         self.reads_health: tuple[float | None, str | None] = (None, None)  # the shell's database reads, for status

@@ -126,7 +126,9 @@ class Requests:
         if sess.max_input_tokens:
             return sess.max_input_tokens
         model = model or sess.model or self.settings.default_model
-        context = self.model_contexts.get(model) or self.settings.model_contexts.get(model)
+        # the live generators' servers first (the smallest, if they differ), and a lost generator's with it
+        told = [g.contexts[model] for g in self.generators.values() if model in g.contexts]
+        context = min(told) if told else self.settings.model_contexts.get(model)
         if context:
             reserve = sess.params.get("max_tokens") or context // 4
             return max(1, context - min(reserve, context - 1))

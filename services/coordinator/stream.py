@@ -55,6 +55,7 @@ class GeneratorInfo:
     last_seen: float
     capacity_free: int = 0
     active: int = 0
+    contexts: dict = field(default_factory=dict)  # model -> context length, as this generator's server tells it
     retries: int = 0
     pid: int = 0
 
@@ -135,8 +136,7 @@ class StreamRules:
             out.append(Log("generator_joined", {"generator_id": msg.generator_id}))
         info.last_seen, info.capacity_free, info.active, info.retries = now, msg.capacity_free, msg.active, msg.retries
         info.pid = msg.pid
-        if msg.contexts:
-            self.model_contexts.update(msg.contexts)
+        info.contexts = msg.contexts or {}
 
     # ------------------------------------------------------------ coalescing and checkpoints
 
@@ -263,7 +263,7 @@ class StreamRules:
         self.persister_stats = results.PersisterTotals(
             pid=msg.pid, commits=msg.commits, ops=msg.ops, reply_text_bytes=msg.reply_text_bytes,
             failed_batches=msg.failed_batches, ops_rejected=msg.ops_rejected, failing_since=msg.failing_since,
-            last_error=msg.last_error)
+            last_error=msg.last_error, frames_dropped=msg.frames_dropped)
 
     def _on_persist_rejected(self, msg: m.PersistRejected, now: float, out: list) -> None:
         """The persister dropped an operation that it can never apply: stop resending what is left of the

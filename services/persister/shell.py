@@ -262,10 +262,10 @@ class PersisterShell:
 
     def send_stats(self) -> None:
         self.stats_sent_at, self.stats_sent_for = time.monotonic(), self.commits
-        self.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied,
-                                            self.reply_text_bytes, self.failed_batches,
-                                            self.ops_rejected, self.retry.failing_since or self.probe_failing_since,
-                                            self.retry.last_error or self.probe_error).encode())
+        self.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied, self.reply_text_bytes,
+                                   self.failed_batches, self.ops_rejected,
+                                   self.retry.failing_since or self.probe_failing_since,
+                                   self.retry.last_error or self.probe_error, self.frames_dropped).encode())
 
 
 # How each step of a write plan is carried out, in plan order.

@@ -130,3 +130,29 @@ def test_an_idle_persister_never_reopens_a_deleted_database_file(persister):
     os.unlink(path)
     shell.probe()
     assert "deleted or replaced" in shell.probe_error and not os.path.exists(path)
+
+
+class Unreachable:
+    """A coordinator's end that takes nothing: a PUSH socket with no peer (refused, or not there) would block."""
+
+    def send(self, frame, flags=0):
+        assert flags & zmq.NOBLOCK, "a blocking send to the coordinator"
+        raise zmq.Again()
+
+
+def test_a_coordinator_that_cannot_be_reached_never_blocks_the_persister(persister, monkeypatch):
+    shell, acks = persister
+    heard(acks)
+    real = shell.acks_out
+    monkeypatch.setattr(shell, "acks_out", Unreachable())
+    shell.say_hello()
+    shell.commit([create("a1")])  # applied; its ack cannot go out, and the coordinator will resend the op
+    assert not shell.hello_sent and shell.frames_dropped >= 2
+    assert store.Message.get_or_none(store.Message.id == "a1") is not None
+    monkeypatch.setattr(shell, "acks_out", real)
+    shell.stats_sent_at = 0.0
+    shell.heartbeat(idle=True)  # the coordinator is back: the hello goes again, with the count
+    answers = heard(acks)
+    assert shell.hello_sent and any(isinstance(a, m.PersisterHello) for a in answers)
+    (stats,) = [a for a in answers if isinstance(a, m.PersisterStats)]
+    assert stats.frames_dropped == shell.frames_dropped >= 2

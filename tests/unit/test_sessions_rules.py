@@ -231,3 +231,23 @@ def test_idle_sessions_beyond_the_cap_leave_memory_busy_and_unpersisted_ones_sta
     assert set(machine.message_sessions.values()) == set(machine.sessions)
     machine.load_session({"session_id": sessions[0], "title": "q0", "system": None, "messages": []})
     assert sessions[0] in machine.sessions  # read back from the database when asked for
+
+
+def test_the_budget_follows_the_context_a_live_generators_server_tells_and_forgets_a_lost_one():
+    machine = make(max_input_tokens=8192, generator_dead_ms=3000, model_contexts={"mock-1": 1000})
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 100.0)).result.session_id
+
+    def budget(now):
+        return reply(machine.handle_rpc(CLIENT, m.Status(2, sid), now)).result.context.max_input_tokens
+
+    assert budget(100.0) == 750  # CHATTER_MODEL_CONTEXT: 1000, less a quarter for the reply
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 0, 0, 1, {"mock-1": 2048}), 100.0)
+    machine.handle_event(m.GeneratorHeartbeat("gen-B", 60, 0, 0, 2, {"mock-1": 400}), 100.0)
+    assert budget(100.0) == 300  # the servers say, the smallest wins
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 0, 0, 1, {"mock-1": 2048}), 103.5)
+    machine.tick(104.0)  # gen-B silent past CHATTER_GENERATOR_DEAD_MS: lost, and what its server said with it
+    assert budget(104.0) == 1536
+    machine.handle_rpc(CLIENT, m.ConfigureSession(3, sid, None, None, None, {"max_tokens": 100}), 104.0)
+    assert budget(104.0) == 1948  # the session's max_tokens is the room kept for the reply
+    machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid, None, 500, None, None), 104.0)
+    assert budget(104.0) == 500  # the session's own budget wins over all
