@@ -3,10 +3,14 @@ mock LLM and a generator; host A the coordinator, the persister and the client. 
 CURVE-encrypted, and the coordinator lets in only the keys in its authorized directory."""
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +201,77 @@ def test_a_port_in_use_and_bad_key_files_are_one_line_naming_the_setting(deploym
                               cwd=REPO, capture_output=True, timeout=60)
         err = done.stderr.decode()
         assert done.returncode == 1 and len(err.strip().splitlines()) == 1 and words in err, (name, env, err)
+
+
+def readme_blocks() -> list[str]:
+    """The code blocks of the README's "Deploying across hosts", in order."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Deploying across hosts", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
+
+
+def test_the_readmes_per_host_files_run_the_deployment(hosts, tmp_path):
+    """The README's keys, .env files and Procfile.a, run by honcho on two hosts as written: only the key
+    directory, the addresses, the database (SQLite here) and the model server (the mock) are put in."""
+    keys_block, env_a, procfile_a, env_b, client_line = readme_blocks()[:5]
+    keys = tmp_path / "etc"
+    for line in keys_block.splitlines():  # chatter keys new NAME --dir keys; mkdir/cp authorized
+        if line.startswith("chatter keys new"):
+            curve.new_keys(line.split()[3], str(keys))
+    (keys / "authorized").mkdir()
+    for name in ("host-a", "host-b", "alice"):
+        shutil.copy(keys / f"{name}.key", keys / "authorized")
+
+    def put_in(block: str, **lines: str) -> str:
+        # the module's deployment holds PORT on host A: this one takes another
+        text = block.replace("/etc/chatter/", f"{keys}/").replace("10.0.0.1:7100", f"{A_ADDRESS}:{PORT + 100}")
+        out = [f"{name}={lines.pop(name)}" if (name := line.split("=", 1)[0]) in lines else line
+               for line in text.splitlines()]
+        return "\n".join(out + [f"{k}={v}" for k, v in lines.items()]) + "\n"
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / ".env").write_text(put_in(env_a, CHATTER_DATABASE_URL=f"sqlite:///{a}/chatter.db",
+                                   CHATTER_RUN_DIR=str(a / "run")))
+    (a / "Procfile.a").write_text(procfile_a.replace("/etc/chatter/", f"{keys}/"))
+    (b / ".env").write_text(put_in(env_b, OPENAI_BASE_URL=f"http://{B_ADDRESS}:8800/v1", CHATTER_MODEL=MODEL,
+                                   CHATTER_MOCK_HOST=B_ADDRESS, CHATTER_MOCK_PORT="8800",
+                                   CHATTER_RUN_DIR=str(b / "run")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATTER_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the checkout's python
+    honchos = []
+    try:
+        for ns, workdir, argv in ((hosts.a, a, ["-f", str(a / "Procfile.a"), "start"]),
+                                  (hosts.b, b, ["-f", str(REPO / "Procfile"), "start", "generator", "mock_llm"])):
+            log = open(workdir / "honcho.log", "wb")
+            honchos.append(subprocess.Popen([*TwoHosts.on(ns), str(Path(sys.executable).parent / "honcho"),
+                                             "-d", str(REPO), "-e", str(workdir / ".env"), *argv],
+                                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        client_env = env | dict(pair.split("=", 1) for pair in put_in(
+            client_line.replace(" \\\n", " ").split(" chatter send")[0].replace(" ", "\n")).split())
+        client_env = {k: v.replace("~/.chatter/", f"{keys}/") for k, v in client_env.items()}
+        client = [*TwoHosts.on(hosts.a), sys.executable, "-m", "clients.cli"]
+
+        def generator_joined():
+            done = subprocess.run([*client, "status", "--json"], env=client_env, cwd=REPO, capture_output=True)
+            return done.returncode == 0 and json.loads(done.stdout)["generators"]
+
+        wait_until(generator_joined, timeout=60, what="the generator on host B joining over CURVE")
+        text = "hello [[mock tokens=30]]"
+        done = subprocess.run([*client, "send", text, "--json"], env=client_env, cwd=REPO, capture_output=True,
+                              timeout=60)
+        out = json.loads(done.stdout)
+        assert out["status"] == "completed" and out["content"] == expected(text, 30), done.stderr.decode()
+    finally:
+        for proc in honchos:
+            proc.terminate()
+        for proc in honchos:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert "coordinator.1 stopped (rc=0)" in (a / "honcho.log").read_text()
+    assert "generator.1 stopped (rc=0)" in (b / "honcho.log").read_text()
