@@ -18,8 +18,8 @@ import time
 from aiohttp import web
 
 from services import config, shell
-from services.mock_llm.script import (Scenario, env_scenario, prompt_token_count, reply_tokens, request_key,
-                                      scenario_for)
+from services.mock_llm.script import (THINK_CLOSE, THINK_OPEN, Scenario, env_scenario, prompt_token_count,
+                                      reasoning_tokens, reply_tokens, request_key, scenario_for)
 
 JOURNAL_LIMIT = 10_000
 CONTENT_TAIL = b'}, "finish_reason": null}]}\n\n'
@@ -82,6 +82,7 @@ class MockLLM:
             headers = {"Retry-After": f"{scenario.retry_after:g}"} if scenario.retry_after >= 0 else {}
             return _error(scenario.fail_status, f"injected failure {scenario.fail_status}", "server_error", headers)
         tokens = reply_tokens(body["messages"], str(body.get("model", "")), scenario.tokens)
+        thinking = reasoning_tokens(body["messages"], str(body.get("model", "")), scenario.reasoning_tokens)
         finish = "stop"
         if self.context:
             prompt = prompt_token_count(body["messages"])
@@ -90,29 +91,36 @@ class MockLLM:
                 return _error(400, f"This model's maximum context length is {self.context} tokens. However, your "
                               f"messages resulted in {prompt} tokens. Please reduce the length of the messages.",
                               "invalid_request_error")
-            if prompt + len(tokens) > self.context:
-                tokens, finish = tokens[:self.context - prompt], "length"
+            thinking = thinking[:self.context - prompt]
+            if prompt + len(thinking) + len(tokens) > self.context:
+                tokens, finish = tokens[:self.context - prompt - len(thinking)], "length"
+        entry["reasoning_sent"] = 0
         try:
             if entry["stream"]:
-                return await self._stream(request, body, scenario, tokens, entry, finish)
-            return await self._whole(body, scenario, tokens, entry, finish)
+                return await self._stream(request, body, scenario, tokens, entry, finish, thinking)
+            return await self._whole(body, scenario, tokens, entry, finish, thinking)
         except asyncio.CancelledError:
             entry["client_closed"] = True
             raise
         finally:
             entry["closed_at"] = time.time()
 
-    async def _whole(self, body: dict, scenario: Scenario, tokens: list[str], entry: dict,
-                     finish: str) -> web.Response:
+    async def _whole(self, body: dict, scenario: Scenario, tokens: list[str], entry: dict, finish: str,
+                     thinking: list[str]) -> web.Response:
         async with self._turn(entry):
-            await asyncio.sleep(scenario.ttft_ms / 1000 + len(tokens) / max(scenario.tps, 1e-6))
+            await asyncio.sleep(scenario.ttft_ms / 1000 + (len(thinking) + len(tokens)) / max(scenario.tps, 1e-6))
+        message = {"role": "assistant", "content": "".join(tokens)}
+        if thinking:
+            if scenario.reasoning_field == "think_tags":
+                message["content"] = THINK_OPEN + "".join(thinking) + THINK_CLOSE + message["content"]
+            else:
+                message[scenario.reasoning_field] = "".join(thinking)
         entry["completed"] = True
         return web.json_response({
             "id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
-                         "finish_reason": finish}],
-            "usage": _usage(body, len(tokens)),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": _usage(body, len(tokens), len(thinking)),
         })
 
     def _turn(self, entry: dict):
@@ -123,14 +131,15 @@ class MockLLM:
         return self.serial
 
     async def _stream(self, request: web.Request, body: dict, scenario: Scenario, tokens: list[str],
-                      entry: dict, finish: str) -> web.StreamResponse:
+                      entry: dict, finish: str, thinking: list[str]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)  # 200 and the headers at once, even when the request then waits its turn
         async with self._turn(entry):
-            return await self._generate(request, body, scenario, tokens, entry, finish, resp)
+            return await self._generate(request, body, scenario, tokens, entry, finish, resp, thinking)
 
     async def _generate(self, request: web.Request, body: dict, scenario: Scenario, tokens: list[str],
-                        entry: dict, finish: str, resp: web.StreamResponse) -> web.StreamResponse:
+                        entry: dict, finish: str, resp: web.StreamResponse,
+                        thinking: list[str]) -> web.StreamResponse:
         base = {"id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
         content_head = (b"data: " + json.dumps(base | {"choices": [{"index": 0, "delta": {"content": ""}}]},
@@ -138,6 +147,23 @@ class MockLLM:
         start = time.monotonic() + scenario.ttft_ms / 1000
         interval = 1 / max(scenario.tps, 1e-6)
         jitter = _jitter(entry["id"], scenario.jitter_ms)
+        tags = scenario.reasoning_field == "think_tags"
+        for i, token in enumerate(thinking):  # the thinking first, paced like the answer
+            delay = start + i * interval + next(jitter) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if tags:
+                delta = {"content": (THINK_OPEN if i == 0 else "") + token}
+            else:
+                delta = {scenario.reasoning_field: token}
+            if i == 0:
+                delta["role"] = "assistant"
+            await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            entry["reasoning_sent"] += 1
+        if thinking and tags:
+            await _send(resp, base | {"choices": [{"index": 0, "delta": {"content": THINK_CLOSE},
+                                                   "finish_reason": None}]})
+        start += len(thinking) * interval
         for i, token in enumerate(tokens):
             if i == scenario.drop_after:
                 entry["dropped"] = True
@@ -159,7 +185,7 @@ class MockLLM:
         if not scenario.no_finish:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            await _send(resp, base | {"choices": [], "usage": _usage(body, len(tokens))})
+            await _send(resp, base | {"choices": [], "usage": _usage(body, len(tokens), len(thinking))})
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         entry["completed"] = True
@@ -170,10 +196,14 @@ async def _send(resp: web.StreamResponse, chunk: dict) -> None:
     await resp.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
 
 
-def _usage(body: dict, completion_tokens: int) -> dict:
+def _usage(body: dict, answer_tokens: int, reasoning: int = 0) -> dict:
+    """As OpenAI counts it: completion tokens include the reasoning, told apart in their details."""
     prompt_tokens = prompt_token_count(body["messages"])
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": answer_tokens + reasoning,
+             "total_tokens": prompt_tokens + answer_tokens + reasoning}
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
 def _jitter(seed: int, jitter_ms: float):

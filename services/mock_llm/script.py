@@ -24,6 +24,8 @@ VOCABULARY = (
 )
 
 DIRECTIVE = re.compile(r"\[\[mock\s+([^\]]*)\]\]")
+REASONING_FIELDS = ("reasoning_content", "reasoning", "think_tags")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class Scenario:
     malformed_after: int = -1  # send a chunk that is not JSON after N content chunks
     stall_after: int = -1  # stop sending after N content chunks...
     stall_ms: float = 3_600_000.0  # ...for this long
+    reasoning_tokens: int = 0  # think this many tokens before the answer, as reasoning models do...
+    reasoning_field: str = "reasoning_content"  # ...in this delta field (or "reasoning"), or "think_tags":
+    # inline <think>...</think> at the start of the content, as llama-server with --reasoning-format none
 
 
 def env_scenario(settings: config.MockSettings) -> Scenario:
@@ -50,6 +55,10 @@ def _coerce(name: str, raw):
     kind = {f.name: f.type for f in fields(Scenario)}[name]
     if kind == "bool":
         return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+    if kind == "str":
+        if name == "reasoning_field" and raw not in REASONING_FIELDS:
+            raise ValueError(f"reasoning_field must be one of {', '.join(REASONING_FIELDS)}, got {raw!r}")
+        return str(raw)
     return int(raw) if kind == "int" else float(raw)
 
 
@@ -85,6 +94,17 @@ def reply_tokens(messages: list, model: str, n: int) -> list[str]:
         word = rng.choice(VOCABULARY)
         out.append(word if i == 0 or word.startswith("\n") else " " + word)
     return out
+
+
+def reasoning_tokens(messages: list, model: str, n: int) -> list[str]:
+    """The deterministic thinking before a reply: n tokens of its own PRNG, so that it differs from the answer."""
+    rng = random.Random("reasoning " + request_key({"messages": messages, "model": model}))
+    return [(word if i == 0 or word.startswith("\n") else " " + word)
+            for i, word in enumerate(rng.choice(VOCABULARY) for _ in range(n))]
+
+
+def reasoning_text(messages: list, model: str, n: int) -> str:
+    return "".join(reasoning_tokens(messages, model, n))
 
 
 def reply_text(messages: list, model: str, n: int) -> str:

@@ -25,3 +25,22 @@ def test_scenario_from_directive_body_field_and_defaults():
 def test_request_key_ignores_transport_fields():
     body = {"messages": [{"role": "user", "content": "a"}], "model": "m"}
     assert request_key(body) == request_key(body | {"stream": True, "stream_options": {"include_usage": True}})
+
+
+def test_the_thinking_is_a_pure_function_of_the_request_and_not_the_answer():
+    from services.mock_llm.script import reasoning_text, reasoning_tokens
+    msgs = [{"role": "user", "content": "think first"}]
+    assert reasoning_text(msgs, "m", 20) == reasoning_text(msgs, "m", 20)
+    assert reasoning_tokens(msgs, "m", 20)[:5] == reasoning_tokens(msgs, "m", 5)
+    assert reasoning_text(msgs, "m", 20) != reply_text(msgs, "m", 20)
+
+
+def test_a_reasoning_scenario_names_one_of_the_three_forms():
+    import pytest
+    body = {"messages": [{"role": "user", "content": "x [[mock reasoning_tokens=7 reasoning_field=think_tags]]"}]}
+    s = scenario_for(body, Scenario())
+    assert (s.reasoning_tokens, s.reasoning_field) == (7, "think_tags")
+    assert scenario_for({"messages": [{"role": "user", "content": "[[mock reasoning_tokens=3]]"}]},
+                        Scenario()).reasoning_field == "reasoning_content"
+    with pytest.raises(ValueError, match="reasoning_field must be one of"):
+        scenario_for({"messages": [{"role": "user", "content": "[[mock reasoning_field=thoughts]]"}]}, Scenario())
