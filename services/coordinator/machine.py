@@ -18,8 +18,6 @@ from services.coordinator.requests import Requests
 from services.coordinator.sessions import SessionState
 from services.coordinator.stream import GenerationState, GeneratorInfo, StreamRules
 
-PERSISTER_EVENTS = frozenset(m.PERSIST_ACKS)
-
 # what the shell and the tests take from here: the machine, its settings, and the effects it returns
 __all__ = ["Coordinator", "Settings", "Log", "ReplyTo", "RequestRefused", "ToClients", "ToControl", "ToGenerators",
            "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
@@ -68,6 +66,16 @@ class Coordinator(Requests, StreamRules):
             m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
             m.PersisterStats: self._on_persister_stats, m.PersistRejected: self._on_persist_rejected,
         }
+        # any message of the persister says it is there (status): noted by its handlers alone, so that the
+        # generators' events, the per-delta path, pay nothing for it
+        for kind in m.PERSIST_ACKS:
+            self._event_handlers[kind] = self._heard_from_persister(self._event_handlers[kind])
+
+    def _heard_from_persister(self, handler):
+        def handle(msg: m.Message, now: float, out: list) -> None:
+            self.persister_seen_at = now
+            handler(msg, now, out)
+        return handle
 
     # ------------------------------------------------------------ entry points
 
@@ -82,8 +90,6 @@ class Coordinator(Requests, StreamRules):
 
     def handle_event(self, msg: m.Message, now: float) -> list:
         out: list = []
-        if type(msg) in PERSISTER_EVENTS:
-            self.persister_seen_at = now
         self._event_handlers[type(msg)](msg, now, out)
         return out
 
