@@ -54,6 +54,7 @@ class Cancel(Message, tag=3):
     session_id: Id
     generation_id: Optional[Id] = None
     seen_len: Optional[Count] = None
+    seen_reasoning_len: Optional[Count] = None  # the same for the thinking: a cancel mid-thought keeps what was seen
 
 
 class Snapshot(Message, tag=4):
@@ -137,17 +138,20 @@ class Started(Message, tag=20):
     prompt_tokens: Int
     dropped_message_ids: list[str] = field(default_factory=list)  # left out to fit the input budget
     max_input_tokens: Int = 0
+    thinking_left_out: Int = 0  # earlier replies whose thinking the prompt leaves out (CHATTER_PROMPT_THINKING)
 
 
 class StreamDelta(Message, tag=21):
-    """Text of a reply at character ``offset``. Apply only when offset == len(text so far)."""
+    """Text of a reply at character ``offset``. Apply only when offset == len(text so far). A reply has two
+    texts, each with its own offsets: the answer, and (``thinking``) the model's thinking before it."""
 
     session_id: str
     generation_id: str
     offset: Int
     text: str
-    tokens: Int  # estimated tokens so far
+    tokens: Int  # estimated tokens so far, thinking included
     first_received_at: float = 0.0  # when the generator read the oldest chunk in this text: delivery latency
+    thinking: bool = False
 
 
 class Final(Message, tag=22):
@@ -161,6 +165,7 @@ class Final(Message, tag=22):
     content_hash: str
     stats: dict
     error: Optional[str] = None
+    reasoning_length: Int = 0  # the thinking's length
 
 
 STREAM_EVENTS = (Started, StreamDelta, Final)
@@ -196,21 +201,27 @@ class GenStarted(Message, tag=40):
 
 
 class GenDelta(Message, tag=41):
+    """Text of a generation. The answer and the thinking (``thinking``) are two texts, each numbered by its
+    own seq from 1."""
+
     generation_id: str
     seq: Int
     text: str
     tokens: Int
     received_at: float  # wall clock when the generator read the upstream chunk
+    thinking: bool = False
 
 
 class DeltaItem(msgspec.Struct, array_like=True):
-    """One delta inside a ``GenDeltaBatch``: the fields of ``GenDelta``, without a type of its own."""
+    """One delta inside a ``GenDeltaBatch``: the fields of ``GenDelta``, without a type of its own (an answer's
+    item leaves ``thinking`` out)."""
 
     generation_id: str
     seq: Int
     text: str
     tokens: Int
     received_at: float
+    thinking: bool = False
 
 
 class GenDeltaBatch(Message, tag=46):
@@ -230,6 +241,10 @@ class GenDone(Message, tag=42):
     tokens_source: str  # "server" or "estimated"
     prompt_tokens: Optional[Int] = None
     streamed: bool = True  # False: one non-streaming request, so no speed or first token was measured
+    reasoning_last_seq: Int = 0  # the thinking's own seq and length
+    reasoning_length: Int = 0
+    reasoning_tokens: Int = 0  # part of completion_tokens
+    reasoning_tokens_source: str = "estimated"  # "server": usage's completion_tokens_details.reasoning_tokens
 
 
 class GenError(Message, tag=43):
@@ -237,6 +252,7 @@ class GenError(Message, tag=43):
     last_seq: Int
     reason: str
     attempts: Int
+    reasoning_last_seq: Int = 0
 
 
 class GenCancelled(Message, tag=44):
@@ -282,11 +298,13 @@ class CreateMessage(Message, tag=50):
 
 
 class Append(Message, tag=51):
-    """Text at ``offset`` of a message. Applied only where it continues the stored text."""
+    """Text at ``offset`` of a message's answer (or of its ``thinking``, a text of its own with its own
+    offsets). Applied only where it continues the stored text."""
 
     message_id: str
     offset: Int
     text: str
+    thinking: bool = False
 
 
 class Finalize(Message, tag=52):
@@ -296,6 +314,7 @@ class Finalize(Message, tag=52):
     content_hash: str
     stats: dict
     error: Optional[str] = None
+    reasoning_length: Int = 0  # the thinking's length: a cancel may keep less than was checkpointed
 
 
 class InterruptOrphans(Message, tag=53):
@@ -313,6 +332,7 @@ class PersistAck(Message, tag=60):
     message_id: str
     length: Int
     finalized: bool
+    reasoning_length: Int = 0  # the thinking's durable length
 
 
 class PersisterHello(Message, tag=61):

@@ -7,6 +7,7 @@ import msgspec
 from msgspec import field
 
 PromptMessage = dict[str, str]  # {"role": ..., "content": ...}: the openai client takes it as it is
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # as reasoning models write their thinking inline in content
 
 
 class MessageView(msgspec.Struct, kw_only=True):
@@ -27,6 +28,7 @@ class MessageView(msgspec.Struct, kw_only=True):
     superseded: bool = False
     client_request_id: Optional[str] = None
     dropped_message_ids: list[str] = field(default_factory=list)
+    reasoning: str = ""  # a reasoning model's thinking before its answer
 
 
 class MessageRecord(MessageView, kw_only=True):
@@ -36,9 +38,12 @@ class MessageRecord(MessageView, kw_only=True):
     preview: Optional[str] = None
     prompt_messages: Optional[list[PromptMessage]] = None
 
-    def client_view(self, content: str | None = None) -> MessageView:
-        """What a client's history shows of it: no prompt; ``content`` instead of its own while it streams."""
+    def client_view(self, content: str | None = None, reasoning: str | None = None) -> MessageView:
+        """What a client's history shows of it: no prompt; ``content`` and ``reasoning`` instead of its own
+        while it streams."""
         fields = {name: getattr(self, name) for name in MessageView.__struct_fields__}
         if content is not None:
             fields["content"] = content
+        if reasoning is not None:
+            fields["reasoning"] = reasoning
         return MessageView(**fields)

@@ -50,6 +50,7 @@ class Snapshot(Result, tag="snapshot"):
     prompt_hash: Optional[str] = None
     superseded: bool = False
     user_text: Optional[str] = None
+    reasoning: str = ""  # the thinking, exactly as clients were sent it (offset = its length)
 
 
 class SessionSummary(msgspec.Struct, kw_only=True):
@@ -80,6 +81,7 @@ class Preview(Result, tag="preview"):
     prompt_hash: Optional[str]
     model: Optional[str]
     dropped_message_ids: list[str] = field(default_factory=list)
+    thinking_left_out: Int = 0  # earlier replies whose thinking this prompt left out (CHATTER_PROMPT_THINKING)
 
 
 class SessionResolved(Result, tag="resolved"):
@@ -114,6 +116,7 @@ class ActiveGeneration(msgspec.Struct, kw_only=True):
     generator_id: Optional[str]
     prompt_tokens: Int
     max_input_tokens: Int
+    reasoning_length: Int = 0  # characters of thinking so far
 
 
 class PersisterTotals(msgspec.Struct, kw_only=True):

@@ -50,6 +50,17 @@ def env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() not in ("0", "false", "no", "off")
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (os.environ.get(name) or default).strip().lower()
+    if value not in choices:
+        raise SystemExit(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+    return value
+
+
+THINK_TAGS = ("auto", "on", "off")
+PROMPT_THINKING = ("drop", "keep")
+
+
 def database_url() -> str:
     return env_str("CHATTER_DATABASE_URL", "sqlite:///data/chatter.db")
 
@@ -108,6 +119,9 @@ class CoordinatorSettings:
     max_cached_sessions: int = 5_000  # idle sessions beyond this leave memory; the database has them
     # model -> context length in tokens, for servers that do not tell it (CHATTER_MODEL_CONTEXT)
     model_contexts: dict = field(default_factory=dict)
+    # earlier replies' thinking in the next prompt: "drop" (as DeepSeek and Qwen advise) or "keep" (inline,
+    # as <think>...</think> before the answer, for models that want it)
+    prompt_thinking: str = "drop"
     # the shell's
     stream_hwm: int = 0  # 0: the stream channel's own
     database_url: str = "sqlite:///data/chatter.db"
@@ -127,6 +141,7 @@ class CoordinatorSettings:
             first_token_ms=first_token_ms(),
             max_cached_sessions=env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
             model_contexts=model_contexts(),
+            prompt_thinking=env_choice("CHATTER_PROMPT_THINKING", "drop", PROMPT_THINKING),
             stream_hwm=env_int("CHATTER_STREAM_HWM", 0, lo=0),
             database_url=database_url(),
         )
@@ -145,6 +160,7 @@ class GeneratorSettings:
     upstream_timeout_ms: int = 60_000
     first_token_ms: int = 600_000
     http_client: str = "aiohttp"
+    think_tags: str = "auto"  # a leading <think>...</think> in the content is thinking: auto, on or off
 
     @classmethod
     def from_env(cls) -> GeneratorSettings:
@@ -163,6 +179,7 @@ class GeneratorSettings:
             upstream_timeout_ms=env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000, lo=100, hi=DAY_MS),
             first_token_ms=first_token_ms(),
             http_client=http_client,
+            think_tags=env_choice("CHATTER_THINK_TAGS", "auto", THINK_TAGS),
         )
 
 

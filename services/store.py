@@ -46,6 +46,7 @@ class Message(BaseModel):
     position = peewee.IntegerField()  # order within the session
     role = peewee.CharField(max_length=16)
     content = peewee.TextField(default="")  # complete once the message is terminal
+    reasoning = peewee.TextField(default="")  # a reasoning model's thinking before the answer; as content
     length = peewee.IntegerField(default=0)  # set once the message is terminal; while streaming, see Chunk
     status = peewee.CharField(max_length=16, index=True)
     generation_id = peewee.CharField(max_length=64, null=True, index=True)
@@ -74,6 +75,7 @@ class Chunk(BaseModel):
     message = peewee.ForeignKeyField(Message, column_name="message_id", on_delete="CASCADE", index=False)
     offset = peewee.IntegerField()
     text = peewee.TextField()
+    thinking = peewee.BooleanField(default=False)  # a row of the thinking, a text of its own with its own offsets
 
 
 # Indexes of earlier versions of the chunk log; dropped by ``migrate``.
@@ -250,55 +252,61 @@ def insert_message(op) -> None:
 _INSERT_CHUNKS_SQL: dict[int, str] = {}
 
 
-def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str]]) -> None:
-    """Rows (id, message id, offset, text) at the chunk log's end."""
+def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]]) -> None:
+    """Rows (id, message id, offset, text, thinking) at the chunk log's end."""
     # one executemany: peewee's per-row query building was the persister's top cost (py-spy); measured
     # ~9k row updates/s through the ORM against ~240k/s in bulk
     sql = _INSERT_CHUNKS_SQL.get(id(db))
     if sql is None:
         q = db.quote[0] + "{}" + db.quote[1] if isinstance(db.quote, str) and len(db.quote) == 2 else '"{}"'
-        columns = ", ".join(q.format(c) for c in ("id", "message_id", "offset", "text"))
+        columns = ", ".join(q.format(c) for c in ("id", "message_id", "offset", "text", "thinking"))
         sql = _INSERT_CHUNKS_SQL[id(db)] = (f"INSERT INTO {q.format('chunk')} ({columns}) "
-                                            f"VALUES ({', '.join([db.param] * 4)})")
+                                            f"VALUES ({', '.join([db.param] * 5)})")
     db.cursor().executemany(sql, rows)
 
 
 def write_final(message_id: str, status: str, content: str, stats: dict, error: str | None,
-                content_hash: str | None) -> None:
+                content_hash: str | None, reasoning: str = "") -> None:
     Message.update(content=content, length=len(content), status=status, stats=stats, error=error,
-                   content_hash=content_hash, updated_at=time.time()).where(Message.id == message_id).execute()
+                   content_hash=content_hash, reasoning=reasoning,
+                   updated_at=time.time()).where(Message.id == message_id).execute()
 
 
 def streaming_ids() -> list[str]:
     return [row[0] for row in Message.select(Message.id).where(Message.status == STREAMING).tuples().iterator()]
 
 
-def stored_messages(ids: set[str]) -> list[tuple[str, bool, int]]:
-    """(id, streaming, length) of those of these message ids that have a row."""
-    rows = Message.select(Message.id, Message.status, Message.length).where(Message.id.in_(list(ids))).tuples()
-    return [(message_id, status == STREAMING, length) for message_id, status, length in rows]
+def stored_messages(ids: set[str]) -> list[tuple[str, bool, int, int]]:
+    """(id, streaming, length, the thinking's length) of those of these message ids that have a row."""
+    rows = Message.select(Message.id, Message.status, Message.length, peewee.fn.LENGTH(Message.reasoning)).where(
+        Message.id.in_(list(ids))).tuples()
+    return [(message_id, status == STREAMING, length, reasoning_length or 0)
+            for message_id, status, length, reasoning_length in rows]
 
 
-def streamed_text(message_id: str) -> str:
-    """The text of a message as durable now: its content if final, else its chunks in order
-    (a scan of the chunk log, which holds only what recent and streaming messages wrote)."""
+def streamed_texts(message_id: str) -> tuple[str, str]:
+    """The answer and the thinking of a message as durable now: its columns if final, else its chunks in
+    order (a scan of the chunk log, which holds only what recent and streaming messages wrote)."""
     msg = Message.get_by_id(message_id)
     if msg.status != STREAMING:
-        return msg.content
-    return "".join(c.text for c in Chunk.select(Chunk.text).where(Chunk.message == message_id).order_by(Chunk.id))
+        return msg.content, msg.reasoning
+    texts: tuple[list[str], list[str]] = ([], [])
+    for text, thinking in (Chunk.select(Chunk.text, Chunk.thinking).where(Chunk.message == message_id)
+                           .order_by(Chunk.id).tuples()):
+        texts[bool(thinking)].append(text)
+    return "".join(texts[0]), "".join(texts[1])
 
 
-def streaming_chunks() -> dict[str, tuple[int, list[str]]]:
-    """Every streaming message's checkpointed text, in one scan of the log: message id -> (its first
-    chunk id, its text parts in order). A message with no chunk yet is absent."""
-    out: dict[str, tuple[int, list[str]]] = {}
-    query = (Chunk.select(Chunk.id, Chunk.message, Chunk.text).join(Message)
+def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:
+    """Every streaming message's checkpointed texts, in one scan of the log: message id -> (its first
+    chunk id, its answer's parts in order, its thinking's). A message with no chunk yet is absent."""
+    out: dict[str, tuple[int, list[str], list[str]]] = {}
+    query = (Chunk.select(Chunk.id, Chunk.message, Chunk.text, Chunk.thinking).join(Message)
              .where(Message.status == STREAMING).order_by(Chunk.id).tuples())
-    for chunk_id, message_id, text in query:
-        if message_id in out:
-            out[message_id][1].append(text)
-        else:
-            out[message_id] = (chunk_id, [text])
+    for chunk_id, message_id, text, thinking in query:
+        if message_id not in out:
+            out[message_id] = (chunk_id, [], [])
+        out[message_id][2 if thinking else 1].append(text)
     return out
 
 
@@ -322,10 +330,11 @@ _MESSAGES_SQL = (f"SELECT {', '.join(chr(34) + f.column_name + chr(34) for f in 
                  "WHERE session_id = {param} ORDER BY position")
 
 
-def message_record(row: dict, content: str) -> MessageRecord:
+def message_record(row: dict, content: str, reasoning: str) -> MessageRecord:
     """A message row (column -> value) as the coordinator keeps it in a session's history."""
     return MessageRecord(
-        message_id=row["id"], session_id=row["session_id"], role=row["role"], content=content, status=row["status"],
+        message_id=row["id"], session_id=row["session_id"], role=row["role"], content=content,
+        reasoning=reasoning or "", status=row["status"],
         created_at=row["created_at"], generation_id=row["generation_id"], prompt_hash=row["prompt_hash"],
         model=row["model"], stats=row["stats"] or {}, error=row["error"], preview=row["preview"],
         prompt_messages=row["prompt_messages"], superseded=bool(row["superseded"]),
@@ -350,7 +359,8 @@ def load_session(session_id: str) -> dict | None:
         for index, field in _JSON_COLUMNS:
             values[index] = field.python_value(values[index])
         row = dict(zip(names, values))
-        messages.append(message_record(row, row["content"] if row["status"] != STREAMING else streamed_text(row["id"])))
+        texts = (row["content"], row["reasoning"]) if row["status"] != STREAMING else streamed_texts(row["id"])
+        messages.append(message_record(row, *texts))
     return dict(zip(("session_id", "title", "system", "max_input_tokens", "created_at", "updated_at"), found),
                 messages=messages)
 

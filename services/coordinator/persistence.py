@@ -1,7 +1,8 @@
 """What the coordinator has sent the persister and what it has acked, per message: pure.
 
 At-least-once with idempotent apply: every create/append/finalize is resent from the acked length
-until acked, and the persister applies text only where it continues the stored length. The
+until acked, and the persister applies text only where it continues the stored length. A reply's two
+texts, its answer and its thinking, have a sent and an acked length each. The
 tracker also owns the orphan sweep: only the coordinator knows which streaming messages are live.
 """
 from __future__ import annotations
@@ -20,13 +21,16 @@ class PersistState:
     created_acked: bool = False
     sent_len: int = 0
     acked_len: int = 0
+    thinking_sent_len: int = 0
+    thinking_acked_len: int = 0
     final: m.Finalize | None = None
     last_sent_at: float = 0.0
     unsaved_since: float = 0.0  # when the oldest operation not acked yet was sent (status: the oldest unsaved)
 
     @property
     def behind(self) -> bool:
-        return not self.created_acked or self.acked_len < self.sent_len or self.final is not None
+        return (not self.created_acked or self.acked_len < self.sent_len or self.final is not None
+                or self.thinking_acked_len < self.thinking_sent_len)
 
 
 class PersistTracker:
@@ -43,16 +47,21 @@ class PersistTracker:
                                                       last_sent_at=now, unsaved_since=now)
         return create
 
-    def sent_len(self, message_id: str) -> int:
-        return self.states[message_id].sent_len
+    def sent_len(self, message_id: str, thinking: bool = False) -> int:
+        state = self.states[message_id]
+        return state.thinking_sent_len if thinking else state.sent_len
 
-    def append(self, message_id: str, text: str, now: float) -> m.Append:
-        """The next checkpoint: ``text`` continues what was sent."""
+    def append(self, message_id: str, text: str, now: float, thinking: bool = False) -> m.Append:
+        """The next checkpoint of the answer (or the thinking): ``text`` continues what was sent of it."""
         state = self.states[message_id]
         if not state.behind:
             state.unsaved_since = now
-        op = m.Append(message_id, state.sent_len, text)
-        state.sent_len += len(text)
+        if thinking:
+            op = m.Append(message_id, state.thinking_sent_len, text, True)
+            state.thinking_sent_len += len(text)
+        else:
+            op = m.Append(message_id, state.sent_len, text)
+            state.sent_len += len(text)
         state.last_sent_at = now
         return op
 
@@ -64,6 +73,8 @@ class PersistTracker:
         # a cancel may keep less than was checkpointed: the persister cuts it at finalize
         state.sent_len = min(state.sent_len, final.length)
         state.acked_len = min(state.acked_len, final.length)
+        state.thinking_sent_len = min(state.thinking_sent_len, final.reasoning_length)
+        state.thinking_acked_len = min(state.thinking_acked_len, final.reasoning_length)
         state.last_sent_at = now
         return final
 
@@ -74,6 +85,7 @@ class PersistTracker:
             return None
         state.created_acked = True
         state.acked_len = max(state.acked_len, ack.length)
+        state.thinking_acked_len = max(state.thinking_acked_len, ack.reasoning_length)
         if state.generation_id is None and state.acked_len >= len(state.create.content):
             del self.states[ack.message_id]
             return None
@@ -100,7 +112,7 @@ class PersistTracker:
     def on_orphans_interrupted(self) -> None:
         self.orphan_sweep = None
 
-    def due(self, now: float, text_of: Callable[[str], str]) -> list[m.Message]:
+    def due(self, now: float, text_of: Callable[[str, bool], str]) -> list[m.Message]:
         """Everything not acked within the resend time, from the acked length; and the orphan sweep."""
         ops: list[m.Message] = []
         for state in self.states.values():
@@ -110,8 +122,12 @@ class PersistTracker:
             state.last_sent_at = now
             if not state.created_acked:
                 ops.append(state.create)
+            if state.thinking_acked_len < state.thinking_sent_len:
+                text = text_of(state.generation_id, True)
+                ops.append(m.Append(state.message_id, state.thinking_acked_len,
+                                    text[state.thinking_acked_len:state.thinking_sent_len], True))
             if state.acked_len < state.sent_len:
-                text = text_of(state.generation_id)
+                text = text_of(state.generation_id, False)
                 ops.append(m.Append(state.message_id, state.acked_len, text[state.acked_len:state.sent_len]))
             if state.final is not None:
                 ops.append(state.final)

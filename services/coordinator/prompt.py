@@ -5,7 +5,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from protocol.records import MessageRecord
+from protocol.records import THINK_CLOSE, THINK_OPEN, MessageRecord
 
 # Replies with these statuses are shown in history but never sent to the model again.
 EXCLUDED_FROM_PROMPT = frozenset({"cancelled", "error", "interrupted", "streaming", "queued"})
@@ -47,6 +47,7 @@ class PromptPackage:
     prompt_tokens: int  # ~, with framing
     dropped_message_ids: tuple[str, ...] = ()  # oldest turns left out to fit the budget
     max_input_tokens: int = 0  # 0: no budget
+    thinking_left_out: int = 0  # earlier replies in the prompt whose thinking it leaves out
 
     def wire_messages(self) -> list[dict]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -62,8 +63,16 @@ def in_prompt(record: MessageRecord) -> bool:
     return record.status not in EXCLUDED_FROM_PROMPT and not record.superseded
 
 
+def prompt_content(record: MessageRecord, keep_thinking: bool) -> str:
+    """What a message says in a prompt. An earlier reply's thinking is left out, as DeepSeek and Qwen advise
+    (their chat templates drop it too); kept, it goes inline before the answer, as the model wrote it."""
+    if keep_thinking and record.reasoning:
+        return f"{THINK_OPEN}{record.reasoning}{THINK_CLOSE}{record.content}"
+    return record.content
+
+
 def assemble(system: str | None, history: list[MessageRecord], user_text: str, model: str, params: dict,
-             count_tokens, max_input_tokens: int = 0) -> PromptPackage:
+             count_tokens, max_input_tokens: int = 0, keep_thinking: bool = False) -> PromptPackage:
     """System prompt, the history without cancelled/errored/superseded replies, then the newest user turn.
 
     When it does not fit ``max_input_tokens``, the oldest turns (a user message and its replies) are
@@ -87,7 +96,7 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
     kept: list[list[MessageRecord]] = []
     total = fixed
     for turn in reversed(turns):  # newest first, so the oldest are the ones left out
-        turn_cost = sum(cost(r.content) for r in turn)
+        turn_cost = sum(cost(prompt_content(r, keep_thinking)) for r in turn)
         if max_input_tokens and total + turn_cost > max_input_tokens:
             break
         kept.append(turn)
@@ -95,7 +104,7 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
     kept.reverse()
     dropped = tuple(r.message_id for turn in turns[:len(turns) - len(kept)] for r in turn)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": r.role, "content": r.content} for turn in kept for r in turn]
+    messages += [{"role": r.role, "content": prompt_content(r, keep_thinking)} for turn in kept for r in turn]
     messages.append({"role": "user", "content": user_text})
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages),
@@ -106,4 +115,5 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
         prompt_tokens=total,
         dropped_message_ids=dropped,
         max_input_tokens=max_input_tokens,
+        thinking_left_out=0 if keep_thinking else sum(1 for turn in kept for r in turn if r.reasoning),
     )

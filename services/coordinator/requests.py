@@ -115,7 +115,7 @@ class Requests:
         model = model or sess.model or self.settings.default_model
         try:
             return assemble(sess.system, history, user_text, model, sess.params, self.count_tokens,
-                            self._budget(sess, model))
+                            self._budget(sess, model), keep_thinking=self.settings.prompt_thinking == "keep")
         except PromptTooLarge as exc:
             raise RequestRefused(str(exc)) from None
 
@@ -152,7 +152,8 @@ class Requests:
         out.append(ToPersister(self.persisted.create(create, now)))
         out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, message_id, prompt.prompt_hash,
                                                         prompt.preview, prompt.prompt_tokens,
-                                                        list(prompt.dropped_message_ids), prompt.max_input_tokens)))
+                                                        list(prompt.dropped_message_ids), prompt.max_input_tokens,
+                                                        prompt.thinking_left_out)))
         gen.stream = sess.stream
         out.append(ToGenerators(self._job(gen)))
         out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id,
@@ -190,7 +191,7 @@ class Requests:
         gen = self.active.get(gen_id) if gen_id else None
         if gen is None or gen.session_id != sess.session_id:
             raise RequestRefused("nothing is streaming to cancel")
-        self._finalize(gen, "cancelled", now, out, keep_len=msg.seen_len)
+        self._finalize(gen, "cancelled", now, out, keep_len=msg.seen_len, keep_reasoning_len=msg.seen_reasoning_len)
         return results.Cancelled(generation_id=gen.generation_id, length=gen.length)
 
     def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> results.Result:
@@ -199,9 +200,10 @@ class Requests:
         gen = self.active.get(msg.generation_id or sess.active_generation or "")
         if gen is not None and gen.session_id == sess.session_id:
             return results.Snapshot(generation_id=gen.generation_id, message_id=gen.message_id, status=gen.status,
-                                    text=gen.text()[:gen.client_len], final=False, stats=self._stats(gen, now),
-                                    prompt_hash=gen.prompt.prompt_hash,
-                                    user_text=sess.user_text_before(gen.message_id))
+                                    text=gen.text()[:gen.answer.client_len], final=False,
+                                    stats=self._stats(gen, now), prompt_hash=gen.prompt.prompt_hash,
+                                    user_text=sess.user_text_before(gen.message_id),
+                                    reasoning=gen.thinking.text()[:gen.thinking.client_len])
         if msg.generation_id:
             record = next((r for r in sess.history if r.generation_id == msg.generation_id), None)
         else:
@@ -214,7 +216,7 @@ class Requests:
                                 status=record.status, text=record.content,
                                 final=record.generation_id not in self.finalizing, stats=record.stats,
                                 error=record.error, prompt_hash=record.prompt_hash, superseded=record.superseded,
-                                user_text=sess.user_text_before(record.message_id))
+                                user_text=sess.user_text_before(record.message_id), reasoning=record.reasoning)
 
     def _on_status(self, msg: m.Status, now: float, out: list) -> results.Result:
         context = None
@@ -231,7 +233,8 @@ class Requests:
                                               pid=g.pid) for g in self.generators.values()],
             coordinator_pid=self.pid, persister_pid=self.persister_pid, persister=self.persister_stats,
             active=[results.ActiveGeneration(generation_id=g.generation_id, session_id=g.session_id, status=g.status,
-                                             length=g.length, generator_id=g.generator_id,
+                                             length=g.length, reasoning_length=g.thinking.length,
+                                             generator_id=g.generator_id,
                                              prompt_tokens=g.prompt.prompt_tokens,
                                              max_input_tokens=g.prompt.max_input_tokens)
                     for g in self.active.values()],
@@ -248,7 +251,8 @@ class Requests:
         messages = []
         for record in sess.history:
             gen = self.active.get(record.generation_id or "")
-            messages.append(record.client_view(gen.text()[:gen.client_len] if gen else None))
+            messages.append(record.client_view(gen.text()[:gen.answer.client_len], gen.thinking.text()[:gen.thinking.client_len])
+                            if gen else record.client_view())
         return results.History(session_id=sess.session_id, title=sess.title, system=sess.system,
                                max_input_tokens=self._budget(sess), messages=messages)
 
@@ -282,9 +286,12 @@ class Requests:
         record = sess.record(msg.message_id) if sess else None
         if record is None or record.preview is None:
             raise RequestRefused(f"no assistant message {msg.message_id}")
+        gen = self.active.get(record.generation_id or "")
+        left_out = gen.prompt.thinking_left_out if gen else (record.stats or {}).get("thinking_left_out", 0)
         return results.Preview(message_id=msg.message_id, session_id=sess.session_id, preview=record.preview,
                                messages=record.prompt_messages or [], prompt_hash=record.prompt_hash,
-                               model=record.model, dropped_message_ids=list(record.dropped_message_ids))
+                               model=record.model, dropped_message_ids=list(record.dropped_message_ids),
+                               thinking_left_out=left_out)
 
     def _session(self, session_id: str) -> SessionState:
         sess = self.sessions.get(session_id)

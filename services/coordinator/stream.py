@@ -12,6 +12,33 @@ from services.coordinator.effects import Log, ToClients, ToControl, ToGenerators
 from services.coordinator.prompt import PromptPackage
 
 @dataclass
+class ReplyText:
+    """One of a reply's two texts, the answer or the thinking, with the same rules: its own seq and offsets,
+    and what clients and the persister have been sent of it."""
+
+    last_seq: int = 0
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    client_len: int = 0  # published to clients
+    client_pending: list[str] = field(default_factory=list)
+    persist_pending: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    def cut(self, keep_len: int | None) -> bool:
+        """Keep only the first ``keep_len`` characters (a canceller's view); True when that cut anything."""
+        text = self.text()
+        if keep_len is None or not 0 <= keep_len < len(text):
+            return False
+        self.parts[:] = [text[:keep_len]]
+        self.length = keep_len
+        return True
+
+
+@dataclass
 class GenerationState:
     generation_id: str
     session_id: str
@@ -25,17 +52,17 @@ class GenerationState:
     first_token_at: float | None = None
     last_delta_at: float | None = None
     ended_at: float | None = None
-    last_seq: int = 0
-    parts: list[str] = field(default_factory=list)
-    length: int = 0
-    tokens: int = 0
+    answer: ReplyText = field(default_factory=ReplyText)
+    thinking: ReplyText = field(default_factory=ReplyText)  # a reasoning model's, before its answer
+    thinking_started_at: float | None = None
+    thinking_ended_at: float | None = None  # its answer's first delta, or the end
+    tokens: int = 0  # of both texts
     tokens_source: str = "estimated"
-    client_len: int = 0  # text published to clients
-    client_pending: list[str] = field(default_factory=list)
+    reasoning_tokens: int = 0
+    reasoning_tokens_source: str = "estimated"
     client_pending_since: float = 0.0  # generator receipt time of the oldest pending text
     client_flushed_at: float = float("-inf")
     client_deadline: float | None = None
-    persist_pending: list[str] = field(default_factory=list)
     persist_flushed_at: float = float("-inf")
     persist_deadline: float | None = None
     error: str | None = None
@@ -43,10 +70,16 @@ class GenerationState:
     finish_reason: str | None = None  # the server's: stop, length (its limit), content_filter...
     streamed: bool = True  # False: the generator made one non-streaming request
 
+    @property
+    def length(self) -> int:
+        return self.answer.length
+
     def text(self) -> str:
-        if len(self.parts) > 1:
-            self.parts[:] = ["".join(self.parts)]
-        return self.parts[0] if self.parts else ""
+        return self.answer.text()
+
+    def texts(self) -> tuple[tuple[bool, ReplyText], ...]:
+        """(thinking, text) of both texts, the thinking first: it comes first in a reply."""
+        return (True, self.thinking), (False, self.answer)
 
 
 @dataclass
@@ -78,29 +111,37 @@ class StreamRules:
             self.counters["late_deltas_dropped"] += 1
             out.append(ToControl(m.CancelGeneration(msg.generation_id)))
             return
-        if msg.seq <= gen.last_seq:
+        text = gen.thinking if msg.thinking else gen.answer  # two texts, each with its own seq
+        if msg.seq <= text.last_seq:
             self.counters["duplicate_deltas_dropped"] += 1
             return
-        if msg.seq != gen.last_seq + 1:
+        if msg.seq != text.last_seq + 1:
             self.counters["gaps"] += 1
             out.append(ToControl(m.CancelGeneration(gen.generation_id)))
-            self._finalize(gen, "error", now, out, error=f"gap in stream: expected seq {gen.last_seq + 1}, got {msg.seq}")
+            self._finalize(gen, "error", now, out, error=f"gap in stream: expected {_kind(msg.thinking)}seq "
+                           f"{text.last_seq + 1}, got {msg.seq}")
             return
-        gen.last_seq = msg.seq
-        gen.last_delta_at = now
+        text.last_seq = msg.seq
+        gen.last_delta_at = now  # thinking is progress: the stall watchdog and the first-token wait see it
         if gen.first_token_at is None:
             gen.first_token_at = now
             gen.status = gen.record.status = "streaming"
+        if msg.thinking:
+            if gen.thinking_started_at is None:
+                gen.thinking_started_at = now
+            gen.reasoning_tokens += msg.tokens
+        elif gen.thinking_started_at is not None and gen.thinking_ended_at is None:
+            gen.thinking_ended_at = now
         if not msg.text:
             return
-        gen.parts.append(msg.text)
-        gen.length += len(msg.text)
+        text.parts.append(msg.text)
+        text.length += len(msg.text)
         gen.tokens += msg.tokens
-        if not gen.client_pending:
+        if not (gen.answer.client_pending or gen.thinking.client_pending):
             gen.client_pending_since = msg.received_at
-        gen.client_pending.append(msg.text)
-        gen.persist_pending.append(msg.text)
-        self._schedule(gen, now, out)
+        text.client_pending.append(msg.text)
+        text.persist_pending.append(msg.text)
+        self._schedule(gen, text, msg.thinking, now, out)
 
     def _on_gen_delta_batch(self, msg: m.GenDeltaBatch, now: float, out: list) -> None:
         for delta in msg.deltas:  # typed at decode: each is a DeltaItem, with GenDelta's fields
@@ -110,12 +151,16 @@ class StreamRules:
         gen = self.active.get(msg.generation_id)
         if gen is None:
             return
-        if msg.last_seq != gen.last_seq or msg.length != gen.length:
-            self._finalize(gen, "error", now, out, error=f"stream incomplete: generator sent seq {msg.last_seq} "
-                           f"({msg.length} chars), coordinator has seq {gen.last_seq} ({gen.length} chars)")
-            return
+        for thinking, last_seq, length, text in ((False, msg.last_seq, msg.length, gen.answer),
+                                                 (True, msg.reasoning_last_seq, msg.reasoning_length, gen.thinking)):
+            if last_seq != text.last_seq or length != text.length:
+                self._finalize(gen, "error", now, out, error=f"stream incomplete: generator sent {_kind(thinking)}"
+                               f"seq {last_seq} ({length} chars), coordinator has seq {text.last_seq} "
+                               f"({text.length} chars)")
+                return
         gen.tokens = msg.completion_tokens
         gen.tokens_source = msg.tokens_source
+        gen.reasoning_tokens, gen.reasoning_tokens_source = msg.reasoning_tokens, msg.reasoning_tokens_source
         gen.finish_reason, gen.streamed = msg.finish_reason or None, msg.streamed
         self._finalize(gen, "completed", now, out)
 
@@ -140,15 +185,17 @@ class StreamRules:
 
     # ------------------------------------------------------------ coalescing and checkpoints
 
-    def _schedule(self, gen: GenerationState, now: float, out: list) -> None:
+    def _schedule(self, gen: GenerationState, text: ReplyText, thinking: bool, now: float, out: list) -> None:
+        """Coalescing and checkpoints, per generation: one deadline of each flushes both texts."""
         s = self.settings
-        pending = gen.length - gen.client_len
+        pending = text.length - text.client_len
         if pending >= s.flush_chars or now >= gen.client_flushed_at + s.flush_ms / 1000:
             self._flush_clients(gen, now, out)  # the first delta always lands here: TTFT is never delayed
         elif gen.client_deadline is None:
             gen.client_deadline = gen.client_flushed_at + s.flush_ms / 1000
             self._push_deadline(gen.client_deadline, gen.generation_id, "client")
-        if gen.length - self.persisted.sent_len(gen.message_id) >= s.checkpoint_chars or now >= gen.persist_flushed_at + s.checkpoint_ms / 1000:
+        unsent = text.length - self.persisted.sent_len(gen.message_id, thinking)
+        if unsent >= s.checkpoint_chars or now >= gen.persist_flushed_at + s.checkpoint_ms / 1000:
             self._checkpoint(gen, now, out)
         elif gen.persist_deadline is None:
             gen.persist_deadline = gen.persist_flushed_at + s.checkpoint_ms / 1000
@@ -161,67 +208,74 @@ class StreamRules:
     def _flush_clients(self, gen: GenerationState, now: float, out: list) -> None:
         gen.client_deadline = None
         gen.client_flushed_at = now
-        if not gen.client_pending:
-            return
-        text = "".join(gen.client_pending)
-        gen.client_pending.clear()
-        out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, gen.client_len, text,
-                                                           gen.tokens, gen.client_pending_since)))
-        gen.client_len += len(text)
+        for thinking, text in gen.texts():
+            if text.client_pending:
+                fresh = "".join(text.client_pending)
+                text.client_pending.clear()
+                out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, text.client_len,
+                                                                   fresh, gen.tokens, gen.client_pending_since,
+                                                                   thinking)))
+                text.client_len += len(fresh)
 
     def _checkpoint(self, gen: GenerationState, now: float, out: list) -> None:
         gen.persist_deadline = None
         gen.persist_flushed_at = now
-        if not gen.persist_pending:
-            return
-        text = "".join(gen.persist_pending)
-        gen.persist_pending.clear()
-        out.append(ToPersister(self.persisted.append(gen.message_id, text, now)))
+        for thinking, text in gen.texts():
+            if text.persist_pending:
+                fresh = "".join(text.persist_pending)
+                text.persist_pending.clear()
+                out.append(ToPersister(self.persisted.append(gen.message_id, fresh, now, thinking)))
 
     # ------------------------------------------------------------ finalize
 
     def _finalize(self, gen: GenerationState, status: str, now: float, out: list, *, error: str | None = None,
-                  keep_len: int | None = None) -> None:
+                  keep_len: int | None = None, keep_reasoning_len: int | None = None) -> None:
         """Terminal at once (later deltas are late), then: tail to clients and persister, finalize op.
         The ``final`` event waits for the persister's ack (see ``_on_persist_ack``)."""
-        text = self._end(gen, status, now, out, error, keep_len)
+        self._end(gen, status, now, out, error, keep_len, keep_reasoning_len)
         self.finalizing[gen.generation_id] = gen
-        sent_len = self.persisted.sent_len(gen.message_id)
-        if sent_len < gen.length:
-            out.append(ToPersister(self.persisted.append(gen.message_id, text[sent_len:], now)))
-        final = m.Finalize(gen.message_id, status, gen.length, content_hash(text), gen.record.stats, error)
+        for thinking, text in gen.texts():
+            sent_len = self.persisted.sent_len(gen.message_id, thinking)
+            if sent_len < text.length:
+                out.append(ToPersister(self.persisted.append(gen.message_id, text.text()[sent_len:], now, thinking)))
+        final = m.Finalize(gen.message_id, status, gen.length, content_hash(gen.text()), gen.record.stats, error,
+                           gen.thinking.length)
         out.append(ToPersister(self.persisted.finalize(final, now)))
         out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
                                                  "length": gen.length, "error": error}))
 
     def _end(self, gen: GenerationState, status: str, now: float, out: list, error: str | None,
-             keep_len: int | None = None) -> str:
-        """A generation leaves ``active``: its record takes its final text, status and stats, clients get the
-        text they lack, and its session is free for the next reply. Returns the text."""
+             keep_len: int | None = None, keep_reasoning_len: int | None = None) -> None:
+        """A generation leaves ``active``: its record takes its final texts, status and stats, clients get the
+        text they lack, and its session is free for the next reply."""
         del self.active[gen.generation_id]
         gen.status, gen.ended_at, gen.error = status, now, error
+        if gen.thinking_started_at is not None and gen.thinking_ended_at is None:
+            gen.thinking_ended_at = now  # it thought to the end (a cancel mid-thought: no answer)
         if status == "cancelled":
             out.append(ToControl(m.CancelGeneration(gen.generation_id)))
-        text = gen.text()
-        if keep_len is not None and 0 <= keep_len < len(text):
-            text = text[:keep_len]  # the canceller's view is what is kept; longer views are cut at ``final``
-            gen.parts[:] = [text]
-            gen.length = len(text)
-            gen.tokens = self.count_tokens(text, gen.prompt.model)
-        if gen.client_len < gen.length:
-            out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, gen.client_len,
-                                                               text[gen.client_len:], gen.tokens,
-                                                               gen.client_pending_since)))
-            gen.client_len = gen.length
-        gen.client_pending.clear()
-        gen.persist_pending.clear()
-        gen.record.content, gen.record.status, gen.record.error = text, status, error
+        # the canceller's view is what is kept; longer views are cut at ``final``
+        cut_thinking = gen.thinking.cut(keep_reasoning_len)
+        if gen.answer.cut(keep_len) or cut_thinking:
+            model = gen.prompt.model
+            gen.reasoning_tokens = self.count_tokens(gen.thinking.text(), model) if gen.thinking.length else 0
+            gen.tokens = self.count_tokens(gen.text(), model) + gen.reasoning_tokens
+            gen.tokens_source = gen.reasoning_tokens_source = "estimated"
+        for thinking, text in gen.texts():
+            if text.client_len < text.length:
+                out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, text.client_len,
+                                                                   text.text()[text.client_len:], gen.tokens,
+                                                                   gen.client_pending_since, thinking)))
+                text.client_len = text.length
+            text.client_pending.clear()
+            text.persist_pending.clear()
+        gen.record.content, gen.record.reasoning = gen.text(), gen.thinking.text()
+        gen.record.status, gen.record.error = status, error
         gen.record.stats = self._stats(gen, now)
         sess = self.sessions[gen.session_id]
         sess.last_activity = now
         if sess.active_generation == gen.generation_id:
             sess.active_generation = None
-        return text
 
     def _stats(self, gen: GenerationState, now: float) -> dict:
         end = gen.ended_at or now
@@ -240,7 +294,22 @@ class StreamRules:
             "dropped_messages": len(gen.prompt.dropped_message_ids),
             "finish_reason": gen.finish_reason,
             "streamed": gen.streamed,
+            **self._thinking_stats(gen, end),
         }
+
+    @staticmethod
+    def _thinking_stats(gen: GenerationState, end: float) -> dict:
+        """A reasoning model's: how long it thought, and its thinking tokens (part of ``tokens``); nothing for a
+        reply without thinking, or a prompt that left none out."""
+        stats = {}
+        if gen.thinking_started_at is not None:
+            until = gen.thinking_ended_at or end
+            stats["thinking_ms"] = round((until - gen.thinking_started_at) * 1000, 1) if gen.streamed else None
+            stats["reasoning_tokens"] = gen.reasoning_tokens
+            stats["reasoning_tokens_source"] = gen.reasoning_tokens_source
+        if gen.prompt.thinking_left_out:
+            stats["thinking_left_out"] = gen.prompt.thinking_left_out
+        return stats
 
     def _on_persist_ack(self, msg: m.PersistAck, now: float, out: list) -> None:
         state = self.persisted.on_ack(msg)
@@ -248,7 +317,8 @@ class StreamRules:
         if gen is not None:  # the last step of finalize: only now is the reply final for clients
             f = state.final
             out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, f.status,
-                                                         f.length, f.content_hash, f.stats, f.error)))
+                                                         f.length, f.content_hash, f.stats, f.error,
+                                                         f.reasoning_length)))
 
     def _on_persister_hello(self, msg: m.PersisterHello, now: float, out: list) -> None:
         self.persister_pid = msg.pid
@@ -282,7 +352,8 @@ class StreamRules:
         gen.record.status, gen.record.error = "error", error
         text = gen.record.content
         out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, "error",
-                                                     len(text), content_hash(text), gen.record.stats, error)))
+                                                     len(text), content_hash(text), gen.record.stats, error,
+                                                     len(gen.record.reasoning))))
 
     # ------------------------------------------------------------ liveness
 
@@ -293,7 +364,7 @@ class StreamRules:
             self.counters["generators_lost"] += 1
             out.append(Log("generator_lost", {"generator_id": gen_id}))
             for gen in [g for g in self.active.values() if g.generator_id == gen_id]:
-                if gen.last_seq == 0:  # nothing emitted yet: safe to run again elsewhere
+                if gen.first_token_at is None:  # nothing emitted yet: safe to run again elsewhere
                     gen.generator_id, gen.status = None, "queued"
                     out.append(ToGenerators(self._job(gen)))
                 else:
@@ -318,6 +389,10 @@ class StreamRules:
                 out.append(ToControl(m.CancelGeneration(gen.generation_id)))
                 self._finalize(gen, "error", now, out, error=f"{words} for {limit_ms / 1000:g} s ({setting})")
 
-    def _text_of(self, generation_id: str) -> str:
+    def _text_of(self, generation_id: str, thinking: bool) -> str:
         gen = self.active.get(generation_id) or self.finalizing[generation_id]
-        return gen.text()
+        return gen.thinking.text() if thinking else gen.text()
+
+
+def _kind(thinking: bool) -> str:
+    return "thinking " if thinking else ""

@@ -22,10 +22,10 @@ import zmq.asyncio
 
 from protocol import codec, messages as m, transport
 from services import config, shell
-from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
+from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, ThinkTags, connection_failure,
                                       context_lengths, not_an_event_stream, retry_delay, server_words,
                                       status_failure)
-from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError
+from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError, reasoning_of
 from services.logs import redact
 from services.tokens import count_tokens
 
@@ -98,8 +98,11 @@ class GeneratorShell:
         self.flush_deltas()
         self._send(msg.encode())
 
-    def emit_delta(self, generation_id: str, seq: int, text: str, tokens: int, received_at: float) -> None:
-        self.pending_deltas.append([generation_id, seq, text, tokens, received_at])
+    def emit_delta(self, generation_id: str, seq: int, text: str, tokens: int, received_at: float,
+                   thinking: bool) -> None:
+        # a DeltaItem: an answer's leaves its trailing ``thinking`` out
+        self.pending_deltas.append([generation_id, seq, text, tokens, received_at, True] if thinking
+                                   else [generation_id, seq, text, tokens, received_at])
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush_deltas)  # after this turn's other chunks
@@ -194,36 +197,57 @@ class GeneratorShell:
     # ------------------------------------------------------------ one job
 
     async def run_job(self, job: m.Job) -> None:
-        gen = Generation(job)
+        gen = Generation(job, think_tags=ThinkTags(self.settings.think_tags))
         gen.client_index = min(range(len(self.clients)), key=self.client_streams.__getitem__)
         self.client_streams[gen.client_index] += 1
         log = self.log.bind(generation_id=job.generation_id)
         try:
             self.emit(m.GenStarted(job.generation_id, self.generator_id))
             await self.attempt_until_deadline(gen)
-            text = "".join(gen.parts)
-            if gen.completion_tokens is not None:
-                tokens, source = gen.completion_tokens, "server"
-            else:
-                tokens, source = count_tokens(text, job.model), "estimated"
-            self.emit(m.GenDone(job.generation_id, gen.seq, gen.length, gen.finish_reason or "", tokens, source,
-                                gen.prompt_tokens, gen.streamed))
-            log.info("generation_done", seq=gen.seq, length=gen.length, attempts=gen.attempts)
+            self.send_held(gen)
+            self.emit(self.done(gen))
+            log.info("generation_done", seq=gen.seq, length=gen.length, reasoning_length=gen.reasoning_length,
+                     attempts=gen.attempts)
         except asyncio.CancelledError:
             self.emit(m.GenCancelled(job.generation_id, gen.seq))
             log.info("generation_cancelled", seq=gen.seq)
         except JobFailed as exc:
-            self.emit(m.GenError(job.generation_id, gen.seq, redact(str(exc)), gen.attempts))
+            self.send_held(gen)
+            self.emit(m.GenError(job.generation_id, gen.seq, redact(str(exc)), gen.attempts, gen.reasoning_seq))
             log.warning("generation_failed", reason=str(exc), seq=gen.seq)
         except Exception as exc:  # a bug must end this generation, never the process
             # the reason is stored and shown: a type and plain words, never a repr (it may hold the key)
             self.emit(m.GenError(job.generation_id, gen.seq,
-                                 f"generator fault: {type(exc).__name__}: {shell.plain_error(exc)}", gen.attempts))
+                                 f"generator fault: {type(exc).__name__}: {shell.plain_error(exc)}", gen.attempts,
+                                 gen.reasoning_seq))
             log.exception("generation_crashed")
         finally:
             self.client_streams[gen.client_index] -= 1
             self.tasks.pop(job.generation_id, None)
             self.capacity.release()
+
+    def send_held(self, gen: Generation) -> None:
+        """The stream ended: the text held back in case it began a </think> goes out as it is."""
+        now = time.time()
+        for thinking, seq, text in gen.take_held():
+            self.emit_delta(gen.job.generation_id, seq, text, count_tokens(text, gen.job.model), now, thinking)
+
+    @staticmethod
+    def done(gen: Generation) -> m.GenDone:
+        """The end of a completed stream: its counts, the server's where it reported usage. Completion tokens
+        include the thinking, as OpenAI counts them; the thinking's share is the server's only where its usage
+        tells it apart (completion_tokens_details.reasoning_tokens)."""
+        model = gen.job.model
+        thinking = count_tokens("".join(gen.reasoning_parts), model) if gen.reasoning_parts else 0
+        if gen.completion_tokens is not None:
+            tokens, source = gen.completion_tokens, "server"
+        else:
+            tokens, source = count_tokens("".join(gen.parts), model) + thinking, "estimated"
+        reasoning, reasoning_source = ((gen.reasoning_tokens, "server") if gen.reasoning_tokens is not None
+                                       else (thinking, "estimated"))
+        return m.GenDone(gen.job.generation_id, gen.seq, gen.length, gen.finish_reason or "", tokens, source,
+                         gen.prompt_tokens, gen.streamed, gen.reasoning_seq, gen.reasoning_length, reasoning,
+                         reasoning_source)
 
     async def attempt_until_deadline(self, gen: Generation) -> None:
         deadline = time.monotonic() + self.retry_deadline_s
@@ -269,7 +293,7 @@ class GeneratorShell:
                     now = loop.time()
                     # until the first token the deadline is CHATTER_FIRST_TOKEN_MS from the request; from then
                     # on it follows the data, CHATTER_UPSTREAM_TIMEOUT_MS ahead, moved a second at a time
-                    if gen.seq and (not following or now - moved_at > READ_DEADLINE_STEP_S):
+                    if gen.emitted and (not following or now - moved_at > READ_DEADLINE_STEP_S):
                         read_deadline.reschedule(now + self.read_timeout_s)
                         moved_at, following = now, True
                     for event in decoder.feed_bytes(data):
@@ -303,9 +327,12 @@ class GeneratorShell:
             raise JobFailed("upstream returned no choices")
         choice = completion.choices[0]
         usage = completion.usage
+        details = usage.completion_tokens_details if usage else None
         self.on_chunk(gen, ChunkEvent(
             choice.message.content or "", choice.finish_reason,
-            usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
+            usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
+            reasoning_of(choice.message.model_extra or {}),  # fields the openai types do not name
+            details.reasoning_tokens if details else None))
 
     def _failure(self, gen: Generation, exc: Exception) -> Exception:
         """An upstream failure as the exception that says what happens next, in words."""
@@ -318,9 +345,9 @@ class GeneratorShell:
                                  self.read_timeout_s, self.first_token_s)
 
     def on_chunk(self, gen: Generation, event) -> None:
-        text = gen.take(event)
-        if text:
-            self.emit_delta(gen.job.generation_id, gen.seq, text, count_tokens(text, gen.job.model), time.time())
+        for thinking, seq, text in gen.take(event):
+            self.emit_delta(gen.job.generation_id, seq, text, count_tokens(text, gen.job.model), time.time(),
+                            thinking)
 
     # ------------------------------------------------------------ life
 

@@ -1,7 +1,10 @@
 """The generator's rules, pure: how one upstream stream is numbered, how it must end, and which failures
 are retried. The asyncio shell (``__main__``) does the I/O and applies these.
 
-- Every content chunk gets the next seq, from 1; chunks without text (role, finish, usage) get none.
+- A reply has two texts: the answer, and the thinking of a reasoning model (``reasoning_content`` or
+  ``reasoning`` in the delta, or a leading ``<think>...</think>`` in the content, split out here by
+  ``ThinkTags``). Each text numbers its deltas with its own seq, from 1; chunks without text (role,
+  finish, usage) get none. Either kind is a token: the first of either ends the wait for a first token.
 - A stream that ends without a finish reason is ``truncated``, never ``completed``.
 - A NUL character in the model's text becomes U+FFFD: PostgreSQL cannot store NUL in text, and a reply
   must read the same on every database and every client.
@@ -18,6 +21,7 @@ import socket
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from protocol.records import THINK_CLOSE, THINK_OPEN
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 BACKOFF_FIRST_S = 0.25
@@ -36,37 +40,124 @@ class JobFailed(Exception):
     """Ends the generation as ``error`` with this reason."""
 
 
+_START, _THINKING, _ANSWER = "start", "thinking", "answer"
+
+
+class ThinkTags:
+    """Splits a ``<think>...</think>`` block that opens a reply out of its content, as the content streams
+    in pieces that may cut a tag anywhere (llama-server with ``--reasoning-format none``, Ollama's older
+    OpenAI endpoint). ``feed`` returns ``(thinking, text)`` pieces; text that may be the start of a tag is
+    held until the next piece tells (at most a tag's length), and ``end`` gives what is still held.
+
+    Modes (CHATTER_THINK_TAGS): ``auto``, only a ``<think>`` at the very start (after any whitespace) opens
+    thinking; ``on``, the reply starts in thinking even without it (templates that put ``<think>`` in the
+    prompt, as DeepSeek-R1's distills do), up to ``</think>``; ``off``, content is all answer."""
+
+    __slots__ = ("state", "held", "open_implied")
+
+    def __init__(self, mode: str = "auto") -> None:
+        self.state = _ANSWER if mode == "off" else _START
+        self.open_implied = mode == "on"
+        self.held = ""
+
+    def feed(self, text: str) -> list[tuple[bool, str]]:
+        if self.state is _ANSWER:
+            return [(False, text)]
+        text, self.held = self.held + text, ""
+        if self.state is _START:
+            bare = text.lstrip()
+            if len(bare) < len(THINK_OPEN) and THINK_OPEN.startswith(bare):
+                self.held = text  # may still be the opening tag
+                return []
+            if bare.startswith(THINK_OPEN):
+                text = bare[len(THINK_OPEN):]
+            elif not self.open_implied:
+                self.state = _ANSWER
+                return [(False, text)]
+            self.state = _THINKING
+        end = text.find(THINK_CLOSE)
+        if end >= 0:
+            self.state = _ANSWER
+            rest = text[end + len(THINK_CLOSE):]
+            return [piece for piece in ((True, text[:end]), (False, rest)) if piece[1]]
+        keep = next((k for k in range(len(THINK_CLOSE) - 1, 0, -1) if text.endswith(THINK_CLOSE[:k])), 0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return [(True, text[:len(text) - keep])] if len(text) > keep else []
+
+    def end(self) -> list[tuple[bool, str]]:
+        """The reply ended: what was held is what it was (thinking that never closed stays thinking)."""
+        held, self.held = self.held, ""
+        if not held:
+            return []
+        return [(self.state is _THINKING or (self.state is _START and self.open_implied), held)]
+
+
 @dataclass(slots=True)
 class Generation:
-    """One job's upstream stream: its seq counter, its text, and how it is ending."""
+    """One job's upstream stream: the seq counter and text of its answer and of its thinking, and how it
+    is ending."""
 
     job: m.Job
     seq: int = 0
     length: int = 0
     parts: list[str] = field(default_factory=list)
+    reasoning_seq: int = 0
+    reasoning_length: int = 0
+    reasoning_parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None  # the server's, where its usage tells them apart
     attempts: int = 0
     client_index: int = 0
     streamed: bool = True  # False: the reply came whole, from a non-streaming request
+    think_tags: ThinkTags = field(default_factory=ThinkTags)
 
-    def take(self, event) -> str | None:
-        """Apply one decoded chunk (``sse.ChunkEvent``); returns its text when it is a delta to send,
-        numbered ``self.seq``."""
+    @property
+    def emitted(self) -> int:
+        """Deltas sent so far, of either text: none means no first token yet."""
+        return self.seq + self.reasoning_seq
+
+    def take(self, event) -> list[tuple[bool, int, str]]:
+        """Apply one decoded chunk (``sse.ChunkEvent``); returns the deltas to send: (thinking, seq, text)."""
         if event.finish_reason:
             self.finish_reason = event.finish_reason
         if event.completion_tokens is not None:
             self.prompt_tokens, self.completion_tokens = event.prompt_tokens, event.completion_tokens
-        text = event.text
-        if not text:
-            return None
+            self.reasoning_tokens = event.reasoning_tokens
+        out = []
+        if event.reasoning:
+            tags = self.think_tags
+            if tags.state is _START:  # the server parses thinking out itself: its content is all answer
+                tags.state, held, tags.held = _ANSWER, tags.held, ""
+                if held:
+                    self._add(False, held, out)
+            self._add(True, event.reasoning, out)
+        if event.text:
+            for thinking, text in self.think_tags.feed(event.text):
+                self._add(thinking, text, out)
+        return out
+
+    def take_held(self) -> list[tuple[bool, int, str]]:
+        """At the end of the stream: the text ``ThinkTags`` held back, as deltas."""
+        out = []
+        for thinking, text in self.think_tags.end():
+            self._add(thinking, text, out)
+        return out
+
+    def _add(self, thinking: bool, text: str, out: list) -> None:
         if "\x00" in text:
             text = text.replace("\x00", REPLACEMENT)
-        self.seq += 1
-        self.parts.append(text)
-        self.length += len(text)
-        return text
+        if thinking:
+            self.reasoning_seq += 1
+            self.reasoning_parts.append(text)
+            self.reasoning_length += len(text)
+            out.append((True, self.reasoning_seq, text))
+        else:
+            self.seq += 1
+            self.parts.append(text)
+            self.length += len(text)
+            out.append((False, self.seq, text))
 
     def check_ended(self, saw_done: bool) -> None:
         """At the end of the byte stream: without a finish reason the reply is truncated."""
@@ -80,7 +171,7 @@ class Generation:
         token a failed connection is retried, but silence is waiting (a busy server queues requests), up to
         ``first_token_s``; trying again would only queue the request anew at the back. After the first
         token either is an error that keeps the text. ``where`` names the upstream and its setting."""
-        if self.seq == 0:
+        if self.emitted == 0:
             if timed_out:
                 return JobFailed(f"no first token within {first_token_s:g} s (CHATTER_FIRST_TOKEN_MS) from "
                                  f"{where}: the server may be busy with other requests")

@@ -21,6 +21,13 @@ class ChunkEvent:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning: str = ""  # the model's thinking, in a field of its own
+    reasoning_tokens: int | None = None  # usage's completion_tokens_details.reasoning_tokens
+
+
+# The delta fields servers stream thinking in, the same meaning under two names: DeepSeek's API, llama-server
+# (--reasoning-format deepseek) and older vLLM say reasoning_content; newer vLLM, SGLang and OpenRouter reasoning.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 DONE = object()  # the ``data: [DONE]`` sentinel
@@ -116,12 +123,31 @@ def decode_chunk(obj) -> ChunkEvent:
         if not isinstance(choice, dict):
             raise UpstreamProtocolError("choice is not an object")
         delta = choice.get("delta") or {}
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str):
-            event.text = content
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                event.text = content
+            if len(delta) > 1 or content is None:  # the common chunk is {"content": ...} alone
+                event.reasoning = reasoning_of(delta)
         event.finish_reason = choice.get("finish_reason")
     usage = obj.get("usage")
     if isinstance(usage, dict):
         event.prompt_tokens = usage.get("prompt_tokens")
         event.completion_tokens = usage.get("completion_tokens")
+        event.reasoning_tokens = reasoning_tokens_of(usage)
     return event
+
+
+def reasoning_of(message: dict) -> str:
+    """The thinking in a delta (or a whole reply's message), under either of its names."""
+    for name in REASONING_FIELDS:
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def reasoning_tokens_of(usage: dict) -> int | None:
+    details = usage.get("completion_tokens_details")
+    value = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -18,7 +18,8 @@ import time
 from aiohttp import web
 
 from services import config, shell
-from services.mock_llm.script import (THINK_CLOSE, THINK_OPEN, Scenario, env_scenario, prompt_token_count,
+from protocol.records import THINK_CLOSE, THINK_OPEN
+from services.mock_llm.script import (Scenario, env_scenario, prompt_token_count,
                                       reasoning_tokens, reply_tokens, request_key, scenario_for)
 
 JOURNAL_LIMIT = 10_000

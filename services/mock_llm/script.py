@@ -25,7 +25,6 @@ VOCABULARY = (
 
 DIRECTIVE = re.compile(r"\[\[mock\s+([^\]]*)\]\]")
 REASONING_FIELDS = ("reasoning_content", "reasoning", "think_tags")
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)

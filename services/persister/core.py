@@ -5,7 +5,8 @@ plan out through ``store.write`` in one transaction, and sends the acks once it 
 - An ack means applied: a message gets an ack only once its row exists, so a create that was lost
   (a failed transaction) is resent by the coordinator until it is applied.
 - Appends are idempotent by offset: text applies only where it continues the stored length, so the
-  coordinator's resends are harmless. The durable text of streaming messages is kept here, so appends
+  coordinator's resends are harmless. A reply has two texts, its answer and its thinking, each with its own
+  offsets, its own rows in the chunk log and its own column at finalize; an ack carries both lengths. The durable text of streaming messages is kept here, so appends
   and finalizes never read the database back.
 - The chunk log may be cut only before the first row of every streaming message, so all of them are
   known (``load``) before anything is planned.
@@ -41,7 +42,7 @@ class InsertMessage:
 
 @dataclass(slots=True)
 class InsertChunks:
-    rows: list[tuple[int, str, int, str]]  # (chunk id, message id, offset, text)
+    rows: list[tuple]  # (chunk id, message id, offset, text, thinking)
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class WriteFinal:
     stats: dict
     error: str | None
     content_hash: str | None
+    reasoning: str = ""
 
 
 @dataclass(slots=True)
@@ -62,7 +64,8 @@ class TruncateLog:
 @dataclass
 class Plan:
     writes: list = field(default_factory=list)
-    acks: dict[str, tuple[int, bool]] = field(default_factory=dict)  # message id -> (durable length, finalized)
+    # message id -> (durable length, finalized, the thinking's durable length)
+    acks: dict[str, tuple[int, bool, int]] = field(default_factory=dict)
     answers: list[m.Message] = field(default_factory=list)  # other answers for the coordinator
     reply_text_bytes: int = 0  # reply text this plan writes: checkpoint appends plus final contents
     interrupted: int = 0
@@ -80,13 +83,25 @@ class StoredMessage:
     message_id: str
     streaming: bool
     length: int
+    reasoning_length: int = 0
+
+
+@dataclass(slots=True)
+class OpenMessage:
+    """A streaming message's durable texts as parts, and their lengths, indexed by ``Append.thinking``:
+    [0] the answer, [1] the thinking."""
+
+    parts: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
+    lengths: list[int] = field(default_factory=lambda: [0, 0])
+
+    def text(self, thinking: bool) -> str:
+        return "".join(self.parts[thinking])
 
 
 class PersisterCore:
     def __init__(self) -> None:
-        self.open: dict[str, list[str]] = {}  # streaming message id -> durable text parts
-        self.open_length: dict[str, int] = {}
-        self.finalized: dict[str, int] = {}  # message id -> final length
+        self.open: dict[str, OpenMessage] = {}  # streaming message id -> its durable texts
+        self.finalized: dict[str, tuple[int, int]] = {}  # message id -> final lengths (answer, thinking)
         self.first_chunk: dict[str, int] = {}  # streaming message id -> id of its first row in the chunk log
         self.next_chunk_id = 1
         self.truncated_below = 0
@@ -94,14 +109,13 @@ class PersisterCore:
 
     # ------------------------------------------------------------ what the shell reads for the core
 
-    def load(self, streaming_ids, chunks: dict[str, tuple[int, list[str]]], next_chunk_id: int) -> None:
-        """Every streaming message, its checkpointed text (first chunk id, parts) and the chunk log's end:
-        at start, and after a failed transaction."""
+    def load(self, streaming_ids, chunks: dict[str, tuple[int, list[str], list[str]]], next_chunk_id: int) -> None:
+        """Every streaming message, its checkpointed texts (first chunk id, the answer's parts, the thinking's)
+        and the chunk log's end: at start, and after a failed transaction."""
         for message_id in streaming_ids:
-            self.open[message_id], self.open_length[message_id] = [], 0
-        for message_id, (first_id, parts) in chunks.items():
-            self.open[message_id] = parts
-            self.open_length[message_id] = sum(map(len, parts))
+            self.open[message_id] = OpenMessage()
+        for message_id, (first_id, answer, thinking) in chunks.items():
+            self.open[message_id] = OpenMessage((answer, thinking), [sum(map(len, answer)), sum(map(len, thinking))])
             self.first_chunk[message_id] = first_id
         self.next_chunk_id = next_chunk_id
         self.loaded = True
@@ -116,12 +130,11 @@ class PersisterCore:
         for row in found:
             if row.streaming:  # ``load`` read every streaming one, and this process is the only writer
                 raise NotInMemory(f"streaming message {row.message_id} is not in memory")
-            self._remember_final(row.message_id, row.length)
+            self._remember_final(row.message_id, (row.length, row.reasoning_length))
 
     def forget(self) -> None:
         """After a failed transaction nothing in memory can be trusted: reload before the next batch."""
         self.open.clear()
-        self.open_length.clear()
         self.finalized.clear()
         self.first_chunk.clear()
         self.loaded = False
@@ -158,7 +171,7 @@ class PersisterCore:
         """A streaming message whose operation could not be stored ends as ``error``, keeping its text."""
         plan = Plan()
         if message_id in self.open:
-            self._write_final(message_id, "error", "".join(self.open[message_id]), {}, reason, None, plan)
+            self._write_final(message_id, "error", self.open[message_id], None, {}, reason, None, plan)
         return plan
 
     def _exists(self, message_id: str) -> bool:
@@ -167,16 +180,17 @@ class PersisterCore:
     def _append(self, op: m.Append, plan: Plan, chunks: list) -> None:
         if not self._exists(op.message_id):
             return  # its create has not been applied: no ack, so the coordinator resends the create
-        if op.message_id in self.open:
-            length = self.open_length[op.message_id]
+        stored = self.open.get(op.message_id)
+        if stored is not None:
+            length = stored.lengths[op.thinking]
             end = op.offset + len(op.text)
             if op.offset <= length < end:  # continues the stored text (a resend may overlap it)
                 fresh = op.text[length - op.offset:]
-                chunks.append((self.next_chunk_id, op.message_id, length, fresh))
+                chunks.append((self.next_chunk_id, op.message_id, length, fresh, op.thinking))
                 self.first_chunk.setdefault(op.message_id, self.next_chunk_id)
                 self.next_chunk_id += 1
-                self.open[op.message_id].append(fresh)
-                self.open_length[op.message_id] = end
+                stored.parts[op.thinking].append(fresh)
+                stored.lengths[op.thinking] = end
         plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _flush_chunks(self, plan: Plan, chunks: list) -> None:
@@ -190,22 +204,23 @@ class PersisterCore:
         if not self._exists(op.message_id):  # else a resent create: the row is there already
             plan.writes.append(InsertMessage(op))
             if op.status == "streaming":
-                self.open[op.message_id], self.open_length[op.message_id] = [], 0
+                self.open[op.message_id] = OpenMessage()
             else:
-                self._remember_final(op.message_id, len(op.content))
+                self._remember_final(op.message_id, (len(op.content), 0))
         plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _finalize(self, op: m.Finalize, plan: Plan) -> None:
         if not self._exists(op.message_id):
             return
-        if op.message_id in self.finalized:
-            plan.acks[op.message_id] = (self.finalized[op.message_id], True)
-        elif self.open_length[op.message_id] < op.length:
-            plan.acks[op.message_id] = (self.open_length[op.message_id], False)  # wait for the resent appends
-        else:
-            text = "".join(self.open[op.message_id])[:op.length]  # a cancel may keep less than was checkpointed
-            self._write_final(op.message_id, op.status, text, op.stats, op.error, op.content_hash, plan)
-            plan.acks[op.message_id] = (op.length, True)
+        stored = self.open.get(op.message_id)
+        if stored is None:
+            plan.acks[op.message_id] = self._ack(op.message_id)
+        elif stored.lengths[0] < op.length or stored.lengths[1] < op.reasoning_length:
+            plan.acks[op.message_id] = self._ack(op.message_id)  # wait for the resent appends
+        else:  # a cancel may keep less than was checkpointed
+            self._write_final(op.message_id, op.status, stored, (op.length, op.reasoning_length), op.stats,
+                              op.error, op.content_hash, plan)
+            plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _interrupt_orphans(self, op: m.InterruptOrphans, plan: Plan) -> None:
         """Every streaming message without a live generation becomes ``interrupted``, keeping the text that
@@ -213,27 +228,32 @@ class PersisterCore:
         live = set(op.live_message_ids)
         orphans = [message_id for message_id in self.open if message_id not in live]
         for message_id in orphans:
-            self._write_final(message_id, "interrupted", "".join(self.open[message_id]), {},
+            self._write_final(message_id, "interrupted", self.open[message_id], None, {},
                               f"interrupted: {op.reason}", None, plan)
         plan.answers.append(m.OrphansInterrupted(len(orphans)))
         plan.interrupted += len(orphans)
 
-    def _write_final(self, message_id: str, status: str, text: str, stats: dict, error: str | None,
-                     content_hash: str | None, plan: Plan) -> None:
-        plan.writes.append(WriteFinal(message_id, status, text, stats, error, content_hash))
-        plan.reply_text_bytes += len(text.encode())
+    def _write_final(self, message_id: str, status: str, stored: OpenMessage, lengths: tuple[int, int] | None,
+                     stats: dict, error: str | None, content_hash: str | None, plan: Plan) -> None:
+        """The message's final row from its durable texts, cut to ``lengths`` (answer, thinking) if given."""
+        text, reasoning = stored.text(False), stored.text(True)
+        if lengths is not None:
+            text, reasoning = text[:lengths[0]], reasoning[:lengths[1]]
+        plan.writes.append(WriteFinal(message_id, status, text, stats, error, content_hash, reasoning))
+        plan.reply_text_bytes += len(text.encode()) + len(reasoning.encode())
         self.first_chunk.pop(message_id, None)  # its rows in the chunk log may now be cut
-        self._remember_final(message_id, len(text))
+        self._remember_final(message_id, (len(text), len(reasoning)))
 
-    def _ack(self, message_id: str) -> tuple[int, bool]:
+    def _ack(self, message_id: str) -> tuple[int, bool, int]:
         if message_id in self.finalized:
-            return self.finalized[message_id], True
-        return self.open_length[message_id], False
+            length, reasoning_length = self.finalized[message_id]
+            return length, True, reasoning_length
+        lengths = self.open[message_id].lengths
+        return lengths[0], False, lengths[1]
 
-    def _remember_final(self, message_id: str, length: int) -> None:
+    def _remember_final(self, message_id: str, lengths: tuple[int, int]) -> None:
         self.open.pop(message_id, None)
-        self.open_length.pop(message_id, None)
-        self.finalized[message_id] = length
+        self.finalized[message_id] = lengths
         if len(self.finalized) > FINALIZED_KEPT:
             for key in list(self.finalized)[: FINALIZED_KEPT // 2]:
                 del self.finalized[key]

@@ -133,8 +133,8 @@ class PersisterShell:
         self.reply_text_bytes += plan.reply_text_bytes
         if plan.interrupted:
             self.log.info("orphans_interrupted", count=plan.interrupted)
-        replies = [m.PersistAck(message_id, length, finalized).encode()
-                   for message_id, (length, finalized) in plan.acks.items()]
+        replies = [m.PersistAck(message_id, length, finalized, reasoning_length).encode()
+                   for message_id, (length, finalized, reasoning_length) in plan.acks.items()]
         replies += [answer.encode() for answer in plan.answers]
         for frame in m.bundle(replies):  # one send per commit, not one per message (py-spy: 18% of this process)
             self.send(frame)
@@ -275,7 +275,7 @@ WRITES = {
     core.InsertMessage: lambda db, w: store.insert_message(w.op),
     core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows),
     core.WriteFinal: lambda db, w: store.write_final(w.message_id, w.status, w.content, w.stats, w.error,
-                                                    w.content_hash),
+                                                    w.content_hash, w.reasoning),
     core.TruncateLog: lambda db, w: store.truncate_chunks(w.below_id),
 }
 

@@ -97,12 +97,18 @@ def test_a_bad_field_is_named_by_its_message_and_field():
 
 
 def test_trailing_fields_of_a_newer_version_are_ignored():
-    assert codec.decode(frame(2, m.Append.TYPE, "msg", 0, "t", "a field from later")) == m.Append("msg", 0, "t")
+    later = frame(2, m.Append.TYPE, "msg", 0, "t", True, "a field from later")
+    assert codec.decode(later) == m.Append("msg", 0, "t", True)
+
+
+def test_an_earlier_version_without_the_trailing_fields_decodes_with_their_defaults():
+    assert codec.decode(frame(2, m.Append.TYPE, "msg", 0, "t")) == m.Append("msg", 0, "t", thinking=False)
 
 
 def test_a_delta_batch_decodes_to_typed_items():
-    batch = codec.decode(m.GenDeltaBatch([["g", 1, "a", 1, 1.0], ["g", 2, "b", 1, 2]]).encode())
-    assert batch.deltas == [m.DeltaItem("g", 1, "a", 1, 1.0), m.DeltaItem("g", 2, "b", 1, 2.0)]
+    batch = codec.decode(m.GenDeltaBatch([["g", 1, "a", 1, 1.0], ["g", 2, "b", 1, 2], ["g", 1, "t", 1, 3, True]]).encode())
+    assert batch.deltas == [m.DeltaItem("g", 1, "a", 1, 1.0), m.DeltaItem("g", 2, "b", 1, 2.0),
+                            m.DeltaItem("g", 1, "t", 1, 3.0, thinking=True)]
 
 
 def test_every_message_reads_and_writes_as_plain_msgpack():

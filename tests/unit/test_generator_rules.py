@@ -19,20 +19,20 @@ def test_only_chunks_with_text_are_numbered_from_one():
     g = gen()
     sent = [g.take(e) for e in (ChunkEvent(""), ChunkEvent("Hel"), ChunkEvent("lo"), ChunkEvent("", "stop"),
                                 ChunkEvent("", None, 3, 2))]
-    assert sent == [None, "Hel", "lo", None, None]
+    assert sent == [[], [(False, 1, "Hel")], [(False, 2, "lo")], [], []]
     assert (g.seq, g.length, "".join(g.parts)) == (2, 5, "Hello")
     assert (g.finish_reason, g.prompt_tokens, g.completion_tokens) == ("stop", 3, 2)
 
 
 def test_a_nul_in_the_models_text_becomes_the_replacement_character():
     g = gen()
-    assert g.take(ChunkEvent("a\x00b\x00")) == "a\ufffdb\ufffd" and g.length == 4
+    assert g.take(ChunkEvent("a\x00b\x00")) == [(False, 1, "a\ufffdb\ufffd")] and g.length == 4
     assert "".join(g.parts) == "a\ufffdb\ufffd"
 
 
 def test_a_chunk_with_text_and_a_finish_reason_is_both():
     g = gen()
-    assert g.take(ChunkEvent("end", "length")) == "end" and (g.seq, g.finish_reason) == (1, "length")
+    assert g.take(ChunkEvent("end", "length")) == [(False, 1, "end")] and (g.seq, g.finish_reason) == (1, "length")
 
 
 @pytest.mark.parametrize("saw_done, tail", [(True, ""), (False, " (connection closed)")])

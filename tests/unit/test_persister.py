@@ -33,11 +33,11 @@ def chunk_rows(plan):
 def test_appends_are_idempotent_by_offset(persister):
     plan = persister.plan([create(), m.Append("a1", 0, "hello "), m.Append("a1", 0, "hello "),
                            m.Append("a1", 3, "lo world"), m.Append("a1", 20, "gap")])
-    assert plan.acks == {"a1": (11, False)}
-    assert chunk_rows(plan) == [(1, "a1", 0, "hello "), (2, "a1", 6, "world")]
+    assert plan.acks == {"a1": (11, False, 0)}
+    assert chunk_rows(plan) == [(1, "a1", 0, "hello ", False), (2, "a1", 6, "world", False)]
     assert plan.reply_text_bytes == 11
     plan = persister.plan([create(), m.Append("a1", 6, "world"), m.Append("a1", 11, "!")])
-    assert plan.acks == {"a1": (12, False)} and chunk_rows(plan) == [(3, "a1", 11, "!")]
+    assert plan.acks == {"a1": (12, False, 0)} and chunk_rows(plan) == [(3, "a1", 11, "!", False)]
     assert writes(plan, InsertMessage) == [] and len(writes(plan, UpsertSession)) == 1  # a resent create
 
 
@@ -47,22 +47,22 @@ def test_nothing_is_acked_for_a_message_whose_row_does_not_exist(persister):
     plan = persister.plan([m.Append("nope", 0, "x"), m.Finalize("nope", "completed", 1, "h", {}, None)])
     assert plan.acks == {} and plan.writes == []
     plan = persister.plan([create("nope"), m.Append("nope", 0, "x")])
-    assert plan.acks == {"nope": (1, False)}
+    assert plan.acks == {"nope": (1, False, 0)}
 
 
 def test_finalize_folds_the_text_into_the_row_and_can_cut_a_cancelled_reply(persister):
     persister.plan([create(), m.Append("a1", 0, "hello world")])
     plan = persister.plan([m.Finalize("a1", "cancelled", 5, "h", {"tokens": 1}, None)])
-    assert plan.acks == {"a1": (5, True)}
+    assert plan.acks == {"a1": (5, True, 0)}
     assert writes(plan, WriteFinal) == [WriteFinal("a1", "cancelled", "hello", {"tokens": 1}, None, "h")]
     plan = persister.plan([m.Append("a1", 5, "late"), m.Finalize("a1", "completed", 9, "h", {}, None)])
-    assert plan.acks == {"a1": (5, True)} and plan.writes == []
+    assert plan.acks == {"a1": (5, True, 0)} and plan.writes == []
 
 
 def test_finalize_waits_for_missing_text(persister):
     persister.plan([create(), m.Append("a1", 0, "abc")])
     plan = persister.plan([m.Finalize("a1", "completed", 6, "h", {}, None)])
-    assert plan.acks == {"a1": (3, False)} and plan.writes == []
+    assert plan.acks == {"a1": (3, False, 0)} and plan.writes == []
 
 
 def test_orphans_except_the_live_ones_become_interrupted_with_their_text(persister):
@@ -82,7 +82,7 @@ def test_creates_are_idempotent_and_supersede_follows_the_create_it_names(persis
     kinds = [type(w).__name__ for w in plan.writes]
     assert kinds.index("Supersede") > [i for i, k in enumerate(kinds) if k == "InsertMessage"][1]
     assert writes(plan, Supersede) == [Supersede(["a1"])]
-    assert plan.acks == {"u1": (2, True), "a1": (0, False), "a2": (0, False)}
+    assert plan.acks == {"u1": (2, True, 0), "a1": (0, False, 0), "a2": (0, False, 0)}
 
 
 def test_the_chunk_log_is_cut_only_before_every_streaming_message(persister, monkeypatch):
@@ -100,19 +100,19 @@ def test_the_chunk_log_is_cut_only_before_every_streaming_message(persister, mon
 
 def test_a_restarted_persister_reads_streaming_text_back_and_goes_on():
     again = PersisterCore()
-    again.load(["a1", "a2", "a3"], {"a1": (1, ["hello ", "wor"]), "a2": (2, ["x"])}, 4)
+    again.load(["a1", "a2", "a3"], {"a1": (1, ["hello ", "wor"], []), "a2": (2, ["x"], [])}, 4)
     plan = again.plan([m.Append("a1", 0, "hello world")])  # the coordinator resends from its ack
-    assert plan.acks == {"a1": (11, False)} and chunk_rows(plan) == [(4, "a1", 9, "ld")]
-    assert again.first_chunk == {"a1": 1, "a2": 2} and again.open_length["a3"] == 0
+    assert plan.acks == {"a1": (11, False, 0)} and chunk_rows(plan) == [(4, "a1", 9, "ld", False)]
+    assert again.first_chunk == {"a1": 1, "a2": 2} and again.open["a3"].lengths == [0, 0]
     plan = again.plan([m.Finalize("a1", "completed", 11, "h", {}, None)])
-    assert plan.acks == {"a1": (11, True)} and writes(plan, WriteFinal)[0].content == "hello world"
+    assert plan.acks == {"a1": (11, True, 0)} and writes(plan, WriteFinal)[0].content == "hello world"
 
 
 def test_messages_memory_does_not_hold_are_looked_up(persister):
     assert persister.unknown([m.Append("old", 0, "x"), create("a1"), m.InterruptOrphans("r", [])]) == {"old", "a1"}
     persister.learn([StoredMessage("old", False, 7)])  # "a1" has no row yet
     plan = persister.plan([m.Append("old", 7, "late"), m.Finalize("old", "completed", 7, "h", {}, None)])
-    assert plan.acks == {"old": (7, True)} and plan.writes == []
+    assert plan.acks == {"old": (7, True, 0)} and plan.writes == []
     with pytest.raises(NotInMemory):  # memory behind the database: the transaction fails, the next reloads
         persister.learn([StoredMessage("lost", True, 3)])
     persister.forget()
@@ -137,8 +137,8 @@ def test_any_resends_and_overlaps_keep_the_durable_text_a_prefix_of_the_reply(ap
     for offset, size in appends:
         plan = p.plan([m.Append("a1", offset, reply[offset:offset + size])])
         durable += "".join(row[3] for row in chunk_rows(plan))
-        assert reply.startswith(durable) and plan.acks["a1"] == (len(durable), False)
-    assert "".join(p.open["a1"]) == durable
+        assert reply.startswith(durable) and plan.acks["a1"] == (len(durable), False, 0)
+    assert p.open["a1"].text(False) == durable
 
 
 def test_migrate_drops_the_chunk_indexes_of_earlier_versions():

@@ -62,14 +62,14 @@ def test_one_operation_that_cannot_be_stored_is_dropped_alone(persister):
     assert shell.retry.holding and shell.failed_batches == 1  # the batch failed whole, nothing acked yet
     settle(shell)
     assert shell.ops_rejected == 1
-    assert store.streamed_text("a1") == "abc" and store.streamed_text("a2") == "xyz"
+    assert store.streamed_texts("a1")[0] == "abc" and store.streamed_texts("a2")[0] == "xyz"
     assert store.Message.get_or_none(store.Message.id == "bad") is None
     answers = heard(acks)
     (rejected,) = [a for a in answers if isinstance(a, m.PersistRejected)]
     assert rejected.message_id == "bad" and "not supported" in rejected.reason
     assert {a.message_id: a.length for a in answers if isinstance(a, m.PersistAck)} == {"a1": 3, "a2": 3}
     shell.commit([m.Append("a1", 3, "def")])  # later batches are not poisoned
-    assert not shell.retry.holding and store.streamed_text("a1") == "abcdef"
+    assert not shell.retry.holding and store.streamed_texts("a1")[0] == "abcdef"
 
 
 def test_a_finalize_that_cannot_be_stored_marks_its_reply_error_keeping_its_text(persister):
