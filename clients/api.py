@@ -151,8 +151,9 @@ class Client:
     def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> results.Result:
         return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model), attempts=3)
 
-    def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None) -> results.Result:
-        return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len))
+    def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None,
+               seen_reasoning_len: int | None = None) -> results.Result:
+        return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len, seen_reasoning_len))
 
     def snapshot(self, session_id: str, generation_id: str | None = None) -> results.Result:
         self.snapshots += 1
@@ -191,14 +192,24 @@ class Client:
         self.stream.setsockopt(zmq.UNSUBSCRIBE, transport.topic_prefix(session_id))
 
     def follow(self, session_id: str, generation_id: str, *, on_text: Callable[[str, ReplyView], None] | None = None,
+               on_thinking: Callable[[str, ReplyView], None] | None = None,
                interrupt: Callable[[], str | None] | None = None, attach: bool = False,
                silence_ms: int = 1000) -> ReplyView:
         """Follow one generation to its durable end (or until ``interrupt`` says ``detach``).
 
         The caller has subscribed to the session. ``attach`` starts from a snapshot, for a reply
-        already under way. ``interrupt`` is polled: ``"cancel"`` cancels the reply at exactly the text
-        rendered so far, after which nothing more is rendered; ``"detach"`` leaves it running.
+        already under way. ``on_thinking`` and ``on_text`` get the thinking and the answer as they grow.
+        ``interrupt`` is polled: ``"cancel"`` cancels the reply at exactly the text rendered so far, after
+        which nothing more is rendered; ``"detach"`` leaves it running.
         """
+        def render() -> None:
+            thought = view.take_new_thinking()
+            if thought and on_thinking is not None:
+                on_thinking(thought, view)
+            fresh = view.take_new_text()
+            if fresh and on_text is not None:
+                on_text(fresh, view)
+
         view = ReplyView(generation_id)
         if attach:
             view.apply_snapshot(self.snapshot(session_id, generation_id))
@@ -210,15 +221,14 @@ class Client:
                 if (time.monotonic() - ended_at) * 1000 >= self.durable_wait_ms:
                     view.stop_waiting_for_durability()
                     break
-            fresh = view.take_new_text()
-            if fresh and on_text is not None:
-                on_text(fresh, view)
+            render()
             action = interrupt() if interrupt is not None and view.kept_text is None else None
             if action == "detach":
                 return view
             if action == "cancel":
                 try:
-                    self.cancel(session_id, generation_id, seen_len=view.cancel())
+                    seen_len, seen_reasoning_len = view.cancel()
+                    self.cancel(session_id, generation_id, seen_len, seen_reasoning_len)
                 except ChatterError:
                     pass  # it ended first; its final event follows
             if self.stream.poll(50):
@@ -233,9 +243,7 @@ class Client:
             elif (time.monotonic() - last_event) * 1000 >= silence_ms:
                 last_event = time.monotonic()  # a quiet stream, a lost final, or a restarted coordinator: ask
                 view.apply_snapshot(self.snapshot(session_id, generation_id))
-        fresh = view.take_new_text()
-        if fresh and on_text is not None:
-            on_text(fresh, view)
+        render()
         return view
 
     def next_generation(self, session_id: str, after: set[str], stop: Callable[[], bool],

@@ -41,6 +41,7 @@ COMMANDS = {
     "/tokens": "context use: ~tokens of the history against the input budget",
     "/status": "the coordinator, generators, active replies and counters",
     "/stop": "stop the streaming reply (Ctrl+C does too)",
+    "/think": "show a reasoning model's thinking in full, or (again) fold it to its newest lines",
     "/quit": "leave (Ctrl+D does too)",
 }
 
@@ -159,6 +160,7 @@ class Chat:
     def __init__(self, client: Client, args) -> None:
         self.client = client
         self.model = args.model
+        self.show_thinking = getattr(args, "show_thinking", False)
         self.terminal = sys.stdin.isatty() and sys.stdout.isatty()
         self.console = Console(highlight=False)
         self.err = Console(stderr=True, highlight=False)
@@ -234,7 +236,7 @@ class Chat:
                 self.error(str(exc))
 
     def turn(self, start, attach: bool = False, stats: dict | None = None) -> None:
-        renderer = ReplyRenderer(self.console, plain=not self.terminal)
+        renderer = ReplyRenderer(self.console, plain=not self.terminal, show_thinking=self.show_thinking)
         if stats:
             renderer.adopt(stats)
         keys = KeyReader() if self.terminal else None
@@ -249,6 +251,10 @@ class Chat:
                 line = line.strip()
                 if line == "/stop":
                     return "cancel"
+                if line == "/think":  # the reply under way shows its thinking from now on, or folds it
+                    self.toggle_thinking()
+                    renderer.show_thinking = self.show_thinking
+                    return None
                 if line.startswith("/"):
                     self.pending = line
                     return "detach"
@@ -309,6 +315,10 @@ class Chat:
         if last is None:
             raise ChatterError("no reply yet")
         print_preview(self.client.preview(last.message_id))
+
+    def toggle_thinking(self) -> None:
+        self.show_thinking = not self.show_thinking
+        self.say("thinking: shown in full" if self.show_thinking else "thinking: folded to its newest lines")
 
     def regenerate(self, rest: str) -> None:
         request_id = uuid.uuid4().hex
@@ -372,7 +382,7 @@ class Chat:
         "/new": new_session,
         "/sessions": lambda self, rest: print_sessions(self.client.sessions()),
         "/switch": switch,
-        "/history": lambda self, rest: print_history(self.client.history(self.session_id)),
+        "/history": lambda self, rest: print_history(self.client.history(self.session_id), self.show_thinking),
         "/preview": preview,
         "/regenerate": regenerate,
         "/system": set_system,
@@ -381,6 +391,7 @@ class Chat:
         "/tokens": show_tokens,
         "/status": show_status,
         "/stop": lambda self, rest: self.say("nothing is streaming"),
+        "/think": lambda self, rest: self.toggle_thinking(),
         "/quit": lambda self, rest: "quit",
         "/exit": lambda self, rest: "quit",
     }

@@ -39,6 +39,7 @@ def float_in(lo: float, hi: float):
 
 
 TOKENS = int_in(1, 2**31 - 1)  # the schema's bound: a 32-bit column
+SHOW_THINKING = "print a reasoning model's thinking in full (default: its newest lines, folded once it ends)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model for this message (default: the session's, else CHATTER_MODEL)")
     p.add_argument("--max-input-tokens", type=TOKENS, help="input budget of a new session")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
+    p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
     p.set_defaults(func=cmd_send)
     p = sub.add_parser("chat", help="an interactive conversation (/help inside)")
     p.add_argument("--session", help="continue this session (id or unique prefix; default: a new one)")
@@ -62,15 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model of a new session (default CHATTER_MODEL)")
     p.add_argument("--max-input-tokens", type=TOKENS, help="input budget of a new session (default "
                    "CHATTER_MAX_INPUT_TOKENS)")
+    p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("watch", help="follow a session's replies live, from any moment")
     p.add_argument("session", help="session id or unique prefix")
     p.add_argument("--once", action="store_true", help="follow the active (or last) reply to its end, then exit")
     p.add_argument("--json", action="store_true", help="with --once: print the same object as send --json")
+    p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
     p.set_defaults(func=cmd_watch)
     p = sub.add_parser("regenerate", help="answer the session's last message again (cancels a streaming reply)")
     p.add_argument("session", help="session id or unique prefix")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
     p.set_defaults(func=cmd_regenerate)
     p = sub.add_parser("loadtest", help="simulated users against the stack, every stream verified, with a report")
     p.add_argument("--streams", type=int_in(1, 100_000), default=20, help="concurrent users (default 20)")
@@ -81,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tps", type=float_in(0.001, 1e6), default=20.0,
                    help="mock tokens per second per stream (default 20)")
     p.add_argument("--ttft-ms", type=float_in(0, 3_600_000), default=50.0, help="mock time to first token (default 50)")
+    p.add_argument("--reasoning-tokens", type=int_in(0, 100_000), default=0,
+                   help="the mock thinks this many tokens before each reply, as reasoning models do (default 0)")
+    p.add_argument("--reasoning-field", choices=("reasoning_content", "reasoning", "think_tags"),
+                   default="reasoning_content", help="how the mock streams its thinking (default reasoning_content)")
     p.add_argument("--cancel-frac", type=float_in(0, 1), default=0.0,
                    help="fraction of users who cancel at a random moment")
     p.add_argument("--spawn", action="store_true", help="start a private stack: temporary database, free port")
@@ -105,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="a session's persisted messages")
     p.add_argument("session", help="session id or unique prefix")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--show-thinking", action="store_true", help="print each reply's thinking in full (default: "
+                   "folded to one line)")
     p.set_defaults(func=cmd_history)
     p = sub.add_parser("preview", help="the exact prompt a reply was generated from")
     p.add_argument("message_id", help="an assistant message id (see history)")

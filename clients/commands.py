@@ -10,8 +10,8 @@ from contextlib import nullcontext
 from clients.api import ChatterError, Client
 from protocol import results
 from clients.output import EXIT_ERROR, EXIT_OK, SigintFlag, outcome_json, resolve_session
-from clients.show import (finish, print_history, print_preview, print_sessions, print_status, renderer_for,
-                          stream_reply)
+from clients.show import (finish, print_history, print_preview, print_sessions, print_status, renderer_callbacks,
+                          renderer_for, stream_reply)
 
 
 def message_text(given: str) -> str:
@@ -82,7 +82,7 @@ def cmd_watch(client: Client, args) -> int:
                     return "detach" if sigint.raised else None
 
                 view = client.follow(session_id, snap.generation_id, attach=True, interrupt=check,
-                                     on_text=(lambda fresh, v: renderer.update(fresh, v.tokens)) if renderer else None)
+                                     **renderer_callbacks(renderer))
                 if view.final is None:  # Ctrl+C: stop watching
                     return EXIT_OK
                 outcome = outcome_json(session_id, view, snap)
@@ -106,7 +106,7 @@ def cmd_loadtest(args) -> int:
 
     spec = LoadSpec(streams=args.streams, count=args.count, duration_s=args.duration, tokens=args.tokens,
                     tps=args.tps, ttft_ms=args.ttft_ms, cancel_frac=args.cancel_frac, model=args.model,
-                    seed=args.seed)
+                    seed=args.seed, reasoning_tokens=args.reasoning_tokens, reasoning_field=args.reasoning_field)
     if spec.count is None and spec.duration_s is None:
         spec.count = spec.streams
     console = Console(stderr=True)
@@ -166,7 +166,8 @@ def cmd_status(client: Client, args) -> int:
 
 
 def cmd_history(client: Client, args) -> int:
-    return show(args, client.history(resolve_session(client, args.session)), print_history)
+    return show(args, client.history(resolve_session(client, args.session)),
+                lambda history: print_history(history, args.show_thinking))
 
 
 def cmd_preview(client: Client, args) -> int:

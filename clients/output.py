@@ -27,6 +27,10 @@ def outcome_json(session_id: str, view: ReplyView, started: results.ReplyStarted
         "duration_ms": stats.get("duration_ms"),
         "tok_per_s": stats.get("tok_per_s"),
         "finish_reason": stats.get("finish_reason"),  # the server's: stop, length, content_filter...
+        "reasoning": view.reasoning,  # a reasoning model's thinking before its answer ("" without)
+        "reasoning_tokens": stats.get("reasoning_tokens"),  # part of tokens
+        "reasoning_tokens_source": stats.get("reasoning_tokens_source"),
+        "thinking_ms": stats.get("thinking_ms"),
         "error": final.get("error"),
         "saved": not final.get("unsaved", False),  # False: complete, but the persister has not made it durable
     }

@@ -4,6 +4,10 @@ or plain text when stdout is not a terminal. Shared by ``chat``, ``send`` and ``
 Finished blocks (paragraphs, closed code fences) are printed once and left alone; only the block
 being written lives in the refreshing region, redrawn at most ``REFRESH_PER_S`` times a second. So
 a long reply never re-renders its whole history, and nothing flickers.
+
+A reasoning model's thinking comes first: ``Thinking…`` with its newest few lines, dim, folded, then
+``Thought for 12.3 s`` once the answer begins. Shown in full (``--show-thinking``, ``/think``), its lines
+are printed dim as they end. In plain mode the thinking goes to stderr, so stdout stays the answer.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from rich.text import Text
 from clients.output import status_label
 
 REFRESH_PER_S = 8
+THINKING_FOLD_LINES = 4  # the newest lines of the thinking shown while it is folded
 
 
 def fmt(value, unit: str = "") -> str:
@@ -37,6 +42,10 @@ def final_stats_line(outcome: dict, stats: dict | None = None) -> str:
         line += f" | ctx ~{stats.get('prompt_tokens')}/{stats['max_input_tokens']}"
         if stats.get("dropped_messages"):
             line += f" ({stats['dropped_messages']} old messages left out)"
+    if outcome.get("thinking_ms") is not None or outcome.get("reasoning_tokens"):
+        seconds = "" if outcome.get("thinking_ms") is None else f" {outcome['thinking_ms'] / 1000:.1f}s"
+        line += (f" | thought{seconds}, {fmt(outcome.get('reasoning_tokens'))} tokens "
+                 f"({outcome.get('reasoning_tokens_source') or 'estimated'})")
     line += f" | {status_label(outcome['status'], outcome.get('finish_reason'))}"
     if outcome["error"]:
         line += f" | {outcome['error']}"
@@ -62,9 +71,13 @@ def split_finished(text: str) -> int:
 class ReplyRenderer:
     """Renders one reply. ``update(text, tokens)`` as text arrives; ``finish(outcome, stats)`` at the end."""
 
-    def __init__(self, console: Console | None = None, plain: bool | None = None) -> None:
+    def __init__(self, console: Console | None = None, plain: bool | None = None, show_thinking: bool = False) -> None:
         self.console = console or Console()
         self.plain = (not self.console.is_terminal) if plain is None else plain
+        self.show_thinking = show_thinking  # the whole thinking, not its newest lines folded
+        self.thinking_started_at: float | None = None
+        self.thought_s: float | None = None  # set when the thinking ended (the answer began)
+        self.thinking_tail = ""  # the thinking not printed for good: its newest lines (folded) or last line (shown)
         self.started_at = time.monotonic()
         self.first_token_at: float | None = None
         self.tail = ""  # the block being written: what is not yet printed for good
@@ -101,9 +114,52 @@ class ReplyRenderer:
         self.first_token_at = time.monotonic() - max(0.0, since_first_s)
         self.started_at = self.first_token_at - stats["ttft_ms"] / 1000
 
+    def thinking(self, fresh: str, tokens: int | None = None) -> None:
+        """More of the model's thinking, which comes before its answer."""
+        now = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        if self.thinking_started_at is None:
+            self.thinking_started_at = now
+            if self.plain and not self.show_thinking:
+                print("Thinking…", file=sys.stderr, flush=True)
+        if tokens is not None:
+            self.tokens = tokens
+        if self.plain:
+            if self.show_thinking:
+                sys.stderr.write(fresh)
+                sys.stderr.flush()
+            return
+        self.thinking_tail += fresh
+        if self.show_thinking:
+            cut = self.thinking_tail.rfind("\n") + 1
+            if cut and self.live is not None:
+                self.live.console.print(Text(self.thinking_tail[:cut - 1], style="dim italic"))
+                self.thinking_tail = self.thinking_tail[cut:]
+        else:
+            self.thinking_tail = "\n".join(self.thinking_tail.split("\n")[-THINKING_FOLD_LINES:])
+        self.tick()
+
+    def end_thinking(self) -> None:
+        """The answer begins (or the reply ends): the thinking folds away to one line, ``Thought for 12.3 s``."""
+        if self.thinking_started_at is None or self.thought_s is not None:
+            return
+        self.thought_s = time.monotonic() - self.thinking_started_at
+        line = f"Thought for {self.thought_s:.1f} s"
+        if self.plain:
+            print(("\n" if self.show_thinking else "") + line, file=sys.stderr, flush=True)
+            return
+        if self.live is not None:
+            if self.show_thinking and self.thinking_tail:
+                self.live.console.print(Text(self.thinking_tail, style="dim italic"))
+            self.live.console.print(Text(line, style="dim"))
+        self.thinking_tail = ""
+
     def update(self, fresh: str, tokens: int | None = None) -> None:
         if fresh and self.first_token_at is None:
             self.first_token_at = time.monotonic()
+        if fresh:
+            self.end_thinking()
         self.tail += fresh
         self.shown += len(fresh)
         if tokens is not None:
@@ -130,10 +186,15 @@ class ReplyRenderer:
 
     def _region(self, final_line: str | None = None, style: str = "dim"):
         tail = Markdown(self.tail) if self.tail.strip() else Text("")
+        thinking = self.thinking_started_at is not None and self.thought_s is None
         if final_line is not None:
             bar = Text(final_line, style=style)
         elif self.first_token_at is None:
             bar = Spinner("dots", text=Text("Thinking…", style="dim"))
+        elif thinking:
+            elapsed = time.monotonic() - self.thinking_started_at
+            bar = Spinner("dots", text=Text(f"Thinking… {elapsed:.1f}s, {self.tokens} tokens (estimated)",
+                                            style="dim"))
         else:
             elapsed = time.monotonic() - self.first_token_at
             rate = self.tokens / elapsed if elapsed > 0.2 else None
@@ -141,6 +202,9 @@ class ReplyRenderer:
             bar = Text(f"{self.tokens} tokens (estimated) | {elapsed:.1f}s | {fmt(rate and round(rate, 1))} tok/s"
                        f" | TTFT {ttft:.0f} ms", style="dim")
         parts = [tail, bar]
+        if thinking and self.thinking_tail.strip():
+            lines = [line[:self.console.width - 2] for line in self.thinking_tail.split("\n")]
+            parts.insert(0, Text("\n".join(lines), style="dim italic"))
         if self.note:
             parts.append(Text(f"› {self.note}", style="bold"))
         return Group(*parts)
@@ -148,6 +212,7 @@ class ReplyRenderer:
     def finish(self, outcome: dict, stats: dict | None = None, text: str | None = None) -> None:
         """The durable end: the final stats. A cancel by another client may have kept less than this
         view showed; then the tail on screen is cut to the final text where it still can be."""
+        self.end_thinking()  # a reply that ended mid-thought (a cancel) shows how long it thought
         line = final_stats_line(outcome, stats)
         style = {"completed": "dim", "cancelled": "yellow"}.get(outcome["status"], "red")
         if self.plain:

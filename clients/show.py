@@ -21,7 +21,15 @@ def write_out(text: str) -> None:
 
 def renderer_for(args) -> ReplyRenderer | None:
     """Rich live Markdown on a terminal, plain text otherwise, nothing with --json."""
-    return None if getattr(args, "json", False) else ReplyRenderer()
+    return None if getattr(args, "json", False) else ReplyRenderer(show_thinking=getattr(args, "show_thinking", False))
+
+
+def renderer_callbacks(renderer: ReplyRenderer | None) -> dict:
+    """``Client.follow``'s callbacks that render a reply's thinking and answer as they grow."""
+    if renderer is None:
+        return {}
+    return {"on_text": lambda fresh, view: renderer.update(fresh, view.tokens),
+            "on_thinking": lambda fresh, view: renderer.thinking(fresh, view.tokens)}
 
 
 def stream_reply(client: Client, session_id: str, start: Callable[[], dict], *,
@@ -41,7 +49,7 @@ def stream_reply(client: Client, session_id: str, start: Callable[[], dict], *,
             return interrupt() if interrupt is not None else None
 
         view = client.follow(session_id, started.generation_id, interrupt=check, attach=attach,
-                             on_text=(lambda fresh, v: renderer.update(fresh, v.tokens)) if renderer else None)
+                             **renderer_callbacks(renderer))
     return outcome_json(session_id, view, started), view
 
 
@@ -115,7 +123,7 @@ def _since(then: float) -> str:
     return f"{max(0.0, time.time() - then):.0f} s"
 
 
-def print_history(history: results.History) -> None:
+def print_history(history: results.History, show_thinking: bool = False) -> None:
     print(f"session {history.session_id}: {history.title}")
     if history.system:
         print(f"[system] {history.system}")
@@ -130,8 +138,23 @@ def print_history(history: results.History) -> None:
         if msg.error:
             head += f" | {msg.error}"
         print(head)
+        if msg.reasoning:
+            print(thinking_fold(msg.reasoning, stats) if not show_thinking else
+                  f"[thinking]\n{msg.reasoning}\n[/thinking]")
         print(msg.content)
         print()
+
+
+def thinking_fold(reasoning: str, stats: dict | None) -> str:
+    """A reply's thinking folded to one line under it: how long, how much, and how it begins."""
+    stats = stats or {}
+    seconds = stats.get("thinking_ms")
+    what = [f"{seconds / 1000:.1f} s" if seconds is not None else None,
+            f"{stats['reasoning_tokens']} tokens ({stats.get('reasoning_tokens_source', 'estimated')})"
+            if stats.get("reasoning_tokens") is not None else None, f"{len(reasoning)} characters"]
+    begins = " ".join(reasoning.split())
+    begins = begins if len(begins) <= 80 else begins[:79] + "…"
+    return f"▸ thought ({', '.join(w for w in what if w)}; --show-thinking shows it): {begins}"
 
 
 def print_preview(preview: results.Preview) -> None:
@@ -139,5 +162,8 @@ def print_preview(preview: results.Preview) -> None:
     if preview.dropped_message_ids:
         note += (f"\n# left out to fit the input budget: {len(preview.dropped_message_ids)} older messages: "
                  + ", ".join(preview.dropped_message_ids))
+    if preview.thinking_left_out:
+        note += (f"\n# the thinking of {preview.thinking_left_out} earlier replies is left out, as reasoning models "
+                 "advise (CHATTER_PROMPT_THINKING=keep keeps it)")
     print(note, file=sys.stderr)
     write_out(preview.preview)

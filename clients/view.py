@@ -1,6 +1,7 @@
 """A client's view of one reply, kept exact by offsets: the pure half of following a stream.
 
-``apply`` takes stream events; a delta is applied only where its offset continues the text.
+``apply`` takes stream events; a delta is applied only where its offset continues the text. A reply has two
+texts, each with its own offsets: its answer, and a reasoning model's thinking before it.
 Anything else is a replay (ignored) or a gap, and a gap sends the caller to ``snapshot``,
 the ZeroMQ guide's Clone pattern: subscribe first, then snapshot, then drop what it covers.
 """
@@ -15,6 +16,50 @@ ENDED = ("completed", "cancelled", "error", "interrupted")
 
 
 @dataclass
+class TextView:
+    """One text of a reply as parts, joined on demand: ``str +=`` on an attribute copies it all, O(n²) per reply."""
+
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    new: list[str] = field(default_factory=list)  # applied since the caller last took it
+
+    @property
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    def set(self, value: str) -> None:
+        self.parts[:] = [value] if value else []
+        self.length = len(value)
+
+    def apply(self, offset: int, text: str) -> str:
+        have = self.length
+        if offset > have:
+            return GAP
+        if offset + len(text) <= have:
+            return IGNORED  # a replay of text we have
+        fresh = text[have - offset:]
+        self.parts.append(fresh)
+        self.length += len(fresh)
+        self.new.append(fresh)
+        return APPLIED
+
+    def adopt(self, text: str, final: bool) -> None:
+        """A snapshot's text: longer and continuing ours, or (final) the durable text it is cut to."""
+        if len(text) > self.length and text.startswith(self.text):
+            self.new.append(text[self.length:])
+            self.set(text)
+        elif len(text) < self.length and final:
+            self.set(text)
+
+    def take_new(self) -> str:
+        out = "".join(self.new)
+        self.new.clear()
+        return out
+
+
+@dataclass
 class ReplyView:
     generation_id: str
     tokens: int = 0
@@ -22,82 +67,76 @@ class ReplyView:
     final: dict | None = None  # status, message_id, stats, error, content_hash once the reply is durable
     gaps: int = 0
     preview: str | None = None
-    new_text: list[str] = field(default_factory=list)  # applied since the caller last took it
-    # the text as parts, joined on demand: ``str +=`` on an attribute copies it all, O(n²) per reply
-    _parts: list[str] = field(default_factory=list, repr=False)
-    length: int = 0
+    thinking_left_out: int = 0  # earlier replies whose thinking the prompt left out
+    answer: TextView = field(default_factory=TextView)
+    thinking: TextView = field(default_factory=TextView)
     kept_text: str | None = None  # set by ``cancel``: what this client had when it asked to stop
     ended: object | None = None  # the snapshot of a reply that ended but is not durable yet
 
     @property
     def text(self) -> str:
-        if len(self._parts) > 1:
-            self._parts[:] = ["".join(self._parts)]
-        return self._parts[0] if self._parts else ""
+        return self.answer.text
 
-    @text.setter
-    def text(self, value: str) -> None:
-        self._parts[:] = [value] if value else []
-        self.length = len(value)
+    @property
+    def length(self) -> int:
+        return self.answer.length
+
+    @property
+    def reasoning(self) -> str:
+        return self.thinking.text
 
     def take_new_text(self) -> str:
-        """Text to render since the last call; nothing once this client cancelled."""
-        out = "" if self.kept_text is not None else "".join(self.new_text)
-        self.new_text.clear()
-        return out
+        """Answer text to render since the last call; nothing once this client cancelled."""
+        out = self.answer.take_new()
+        return "" if self.kept_text is not None else out
 
-    def cancel(self) -> int:
-        """This client stops the reply: the length to keep is what it has rendered, and nothing that
-        arrives afterwards is rendered (the coordinator cuts the stored reply to the same length)."""
+    def take_new_thinking(self) -> str:
+        """Thinking to render since the last call; nothing once this client cancelled."""
+        out = self.thinking.take_new()
+        return "" if self.kept_text is not None else out
+
+    def cancel(self) -> tuple[int, int]:
+        """This client stops the reply: the lengths to keep (answer, thinking) are what it has rendered, and
+        nothing that arrives afterwards is rendered (the coordinator cuts the stored reply to the same)."""
         self.take_new_text()  # rendered already by the caller's last turn, or never
+        self.take_new_thinking()
         self.kept_text = self.text
-        return self.length
+        return self.answer.length, self.thinking.length
 
     def apply(self, event: m.Message) -> str:
         if getattr(event, "generation_id", None) != self.generation_id:
             return IGNORED
         if isinstance(event, m.StreamDelta):
-            return self._apply_delta(event.offset, event.text, event.tokens)
+            result = (self.thinking if event.thinking else self.answer).apply(event.offset, event.text)
+            if result == GAP:
+                self.gaps += 1
+            elif result == APPLIED:
+                self.tokens = event.tokens
+                self.status = "streaming"
+            return result
         if isinstance(event, m.Final):
-            if event.length > self.length:
+            if event.length > self.answer.length or event.reasoning_length > self.thinking.length:
                 self.gaps += 1
                 return GAP  # the tail went missing: only a snapshot can supply it
-            self.text = self.text[:event.length]  # a cancel may keep less than this view had
+            self.answer.set(self.text[:event.length])  # a cancel may keep less than this view had
+            self.thinking.set(self.reasoning[:event.reasoning_length])
             self.status = event.status
             self.final = {"status": event.status, "message_id": event.message_id, "stats": event.stats,
                           "error": event.error, "content_hash": event.content_hash}
             return APPLIED
         if isinstance(event, m.Started):
             self.preview = event.preview
+            self.thinking_left_out = event.thinking_left_out
             return APPLIED
         return IGNORED
-
-    def _apply_delta(self, offset: int, text: str, tokens: int) -> str:
-        have = self.length
-        if offset > have:
-            self.gaps += 1
-            return GAP
-        if offset + len(text) <= have:
-            return IGNORED  # a replay of text we have
-        fresh = text[have - offset:]
-        self._parts.append(fresh)
-        self.length += len(fresh)
-        self.new_text.append(fresh)
-        self.tokens = tokens
-        self.status = "streaming"
-        return APPLIED
 
     def apply_snapshot(self, snap) -> str:
         # ``snap``: a protocol.results.Snapshot
         """Adopt a snapshot of the session taken after subscribing. Returns APPLIED or IGNORED."""
         if snap.generation_id != self.generation_id:
             return IGNORED
-        text = snap.text
-        if len(text) > self.length and text.startswith(self.text):
-            self.new_text.append(text[self.length:])
-            self.text = text
-        elif len(text) < self.length and snap.final:
-            self.text = text  # final and shorter: cut to the durable reply
+        self.thinking.adopt(snap.reasoning, snap.final)
+        self.answer.adopt(snap.text, snap.final)
         if snap.final:
             self.status = snap.status
             self.final = {"status": snap.status, "message_id": snap.message_id, "stats": snap.stats,

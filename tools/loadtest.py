@@ -40,6 +40,8 @@ class LoadSpec:
     cancel_frac: float = 0.0
     model: str = "mock-1"
     seed: int = 1
+    reasoning_tokens: int = 0  # the mock thinks this many tokens first, in this field (or "think_tags")
+    reasoning_field: str = "reasoning_content"
 
 
 @dataclass
@@ -95,8 +97,10 @@ class LoadRun:
         index = self.started
         self.started += 1
         spec = self.spec
+        thinking = (f" reasoning_tokens={spec.reasoning_tokens} reasoning_field={spec.reasoning_field}"
+                    if spec.reasoning_tokens else "")
         text = (f"loadtest {self.run_id} #{index} "
-                f"[[mock tokens={spec.tokens} tps={spec.tps:g} ttft_ms={spec.ttft_ms:g}]]")
+                f"[[mock tokens={spec.tokens} tps={spec.tps:g} ttft_ms={spec.ttft_ms:g}{thinking}]]")
         cancel_at = None
         if self.rng.random() < spec.cancel_frac:
             expected_len = len(reply_text([{"role": "user", "content": text}], spec.model, spec.tokens))
@@ -148,6 +152,7 @@ class LoadRun:
 
     def after_update(self, stream: UserStream, now: float) -> None:
         view = stream.view
+        view.take_new_thinking()
         fresh = view.take_new_text()
         if fresh:
             self.text_times.append((now, len(fresh)))
@@ -156,7 +161,7 @@ class LoadRun:
         if (stream.cancel_at_chars is not None and stream.cancelled_at is None and view.final is None
                 and view.length >= stream.cancel_at_chars):
             stream.cancelled_at = time.time()
-            self.call(m.Cancel(next(self.req_ids), stream.session_id, stream.generation_id, view.cancel()),
+            self.call(m.Cancel(next(self.req_ids), stream.session_id, stream.generation_id, *view.cancel()),
                       lambda s, r: None, stream)
         if view.final is not None:
             self.end(stream, None)
@@ -252,7 +257,8 @@ def fetch_journal(port: int) -> dict[str, dict]:
     return by_text
 
 
-def read_database(url: str, message_ids: list[str]) -> dict[str, tuple[str, str]]:
+def read_database(url: str, message_ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """message id -> (status, answer, thinking) as stored."""
     from services import store
     db = store.open_database(url)
     try:
@@ -260,7 +266,7 @@ def read_database(url: str, message_ids: list[str]) -> dict[str, tuple[str, str]
         for start in range(0, len(message_ids), 500):
             batch = message_ids[start:start + 500]
             for row in store.Message.select(store.Message.id, store.Message.status).where(store.Message.id.in_(batch)):
-                rows[row.id] = (row.status, store.streamed_text(row.id))
+                rows[row.id] = (row.status, *store.streamed_texts(row.id))
         return rows
     finally:
         db.close()

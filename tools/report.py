@@ -8,7 +8,7 @@ import time
 import psutil
 
 from clients.view import ReplyView
-from services.mock_llm.script import reply_text
+from services.mock_llm.script import reasoning_text, reply_text
 from tools.verify import StreamOutcome, verify_stream
 
 def percentiles(values: list[float]) -> dict:
@@ -80,11 +80,13 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
     cancel_ms = []
     for s in load.streams:
         view = s.view or ReplyView("")
-        status, content = db_rows.get(s.message_id, (None, None))
+        status, content, reasoning = db_rows.get(s.message_id, (None, None, None))
         outcome = StreamOutcome(status=view.status, text=view.text, cancel_requested=s.cancelled_at is not None,
-                                kept_text=view.kept_text, db_status=status, db_content=content)
-        expected = reply_text([{"role": "user", "content": s.text}], spec.model, spec.tokens)
-        problems = verify_stream(outcome, expected)
+                                kept_text=view.kept_text, db_status=status, db_content=content,
+                                reasoning=view.reasoning, db_reasoning=reasoning)
+        prompt = [{"role": "user", "content": s.text}]
+        expected = reply_text(prompt, spec.model, spec.tokens)
+        problems = verify_stream(outcome, expected, reasoning_text(prompt, spec.model, spec.reasoning_tokens))
         if problems:
             mismatches.append({"stream": s.index, "message_id": s.message_id, "problems": problems})
         outcomes.append(outcome)
@@ -92,7 +94,8 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
         if s.cancelled_at is not None and view.status == "cancelled" and entry and entry["client_closed"]:
             cancel_ms.append((entry["closed_at"] - s.cancelled_at) * 1000)
     tokens = sum(((s.view.final or {}).get("stats") or {}).get("tokens") or 0 for s in load.streams if s.view)
-    content_bytes = sum(len(o.db_content.encode()) for o in outcomes if o.db_content)
+    # reply text is both texts: the answer and the thinking (each written once as checkpoints, once in the row)
+    content_bytes = sum(len((o.db_content or "").encode()) + len((o.db_reasoning or "").encode()) for o in outcomes)
     backend = ("coordinator", "persister") + tuple(n for n in cpu if n.startswith("generator"))
     backend_cpu = sum(cpu.get(n, 0.0) for n in backend)
     counters_before, counters_after = before.counters, after.counters

@@ -12,11 +12,25 @@ class StreamOutcome:
     kept_text: str | None  # what the client had when it cancelled
     db_status: str | None
     db_content: str | None
+    reasoning: str = ""  # the thinking the client ended with, and the database's
+    db_reasoning: str | None = ""
 
 
-def verify_stream(outcome: StreamOutcome, expected: str) -> list[str]:
-    """Every way a stream can be wrong; empty when it is right. ``expected`` is the mock's full reply."""
+def verify_stream(outcome: StreamOutcome, expected: str, expected_reasoning: str = "") -> list[str]:
+    """Every way a stream can be wrong; empty when it is right. ``expected`` is the mock's full reply, and
+    ``expected_reasoning`` its thinking before it: the thinking is checked by the same rules as the answer."""
     problems = []
+    thinking = outcome.reasoning
+    if outcome.status == "completed" or (outcome.status == "cancelled" and outcome.text):
+        if thinking != expected_reasoning:  # an answer comes only after the whole thinking
+            problems.append(f"thinking differs from the mock's ({len(thinking)} vs {len(expected_reasoning)} chars, "
+                            f"first difference at {first_difference(thinking, expected_reasoning)})")
+    elif outcome.status == "cancelled" and not expected_reasoning.startswith(thinking):
+        problems.append(f"cancelled thinking is not a prefix of the mock's (differs at "
+                        f"{first_difference(thinking, expected_reasoning)})")
+    if outcome.db_reasoning != thinking and outcome.status in ("completed", "cancelled"):
+        db = outcome.db_reasoning or ""
+        problems.append(f"database thinking differs from the client's ({len(db)} vs {len(thinking)} chars)")
     if outcome.status == "completed":
         if outcome.text != expected:
             problems.append(f"completed text differs from the mock's ({len(outcome.text)} vs {len(expected)} chars, "

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from services import config, shell
 from protocol.records import THINK_CLOSE, THINK_OPEN
-from services.mock_llm.script import (Scenario, env_scenario, prompt_token_count,
+from services.mock_llm.script import (Scenario, env_scenario, inline_thinking, prompt_token_count,
                                       reasoning_tokens, reply_tokens, request_key, scenario_for)
 
 JOURNAL_LIMIT = 10_000
@@ -113,7 +113,7 @@ class MockLLM:
         message = {"role": "assistant", "content": "".join(tokens)}
         if thinking:
             if scenario.reasoning_field == "think_tags":
-                message["content"] = THINK_OPEN + "".join(thinking) + THINK_CLOSE + message["content"]
+                message["content"] = inline_thinking(tokens, thinking, scenario.think_after)
             else:
                 message[scenario.reasoning_field] = "".join(thinking)
         entry["completed"] = True
@@ -149,23 +149,29 @@ class MockLLM:
         interval = 1 / max(scenario.tps, 1e-6)
         jitter = _jitter(entry["id"], scenario.jitter_ms)
         tags = scenario.reasoning_field == "think_tags"
-        for i, token in enumerate(thinking):  # the thinking first, paced like the answer
+        head = tokens[:scenario.think_after] if tags and thinking else []  # answer before an inline <think>
+        first = [(False, token) for token in head] + [(True, token) for token in thinking]
+        for i, (is_thinking, token) in enumerate(first):  # the thinking first, paced like the answer
             delay = start + i * interval + next(jitter) - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if tags:
-                delta = {"content": (THINK_OPEN if i == 0 else "") + token}
+            if not is_thinking:
+                delta = {"content": token}
+            elif tags:
+                delta = {"content": (THINK_OPEN if i == len(head) else "") + token}
             else:
                 delta = {scenario.reasoning_field: token}
             if i == 0:
                 delta["role"] = "assistant"
             await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-            entry["reasoning_sent"] += 1
+            entry["reasoning_sent" if is_thinking else "chunks_sent"] += 1
         if thinking and tags:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {"content": THINK_CLOSE},
                                                    "finish_reason": None}]})
-        start += len(thinking) * interval
+        start += len(first) * interval
         for i, token in enumerate(tokens):
+            if i < len(head):
+                continue  # sent before the thinking
             if i == scenario.drop_after:
                 entry["dropped"] = True
                 request.transport.close()  # an abrupt disconnect: the chunked body never ends

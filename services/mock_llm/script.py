@@ -13,6 +13,7 @@ import random
 import re
 from dataclasses import dataclass, fields, replace
 
+from protocol.records import THINK_CLOSE, THINK_OPEN
 from services import config
 
 # Mixed widths on purpose: offsets are counted in characters, and a 4-byte emoji, accents and
@@ -44,6 +45,7 @@ class Scenario:
     reasoning_tokens: int = 0  # think this many tokens before the answer, as reasoning models do...
     reasoning_field: str = "reasoning_content"  # ...in this delta field (or "reasoning"), or "think_tags":
     # inline <think>...</think> at the start of the content, as llama-server with --reasoning-format none
+    think_after: int = 0  # with think_tags: the tagged block after this many answer tokens (so not opening it)
 
 
 def env_scenario(settings: config.MockSettings) -> Scenario:
@@ -104,6 +106,11 @@ def reasoning_tokens(messages: list, model: str, n: int) -> list[str]:
 
 def reasoning_text(messages: list, model: str, n: int) -> str:
     return "".join(reasoning_tokens(messages, model, n))
+
+
+def inline_thinking(answer: list[str], thinking: list[str], after: int = 0) -> str:
+    """The content of a reply that thinks inline (think_tags): the tagged thinking, after ``after`` answer tokens."""
+    return "".join(answer[:after]) + THINK_OPEN + "".join(thinking) + THINK_CLOSE + "".join(answer[after:])
 
 
 def reply_text(messages: list, model: str, n: int) -> str:

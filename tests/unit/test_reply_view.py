@@ -52,7 +52,7 @@ def test_after_cancel_nothing_more_is_rendered_and_the_kept_text_is_what_was_ren
     view = ReplyView("g")
     view.apply(d(0, "shown "))
     assert view.take_new_text() == "shown "
-    assert view.cancel() == len("shown ") and view.kept_text == "shown "
+    assert view.cancel() == (len("shown "), 0) and view.kept_text == "shown "
     view.apply(d(6, "arrived after the cancel"))
     assert view.take_new_text() == ""  # applied (offsets stay exact) but never rendered
     assert view.apply(final(6, "cancelled")) == APPLIED
