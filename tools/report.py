@@ -129,6 +129,7 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
         "rss_mb": rss,
         "rss_timeline_mb": meter.timeline,
         "content_bytes": content_bytes,
+        "reasoning_bytes": sum(len((o.db_reasoning or "").encode()) for o in outcomes),  # of content_bytes
         # the database's disk bytes: on SQLite the persister's own writes, on PostgreSQL its server's (WAL and
         # data pages; the persister's process writes next to nothing there)
         "db_bytes_source": "postgresql server (WAL + data pages)" if server else "persister process (SQLite)",

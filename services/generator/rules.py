@@ -62,7 +62,7 @@ class ThinkTags:
 
     def feed(self, text: str) -> list[tuple[bool, str]]:
         if self.state is _ANSWER:
-            return [(False, text)]
+            return [(False, text)] if text else []
         text, self.held = self.held + text, ""
         if self.state is _START:
             bare = text.lstrip()

@@ -45,3 +45,17 @@ def test_small_loadtest_has_no_mismatches_and_right_statuses(tmp_path, database,
         assert report["db_bytes_written"] == server["wal_bytes"] + server["data_page_bytes"]
         assert server["checkpointed"] and server["data_page_bytes"] > 0
         assert server["processes"] >= 3 and server["cpu_s"] > 0  # its backend worked for the persister
+
+
+@pytest.mark.parametrize("field", ["reasoning", "think_tags"])
+def test_a_loadtest_of_thinking_replies_has_no_mismatch_in_either_text(tmp_path, field):
+    """200 streams that think before they answer, some cancelled: both texts of every reply equal the mock's,
+    in the client and in the database."""
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "loadtest", "--spawn", "--streams", "200",
+                           "--tokens", "20", "--reasoning-tokens", "30", "--reasoning-field", field, "--tps", "60",
+                           "--cancel-frac", "0.2", "--json"], cwd=REPO, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    report = json.loads(done.stdout)
+    assert report["count"] == 200 and report["mismatches"] == 0 and report["errors"] == 0, report["mismatch_details"]
+    assert report["completed"] + report["cancelled"] == 200 and report["cancelled"] >= 1
+    assert report["reasoning_bytes"] > report["content_bytes"] / 2  # 30 tokens of thinking to 20 of answer
