@@ -134,8 +134,8 @@ class ReplyRenderer:
         if self.show_thinking:
             cut = self.thinking_tail.rfind("\n") + 1
             if cut and self.live is not None:
-                self.live.console.print(Text(self.thinking_tail[:cut - 1], style="dim italic"))
-                self.thinking_tail = self.thinking_tail[cut:]
+                done, self.thinking_tail = self.thinking_tail[:cut - 1], self.thinking_tail[cut:]
+                self._print_above(Text(done, style="dim italic"))
         else:
             self.thinking_tail = "\n".join(self.thinking_tail.split("\n")[-THINKING_FOLD_LINES:])
         self.tick()
@@ -149,11 +149,11 @@ class ReplyRenderer:
         if self.plain:
             print(("\n" if self.show_thinking else "") + line, file=sys.stderr, flush=True)
             return
+        tail, self.thinking_tail = self.thinking_tail, ""
         if self.live is not None:
-            if self.show_thinking and self.thinking_tail:
-                self.live.console.print(Text(self.thinking_tail, style="dim italic"))
-            self.live.console.print(Text(line, style="dim"))
-        self.thinking_tail = ""
+            if self.show_thinking and tail:
+                self._print_above(Text(tail, style="dim italic"))
+            self._print_above(Text(line, style="dim"))
 
     def update(self, fresh: str, tokens: int | None = None) -> None:
         if fresh and self.first_token_at is None:
@@ -180,9 +180,15 @@ class ReplyRenderer:
         self._last_refresh = now
         cut = split_finished(self.tail)
         if cut:
-            self.live.console.print(Markdown(self.tail[:cut]))
-            self.tail = self.tail[cut:]
+            done, self.tail = self.tail[:cut], self.tail[cut:]
+            self._print_above(Markdown(done))
         self.live.update(self._region(), refresh=True)
+
+    def _print_above(self, renderable) -> None:
+        """Print for good above the live region, which is redrawn at once without what was printed: updated
+        first, so it never shows that text twice for a moment."""
+        self.live.update(self._region(), refresh=False)
+        self.live.console.print(renderable)
 
     def _region(self, final_line: str | None = None, style: str = "dim"):
         tail = Markdown(self.tail) if self.tail.strip() else Text("")

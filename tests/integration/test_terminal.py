@@ -158,3 +158,30 @@ def test_input_history_persists_tab_completes_and_alt_enter_adds_a_line(stack, t
         quit_at_the_prompt(again)
     finally:
         again.close(force=True)
+
+
+def test_a_reasoning_models_thinking_folds_away_and_think_shows_it_in_full(stack, tmp_path):
+    from services.mock_llm.script import reasoning_tokens
+    chat = spawn_chat(stack, tmp_path)
+    try:
+        chat.expect("›")
+        chat.sendline("think first [[mock tokens=10 reasoning_tokens=40 tps=20]]")
+        chat.expect(r"Thinking… [0-9.]+s, \d+ tokens \(estimated\)")  # live, with the newest lines above it
+        chat.expect(r"Thought for [0-9.]+ s")
+        chat.expect(r"\| thought [0-9.]+s, 40 tokens \(server\) \| completed")
+        chat.expect("›")
+        chat.sendline("/think")
+        chat.expect("thinking: shown in full")
+        chat.expect("›")
+        text = "and show it [[mock tokens=5 reasoning_tokens=30 tps=100]]"
+        chat.sendline(text)
+        chat.expect(r"Thought for [0-9.]+ s")
+        body = next(e["body"] for e in stack.journal() if e["body"]["messages"][-1]["content"] == text)
+        thought = "".join(reasoning_tokens(body["messages"], body["model"], 30))  # its prompt holds the first turn
+        screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", chat.before)
+        for line in filter(str.strip, thought.split("\n")):  # all of it, printed for good line by line
+            assert line.strip() in screen, (line, screen[-2000:])
+        chat.expect(r"\| completed")
+        quit_at_the_prompt(chat)
+    finally:
+        chat.close(force=True)

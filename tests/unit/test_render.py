@@ -36,3 +36,50 @@ def test_tilde_fences_indented_code_and_loose_lists_are_one_block_each():
     assert split_finished(loose) == 0
     done = "- one\n\n- two\n\nafter the list"
     assert split_finished(done) == len("- one\n\n- two\n\n")
+
+
+def rendered(renderer) -> str:
+    from rich.console import Console
+    probe = Console(width=80, record=True, force_terminal=False, color_system=None)
+    probe.print(renderer._region())
+    return probe.export_text()
+
+
+def test_thinking_is_folded_to_its_newest_lines_then_to_one_line_when_the_answer_begins():
+    import io
+    from rich.console import Console
+    from clients.render import THINKING_FOLD_LINES, ReplyRenderer
+    screen = io.StringIO()
+    renderer = ReplyRenderer(Console(file=screen, width=80, force_terminal=True, color_system=None), plain=False)
+    with renderer:
+        renderer.thinking("".join(f"line {i}\n" for i in range(10)) + "line 10", tokens=11)
+        region = rendered(renderer)
+        shown = [f"line {i}" for i in range(11) if f"line {i}\n" in region + "\n"]
+        assert shown == [f"line {i}" for i in range(11 - THINKING_FOLD_LINES, 11)]
+        assert "Thinking…" in region and "11 tokens (estimated)" in region
+        renderer.update("The answer.", tokens=12)
+        assert "line 10" not in rendered(renderer) and "The answer." in rendered(renderer)
+    assert "Thought for " in screen.getvalue() and "line 3" not in screen.getvalue()
+
+
+def test_thinking_shown_in_full_is_printed_line_by_line():
+    import io
+    from rich.console import Console
+    from clients.render import ReplyRenderer
+    screen = io.StringIO()
+    renderer = ReplyRenderer(Console(file=screen, width=80, force_terminal=True, color_system=None), plain=False,
+                             show_thinking=True)
+    with renderer:
+        renderer.thinking("first thought\nsecond tho")
+        renderer.thinking("ught\n")
+        renderer.update("Answer.")
+    out = screen.getvalue()
+    assert "first thought" in out and "second thought" in out and out.index("second thought") < out.index("Thought for")
+
+
+def test_the_final_stats_line_says_how_long_it_thought_and_whose_count_it_is():
+    outcome = {"tokens": 42, "tokens_source": "server", "duration_ms": 2100.0, "tok_per_s": 20.5, "ttft_ms": 95.0,
+               "status": "completed", "error": None, "thinking_ms": 1234.0, "reasoning_tokens": 30,
+               "reasoning_tokens_source": "server"}
+    assert "| thought 1.2s, 30 tokens (server) | completed" in final_stats_line(outcome)
+    assert "thought" not in final_stats_line(outcome | {"thinking_ms": None, "reasoning_tokens": None})
