@@ -202,6 +202,21 @@ class Client:
         ``interrupt`` is polled: ``"cancel"`` cancels the reply at exactly the text rendered so far, after
         which nothing more is rendered; ``"detach"`` leaves it running.
         """
+        away_since: list[float] = []  # when the coordinator stopped answering, while it does not
+
+        def catch_up() -> None:
+            """A snapshot (the Clone pattern's catch-up). A coordinator that does not answer may be restarting,
+            and it adopts the reply in flight: keep following, up to CHATTER_DURABLE_WAIT_MS of silence."""
+            try:
+                snap = self.snapshot(session_id, generation_id)
+            except CoordinatorSilent:
+                away_since[:1] = away_since[:1] or [time.monotonic()]
+                if (time.monotonic() - away_since[0]) * 1000 >= self.durable_wait_ms:
+                    raise
+                return
+            away_since.clear()
+            view.apply_snapshot(snap)
+
         def render() -> None:
             thought = view.take_new_thinking()
             if thought and on_thinking is not None:
@@ -212,7 +227,7 @@ class Client:
 
         view = ReplyView(generation_id)
         if attach:
-            view.apply_snapshot(self.snapshot(session_id, generation_id))
+            catch_up()
         last_event = time.monotonic()
         ended_at: float | None = None  # when a snapshot first said the reply ended, not yet durable
         while view.final is None:
@@ -239,10 +254,10 @@ class Client:
                     self.bad_frames += 1
                     continue
                 if view.apply(event) == GAP:
-                    view.apply_snapshot(self.snapshot(session_id, generation_id))
+                    catch_up()
             elif (time.monotonic() - last_event) * 1000 >= silence_ms:
                 last_event = time.monotonic()  # a quiet stream, a lost final, or a restarted coordinator: ask
-                view.apply_snapshot(self.snapshot(session_id, generation_id))
+                catch_up()
         render()
         return view
 

@@ -101,6 +101,8 @@ def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Mess
         raise _explain(data, expect, exc) from None
     except msgspec.DecodeError as exc:
         raise NotMsgpack(str(exc)) from None
+    except RecursionError:  # found by the fuzz test: a frame of thousands of nested arrays
+        raise NotMsgpack("frame nests too deeply") from None
 
 
 _AT_FIELD = re.compile(r" - at `\$\[1\]\[(\d+)\]")
@@ -112,6 +114,8 @@ def _explain(data: bytes, expect: tuple | None, exc: msgspec.ValidationError) ->
         frame = msgspec.msgpack.decode(data)
     except msgspec.DecodeError as err:  # the typed decoder stopped at the first wrong type, before the end
         return NotMsgpack(str(err))
+    except RecursionError:  # the typed decoder stopped early; decoded untyped, it nests past Python's stack
+        return NotMsgpack("frame nests too deeply")
     if not isinstance(frame, list) or len(frame) != 2 or not isinstance(frame[1], list) or not frame[1]:
         return NotMsgpack("frame is not an array of [version, [type, ...]]")
     version, type_id = frame[0], frame[1][0]

@@ -188,6 +188,16 @@ class CancelGeneration(Message, tag=31):
 
 class CoordinatorHeartbeat(Message, tag=32):
     sent_at: float
+    instance: str = ""  # random per coordinator start: a generator that sees it change announces its generations
+
+
+class ResumeGeneration(Message, tag=33):
+    """A restarted coordinator adopts a generation: its holder sends the text beyond these offsets (the durable
+    ones) in one ``GenCatchUp``, then goes on (or resends how it ended). Others ignore it."""
+
+    generation_id: str
+    offset: Int
+    reasoning_offset: Int = 0
 
 
 CONTROL_TOPIC_ALL = b""  # generators subscribe to everything on control: cancels are rare
@@ -269,7 +279,41 @@ class GeneratorHeartbeat(Message, tag=45):
     contexts: Optional[dict[str, Count]] = None  # model -> context length in tokens, as the server tells it
 
 
-GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat)
+class LiveGeneration(msgspec.Struct, array_like=True):
+    """One generation a generator holds, in a ``GenAnnounce``: its seqs and lengths, and whether its stream
+    already ended (its end is resent after the catch-up)."""
+
+    generation_id: str
+    seq: Int
+    length: Int
+    reasoning_seq: Int = 0
+    reasoning_length: Int = 0
+    ended: bool = False
+
+
+class GenAnnounce(Message, tag=47):
+    """A generator that saw a new coordinator instance: the generations it holds, live or recently ended, so
+    that the new coordinator adopts them instead of sweeping them as orphans."""
+
+    generator_id: str
+    generations: list[LiveGeneration]
+
+
+class GenCatchUp(Message, tag=48):
+    """The answer to ``ResumeGeneration``: each text from the asked offset to what the generator has, and the
+    seq it has reached in each; deltas after it continue from those seqs."""
+
+    generation_id: str
+    seq: Int
+    offset: Int
+    text: str
+    reasoning_seq: Int = 0
+    reasoning_offset: Int = 0
+    reasoning: str = ""
+
+
+GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat, GenAnnounce,
+              GenCatchUp)
 
 # ---------------------------------------------------------------- persist: coordinator -> persister
 

@@ -37,6 +37,7 @@ class MessageRecord(MessageView, kw_only=True):
 
     preview: Optional[str] = None
     prompt_messages: Optional[list[PromptMessage]] = None
+    params: Optional[dict] = None  # the request's params, part of the prompt hash
 
     def client_view(self, content: str | None = None, reasoning: str | None = None) -> MessageView:
         """What a client's history shows of it: no prompt; ``content`` and ``reasoning`` instead of its own

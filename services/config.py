@@ -116,6 +116,9 @@ class CoordinatorSettings:
     stall_ms: float = 30_000.0  # a generation without a delta this long ends as error (stalled)
     # waiting for a first token is not a stall: a server that runs one request at a time holds the others
     first_token_ms: float = 600_000.0
+    # a restarted coordinator waits this long for the generators to announce their generations before it
+    # sweeps the streaming replies that nobody announced to ``interrupted``
+    adopt_grace_ms: float = 3000.0
     max_cached_sessions: int = 5_000  # idle sessions beyond this leave memory; the database has them
     # model -> context length in tokens, for servers that do not tell it (CHATTER_MODEL_CONTEXT)
     model_contexts: dict = field(default_factory=dict)
@@ -139,6 +142,7 @@ class CoordinatorSettings:
             max_input_tokens=env_int("CHATTER_MAX_INPUT_TOKENS", 8192, lo=1, hi=2**31 - 1),
             stall_ms=env_int("CHATTER_STALL_MS", 30_000, lo=100, hi=DAY_MS),
             first_token_ms=first_token_ms(),
+            adopt_grace_ms=env_int("CHATTER_ADOPT_GRACE_MS", 3000, lo=0, hi=600_000),
             max_cached_sessions=env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
             model_contexts=model_contexts(),
             prompt_thinking=env_choice("CHATTER_PROMPT_THINKING", "drop", PROMPT_THINKING),
@@ -156,7 +160,7 @@ class GeneratorSettings:
     streaming: bool = True
     include_usage: bool = True
     retry_deadline_ms: int = 30_000
-    coordinator_silent_ms: int = 5_000
+    coordinator_silent_ms: int = 10_000
     upstream_timeout_ms: int = 60_000
     first_token_ms: int = 600_000
     http_client: str = "aiohttp"
@@ -175,7 +179,7 @@ class GeneratorSettings:
             streaming=env_bool("CHATTER_STREAM", True),
             include_usage=env_bool("CHATTER_INCLUDE_USAGE", True),
             retry_deadline_ms=env_int("CHATTER_RETRY_DEADLINE_MS", 30_000, lo=0, hi=DAY_MS),
-            coordinator_silent_ms=env_int("CHATTER_COORDINATOR_SILENT_MS", 5_000, lo=100, hi=DAY_MS),
+            coordinator_silent_ms=env_int("CHATTER_COORDINATOR_SILENT_MS", 10_000, lo=100, hi=DAY_MS),
             upstream_timeout_ms=env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000, lo=100, hi=DAY_MS),
             first_token_ms=first_token_ms(),
             http_client=http_client,

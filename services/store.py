@@ -337,7 +337,7 @@ def message_record(row: dict, content: str, reasoning: str) -> MessageRecord:
         reasoning=reasoning or "", status=row["status"],
         created_at=row["created_at"], generation_id=row["generation_id"], prompt_hash=row["prompt_hash"],
         model=row["model"], stats=row["stats"] or {}, error=row["error"], preview=row["preview"],
-        prompt_messages=row["prompt_messages"], superseded=bool(row["superseded"]),
+        prompt_messages=row["prompt_messages"], params=row["params"], superseded=bool(row["superseded"]),
         client_request_id=row["client_request_id"], dropped_message_ids=row["dropped_message_ids"] or [])
 
 
@@ -407,6 +407,13 @@ def list_sessions(limit: int) -> list[dict]:
         raise
     return [{"session_id": sid, "title": title, "message_count": count, "last_activity": updated,
              "status": status or "empty"} for sid, title, updated, count, status in rows]
+
+
+def session_of_generation(generation_id: str) -> dict | None:
+    """The session (as ``load_session``) that holds a generation's message, or None (by message.generation_id's
+    index)."""
+    row = Message.select(Message.session).where(Message.generation_id == generation_id).tuples().first()
+    return load_session(row[0]) if row else None
 
 
 def find_message_session(message_id: str) -> str | None:

@@ -12,8 +12,8 @@ import zmq
 
 from protocol import codec, curve, messages as m, transport
 from services import config, shell, store
-from services.coordinator.machine import (Coordinator, Log, ReplyTo, ToClients, ToControl, ToGenerators,
-                                          ToPersister)
+from services.coordinator.machine import (Coordinator, Log, ReadGeneration, ReplyTo, ToClients, ToControl,
+                                          ToGenerators, ToPersister)
 from services.coordinator.reader import DatabaseReader
 from services.tokens import count_tokens
 
@@ -49,6 +49,7 @@ class CoordinatorShell:
         self.pending_jobs: collections.deque[bytes] = collections.deque()
         self.reader = DatabaseReader(self.ctx, self.db)
         self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
+        self.adopting: dict[str, str] = {}  # read key -> the generation whose session it reads, to adopt it
         self.stopping = False
 
     # ------------------------------------------------------------ effects
@@ -70,6 +71,11 @@ class CoordinatorShell:
                 self.rpc.send_multipart([effect.client, effect.msg.encode()])
             elif kind is Log:
                 self.log.info(effect.event, **effect.fields)
+            elif kind is ReadGeneration:
+                gen_id = effect.generation_id
+                self.reader.ask(f"generation {gen_id}",
+                                lambda gen_id=gen_id: ("adopt", (gen_id, store.session_of_generation(gen_id))))
+                self.adopting[f"generation {gen_id}"] = gen_id
         for frame in m.bundle(persist_ops):  # in order, one send per bundle rather than per operation
             try:
                 self.persist.send(frame, zmq.NOBLOCK)
@@ -133,8 +139,13 @@ class CoordinatorShell:
         self.machine.reads_health = self.reader.health
         self.machine.counters["database_reads"] += len(answers)
         for key, value, exc in answers:
+            adopting = self.adopting.pop(key, None)
             if exc is not None:
                 self.log.warning("session_load_failed", read=key, error=shell.plain_error(exc), exc_info=exc)
+                if adopting is not None:  # unreadable: it cannot be adopted, and is swept like any orphan
+                    self.carry_out(self.machine.adopt(adopting, None, now))
+            elif value[0] == "adopt":
+                self.carry_out(self.machine.adopt(*value[1], now))
             elif value[0] == "session" and value[1] is not None:
                 self.machine.load_session(value[1])
             elif value[0] == "summaries":

@@ -35,6 +35,13 @@ class ToPersister:
 
 
 @dataclass(slots=True)
+class ReadGeneration:
+    """Read the session of a generation that a generator announced, for ``Coordinator.adopt``."""
+
+    generation_id: str
+
+
+@dataclass(slots=True)
 class ReplyTo:
     client: bytes
     msg: m.Reply

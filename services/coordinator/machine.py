@@ -2,8 +2,9 @@
 
 ``Coordinator.handle_rpc``, ``handle_event`` and ``tick`` return a list of effects; nothing here touches a
 socket, a clock or the database. ``Coordinator`` holds the state and the dispatch tables; the rules live
-in its two halves: ``requests.Requests`` (what clients ask) and ``stream.StreamRules`` (seq checks and late
-deltas, cancel, coalescing to clients, checkpoint cadence, and the finalize order).
+in its parts: ``requests.Requests`` (what clients ask), ``stream.StreamRules`` (seq checks and late
+deltas, cancel, coalescing to clients, checkpoint cadence, and the finalize order) and ``adoption.Adoption``
+(a restarted coordinator taking over the replies in flight).
 """
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ import heapq
 
 from protocol import messages as m, results
 from services.config import CoordinatorSettings as Settings
-from services.coordinator.effects import (Log, ReplyTo, RequestRefused, ToClients, ToControl, ToGenerators,
-                                          ToPersister, content_hash, new_id, new_ordered_id)
+from services.coordinator.adoption import Adoption
+from services.coordinator.effects import (Log, ReadGeneration, ReplyTo, RequestRefused, ToClients, ToControl,
+                                          ToGenerators, ToPersister, content_hash, new_id, new_ordered_id)
 from services.coordinator.persistence import PersistTracker
 from services.coordinator.requests import Requests
 from services.coordinator.sessions import SessionState
 from services.coordinator.stream import GenerationState, GeneratorInfo, StreamRules
 
 # what the shell and the tests take from here: the machine, its settings, and the effects it returns
-__all__ = ["Coordinator", "Settings", "Log", "ReplyTo", "RequestRefused", "ToClients", "ToControl", "ToGenerators",
-           "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
+__all__ = ["Coordinator", "Settings", "Log", "ReadGeneration", "ReplyTo", "RequestRefused", "ToClients", "ToControl",
+           "ToGenerators", "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
 
 
-class Coordinator(Requests, StreamRules):
+class Coordinator(Requests, StreamRules, Adoption):
     def __init__(self, settings: Settings, count_tokens, new_id=new_id, new_ordered_id=new_ordered_id,
                  pid: int = 0) -> None:
         self.settings = settings
         self.pid = pid  # reported in status, so a load test can read each process's CPU accounting
+        self.instance = new_id()  # in our heartbeats: a generator that sees it change announces its generations
         self.count_tokens = count_tokens
         self.new_id = new_id
         self.new_ordered_id = new_ordered_id
@@ -40,12 +43,16 @@ class Coordinator(Requests, StreamRules):
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms)
         self.generators: dict[str, GeneratorInfo] = {}
+        # adoption (adoption.py): announced generations whose rows are being read, and the window after start
+        self.adoptions: dict[str, tuple[str, m.LiveGeneration]] = {}
+        self.adopt_until: float | None = None
+        self.adopting_open = settings.adopt_grace_ms > 0
         self.persister_pid = 0
         self.persister_seen_at: float | None = None  # the last message from the persister (it heartbeats)
         self.reads_health: tuple[float | None, str | None] = (None, None)  # the shell's database reads, for status
         self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
-                         "gaps": 0, "generators_lost": 0,
+                         "gaps": 0, "generators_lost": 0, "generations_adopted": 0, "deltas_before_adoption": 0,
                          # counted by the shell: its database reads, and refused tcp handshakes and CURVE keys
                          "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
@@ -65,6 +72,7 @@ class Coordinator(Requests, StreamRules):
             m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
             m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
             m.PersisterStats: self._on_persister_stats, m.PersistRejected: self._on_persist_rejected,
+            m.GenAnnounce: self._on_gen_announce, m.GenCatchUp: self._on_gen_catch_up,
         }
         # any message of the persister says it is there (status): noted by its handlers alone, so that the
         # generators' events, the per-delta path, pay nothing for it
@@ -94,10 +102,11 @@ class Coordinator(Requests, StreamRules):
         return out
 
     def load_session(self, data: dict) -> None:
-        """Adopt a session read from the database (after a restart)."""
+        """Take in a session read from the database (after a restart, or evicted). While replies may still be
+        adopted (``adoption.py``), a streaming reply stays streaming, and holds its session."""
         if data["session_id"] in self.sessions:
             return
-        sess = SessionState.from_stored(data)
+        sess = SessionState.from_stored(data, keep_streaming=self._sweep_held())
         self.sessions[sess.session_id] = sess
         for record in sess.history:
             self.message_sessions[record.message_id] = sess.session_id
@@ -125,11 +134,13 @@ class Coordinator(Requests, StreamRules):
                 self._checkpoint(gen, now, out)
         if now >= self._housekeeping_at:
             self._housekeeping_at = now + self.settings.housekeeping_ms / 1000
+            self._adoption_window(now)
             if now >= self._heartbeat_at:  # generators cancel their streams when we fall silent
                 self._heartbeat_at = now + 1.0
-                out.append(ToControl(m.CoordinatorHeartbeat(now)))
+                out.append(ToControl(m.CoordinatorHeartbeat(now, self.instance)))
             self._check_generators(now, out)
             self._check_stalls(now, out)
             self._evict_idle_sessions()
+            self.persisted.sweep_held = self._sweep_held()
             out.extend(ToPersister(op) for op in self.persisted.due(now, self._text_of))
         return out

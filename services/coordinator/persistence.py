@@ -16,7 +16,7 @@ from protocol import messages as m
 @dataclass
 class PersistState:
     message_id: str
-    create: m.CreateMessage
+    create: m.CreateMessage | None  # None: adopted after a restart, its row long created
     generation_id: str | None = None  # None for a user message, complete on creation
     created_acked: bool = False
     sent_len: int = 0
@@ -41,11 +41,20 @@ class PersistTracker:
         # A new coordinator knows no live generation: every streaming message in the database is an orphan.
         self.orphan_sweep: str | None = "coordinator restarted"
         self.orphan_sweep_at = 0.0
+        self.sweep_held = False  # set by the machine while replies may still be adopted
 
     def create(self, create: m.CreateMessage, now: float) -> m.CreateMessage:
         self.states[create.message_id] = PersistState(create.message_id, create, create.generation_id,
                                                       last_sent_at=now, unsaved_since=now)
         return create
+
+    def adopt(self, message_id: str, generation_id: str, length: int, reasoning_length: int, now: float) -> None:
+        """A streaming message that a restarted coordinator took over: its row exists, and these are its durable
+        lengths as read from the database."""
+        self.states[message_id] = PersistState(message_id, None, generation_id, created_acked=True, sent_len=length,
+                                               acked_len=length, thinking_sent_len=reasoning_length,
+                                               thinking_acked_len=reasoning_length, last_sent_at=now,
+                                               unsaved_since=now)
 
     def sent_len(self, message_id: str, thinking: bool = False) -> int:
         state = self.states[message_id]
@@ -131,7 +140,7 @@ class PersistTracker:
                 ops.append(m.Append(state.message_id, state.acked_len, text[state.acked_len:state.sent_len]))
             if state.final is not None:
                 ops.append(state.final)
-        if self.orphan_sweep is not None and now >= self.orphan_sweep_at:
+        if self.orphan_sweep is not None and now >= self.orphan_sweep_at and not self.sweep_held:
             self.orphan_sweep_at = now + self.resend_s
             live = [s.message_id for s in self.states.values() if s.generation_id is not None]
             ops.append(m.InterruptOrphans(self.orphan_sweep, live))

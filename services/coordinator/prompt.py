@@ -56,6 +56,19 @@ class PromptPackage:
         return dict(self.params)
 
 
+def package_of(record: MessageRecord, count_tokens) -> PromptPackage:
+    """The frozen prompt of a stored reply, exactly as it was sent: for a generation that a restarted
+    coordinator adopts. Its budget is not stored, so it reads 0 (none)."""
+    messages = record.prompt_messages or []
+    model, params = record.model or "", record.params or {}
+    tokens = sum(count_tokens(msg["content"], model) + TOKENS_PER_MESSAGE for msg in messages) + REPLY_PRIMING_TOKENS
+    return PromptPackage(
+        messages=tuple((msg["role"], msg["content"]) for msg in messages), model=model,
+        params=tuple(sorted(params.items())), preview=record.preview or render_preview(messages),
+        prompt_hash=record.prompt_hash or prompt_hash(messages, model, params), prompt_tokens=tokens,
+        dropped_message_ids=tuple(record.dropped_message_ids))
+
+
 def in_prompt(record: MessageRecord) -> bool:
     """User turns always count; a reply only if it completed and was not superseded."""
     if record.role != "assistant":

@@ -214,7 +214,9 @@ class Requests:
             return results.Snapshot(generation_id=None, message_id=None, status=None, text="", final=True, stats={})
         return results.Snapshot(generation_id=record.generation_id, message_id=record.message_id,
                                 status=record.status, text=record.content,
-                                final=record.generation_id not in self.finalizing, stats=record.stats,
+                                # a reply read as streaming after a restart may yet be adopted: not final
+                                final=record.generation_id not in self.finalizing and record.status != "streaming",
+                                stats=record.stats,
                                 error=record.error, prompt_hash=record.prompt_hash, superseded=record.superseded,
                                 user_text=sess.user_text_before(record.message_id), reasoning=record.reasoning)
 

@@ -25,13 +25,17 @@ class SessionState:
     last_activity: float = 0.0
 
     @classmethod
-    def from_stored(cls, data: dict) -> SessionState:
-        """A session read from the database: no generation of this coordinator is alive in it."""
+    def from_stored(cls, data: dict, keep_streaming: bool = False) -> SessionState:
+        """A session read from the database: no generation of this coordinator is alive in it. A reply still
+        streaming there is interrupted, unless ``keep_streaming`` (it may yet be adopted): then it stays
+        streaming and holds the session, so no second reply starts beside it."""
         sess = cls(data["session_id"], data["title"], data["system"], None,
                    max_input_tokens=data.get("max_input_tokens"), history=list(data["messages"]),
                    created_at=data.get("created_at", 0.0), last_activity=data.get("updated_at", 0.0))
         for record in sess.history:
-            if record.status == "streaming":  # the persister marks it too, once the sweep reaches it
+            if record.status == "streaming" and keep_streaming:
+                sess.active_generation = record.generation_id
+            elif record.status == "streaming":  # the persister marks it too, once the sweep reaches it
                 record.status = "interrupted"
             if record.client_request_id:
                 sess.request_ids[record.client_request_id] = record.message_id
@@ -66,7 +70,8 @@ def assistant_record(message_id: str, session_id: str, generation_id: str, promp
     return MessageRecord(message_id=message_id, session_id=session_id, role="assistant", content="",
                          status="queued", created_at=now, generation_id=generation_id,
                          prompt_hash=prompt.prompt_hash, model=prompt.model, preview=prompt.preview,
-                         prompt_messages=prompt.wire_messages(), client_request_id=client_request_id,
+                         prompt_messages=prompt.wire_messages(), params=prompt.wire_params(),
+                         client_request_id=client_request_id,
                          dropped_message_ids=list(prompt.dropped_message_ids))
 
 

@@ -69,6 +69,8 @@ class GenerationState:
     stream: bool | None = None  # the session's choice when it was queued; None: the generator's default
     finish_reason: str | None = None  # the server's: stop, length (its limit), content_filter...
     streamed: bool = True  # False: the generator made one non-streaming request
+    adopted: bool = False  # taken over by a restarted coordinator: its timings before that are unknown
+    catching_up: bool = False  # adopted, waiting for its generator's GenCatchUp; its deltas until then are dropped
 
     @property
     def length(self) -> int:
@@ -108,9 +110,14 @@ class StreamRules:
     def _on_gen_delta(self, msg: m.GenDelta | m.DeltaItem, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)
         if gen is None:  # terminal or unknown: late. Drop, count, and make sure its generator stops.
+            if self.adopting_open or msg.generation_id in self.adoptions:
+                self.counters["deltas_before_adoption"] += 1  # it may be adopted in a moment: no cancel
+                return
             self.counters["late_deltas_dropped"] += 1
             out.append(ToControl(m.CancelGeneration(msg.generation_id)))
             return
+        if gen.catching_up:
+            return  # its generator resends all of it in the catch-up
         text = gen.thinking if msg.thinking else gen.answer  # two texts, each with its own seq
         if msg.seq <= text.last_seq:
             self.counters["duplicate_deltas_dropped"] += 1
@@ -149,7 +156,7 @@ class StreamRules:
 
     def _on_gen_done(self, msg: m.GenDone, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)
-        if gen is None:
+        if gen is None or gen.catching_up:  # catching up: the generator resends its end after the catch-up
             return
         for thinking, last_seq, length, text in ((False, msg.last_seq, msg.length, gen.answer),
                                                  (True, msg.reasoning_last_seq, msg.reasoning_length, gen.thinking)):
@@ -166,12 +173,12 @@ class StreamRules:
 
     def _on_gen_error(self, msg: m.GenError, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)
-        if gen is not None:
+        if gen is not None and not gen.catching_up:
             self._finalize(gen, "error", now, out, error=msg.reason)
 
     def _on_gen_cancelled(self, msg: m.GenCancelled, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)
-        if gen is not None:  # we did not ask: the generator gave up on its own (it lost the coordinator)
+        if gen is not None and not gen.catching_up:  # we did not ask: the generator gave up on its own (it lost the coordinator)
             self._finalize(gen, "error", now, out, error="generator cancelled the stream")
 
     def _on_heartbeat(self, msg: m.GeneratorHeartbeat, now: float, out: list) -> None:
@@ -279,9 +286,11 @@ class StreamRules:
 
     def _stats(self, gen: GenerationState, now: float) -> dict:
         end = gen.ended_at or now
-        # speed and time to first token only where they were measured: a non-streaming reply arrives whole
-        first = gen.first_token_at if gen.streamed else None
+        # speed and time to first token only where they were measured: a non-streaming reply arrives whole, and
+        # an adopted one began before this coordinator did
+        first = gen.first_token_at if gen.streamed and not gen.adopted else None
         tok_window = end - first if first is not None else 0.0
+        adopted = {"adopted": True} if gen.adopted else {}
         return {
             "tokens": gen.tokens,
             "tokens_source": gen.tokens_source,
@@ -295,6 +304,7 @@ class StreamRules:
             "finish_reason": gen.finish_reason,
             "streamed": gen.streamed,
             **self._thinking_stats(gen, end),
+            **adopted,
         }
 
     @staticmethod

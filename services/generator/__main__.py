@@ -4,6 +4,12 @@ through the openai client's raw streaming response, and pushes seq-numbered delt
 A cancel on the control channel cancels the job's task, which closes the upstream response
 at once. Failures before the first token are retried within a deadline; after it, never. Those
 rules (numbering, how a stream must end, what is retried) are pure, in ``rules.py``; this is the I/O.
+
+Streams go on through a coordinator outage of up to CHATTER_COORDINATOR_SILENT_MS, their events held
+(bounded). A coordinator that restarted has a new instance id in its heartbeat: the generator then
+announces the generations it holds, live or recently ended (``GenAnnounce``), and answers the new
+coordinator's ``ResumeGeneration`` with each text beyond the durable offsets (``GenCatchUp``), then the
+generation's end if it ended meanwhile.
 """
 from __future__ import annotations
 
@@ -38,6 +44,10 @@ UPSTREAM_ERRORS = (openai.APIStatusError, openai.APIConnectionError, httpx2.Tran
 # streams scans them all on every request (httpcore: O(n²) per burst).
 STREAMS_PER_CLIENT = 32
 READ_DEADLINE_STEP_S = 1.0  # how often a live stream moves its read deadline on
+ENDED_KEPT_S = 60.0  # an ended generation's text and end are kept this long, for a coordinator that restarts
+ENDED_KEPT_MAX = 10_000
+UNSENT_MAX_FRAMES = 100_000  # events held while the coordinator is away; past it the oldest go (a catch-up
+# after its restart resends the text they carried)
 
 
 def make_http_client(timeout: httpx2.Timeout, kind: str = "aiohttp") -> httpx2.AsyncClient:
@@ -82,6 +92,11 @@ class GeneratorShell:
         self.refusals = shell.RefusalWatch(self.log, self.events, transport.GEN_EVENTS)
         self.pending_deltas: list[list] = []
         self.unsent: collections.deque[bytes] = collections.deque()  # held while the coordinator's queue is full
+        self.unsent_dropped = 0
+        self.live: dict[str, Generation] = {}  # generation id -> its stream's state, while it runs
+        # recently ended: generation id -> (its state, the event that ended it, when), for a restarted coordinator
+        self.ended: collections.OrderedDict[str, tuple[Generation, m.Message, float]] = collections.OrderedDict()
+        self.coordinator_instance: str | None = None
         self.flush_scheduled = False
         self.control = transport.open_socket(self.ctx, transport.CONTROL, bind=False, subscribe=m.CONTROL_TOPIC_ALL)
         self.tasks: dict[str, asyncio.Task] = {}
@@ -115,6 +130,9 @@ class GeneratorShell:
 
     def _send(self, frame: bytes) -> None:
         self.unsent.append(frame)
+        if len(self.unsent) > UNSENT_MAX_FRAMES:
+            self.unsent.popleft()
+            self.unsent_dropped += 1
         while self.unsent:
             try:
                 self.events.send(self.unsent[0], zmq.NOBLOCK)
@@ -150,18 +168,46 @@ class GeneratorShell:
         while True:
             frame = await self.control.recv()
             try:
-                msg = codec.decode(transport.payload_of(frame), (m.CancelGeneration, m.CoordinatorHeartbeat))
+                msg = codec.decode(transport.payload_of(frame), (m.CancelGeneration, m.CoordinatorHeartbeat,
+                                                                 m.ResumeGeneration))
             except codec.FrameError as err:
                 self.bad_frames += 1
                 shell.log_bad_frame(self.log, "control", err, self.bad_frames)
                 continue
             self.coordinator_heard_at = time.monotonic()
-            if isinstance(msg, m.CancelGeneration):
+            if isinstance(msg, m.CoordinatorHeartbeat):
+                if msg.instance and msg.instance != self.coordinator_instance:
+                    if self.coordinator_instance is not None:
+                        self.announce()  # a new coordinator: it must hear what we hold, or it sweeps it
+                    self.coordinator_instance = msg.instance
+            elif isinstance(msg, m.ResumeGeneration):
+                self.resume(msg)
+            elif isinstance(msg, m.CancelGeneration):
                 task = self.tasks.get(msg.generation_id)
                 if task is not None:
                     task.cancel()  # closes the upstream response inside ``run``
                 else:
                     self.cancelled_early[msg.generation_id] = time.monotonic()
+
+    def announce(self) -> None:
+        held = [(gen, False) for gen in self.live.values()] + [(gen, True) for gen, _, _ in self.ended.values()]
+        self.emit(m.GenAnnounce(self.generator_id, [
+            m.LiveGeneration(gen.job.generation_id, gen.seq, gen.length, gen.reasoning_seq, gen.reasoning_length,
+                             ended) for gen, ended in held]))
+        self.log.info("generations_announced", live=len(self.live), ended=len(self.ended))
+
+    def resume(self, msg: m.ResumeGeneration) -> None:
+        """A restarted coordinator adopted this generation: the text beyond its durable offsets, then its end if
+        it ended. Another generator's generation is not ours to answer."""
+        ended = self.ended.get(msg.generation_id)
+        gen = self.live.get(msg.generation_id) or (ended[0] if ended else None)
+        if gen is None:
+            return
+        text, reasoning = "".join(gen.parts), "".join(gen.reasoning_parts)
+        self.emit(m.GenCatchUp(msg.generation_id, gen.seq, msg.offset, text[msg.offset:], gen.reasoning_seq,
+                               msg.reasoning_offset, reasoning[msg.reasoning_offset:]))
+        if ended is not None:
+            self.emit(ended[1])
 
     async def learn_contexts(self) -> None:
         """The models' context lengths, where the server tells them (vLLM's /v1/models: max_model_len), now and
@@ -191,6 +237,11 @@ class GeneratorShell:
             for gen_id, at in list(self.cancelled_early.items()):
                 if now - at > 60:
                     del self.cancelled_early[gen_id]
+            while self.ended and (len(self.ended) > ENDED_KEPT_MAX or now - next(iter(self.ended.values()))[2] > ENDED_KEPT_S):
+                self.ended.popitem(last=False)
+            if self.unsent_dropped:
+                self.log.warning("events_dropped", count=self.unsent_dropped, held=len(self.unsent))
+                self.unsent_dropped = 0
             self.refusals.check()
             await asyncio.sleep(1.0)
 
@@ -201,11 +252,12 @@ class GeneratorShell:
         gen.client_index = min(range(len(self.clients)), key=self.client_streams.__getitem__)
         self.client_streams[gen.client_index] += 1
         log = self.log.bind(generation_id=job.generation_id)
+        self.live[job.generation_id] = gen
         try:
             self.emit(m.GenStarted(job.generation_id, self.generator_id))
             await self.attempt_until_deadline(gen)
             self.send_held(gen)
-            self.emit(self.done(gen))
+            self.end(gen, self.done(gen))
             log.info("generation_done", seq=gen.seq, length=gen.length, reasoning_length=gen.reasoning_length,
                      attempts=gen.attempts)
         except asyncio.CancelledError:
@@ -213,7 +265,7 @@ class GeneratorShell:
             log.info("generation_cancelled", seq=gen.seq)
         except JobFailed as exc:
             self.send_held(gen)
-            self.emit(m.GenError(job.generation_id, gen.seq, redact(str(exc)), gen.attempts, gen.reasoning_seq))
+            self.end(gen, m.GenError(job.generation_id, gen.seq, redact(str(exc)), gen.attempts, gen.reasoning_seq))
             log.warning("generation_failed", reason=str(exc), seq=gen.seq)
         except Exception as exc:  # a bug must end this generation, never the process
             # the reason is stored and shown: a type and plain words, never a repr (it may hold the key)
@@ -223,8 +275,15 @@ class GeneratorShell:
             log.exception("generation_crashed")
         finally:
             self.client_streams[gen.client_index] -= 1
+            self.live.pop(job.generation_id, None)
             self.tasks.pop(job.generation_id, None)
             self.capacity.release()
+
+    def end(self, gen: Generation, msg: m.Message) -> None:
+        """Send how a stream ended, and keep it a while with the text: a coordinator that restarts before it
+        made the end durable asks for both again."""
+        self.emit(msg)
+        self.ended[gen.job.generation_id] = (gen, msg, time.monotonic())
 
     def send_held(self, gen: Generation) -> None:
         """The stream ended: the text held back in case it began a </think> goes out as it is."""

@@ -81,7 +81,8 @@ def test_after_a_crash_orphans_become_interrupted_with_their_text(fresh_stack):
     client, session_id, sent = start_send(stack, text)
     try:
         wait_for_chunks(stack, sent.message_id, 20)
-        stack.kill("coordinator")  # the only owner of the generation is gone
+        stack.kill("generator")  # the stream itself is gone: nobody can announce it to a new coordinator
+        stack.kill("coordinator")
         stack.kill("persister")
         durable = stack.durable_text(sent.message_id)
         stack.start("persister")
@@ -209,3 +210,35 @@ def test_a_send_waits_a_bounded_time_for_durability_and_the_reply_is_saved_later
     stack.start("persister")
     row = stack.wait_db_status(out["message_id"], ("completed",))
     assert row["content"] == out["content"]  # saved once the persister is back
+
+
+def test_a_coordinator_killed_mid_reply_is_replaced_and_the_reply_goes_on(fresh_stack):
+    """SIGKILL of the coordinator mid-reply, a new one started: it adopts the reply from the generator that
+    kept streaming, and the sender and a watcher both end with the mock's exact text, as the database does."""
+    stack = fresh_stack()
+    text = "survive the coordinator [[mock tokens=300 tps=40]]"
+    send = stack.spawn_cli("send", text, "--json")
+    watch = None
+    try:
+        session_id = wait_until(lambda: next((row["session_id"] for row in json.loads(
+            stack.cli("sessions", "--json").stdout) if row["status"] == "streaming"), None), what="the reply")
+        watch = stack.spawn_cli("watch", session_id, "--once", "--json")
+        message_id = stack.query("select id from message where session_id = ? and role = 'assistant'",
+                                 (session_id,))[0]["id"]
+        wait_for_chunks(stack, message_id, 100)
+        stack.kill("coordinator")
+        time.sleep(0.5)
+        stack.start("coordinator")
+        sent, watched = (json.loads(proc.communicate(timeout=60)[0]) for proc in (send, watch))
+    finally:
+        for proc in (send, watch):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sent["status"] == "completed", sent["error"]
+    assert sent["content"] == watched["content"] == expected(text, 300)
+    row = stack.wait_db_status(message_id, ("completed",))
+    assert row["content"] == sent["content"]
+    status = stack.cli_json("status")
+    assert status["counters"]["generations_adopted"] == 1 and status["counters"]["gaps"] == 0
+    assert len(stack.query("select id from message where session_id = ?", (session_id,))) == 2  # no second reply

@@ -208,11 +208,14 @@ def test_a_stalled_upstream_ends_as_error_within_the_watchdog_time(fresh_stack):
 
 
 def test_a_coordinator_restarted_mid_generation_gives_a_clear_outcome(fresh_stack):
+    """With its generator dead too, nobody can carry the reply on: a watcher gets ``interrupted``, never a hang
+    (with the generator alive the reply goes on: test_failures.py)."""
     stack = fresh_stack()
     client, session_id, sent = start_send(stack, "interrupted tale [[mock tokens=400 tps=40]]")
     client.close()
     watcher = stack.spawn_cli("watch", session_id, "--once", "--json")
     wait_for_chunks(stack, sent.message_id, 30)
+    stack.kill("generator")
     stack.kill("coordinator")
     durable = stack.durable_text(sent.message_id)
     stack.start("coordinator")

@@ -17,8 +17,9 @@ def words(text: str, model: str) -> int:
 
 
 def make(**overrides) -> Coordinator:
+    """A coordinator past its adoption window (``adoption.py``), unless ``adopt_grace_ms`` says otherwise."""
     ids = (f"id{i}" for i in itertools.count())
-    return Coordinator(Settings(**overrides), words, new_id=lambda: next(ids), new_ordered_id=lambda: next(ids))
+    return Coordinator(Settings(**({"adopt_grace_ms": 0} | overrides)), words, new_id=lambda: next(ids), new_ordered_id=lambda: next(ids))
 
 
 def effects(out, kind, msg_type=None):
