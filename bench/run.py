@@ -11,6 +11,7 @@ e. PostgreSQL against SQLite, 500 streams each in the same run: persister CPU an
 f. the coordinator's database reads hammered while 200 streams run on PostgreSQL: delivery p99 with and
    without, in one stack, at 50 rounds/s and flat out
 g. 100,000 fuzzed frames into each socket the coordinator receives on (bench/fuzz.py)
+h. chaos: 200 streams, 30 SIGKILLs (10 of each process), each restarted, every reply accounted for
 
 Timings are figures to compare within one run on one machine, never assertions.
 """
@@ -267,6 +268,13 @@ def bench_hammer(streams: int, tokens: int, tps: float) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def bench_chaos(quick: bool) -> dict:
+    from tools.chaos import ChaosSpec, run_chaos
+    report = run_chaos(ChaosSpec(streams=50 if quick else 200, trials=6 if quick else 30))
+    report.pop("details")
+    return report
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -375,6 +383,27 @@ def write_databases(results: dict) -> list[str]:
                   f"{g['late_deltas_dropped']:,} | {g['frames_per_s']:,} | {g['coordinator_cpu_us_per_frame']} | "
                   f"{rss[0]} / {rss[1]} | {'yes' if g['all_alive'] else '**no**'} | "
                   f"{'yes' if g['send_after_exact'] else '**no**'} |"]
+    h = results.get("chaos")
+    if h:
+        r = h["recovery_ms"]
+        lines += ["", f"## h. Chaos: {h['trials']} SIGKILLs over {h['spec']['streams']} streams "
+                  f"(`chatter chaos --spawn --streams {h['spec']['streams']} --trials {h['trials']}`)", "",
+                  "Each kill lands at a random moment, round robin over generator, persister and coordinator; the "
+                  f"process is started again {h['spec']['restart_after_s']} s later, and the next kill waits until "
+                  "the replies have moved on. Every reply is checked against the mock's text, in the client and in "
+                  "the database.", "",
+                  "| killed | trials | replies | completed | errors | interrupted | non-terminal | mismatches "
+                  "| lost acked chars | duplicates | recovery max ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for kind, k in h["by_kind"].items():
+            lines.append(f"| {kind} | {k['trials']} | {k['streams']} | {k['completed']} | {k['errors']} | "
+                         f"{k['interrupted']} | {k['non_terminal']} | {k['mismatches']} | {k['lost_acked_chars']} | "
+                         f"{k['duplicates']} | {k['recovery_ms_max']} |")
+        lines.append(f"| **all** | {h['trials']} | {h['streams']} | {h['completed']} | {h['errors']} | "
+                     f"{h['interrupted']} | {h['non_terminal']} | {h['mismatches']} | {h['lost_acked_chars']} | "
+                     f"{h['duplicates']} | p50 {r['p50']}, p99 {r['p99']}, max {r['max']} |")
+        lines += ["", "A reply counts under every kind of kill that happened while it streamed. Errors without a "
+                  f"generator kill: {h['errors_without_a_generator_kill']} (an error is a reply whose upstream died "
+                  "with its generator; it had tokens, so it is never run again)."]
     return lines
 
 
@@ -430,6 +459,8 @@ def main() -> None:
     results["hammer"] = bench_hammer(50 if args.quick else 200, 60 if args.quick else 100, 20.0)
     print("g. fuzz", file=sys.stderr)
     results["fuzz"] = bench_fuzz(10_000 if args.quick else 100_000)
+    print("h. chaos", file=sys.stderr)
+    results["chaos"] = bench_chaos(args.quick)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())
@@ -438,9 +469,9 @@ def main() -> None:
 def run_only(sections: set[str], quick: bool) -> None:
     """Some sections again, into the last results (the machine line says when the rest was measured)."""
     results = json.loads((OUT / "results.json").read_text())
-    unknown = sections - {"e", "f", "g"}
+    unknown = sections - {"e", "f", "g", "h"}
     if unknown:
-        raise SystemExit(f"--only runs e, f and g; not {', '.join(sorted(unknown))}")
+        raise SystemExit(f"--only runs e, f, g and h; not {', '.join(sorted(unknown))}")
     if "e" in sections:
         results["databases"] = bench_databases(100 if quick else 500, 60 if quick else 200, 20.0)
         results["databases"]["date"] = machine()["date"]
@@ -450,6 +481,9 @@ def run_only(sections: set[str], quick: bool) -> None:
     if "g" in sections:
         results["fuzz"] = bench_fuzz(10_000 if quick else 100_000)
         results["fuzz"]["date"] = machine()["date"]
+    if "h" in sections:
+        results["chaos"] = bench_chaos(quick)
+        results["chaos"]["date"] = machine()["date"]
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())

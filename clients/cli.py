@@ -7,8 +7,8 @@ import os
 import sys
 
 from clients.api import ChatterError, Client
-from clients.commands import (cmd_chat, cmd_history, cmd_keys_new, cmd_loadtest, cmd_preview, cmd_regenerate,
-                              cmd_send, cmd_sessions, cmd_status, cmd_watch)
+from clients.commands import (cmd_chaos, cmd_chat, cmd_history, cmd_keys_new, cmd_loadtest, cmd_preview,
+                              cmd_regenerate, cmd_send, cmd_sessions, cmd_status, cmd_watch)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 from protocol import transport
 
@@ -39,6 +39,16 @@ def float_in(lo: float, hi: float):
 
 
 TOKENS = int_in(1, 2**31 - 1)  # the schema's bound: a 32-bit column
+
+
+def kinds(raw: str) -> tuple[str, ...]:
+    """``--kill``: process kinds separated by commas."""
+    from tools.chaos import KINDS
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    wrong = [n for n in names if n not in KINDS]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(f"must be some of {','.join(KINDS)}, got {raw!r}")
+    return names
 SHOW_THINKING = "print a reasoning model's thinking in full (default: its newest lines, folded once it ends)"
 
 
@@ -103,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON report to this file")
     p.add_argument("--plot", help="write a latency histogram and throughput over time to this PNG")
     p.set_defaults(func=cmd_loadtest, needs_client=False)
+    p = sub.add_parser("chaos", help="kill -9 processes under load, restart them, and account for every reply")
+    p.add_argument("--spawn", action="store_true", help="required: a private stack whose processes it supervises")
+    p.add_argument("--streams", type=int_in(1, 10_000), default=50, help="replies kept streaming (default 50)")
+    p.add_argument("--trials", type=int_in(1, 10_000), default=6, help="kills in all (default 6)")
+    p.add_argument("--kill", type=kinds, default=("generator", "persister", "coordinator"),
+                   help="which processes, round robin (default generator,persister,coordinator)")
+    p.add_argument("--restart-after", type=float_in(0, 60), default=0.5,
+                   help="seconds before a killed process is started again (default 0.5)")
+    p.add_argument("--seed", type=int_in(-(2**63), 2**63 - 1), default=1, help="seed of when each kill lands")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.set_defaults(func=cmd_chaos, needs_client=False)
     p = sub.add_parser("sessions", help="recent sessions")
     p.add_argument("--limit", type=int_in(1, 100_000), default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -131,6 +131,34 @@ def cmd_loadtest(args) -> int:
     return EXIT_OK if report["mismatches"] == 0 and report["errors"] == 0 else EXIT_ERROR
 
 
+def cmd_chaos(args) -> int:
+    """Kill -9 under load, restart, account for every reply; exit 1 when anything was lost or doubled."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tools.chaos import ChaosSpec, print_table, run_chaos
+
+    if not args.spawn:
+        raise ChatterError("chaos kills and restarts processes, so only of a stack it starts itself: add --spawn")
+    spec = ChaosSpec(streams=args.streams, trials=args.trials, kill=args.kill, seed=args.seed,
+                     restart_after_s=args.restart_after)
+    console = Console(stderr=True)
+    with Progress(TextColumn("replies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("chaos", total=None)
+        report = run_chaos(spec, progress=lambda done: bar.update(task, completed=done))
+    text = json.dumps(report, ensure_ascii=False, indent=None if args.json else 2)
+    if args.out:
+        with open(args.out, "w") as out:
+            out.write(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print_table(report, console)
+    lost = sum(report[k] for k in ("lost_acked_chars", "mismatches", "duplicates", "non_terminal"))
+    return EXIT_OK if lost == 0 else EXIT_ERROR
+
+
 def show(args, value, print_text, **extra) -> int:
     """One JSON value with ``--json`` (a result's fields, and ``extra``), else its text form."""
     if args.json:

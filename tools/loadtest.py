@@ -77,15 +77,33 @@ class LoadRun:
         self.text_times: list[tuple[float, int]] = []  # (time, chars) for throughput over time
         self.started = 0
         self.finished = 0
+        # for ``tools.chaos``: when to stop starting streams, hooks, and resends of unanswered requests
+        self.keep_going = None  # a callable: start new streams while it says so (instead of count or duration)
+        self.on_moved = None  # (stream, upstream_at or None, now): a stream's reply moved on
+        self.on_tick = None  # (now): every loop turn
+        self.give_up_after_s = 120.0  # with no stream finishing this long, the open ones end as errors
+        self.resend_after_s: float | None = None  # resend a request unanswered this long (same request id)
+        self.unanswered: dict[int, tuple[m.Message, float]] = {}
 
     # ------------------------------------------------------------ rpc, pipelined
 
     def call(self, msg: m.Message, on_reply, stream: UserStream) -> None:
         self.callbacks[msg.req_id] = (on_reply, stream)
+        if self.resend_after_s is not None:
+            self.unanswered[msg.req_id] = (msg, time.monotonic())
         self.client.rpc.send(msg.encode())
+
+    def resend_unanswered(self, clock: float) -> None:
+        """Requests a coordinator never answered (it died): again, with the same request id and client request
+        id, so a send that did arrive is answered with its first generation, never a second."""
+        for req_id, (msg, at) in list(self.unanswered.items()):
+            if clock - at >= self.resend_after_s:
+                self.unanswered[req_id] = (msg, clock)
+                self.client.rpc.send(msg.encode())
 
     def on_rpc(self, payload: bytes) -> None:
         reply = codec.decode(payload, (m.Reply,))
+        self.unanswered.pop(reply.req_id, None)
         handler = self.callbacks.pop(reply.req_id, None)
         if handler is not None:
             on_reply, stream = handler
@@ -146,6 +164,9 @@ class LoadRun:
     def apply(self, stream: UserStream, event: m.Message, now: float) -> None:
         if isinstance(event, m.StreamDelta) and event.generation_id == stream.generation_id and event.first_received_at:
             self.delivery_ms.append((now - event.first_received_at) * 1000)
+        if self.on_moved is not None and event.generation_id == stream.generation_id and isinstance(
+                event, (m.StreamDelta, m.Final)):
+            self.on_moved(stream, event.first_received_at if isinstance(event, m.StreamDelta) else None, now)
         if stream.view.apply(event) == GAP:
             self.ask_snapshot(stream)
         self.after_update(stream, now)
@@ -182,10 +203,10 @@ class LoadRun:
         if stream.ended_at is not None:
             return
         stream.ended_at = time.time()
-        if failure is not None:
+        if failure is not None:  # the client's own verdict: nothing the backend said, nothing durable
             stream.view = stream.view or ReplyView(stream.generation_id or "")
             stream.view.status = "error"
-            stream.view.final = {"status": "error", "error": failure, "stats": {}}
+            stream.view.final = {"status": "error", "error": failure, "stats": {}, "client_side": True}
         if stream.session_id:
             self.client.unsubscribe(stream.session_id)
         self.finished += 1
@@ -206,11 +227,11 @@ class LoadRun:
         while True:
             clock = time.monotonic()
             open_streams = self.started - self.finished
-            more = (self.started < total) if total is not None else (clock - began < spec.duration_s)
+            more = self._more(total, clock - began)
             while more and open_streams < spec.streams:
                 self.start_stream()
                 open_streams += 1
-                more = (self.started < total) if total is not None else (clock - began < spec.duration_s)
+                more = self._more(total, clock - began)
             if not more and open_streams == 0:
                 break
             ready = dict(poller.poll(50))
@@ -231,19 +252,28 @@ class LoadRun:
             if clock >= next_sample:
                 next_sample = clock + 0.5
                 meter.sample()
+            if self.on_tick is not None:
+                self.on_tick(now)
             if clock >= next_check:
                 next_check = clock + 0.5
+                if self.resend_after_s is not None:
+                    self.resend_unanswered(clock)
                 for stream in self.streams:
                     if stream.ended_at is None and stream.view is not None and clock - stream.last_event_at > SILENCE_S:
                         stream.last_event_at = clock
                         self.ask_snapshot(stream)
             if self.finished != last_finished:
                 last_finished, last_progress = self.finished, clock
-            elif clock - last_progress > 120:
+            elif clock - last_progress > self.give_up_after_s:
                 for stream in self.streams:
                     if stream.ended_at is None:
-                        self.end(stream, "error: no progress for 120 s")
+                        self.end(stream, f"error: no progress for {self.give_up_after_s:g} s")
         return time.monotonic() - began
+
+    def _more(self, total: int | None, elapsed_s: float) -> bool:
+        if self.keep_going is not None:
+            return self.keep_going()
+        return self.started < total if total is not None else elapsed_s < self.spec.duration_s
 
 
 def fetch_journal(port: int) -> dict[str, dict]:

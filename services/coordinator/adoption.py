@@ -10,8 +10,10 @@
    ``adopt``): its session, its message, its frozen prompt, and its durable text. We ask its generator for the
    text beyond the durable offsets (``ResumeGeneration``); until the answer (``GenCatchUp``) arrives, its deltas
    and its end are dropped, as the generator sends them again after the catch-up.
-4. When the window has closed and no adoption is pending, the orphan sweep runs: only a reply that nobody
-   announced, because its generator died too, ends ``interrupted``.
+4. When the window closes, a reply read as streaming that nobody announced and that has no text yet never
+   reached a generator (its job died with the old coordinator): it is queued again, which cannot duplicate
+   anything. Then, with no adoption pending, the orphan sweep runs: only a reply that nobody announced and
+   that had text, because its generator died too, ends ``interrupted``.
 """
 from __future__ import annotations
 
@@ -24,25 +26,34 @@ from services.coordinator.stream import GenerationState
 class Adoption:
     # ------------------------------------------------------------ the window
 
-    def _adoption_window(self, now: float) -> bool:
+    def _adoption_window(self, now: float, out: list | None = None) -> bool:
         """True while this coordinator, new, still waits for announcements. Opens at the first tick."""
         if self.adopt_until is None:
             self.adopt_until = now + self.settings.adopt_grace_ms / 1000
         if self.adopting_open and now >= self.adopt_until:
             self.adopting_open = False
-            self._close_adoption_window(now)
+            closing = self._close_adoption_window(now)
+            if out is not None:
+                out.extend(closing)
         return self.adopting_open
 
-    def _close_adoption_window(self, now: float) -> None:
-        """Replies read as streaming that nobody announced have no generation: interrupted, as the sweep makes
-        them in the database."""
+    def _close_adoption_window(self, now: float) -> list:
+        """Replies read as streaming that nobody announced: without text, queued again (their job was lost
+        with the old coordinator); with text, interrupted, as the sweep makes them in the database."""
+        out: list = []
         for sess in self.sessions.values():
             gen_id = sess.active_generation
-            if gen_id is not None and gen_id not in self.active and gen_id not in self.adoptions:
-                sess.active_generation = None
-                for record in sess.history:
-                    if record.generation_id == gen_id and record.status == "streaming":
-                        record.status, record.error = "interrupted", "interrupted: coordinator restarted"
+            if gen_id is None or gen_id in self.active or gen_id in self.adoptions:
+                continue
+            sess.active_generation = None
+            record = next((r for r in sess.history if r.generation_id == gen_id and r.status == "streaming"), None)
+            if record is None:
+                continue
+            if not record.content and not record.reasoning:
+                self._rebuild(sess, record, None, now, out)
+            else:
+                record.status, record.error = "interrupted", "interrupted: coordinator restarted"
+        return out
 
     def _sweep_held(self) -> bool:
         """The orphan sweep waits for the window and for every adoption in progress: a reply being adopted must
@@ -56,7 +67,7 @@ class Adoption:
             gen_id = live.generation_id
             if gen_id in self.active or gen_id in self.finalizing or gen_id in self.adoptions:
                 continue  # ours already (a generator that saw us restart twice), or on its way
-            if not self._adoption_window(now):
+            if not self._adoption_window(now, out):
                 if not live.ended:
                     out.append(ToControl(m.CancelGeneration(gen_id)))  # too late: it was swept
                 continue
@@ -82,27 +93,43 @@ class Adoption:
             out.append(Log("adoption_declined", {"generation_id": generation_id,
                                                  "status": record.status if record else None}))
             return out
-        gen = GenerationState(generation_id, sess.session_id, record.message_id, package_of(record, self.count_tokens),
-                              record, queued_at=record.created_at, status="streaming", generator_id=generator_id,
-                              started_at=record.created_at, last_delta_at=now, adopted=True, catching_up=True)
+        gen = self._rebuild(sess, record, generator_id, now, out)
         if live.seq or live.reasoning_seq:
             gen.first_token_at = now  # it has tokens: if its generator dies now, it must not run again
+        out.append(ToControl(m.ResumeGeneration(generation_id, len(record.content), len(record.reasoning))))
+        out.append(Log("generation_adopted", {"session_id": sess.session_id, "generation_id": generation_id,
+                                              "durable_length": len(record.content),
+                                              "generator_length": live.length}))
+        return out
+
+    def _rebuild(self, sess, record, generator_id: str | None, now: float, out: list) -> GenerationState:
+        """A generation of a stored streaming row, taken over by this coordinator: from its generator
+        (``generator_id``, then it catches up), or, without one, queued again from its frozen prompt."""
+        gen = GenerationState(record.generation_id, sess.session_id, record.message_id,
+                              package_of(record, self.count_tokens), record, queued_at=record.created_at,
+                              status="streaming", generator_id=generator_id, started_at=record.created_at,
+                              last_delta_at=now, adopted=True, catching_up=generator_id is not None)
         for text, stored in ((gen.answer, record.content), (gen.thinking, record.reasoning)):
             text.parts[:] = [stored] if stored else []
             text.length = text.client_len = len(stored)
         if record.reasoning:
             gen.thinking_started_at = now
         record.status, record.error = "streaming", None
-        self.active[generation_id] = gen
-        sess.active_generation = generation_id
+        self.active[record.generation_id] = gen
+        sess.active_generation = record.generation_id
         self.message_sessions[record.message_id] = sess.session_id
-        self.persisted.adopt(record.message_id, generation_id, len(record.content), len(record.reasoning), now)
-        self.counters["generations_adopted"] += 1
-        out.append(ToControl(m.ResumeGeneration(generation_id, len(record.content), len(record.reasoning))))
-        out.append(Log("generation_adopted", {"session_id": sess.session_id, "generation_id": generation_id,
-                                              "durable_length": len(record.content),
-                                              "generator_length": live.length}))
-        return out
+        self.persisted.adopt(record.message_id, record.generation_id, len(record.content), len(record.reasoning), now)
+        if generator_id is None:
+            gen.status = record.status = "queued"
+            gen.started_at, gen.last_delta_at = None, None
+            gen.queued_at = now  # the stall watchdog's clock for taking the job
+            self.counters["generations_requeued"] += 1
+            out.append(Log("generation_requeued", {"session_id": sess.session_id,
+                                                   "generation_id": record.generation_id}))
+            self._dispatch(gen, now, out)
+        else:
+            self.counters["generations_adopted"] += 1
+        return gen
 
     def _on_gen_catch_up(self, msg: m.GenCatchUp, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)

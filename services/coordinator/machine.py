@@ -53,6 +53,7 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0, "generations_adopted": 0, "deltas_before_adoption": 0,
+                         "jobs_sent_again": 0, "generations_requeued": 0,
                          # counted by the shell: its database reads, and refused tcp handshakes and CURVE keys
                          "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
@@ -134,11 +135,14 @@ class Coordinator(Requests, StreamRules, Adoption):
                 self._checkpoint(gen, now, out)
         if now >= self._housekeeping_at:
             self._housekeeping_at = now + self.settings.housekeeping_ms / 1000
-            self._adoption_window(now)
+            self._adoption_window(now, out)
             if now >= self._heartbeat_at:  # generators cancel their streams when we fall silent
-                self._heartbeat_at = now + 1.0
+                # a second apart; ten a second in the adoption window, so that generators, whose subscriptions
+                # reach a restarted coordinator's PUB a moment after it binds, hear of it and announce at once
+                self._heartbeat_at = now + (0.1 if self.adopting_open else 1.0)
                 out.append(ToControl(m.CoordinatorHeartbeat(now, self.instance)))
             self._check_generators(now, out)
+            self._check_lost_jobs(now, out)
             self._check_stalls(now, out)
             self._evict_idle_sessions()
             self.persisted.sweep_held = self._sweep_held()

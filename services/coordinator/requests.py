@@ -155,7 +155,7 @@ class Requests:
                                                         list(prompt.dropped_message_ids), prompt.max_input_tokens,
                                                         prompt.thinking_left_out)))
         gen.stream = sess.stream
-        out.append(ToGenerators(self._job(gen)))
+        self._dispatch(gen, now, out)
         out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id,
                                              "prompt_tokens": prompt.prompt_tokens,
                                              "dropped_messages": len(prompt.dropped_message_ids)}))

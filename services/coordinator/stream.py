@@ -11,6 +11,9 @@ from protocol import messages as m, results
 from services.coordinator.effects import Log, ToClients, ToControl, ToGenerators, ToPersister, content_hash
 from services.coordinator.prompt import PromptPackage
 
+JOB_TRAVEL_S = 1.0  # a job sent this long before a generator's heartbeat with room has reached that generator
+
+
 @dataclass
 class ReplyText:
     """One of a reply's two texts, the answer or the thinking, with the same rules: its own seq and offsets,
@@ -71,6 +74,7 @@ class GenerationState:
     streamed: bool = True  # False: the generator made one non-streaming request
     adopted: bool = False  # taken over by a restarted coordinator: its timings before that are unknown
     catching_up: bool = False  # adopted, waiting for its generator's GenCatchUp; its deltas until then are dropped
+    dispatched_at: float | None = None  # when its job last went to the generators
 
     @property
     def length(self) -> int:
@@ -376,9 +380,26 @@ class StreamRules:
             for gen in [g for g in self.active.values() if g.generator_id == gen_id]:
                 if gen.first_token_at is None:  # nothing emitted yet: safe to run again elsewhere
                     gen.generator_id, gen.status = None, "queued"
-                    out.append(ToGenerators(self._job(gen)))
+                    self._dispatch(gen, now, out)
                 else:
                     self._finalize(gen, "error", now, out, error=f"generator lost: {gen_id} stopped heartbeating")
+
+    def _dispatch(self, gen: GenerationState, now: float, out: list) -> None:
+        gen.dispatched_at = now
+        out.append(ToGenerators(self._job(gen)))
+
+    def _check_lost_jobs(self, now: float, out: list) -> None:
+        """A job that no generator took although every live generator has said since, a second or more after
+        it was sent, that it has room, is in no generator's queue (a generator with room takes a job as it
+        arrives): it was lost, with a generator that died before starting it. Sent again, it cannot run twice."""
+        if not self.generators or any(g.capacity_free <= 0 for g in self.generators.values()):
+            return
+        heard_since = min(g.last_seen for g in self.generators.values()) - JOB_TRAVEL_S
+        for gen in self.active.values():
+            if gen.started_at is None and gen.dispatched_at is not None and gen.dispatched_at < heard_since:
+                self.counters["jobs_sent_again"] += 1
+                out.append(Log("job_sent_again", {"generation_id": gen.generation_id}))
+                self._dispatch(gen, now, out)
 
     def _check_stalls(self, now: float, out: list) -> None:
         """Nothing says "generating" forever, and each wait has its own limit: no generator taking the job

@@ -204,8 +204,15 @@ class GeneratorShell:
         if gen is None:
             return
         text, reasoning = "".join(gen.parts), "".join(gen.reasoning_parts)
-        self.emit(m.GenCatchUp(msg.generation_id, gen.seq, msg.offset, text[msg.offset:], gen.reasoning_seq,
-                               msg.reasoning_offset, reasoning[msg.reasoning_offset:]))
+        try:
+            catch_up = m.GenCatchUp(msg.generation_id, gen.seq, msg.offset, text[msg.offset:], gen.reasoning_seq,
+                                    msg.reasoning_offset, reasoning[msg.reasoning_offset:]).encode()
+        except codec.FrameError:  # more text than one frame holds: it cannot be carried on, but it is kept
+            self.emit(m.GenError(msg.generation_id, gen.seq, "after the coordinator's restart, the text to catch "
+                                 "up on is over the frame limit", gen.attempts, gen.reasoning_seq))
+            return
+        self.flush_deltas()
+        self._send(catch_up)
         if ended is not None:
             self.emit(ended[1])
 

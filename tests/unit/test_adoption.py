@@ -146,3 +146,36 @@ def test_heartbeats_name_the_instance_so_generators_can_tell_a_restart():
     beat = effects(first.tick(100.0), ToControl, m.CoordinatorHeartbeat)[0].msg
     assert beat.instance and beat.instance == effects(first.tick(101.5), ToControl, m.CoordinatorHeartbeat)[0].msg.instance
     assert effects(second.tick(100.0), ToControl, m.CoordinatorHeartbeat)[0].msg.instance != beat.instance
+
+
+def test_a_streaming_reply_without_text_that_nobody_announced_is_queued_again_at_the_windows_end():
+    """Its job died with the old coordinator (or in a generator's queue): running it now duplicates nothing."""
+    from services.coordinator.machine import ToGenerators
+    machine = make(adopt_grace_ms=GRACE_MS)
+    machine.tick(100.0)
+    machine.load_session(stored_session(content=""))
+    out = machine.tick(103.5)
+    (job,) = effects(out, ToGenerators)
+    assert job.msg.generation_id == "g1" and job.msg.params == {"temperature": 0.5} and job.msg.prompt_hash == "h"
+    assert machine.active["g1"].status == "queued" and machine.counters["generations_requeued"] == 1
+    (sweep,) = effects(out, ToPersister, m.InterruptOrphans)
+    assert sweep.msg.live_message_ids == ["a1"]  # not swept: it is live again
+
+
+def test_a_job_no_generator_took_although_all_had_room_is_sent_again():
+    from services.coordinator.machine import ToGenerators
+    machine = make(housekeeping_ms=100)
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 0, 4, 0), 100.0)  # full: a job may wait in its queue
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 100.0)).result.session_id
+    sent = reply(machine.handle_rpc(CLIENT, m.Send(2, sid, "hi", "r"), 100.0)).result
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 3, 1, 0), 100.5)
+    assert not effects(machine.tick(100.6), ToGenerators)  # room, but said too soon after the job was sent
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 0, 4, 0), 101.5)
+    assert not effects(machine.tick(101.6), ToGenerators)  # no room: it may wait in that generator's queue
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 3, 1, 0), 102.7)
+    out = machine.tick(102.8)
+    assert [j.msg.generation_id for j in effects(out, ToGenerators)] == [sent.generation_id]
+    assert machine.counters["jobs_sent_again"] == 1
+    machine.handle_event(m.GenStarted(sent.generation_id, "gen-A"), 102.9)
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 3, 1, 0), 104.0)
+    assert not effects(machine.tick(104.1), ToGenerators)  # taken: never again

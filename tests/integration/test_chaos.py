@@ -1,0 +1,27 @@
+"""``chatter chaos`` in the suite: SIGKILL of each process twice over 50 streams, each restarted by chaos's own
+supervisor, and every reply accounted for against the mock's text, in the client and in the database."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tools.spawn import REPO
+
+
+def test_two_kills_of_each_process_lose_nothing_and_double_nothing(tmp_path):
+    out = tmp_path / "chaos.json"
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "chaos", "--spawn", "--streams", "50", "--trials", "6",
+                           "--kill", "generator,persister,coordinator", "--seed", "7", "--json", "--out", str(out)],
+                          cwd=REPO, capture_output=True, timeout=600)
+    report = json.loads(done.stdout)
+    assert report == json.loads(out.read_text())
+    assert done.returncode == 0, (report.get("details"), done.stderr.decode()[-2000:])
+    assert report["trials"] == 6 and {k: v["trials"] for k, v in report["by_kind"].items()} == {
+        "generator": 2, "persister": 2, "coordinator": 2}
+    for key in ("lost_acked_chars", "mismatches", "duplicates", "non_terminal", "interrupted"):
+        assert report[key] == 0, (key, report["details"])
+    assert report["errors_without_a_generator_kill"] == 0, report["details"]  # errors: replies whose upstream died
+    assert report["completed"] > 0 and report["streams"] >= 50
+    assert report["recovery_ms"]["unrecovered"] == 0 and report["recovery_ms"]["max"] is not None
+    assert all(trial["affected"] > 0 for trial in report["trial_log"])  # every kill landed mid-stream
