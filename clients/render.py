@@ -54,6 +54,21 @@ def final_stats_line(outcome: dict, stats: dict | None = None) -> str:
     return line
 
 
+def live_stats_line(tokens: int, started_at: float, first_token_at: float | None, thinking_at: float | None,
+                    thought_s: float | None, now: float) -> str:
+    """The stats bar while a reply streams (the terminal's and the window's): ``Thinking…`` until the first
+    token; while a reasoning model thinks, how long and how much; then live tokens, elapsed, tok/s, TTFT."""
+    if first_token_at is None:
+        return "Thinking…"
+    if thinking_at is not None and thought_s is None:
+        return f"Thinking… {now - thinking_at:.1f}s, {tokens} tokens (estimated)"
+    elapsed = now - first_token_at
+    rate = tokens / elapsed if elapsed > 0.2 else None
+    ttft = (first_token_at - started_at) * 1000
+    return (f"{tokens} tokens (estimated) | {elapsed:.1f}s | {fmt(rate and round(rate, 1))} tok/s"
+            f" | TTFT {ttft:.0f} ms")
+
+
 _BLOCKS = MarkdownIt("commonmark")
 
 
@@ -195,18 +210,11 @@ class ReplyRenderer:
         thinking = self.thinking_started_at is not None and self.thought_s is None
         if final_line is not None:
             bar = Text(final_line, style=style)
-        elif self.first_token_at is None:
-            bar = Spinner("dots", text=Text("Thinking…", style="dim"))
-        elif thinking:
-            elapsed = time.monotonic() - self.thinking_started_at
-            bar = Spinner("dots", text=Text(f"Thinking… {elapsed:.1f}s, {self.tokens} tokens (estimated)",
-                                            style="dim"))
         else:
-            elapsed = time.monotonic() - self.first_token_at
-            rate = self.tokens / elapsed if elapsed > 0.2 else None
-            ttft = (self.first_token_at - self.started_at) * 1000
-            bar = Text(f"{self.tokens} tokens (estimated) | {elapsed:.1f}s | {fmt(rate and round(rate, 1))} tok/s"
-                       f" | TTFT {ttft:.0f} ms", style="dim")
+            line = live_stats_line(self.tokens, self.started_at, self.first_token_at, self.thinking_started_at,
+                                   self.thought_s, time.monotonic())
+            waiting = self.first_token_at is None or thinking
+            bar = Spinner("dots", text=Text(line, style="dim")) if waiting else Text(line, style="dim")
         parts = [tail, bar]
         if thinking and self.thinking_tail.strip():
             lines = [line[:self.console.width - 2] for line in self.thinking_tail.split("\n")]
