@@ -12,6 +12,7 @@ f. the coordinator's database reads hammered while 200 streams run on PostgreSQL
    without, in one stack, at 50 rounds/s and flat out
 g. 100,000 fuzzed frames into each socket the coordinator receives on (bench/fuzz.py)
 h. chaos: 200 streams, 30 SIGKILLs (10 of each process), each restarted, every reply accounted for
+i. the window (chatter gui, offscreen): GUI-thread CPU per token and repaints a second at 200 tok/s (bench/gui.py)
 
 Timings are figures to compare within one run on one machine, never assertions.
 """
@@ -268,6 +269,15 @@ def bench_hammer(streams: int, tokens: int, tps: float) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def bench_gui_section() -> dict:
+    """bench/gui.py in a process of its own: Qt wants the main thread, and may crash at interpreter exit."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gui.py")], capture_output=True, timeout=600,
+                          env=os.environ | {"QT_QPA_PLATFORM": "offscreen"})
+    if done.returncode != 0:
+        return {"skipped": done.stderr.decode(errors="replace")[-300:]}
+    return json.loads(done.stdout)
+
+
 def bench_chaos(quick: bool) -> dict:
     from tools.chaos import ChaosSpec, run_chaos
     report = run_chaos(ChaosSpec(streams=50 if quick else 200, trials=6 if quick else 30))
@@ -404,6 +414,14 @@ def write_databases(results: dict) -> list[str]:
         lines += ["", "A reply counts under every kind of kill that happened while it streamed. Errors without a "
                   f"generator kill: {h['errors_without_a_generator_kill']} (an error is a reply whose upstream died "
                   "with its generator; it had tokens, so it is never run again)."]
+    i = results.get("gui")
+    if i and "skipped" not in i:
+        lines += ["", f"## i. The window (`chatter gui`, offscreen): a {i['tokens']:,}-token reply at {i['tps']:g} tok/s",
+                  "", f"GUI thread (Qt and every slot): **{i['gui_thread_cpu_us_per_token']} µs CPU per token**, "
+                  f"{round(i['gui_thread_cpu_share'] * 100, 1)}% of a core; **{i['repaints_per_s']} repaints a "
+                  f"second** ({i['repaints']} in {i['seconds']} s; the bound is 30). Reply {i['status']}."]
+    elif i:
+        lines += ["", f"## i. The window: not run ({i['skipped']})"]
     return lines
 
 
@@ -461,6 +479,8 @@ def main() -> None:
     results["fuzz"] = bench_fuzz(10_000 if args.quick else 100_000)
     print("h. chaos", file=sys.stderr)
     results["chaos"] = bench_chaos(args.quick)
+    print("i. the window", file=sys.stderr)
+    results["gui"] = bench_gui_section()
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())
@@ -469,9 +489,9 @@ def main() -> None:
 def run_only(sections: set[str], quick: bool) -> None:
     """Some sections again, into the last results (the machine line says when the rest was measured)."""
     results = json.loads((OUT / "results.json").read_text())
-    unknown = sections - {"e", "f", "g", "h"}
+    unknown = sections - {"e", "f", "g", "h", "i"}
     if unknown:
-        raise SystemExit(f"--only runs e, f, g and h; not {', '.join(sorted(unknown))}")
+        raise SystemExit(f"--only runs e, f, g, h and i; not {', '.join(sorted(unknown))}")
     if "e" in sections:
         results["databases"] = bench_databases(100 if quick else 500, 60 if quick else 200, 20.0)
         results["databases"]["date"] = machine()["date"]
@@ -484,6 +504,9 @@ def run_only(sections: set[str], quick: bool) -> None:
     if "h" in sections:
         results["chaos"] = bench_chaos(quick)
         results["chaos"]["date"] = machine()["date"]
+    if "i" in sections:
+        results["gui"] = bench_gui_section()
+        results["gui"]["date"] = machine()["date"]
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())

@@ -7,7 +7,7 @@ import os
 import sys
 
 from clients.api import ChatterError, Client
-from clients.commands import (cmd_chaos, cmd_chat, cmd_history, cmd_keys_new, cmd_loadtest, cmd_preview,
+from clients.commands import (cmd_chaos, cmd_chat, cmd_gui, cmd_history, cmd_keys_new, cmd_loadtest, cmd_preview,
                               cmd_regenerate, cmd_send, cmd_sessions, cmd_status, cmd_watch)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 from protocol import transport
@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "CHATTER_MAX_INPUT_TOKENS)")
     p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
     p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("gui", help="the desktop window (PySide6): sessions, live replies, stats, stop, preview")
+    p.add_argument("--session", help="open this session (id or unique prefix)")
+    p.add_argument("--send", metavar="TEXT", help="send this message at once (in a new session unless --session)")
+    p.add_argument("--screenshot", metavar="PNG", help="with --send: save the window when the reply ends")
+    p.add_argument("--screenshot-live", metavar="PNG", help="with --send: save the window mid-reply")
+    p.add_argument("--quit-after-reply", action="store_true",
+                   help="with --send: exit when the reply ends, with send's exit code")
+    p.set_defaults(func=cmd_gui, needs_client=False)
     p = sub.add_parser("watch", help="follow a session's replies live, from any moment")
     p.add_argument("session", help="session id or unique prefix")
     p.add_argument("--once", action="store_true", help="follow the active (or last) reply to its end, then exit")

@@ -91,6 +91,19 @@ def cmd_watch(client: Client, args) -> int:
                 renderer.finish(outcome, view.final.get("stats"), view.text)
 
 
+def cmd_gui(args) -> int:
+    """The window; its worker thread has its own client."""
+    try:
+        from clients import gui
+    except ImportError as exc:
+        raise ChatterError(f"chatter gui needs PySide6, which is not installed ({exc}); make run installs it, or "
+                           "pip install -e '.[gui]'") from None
+    if args.session is not None:
+        with Client() as client:
+            args.session = resolve_session(client, args.session)
+    return gui.main(args)
+
+
 def cmd_chat(client: Client, args) -> int:
     from clients.chat import Chat
     return Chat(client, args).run()

@@ -1,0 +1,531 @@
+"""``chatter gui``: a Qt window over the same protocol as the CLI, built as the seed app is: a worker thread
+produces the stream, the main window renders it, the persister (on the server) keeps it.
+
+- All socket I/O runs on one ``QThread`` (``Worker``) with the CLI's own ``Client`` and ``ReplyView``: the
+  Clone catch-up, offsets and cancel rule are the library's, written once. The worker emits Qt signals;
+  only the GUI thread touches widgets (``Window._on_gui_thread`` asserts it in the debug mode,
+  ``CHATTER_GUI_DEBUG=1``).
+- Repaints are coalesced: text is gathered as it arrives and drawn at most ``REPAINTS_PER_S`` times a second.
+  Finished Markdown blocks go into the transcript once; only the block being written is drawn again.
+- ``chatter gui --send TEXT --screenshot PNG --quit-after-reply`` sends one message, saves the window when the
+  reply ends, and exits as ``send`` does; it works offscreen (``QT_QPA_PLATFORM=offscreen``).
+"""
+from __future__ import annotations
+
+import html
+import os
+import queue
+import sys
+import time
+import uuid
+
+from markdown_it import MarkdownIt
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import TextLexer, get_lexer_by_name
+from pygments.util import ClassNotFound
+from PySide6.QtCore import QObject, QThread, QTimer, Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QPushButton,
+                               QSplitter, QTextBrowser, QVBoxLayout, QWidget)
+
+from clients.api import ChatterError, Client
+from clients.output import EXIT_ERROR, exit_code, outcome_json
+from clients.render import final_stats_line, live_stats_line, split_finished
+
+REPAINTS_PER_S = 30
+THINKING_LINES = 4
+
+
+def _code(code: str, lang: str, attrs) -> str:
+    try:
+        lexer = get_lexer_by_name(lang) if lang else TextLexer()
+    except ClassNotFound:
+        lexer = TextLexer()
+    return highlight(code, lexer, HtmlFormatter(noclasses=True, nowrap=False))
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"highlight": _code, "html": False})
+
+
+def to_html(markdown: str) -> str:
+    """A reply's Markdown as the HTML Qt shows: CommonMark, code highlighted by pygments, no raw HTML passed."""
+    return _MARKDOWN.render(markdown)
+
+
+# ---------------------------------------------------------------- the worker: every socket, one thread
+
+
+class Worker(QObject):
+    """Runs on its own QThread with its own ``Client``. The window puts commands in ``commands``; the worker
+    answers with signals, and follows a reply to its end unless a command detaches it."""
+
+    sessions = Signal(list)  # SessionSummary values
+    history = Signal(object)  # a History result
+    reply_started = Signal(str, str, str)  # session id, generation id, the user's text
+    text = Signal(str, str, int)  # generation id, fresh text, estimated tokens
+    thinking = Signal(str, str, int)
+    reply_ended = Signal(str, dict, dict)  # generation id, the outcome (as send --json), its stats
+    preview = Signal(object)
+    settings = Signal(object)
+    failed = Signal(str)  # a sentence for the banner
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: queue.Queue = queue.Queue()
+        self.later: list = []  # commands that arrived while following a reply
+
+    def run(self) -> None:
+        try:
+            self.client = Client()
+        except ChatterError as exc:
+            self.failed.emit(str(exc))
+            return
+        with self.client:
+            while True:
+                command = self.later.pop(0) if self.later else self.commands.get()
+                if command[0] == "quit":
+                    return
+                try:
+                    getattr(self, "do_" + command[0])(*command[1:])
+                except ChatterError as exc:
+                    self.failed.emit(str(exc))
+
+    # ------------------------------------------------------------ commands
+
+    def do_refresh(self) -> None:
+        self.sessions.emit(self.client.sessions(limit=100))
+
+    def do_new(self, system: str | None) -> None:
+        session_id = self.client.new_session(system=system or None)
+        self.do_switch(session_id)
+
+    def do_switch(self, session_id: str) -> None:
+        self.history.emit(self.client.history(session_id))
+        self.client.subscribe(session_id)
+        snap = self.client.snapshot(session_id)
+        if snap.generation_id and not snap.final and snap.status not in ("completed", "cancelled", "error",
+                                                                           "interrupted"):
+            self.follow(session_id, snap.generation_id, snap.user_text or "", snap, attach=True)
+
+    def do_send(self, session_id: str, text: str) -> None:
+        self.client.subscribe(session_id)
+        started = self.client.send(session_id, text, uuid.uuid4().hex)
+        self.follow(session_id, started.generation_id, text, started)
+
+    def do_regenerate(self, session_id: str) -> None:
+        self.client.subscribe(session_id)
+        started = self.client.regenerate(session_id, uuid.uuid4().hex)
+        self.follow(session_id, started.generation_id, "(regenerated)", started)
+
+    def do_preview(self, session_id: str) -> None:
+        last = next((msg for msg in reversed(self.client.history(session_id).messages) if msg.role == "assistant"),
+                    None)
+        if last is None:
+            raise ChatterError("no reply yet: the preview is the prompt of a reply")
+        self.preview.emit(self.client.preview(last.message_id))
+
+    def do_configure(self, session_id: str, fields: dict) -> None:
+        self.settings.emit(self.client.configure(session_id, **fields))
+
+    def do_cancel(self) -> None:
+        pass  # nothing is streaming
+
+    # ------------------------------------------------------------ following a reply
+
+    def follow(self, session_id: str, generation_id: str, user_text: str, started, attach: bool = False) -> None:
+        self.reply_started.emit(session_id, generation_id, user_text)
+        self.sessions.emit(self.client.sessions(limit=100))  # the session has a title and a message now
+
+        def interrupt() -> str | None:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return None
+            if command[0] == "cancel":
+                return "cancel"
+            self.later.append(command)  # anything else runs once we leave the reply (streaming on, on the server)
+            return "detach"
+
+        view = self.client.follow(session_id, generation_id, attach=attach, interrupt=interrupt,
+                                  on_text=lambda fresh, v: self.text.emit(generation_id, fresh, v.tokens),
+                                  on_thinking=lambda fresh, v: self.thinking.emit(generation_id, fresh, v.tokens))
+        if view.final is not None:
+            outcome = outcome_json(session_id, view, started)
+            self.reply_ended.emit(generation_id, outcome, view.final.get("stats") or {})
+        self.sessions.emit(self.client.sessions(limit=100))
+
+
+# ---------------------------------------------------------------- the window: widgets, on the GUI thread alone
+
+
+class Window(QMainWindow):
+    def __init__(self, session_id: str | None = None, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug or os.environ.get("CHATTER_GUI_DEBUG") == "1"
+        self.thread_violations: list[str] = []
+        self.repaints = 0  # redraws of the block being written (the coalesced repaints)
+        self.stats_seen: list[str] = []  # every stats line shown, in order: for tests, and honest about states
+        self.session_id = session_id
+        self.generation_id: str | None = None
+        self.tail = ""  # the reply's block being written (Markdown), not yet in the transcript
+        self.thought = ""
+        self.dirty = False
+        self.reply_t0 = self.first_token_at = self.thinking_at = self.thought_s = None
+        self.tokens = 0
+        self.last_outcome: dict | None = None
+        self.shown: dict[str, str] = {}  # generation id -> the reply's text as it was shown (for tests)
+        self.on_reply_end = None  # scripted mode's hook: (outcome) -> None
+        self.send_when_open: str | None = None  # scripted mode's message, sent once a session is open
+        self.on_repaint = None  # scripted mode's hook, after each coalesced repaint
+        self._build()
+        self.worker_thread = QThread()
+        self.worker = Worker()
+        self.worker.moveToThread(self.worker_thread)
+        self.worker_thread.started.connect(self.worker.run)
+        for signal, slot in ((self.worker.sessions, self.show_sessions), (self.worker.history, self.show_history),
+                             (self.worker.reply_started, self.reply_started), (self.worker.text, self.add_text),
+                             (self.worker.thinking, self.add_thinking), (self.worker.reply_ended, self.reply_ended),
+                             (self.worker.preview, self.show_preview), (self.worker.settings, self.show_settings),
+                             (self.worker.failed, self.show_error)):
+            signal.connect(slot, Qt.QueuedConnection)
+        self.timer = QTimer(self)
+        self.timer.setInterval(-(-1000 // REPAINTS_PER_S))  # at most REPAINTS_PER_S a second
+        self.timer.timeout.connect(self.repaint_reply)
+        self.timer.start()
+        self.worker_thread.start()
+        self.ask("refresh")
+        if session_id:
+            self.ask("switch", session_id)
+
+    def _build(self) -> None:
+        self.setWindowTitle("Chatter")
+        self.resize(1000, 700)
+        self.sessions_list = QListWidget()
+        self.sessions_list.itemClicked.connect(lambda item: self.switch(item.data(Qt.UserRole)))
+        new = QPushButton("New session")
+        new.clicked.connect(self.new_session)
+        self.system_edit = QLineEdit()
+        self.system_edit.setPlaceholderText("system prompt of a new session (optional)")
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(self.system_edit)
+        side_layout.addWidget(new)
+        side_layout.addWidget(self.sessions_list)
+        self.banner = QLabel()
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet("background: #fde2e1; color: #8a1c1c; padding: 6px;")
+        self.banner.hide()
+        self.transcript = QTextBrowser()
+        self.transcript.setOpenExternalLinks(True)
+        self.live = QLabel()
+        self.live.setWordWrap(True)
+        self.live.setTextFormat(Qt.RichText)
+        self.live.setAlignment(Qt.AlignTop | Qt.AlignLeft)
+        self.stats = QLabel("")
+        self.stats.setStyleSheet("color: #666;")
+        self.input = QPlainTextEdit()
+        self.input.setPlaceholderText("Message (Enter sends, Shift+Enter for a new line)")
+        self.input.setFixedHeight(80)
+        self.input.installEventFilter(self)
+        buttons = QHBoxLayout()
+        for label, slot in (("Send", self.send), ("Stop", self.stop), ("Regenerate", self.regenerate),
+                            ("Preview", self.preview), ("Settings", self.edit_settings)):
+            button = QPushButton(label)
+            button.clicked.connect(slot)
+            buttons.addWidget(button)
+        QShortcut(QKeySequence(Qt.Key_Escape), self, activated=self.stop)
+        main = QWidget()
+        layout = QVBoxLayout(main)
+        for widget in (self.banner, self.transcript, self.live, self.stats, self.input):
+            layout.addWidget(widget)
+        layout.addLayout(buttons)
+        splitter = QSplitter()
+        splitter.addWidget(side)
+        splitter.addWidget(main)
+        splitter.setSizes([260, 740])
+        self.setCentralWidget(splitter)
+
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self.input and event.type() == event.Type.KeyPress and event.key() in (Qt.Key_Return, Qt.Key_Enter):
+            if not event.modifiers() & Qt.ShiftModifier:
+                self.send()
+                return True
+        return super().eventFilter(obj, event)
+
+    def _on_gui_thread(self) -> None:
+        """Debug mode: every method that touches a widget says so; one called off the GUI thread is recorded."""
+        if self.debug and QThread.currentThread() is not self.thread():
+            self.thread_violations.append(sys._getframe(1).f_code.co_name)
+
+    def ask(self, *command) -> None:
+        self.worker.commands.put(command)
+
+    # ------------------------------------------------------------ actions
+
+    def new_session(self) -> None:
+        self.ask("new", self.system_edit.text().strip() or None)
+
+    def switch(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.ask("switch", session_id)
+
+    def send(self, text: str | None = None) -> None:
+        self._on_gui_thread()
+        text = text if isinstance(text, str) else self.input.toPlainText()
+        if not text.strip():
+            return
+        if self.session_id is None:
+            self.show_error("pick a session, or make a new one, first")
+            return
+        self.input.clear()
+        self.ask("send", self.session_id, text)
+
+    def stop(self) -> None:
+        self.ask("cancel")
+
+    def regenerate(self) -> None:
+        if self.session_id:
+            self.ask("regenerate", self.session_id)
+
+    def preview(self) -> None:
+        if self.session_id:
+            self.ask("preview", self.session_id)
+
+    def edit_settings(self) -> None:
+        self._on_gui_thread()
+        if self.session_id is None:
+            return
+        dialog = QDialog(self)
+        dialog.setWindowTitle("Session settings (from the next reply on)")
+        form = QFormLayout(dialog)
+        fields = {name: QLineEdit() for name in ("model", "temperature", "max_tokens", "max_input_tokens", "system")}
+        stream = QCheckBox("stream")
+        stream.setChecked(True)
+        for name, edit in fields.items():
+            edit.setPlaceholderText("unchanged")
+            form.addRow(name.replace("_", " "), edit)
+        form.addRow(stream)
+        box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        box.accepted.connect(dialog.accept)
+        box.rejected.connect(dialog.reject)
+        form.addRow(box)
+        if dialog.exec() != QDialog.Accepted:
+            return
+        values = {name: edit.text().strip() for name, edit in fields.items()}
+        try:
+            params = {"stream": stream.isChecked()}
+            if values["temperature"]:
+                params["temperature"] = float(values["temperature"])
+            if values["max_tokens"]:
+                params["max_tokens"] = int(values["max_tokens"])
+            update = {"params": params, "model": values["model"] or None,
+                      "max_input_tokens": int(values["max_input_tokens"]) if values["max_input_tokens"] else None,
+                      "system": values["system"] or None}
+        except ValueError as exc:
+            self.show_error(f"bad setting: {exc}")
+            return
+        self.ask("configure", self.session_id, update)
+
+    # ------------------------------------------------------------ what the worker says
+
+    def show_sessions(self, rows: list) -> None:
+        self._on_gui_thread()
+        self.sessions_list.clear()
+        for row in rows:
+            item = QListWidgetItem(f"{row.title or '(new)'}  ·  {row.status}")
+            item.setData(Qt.UserRole, row.session_id)
+            self.sessions_list.addItem(item)
+
+    def show_history(self, history) -> None:
+        self._on_gui_thread()
+        self.session_id = history.session_id
+        self.setWindowTitle(f"Chatter — {history.title or history.session_id}")
+        self.generation_id, self.tail, self.thought = None, "", ""
+        self.live.setText("")
+        parts = [f"<p style='color:#666'>[system] {html.escape(history.system)}</p>"] if history.system else []
+        for msg in history.messages:
+            if msg.role == "user":
+                parts.append(f"<p><b>› {html.escape(msg.content)}</b></p>")
+            elif msg.generation_id and msg.status in ("queued", "streaming"):
+                continue  # under way: it shows live
+            else:
+                if msg.reasoning:
+                    parts.append(f"<p style='color:#888'><i>Thought ({len(msg.reasoning)} characters)</i></p>")
+                parts.append(to_html(msg.content))
+                parts.append(f"<p style='color:#666'>{html.escape(msg.status)}</p>")
+        self.transcript.setHtml("".join(parts))
+        self.stats.setText("")
+        if self.send_when_open:
+            text, self.send_when_open = self.send_when_open, None
+            self.send(text)
+
+    def reply_started(self, session_id: str, generation_id: str, user_text: str) -> None:
+        self._on_gui_thread()
+        self.banner.hide()
+        if user_text and user_text != "(regenerated)":
+            self.transcript.append(f"<p><b>› {html.escape(user_text)}</b></p>")
+        self.generation_id, self.tail, self.thought, self.tokens = generation_id, "", "", 0
+        self.shown[generation_id] = ""  # a follow (again, after a switch) delivers the whole text from the start
+        self.reply_t0, self.first_token_at, self.thinking_at, self.thought_s = time.monotonic(), None, None, None
+        self.dirty = True
+
+    def add_text(self, generation_id: str, fresh: str, tokens: int) -> None:
+        if generation_id != self.generation_id:
+            return
+        now = time.monotonic()
+        self.first_token_at = self.first_token_at or now
+        if self.thinking_at is not None and self.thought_s is None:
+            self.thought_s = now - self.thinking_at
+        self.tail += fresh
+        self.shown[generation_id] = self.shown.get(generation_id, "") + fresh
+        self.tokens = tokens
+        self.dirty = True
+
+    def add_thinking(self, generation_id: str, fresh: str, tokens: int) -> None:
+        if generation_id != self.generation_id:
+            return
+        now = time.monotonic()
+        self.first_token_at = self.first_token_at or now
+        self.thinking_at = self.thinking_at or now
+        self.thought += fresh
+        self.tokens = tokens
+        self.dirty = True
+
+    def repaint_reply(self) -> None:
+        """The coalesced repaint: finished blocks into the transcript once, the block being written redrawn."""
+        self._on_gui_thread()
+        if self.generation_id is None:
+            return
+        if self.dirty:
+            self.dirty = False
+            self.repaints += 1
+            if self.thought_s is not None and self.thought:
+                self.transcript.append(f"<p style='color:#888'><i>Thought for {self.thought_s:.1f} s</i></p>")
+                self.thought = ""
+            cut = split_finished(self.tail)
+            if cut:
+                self.transcript.append(to_html(self.tail[:cut]))
+                self.tail = self.tail[cut:]
+                self._to_bottom()
+            if self.thinking_at is not None and self.thought_s is None:
+                newest = "\n".join(self.thought.split("\n")[-THINKING_LINES:])
+                self.live.setText(f"<i style='color:#888'>{html.escape(newest)}</i>")
+            else:
+                self.live.setText(to_html(self.tail))
+        line = live_stats_line(self.tokens, self.reply_t0, self.first_token_at, self.thinking_at, self.thought_s,
+                               time.monotonic())
+        self._show_stats(line)
+        if self.on_repaint is not None:
+            self.on_repaint()
+
+    def _to_bottom(self) -> None:
+        bar = self.transcript.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def _show_stats(self, line: str) -> None:
+        if self.stats.text() != line:
+            self.stats.setText(line)
+            if not self.stats_seen or self.stats_seen[-1].split(" |")[0] != line.split(" |")[0] or "tok/s" not in line:
+                self.stats_seen.append(line)
+
+    def reply_ended(self, generation_id: str, outcome: dict, stats: dict) -> None:
+        self._on_gui_thread()
+        if generation_id != self.generation_id:
+            return
+        self.dirty = True
+        self.repaint_reply()
+        if self.tail:
+            self.transcript.append(to_html(self.tail))
+        self.transcript.append(f"<p style='color:#666'>{html.escape(outcome['status'])}</p>")  # as history shows it
+        self._to_bottom()
+        self.generation_id, self.tail = None, ""
+        self.live.setText("")
+        line = final_stats_line(outcome, stats)
+        self._show_stats(line)
+        self.stats_seen.append(line)
+        self.last_outcome = outcome
+        if outcome.get("error"):
+            self.show_error(f"the reply ended {outcome['status']}: {outcome['error']}")
+        if self.on_reply_end is not None:
+            self.on_reply_end(outcome)
+
+    def show_preview(self, preview) -> None:
+        self._on_gui_thread()
+        dialog = QDialog(self)
+        dialog.setWindowTitle(f"Prompt of {preview.message_id}")
+        layout = QVBoxLayout(dialog)
+        notes = [f"model {preview.model}, sha256 {preview.prompt_hash}"]
+        if preview.dropped_message_ids:
+            notes.append(f"left out to fit the input budget: {len(preview.dropped_message_ids)} older messages")
+        if preview.thinking_left_out:
+            notes.append(f"the thinking of {preview.thinking_left_out} earlier replies is left out")
+        layout.addWidget(QLabel("\n".join(notes)))
+        text = QPlainTextEdit(preview.preview)
+        text.setReadOnly(True)
+        layout.addWidget(text)
+        dialog.resize(700, 500)
+        dialog.show()
+
+    def show_settings(self, settings) -> None:
+        self._on_gui_thread()
+        self.stats.setText(f"model {settings.model}, budget {settings.max_input_tokens}, params {settings.params} "
+                           "— from the next reply on")
+
+    def show_error(self, words: str) -> None:
+        self._on_gui_thread()
+        self.banner.setText(words)
+        self.banner.show()
+        if self.on_reply_end is not None and self.generation_id is None and self.last_outcome is None:
+            self.on_reply_end({"status": "error", "error": words, "saved": True})
+
+    def closeEvent(self, event) -> None:
+        """Closing leaves replies streaming on the server: the worker detaches and its client closes."""
+        self.ask("quit")
+        self.timer.stop()
+        self.worker_thread.quit()
+        self.worker_thread.wait(3000)
+        super().closeEvent(event)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def main(args) -> int:
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    window = Window(args.session)
+    window.show()
+    code = {"exit": 0}
+    if args.send:
+        if args.screenshot_live:
+            window.on_repaint = lambda: _live_shot(window, args.screenshot_live)
+
+        def ended(outcome: dict) -> None:
+            if args.screenshot:
+                window.grab().save(args.screenshot)
+            code["exit"] = exit_code(outcome["status"], outcome.get("saved", True)) if outcome.get("status") else EXIT_ERROR
+            if args.quit_after_reply:
+                QTimer.singleShot(0, window.close)
+                QTimer.singleShot(0, app.quit)
+
+        window.on_reply_end = ended
+        window.send_when_open = args.send  # sent once the session's history is shown (show_history)
+        if args.session is None:
+            window.ask("new", None)
+    app.exec()
+    # the worker has closed its client and its thread has ended (closeEvent); leave now: PySide6 can crash while
+    # the interpreter finalizes its objects (seen here: bool_dealloc during the last garbage collection)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code["exit"])
+
+
+LIVE_SHOT_CHARS = 400
+
+
+def _live_shot(window: Window, path: str) -> None:
+    """``--screenshot-live``: the window once the reply under way has shown this much."""
+    if window.generation_id and len(window.shown.get(window.generation_id, "")) >= LIVE_SHOT_CHARS:
+        window.grab().save(path)
+        window.on_repaint = None

@@ -1,0 +1,165 @@
+"""``chatter gui``, offscreen (QT_QPA_PLATFORM=offscreen), against a real stack: the window's text is the
+database's, Stop keeps what was shown, switching away and back follows the reply to its end, the stats bar goes
+through its states, repaints are coalesced (counted, never timed), and no widget is touched off the GUI thread."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from services.mock_llm.script import reply_text
+from tests.integration.stack import wait_until
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is installed by make test (the gui extra)")
+
+MODEL = "mock-1"
+
+
+def expected(text: str, tokens: int) -> str:
+    return reply_text([{"role": "user", "content": text}], MODEL, tokens)
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+@pytest.fixture
+def window(app, stack, monkeypatch):
+    from clients.gui import Window
+    monkeypatch.setenv("CHATTER_RUN_DIR", str(stack.run_dir))
+    win = Window(debug=True)
+    win.show()
+    yield win
+    win.close()
+    assert win.thread_violations == []  # no widget was touched off the GUI thread
+
+
+def pump(app, predicate, timeout: float = 30, what: str = "the window"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.processEvents()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise TimeoutError(f"{what} never got there")
+
+
+def new_session(app, win) -> str:
+    before = win.session_id
+    win.ask("new", None)
+    return pump(app, lambda: win.session_id if win.session_id != before else None, what="a new session")
+
+
+def test_the_scripted_window_sends_saves_a_screenshot_and_exits_as_send_does(stack, tmp_path):
+    png = tmp_path / "reply.png"
+    text = "hello window [[mock tokens=40 tps=200]]"
+    done = subprocess.run([*stack.cli_argv(), "gui", "--send", text, "--screenshot", str(png), "--quit-after-reply"],
+                          env=stack.env | {"QT_QPA_PLATFORM": "offscreen"}, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    rows = stack.query("select content from message where role = 'assistant' order by created_at desc limit 1")
+    assert rows[0]["content"] == expected(text, 40)
+
+
+def test_the_window_shows_exactly_what_is_stored_and_the_stats_bar_goes_through_its_states(app, stack, window):
+    new_session(app, window)
+    text = "show me [[mock tokens=80 tps=100 ttft_ms=300]]"
+    window.send(text)
+    pump(app, lambda: window.last_outcome, what="the reply's end")
+    outcome = window.last_outcome
+    assert outcome["status"] == "completed" and outcome["content"] == expected(text, 80)
+    assert window.shown[outcome["generation_id"]] == stack.db_message(outcome["message_id"])["content"]
+    states = window.stats_seen
+    assert states[0] == "Thinking…"
+    assert any("tokens (estimated) |" in line and "TTFT" in line for line in states)
+    assert "80 tokens (server)" in states[-1] and states[-1].endswith("| completed")
+    assert "completed" in window.transcript.toPlainText().splitlines()[-1]
+
+
+def test_stop_mid_reply_keeps_exactly_what_was_shown_marked_cancelled(app, stack, window):
+    new_session(app, window)
+    text = "stop me [[mock tokens=400 tps=50]]"
+    window.send(text)
+    pump(app, lambda: len(window.shown.get(window.generation_id or "", "")) > 40, what="some text")
+    window.stop()
+    pump(app, lambda: window.last_outcome, what="the reply's end")
+    outcome = window.last_outcome
+    assert outcome["status"] == "cancelled"
+    stored = stack.wait_db_status(outcome["message_id"], ("cancelled",))["content"]
+    assert window.shown[outcome["generation_id"]] == stored == outcome["content"]
+    assert expected(text, 400).startswith(stored) and len(stored) < len(expected(text, 400))
+    assert window.stats_seen[-1].endswith("| cancelled")
+
+
+def test_switching_away_mid_reply_and_back_follows_it_live_to_its_end(app, stack, window):
+    first = new_session(app, window)
+    text = "keep going [[mock tokens=150 tps=50]]"
+    window.send(text)
+    pump(app, lambda: window.shown.get(window.generation_id or ""), what="the first text")
+    generation_id = window.generation_id
+    second = new_session(app, window)  # the reply goes on on the server
+    assert second != first
+    window.switch(first)
+    pump(app, lambda: window.last_outcome, what="the reply's end")
+    assert window.last_outcome["generation_id"] == generation_id
+    assert window.last_outcome["status"] == "completed"
+    assert window.shown[generation_id] == expected(text, 150)
+
+
+def test_another_clients_watch_sees_the_same_text(app, stack, window):
+    session_id = new_session(app, window)
+    text = "watched [[mock tokens=120 tps=60]]"
+    window.send(text)
+    pump(app, lambda: window.shown.get(window.generation_id or ""), what="the first text")
+    watch = stack.spawn_cli("watch", session_id, "--once", "--json")
+    try:
+        pump(app, lambda: window.last_outcome, what="the reply's end")
+        watched = json.loads(watch.communicate(timeout=30)[0])
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watched["content"] == window.shown[window.last_outcome["generation_id"]] == expected(text, 120)
+
+
+def test_a_fast_long_reply_renders_with_a_bounded_number_of_repaints(app, stack, window):
+    from clients.gui import REPAINTS_PER_S
+    new_session(app, window)
+    text = "a long fast one [[mock tokens=2000 tps=200]]"
+    before = window.repaints
+    started = time.monotonic()
+    window.send(text)
+    pump(app, lambda: window.last_outcome, timeout=60, what="the reply's end")
+    elapsed = time.monotonic() - started
+    repaints = window.repaints - before
+    assert window.shown[window.last_outcome["generation_id"]] == expected(text, 2000)
+    assert 10 <= repaints <= REPAINTS_PER_S * elapsed + 5, (repaints, elapsed)  # coalesced: not one per token
+
+
+def test_the_gui_thread_check_catches_a_call_from_another_thread(app, stack, window):
+    caller = threading.Thread(target=window.repaint_reply)
+    caller.start()
+    caller.join()
+    assert window.thread_violations == ["repaint_reply"]
+    window.thread_violations.clear()  # the fixture asserts none were left
+
+
+def test_a_stopped_coordinator_is_said_in_the_banner_in_plain_words(app, tmp_path, monkeypatch):
+    from clients.gui import Window
+    monkeypatch.setenv("CHATTER_RUN_DIR", str(tmp_path / "nobody-here"))
+    monkeypatch.setenv("CHATTER_RPC_TIMEOUT_MS", "300")
+    win = Window(debug=True)
+    win.show()
+    try:
+        words = pump(app, lambda: win.banner.isVisible() and win.banner.text(), what="the banner")
+        assert "did not answer" in words and "make run" in words
+    finally:
+        win.close()
+    assert win.thread_violations == []
