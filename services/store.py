@@ -177,8 +177,11 @@ def _private_sqlite_file(path: str, shown: str) -> None:
         if not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty file is an empty database
         for name in (path, path + "-wal", path + "-shm", path + "-journal"):
-            if os.path.exists(name) and _owned(name):
-                os.chmod(name, 0o600)
+            try:
+                if _owned(name):
+                    os.chmod(name, 0o600)
+            except FileNotFoundError:  # absent, or gone meanwhile: another process's SQLite removed its journal
+                pass
     except OSError as exc:
         raise DatabaseUrlError(f"cannot create the database of {shown}: {exc.strerror} ({exc.filename})") from None
 

@@ -163,3 +163,22 @@ def test_a_stopped_coordinator_is_said_in_the_banner_in_plain_words(app, tmp_pat
     finally:
         win.close()
     assert win.thread_violations == []
+
+
+def test_the_preview_dialog_shows_the_exact_prompt_and_settings_reach_the_session(app, stack, window):
+    session_id = new_session(app, window)
+    window.send("preview me [[mock tokens=10 tps=200]]")
+    pump(app, lambda: window.last_outcome, what="the reply's end")
+    window.preview()
+    dialog = pump(app, lambda: next((d for d in window.findChildren(QtWidgets.QDialog) if d.isVisible()), None),
+                  what="the preview dialog")
+    shown = dialog.findChild(QtWidgets.QPlainTextEdit).toPlainText()
+    stored = stack.query("select preview, prompt_hash from message where id = ?", (window.last_outcome["message_id"],))[0]
+    assert shown == stored["preview"]
+    assert any(stored["prompt_hash"] in label.text() for label in dialog.findChildren(QtWidgets.QLabel))
+    dialog.close()
+    window.ask("configure", session_id, {"params": {"temperature": 0.25, "max_tokens": 64, "stream": True},
+                                         "model": None, "max_input_tokens": 900, "system": "be brief"})
+    pump(app, lambda: "budget 900" in window.stats.text(), what="the settings")
+    history = json.loads(stack.cli("history", session_id, "--json").stdout)
+    assert history["system"] == "be brief" and history["max_input_tokens"] == 900
