@@ -202,19 +202,20 @@ class Client:
         ``interrupt`` is polled: ``"cancel"`` cancels the reply at exactly the text rendered so far, after
         which nothing more is rendered; ``"detach"`` leaves it running.
         """
-        away_since: list[float] = []  # when the coordinator stopped answering, while it does not
+        away_since: float | None = None  # when the coordinator stopped answering, while it does not
 
         def catch_up() -> None:
             """A snapshot (the Clone pattern's catch-up). A coordinator that does not answer may be restarting,
             and it adopts the reply in flight: keep following, up to CHATTER_DURABLE_WAIT_MS of silence."""
+            nonlocal away_since
             try:
                 snap = self.snapshot(session_id, generation_id)
             except CoordinatorSilent:
-                away_since[:1] = away_since[:1] or [time.monotonic()]
-                if (time.monotonic() - away_since[0]) * 1000 >= self.durable_wait_ms:
+                away_since = away_since or time.monotonic()
+                if (time.monotonic() - away_since) * 1000 >= self.durable_wait_ms:
                     raise
                 return
-            away_since.clear()
+            away_since = None
             view.apply_snapshot(snap)
 
         def render() -> None:

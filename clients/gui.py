@@ -166,7 +166,8 @@ class Window(QMainWindow):
         self.debug = debug or os.environ.get("CHATTER_GUI_DEBUG") == "1"
         self.thread_violations: list[str] = []
         self.repaints = 0  # redraws of the block being written (the coalesced repaints)
-        self.stats_seen: list[str] = []  # every stats line shown, in order: for tests, and honest about states
+        self.stats_seen: list[str] = []  # the first line of each state the stats bar went through, in order
+        self._stats_state: str | None = None
         self.session_id = session_id
         self.generation_id: str | None = None
         self.tail = ""  # the reply's block being written (Markdown), not yet in the transcript
@@ -424,11 +425,15 @@ class Window(QMainWindow):
         bar = self.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())
 
-    def _show_stats(self, line: str) -> None:
+    def _show_stats(self, line: str, final: bool = False) -> None:
+        """Show a stats line; ``stats_seen`` keeps the first line of each state the bar goes through."""
         if self.stats.text() != line:
             self.stats.setText(line)
-            if not self.stats_seen or self.stats_seen[-1].split(" |")[0] != line.split(" |")[0] or "tok/s" not in line:
-                self.stats_seen.append(line)
+        state = "final" if final else "waiting" if line == "Thinking…" else (
+            "thinking" if line.startswith("Thinking… ") else "live")
+        if state != self._stats_state:
+            self._stats_state = state
+            self.stats_seen.append(line)
 
     def reply_ended(self, generation_id: str, outcome: dict, stats: dict) -> None:
         self._on_gui_thread()
@@ -442,9 +447,7 @@ class Window(QMainWindow):
         self._to_bottom()
         self.generation_id, self.tail = None, ""
         self.live.setText("")
-        line = final_stats_line(outcome, stats)
-        self._show_stats(line)
-        self.stats_seen.append(line)
+        self._show_stats(final_stats_line(outcome, stats), final=True)
         self.last_outcome = outcome
         if outcome.get("error"):
             self.show_error(f"the reply ended {outcome['status']}: {outcome['error']}")

@@ -262,7 +262,6 @@ class GenError(Message, tag=43):
     last_seq: Int
     reason: str
     attempts: Int
-    reasoning_last_seq: Int = 0
 
 
 class GenCancelled(Message, tag=44):

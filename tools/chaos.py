@@ -86,7 +86,7 @@ class Supervisor(threading.Thread):
 def run_chaos(spec: ChaosSpec, progress=None, stack_env: dict | None = None) -> dict:
     """Start a private stack, run the trials under load, and account for every reply."""
     from clients.api import Client
-    from tools.loadtest import LoadRun, LoadSpec, fetch_journal, read_database
+    from tools.loadtest import LoadRun, LoadSpec, read_database
     from tools.report import ProcessMeter
     from tools.spawn import LocalStack
 
@@ -114,7 +114,6 @@ def run_chaos(spec: ChaosSpec, progress=None, stack_env: dict | None = None) -> 
             time.sleep(1.0)  # the last finals' rows
             rows = read_database(stack.env["CHATTER_DATABASE_URL"], [s.message_id for s in run.streams if s.message_id])
             requests = request_counts(stack.env["CHATTER_DATABASE_URL"], run.run_id)
-        fetch_journal(stack.port)  # the mock is still up: its journal answers
         return account(spec, run, supervisor.trials, rows, requests)
     finally:
         stack.stop()

@@ -209,7 +209,7 @@ class GeneratorShell:
                                     msg.reasoning_offset, reasoning[msg.reasoning_offset:]).encode()
         except codec.FrameError:  # more text than one frame holds: it cannot be carried on, but it is kept
             self.emit(m.GenError(msg.generation_id, gen.seq, "after the coordinator's restart, the text to catch "
-                                 "up on is over the frame limit", gen.attempts, gen.reasoning_seq))
+                                 "up on is over the frame limit", gen.attempts))
             return
         self.flush_deltas()
         self._send(catch_up)
@@ -272,13 +272,12 @@ class GeneratorShell:
             log.info("generation_cancelled", seq=gen.seq)
         except JobFailed as exc:
             self.send_held(gen)
-            self.end(gen, m.GenError(job.generation_id, gen.seq, redact(str(exc)), gen.attempts, gen.reasoning_seq))
+            self.end(gen, m.GenError(job.generation_id, gen.seq, redact(str(exc)), gen.attempts))
             log.warning("generation_failed", reason=str(exc), seq=gen.seq)
         except Exception as exc:  # a bug must end this generation, never the process
             # the reason is stored and shown: a type and plain words, never a repr (it may hold the key)
             self.emit(m.GenError(job.generation_id, gen.seq,
-                                 f"generator fault: {type(exc).__name__}: {shell.plain_error(exc)}", gen.attempts,
-                                 gen.reasoning_seq))
+                                 f"generator fault: {type(exc).__name__}: {shell.plain_error(exc)}", gen.attempts))
             log.exception("generation_crashed")
         finally:
             self.client_streams[gen.client_index] -= 1

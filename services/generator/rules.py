@@ -84,6 +84,14 @@ class ThinkTags:
         self.held = text[len(text) - keep:] if keep else ""
         return [(True, text[:len(text) - keep])] if len(text) > keep else []
 
+    def server_parses(self) -> str:
+        """Thinking came in a field of its own: the server splits it out, so content is all answer from now on.
+        Returns what was held at the start (whitespace, say), which is answer."""
+        if self.state is not _START:
+            return ""
+        self.state, held, self.held = _ANSWER, self.held, ""
+        return held
+
     def end(self) -> list[tuple[bool, str]]:
         """The reply ended: what was held is what it was (thinking that never closed stays thinking)."""
         held, self.held = self.held, ""
@@ -127,11 +135,9 @@ class Generation:
             self.reasoning_tokens = event.reasoning_tokens
         out = []
         if event.reasoning:
-            tags = self.think_tags
-            if tags.state is _START:  # the server parses thinking out itself: its content is all answer
-                tags.state, held, tags.held = _ANSWER, tags.held, ""
-                if held:
-                    self._add(False, held, out)
+            held = self.think_tags.server_parses()
+            if held:
+                self._add(False, held, out)
             self._add(True, event.reasoning, out)
         if event.text:
             for thinking, text in self.think_tags.feed(event.text):
