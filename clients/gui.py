@@ -25,7 +25,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_by_name
 from pygments.util import ClassNotFound
 from PySide6.QtCore import QObject, QThread, QTimer, Qt, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QPushButton,
                                QSplitter, QTextBrowser, QVBoxLayout, QWidget)
@@ -177,6 +177,7 @@ class Window(QMainWindow):
         self.tokens = 0
         self.last_outcome: dict | None = None
         self.shown: dict[str, str] = {}  # generation id -> the reply's text as it was shown (for tests)
+        self.thoughts: dict[str, str] = {}  # a "Thought for …" link's key -> the thinking it opens
         self.on_reply_end = None  # scripted mode's hook: (outcome) -> None
         self.send_when_open: str | None = None  # scripted mode's message, sent once a session is open
         self.on_repaint = None  # scripted mode's hook, after each coalesced repaint
@@ -219,7 +220,8 @@ class Window(QMainWindow):
         self.banner.setStyleSheet("background: #fde2e1; color: #8a1c1c; padding: 6px;")
         self.banner.hide()
         self.transcript = QTextBrowser()
-        self.transcript.setOpenExternalLinks(True)
+        self.transcript.setOpenLinks(False)  # a thought's link opens it here; other links, in the browser
+        self.transcript.anchorClicked.connect(self.open_link)
         self.live = QLabel()
         self.live.setWordWrap(True)
         self.live.setTextFormat(Qt.RichText)
@@ -353,7 +355,9 @@ class Window(QMainWindow):
                 continue  # under way: it shows live
             else:
                 if msg.reasoning:
-                    parts.append(f"<p style='color:#888'><i>Thought ({len(msg.reasoning)} characters)</i></p>")
+                    seconds = (msg.stats or {}).get("thinking_ms")
+                    parts.append(self._thought_link(msg.message_id, msg.reasoning,
+                                                    f"{seconds / 1000:.1f} s" if seconds is not None else None))
                 parts.append(to_html(msg.content))
                 parts.append(f"<p style='color:#666'>{html.escape(msg.status)}</p>")
         self.transcript.setHtml("".join(parts))
@@ -403,7 +407,7 @@ class Window(QMainWindow):
             self.dirty = False
             self.repaints += 1
             if self.thought_s is not None and self.thought:
-                self.transcript.append(f"<p style='color:#888'><i>Thought for {self.thought_s:.1f} s</i></p>")
+                self.transcript.append(self._thought_link(self.generation_id, self.thought, f"{self.thought_s:.1f} s"))
                 self.thought = ""
             cut = split_finished(self.tail)
             if cut:
@@ -420,6 +424,26 @@ class Window(QMainWindow):
         self._show_stats(line)
         if self.on_repaint is not None:
             self.on_repaint()
+
+    def _thought_link(self, key: str, thinking: str, took: str | None) -> str:
+        """The thinking folded to one line above its answer; a click opens it."""
+        self.thoughts[key] = thinking
+        label = f"▸ Thought for {took}" if took else f"▸ Thought ({len(thinking)} characters)"
+        return f"<p><a href='thought:{html.escape(key)}' style='color:#888'><i>{label}</i></a></p>"
+
+    def open_link(self, url) -> None:
+        self._on_gui_thread()
+        if url.scheme() != "thought":
+            QDesktopServices.openUrl(url)
+            return
+        dialog = QDialog(self)
+        dialog.setWindowTitle("Thinking")
+        layout = QVBoxLayout(dialog)
+        text = QPlainTextEdit(self.thoughts.get(url.path(), ""))
+        text.setReadOnly(True)
+        layout.addWidget(text)
+        dialog.resize(700, 450)
+        dialog.show()
 
     def _to_bottom(self) -> None:
         bar = self.transcript.verticalScrollBar()
@@ -440,6 +464,8 @@ class Window(QMainWindow):
         if generation_id != self.generation_id:
             return
         self.dirty = True
+        if self.thinking_at is not None and self.thought_s is None:  # it ended mid-thought (a stop)
+            self.thought_s = time.monotonic() - self.thinking_at
         self.repaint_reply()
         if self.tail:
             self.transcript.append(to_html(self.tail))

@@ -182,3 +182,20 @@ def test_the_preview_dialog_shows_the_exact_prompt_and_settings_reach_the_sessio
     pump(app, lambda: "budget 900" in window.stats.text(), what="the settings")
     history = json.loads(stack.cli("history", session_id, "--json").stdout)
     assert history["system"] == "be brief" and history["max_input_tokens"] == 900
+
+
+def test_a_reasoning_models_thinking_folds_to_a_line_that_opens_it(app, stack, window):
+    from PySide6.QtCore import QUrl
+    new_session(app, window)
+    window.send("think first [[mock tokens=20 reasoning_tokens=40 tps=200]]")
+    pump(app, lambda: window.last_outcome, what="the reply's end")
+    outcome = window.last_outcome
+    assert "Thought for" in window.transcript.toPlainText()
+    stored = stack.db_message(outcome["message_id"])
+    assert stored["reasoning"] == outcome["reasoning"] and stored["reasoning"]
+    assert window.shown[outcome["generation_id"]] == stored["content"]  # the answer alone
+    window.open_link(QUrl(f"thought:{outcome['generation_id']}"))
+    dialog = pump(app, lambda: next((d for d in window.findChildren(QtWidgets.QDialog) if d.isVisible()), None),
+                  what="the thinking")
+    assert dialog.findChild(QtWidgets.QPlainTextEdit).toPlainText() == stored["reasoning"]
+    dialog.close()
