@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBo
 from clients.api import ChatterError, Client
 from clients.output import EXIT_ERROR, exit_code, outcome_json
 from clients.render import final_stats_line, live_stats_line, split_finished
+from clients.view import ENDED
 
 REPAINTS_PER_S = 30
 THINKING_LINES = 4
@@ -105,8 +106,7 @@ class Worker(QObject):
         self.history.emit(self.client.history(session_id))
         self.client.subscribe(session_id)
         snap = self.client.snapshot(session_id)
-        if snap.generation_id and not snap.final and snap.status not in ("completed", "cancelled", "error",
-                                                                           "interrupted"):
+        if snap.generation_id and not snap.final and snap.status not in ENDED:  # under way: follow it
             self.follow(session_id, snap.generation_id, snap.user_text or "", snap, attach=True)
 
     def do_send(self, session_id: str, text: str) -> None:
