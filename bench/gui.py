@@ -59,4 +59,4 @@ def _pump(app, predicate, timeout: float = 30):
 
 if __name__ == "__main__":
     print(json.dumps(bench_gui(), indent=2), flush=True)
-    os._exit(0)  # PySide6 can crash while the interpreter finalizes its objects
+    os._exit(0)  # as chatter gui does: leave before the interpreter finalizes Qt's objects

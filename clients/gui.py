@@ -62,12 +62,12 @@ class Worker(QObject):
     """Runs on its own QThread with its own ``Client``. The window puts commands in ``commands``; the worker
     answers with signals, and follows a reply to its end unless a command detaches it."""
 
-    sessions = Signal(list)  # SessionSummary values
+    sessions = Signal(object)  # a list of SessionSummary values (``object``: passed as it is, not converted)
     history = Signal(object)  # a History result
     reply_started = Signal(str, str, str)  # session id, generation id, the user's text
     text = Signal(str, str, int)  # generation id, fresh text, estimated tokens
     thinking = Signal(str, str, int)
-    reply_ended = Signal(str, dict, dict)  # generation id, the outcome (as send --json), its stats
+    reply_ended = Signal(str, object, object)  # generation id, the outcome (as send --json) and its stats: dicts
     preview = Signal(object)
     settings = Signal(object)
     failed = Signal(str)  # a sentence for the banner
@@ -543,8 +543,8 @@ def main(args) -> int:
         if args.session is None:
             window.ask("new", None)
     app.exec()
-    # the worker has closed its client and its thread has ended (closeEvent); leave now: PySide6 can crash while
-    # the interpreter finalizes its objects (seen here: bool_dealloc during the last garbage collection)
+    # the worker has closed its client and its thread has ended (closeEvent): nothing is left to tear down, so
+    # leave at once, before the interpreter finalizes Qt's objects (where PySide6 6.12.0 aborted: pyproject.toml)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code["exit"])
