@@ -117,7 +117,7 @@ class Worker(QObject):
     def do_regenerate(self, session_id: str) -> None:
         self.client.subscribe(session_id)
         started = self.client.regenerate(session_id, uuid.uuid4().hex)
-        self.follow(session_id, started.generation_id, "(regenerated)", started)
+        self.follow(session_id, started.generation_id, "", started)  # the user turn is shown already
 
     def do_preview(self, session_id: str) -> None:
         last = next((msg for msg in reversed(self.client.history(session_id).messages) if msg.role == "assistant"),
@@ -176,7 +176,7 @@ class Window(QMainWindow):
         self.reply_t0 = self.first_token_at = self.thinking_at = self.thought_s = None
         self.tokens = 0
         self.last_outcome: dict | None = None
-        self.shown: dict[str, str] = {}  # generation id -> the reply's text as it was shown (for tests)
+        self.shown_parts: dict[str, list[str]] = {}  # generation id -> its text as shown, as parts (``shown``)
         self.thoughts: dict[str, str] = {}  # a "Thought for …" link's key -> the thinking it opens
         self.on_reply_end = None  # scripted mode's hook: (outcome) -> None
         self.send_when_open: str | None = None  # scripted mode's message, sent once a session is open
@@ -369,34 +369,41 @@ class Window(QMainWindow):
     def reply_started(self, session_id: str, generation_id: str, user_text: str) -> None:
         self._on_gui_thread()
         self.banner.hide()
-        if user_text and user_text != "(regenerated)":
+        if user_text:
             self.transcript.append(f"<p><b>› {html.escape(user_text)}</b></p>")
         self.generation_id, self.tail, self.thought, self.tokens = generation_id, "", "", 0
-        self.shown[generation_id] = ""  # a follow (again, after a switch) delivers the whole text from the start
+        self.shown_parts[generation_id] = []  # a follow (again, after a switch) delivers the whole text from the start
         self.reply_t0, self.first_token_at, self.thinking_at, self.thought_s = time.monotonic(), None, None, None
         self.dirty = True
 
     def add_text(self, generation_id: str, fresh: str, tokens: int) -> None:
-        if generation_id != self.generation_id:
+        now = self._arrived(generation_id, tokens)
+        if now is None:
             return
-        now = time.monotonic()
-        self.first_token_at = self.first_token_at or now
         if self.thinking_at is not None and self.thought_s is None:
             self.thought_s = now - self.thinking_at
-        self.tail += fresh
-        self.shown[generation_id] = self.shown.get(generation_id, "") + fresh
-        self.tokens = tokens
-        self.dirty = True
+        self.tail += fresh  # cut at every repaint to the block being written: it stays short
+        self.shown_parts[generation_id].append(fresh)
 
     def add_thinking(self, generation_id: str, fresh: str, tokens: int) -> None:
+        now = self._arrived(generation_id, tokens)
+        if now is not None:
+            self.thinking_at = self.thinking_at or now
+            self.thought += fresh
+
+    def _arrived(self, generation_id: str, tokens: int) -> float | None:
+        """Text of the reply being shown arrived (of either kind): its clock, else None (another reply's)."""
         if generation_id != self.generation_id:
-            return
+            return None
         now = time.monotonic()
         self.first_token_at = self.first_token_at or now
-        self.thinking_at = self.thinking_at or now
-        self.thought += fresh
-        self.tokens = tokens
-        self.dirty = True
+        self.tokens, self.dirty = tokens, True
+        return now
+
+    @property
+    def shown(self) -> dict[str, str]:
+        """generation id -> the reply's text as it was shown (for tests)."""
+        return {gen_id: "".join(parts) for gen_id, parts in self.shown_parts.items()}
 
     def repaint_reply(self) -> None:
         """The coalesced repaint: finished blocks into the transcript once, the block being written redrawn."""
@@ -555,6 +562,7 @@ LIVE_SHOT_CHARS = 400
 
 def _live_shot(window: Window, path: str) -> None:
     """``--screenshot-live``: the window once the reply under way has shown this much."""
-    if window.generation_id and len(window.shown.get(window.generation_id, "")) >= LIVE_SHOT_CHARS:
+    parts = window.shown_parts.get(window.generation_id or "", [])
+    if window.generation_id and sum(map(len, parts)) >= LIVE_SHOT_CHARS:
         window.grab().save(path)
         window.on_repaint = None

@@ -4,7 +4,6 @@ subscriber to everything that never reads. Afterwards every process is alive, a 
 text, the counters account for every frame, and the coordinator's memory is bounded."""
 from __future__ import annotations
 
-import time
 
 import psutil
 
@@ -22,7 +21,6 @@ def test_fuzzed_frames_into_every_bound_socket_break_nothing_and_are_all_counted
     coordinator = psutil.Process(pids["coordinator"])
     before = stack.cli_json("status")["counters"]
     rss_before = coordinator.memory_info().rss
-    started = time.monotonic()
     sent = fuzz.run(stack, SEED, FRAMES_PER_SOCKET)
     bad = sent["bad_frames_expected"]
 
@@ -34,7 +32,6 @@ def test_fuzzed_frames_into_every_bound_socket_break_nothing_and_are_all_counted
     assert sent["frames"] >= 3 * FRAMES_PER_SOCKET
     assert counters["bad_frames_dropped"] - before["bad_frames_dropped"] == bad > FRAMES_PER_SOCKET
     assert counters["late_deltas_dropped"] > before["late_deltas_dropped"]  # deltas for unknown generations
-    assert time.monotonic() - started < 120  # the test's own bound
     assert all(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                for pid in pids.values()), stack.pids()
     text = "after the fuzz [[mock tokens=25]]"
