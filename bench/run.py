@@ -11,7 +11,8 @@ e. PostgreSQL against SQLite, 500 streams each in the same run: persister CPU an
 f. the coordinator's database reads hammered while 200 streams run on PostgreSQL: delivery p99 with and
    without, in one stack, at 50 rounds/s and flat out
 g. 100,000 fuzzed frames into each socket the coordinator receives on (bench/fuzz.py)
-h. chaos: 200 streams, 30 SIGKILLs (10 of each process), each restarted, every reply accounted for
+h. chaos: 200 streams, 30 SIGKILLs (10 of each process), each restarted, every reply accounted for; twice,
+   without a continue style and with CHATTER_CONTINUE_STYLE=vllm (a generator kill is then continued)
 i. the window (chatter gui, offscreen): GUI-thread CPU per token and repaints a second at 200 tok/s (bench/gui.py)
 
 Timings are figures to compare within one run on one machine, never assertions.
@@ -278,14 +279,44 @@ def bench_gui_section() -> dict:
     return json.loads(done.stdout)
 
 
-def bench_chaos(quick: bool) -> dict:
+def bench_chaos(quick: bool, continue_style: str = "none") -> dict:
+    """One chaos run; its stack's processes take CHATTER_CONTINUE_STYLE from this process's environment."""
     from tools.chaos import ChaosSpec, run_chaos
-    report = run_chaos(ChaosSpec(streams=50 if quick else 200, trials=6 if quick else 30))
+    saved = os.environ.get("CHATTER_CONTINUE_STYLE")
+    os.environ["CHATTER_CONTINUE_STYLE"] = continue_style
+    try:
+        report = run_chaos(ChaosSpec(streams=50 if quick else 200, trials=6 if quick else 30))
+    finally:
+        if saved is None:
+            os.environ.pop("CHATTER_CONTINUE_STYLE")
+        else:
+            os.environ["CHATTER_CONTINUE_STYLE"] = saved
     report.pop("details")
+    report["continue_style"] = continue_style
     return report
 
 
+def chaos_runs(quick: bool) -> dict:
+    return {"chaos": bench_chaos(quick, "none"), "chaos_continued": bench_chaos(quick, "vllm")}
+
+
 # ---------------------------------------------------------------- report
+
+
+def chaos_table(h: dict) -> list[str]:
+    r = h["recovery_ms"]
+    lines = [f"`CHATTER_CONTINUE_STYLE={h.get('continue_style', 'none')}`: errors without a generator kill "
+             f"{h['errors_without_a_generator_kill']}", "",
+             "| killed | trials | replies | completed | errors | interrupted | non-terminal | mismatches "
+             "| lost acked chars | duplicates | recovery max ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, k in h["by_kind"].items():
+        lines.append(f"| {kind} | {k['trials']} | {k['streams']} | {k['completed']} | {k['errors']} | "
+                     f"{k['interrupted']} | {k['non_terminal']} | {k['mismatches']} | {k['lost_acked_chars']} | "
+                     f"{k['duplicates']} | {k['recovery_ms_max']} |")
+    lines.append(f"| **all** | {h['trials']} | {h['streams']} | {h['completed']} | {h['errors']} | "
+                 f"{h['interrupted']} | {h['non_terminal']} | {h['mismatches']} | {h['lost_acked_chars']} | "
+                 f"{h['duplicates']} | p50 {r['p50']}, p99 {r['p99']}, max {r['max']} |")
+    return lines + [""]
 
 
 def machine() -> dict:
@@ -395,25 +426,20 @@ def write_databases(results: dict) -> list[str]:
                   f"{'yes' if g['send_after_exact'] else '**no**'} |"]
     h = results.get("chaos")
     if h:
-        r = h["recovery_ms"]
         lines += ["", f"## h. Chaos: {h['trials']} SIGKILLs over {h['spec']['streams']} streams "
                   f"(`chatter chaos --spawn --streams {h['spec']['streams']} --trials {h['trials']}`)", "",
                   "Each kill lands at a random moment, round robin over generator, persister and coordinator; the "
                   f"process is started again {h['spec']['restart_after_s']} s later, and the next kill waits until "
                   "the replies have moved on. Every reply is checked against the mock's text, in the client and in "
-                  "the database.", "",
-                  "| killed | trials | replies | completed | errors | interrupted | non-terminal | mismatches "
-                  "| lost acked chars | duplicates | recovery max ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for kind, k in h["by_kind"].items():
-            lines.append(f"| {kind} | {k['trials']} | {k['streams']} | {k['completed']} | {k['errors']} | "
-                         f"{k['interrupted']} | {k['non_terminal']} | {k['mismatches']} | {k['lost_acked_chars']} | "
-                         f"{k['duplicates']} | {k['recovery_ms_max']} |")
-        lines.append(f"| **all** | {h['trials']} | {h['streams']} | {h['completed']} | {h['errors']} | "
-                     f"{h['interrupted']} | {h['non_terminal']} | {h['mismatches']} | {h['lost_acked_chars']} | "
-                     f"{h['duplicates']} | p50 {r['p50']}, p99 {r['p99']}, max {r['max']} |")
-        lines += ["", "A reply counts under every kind of kill that happened while it streamed. Errors without a "
-                  f"generator kill: {h['errors_without_a_generator_kill']} (an error is a reply whose upstream died "
-                  "with its generator; it had tokens, so it is never run again)."]
+                  "the database. Two runs: without a continue style (`CHATTER_CONTINUE_STYLE=none`), and with the "
+                  "mock read as vLLM (`CHATTER_CONTINUE_STYLE=vllm`), where a reply whose generator is killed goes "
+                  "on from its text on the restarted one.", ""]
+        for run in (h, results.get("chaos_continued")):
+            if run:
+                lines += chaos_table(run)
+        lines += ["", "A reply counts under every kind of kill that happened while it streamed. Errors come from "
+                  "generator kills alone (a reply with tokens whose upstream died with its generator, never run "
+                  "again from the beginning), and with a continue style from none."]
     i = results.get("gui")
     if i and "skipped" not in i:
         lines += ["", f"## i. The window (`chatter gui`, offscreen): a {i['tokens']:,}-token reply at {i['tps']:g} tok/s",
@@ -478,7 +504,7 @@ def main() -> None:
     print("g. fuzz", file=sys.stderr)
     results["fuzz"] = bench_fuzz(10_000 if args.quick else 100_000)
     print("h. chaos", file=sys.stderr)
-    results["chaos"] = bench_chaos(args.quick)
+    results.update(chaos_runs(args.quick))
     print("i. the window", file=sys.stderr)
     results["gui"] = bench_gui_section()
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -502,8 +528,8 @@ def run_only(sections: set[str], quick: bool) -> None:
         results["fuzz"] = bench_fuzz(10_000 if quick else 100_000)
         results["fuzz"]["date"] = machine()["date"]
     if "h" in sections:
-        results["chaos"] = bench_chaos(quick)
-        results["chaos"]["date"] = machine()["date"]
+        results.update(chaos_runs(quick))
+        results["chaos"]["date"] = results["chaos_continued"]["date"] = machine()["date"]
     if "i" in sections:
         results["gui"] = bench_gui_section()
         results["gui"]["date"] = machine()["date"]

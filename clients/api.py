@@ -162,6 +162,10 @@ class Client:
     def regenerate(self, session_id: str, client_request_id: str) -> results.Result:
         return self.request(m.Regenerate(next(self.req_ids), session_id, client_request_id), attempts=3)
 
+    def continue_reply(self, session_id: str, client_request_id: str) -> results.Result:
+        """Continue the session's last reply where it was cut; retried safely (one continuation per request id)."""
+        return self.request(m.Continue(next(self.req_ids), session_id, client_request_id), attempts=3)
+
     def sessions(self, limit: int = 50) -> list[dict]:
         return self.request(m.Sessions(next(self.req_ids), limit)).sessions
 
@@ -194,13 +198,14 @@ class Client:
     def follow(self, session_id: str, generation_id: str, *, on_text: Callable[[str, ReplyView], None] | None = None,
                on_thinking: Callable[[str, ReplyView], None] | None = None,
                interrupt: Callable[[], str | None] | None = None, attach: bool = False,
-               silence_ms: int = 1000) -> ReplyView:
+               silence_ms: int = 1000, shown: tuple[str, str] = ("", "")) -> ReplyView:
         """Follow one generation to its durable end (or until ``interrupt`` says ``detach``).
 
         The caller has subscribed to the session. ``attach`` starts from a snapshot, for a reply
         already under way. ``on_thinking`` and ``on_text`` get the thinking and the answer as they grow.
         ``interrupt`` is polled: ``"cancel"`` cancels the reply at exactly the text rendered so far, after
-        which nothing more is rendered; ``"detach"`` leaves it running.
+        which nothing more is rendered; ``"detach"`` leaves it running. ``shown``: the answer and thinking this
+        caller already rendered of the message (a continuation of it goes on from there), not given again.
         """
         away_since: float | None = None  # when the coordinator stopped answering, while it does not
 
@@ -227,6 +232,8 @@ class Client:
                 on_text(fresh, view)
 
         view = ReplyView(generation_id)
+        view.answer.set(shown[0])
+        view.thinking.set(shown[1])
         if attach:
             catch_up()
         last_event = time.monotonic()

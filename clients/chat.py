@@ -34,9 +34,10 @@ COMMANDS = {
     "/history": "this session's messages",
     "/preview": "the exact prompt of the last reply, and what was left out to fit the budget",
     "/regenerate": "answer the last message again (cancels a streaming reply)",
+    "/continue": "continue the last reply where it was cut (length limit, stop, error): the same reply grows",
     "/system": "/system [TEXT] — set (or clear) this session's system prompt, from the next reply on",
-    "/config": "/config [model=M] [temperature=T] [max_tokens=N] [stream=on|off] — this session's settings, "
-               "applied from the next reply on; 'default' unsets one",
+    "/config": "/config [model=M] [temperature=T] [max_tokens=N] [stream=on|off] [continue_style=S] — this "
+               "session's settings, applied from the next reply on; 'default' unsets one",
     "/budget": "/budget N — this session's input budget in tokens (0: the default)",
     "/tokens": "context use: ~tokens of the history against the input budget",
     "/status": "the coordinator, generators, active replies and counters",
@@ -324,6 +325,10 @@ class Chat:
         request_id = uuid.uuid4().hex
         self.turn(lambda: self.client.regenerate(self.session_id, request_id))
 
+    def continue_reply(self, rest: str) -> None:
+        request_id = uuid.uuid4().hex
+        self.turn(lambda: self.client.continue_reply(self.session_id, request_id), attach=True)
+
     def set_system(self, rest: str) -> None:
         self.client.configure(self.session_id, system=rest)
         self.say("system prompt " + ("set" if rest else "cleared") + ", from the next reply on")
@@ -365,8 +370,11 @@ class Chat:
                 elif key == "stream":
                     params[key] = None if unset else {"on": True, "true": True, "off": False,
                                                       "false": False}[value.lower()]
+                elif key == "continue_style":
+                    params[key] = None if unset else value.lower()
                 else:
-                    raise ChatterError(f"unknown setting {key}: model, temperature, max_tokens or stream")
+                    raise ChatterError(f"unknown setting {key}: model, temperature, max_tokens, stream or "
+                                       "continue_style")
             except (ValueError, KeyError):
                 raise ChatterError(f"bad value for {key}: {value}") from None
         done = self.client.configure(self.session_id, model=model, params=params or None)
@@ -374,7 +382,8 @@ class Chat:
         stream = {True: "on", False: "off", None: "default"}[done.stream]
         self.say(f"model {done.model}, temperature {done.params.get('temperature', 'default')}, max_tokens "
                  f"{done.params.get('max_tokens', 'default')}, stream {stream}, input budget "
-                 f"{done.max_input_tokens} — from the next reply on")
+                 f"{done.max_input_tokens}, continue style {done.continue_style or 'default'} — from the next "
+                 "reply on")
 
     # ------------------------------------------------------------ the commands, one line each (help in COMMANDS)
     COMMAND_HANDLERS = {
@@ -385,6 +394,7 @@ class Chat:
         "/history": lambda self, rest: print_history(self.client.history(self.session_id), self.show_thinking),
         "/preview": preview,
         "/regenerate": regenerate,
+        "/continue": continue_reply,
         "/system": set_system,
         "/config": lambda self, rest: self.configure(rest),
         "/budget": set_budget,

@@ -8,7 +8,7 @@ import sys
 
 from clients.api import ChatterError, Client
 from clients.commands import (cmd_chaos, cmd_chat, cmd_gui, cmd_history, cmd_keys_new, cmd_loadtest, cmd_preview,
-                              cmd_regenerate, cmd_send, cmd_sessions, cmd_status, cmd_watch)
+                              cmd_continue, cmd_regenerate, cmd_send, cmd_sessions, cmd_status, cmd_watch)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 from protocol import transport
 
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
     p.set_defaults(func=cmd_regenerate)
+    p = sub.add_parser("continue", help="continue the session's last reply where it was cut (length limit, stop, "
+                                        "error, interruption): the same message grows (CHATTER_CONTINUE_STYLE)")
+    p.add_argument("session", help="session id or unique prefix")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
+    p.set_defaults(func=cmd_continue)
     p = sub.add_parser("loadtest", help="simulated users against the stack, every stream verified, with a report")
     p.add_argument("--streams", type=int_in(1, 100_000), default=20, help="concurrent users (default 20)")
     group = p.add_mutually_exclusive_group()

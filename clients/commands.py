@@ -59,32 +59,49 @@ def cmd_regenerate(client: Client, args) -> int:
         return finish(outcome, view, renderer)
 
 
+def cmd_continue(client: Client, args) -> int:
+    """The session's last reply goes on where it was cut: the whole reply is shown, growing."""
+    session_id = resolve_session(client, args.session)
+    request_id = uuid.uuid4().hex
+    renderer = renderer_for(args)
+    with renderer or nullcontext():
+        outcome, view = stream_reply(client, session_id, lambda: client.continue_reply(session_id, request_id),
+                                     renderer=renderer, attach=True)
+        return finish(outcome, view, renderer)
+
+
 def cmd_watch(client: Client, args) -> int:
     """Attach at any moment: print what a reply already has, then follow it live; any number of
     watchers see identical text. Ctrl+C stops watching, never the reply."""
     session_id = resolve_session(client, args.session)
     client.subscribe(session_id)
     seen: set[str] = set()
+    last: tuple[str | None, str, str] = (None, "", "")  # the message last followed, and its texts as shown
     with SigintFlag() as sigint:
         while True:
             snap = client.next_generation(session_id, seen, stop=sigint)
             if snap is None:
                 return EXIT_OK
             seen.add(snap.generation_id)
+            # a continuation of the reply just shown goes on from its text, under its own heading
+            continues = snap.message_id == last[0] and snap.text.startswith(last[1])
+            shown = (last[1], last[2]) if continues else ("", "")
             renderer = renderer_for(args)
             if renderer is not None:
                 renderer.adopt(snap.stats)
-                renderer.heading(f"› {snap.user_text or ''}")
+                renderer.heading(f"… continued ({len(last[1])} characters before)" if continues
+                                 else f"› {snap.user_text or ''}")
             with renderer or nullcontext():
                 def check() -> str | None:
                     if renderer is not None:
                         renderer.tick()
                     return "detach" if sigint.raised else None
 
-                view = client.follow(session_id, snap.generation_id, attach=True, interrupt=check,
+                view = client.follow(session_id, snap.generation_id, attach=True, interrupt=check, shown=shown,
                                      **renderer_callbacks(renderer))
                 if view.final is None:  # Ctrl+C: stop watching
                     return EXIT_OK
+                last = (view.final.get("message_id"), view.text, view.reasoning)
                 outcome = outcome_json(session_id, view, snap)
                 if args.once:
                     return finish(outcome, view, renderer)

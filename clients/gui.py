@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 
+import msgspec
 from markdown_it import MarkdownIt
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -118,6 +119,15 @@ class Worker(QObject):
         self.client.subscribe(session_id)
         started = self.client.regenerate(session_id, uuid.uuid4().hex)
         self.follow(session_id, started.generation_id, "", started)  # the user turn is shown already
+
+    def do_continue(self, session_id: str) -> None:
+        """The last reply goes on: the transcript shows it once, as the live reply growing from its text."""
+        self.client.subscribe(session_id)
+        started = self.client.continue_reply(session_id, uuid.uuid4().hex)
+        history = self.client.history(session_id)
+        self.history.emit(msgspec.structs.replace(history, messages=[
+            msg for msg in history.messages if msg.message_id != started.message_id]))
+        self.follow(session_id, started.generation_id, "", started, attach=True)
 
     def do_preview(self, session_id: str) -> None:
         last = next((msg for msg in reversed(self.client.history(session_id).messages) if msg.role == "assistant"),
@@ -234,7 +244,8 @@ class Window(QMainWindow):
         self.input.installEventFilter(self)
         buttons = QHBoxLayout()
         for label, slot in (("Send", self.send), ("Stop", self.stop), ("Regenerate", self.regenerate),
-                            ("Preview", self.preview), ("Settings", self.edit_settings)):
+                            ("Continue", self.continue_reply), ("Preview", self.preview),
+                            ("Settings", self.edit_settings)):
             button = QPushButton(label)
             button.clicked.connect(slot)
             buttons.addWidget(button)
@@ -291,6 +302,10 @@ class Window(QMainWindow):
     def regenerate(self) -> None:
         if self.session_id:
             self.ask("regenerate", self.session_id)
+
+    def continue_reply(self) -> None:
+        if self.session_id:
+            self.ask("continue", self.session_id)
 
     def preview(self) -> None:
         if self.session_id:

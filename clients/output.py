@@ -32,6 +32,10 @@ def outcome_json(session_id: str, view: ReplyView, started: results.ReplyStarted
         "reasoning_tokens_source": stats.get("reasoning_tokens_source"),
         "thinking_ms": stats.get("thinking_ms"),
         "error": final.get("error"),
+        # a reply continued (chatter continue, or by itself after a fault): its segments, each with its tokens
+        "continued": stats.get("continued", 0),
+        "continued_after": stats.get("continued_after", []),
+        "segments": stats.get("segments", []),
         "saved": not final.get("unsaved", False),  # False: complete, but the persister has not made it durable
     }
 

@@ -88,6 +88,7 @@ def print_status(status: results.Status) -> None:
         ctx = status.context
         print(f"session {ctx.session_id}: history ~{ctx.history_tokens}/{ctx.max_input_tokens} tokens")
     print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(status.counters.items())))
+    print(f"continue style: {status.continue_style} ({status.continue_style_why})")
     print_durability(status)
 
 
@@ -135,6 +136,8 @@ def print_history(history: results.History, show_thinking: bool = False) -> None
         stats = msg.stats
         if msg.role == "assistant" and stats:
             head += f" | {stats.get('tokens')} tokens ({stats.get('tokens_source')}), TTFT {stats.get('ttft_ms')} ms"
+            if stats.get("continued"):
+                head += " | " + continued_label(stats)
         if msg.error:
             head += f" | {msg.error}"
         print(head)
@@ -143,6 +146,17 @@ def print_history(history: results.History, show_thinking: bool = False) -> None
                   f"[thinking]\n{msg.reasoning}\n[/thinking]")
         print(msg.content)
         print()
+
+
+def continued_label(stats: dict) -> str:
+    """A continued reply's segments in one line: ``continued 2× (at 120, 388 characters; after: ...)``."""
+    segments = stats.get("segments") or []
+    label = f"continued {stats['continued']}×"
+    starts = [str(seg.get("from")) for seg in segments[1:]]
+    if starts:
+        label += f" (at {', '.join(starts)} characters"
+        label += f"; after {'; '.join(stats['continued_after'])})" if stats.get("continued_after") else ")"
+    return label
 
 
 def thinking_fold(reasoning: str, stats: dict | None) -> str:

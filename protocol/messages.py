@@ -88,6 +88,15 @@ class Regenerate(Message, tag=8):
     client_request_id: RequestKey
 
 
+class Continue(Message, tag=13):
+    """Continue the session's last reply where it was cut (length, cancelled, error, interrupted): the same
+    message grows, by a new generation whose prompt ends with the reply so far (CHATTER_CONTINUE_STYLE)."""
+
+    req_id: Int
+    session_id: Id
+    client_request_id: RequestKey
+
+
 class Sessions(Message, tag=10):
     req_id: Int
     limit: SessionsLimit = 50
@@ -124,7 +133,7 @@ class Reply(Message, tag=9):
 
 
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
-                ConfigureSession, ResolveSession)
+                ConfigureSession, ResolveSession, Continue)
 
 # ---------------------------------------------------------------- stream: coordinator -> clients
 
@@ -180,6 +189,15 @@ class Job(Message, tag=30):
     params: dict  # sent upstream as they are (temperature, max_tokens, ...): part of the prompt hash
     prompt_hash: str
     stream: Optional[bool] = None  # None: the generator's default (CHATTER_STREAM)
+    # a continuation (the prompt ends with the reply so far): its texts go on from these seqs and lengths...
+    seq_from: Int = 0
+    length_from: Int = 0
+    reasoning_seq_from: Int = 0
+    reasoning_length_from: Int = 0
+    # ...the server may repeat the prefilled reply first (llama-server): stripped once, where the stream begins
+    # with it; and thinking is over once an answer began (its <think> tags are not looked for)
+    strip_prefix: str = ""
+    think_tags: str = ""  # "": the generator's CHATTER_THINK_TAGS
 
 
 class CancelGeneration(Message, tag=31):
@@ -276,6 +294,7 @@ class GeneratorHeartbeat(Message, tag=45):
     retries: Int
     pid: Int = 0
     contexts: Optional[dict[str, Count]] = None  # model -> context length in tokens, as the server tells it
+    server: str = ""  # what its server says it is (/v1/models owned_by: "vllm", "llamacpp"): the continue style
 
 
 class LiveGeneration(msgspec.Struct, array_like=True):
@@ -315,6 +334,14 @@ GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancell
               GenCatchUp)
 
 # ---------------------------------------------------------------- persist: coordinator -> persister
+
+
+class ContinuedPrompt(msgspec.Struct, array_like=True):
+    """The prompt of a continuation, for the message row's prompt columns."""
+
+    prompt_messages: list[PromptMessage]
+    prompt_hash: str
+    preview: str
 
 
 class CreateMessage(Message, tag=50):
@@ -358,6 +385,19 @@ class Finalize(Message, tag=52):
     stats: dict
     error: Optional[str] = None
     reasoning_length: Int = 0  # the thinking's length: a cancel may keep less than was checkpointed
+    # a reply continued after a fault: the prompt of its last segment, which the row's prompt columns take
+    prompt: Optional[ContinuedPrompt] = None
+
+
+class Reopen(Message, tag=54):
+    """A finalized reply is continued (``chatter continue``): it streams again, as ``generation_id``, from its
+    stored texts (``content`` and ``reasoning``, which must be what the row holds), with this prompt."""
+
+    message_id: str
+    generation_id: str
+    content: str
+    reasoning: str
+    prompt: ContinuedPrompt
 
 
 class InterruptOrphans(Message, tag=53):
@@ -368,7 +408,7 @@ class InterruptOrphans(Message, tag=53):
     live_message_ids: list[str]
 
 
-PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans)
+PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen)
 
 
 class PersistAck(Message, tag=60):

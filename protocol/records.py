@@ -1,12 +1,14 @@
 """The records the protocol carries inside messages: a prompt message, and a session's history record."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import msgspec
 from msgspec import field
 
-PromptMessage = dict[str, str]  # {"role": ..., "content": ...}: the openai client takes it as it is
+# {"role": ..., "content": ...}, and a continuation's trailing assistant message may carry "prefix": true
+# (DeepSeek, Mistral): the openai client takes it as it is
+PromptMessage = dict[str, Union[str, bool]]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # as reasoning models write their thinking inline in content
 
 

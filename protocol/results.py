@@ -95,6 +95,7 @@ class SessionSettings(Result, tag="settings"):
     model: str
     params: dict
     stream: Optional[bool]
+    continue_style: Optional[str] = None  # this session's own (None: CHATTER_CONTINUE_STYLE's)
 
 
 PERSISTER_SILENT_MS = 3000
@@ -152,6 +153,8 @@ class Status(Result, tag="status"):
     oldest_unsaved_ms: Optional[Int] = None  # how long the oldest of them has waited
     reads_failing_since: Optional[float] = None  # the coordinator's own database reads: None while they work
     reads_error: Optional[str] = None
+    continue_style: str = "none"  # how a reply is continued (of the session asked about, if any), and why
+    continue_style_why: str = ""
 
 
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,

@@ -59,6 +59,11 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 THINK_TAGS = ("auto", "on", "off")
 PROMPT_THINKING = ("drop", "keep")
+CONTINUE_STYLES = ("auto", "vllm", "prefill", "prefix", "none")  # see services/coordinator/prompt.py
+# what the mock imitates (CHATTER_MOCK_SERVER): its /v1/models owned_by, and how it reads a trailing assistant
+# message: vllm and llamacpp (prefilled, repeated first) and deepseek (prefix) continue it; openai and chatter
+# answer it anew, as a finished turn, unless the request carries vLLM's fields or a prefix flag (chatter)
+MOCK_SERVERS = ("chatter", "vllm", "llamacpp", "deepseek", "openai")
 
 
 def database_url() -> str:
@@ -125,6 +130,10 @@ class CoordinatorSettings:
     # earlier replies' thinking in the next prompt: "drop" (as DeepSeek and Qwen advise) or "keep" (inline,
     # as <think>...</think> before the answer, for models that want it)
     prompt_thinking: str = "drop"
+    # how a server is told to continue a reply (auto: from what the generators' servers say they are), and how
+    # often a reply cut by a fault after its first token goes on by itself
+    continue_style: str = "auto"
+    auto_continue: int = 2
     # the shell's
     stream_hwm: int = 0  # 0: the stream channel's own
     database_url: str = "sqlite:///data/chatter.db"
@@ -146,6 +155,8 @@ class CoordinatorSettings:
             max_cached_sessions=env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
             model_contexts=model_contexts(),
             prompt_thinking=env_choice("CHATTER_PROMPT_THINKING", "drop", PROMPT_THINKING),
+            continue_style=env_choice("CHATTER_CONTINUE_STYLE", "auto", CONTINUE_STYLES),
+            auto_continue=env_int("CHATTER_AUTO_CONTINUE", 2, lo=0, hi=100),
             stream_hwm=env_int("CHATTER_STREAM_HWM", 0, lo=0),
             database_url=database_url(),
         )
@@ -207,6 +218,7 @@ class MockSettings:
     ttft_ms: float = 50.0
     serial: bool = False  # one request at a time; the others answered 200 at once and held, as llama.cpp does
     context: int = 0  # the model's context length in tokens (prompt and reply); 0: none
+    server: str = "chatter"  # what it imitates (MOCK_SERVERS)
 
     @classmethod
     def from_env(cls) -> MockSettings:
@@ -214,4 +226,5 @@ class MockSettings:
                    tps=env_float("CHATTER_MOCK_TPS", cls.tps, lo=0.001, hi=1e9),
                    ttft_ms=env_float("CHATTER_MOCK_TTFT_MS", cls.ttft_ms, lo=0, hi=3_600_000),
                    serial=env_bool("CHATTER_MOCK_SERIAL", False),
-                   context=env_int("CHATTER_MOCK_CONTEXT", 0, lo=0, hi=10_000_000))
+                   context=env_int("CHATTER_MOCK_CONTEXT", 0, lo=0, hi=10_000_000),
+                   server=env_choice("CHATTER_MOCK_SERVER", "chatter", MOCK_SERVERS))

@@ -269,10 +269,22 @@ def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool
 
 
 def write_final(message_id: str, status: str, content: str, stats: dict, error: str | None,
-                content_hash: str | None, reasoning: str = "") -> None:
-    Message.update(content=content, length=len(content), status=status, stats=stats, error=error,
-                   content_hash=content_hash, reasoning=reasoning,
-                   updated_at=time.time()).where(Message.id == message_id).execute()
+                content_hash: str | None, reasoning: str = "", prompt=None) -> None:
+    """A message's final row; a reply continued after a fault takes its last segment's prompt (a
+    ``ContinuedPrompt``) too."""
+    columns = dict(content=content, length=len(content), status=status, stats=stats, error=error,
+                   content_hash=content_hash, reasoning=reasoning, updated_at=time.time())
+    if prompt is not None:
+        columns.update(prompt_messages=prompt.prompt_messages, prompt_hash=prompt.prompt_hash, preview=prompt.preview)
+    Message.update(**columns).where(Message.id == message_id).execute()
+
+
+def reopen_message(op) -> None:
+    """A finalized reply continued (a ``Reopen``): streaming again, as its new generation, with its new prompt.
+    Its stored texts are its first chunks (the persister writes them with this)."""
+    Message.update(status=STREAMING, generation_id=op.generation_id, prompt_messages=op.prompt.prompt_messages,
+                   prompt_hash=op.prompt.prompt_hash, preview=op.prompt.preview, error=None,
+                   updated_at=time.time()).where(Message.id == op.message_id).execute()
 
 
 def streaming_ids() -> list[str]:
@@ -293,24 +305,42 @@ def streamed_texts(message_id: str) -> tuple[str, str]:
     msg = Message.get_by_id(message_id)
     if msg.status != STREAMING:
         return msg.content, msg.reasoning
-    texts: tuple[list[str], list[str]] = ([], [])
-    for text, thinking in (Chunk.select(Chunk.text, Chunk.thinking).where(Chunk.message == message_id)
-                           .order_by(Chunk.id).tuples()):
-        texts[bool(thinking)].append(text)
-    return "".join(texts[0]), "".join(texts[1])
+    texts = _ChunkTexts()
+    for offset, text, thinking in (Chunk.select(Chunk.offset, Chunk.text, Chunk.thinking)
+                                   .where(Chunk.message == message_id).order_by(Chunk.id).tuples()):
+        texts.add(offset, text, bool(thinking))
+    return "".join(texts.parts[0]), "".join(texts.parts[1])
+
+
+class _ChunkTexts:
+    """A message's texts from its chunk rows in log order, each applied where its offset continues the text (as
+    the persister applies appends): a reply continued after it was final has its stored text again as its first
+    new rows, and rows of its first stream may still be in the log before them."""
+
+    __slots__ = ("parts", "lengths")
+
+    def __init__(self) -> None:
+        self.parts: tuple[list[str], list[str]] = ([], [])
+        self.lengths = [0, 0]
+
+    def add(self, offset: int, text: str, thinking: bool) -> None:
+        have = self.lengths[thinking]
+        if offset <= have < offset + len(text):
+            self.parts[thinking].append(text[have - offset:])
+            self.lengths[thinking] = offset + len(text)
 
 
 def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:
     """Every streaming message's checkpointed texts, in one scan of the log: message id -> (its first
     chunk id, its answer's parts in order, its thinking's). A message with no chunk yet is absent."""
-    out: dict[str, tuple[int, list[str], list[str]]] = {}
-    query = (Chunk.select(Chunk.id, Chunk.message, Chunk.text, Chunk.thinking).join(Message)
+    found: dict[str, tuple[int, _ChunkTexts]] = {}
+    query = (Chunk.select(Chunk.id, Chunk.message, Chunk.offset, Chunk.text, Chunk.thinking).join(Message)
              .where(Message.status == STREAMING).order_by(Chunk.id).tuples())
-    for chunk_id, message_id, text, thinking in query:
-        if message_id not in out:
-            out[message_id] = (chunk_id, [], [])
-        out[message_id][2 if thinking else 1].append(text)
-    return out
+    for chunk_id, message_id, offset, text, thinking in query:
+        if message_id not in found:
+            found[message_id] = (chunk_id, _ChunkTexts())
+        found[message_id][1].add(offset, text, bool(thinking))
+    return {message_id: (first, texts.parts[0], texts.parts[1]) for message_id, (first, texts) in found.items()}
 
 
 def truncate_chunks(below_id: int) -> int:

@@ -14,6 +14,7 @@ from protocol import codec, curve, messages as m, transport
 from services import config, shell, store
 from services.coordinator.machine import (Coordinator, Log, ReadGeneration, ReplyTo, ToClients, ToControl,
                                           ToGenerators, ToPersister)
+from services.coordinator.stream import base_id
 from services.coordinator.reader import DatabaseReader
 from services.tokens import count_tokens
 
@@ -74,7 +75,7 @@ class CoordinatorShell:
             elif kind is ReadGeneration:
                 gen_id = effect.generation_id
                 self.reader.ask(f"generation {gen_id}",
-                                lambda gen_id=gen_id: ("adopt", (gen_id, store.session_of_generation(gen_id))))
+                                lambda gen_id=gen_id: ("adopt", (gen_id, store.session_of_generation(base_id(gen_id)))))
                 self.adopting[f"generation {gen_id}"] = gen_id
         for frame in m.bundle(persist_ops):  # in order, one send per bundle rather than per operation
             try:

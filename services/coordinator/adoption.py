@@ -20,7 +20,7 @@ from __future__ import annotations
 from protocol import messages as m
 from services.coordinator.effects import Log, ReadGeneration, ToControl
 from services.coordinator.prompt import package_of
-from services.coordinator.stream import GenerationState
+from services.coordinator.stream import RUN_MARK, GenerationState, base_id
 
 
 class Adoption:
@@ -64,8 +64,9 @@ class Adoption:
 
     def _on_gen_announce(self, msg: m.GenAnnounce, now: float, out: list) -> None:
         for live in msg.generations:
-            gen_id = live.generation_id
-            if gen_id in self.active or gen_id in self.finalizing or gen_id in self.adoptions:
+            gen_id = live.generation_id  # a run's id (``<id>~<n>`` for a continuation after a fault)
+            base = base_id(gen_id)
+            if base in self.active or base in self.finalizing or gen_id in self.adoptions:
                 continue  # ours already (a generator that saw us restart twice), or on its way
             if not self._adoption_window(now, out):
                 if not live.ended:
@@ -83,20 +84,22 @@ class Adoption:
         if data is not None:
             self.load_session(data)  # while the adoption is pending, its streaming reply stays streaming
         generator_id, live = self.adoptions.pop(generation_id)
+        run_id, generation_id = generation_id, base_id(generation_id)
         sess = self.sessions.get(data["session_id"]) if data is not None else None
         record = next((r for r in sess.history if r.generation_id == generation_id), None) if sess else None
         if record is None or record.status != "streaming" or generation_id in self.active \
                 or (sess.active_generation not in (None, generation_id)):
             # not ours to adopt: never stored, or it ended before the restart (its row says how)
             if not live.ended:
-                out.append(ToControl(m.CancelGeneration(generation_id)))
-            out.append(Log("adoption_declined", {"generation_id": generation_id,
+                out.append(ToControl(m.CancelGeneration(run_id)))
+            out.append(Log("adoption_declined", {"generation_id": run_id,
                                                  "status": record.status if record else None}))
             return out
         gen = self._rebuild(sess, record, generator_id, now, out)
+        gen.run = int(run_id.partition(RUN_MARK)[2] or 0)  # its events come as this run's
         if live.seq or live.reasoning_seq:
             gen.first_token_at = now  # it has tokens: if its generator dies now, it must not run again
-        out.append(ToControl(m.ResumeGeneration(generation_id, len(record.content), len(record.reasoning))))
+        out.append(ToControl(m.ResumeGeneration(run_id, len(record.content), len(record.reasoning))))
         out.append(Log("generation_adopted", {"session_id": sess.session_id, "generation_id": generation_id,
                                               "durable_length": len(record.content),
                                               "generator_length": live.length}))
@@ -108,7 +111,8 @@ class Adoption:
         gen = GenerationState(record.generation_id, sess.session_id, record.message_id,
                               package_of(record, self.count_tokens), record, queued_at=record.created_at,
                               status="streaming", generator_id=generator_id, started_at=record.created_at,
-                              last_delta_at=now, adopted=True, catching_up=generator_id is not None)
+                              run_started_at=now, last_delta_at=now, adopted=True,
+                              catching_up=generator_id is not None)
         for text, stored in ((gen.answer, record.content), (gen.thinking, record.reasoning)):
             text.parts[:] = [stored] if stored else []
             text.length = text.client_len = len(stored)
@@ -121,7 +125,7 @@ class Adoption:
         self.persisted.adopt(record.message_id, record.generation_id, len(record.content), len(record.reasoning), now)
         if generator_id is None:
             gen.status = record.status = "queued"
-            gen.started_at, gen.last_delta_at = None, None
+            gen.started_at, gen.run_started_at, gen.last_delta_at = None, None, None
             gen.queued_at = now  # the stall watchdog's clock for taking the job
             self.counters["generations_requeued"] += 1
             out.append(Log("generation_requeued", {"session_id": sess.session_id,
@@ -132,7 +136,7 @@ class Adoption:
         return gen
 
     def _on_gen_catch_up(self, msg: m.GenCatchUp, now: float, out: list) -> None:
-        gen = self.active.get(msg.generation_id)
+        gen = self._running(msg.generation_id)
         if gen is None or not gen.catching_up:
             return
         for text, seq, offset, fresh in ((gen.thinking, msg.reasoning_seq, msg.reasoning_offset, msg.reasoning),

@@ -54,6 +54,7 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0, "generations_adopted": 0, "deltas_before_adoption": 0,
                          "jobs_sent_again": 0, "generations_requeued": 0,
+                         "generations_continued": 0,
                          # counted by the shell: its database reads, and refused tcp handshakes and CURVE keys
                          "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
@@ -64,7 +65,7 @@ class Coordinator(Requests, StreamRules, Adoption):
             m.NewSession: self._on_new_session, m.Send: self._on_send, m.Cancel: self._on_cancel,
             m.Snapshot: self._on_snapshot, m.Status: self._on_status, m.History: self._on_history,
             m.Preview: self._on_preview, m.Regenerate: self._on_regenerate, m.Sessions: self._on_sessions,
-            m.ConfigureSession: self._on_configure, m.ResolveSession: self._on_resolve,
+            m.ConfigureSession: self._on_configure, m.ResolveSession: self._on_resolve, m.Continue: self._on_continue,
         }
         self._event_handlers = {
             m.GenStarted: self._on_gen_started, m.GenDelta: self._on_gen_delta, m.GenDone: self._on_gen_done,

@@ -16,7 +16,8 @@ from protocol import messages as m
 @dataclass
 class PersistState:
     message_id: str
-    create: m.CreateMessage | None  # None: adopted after a restart, its row long created
+    create: m.CreateMessage | m.Reopen | None  # None: adopted after a restart, its row long created; a Reopen:
+    # a finalized reply continued, which streams again once the persister acks the reopen (not finalized)
     generation_id: str | None = None  # None for a user message, complete on creation
     created_acked: bool = False
     sent_len: int = 0
@@ -56,6 +57,16 @@ class PersistTracker:
                                                thinking_acked_len=reasoning_length, last_sent_at=now,
                                                unsaved_since=now)
 
+    def reopen(self, reopen: m.Reopen, length: int, reasoning_length: int, now: float) -> m.Reopen:
+        """A finalized reply is continued: its row exists with these durable lengths, and goes on once the
+        persister has reopened it (resent until then, like a create)."""
+        self.states[reopen.message_id] = PersistState(reopen.message_id, reopen, reopen.generation_id,
+                                                      sent_len=length, acked_len=length,
+                                                      thinking_sent_len=reasoning_length,
+                                                      thinking_acked_len=reasoning_length, last_sent_at=now,
+                                                      unsaved_since=now)
+        return reopen
+
     def sent_len(self, message_id: str, thinking: bool = False) -> int:
         state = self.states[message_id]
         return state.thinking_sent_len if thinking else state.sent_len
@@ -92,6 +103,8 @@ class PersistTracker:
         state = self.states.get(ack.message_id)
         if state is None:
             return None
+        if isinstance(state.create, m.Reopen) and not state.created_acked and ack.finalized:
+            return None  # of the reply as it was before it reopened: the reopen is not applied yet
         state.created_acked = True
         state.acked_len = max(state.acked_len, ack.length)
         state.thinking_acked_len = max(state.thinking_acked_len, ack.reasoning_length)

@@ -23,8 +23,32 @@ def prompt_hash(messages: list[dict], model: str, params: dict) -> str:
     return hashlib.sha256(canonical_bytes(messages, model, params)).hexdigest()
 
 
-def render_preview(messages: list[dict]) -> str:
-    return "".join(f"[{m['role']}]\n{m['content']}\n\n" for m in messages)
+def render_preview(messages: list[dict], params: dict | None = None) -> str:
+    """The request as a person reads it: each message, a trailing assistant message that the server is to
+    continue marked so (with ``prefix: true`` where it carries it), and the fields that tell the server to
+    continue it."""
+    out = []
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        if msg.get("prefix"):
+            role += ", prefix: true"
+        if i == len(messages) - 1 and msg["role"] == "assistant":
+            role += ", to be continued"
+        out.append(f"[{role}]\n{msg['content']}\n\n")
+    told = [f"{key}: {json.dumps(params[key])}" for key in CONTINUE_FIELDS if key in (params or {})]
+    if told:
+        out.append(f"[request: {', '.join(told)}]\n")
+    return "".join(out)
+
+
+# The continue styles (CHATTER_CONTINUE_STYLE): how a server is told to extend a trailing assistant message.
+#   vllm     vLLM: continue_final_message and add_generation_prompt in the body
+#   prefill  llama.cpp's llama-server: a trailing assistant message is prefilled as it is (its reply repeats it)
+#   prefix   DeepSeek, Mistral: "prefix": true on the trailing assistant message
+#   none     the server cannot (OpenAI): continuing is refused, never faked with a "Continue" user turn
+CONTINUE_STYLES = ("vllm", "prefill", "prefix", "none")
+VLLM_FIELDS = {"continue_final_message": True, "add_generation_prompt": False}
+CONTINUE_FIELDS = tuple(VLLM_FIELDS)
 
 
 # OpenAI's counting recipe: each message costs its content plus ~3 tokens of framing, and the reply
@@ -48,12 +72,53 @@ class PromptPackage:
     dropped_message_ids: tuple[str, ...] = ()  # oldest turns left out to fit the budget
     max_input_tokens: int = 0  # 0: no budget
     thinking_left_out: int = 0  # earlier replies in the prompt whose thinking it leaves out
+    prefix_last: bool = False  # a continuation in the prefix style: its last message carries "prefix": true
 
     def wire_messages(self) -> list[dict]:
-        return [{"role": role, "content": content} for role, content in self.messages]
+        out = [{"role": role, "content": content} for role, content in self.messages]
+        if self.prefix_last:
+            out[-1]["prefix"] = True
+        return out
 
     def wire_params(self) -> dict:
         return dict(self.params)
+
+
+def continuation(base: PromptPackage, partial: str, style: str, count_tokens) -> PromptPackage:
+    """The prompt that continues a reply: ``base``, the prompt the reply answered, then the reply so far as a
+    trailing assistant message, and what ``style`` tells the server with it. Frozen and hashed like any other;
+    its tokens count the partial reply, and a budget that it exceeds refuses it (``PromptTooLarge``)."""
+    if style not in CONTINUE_STYLES or style == "none":
+        raise ValueError(f"no continuation in style {style!r}")
+    messages = [*base.wire_messages(), {"role": "assistant", "content": partial}]
+    if style == "prefix":
+        messages[-1]["prefix"] = True
+    params = base.wire_params() | (VLLM_FIELDS if style == "vllm" else {})
+    tokens = base.prompt_tokens + count_tokens(partial, base.model) + TOKENS_PER_MESSAGE
+    if base.max_input_tokens and tokens > base.max_input_tokens:
+        raise PromptTooLarge(f"the prompt with the reply so far is ~{tokens} tokens; the input budget is "
+                             f"{base.max_input_tokens}")
+    return PromptPackage(
+        messages=tuple((msg["role"], msg["content"]) for msg in messages), model=base.model,
+        params=tuple(sorted(params.items())), preview=render_preview(messages, params),
+        prompt_hash=prompt_hash(messages, base.model, params), prompt_tokens=tokens,
+        dropped_message_ids=base.dropped_message_ids, max_input_tokens=base.max_input_tokens,
+        thinking_left_out=base.thinking_left_out, prefix_last=style == "prefix")
+
+
+def original_of(package: PromptPackage, count_tokens) -> PromptPackage:
+    """The prompt a continuation extends: without its trailing assistant message and its style's fields (a
+    reply continued twice extends the prompt it first answered, never a continuation of a continuation)."""
+    if not package.messages or package.messages[-1][0] != "assistant":
+        return package
+    messages = [{"role": role, "content": content} for role, content in package.messages[:-1]]
+    params = {k: v for k, v in package.params if k not in CONTINUE_FIELDS}
+    return PromptPackage(
+        messages=package.messages[:-1], model=package.model, params=tuple(sorted(params.items())),
+        preview=render_preview(messages), prompt_hash=prompt_hash(messages, package.model, params),
+        prompt_tokens=package.prompt_tokens - count_tokens(package.messages[-1][1], package.model) - TOKENS_PER_MESSAGE,
+        dropped_message_ids=package.dropped_message_ids, max_input_tokens=package.max_input_tokens,
+        thinking_left_out=package.thinking_left_out)
 
 
 def package_of(record: MessageRecord, count_tokens) -> PromptPackage:
@@ -66,7 +131,8 @@ def package_of(record: MessageRecord, count_tokens) -> PromptPackage:
         messages=tuple((msg["role"], msg["content"]) for msg in messages), model=model,
         params=tuple(sorted(params.items())), preview=record.preview or render_preview(messages),
         prompt_hash=record.prompt_hash or prompt_hash(messages, model, params), prompt_tokens=tokens,
-        dropped_message_ids=tuple(record.dropped_message_ids))
+        dropped_message_ids=tuple(record.dropped_message_ids),
+        prefix_last=bool(messages and messages[-1].get("prefix")))
 
 
 def in_prompt(record: MessageRecord) -> bool:

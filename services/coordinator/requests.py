@@ -3,14 +3,20 @@ ask for (snapshot, history, sessions, preview, status). A mixin of ``machine.Coo
 the state and dispatches to these handlers; pure, like all of the machine."""
 from __future__ import annotations
 
+import dataclasses
 import heapq
 
 from protocol import messages as m, results
 from services.coordinator import sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
-from services.coordinator.prompt import PromptPackage, PromptTooLarge, assemble
+from services.coordinator.prompt import (CONTINUE_STYLES, PromptPackage, PromptTooLarge, assemble, continuation,
+                                        original_of, package_of)
 from services.coordinator.sessions import SessionState
 from services.coordinator.stream import GenerationState
+
+
+# what auto makes of a server's /v1/models owned_by
+SERVER_STYLES = {"vllm": "vllm", "llamacpp": "prefill"}
 
 
 class Requests:
@@ -42,7 +48,7 @@ class Requests:
         """Takes effect from the next prompt (a reply under way keeps its frozen prompt); the system prompt
         and budget are persisted with the next message."""
         sess = self._session(msg.session_id)
-        params, stream = dict(sess.params), sess.stream
+        params, stream, style = dict(sess.params), sess.stream, sess.continue_style
         for key, value in (msg.params or {}).items():
             if key == "temperature" and (value is None or (isinstance(value, (int, float)) and 0 <= value <= 2)):
                 params[key] = value
@@ -50,14 +56,16 @@ class Requests:
                 params[key] = value
             elif key == "stream" and (value is None or isinstance(value, bool)):
                 stream = value
+            elif key == "continue_style" and (value is None or value in CONTINUE_STYLES):
+                style = value
             else:
                 raise RequestRefused(f"bad setting {key}={value!r}: temperature is 0..2, max_tokens a positive "
-                                     f"integer, stream true or false")
+                                     f"integer, stream true or false, continue_style {', '.join(CONTINUE_STYLES)}")
         if msg.max_input_tokens is not None and msg.max_input_tokens < 0:
             raise RequestRefused("the input budget cannot be negative")
         self._check_session_texts(msg)
         sess.params = {k: v for k, v in params.items() if v is not None}
-        sess.stream = stream
+        sess.stream, sess.continue_style = stream, style
         if msg.system is not None:
             sess.system = msg.system or None
         if msg.max_input_tokens is not None:
@@ -70,7 +78,7 @@ class Requests:
         return results.SessionSettings(session_id=sess.session_id, system=sess.system,
                                        max_input_tokens=self._budget(sess),
                                        model=sess.model or self.settings.default_model, params=dict(sess.params),
-                                       stream=sess.stream)
+                                       stream=sess.stream, continue_style=sess.continue_style)
 
     def _on_send(self, msg: m.Send, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
@@ -110,6 +118,92 @@ class Requests:
             record.superseded = True
         return self._start_generation(sess, prompt, now, out, msg.client_request_id,
                                       supersedes=[r.message_id for r in replaced])
+
+    def _on_continue(self, msg: m.Continue, now: float, out: list) -> results.Result:
+        """The session's last reply goes on where it was cut: the same message, offsets continuing from its
+        length, by a new generation whose frozen prompt ends with the reply so far (in the session's style)."""
+        sess = self._session(msg.session_id)
+        self._check_text("the request id", msg.client_request_id)
+        if msg.client_request_id in sess.request_ids:
+            return self._request_result(sess, msg.client_request_id)  # one continuation per request id
+        if sess.active_generation is not None:
+            raise RequestRefused(f"a reply is streaming in session {sess.session_id}; it goes on by itself")
+        record = sess.last_reply()
+        if record is None:
+            raise RequestRefused("nothing to continue: the session has no reply yet")
+        cut = record.status in ("cancelled", "error", "interrupted") or (
+            record.status == "completed" and (record.stats or {}).get("finish_reason") == "length")
+        if not cut:
+            raise RequestRefused(f"the last reply is {record.status}: only a reply cut by the length limit, a "
+                                 "stop, an error or an interruption can be continued (regenerate makes a new one)")
+        if record.generation_id in self.finalizing or record.message_id in self.persisted.states:
+            raise RequestRefused("the last reply is still being saved; continue it in a moment")
+        if not record.content:
+            raise RequestRefused("the last reply has no answer text to continue (it was cut before its answer "
+                                 "began); regenerate it")
+        style, why = self._continue_style(sess)
+        if style == "none":
+            raise RequestRefused(f"this server cannot continue a reply ({why}); if it can, set "
+                                 "CHATTER_CONTINUE_STYLE=vllm, prefill or prefix (or /config continue_style=...)")
+        base = dataclasses.replace(original_of(package_of(record, self.count_tokens), self.count_tokens),
+                                   max_input_tokens=self._budget(sess, record.model))
+        try:
+            prompt = continuation(base, record.content, style, self.count_tokens)
+        except PromptTooLarge as exc:
+            raise RequestRefused(f"cannot continue: {exc}") from None
+        return self._continue_message(sess, record, prompt, style, now, out, msg.client_request_id)
+
+    def _continue_message(self, sess: SessionState, record, prompt: PromptPackage, style: str, now: float,
+                          out: list, client_request_id: str) -> results.ReplyStarted:
+        """The reply streams again, as a new generation of the same message, from its stored texts."""
+        gen_id = self.new_ordered_id()
+        stats = record.stats or {}
+        gen = GenerationState(gen_id, sess.session_id, record.message_id, prompt, record, queued_at=now,
+                              segment_from=len(record.content), tokens_before=stats.get("tokens") or 0)
+        gen.tokens = gen.tokens_before
+        gen.segments = [dict(seg) for seg in stats.get("segments") or ()] or [
+            {"from": 0, "tokens": gen.tokens_before, "tokens_source": stats.get("tokens_source", "estimated"),
+             "prompt_hash": record.prompt_hash}]
+        gen.segments[-1]["ended"] = "length" if record.status == "completed" else record.status
+        for text, stored in ((gen.answer, record.content), (gen.thinking, record.reasoning)):
+            text.parts[:] = [stored] if stored else []
+            text.length = text.client_len = len(stored)
+        record.generation_id, record.status, record.error = gen_id, "queued", None
+        gen.stream = sess.stream
+        self._set_prompt(gen, prompt, style)
+        self.active[gen_id] = gen
+        sess.active_generation, sess.last_activity = gen_id, now
+        sess.request_ids[client_request_id] = record.message_id
+        reopen = m.Reopen(record.message_id, gen_id, record.content, record.reasoning,
+                          m.ContinuedPrompt(record.prompt_messages, prompt.prompt_hash, prompt.preview))
+        out.append(ToPersister(self.persisted.reopen(reopen, len(record.content), len(record.reasoning), now)))
+        out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, record.message_id,
+                                                        prompt.prompt_hash, prompt.preview, prompt.prompt_tokens,
+                                                        list(prompt.dropped_message_ids), prompt.max_input_tokens,
+                                                        prompt.thinking_left_out)))
+        self._dispatch(gen, now, out)
+        out.append(Log("generation_continues", {"session_id": sess.session_id, "generation_id": gen_id,
+                                                "message_id": record.message_id, "from": len(record.content),
+                                                "style": style}))
+        return self._request_result(sess, client_request_id)
+
+    def _continue_style(self, sess: SessionState | None = None) -> tuple[str, str]:
+        """How a reply is continued, and why: the session's own, else CHATTER_CONTINUE_STYLE, else (auto) from
+        what the live generators' servers say they are in /v1/models (``owned_by``), all alike."""
+        if sess is not None and sess.continue_style:
+            return sess.continue_style, "this session's setting (/config continue_style)"
+        if self.settings.continue_style != "auto":
+            return self.settings.continue_style, "CHATTER_CONTINUE_STYLE"
+        servers = {g.server for g in self.generators.values()}
+        if not servers:
+            return "none", "auto: no generator is connected to tell what its server is"
+        if len(servers) > 1:
+            return "none", f"auto: the generators' servers differ ({', '.join(sorted(s or '?' for s in servers))})"
+        server = servers.pop()
+        if not server:
+            return "none", "auto: the server does not say what it is (/v1/models owned_by)"
+        style = SERVER_STYLES.get(server, "none")
+        return style, f"auto: the server says it is {server!r} (/v1/models owned_by)"
 
     def _assemble(self, sess: SessionState, history: list[dict], user_text: str, model: str | None) -> PromptPackage:
         model = model or sess.model or self.settings.default_model
@@ -228,6 +322,7 @@ class Requests:
             context = results.ContextUse(session_id=sess.session_id, max_input_tokens=self._budget(sess),
                                          history_tokens=sessions.context_tokens(sess, model, self.count_tokens))
         unsaved, oldest_unsaved = self.persisted.oldest_unsaved()
+        style, style_why = self._continue_style(self.sessions.get(msg.session_id or ""))
         seen_ms_ago, stats = _ms_since(self.persister_seen_at, now), self.persister_stats
         return results.Status(
             generators=[results.GeneratorView(generator_id=g.generator_id, capacity_free=g.capacity_free,
@@ -242,7 +337,8 @@ class Requests:
                     for g in self.active.values()],
             counters=self.counters | {"retries": sum(g.retries for g in self.generators.values()),
                                       "persist_resends": self.persisted.resends},
-            context=context, unsaved=unsaved, oldest_unsaved_ms=_ms_since(oldest_unsaved, now),
+            context=context, unsaved=unsaved,
+            continue_style=style, continue_style_why=style_why, oldest_unsaved_ms=_ms_since(oldest_unsaved, now),
             persister_seen_ms_ago=seen_ms_ago,
             persister_connected=seen_ms_ago is not None and seen_ms_ago <= results.PERSISTER_SILENT_MS,
             database_reachable=None if stats is None else stats.failing_since is None,

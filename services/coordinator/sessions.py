@@ -18,6 +18,7 @@ class SessionState:
     max_input_tokens: int | None = None  # None: the coordinator's default
     params: dict = field(default_factory=dict)  # upstream request params: temperature, max_tokens
     stream: bool | None = None  # None: the generator's default
+    continue_style: str | None = None  # None: CHATTER_CONTINUE_STYLE's
     history: list[MessageRecord] = field(default_factory=list)  # one record per message, in order
     active_generation: str | None = None
     request_ids: dict[str, str] = field(default_factory=dict)  # client_request_id -> assistant message id

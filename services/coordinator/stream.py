@@ -9,9 +9,15 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m, results
 from services.coordinator.effects import Log, ToClients, ToControl, ToGenerators, ToPersister, content_hash
-from services.coordinator.prompt import PromptPackage
+from services.coordinator.prompt import PromptPackage, PromptTooLarge, continuation, original_of
 
 JOB_TRAVEL_S = 1.0  # a job sent this long before a generator's heartbeat with room has reached that generator
+RUN_MARK = "~"  # a generation continued after a fault runs again as <generation id>~<n>: the old run's events are late
+
+
+def base_id(run_id: str) -> str:
+    """The generation a run's id belongs to."""
+    return run_id.partition(RUN_MARK)[0]
 
 
 @dataclass
@@ -75,6 +81,21 @@ class GenerationState:
     adopted: bool = False  # taken over by a restarted coordinator: its timings before that are unknown
     catching_up: bool = False  # adopted, waiting for its generator's GenCatchUp; its deltas until then are dropped
     dispatched_at: float | None = None  # when its job last went to the generators
+    # continuing (``_continue_after``): the current run, the number of continuations after a fault, with its job,
+    # its watchdog clocks (``last_delta_at`` is the run's too), and the segments of the reply before this one
+    run: int = 0
+    job: m.Job | None = None  # None: the job of ``prompt`` from the start
+    run_queued_at: float | None = None  # None: ``queued_at``
+    run_started_at: float | None = None
+    continued_after: list[str] = field(default_factory=list)  # the faults it was continued after
+    segments: list[dict] = field(default_factory=list)  # each earlier segment's figures
+    segment_from: int = 0  # the answer's length when this segment began
+    tokens_before: int = 0  # the tokens of the earlier segments, part of ``tokens``
+    run_tokens_source: str = "estimated"  # this segment's count: "server" when its run ended with usage
+
+    @property
+    def run_id(self) -> str:
+        return self.generation_id if not self.run else f"{self.generation_id}{RUN_MARK}{self.run}"
 
     @property
     def length(self) -> int:
@@ -95,6 +116,7 @@ class GeneratorInfo:
     capacity_free: int = 0
     active: int = 0
     contexts: dict = field(default_factory=dict)  # model -> context length, as this generator's server tells it
+    server: str = ""  # what its server says it is (/v1/models owned_by)
     retries: int = 0
     pid: int = 0
 
@@ -102,17 +124,31 @@ class GeneratorInfo:
 class StreamRules:
     # ------------------------------------------------------------ generator events
 
+    def _running(self, run_id: str) -> GenerationState | None:
+        """The active generation whose current run ``run_id`` is (a continuation after a fault runs as
+        ``<id>~<n>``); None for the events of an ended generation or of a run before its continuation."""
+        gen = self.active.get(run_id)
+        if gen is not None:
+            return gen if not gen.run else None
+        if RUN_MARK in run_id:
+            gen = self.active.get(base_id(run_id))
+            if gen is not None and gen.run_id == run_id:
+                return gen
+        return None
+
     def _on_gen_started(self, msg: m.GenStarted, now: float, out: list) -> None:
-        gen = self.active.get(msg.generation_id)
+        gen = self._running(msg.generation_id)
         if gen is None:
             out.append(ToControl(m.CancelGeneration(msg.generation_id)))
             return
         gen.generator_id = msg.generator_id
-        gen.started_at = now
+        gen.run_started_at = now
+        if gen.started_at is None:
+            gen.started_at = now
         gen.status = gen.record.status = "streaming"
 
     def _on_gen_delta(self, msg: m.GenDelta | m.DeltaItem, now: float, out: list) -> None:
-        gen = self.active.get(msg.generation_id)
+        gen = self._running(msg.generation_id)
         if gen is None:  # terminal or unknown: late. Drop, count, and make sure its generator stops.
             if self.adopting_open or msg.generation_id in self.adoptions:
                 self.counters["deltas_before_adoption"] += 1  # it may be adopted in a moment: no cancel
@@ -128,7 +164,7 @@ class StreamRules:
             return
         if msg.seq != text.last_seq + 1:
             self.counters["gaps"] += 1
-            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+            out.append(ToControl(m.CancelGeneration(gen.run_id)))
             self._finalize(gen, "error", now, out, error=f"gap in stream: expected {_kind(msg.thinking)}seq "
                            f"{text.last_seq + 1}, got {msg.seq}")
             return
@@ -159,7 +195,7 @@ class StreamRules:
             self._on_gen_delta(delta, now, out)
 
     def _on_gen_done(self, msg: m.GenDone, now: float, out: list) -> None:
-        gen = self.active.get(msg.generation_id)
+        gen = self._running(msg.generation_id)
         if gen is None or gen.catching_up:  # catching up: the generator resends its end after the catch-up
             return
         for thinking, last_seq, length, text in ((False, msg.last_seq, msg.length, gen.answer),
@@ -169,21 +205,27 @@ class StreamRules:
                                f"seq {last_seq} ({length} chars), coordinator has seq {text.last_seq} "
                                f"({text.length} chars)")
                 return
-        gen.tokens = msg.completion_tokens
-        gen.tokens_source = msg.tokens_source
+        gen.tokens = gen.tokens_before + msg.completion_tokens
+        gen.run_tokens_source = msg.tokens_source
+        # a continued reply's count is the server's only if every segment's was
+        gen.tokens_source = msg.tokens_source if all(seg.get("tokens_source") == "server" for seg in gen.segments) \
+            else "estimated"
         gen.reasoning_tokens, gen.reasoning_tokens_source = msg.reasoning_tokens, msg.reasoning_tokens_source
         gen.finish_reason, gen.streamed = msg.finish_reason or None, msg.streamed
         self._finalize(gen, "completed", now, out)
 
     def _on_gen_error(self, msg: m.GenError, now: float, out: list) -> None:
-        gen = self.active.get(msg.generation_id)
-        if gen is not None and not gen.catching_up:
+        gen = self._running(msg.generation_id)
+        if gen is not None and not gen.catching_up and not self._continue_after(gen, msg.reason, now, out):
             self._finalize(gen, "error", now, out, error=msg.reason)
 
     def _on_gen_cancelled(self, msg: m.GenCancelled, now: float, out: list) -> None:
-        gen = self.active.get(msg.generation_id)
-        if gen is not None and not gen.catching_up:  # we did not ask: the generator gave up on its own (it lost the coordinator)
-            self._finalize(gen, "error", now, out, error="generator cancelled the stream")
+        gen = self._running(msg.generation_id)
+        # we did not ask: the generator gave up on its own (it lost the coordinator)
+        if gen is not None and not gen.catching_up:
+            fault = "generator cancelled the stream"
+            if not self._continue_after(gen, fault, now, out):
+                self._finalize(gen, "error", now, out, error=fault)
 
     def _on_heartbeat(self, msg: m.GeneratorHeartbeat, now: float, out: list) -> None:
         info = self.generators.get(msg.generator_id)
@@ -193,6 +235,7 @@ class StreamRules:
         info.last_seen, info.capacity_free, info.active, info.retries = now, msg.capacity_free, msg.active, msg.retries
         info.pid = msg.pid
         info.contexts = msg.contexts or {}
+        info.server = msg.server
 
     # ------------------------------------------------------------ coalescing and checkpoints
 
@@ -249,8 +292,10 @@ class StreamRules:
             sent_len = self.persisted.sent_len(gen.message_id, thinking)
             if sent_len < text.length:
                 out.append(ToPersister(self.persisted.append(gen.message_id, text.text()[sent_len:], now, thinking)))
+        continued = m.ContinuedPrompt(gen.record.prompt_messages, gen.prompt.prompt_hash,
+                                      gen.prompt.preview) if gen.run else None  # the row takes the last prompt
         final = m.Finalize(gen.message_id, status, gen.length, content_hash(gen.text()), gen.record.stats, error,
-                           gen.thinking.length)
+                           gen.thinking.length, continued)
         out.append(ToPersister(self.persisted.finalize(final, now)))
         out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
                                                  "length": gen.length, "error": error}))
@@ -264,7 +309,7 @@ class StreamRules:
         if gen.thinking_started_at is not None and gen.thinking_ended_at is None:
             gen.thinking_ended_at = now  # it thought to the end (a cancel mid-thought: no answer)
         if status == "cancelled":
-            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+            out.append(ToControl(m.CancelGeneration(gen.run_id)))
         # the canceller's view is what is kept; longer views are cut at ``final``
         cut_thinking = gen.thinking.cut(keep_reasoning_len)
         if gen.answer.cut(keep_len) or cut_thinking:
@@ -295,6 +340,7 @@ class StreamRules:
         first = gen.first_token_at if gen.streamed and not gen.adopted else None
         tok_window = end - first if first is not None else 0.0
         adopted = {"adopted": True} if gen.adopted else {}
+        own = gen.tokens - gen.tokens_before  # this segment's: speed is measured over it alone
         return {
             "tokens": gen.tokens,
             "tokens_source": gen.tokens_source,
@@ -302,14 +348,29 @@ class StreamRules:
             "queue_wait_ms": round((gen.started_at - gen.queued_at) * 1000, 1) if gen.started_at else None,
             "ttft_ms": round((first - gen.queued_at) * 1000, 1) if first is not None else None,
             "duration_ms": round((end - (gen.started_at or gen.queued_at)) * 1000, 1),
-            "tok_per_s": round(gen.tokens / tok_window, 1) if tok_window > 0 and gen.tokens > 1 else None,
+            "tok_per_s": round(own / tok_window, 1) if tok_window > 0 and own > 1 else None,
             "max_input_tokens": gen.prompt.max_input_tokens,
             "dropped_messages": len(gen.prompt.dropped_message_ids),
             "finish_reason": gen.finish_reason,
             "streamed": gen.streamed,
             **self._thinking_stats(gen, end),
+            **self._segment_stats(gen),
             **adopted,
         }
+
+    @staticmethod
+    def _segment_stats(gen: GenerationState) -> dict:
+        """A continued reply's segments, each with its tokens and prompt, and the faults it went on after;
+        ``tokens`` is their sum. Nothing for a reply of one segment."""
+        if not gen.segments:
+            return {}
+        current = {"from": gen.segment_from, "tokens": gen.tokens - gen.tokens_before,
+                   "tokens_source": gen.run_tokens_source,
+                   "prompt_hash": gen.prompt.prompt_hash, "ended": gen.status}
+        stats = {"segments": [*gen.segments, current], "continued": len(gen.segments)}
+        if gen.continued_after:
+            stats["continued_after"] = list(gen.continued_after)
+        return stats
 
     @staticmethod
     def _thinking_stats(gen: GenerationState, end: float) -> dict:
@@ -361,7 +422,7 @@ class StreamRules:
             return
         error = f"the reply could not be stored: {msg.reason}"
         if gen.generation_id in self.active:
-            out.append(ToControl(m.CancelGeneration(gen.generation_id)))
+            out.append(ToControl(m.CancelGeneration(gen.run_id)))
             self._end(gen, "error", now, out, error)
         gen.record.status, gen.record.error = "error", error
         text = gen.record.content
@@ -378,15 +439,67 @@ class StreamRules:
             self.counters["generators_lost"] += 1
             out.append(Log("generator_lost", {"generator_id": gen_id}))
             for gen in [g for g in self.active.values() if g.generator_id == gen_id]:
-                if gen.first_token_at is None:  # nothing emitted yet: safe to run again elsewhere
-                    gen.generator_id, gen.status = None, "queued"
+                if gen.last_delta_at is None:  # this run emitted nothing yet: safe to run again elsewhere
+                    gen.generator_id = None
+                    if gen.first_token_at is None:
+                        gen.status = gen.record.status = "queued"
                     self._dispatch(gen, now, out)
-                else:
-                    self._finalize(gen, "error", now, out, error=f"generator lost: {gen_id} stopped heartbeating")
+                    continue
+                fault = f"generator lost: {gen_id} stopped heartbeating"
+                if not self._continue_after(gen, fault, now, out):
+                    self._finalize(gen, "error", now, out, error=fault)
 
     def _dispatch(self, gen: GenerationState, now: float, out: list) -> None:
         gen.dispatched_at = now
-        out.append(ToGenerators(self._job(gen)))
+        gen.run_started_at = None
+        out.append(ToGenerators(gen.job or self._job(gen)))
+
+    # ------------------------------------------------------------ continuing after a fault
+
+    def _continue_after(self, gen: GenerationState, fault: str, now: float, out: list) -> bool:
+        """A fault after the first token does not end the reply where the server can continue it: the same
+        generation runs again (``<id>~<n>``), on a live generator, from all the text it holds, up to
+        CHATTER_AUTO_CONTINUE times. Clients see a pause; the text goes on from its offsets, and the old run's
+        events are late. False (today's error, keeping the text) under style ``none``, with no answer text yet
+        (a reply cut while thinking cannot be continued), past the limit, or when the prompt would not fit."""
+        if gen.run >= self.settings.auto_continue or not gen.answer.length:
+            return False
+        style, _why = self._continue_style(self.sessions[gen.session_id])
+        if style == "none":
+            return False
+        try:
+            prompt = continuation(original_of(gen.prompt, self.count_tokens), gen.text(), style, self.count_tokens)
+        except PromptTooLarge:
+            return False
+        out.append(ToControl(m.CancelGeneration(gen.run_id)))  # a stalled run must not go on beside the next
+        self._next_segment(gen, fault)
+        gen.run += 1
+        gen.continued_after.append(fault)
+        self._set_prompt(gen, prompt, style)
+        gen.generator_id, gen.last_delta_at, gen.run_queued_at = None, None, now
+        self.counters["generations_continued"] += 1
+        out.append(Log("generation_continued", {"session_id": gen.session_id, "generation_id": gen.generation_id,
+                                                "run": gen.run, "length": gen.length, "style": style,
+                                                "after": fault}))
+        self._dispatch(gen, now, out)
+        return True
+
+    def _next_segment(self, gen: GenerationState, ended: str) -> None:
+        """The segment under way ends (``ended``: why) and the next begins at the answer's length."""
+        gen.segments.append({"from": gen.segment_from, "tokens": gen.tokens - gen.tokens_before,
+                             "tokens_source": "estimated", "prompt_hash": gen.prompt.prompt_hash, "ended": ended})
+        gen.segment_from, gen.tokens_before = gen.length, gen.tokens
+
+    def _set_prompt(self, gen: GenerationState, prompt: PromptPackage, style: str) -> None:
+        """A continuation's prompt is the reply's from now on: its preview and hash are the request's."""
+        gen.prompt = prompt
+        record = gen.record
+        record.prompt_hash, record.preview, record.prompt_messages = (prompt.prompt_hash, prompt.preview,
+                                                                      prompt.wire_messages())
+        gen.job = m.Job(gen.run_id, prompt.wire_messages(), prompt.model, prompt.wire_params(), prompt.prompt_hash,
+                        gen.stream, seq_from=gen.answer.last_seq, length_from=gen.answer.length,
+                        reasoning_seq_from=gen.thinking.last_seq, reasoning_length_from=gen.thinking.length,
+                        strip_prefix=gen.text() if style == "prefill" else "", think_tags="off")
 
     def _check_lost_jobs(self, now: float, out: list) -> None:
         """A job that no generator took although every live generator has said since, a second or more after
@@ -396,7 +509,7 @@ class StreamRules:
             return
         heard_since = min(g.last_seen for g in self.generators.values()) - JOB_TRAVEL_S
         for gen in self.active.values():
-            if gen.started_at is None and gen.dispatched_at is not None and gen.dispatched_at < heard_since:
+            if gen.run_started_at is None and gen.dispatched_at is not None and gen.dispatched_at < heard_since:
                 self.counters["jobs_sent_again"] += 1
                 out.append(Log("job_sent_again", {"generation_id": gen.generation_id}))
                 self._dispatch(gen, now, out)
@@ -407,18 +520,21 @@ class StreamRules:
         that runs one request at a time holds the others), and has its own, longer ``first_token_ms``."""
         s = self.settings
         for gen in list(self.active.values()):
-            if gen.started_at is None:
-                waited, limit_ms, words = now - gen.queued_at, s.stall_ms, "stalled: no generator took the job"
-                setting = "CHATTER_STALL_MS"
+            if gen.run_started_at is None:
+                waited = now - (gen.run_queued_at or gen.queued_at)
+                limit_ms, words, setting = s.stall_ms, "stalled: no generator took the job", "CHATTER_STALL_MS"
             elif gen.last_delta_at is None:
-                waited, limit_ms, words = now - gen.started_at, s.first_token_ms, "no first token"
+                waited, limit_ms, words = now - gen.run_started_at, s.first_token_ms, "no first token"
                 setting = "CHATTER_FIRST_TOKEN_MS"
             else:
                 waited, limit_ms, words = now - gen.last_delta_at, s.stall_ms, "stalled: no token"
                 setting = "CHATTER_STALL_MS"
             if waited > limit_ms / 1000:
-                out.append(ToControl(m.CancelGeneration(gen.generation_id)))
-                self._finalize(gen, "error", now, out, error=f"{words} for {limit_ms / 1000:g} s ({setting})")
+                fault = f"{words} for {limit_ms / 1000:g} s ({setting})"
+                if gen.last_delta_at is not None and self._continue_after(gen, fault, now, out):
+                    continue
+                out.append(ToControl(m.CancelGeneration(gen.run_id)))
+                self._finalize(gen, "error", now, out, error=fault)
 
     def _text_of(self, generation_id: str, thinking: bool) -> str:
         gen = self.active.get(generation_id) or self.finalizing[generation_id]

@@ -28,9 +28,9 @@ import zmq.asyncio
 
 from protocol import codec, messages as m, transport
 from services import config, shell
-from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, ThinkTags, connection_failure,
-                                      context_lengths, not_an_event_stream, retry_delay, server_words,
-                                      status_failure)
+from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
+                                      context_lengths, not_an_event_stream, retry_delay, server_kind,
+                                      server_words, status_failure)
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError, reasoning_of
 from services.logs import redact
 from services.tokens import count_tokens
@@ -71,6 +71,7 @@ class GeneratorShell:
         self.read_timeout_s = settings.upstream_timeout_ms / 1000
         self.first_token_s = settings.first_token_ms / 1000  # before it, silence is the server's queue
         self.contexts: dict[str, int] = {}  # model -> context length, as the server tells it
+        self.server = ""  # what the server says it is (owned_by): the coordinator's continue style follows it
         self.upstream = f"{settings.base_url} (OPENAI_BASE_URL)"
         # No per-read timeout in the HTTP client: aiohttp re-arms a timer on every read (11% of this
         # process under load, py-spy). ``stream_once`` keeps its own deadline, moved at most once a second.
@@ -203,13 +204,15 @@ class GeneratorShell:
         gen = self.live.get(msg.generation_id) or (ended[0] if ended else None)
         if gen is None:
             return
-        text, reasoning = "".join(gen.parts), "".join(gen.reasoning_parts)
+        text, reasoning = gen.text_from(msg.offset, False), gen.text_from(msg.reasoning_offset, True)
         try:
-            catch_up = m.GenCatchUp(msg.generation_id, gen.seq, msg.offset, text[msg.offset:], gen.reasoning_seq,
-                                    msg.reasoning_offset, reasoning[msg.reasoning_offset:]).encode()
+            if text is None or reasoning is None:  # durable text ends before this continuation began
+                raise codec.FrameError("before this continuation")
+            catch_up = m.GenCatchUp(msg.generation_id, gen.seq, msg.offset, text, gen.reasoning_seq,
+                                    msg.reasoning_offset, reasoning).encode()
         except codec.FrameError:  # more text than one frame holds: it cannot be carried on, but it is kept
             self.emit(m.GenError(msg.generation_id, gen.seq, "after the coordinator's restart, the text to catch "
-                                 "up on is over the frame limit", gen.attempts))
+                                 "up on is over the frame limit or before this stream began", gen.attempts))
             return
         self.flush_deltas()
         self._send(catch_up)
@@ -223,10 +226,11 @@ class GeneratorShell:
             try:
                 async with asyncio.timeout(10):
                     page = await self.clients[0].models.list()
-                found = context_lengths([model.model_dump() for model in page.data])
-                if found != self.contexts:
-                    self.log.info("model_contexts", contexts=found)
-                self.contexts = found
+                models = [model.model_dump() for model in page.data]
+                found, server = context_lengths(models), server_kind(models)
+                if found != self.contexts or server != self.server:
+                    self.log.info("model_contexts", contexts=found, server=server)
+                self.contexts, self.server = found, server
             except (*UPSTREAM_ERRORS, openai.APIError, ValueError, TypeError) as exc:
                 self.log.debug("model_contexts_unknown", error=shell.plain_error(exc))  # not every server says
             await asyncio.sleep(60)
@@ -235,7 +239,7 @@ class GeneratorShell:
         while True:
             free = self.concurrency - len(self.tasks)
             self.emit(m.GeneratorHeartbeat(self.generator_id, free, len(self.tasks), self.retries, os.getpid(),
-                                           self.contexts or None))
+                                           self.contexts or None, self.server))
             now = time.monotonic()
             if self.tasks and now - self.coordinator_heard_at > self.coordinator_silent_s:
                 self.log.warning("coordinator_silent", cancelling=len(self.tasks))
@@ -255,7 +259,7 @@ class GeneratorShell:
     # ------------------------------------------------------------ one job
 
     async def run_job(self, job: m.Job) -> None:
-        gen = Generation(job, think_tags=ThinkTags(self.settings.think_tags))
+        gen = Generation.of(job, self.settings.think_tags)
         gen.client_index = min(range(len(self.clients)), key=self.client_streams.__getitem__)
         self.client_streams[gen.client_index] += 1
         log = self.log.bind(generation_id=job.generation_id)

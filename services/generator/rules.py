@@ -100,6 +100,33 @@ class ThinkTags:
         return [(self.state is _THINKING or (self.state is _START and self.open_implied), held)]
 
 
+class PrefillStrip:
+    """llama-server repeats a prefilled assistant message at the start of its reply: a continuation's stream
+    begins with the reply so far, then the new text. Strips it exactly once, and only where the stream begins
+    with all of it; anything else passes as it came. Text that may still be the start of it is held until the
+    stream tells (``feed``), and given back as it is if the stream ends first (``end``)."""
+
+    __slots__ = ("prefix", "held")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.held: str | None = "" if prefix else None  # None: decided
+
+    def feed(self, text: str) -> str:
+        if self.held is None:
+            return text
+        seen = self.held + text
+        if len(seen) < len(self.prefix) and self.prefix.startswith(seen):
+            self.held = seen
+            return ""
+        self.held = None
+        return seen[len(self.prefix):] if seen.startswith(self.prefix) else seen
+
+    def end(self) -> str:
+        held, self.held = self.held or "", None
+        return held
+
+
 @dataclass(slots=True)
 class Generation:
     """One job's upstream stream: the seq counter and text of its answer and of its thinking, and how it
@@ -120,6 +147,23 @@ class Generation:
     client_index: int = 0
     streamed: bool = True  # False: the reply came whole, from a non-streaming request
     think_tags: ThinkTags = field(default_factory=ThinkTags)
+    strip: PrefillStrip | None = None  # a continuation that the server may begin by repeating
+    base_length: int = 0  # a continuation's: its answer's length before this stream (parts hold only what follows)
+    base_reasoning_length: int = 0
+
+    @classmethod
+    def of(cls, job: m.Job, think_tags: str) -> Generation:
+        """A job's stream state; a continuation's texts go on from the job's seqs and lengths."""
+        return cls(job, seq=job.seq_from, length=job.length_from, reasoning_seq=job.reasoning_seq_from,
+                   reasoning_length=job.reasoning_length_from, think_tags=ThinkTags(job.think_tags or think_tags),
+                   strip=PrefillStrip(job.strip_prefix) if job.strip_prefix else None,
+                   base_length=job.length_from, base_reasoning_length=job.reasoning_length_from)
+
+    def text_from(self, offset: int, thinking: bool) -> str | None:
+        """This stream's text (answer or thinking) from ``offset`` of the whole reply; None if it began later."""
+        base, parts = (self.base_reasoning_length, self.reasoning_parts) if thinking else (self.base_length,
+                                                                                          self.parts)
+        return None if offset < base else "".join(parts)[offset - base:]
 
     @property
     def emitted(self) -> int:
@@ -139,14 +183,18 @@ class Generation:
             if held:
                 self._add(False, held, out)
             self._add(True, event.reasoning, out)
-        if event.text:
-            for thinking, text in self.think_tags.feed(event.text):
-                self._add(thinking, text, out)
+        text = self.strip.feed(event.text) if self.strip is not None and event.text else event.text
+        if text:
+            for thinking, piece in self.think_tags.feed(text):
+                self._add(thinking, piece, out)
         return out
 
     def take_held(self) -> list[tuple[bool, int, str]]:
         """At the end of the stream: the text ``ThinkTags`` held back, as deltas."""
         out = []
+        if self.strip is not None and self.strip.held:  # the stream ended inside what may have been the prefill
+            for thinking, text in self.think_tags.feed(self.strip.end()):
+                self._add(thinking, text, out)
         for thinking, text in self.think_tags.end():
             self._add(thinking, text, out)
         return out
@@ -186,6 +234,14 @@ class Generation:
             return JobFailed(f"upstream sent nothing for {read_timeout_s:g} s after {self.length} characters "
                              "(CHATTER_UPSTREAM_TIMEOUT_MS)")
         return JobFailed(f"upstream disconnected after {self.length} characters: {what_failed}")
+
+
+def server_kind(models: list) -> str:
+    """What the server says it is, from a /v1/models answer: the ``owned_by`` of its models when they agree
+    (vLLM says "vllm", llama-server "llamacpp"), else ""."""
+    owners = {model.get("owned_by") for model in models if isinstance(model, dict)}
+    owner = owners.pop() if len(owners) == 1 else None
+    return owner[:64] if isinstance(owner, str) else ""
 
 
 def connection_failure(exc: BaseException) -> str:
@@ -258,8 +314,9 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-# Where servers tell a model's context length in /v1/models: vLLM (max_model_len), and the names others use.
-CONTEXT_KEYS = ("max_model_len", "context_length", "max_context_length", "context_window")
+# Where servers tell a model's context length in /v1/models: vLLM (max_model_len), llama-server (meta.n_ctx, the
+# context it was started with, not meta.n_ctx_train), and the names others use.
+CONTEXT_KEYS = ("max_model_len", "context_length", "max_context_length", "context_window", "n_ctx")
 
 
 def context_lengths(models: list) -> dict[str, int]:
@@ -268,8 +325,9 @@ def context_lengths(models: list) -> dict[str, int]:
     for model in models:
         if not isinstance(model, dict) or not isinstance(model.get("id"), str):
             continue
+        meta = model.get("meta") if isinstance(model.get("meta"), dict) else {}
         for key in CONTEXT_KEYS:
-            value = model.get(key)
+            value = model.get(key) if key != "n_ctx" else meta.get(key)  # llama-server: meta.n_ctx, as started
             if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31:
                 found[model["id"]] = value
                 break

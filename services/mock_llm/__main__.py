@@ -14,24 +14,32 @@ import json
 import random
 import signal
 import time
+from dataclasses import replace
 
 from aiohttp import web
 
 from services import config, shell
 from protocol.records import THINK_CLOSE, THINK_OPEN
-from services.mock_llm.script import (Scenario, env_scenario, inline_thinking, prompt_token_count,
-                                      reasoning_tokens, reply_tokens, request_key, scenario_for)
+from services.mock_llm.script import (Scenario, continued_prefix, continued_tokens, env_scenario, inline_thinking,
+                                      prompt_token_count, reasoning_tokens, reply_tokens, request_key,
+                                      scenario_for, turn_key)
+
+OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "deepseek": "deepseek", "openai": "openai"}
 
 JOURNAL_LIMIT = 10_000
 CONTENT_TAIL = b'}, "finish_reason": null}]}\n\n'
 
 
 class MockLLM:
-    def __init__(self, base: Scenario, *, serial: bool = False, context: int = 0) -> None:
+    def __init__(self, base: Scenario, *, serial: bool = False, context: int = 0, server: str = "chatter") -> None:
         """``serial``: one request generates at a time; the others are answered 200 at once and held, silent,
         until their turn (llama.cpp's server by default, Ollama with one slot). ``context``: the model's context
         length, told in /v1/models as vLLM does (``max_model_len``): a prompt over it is refused with 400, and
-        a reply that reaches it ends with finish_reason ``length``."""
+        a reply that reaches it ends with finish_reason ``length``. ``server``: what it imitates
+        (CHATTER_MOCK_SERVER): its /v1/models owned_by, and how it reads a trailing assistant message
+        (``script.continued_prefix``)."""
+        self.server = server
+        self.turns: collections.Counter[str] = collections.Counter()
         self.base = base
         self.serial = asyncio.Lock() if serial else None
         self.context = context
@@ -49,7 +57,7 @@ class MockLLM:
         return app
 
     async def models(self, _request: web.Request) -> web.Response:
-        model = {"id": "mock-1", "object": "model", "owned_by": "chatter"}
+        model = {"id": "mock-1", "object": "model", "owned_by": OWNED_BY.get(self.server, "chatter")}
         if self.context:
             model["max_model_len"] = self.context
         return web.json_response({"object": "list", "data": [model]})
@@ -60,6 +68,7 @@ class MockLLM:
     async def clear_journal(self, _request: web.Request) -> web.Response:
         self.journal.clear()
         self.attempts.clear()
+        self.turns.clear()
         return web.json_response({"ok": True})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -73,6 +82,8 @@ class MockLLM:
         key = request_key(body)
         if len(self.attempts) >= JOURNAL_LIMIT and key not in self.attempts:
             self.attempts.clear()  # bounded memory under long load runs; fault scripts need only recent keys
+        if len(self.turns) >= JOURNAL_LIMIT:
+            self.turns.clear()
         self.attempts[key] += 1
         entry = {"id": next(self.ids), "received_at": time.time(), "body": body, "attempt": self.attempts[key],
                  "stream": bool(body.get("stream")), "status": 200, "chunks_sent": 0, "completed": False,
@@ -82,9 +93,25 @@ class MockLLM:
             entry["status"] = scenario.fail_status
             headers = {"Retry-After": f"{scenario.retry_after:g}"} if scenario.retry_after >= 0 else {}
             return _error(scenario.fail_status, f"injected failure {scenario.fail_status}", "server_error", headers)
-        tokens = reply_tokens(body["messages"], str(body.get("model", "")), scenario.tokens)
-        thinking = reasoning_tokens(body["messages"], str(body.get("model", "")), scenario.reasoning_tokens)
+        model = str(body.get("model", ""))
+        partial = continued_prefix(body, self.server)
+        if partial is None:
+            tokens = reply_tokens(body["messages"], model, scenario.tokens)
+            thinking = reasoning_tokens(body["messages"], model, scenario.reasoning_tokens)
+        else:  # the reply goes on, mid-answer: no thinking first
+            tokens, thinking = continued_tokens(body["messages"], model, scenario.tokens, partial), []
+            entry["continued_from"] = len(partial)
+        turn = turn_key(body)
+        self.turns[turn] += 1
+        if 0 <= scenario.fault_times < self.turns[turn]:  # this turn's mid-stream faults are spent
+            scenario = replace(scenario, drop_after=-1, no_finish=False, malformed_after=-1, stall_after=-1)
         finish = "stop"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < len(tokens):
+            tokens, finish = tokens[:limit], "length"
+        repeat = scenario.repeat_prefill == 1 or (scenario.repeat_prefill < 0 and self.server == "llamacpp")
+        if partial and repeat and tokens:  # as llama-server does: the reply repeats the prefill first
+            tokens = [partial + tokens[0], *tokens[1:]]
         if self.context:
             prompt = prompt_token_count(body["messages"])
             if prompt >= self.context:
@@ -228,7 +255,7 @@ async def serve() -> None:
     log = shell.start("mock_llm")
     settings = config.MockSettings.from_env()
     host, port = settings.host, settings.port
-    mock = MockLLM(env_scenario(settings), serial=settings.serial, context=settings.context)
+    mock = MockLLM(env_scenario(settings), serial=settings.serial, context=settings.context, server=settings.server)
     runner = web.AppRunner(mock.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

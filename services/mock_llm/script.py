@@ -46,6 +46,10 @@ class Scenario:
     reasoning_field: str = "reasoning_content"  # ...in this delta field (or "reasoning"), or "think_tags":
     # inline <think>...</think> at the start of the content, as llama-server with --reasoning-format none
     think_after: int = 0  # with think_tags: the tagged block after this many answer tokens (so not opening it)
+    fault_times: int = -1  # the mid-stream faults above hit only the first K requests of a turn (its
+    # continuations count too); -1: every one
+    repeat_prefill: int = -1  # a continued reply starts by repeating the prefill: 1 yes, 0 no, -1 as the server
+    # imitated does (llama-server does)
 
 
 def env_scenario(settings: config.MockSettings) -> Scenario:
@@ -111,6 +115,47 @@ def reasoning_text(messages: list, model: str, n: int) -> str:
 def inline_thinking(answer: list[str], thinking: list[str], after: int = 0) -> str:
     """The content of a reply that thinks inline (think_tags): the tagged thinking, after ``after`` answer tokens."""
     return "".join(answer[:after]) + THINK_OPEN + "".join(thinking) + THINK_CLOSE + "".join(answer[after:])
+
+
+def continued_prefix(body: dict, server: str) -> str | None:
+    """The reply so far that this request asks to continue, or None when it asks for a new turn. A trailing
+    assistant message is continued when the request says so in a way the imitated server reads: vLLM's
+    ``continue_final_message`` (vllm, chatter), ``"prefix": true`` on it (deepseek, chatter), or always
+    (llamacpp, which prefills it). openai reads none of these: a trailing assistant message is a finished turn."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+        return None
+    vllm = body.get("continue_final_message") is True and body.get("add_generation_prompt") is False
+    prefix = last.get("prefix") is True
+    if (server == "llamacpp" or (vllm and server in ("vllm", "chatter"))
+            or (prefix and server in ("deepseek", "chatter"))):
+        return last["content"]
+    return None
+
+
+def continued_tokens(messages: list, model: str, n: int, partial: str) -> list[str]:
+    """What a continuation streams: the whole reply to the request without its trailing message, after the
+    ``partial`` it already has (the first piece may end a token that the partial cut). A partial that is not
+    the start of that reply (edited) is continued anyway, deterministically: the reply to the whole request."""
+    whole = reply_tokens(messages[:-1], model, n)
+    if not "".join(whole).startswith(partial):
+        return reply_tokens(messages, model, n)
+    pieces, at = [], 0
+    for token in whole:
+        if at + len(token) > len(partial):
+            pieces.append(token[max(0, len(partial) - at):])
+        at += len(token)
+    return pieces
+
+
+def turn_key(body: dict) -> str:
+    """The turn a request belongs to, its continuations included: the request without a trailing assistant
+    message."""
+    messages = list(body.get("messages") or [])
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+    return request_key({"messages": messages, "model": body.get("model")})
 
 
 def reply_text(messages: list, model: str, n: int) -> str:

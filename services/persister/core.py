@@ -54,6 +54,14 @@ class WriteFinal:
     error: str | None
     content_hash: str | None
     reasoning: str = ""
+    prompt: m.ContinuedPrompt | None = None  # a reply continued after a fault: its last segment's prompt
+
+
+@dataclass(slots=True)
+class ReopenRow:
+    """A finalized reply streams again (continued): its status, generation and prompt columns."""
+
+    op: m.Reopen
 
 
 @dataclass(slots=True)
@@ -159,6 +167,8 @@ class PersisterCore:
                 self._finalize(op, plan)
             elif isinstance(op, m.InterruptOrphans):
                 self._interrupt_orphans(op, plan)
+            elif isinstance(op, m.Reopen):
+                self._reopen(op, plan)
         if chunks:
             self._flush_chunks(plan, chunks)
         keep_from = min(self.first_chunk.values(), default=self.next_chunk_id)
@@ -219,8 +229,37 @@ class PersisterCore:
             plan.acks[op.message_id] = self._ack(op.message_id)  # wait for the resent appends
         else:  # a cancel may keep less than was checkpointed
             self._write_final(op.message_id, op.status, stored, (op.length, op.reasoning_length), op.stats,
-                              op.error, op.content_hash, plan)
+                              op.error, op.content_hash, plan, op.prompt)
             plan.acks[op.message_id] = self._ack(op.message_id)
+
+    def _reopen(self, op: m.Reopen, plan: Plan) -> None:
+        """A finalized reply is continued: it streams again from its stored texts, which go first into the chunk
+        log (a streaming message's durable text is its chunks, after a restart too). Its stored lengths must be
+        the coordinator's; else the reopen is refused. A resend of an applied reopen is acked as it stands."""
+        if op.message_id in self.open:
+            plan.acks[op.message_id] = self._ack(op.message_id)
+            return
+        stored = self.finalized.get(op.message_id)
+        if stored is None:
+            return  # no such row (``learn`` found none): nothing to ack
+        if stored != (len(op.content), len(op.reasoning)):
+            plan.answers.append(m.PersistRejected(op.message_id, f"the reply to continue has {stored[0]} characters "
+                                                  f"stored where the coordinator has {len(op.content)}"))
+            return
+        plan.writes.append(ReopenRow(op))
+        rows = [(0, op.content, False), (0, op.reasoning, True)]
+        chunks = []
+        for offset, text, thinking in rows:
+            if text:
+                chunks.append((self.next_chunk_id, op.message_id, offset, text, thinking))
+                self.first_chunk.setdefault(op.message_id, self.next_chunk_id)
+                self.next_chunk_id += 1
+        if chunks:
+            self._flush_chunks(plan, chunks)
+        del self.finalized[op.message_id]
+        self.open[op.message_id] = OpenMessage(([op.content] if op.content else [], [op.reasoning] if op.reasoning
+                                                else []), [len(op.content), len(op.reasoning)])
+        plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _interrupt_orphans(self, op: m.InterruptOrphans, plan: Plan) -> None:
         """Every streaming message without a live generation becomes ``interrupted``, keeping the text that
@@ -234,12 +273,13 @@ class PersisterCore:
         plan.interrupted += len(orphans)
 
     def _write_final(self, message_id: str, status: str, stored: OpenMessage, lengths: tuple[int, int] | None,
-                     stats: dict, error: str | None, content_hash: str | None, plan: Plan) -> None:
+                     stats: dict, error: str | None, content_hash: str | None, plan: Plan,
+                     prompt: m.ContinuedPrompt | None = None) -> None:
         """The message's final row from its durable texts, cut to ``lengths`` (answer, thinking) if given."""
         text, reasoning = stored.text(False), stored.text(True)
         if lengths is not None:
             text, reasoning = text[:lengths[0]], reasoning[:lengths[1]]
-        plan.writes.append(WriteFinal(message_id, status, text, stats, error, content_hash, reasoning))
+        plan.writes.append(WriteFinal(message_id, status, text, stats, error, content_hash, reasoning, prompt))
         plan.reply_text_bytes += len(text.encode()) + len(reasoning.encode())
         self.first_chunk.pop(message_id, None)  # its rows in the chunk log may now be cut
         self._remember_final(message_id, (len(text), len(reasoning)))

@@ -275,7 +275,8 @@ WRITES = {
     core.InsertMessage: lambda db, w: store.insert_message(w.op),
     core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows),
     core.WriteFinal: lambda db, w: store.write_final(w.message_id, w.status, w.content, w.stats, w.error,
-                                                    w.content_hash, w.reasoning),
+                                                    w.content_hash, w.reasoning, w.prompt),
+    core.ReopenRow: lambda db, w: store.reopen_message(w.op),
     core.TruncateLog: lambda db, w: store.truncate_chunks(w.below_id),
 }
 

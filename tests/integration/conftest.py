@@ -16,10 +16,10 @@ def database(request, postgres_server):
     return lambda: server.new_database("stack")
 
 
-def _stack(tmp_path_factory, request, database_url=None, **env):
+def _stack(tmp_path_factory, request, database_url=None, generators: int = 1, **env):
     if database_url:
         env["CHATTER_DATABASE_URL"] = database_url
-    stack = Stack(tmp_path_factory.mktemp("stack"), **env)
+    stack = Stack(tmp_path_factory.mktemp("stack"), generators, **env)
     try:
         stack.start()
     except BaseException:
@@ -41,8 +41,8 @@ def stack(tmp_path_factory, request, database):
 @pytest.fixture
 def fresh_stack(tmp_path_factory, request, database):
     """A stack of its own, for tests that kill or reconfigure processes."""
-    def start(**env):
-        gen = _stack(tmp_path_factory, request, database(), **env)
+    def start(generators: int = 1, **env):
+        gen = _stack(tmp_path_factory, request, database(), generators, **env)
         started.append(gen)
         return next(gen)
 

@@ -35,8 +35,8 @@ def wait_until(predicate, timeout: float = 20, what: str = "the condition"):
 class Stack(LocalStack):
     cwd = REPO
 
-    def __init__(self, workdir: Path, **env: str) -> None:
-        super().__init__(workdir, **({"CHATTER_MOCK_TPS": "200", "CHATTER_MOCK_TTFT_MS": "20"} | env))
+    def __init__(self, workdir: Path, generators: int = 1, **env: str) -> None:
+        super().__init__(workdir, generators, **({"CHATTER_MOCK_TPS": "200", "CHATTER_MOCK_TTFT_MS": "20"} | env))
 
     def live_generators(self) -> int:
         if any(k.startswith("CHATTER_ENDPOINT_") or k == "CHATTER_COORDINATOR" for k in self.env):

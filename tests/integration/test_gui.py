@@ -199,3 +199,26 @@ def test_a_reasoning_models_thinking_folds_to_a_line_that_opens_it(app, stack, w
                   what="the thinking")
     assert dialog.findChild(QtWidgets.QPlainTextEdit).toPlainText() == stored["reasoning"]
     dialog.close()
+
+
+def test_continue_on_a_stopped_reply_grows_it_once_in_the_transcript_to_the_whole_reply(app, stack, window):
+    session_id = new_session(app, window)
+    with stack.client() as client:  # the module's mock reads vLLM's fields; this session is told to use them
+        client.configure(session_id, params={"continue_style": "vllm"})
+    text = "stop, then go on [[mock tokens=200 tps=50]]"
+    window.send(text)
+    pump(app, lambda: len(window.shown.get(window.generation_id or "", "")) > 40, what="some text")
+    window.stop()
+    pump(app, lambda: window.last_outcome, what="the stop")
+    stopped = window.last_outcome
+    assert stopped["status"] == "cancelled"
+    window.last_outcome = None
+    window.continue_reply()
+    pump(app, lambda: window.last_outcome, timeout=60, what="the continued reply's end")
+    outcome = window.last_outcome
+    assert outcome["status"] == "completed" and outcome["message_id"] == stopped["message_id"]
+    assert window.shown[outcome["generation_id"]] == expected(text, 200) == outcome["content"]
+    assert stack.wait_db_status(outcome["message_id"], ("completed",))["content"] == expected(text, 200)
+    shown = window.transcript.toPlainText()
+    # the cut reply is not left above its continuation: one reply, ended once
+    assert "cancelled" not in shown and shown.count("completed") == 1

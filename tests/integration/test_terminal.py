@@ -118,7 +118,7 @@ def test_no_color_is_respected_on_a_terminal(stack, tmp_path):
 
 
 def test_help_is_complete_for_every_command():
-    commands = ["send", "chat", "watch", "regenerate", "sessions", "status", "history", "preview", "loadtest", "chaos", "gui"]
+    commands = ["send", "chat", "watch", "regenerate", "continue", "sessions", "status", "history", "preview", "loadtest", "chaos", "gui"]
     top = subprocess.run([sys.executable, "-m", "clients.cli", "--help"], capture_output=True, text=True, cwd=REPO)
     for command in commands:
         assert command in top.stdout

@@ -107,5 +107,13 @@ def test_context_lengths_are_read_where_servers_put_them():
     from services.generator.rules import context_lengths
     models = [{"id": "llama", "max_model_len": 2048}, {"id": "qwen", "context_length": 32768},
               {"id": "plain"}, {"id": "odd", "max_model_len": "big"}, {"id": "flag", "max_model_len": True},
-              "not a model"]
-    assert context_lengths(models) == {"llama": 2048, "qwen": 32768}
+              {"id": "smol", "owned_by": "llamacpp", "meta": {"n_ctx": 2048, "n_ctx_train": 8192}},
+              {"id": "bad meta", "meta": "n_ctx"}, "not a model"]
+    assert context_lengths(models) == {"llama": 2048, "qwen": 32768, "smol": 2048}
+
+
+def test_the_server_kind_is_the_owned_by_its_models_agree_on():
+    from services.generator.rules import server_kind
+    assert server_kind([{"id": "a", "owned_by": "vllm"}, {"id": "b", "owned_by": "vllm"}]) == "vllm"
+    assert server_kind([{"id": "a", "owned_by": "vllm"}, {"id": "b", "owned_by": "llamacpp"}]) == ""
+    assert server_kind([{"id": "a"}]) == "" and server_kind([]) == "" and server_kind(["x"]) == ""
