@@ -87,6 +87,7 @@ def test_continue_after_a_stop_goes_on_from_exactly_what_was_kept(fresh_stack):
     out = stack.cli_json("continue", session_id)
     assert out["status"] == "completed" and out["content"] == whole(text, 60)
     assert stack.db_message(sent.message_id)["content"] == whole(text, 60)
+    assert stack.cli_json("watch", session_id, "--once")["content"] == whole(text, 60)
     body = continuations(stack)[-1]["body"]
     assert body["messages"][-1] == {"role": "assistant", "content": view.text, "prefix": True}
     # the preview is the request the mock received, and its hash is that request's
@@ -123,6 +124,7 @@ def test_continue_after_an_interruption_completes_it_and_one_request_id_makes_on
         client.close()
     assert view.status == "completed" and view.text == whole(text, 200)
     assert stack.wait_db_status(sent.message_id, ("completed",))["content"] == whole(text, 200)
+    assert stack.cli_json("watch", session_id, "--once")["content"] == whole(text, 200)
     assert len(continuations(stack)) == 1
 
 

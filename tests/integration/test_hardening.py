@@ -202,7 +202,7 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
         m.Status: m.Status(0, session_id), m.History: m.History(0, session_id), m.Preview: m.Preview(0, "id"),
         m.Regenerate: m.Regenerate(0, session_id, "r2"), m.Sessions: m.Sessions(0, 5),
         m.ConfigureSession: m.ConfigureSession(0, session_id, None, None, None, {"max_tokens": 10}),
-        m.ResolveSession: m.ResolveSession(0, session_id[:8]),
+        m.ResolveSession: m.ResolveSession(0, session_id[:8]), m.Continue: m.Continue(0, session_id, "r3"),
     }
     assert set(samples) == set(m.RPC_REQUESTS)
     frames, req_id = [], 1000
