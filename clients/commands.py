@@ -50,23 +50,23 @@ def cmd_send(client: Client, args) -> int:
 
 
 def cmd_regenerate(client: Client, args) -> int:
-    session_id = resolve_session(client, args.session)
-    request_id = uuid.uuid4().hex
-    renderer = renderer_for(args)
-    with renderer or nullcontext():
-        outcome, view = stream_reply(client, session_id, lambda: client.regenerate(session_id, request_id),
-                                     renderer=renderer)
-        return finish(outcome, view, renderer)
+    return follow_new_reply(client, args, client.regenerate)
 
 
 def cmd_continue(client: Client, args) -> int:
     """The session's last reply goes on where it was cut: the whole reply is shown, growing."""
+    return follow_new_reply(client, args, client.continue_reply, attach=True)
+
+
+def follow_new_reply(client: Client, args, start, attach: bool = False) -> int:
+    """A reply that ``start(session_id, request_id)`` begins in ``args.session``, followed to its durable end;
+    ``attach``: from a snapshot (it goes on from a text it already has)."""
     session_id = resolve_session(client, args.session)
     request_id = uuid.uuid4().hex
     renderer = renderer_for(args)
     with renderer or nullcontext():
-        outcome, view = stream_reply(client, session_id, lambda: client.continue_reply(session_id, request_id),
-                                     renderer=renderer, attach=True)
+        outcome, view = stream_reply(client, session_id, lambda: start(session_id, request_id), renderer=renderer,
+                                     attach=attach)
         return finish(outcome, view, renderer)
 
 
