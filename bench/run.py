@@ -3,7 +3,7 @@
 a. the coordinator alone, fed by a synthetic generator: deltas/s
 b. the generator alone against the mock: CPU µs per upstream chunk, our raw-SSE path against the
    openai client's typed chunk iteration, in the same run
-c. the whole stack at 200, 500 and 1000 concurrent streams, 20 tok/s, 200 tokens each
+c. the whole stack at 50, 200, 500 and 1000 concurrent streams, 20 tok/s, 200 tokens each
 d. the peer, in the same run: the same streams straight from the mock with the openai client's typed
    iteration, one asyncio task per stream, as a single-process chat app does it
 e. PostgreSQL against SQLite, 500 streams each in the same run: persister CPU and the server's, delivery
@@ -485,7 +485,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.only:
         return run_only(set(args.only.split(",")), args.quick)
-    levels = [50, 100] if args.quick else [200, 500, 1000]
+    levels = [50, 100] if args.quick else [50, 200, 500, 1000]
     tokens = 60 if args.quick else 200
     results = {"machine": machine()}
     print("a. coordinator alone", file=sys.stderr)

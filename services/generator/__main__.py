@@ -31,6 +31,7 @@ from services import config, shell
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
                                       context_lengths, not_an_event_stream, retry_delay, server_kind,
                                       server_words, status_failure)
+from services.generator.request import request_body, streaming_request
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError, reasoning_of
 from services.logs import redact
 from services.tokens import count_tokens
@@ -333,13 +334,6 @@ class GeneratorShell:
                 self.retries += 1
                 await asyncio.sleep(delay)
 
-    def _request_args(self, gen: Generation, stream: bool) -> dict:
-        args = {"model": gen.job.model, "messages": gen.job.messages, "stream": stream}
-        if stream and self.include_usage:
-            args["stream_options"] = {"include_usage": True}
-        if gen.job.params:
-            args["extra_body"] = gen.job.params
-        return args
 
     async def stream_once(self, gen: Generation) -> None:
         decoder = SSEDecoder()
@@ -347,8 +341,8 @@ class GeneratorShell:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.first_token_s) as read_deadline, \
-                    self.clients[gen.client_index].chat.completions.with_streaming_response.create(
-                        **self._request_args(gen, True)) as response:
+                    streaming_request(self.clients[gen.client_index], request_body(
+                        gen.job.model, gen.job.messages, gen.job.params, True, self.include_usage)) as response:
                 content_type = response.headers.get("content-type")
                 if not (content_type or "").startswith("text/event-stream"):
                     head = b""
@@ -389,7 +383,7 @@ class GeneratorShell:
         try:
             async with asyncio.timeout(self.first_token_s):  # a whole reply sends nothing until it is done
                 completion = await self.clients[gen.client_index].chat.completions.create(
-                    **self._request_args(gen, False))
+                    model=gen.job.model, messages=gen.job.messages, stream=False, extra_body=gen.job.params or None)
         except UPSTREAM_ERRORS as exc:
             raise self._failure(gen, exc) from None
         if not completion.choices:

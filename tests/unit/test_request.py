@@ -1,0 +1,69 @@
+"""The generator's streaming request (services/generator/request.py) is what the openai client's own
+``with_streaming_response.create`` sends: the same method, address, headers that matter and JSON body, read
+off a mock transport (no network)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx2
+import openai
+import pytest
+
+from services.generator import request as fast
+
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "café 🙂 \n\"quoted\""},
+            {"role": "assistant", "content": "so far", "prefix": True}]
+PARAMS = {"temperature": 0.5, "max_tokens": 7, "continue_final_message": True, "add_generation_prompt": False}
+SSE = b'data: {"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+
+
+def sent_requests(send) -> list[httpx2.Request]:
+    seen: list[httpx2.Request] = []
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        seen.append(req)
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=SSE)
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url="http://upstream.test/v1", api_key="sk-test-key", max_retries=0,
+                                    http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+        async with send(client) as response:
+            assert response.headers["content-type"] == "text/event-stream"
+            body = b"".join([chunk async for chunk in response.iter_bytes()])
+        await client.close()
+        assert body == SSE
+    asyncio.run(run())
+    return seen
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_the_fast_request_sends_what_create_sends(include_usage):
+    typed = sent_requests(lambda client: client.chat.completions.with_streaming_response.create(
+        model="m", messages=MESSAGES, stream=True, extra_body=PARAMS,
+        **({"stream_options": {"include_usage": True}} if include_usage else {})))
+    ours = sent_requests(lambda client: fast.streaming_request(
+        client, fast.request_body("m", MESSAGES, PARAMS, True, include_usage)))
+    assert fast.FAST  # this client version has what the fast path needs
+    (a,), (b,) = typed, ours
+    assert (a.method, str(a.url)) == (b.method, str(b.url)) == ("POST", "http://upstream.test/v1/chat/completions")
+    assert json.loads(a.content) == json.loads(b.content)
+    for header in ("authorization", "content-type", "accept", "x-stainless-raw-response"):
+        assert a.headers.get(header) == b.headers.get(header), header
+    assert b.headers["authorization"] == "Bearer sk-test-key"
+
+
+def test_an_error_status_raises_the_clients_own_error():
+    def handler(req):
+        return httpx2.Response(401, json={"error": {"message": "Invalid API Key"}})
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url="http://upstream.test/v1", api_key="k", max_retries=0,
+                                    http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+        try:
+            with pytest.raises(openai.AuthenticationError):
+                async with fast.streaming_request(client, fast.request_body("m", MESSAGES, None, True, True)):
+                    pass
+        finally:
+            await client.close()
+    asyncio.run(run())
