@@ -148,7 +148,9 @@ class StreamRules:
         gen.status = gen.record.status = "streaming"
 
     def _on_gen_delta(self, msg: m.GenDelta | m.DeltaItem, now: float, out: list) -> None:
-        gen = self._running(msg.generation_id)
+        gen = self.active.get(msg.generation_id)  # the per-delta path: one lookup for a run never continued
+        if gen is None or gen.run:
+            gen = self._running(msg.generation_id)
         if gen is None:  # terminal or unknown: late. Drop, count, and make sure its generator stops.
             if self.adopting_open or msg.generation_id in self.adoptions:
                 self.counters["deltas_before_adoption"] += 1  # it may be adopted in a moment: no cancel

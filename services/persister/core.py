@@ -247,11 +247,10 @@ class PersisterCore:
                                                   f"stored where the coordinator has {len(op.content)}"))
             return
         plan.writes.append(ReopenRow(op))
-        rows = [(0, op.content, False), (0, op.reasoning, True)]
         chunks = []
-        for offset, text, thinking in rows:
+        for text, thinking in ((op.content, False), (op.reasoning, True)):
             if text:
-                chunks.append((self.next_chunk_id, op.message_id, offset, text, thinking))
+                chunks.append((self.next_chunk_id, op.message_id, 0, text, thinking))
                 self.first_chunk.setdefault(op.message_id, self.next_chunk_id)
                 self.next_chunk_id += 1
         if chunks:
