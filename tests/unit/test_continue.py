@@ -10,7 +10,7 @@ from protocol import messages as m
 from services.coordinator.prompt import PromptTooLarge, assemble, continuation, original_of, prompt_hash
 from services.generator.rules import Generation, PrefillStrip
 from services.persister.core import PersisterCore, ReopenRow
-from services.mock_llm.script import continued_prefix, continued_tokens, reply_text
+from services.mock_llm.script import continued_prefix, continued_tokens, reply_text, reply_tokens
 from services.generator.sse import ChunkEvent
 from tests.unit.test_coordinator_machine import (CLIENT, ack_all, client_text, delta, effects, make, persisted_text,
                                                  reply, start, words)
@@ -325,4 +325,6 @@ def test_the_mock_continues_its_own_reply_in_each_style():
     assert continued_prefix(plain, "vllm") is None and continued_prefix(vllm, "openai") is None
     assert continued_prefix(prefix, "vllm") is None and continued_prefix(vllm, "chatter") == cut
     edited = [*messages, {"role": "assistant", "content": "not the mock's"}]
-    assert continued_tokens(edited, "m", 5, "not the mock's") == continued_tokens(edited, "m", 5, "not the mock's")
+    # an edited text is continued anyway, as the reply to the whole request (trailing message included)
+    assert continued_tokens(edited, "m", 5, "not the mock's") == reply_tokens(edited, "m", 5)
+    assert continued_tokens(edited, "m", 5, "not the mock's") != reply_tokens(messages, "m", 5)
