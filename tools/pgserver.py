@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from tools.spawn import free_port
@@ -88,7 +89,9 @@ class PostgresServer:
     def new_database(self, prefix: str) -> str:
         """A new, empty database on this server; returns its URL."""
         import psycopg
-        name = f"{prefix}_{free_port()}"
+        # unique: a free port number is not (the kernel hands a closed one out again: "stack_60729 already
+        # exists" ended a run once the suite made enough databases)
+        name = f"{prefix}_{uuid.uuid4().hex[:16]}"
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url.rsplit("/", 1)[0] + "/" + name
