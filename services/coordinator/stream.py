@@ -121,6 +121,13 @@ class GeneratorInfo:
     pid: int = 0
 
 
+def _segment(gen: GenerationState, ended: str) -> dict:
+    """The figures of the segment under way: where it began, its tokens (the server's count only when its run
+    ended with usage; a run cut by a fault never does), the prompt it ran on, and how it ended."""
+    return {"from": gen.segment_from, "tokens": gen.tokens - gen.tokens_before, "tokens_source": gen.run_tokens_source,
+            "prompt_hash": gen.prompt.prompt_hash, "ended": ended}
+
+
 class StreamRules:
     # ------------------------------------------------------------ generator events
 
@@ -366,10 +373,7 @@ class StreamRules:
         ``tokens`` is their sum. Nothing for a reply of one segment."""
         if not gen.segments:
             return {}
-        current = {"from": gen.segment_from, "tokens": gen.tokens - gen.tokens_before,
-                   "tokens_source": gen.run_tokens_source,
-                   "prompt_hash": gen.prompt.prompt_hash, "ended": gen.status}
-        stats = {"segments": [*gen.segments, current], "continued": len(gen.segments)}
+        stats = {"segments": [*gen.segments, _segment(gen, gen.status)], "continued": len(gen.segments)}
         if gen.continued_after:
             stats["continued_after"] = list(gen.continued_after)
         return stats
@@ -464,15 +468,18 @@ class StreamRules:
         CHATTER_AUTO_CONTINUE times. Clients see a pause; the text goes on from its offsets, and the old run's
         events are late. False (today's error, keeping the text) under style ``none``, with no answer text yet
         (a reply cut while thinking cannot be continued), past the limit, or when the prompt would not fit."""
-        if gen.run >= self.settings.auto_continue or not gen.answer.length:
-            return False
-        style, _why = self._continue_style(self.sessions[gen.session_id])
+        if gen.run >= self.settings.auto_continue:
+            return self._not_continued(gen, fault, f"continued {gen.run} times already (CHATTER_AUTO_CONTINUE="
+                                       f"{self.settings.auto_continue})", out)
+        if not gen.answer.length:
+            return self._not_continued(gen, fault, "no answer text yet", out)
+        style, why = self._continue_style(self.sessions[gen.session_id])
         if style == "none":
-            return False
+            return self._not_continued(gen, fault, f"continue style none: {why}", out)
         try:
             prompt = continuation(original_of(gen.prompt, self.count_tokens), gen.text(), style, self.count_tokens)
-        except PromptTooLarge:
-            return False
+        except PromptTooLarge as exc:
+            return self._not_continued(gen, fault, str(exc), out)
         out.append(ToControl(m.CancelGeneration(gen.run_id)))  # a stalled run must not go on beside the next
         self._next_segment(gen, fault)
         gen.run += 1
@@ -486,10 +493,17 @@ class StreamRules:
         self._dispatch(gen, now, out)
         return True
 
+    @staticmethod
+    def _not_continued(gen: GenerationState, fault: str, why: str, out: list) -> bool:
+        """The log says why a reply cut by ``fault`` ends instead of going on."""
+        out.append(Log("generation_not_continued", {"session_id": gen.session_id, "generation_id": gen.generation_id,
+                                                    "run": gen.run, "length": gen.length, "after": fault,
+                                                    "why": why}))
+        return False
+
     def _next_segment(self, gen: GenerationState, ended: str) -> None:
         """The segment under way ends (``ended``: why) and the next begins at the answer's length."""
-        gen.segments.append({"from": gen.segment_from, "tokens": gen.tokens - gen.tokens_before,
-                             "tokens_source": "estimated", "prompt_hash": gen.prompt.prompt_hash, "ended": ended})
+        gen.segments.append(_segment(gen, ended))
         gen.segment_from, gen.tokens_before = gen.length, gen.tokens
 
     def _set_prompt(self, gen: GenerationState, prompt: PromptPackage, style: str) -> None:

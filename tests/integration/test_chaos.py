@@ -3,6 +3,7 @@ supervisor, and every reply accounted for against the mock's text, in the client
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -26,3 +27,23 @@ def test_two_kills_of_each_process_lose_nothing_and_double_nothing(tmp_path):
     assert report["recovery_ms"]["unrecovered"] == 0 and report["recovery_ms"]["max"] is not None
     assert all(trial["affected"] > 0 for trial in report["trial_log"])  # every kill landed mid-stream
 
+
+
+def test_with_a_continue_style_generator_kills_end_completed_not_error(tmp_path):
+    """The replies whose generator is killed go on from their text on the restarted one (the mock reads vLLM's
+    fields): none ends as error. A 10 s reply may see all three kills: the limit lets it go on after each."""
+    out = tmp_path / "chaos.json"
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "chaos", "--spawn", "--streams", "30", "--trials", "3",
+                           "--kill", "generator", "--seed", "11", "--json", "--out", str(out)],
+                          cwd=REPO, capture_output=True, timeout=600,
+                          env=os.environ | {"CHATTER_CONTINUE_STYLE": "vllm", "CHATTER_AUTO_CONTINUE": "3",
+                                            "CHATTER_CHAOS_KEEP": "1", "TMPDIR": str(tmp_path)})
+    report = json.loads(done.stdout)
+    # where a reply was not continued, its coordinator's log says why
+    declined = [line for log in tmp_path.glob("chatter-chaos-*/coordinator.log")
+                for line in log.read_text().splitlines() if "generation_not_continued" in line][:5]
+    assert done.returncode == 0, (report.get("details"), done.stderr.decode()[-2000:])
+    assert report["trials"] == 3 and all(trial["affected"] > 0 for trial in report["trial_log"])
+    for key in ("errors", "lost_acked_chars", "mismatches", "duplicates", "non_terminal", "interrupted"):
+        assert report[key] == 0, (key, report["details"], declined)
+    assert report["completed"] > 0

@@ -131,6 +131,13 @@ def test_where_a_reply_cannot_be_continued_a_fault_still_ends_it_as_error(setup)
     out = machine.handle_event(m.GenError(gid, 1, "upstream disconnected", 1), 100.2)
     assert not effects(out, ToGenerators)
     assert effects(out, ToPersister, m.Finalize)[0].msg.status == "error"
+    # the log says why it ended instead of going on
+    (log,) = [e for e in out if isinstance(e, Log) and e.event == "generation_not_continued"]
+    why = {"style none": "continue style none: CHATTER_CONTINUE_STYLE",
+           "auto without a server": "continue style none: auto: the server does not say what it is",
+           "thinking only": "no answer text yet", "limit 0": "continued 0 times already (CHATTER_AUTO_CONTINUE=0)",
+           "budget": "the input budget is 12"}[setup]
+    assert why in log.fields["why"] and log.fields["after"] == "upstream disconnected"
 
 
 def test_auto_follows_what_the_generators_servers_say_they_are():
