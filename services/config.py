@@ -175,6 +175,8 @@ class GeneratorSettings:
     upstream_timeout_ms: int = 60_000
     first_token_ms: int = 600_000
     http_client: str = "aiohttp"
+    # a live stream decoded inside the socket's callback (fed.py), or through the client's byte iterator
+    stream_reader: str = "fed"
     think_tags: str = "auto"  # a leading <think>...</think> in the content is thinking: auto, on or off
 
     @classmethod
@@ -194,6 +196,7 @@ class GeneratorSettings:
             upstream_timeout_ms=env_int("CHATTER_UPSTREAM_TIMEOUT_MS", 60_000, lo=100, hi=DAY_MS),
             first_token_ms=first_token_ms(),
             http_client=http_client,
+            stream_reader=env_choice("CHATTER_STREAM_READER", "fed", ("fed", "iterator")),
             think_tags=env_choice("CHATTER_THINK_TAGS", "auto", THINK_TAGS),
         )
 

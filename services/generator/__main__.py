@@ -28,6 +28,7 @@ import zmq.asyncio
 
 from protocol import codec, messages as m, transport
 from services import config, shell
+from services.generator.fed import Sink, fed, reader_of
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
                                       context_lengths, not_an_event_stream, retry_delay, server_kind,
                                       server_words, status_failure)
@@ -71,6 +72,7 @@ class GeneratorShell:
         self.coordinator_silent_s = settings.coordinator_silent_ms / 1000
         self.read_timeout_s = settings.upstream_timeout_ms / 1000
         self.first_token_s = settings.first_token_ms / 1000  # before it, silence is the server's queue
+        self.fed = settings.stream_reader == "fed"
         self.contexts: dict[str, int] = {}  # model -> context length, as the server tells it
         self.server = ""  # what the server says it is (owned_by): the coordinator's continue style follows it
         self.upstream = f"{settings.base_url} (OPENAI_BASE_URL)"
@@ -336,9 +338,6 @@ class GeneratorShell:
 
 
     async def stream_once(self, gen: Generation) -> None:
-        decoder = SSEDecoder()
-        saw_done = False
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.first_token_s) as read_deadline, \
                     streaming_request(self.clients[gen.client_index], request_body(
@@ -351,32 +350,52 @@ class GeneratorShell:
                         if len(head) >= 4096:
                             break
                     raise not_an_event_stream(content_type, head[:4096], self.upstream)
-                moved_at, following = loop.time(), False
-                async for data in response.iter_bytes():
-                    now = loop.time()
-                    # until the first token the deadline is CHATTER_FIRST_TOKEN_MS from the request; from then
-                    # on it follows the data, CHATTER_UPSTREAM_TIMEOUT_MS ahead, moved a second at a time
-                    if gen.emitted and (not following or now - moved_at > READ_DEADLINE_STEP_S):
-                        read_deadline.reschedule(now + self.read_timeout_s)
-                        moved_at, following = now, True
-                    for event in decoder.feed_bytes(data):
-                        if event is DONE:
-                            saw_done = True
-                            break
-                        self.on_chunk(gen, event)
-                    if saw_done:
-                        break
+                reader = reader_of(response) if self.fed else None
+                if reader is not None:
+                    saw_done = await self.read_fed(gen, reader, read_deadline)
                 else:
-                    event = decoder.close()
-                    if event is DONE:
-                        saw_done = True
-                    elif event is not None:
-                        self.on_chunk(gen, event)
+                    saw_done = await self.read_iterated(gen, response, read_deadline)
         except UPSTREAM_ERRORS as exc:
             raise self._failure(gen, exc) from None
         except UpstreamProtocolError as exc:
             raise JobFailed(str(exc)) from None
         gen.check_ended(saw_done)
+
+    async def read_fed(self, gen: Generation, reader, read_deadline: asyncio.Timeout) -> bool:
+        """The event stream decoded inside the socket's callback (``fed.py``); True if it ended with DONE.
+        Until the first token the deadline is CHATTER_FIRST_TOKEN_MS from the request; from then on the stream
+        may fall silent for CHATTER_UPSTREAM_TIMEOUT_MS, checked once a second."""
+        loop = asyncio.get_running_loop()
+        with fed(reader, Sink(lambda event: self.on_chunk(gen, event), loop)) as sink:
+            while not sink.done.done():
+                await asyncio.wait((sink.done,), timeout=READ_DEADLINE_STEP_S)
+                if gen.emitted:
+                    read_deadline.reschedule(None)  # the first token came: silence is the limit now
+                    if loop.time() - sink.last_data_at > self.read_timeout_s:
+                        raise TimeoutError
+            sink.done.result()  # the stream's own error, or the connection's
+            return sink.saw_done
+
+    async def read_iterated(self, gen: Generation, response, read_deadline: asyncio.Timeout) -> bool:
+        """The event stream through the client's byte iterator (an HTTP backend that ``fed.py`` does not read)."""
+        decoder = SSEDecoder()
+        loop = asyncio.get_running_loop()
+        moved_at, following = loop.time(), False
+        async for data in response.iter_bytes():
+            now = loop.time()
+            # until the first token the deadline is CHATTER_FIRST_TOKEN_MS from the request; from then on it
+            # follows the data, CHATTER_UPSTREAM_TIMEOUT_MS ahead, moved a second at a time
+            if gen.emitted and (not following or now - moved_at > READ_DEADLINE_STEP_S):
+                read_deadline.reschedule(now + self.read_timeout_s)
+                moved_at, following = now, True
+            for event in decoder.feed_bytes(data):
+                if event is DONE:
+                    return True
+                self.on_chunk(gen, event)
+        event = decoder.close()
+        if event is not None and event is not DONE:
+            self.on_chunk(gen, event)
+        return event is DONE
 
     async def whole_once(self, gen: Generation) -> None:
         """Non-streaming mode: one request, one delta, through the same pipeline."""
