@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from services.mock_llm.script import reply_text
 from tests.integration.stack import BOTH_DATABASES, free_port, wait_until
 
@@ -168,6 +170,26 @@ def test_cancel_during_a_stalled_upstream_closes_it(fresh_stack):
         client.close()
     assert view.status == "cancelled" and len(view.text) > 0
     entry = wait_journal(stack, "stuck", lambda e: e["client_closed"], timeout=3)
+    assert entry["chunks_sent"] == 3 and not entry["completed"]
+
+
+@pytest.mark.parametrize("env", [{"CHATTER_STREAM_READER": "fed"}, {"CHATTER_STREAM_READER": "iterator"},
+                                 {"CHATTER_HTTP_CLIENT": "httpx"}], ids=["fed", "iterator", "httpx"])
+def test_each_stream_reader_reads_the_whole_reply_and_a_cancel_closes_the_upstream(fresh_stack, env):
+    """The fed reader (the default), the client's byte iterator, and the httpx backend (always the iterator)."""
+    stack = fresh_stack(**env)
+    text = "read me whole [[mock tokens=120 tps=400]]"
+    out = stack.cli_json("send", text)
+    assert out["status"] == "completed" and out["content"] == expected(text, 120)
+    client, session_id, sent = start_send(stack, "stuck again [[mock tokens=50 stall_after=3 stall_ms=60000]]")
+    try:
+        wait_journal(stack, "stuck again", lambda e: e["chunks_sent"] == 3)
+        client.cancel(session_id, sent.generation_id)
+        view = client.follow(session_id, sent.generation_id)
+    finally:
+        client.close()
+    assert view.status == "cancelled" and len(view.text) > 0
+    entry = wait_journal(stack, "stuck again", lambda e: e["client_closed"], timeout=3)
     assert entry["chunks_sent"] == 3 and not entry["completed"]
 
 
