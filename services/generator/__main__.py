@@ -45,6 +45,7 @@ UPSTREAM_ERRORS = (openai.APIStatusError, openai.APIConnectionError, httpx2.Tran
 # Streams are spread over clients of this many streams each: one connection pool for hundreds of
 # streams scans them all on every request (httpcore: O(n²) per burst).
 STREAMS_PER_CLIENT = 32
+JOBS_PER_TURN = 16  # jobs started in one turn of the event loop, at most
 READ_DEADLINE_STEP_S = 1.0  # how often a live stream moves its read deadline on
 ENDED_KEPT_S = 60.0  # an ended generation's text and end are kept this long, for a coordinator that restarts
 ENDED_KEPT_MAX = 10_000
@@ -147,6 +148,7 @@ class GeneratorShell:
     # ------------------------------------------------------------ loops
 
     async def pull_jobs(self) -> None:
+        taken = 0
         while True:
             await self.capacity.acquire()  # no free slot: leave jobs with the coordinator
             try:
@@ -167,6 +169,12 @@ class GeneratorShell:
                 continue
             task = asyncio.create_task(self.run_job(job))
             self.tasks[job.generation_id] = task
+            taken += 1
+            if taken % JOBS_PER_TURN == 0:
+                # a queue of jobs is otherwise taken in one step, and their request set-ups (~1 ms each) all
+                # run before the loop polls its sockets again, a cancel waiting behind them
+                # (docs/PERFORMANCE.md, "Cancels during a burst")
+                await asyncio.sleep(0)
 
     async def follow_control(self) -> None:
         while True:

@@ -7,6 +7,7 @@ file's identity, and the totals sent to the coordinator.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -156,8 +157,14 @@ class PersisterShell:
             self.core.load(store.streaming_ids(), store.streaming_chunks(), store.next_chunk_id())
 
     def write(self, writes: list) -> None:
-        for item in writes:
-            WRITES[type(item)](self.db, item)
+        for creates, run in itertools.groupby(writes, lambda item: type(item) in CREATES):
+            if creates:  # a run of new messages and their sessions: a few statements, not four per message
+                run = list(run)
+                store.create_messages([w.op for w in run if type(w) is core.UpsertSession],
+                                      [w.op for w in run if type(w) is core.InsertMessage])
+                continue
+            for item in run:
+                WRITES[type(item)](self.db, item)
 
     def transaction(self, work):
         """``work()`` in one transaction, committed only while the database file is still the one opened.
@@ -268,11 +275,11 @@ class PersisterShell:
                                    self.retry.last_error or self.probe_error, self.frames_dropped).encode())
 
 
-# How each step of a write plan is carried out, in plan order.
+# How each step of a write plan is carried out, in plan order; a run of these two goes in one
+# ``store.create_messages`` (its sessions first: a message needs only its session's row and count)
+CREATES = (core.UpsertSession, core.InsertMessage)
 WRITES = {
-    core.UpsertSession: lambda db, w: store.upsert_session(w.op),
     core.Supersede: lambda db, w: store.supersede(w.message_ids),
-    core.InsertMessage: lambda db, w: store.insert_message(w.op),
     core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows),
     core.WriteFinal: lambda db, w: store.write_final(w.message_id, w.status, w.content, w.stats, w.error,
                                                     w.content_hash, w.reasoning, w.prompt),

@@ -156,3 +156,29 @@ def test_a_coordinator_that_cannot_be_reached_never_blocks_the_persister(persist
     assert shell.hello_sent and any(isinstance(a, m.PersisterHello) for a in answers)
     (stats,) = [a for a in answers if isinstance(a, m.PersisterStats)]
     assert stats.frames_dropped == shell.frames_dropped >= 2
+
+
+def test_a_batch_of_new_messages_takes_positions_in_order_and_each_session_its_last_settings(persister):
+    """Creates go in a few statements a batch (``store.create_messages``): what they write is what one create at
+    a time wrote, in a session that has rows already and in new ones, interleaved, and a Supersede between."""
+    shell, acks = persister
+
+    def msg(message_id, session_id, at, role="user", **kw):
+        return m.CreateMessage(message_id, session_id, f"{session_id} at {at}", f"system {at}", role, "text",
+                               "completed", at, None, **kw)
+
+    shell.commit([msg("u1", "s1", 1.0), msg("a1", "s1", 2.0, role="assistant")])
+    shell.commit([msg("u2", "s1", 3.0), msg("x1", "s2", 4.0), msg("a2", "s1", 5.0, session_max_input_tokens=900),
+                  msg("x2", "s2", 6.0, supersedes=["x1"]), msg("x3", "s2", 7.0), msg("u1", "s1", 8.0)])
+    assert not shell.retry.holding
+    positions = {row.id: (row.session_id, row.position) for row in store.Message.select()}
+    assert positions == {"u1": ("s1", 0), "a1": ("s1", 1), "u2": ("s1", 2), "a2": ("s1", 3),
+                         "x1": ("s2", 0), "x2": ("s2", 1), "x3": ("s2", 2)}
+    assert store.Message.get_by_id("x1").superseded and not store.Message.get_by_id("x3").superseded
+    s1, s2 = store.Session.get_by_id("s1"), store.Session.get_by_id("s2")
+    # a resent create (u1) still brings its settings, as it always did; created_at is the first ever
+    assert (s1.title, s1.system, s1.max_input_tokens, s1.created_at, s1.updated_at) == (
+        "s1 at 8.0", "system 8.0", None, 1.0, 8.0)
+    assert (s2.title, s2.system, s2.created_at, s2.updated_at) == ("s2 at 7.0", "system 7.0", 4.0, 7.0)
+    assert {a.message_id for a in heard(acks) if isinstance(a, m.PersistAck)} == {
+        "u1", "a1", "u2", "x1", "a2", "x2", "x3"}
