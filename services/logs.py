@@ -14,8 +14,13 @@ _PATTERNS = (
     (re.compile(r"(?i)((?:authorization|api[-_]?key|x-api-key)['\"]?\s*[:=]\s*['\"]?(?>(?:Bearer\s+)?))"
                 r"[^\s'\",)}\[\]]+"), r"\1[redacted]"),
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), "sk-[redacted]"),
-    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s]+:)[^@\s]+@"), r"\1[redacted]@"),
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/@\s]+:)[^@\s]+@"), r"\1[redacted]@"),
 )
+
+
+# what each of the patterns needs to find anything: a text without any of these is left as it is, after one
+# search instead of four substitutions (the coordinator redacted every log value: 16% of it under a burst, py-spy)
+_ANY_PATTERN = re.compile(r"(?i)bearer|authorization|api[-_]?key|sk-|://")
 
 
 def redact(text: str) -> str:
@@ -24,6 +29,8 @@ def redact(text: str) -> str:
     key = os.environ.get("OPENAI_API_KEY") or ""
     if len(key) >= 4 and key in text:
         text = text.replace(key, "[redacted]")
+    if _ANY_PATTERN.search(text) is None:
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -227,64 +227,66 @@ def file_identity(db: peewee.Database) -> tuple[int, int] | None:
 # ---------------------------------------------------------------- the persister's writes and reads (its only writer)
 
 
-ROWS_PER_INSERT = 500  # well under SQLite's and PostgreSQL's limits on bound parameters per statement
+def create_messages(db: peewee.Database, sessions: list, messages: list) -> None:
+    """The rows of a run of ``CreateMessage``s: each one's session created if new, with its settings as of its
+    last message here; then each message of ``messages`` at its session's message count, in order.
 
-
-def create_messages(sessions: list, messages: list) -> None:
-    """The rows of a run of ``CreateMessage``s: each one's session created if new, with its settings as of the
-    run's last message in it; then each message of ``messages`` at its session's message count, in order.
-
-    A statement for the sessions and one for the messages (plus one count): peewee builds each query in
-    ~150-300 µs, and a row at a time took four (insert, update, count, insert) per message, 90% of the
-    persister under a burst of new sessions (py-spy; docs/PERFORMANCE.md, "Request set-up under a burst")."""
-    latest: dict[str, tuple[float, object]] = {}  # session id -> (created at, its last op here)
-    for op in sessions:
-        first = latest.get(op.session_id)
-        latest[op.session_id] = (first[0] if first else op.created_at, op)
-    rows = [dict(id=session_id, title=op.session_title, system=op.session_system,
-                 max_input_tokens=op.session_max_input_tokens, created_at=created, updated_at=op.created_at)
-            for session_id, (created, op) in latest.items()]
-    for part in peewee.chunked(rows, ROWS_PER_INSERT):
-        Session.insert_many(part).on_conflict(
-            conflict_target=[Session.id],
-            preserve=[Session.title, Session.system, Session.max_input_tokens, Session.updated_at]).execute()
+    Two executemany and one count for the run: peewee builds a query in ~150-300 µs, and a row at a time took
+    four (insert, update, count, insert) per message, 90% of the persister under a burst of new sessions
+    (py-spy; docs/PERFORMANCE.md, "A burst of new requests")."""
+    if sessions:
+        db.cursor().executemany(_insert_sql(db, Session, _SESSION_COLUMNS, _SESSION_UPSERT), [
+            (op.session_id, op.session_title, op.session_system, op.session_max_input_tokens, op.created_at,
+             op.created_at) for op in sessions])
     if not messages:
         return
-    session_ids = list({op.session_id for op in messages})
     counts = dict(Message.select(Message.session, peewee.fn.COUNT(Message.id)).where(
-        Message.session.in_(session_ids)).group_by(Message.session).tuples())
+        Message.session.in_(list({op.session_id for op in messages}))).group_by(Message.session).tuples())
     rows = []
     for op in messages:
         position = counts.get(op.session_id, 0)
         counts[op.session_id] = position + 1
-        rows.append(dict(
-            id=op.message_id, session=op.session_id, position=position, role=op.role, content=op.content,
-            length=len(op.content), status=op.status, generation_id=op.generation_id,
-            prompt_messages=op.prompt_messages, prompt_hash=op.prompt_hash, preview=op.preview, model=op.model,
-            params=op.params, client_request_id=op.client_request_id, dropped_message_ids=op.dropped_message_ids,
-            created_at=op.created_at, updated_at=op.created_at))
-    for part in peewee.chunked(rows, ROWS_PER_INSERT):
-        Message.insert_many(part).execute()
+        rows.append((op.message_id, op.session_id, position, op.role, op.content, "", len(op.content), op.status,
+                     op.generation_id, _json(op.prompt_messages), op.prompt_hash, op.preview, op.model,
+                     _json(op.params), None, None, None, False, op.client_request_id,
+                     _json(op.dropped_message_ids), op.created_at, op.created_at))
+    db.cursor().executemany(_insert_sql(db, Message, _MESSAGE_COLUMNS), rows)
+
+
+_SESSION_COLUMNS = ("id", "title", "system", "max_input_tokens", "created_at", "updated_at")
+# a session that exists keeps its created_at and takes the rest (SQLite and PostgreSQL spell this alike)
+_SESSION_UPSERT = (' ON CONFLICT ("id") DO UPDATE SET "title" = excluded."title", "system" = excluded."system", '
+                   '"max_input_tokens" = excluded."max_input_tokens", "updated_at" = excluded."updated_at"')
+_MESSAGE_COLUMNS = ("id", "session_id", "position", "role", "content", "reasoning", "length", "status",
+                    "generation_id", "prompt_messages", "prompt_hash", "preview", "model", "params", "content_hash",
+                    "stats", "error", "superseded", "client_request_id", "dropped_message_ids", "created_at",
+                    "updated_at")
+_CHUNK_COLUMNS = ("id", "message_id", "offset", "text", "thinking")
+_INSERT_SQL: dict[tuple, str] = {}
+_json = JSONField().db_value
+
+
+def _insert_sql(db: peewee.Database, model, columns: tuple[str, ...], suffix: str = "") -> str:
+    """A one-row INSERT of these columns in this database's quoting and parameter style, built once."""
+    key = (id(db), model, columns, suffix)
+    sql = _INSERT_SQL.get(key)
+    if sql is None:
+        q = db.quote[0] + "{}" + db.quote[1] if isinstance(db.quote, str) and len(db.quote) == 2 else '"{}"'
+        sql = _INSERT_SQL[key] = (f"INSERT INTO {q.format(model._meta.table_name)} "
+                                  f"({', '.join(q.format(c) for c in columns)}) "
+                                  f"VALUES ({', '.join([db.param] * len(columns))}){suffix}")
+    return sql
 
 
 def supersede(message_ids: list[str]) -> None:
     Message.update(superseded=True).where(Message.id.in_(message_ids)).execute()
 
 
-_INSERT_CHUNKS_SQL: dict[int, str] = {}
-
-
 def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]]) -> None:
     """Rows (id, message id, offset, text, thinking) at the chunk log's end."""
     # one executemany: peewee's per-row query building was the persister's top cost (py-spy); measured
     # ~9k row updates/s through the ORM against ~240k/s in bulk
-    sql = _INSERT_CHUNKS_SQL.get(id(db))
-    if sql is None:
-        q = db.quote[0] + "{}" + db.quote[1] if isinstance(db.quote, str) and len(db.quote) == 2 else '"{}"'
-        columns = ", ".join(q.format(c) for c in ("id", "message_id", "offset", "text", "thinking"))
-        sql = _INSERT_CHUNKS_SQL[id(db)] = (f"INSERT INTO {q.format('chunk')} ({columns}) "
-                                            f"VALUES ({', '.join([db.param] * 5)})")
-    db.cursor().executemany(sql, rows)
+    db.cursor().executemany(_insert_sql(db, Chunk, _CHUNK_COLUMNS), rows)
 
 
 def write_final(message_id: str, status: str, content: str, stats: dict, error: str | None,

@@ -160,7 +160,7 @@ class PersisterShell:
         for creates, run in itertools.groupby(writes, lambda item: type(item) in CREATES):
             if creates:  # a run of new messages and their sessions: a few statements, not four per message
                 run = list(run)
-                store.create_messages([w.op for w in run if type(w) is core.UpsertSession],
+                store.create_messages(self.db, [w.op for w in run if type(w) is core.UpsertSession],
                                       [w.op for w in run if type(w) is core.InsertMessage])
                 continue
             for item in run:

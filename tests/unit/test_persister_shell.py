@@ -182,3 +182,22 @@ def test_a_batch_of_new_messages_takes_positions_in_order_and_each_session_its_l
     assert (s2.title, s2.system, s2.created_at, s2.updated_at) == ("s2 at 7.0", "system 7.0", 4.0, 7.0)
     assert {a.message_id for a in heard(acks) if isinstance(a, m.PersistAck)} == {
         "u1", "a1", "u2", "x1", "a2", "x2", "x3"}
+    prompt = [{"role": "user", "content": "hi"}]
+    shell.commit([m.CreateMessage("a3", "s2", "t", None, "assistant", "", "streaming", 9.0, "g-a3", prompt, "ph",
+                                  "preview", "model-x", {"temperature": 0.5}, "req-1", None, 70, ["x1"])])
+    row = store.Message.get_by_id("a3")
+    assert (row.session_id, row.position, row.role, row.content, row.reasoning, row.length, row.status,
+            row.generation_id, row.prompt_messages, row.prompt_hash, row.preview, row.model, row.params,
+            row.content_hash, row.stats, row.error, row.superseded, row.client_request_id, row.dropped_message_ids,
+            row.created_at, row.updated_at) == (
+        "s2", 3, "assistant", "", "", 0, "streaming", "g-a3", prompt, "ph", "preview", "model-x",
+        {"temperature": 0.5}, None, None, None, False, "req-1", ["x1"], 9.0, 9.0)
+    assert store.Session.get_by_id("s2").max_input_tokens == 70
+
+
+def test_the_rows_written_in_bulk_name_every_column_of_their_tables():
+    """``store`` writes messages, sessions and chunks by hand-built INSERTs: a column added to a model must be
+    added there too (a missing one would take no value: peewee's defaults are its own, not the table's)."""
+    for model, columns in ((store.Message, store._MESSAGE_COLUMNS), (store.Session, store._SESSION_COLUMNS),
+                           (store.Chunk, store._CHUNK_COLUMNS)):
+        assert columns == tuple(f.column_name for f in model._meta.sorted_fields), model.__name__
