@@ -26,7 +26,7 @@ from protocol import messages as m  # noqa: E402
 from services import store  # noqa: E402
 from services.coordinator.machine import new_ordered_id  # noqa: E402
 from services.persister.core import PersisterCore  # noqa: E402
-from services.persister.shell import WRITES  # noqa: E402
+from services.persister.shell import write_plan  # noqa: E402
 
 WORDS = ("the ", "stream ", "token ", "café ", "🙂", "数据 ", "reply ")
 
@@ -81,8 +81,7 @@ def run(total: int, streams: int, tokens: int, tps: float, commit_ms: float, che
             active = still
             if batch:
                 with db.atomic():  # what the persister's shell does with a batch, without its sockets
-                    for write in persister.plan(batch).writes:
-                        WRITES[type(write)](db, write)
+                    write_plan(db, persister.plan(batch).writes)
                 commits += 1
             now += step
         disk = written_bytes() - before

@@ -205,11 +205,13 @@ class GeneratorSettings:
 class PersisterSettings:
     database_url: str = "sqlite:///data/chatter.db"
     group_commit_ms: int = 10
+    append_hold_ms: int = 250
 
     @classmethod
     def from_env(cls) -> PersisterSettings:
         return cls(database_url=database_url(),
-                   group_commit_ms=env_int("CHATTER_GROUP_COMMIT_MS", 10, lo=0, hi=10_000))
+                   group_commit_ms=env_int("CHATTER_GROUP_COMMIT_MS", 10, lo=0, hi=10_000),
+                   append_hold_ms=env_int("CHATTER_APPEND_HOLD_MS", 250, lo=0, hi=10_000))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,49 @@ class OpenMessage:
         return "".join(self.parts[thinking])
 
 
+class AppendHold:
+    """Checkpoint appends wait, up to ``hold_s``, for the next commit that something else needs: every commit
+    rewrites whole pages, and at 20 tok/s most commits carried only a few appends (docs/PERFORMANCE.md, "Disk
+    bytes: appends wait for a commit"). Everything else goes at once: a create, a reopen, a finalize (whose
+    final event waits on its ack) takes its own message's held appends with it, in order, and an
+    ``InterruptOrphans`` takes them all (it ends streaming messages, which must first have their text)."""
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.held: list[m.Append] = []
+        self.held_since: float | None = None  # when the oldest held append arrived
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the held appends must be committed; None when none are held."""
+        return None if self.held_since is None else max(0.0, self.held_since + self.hold_s - now)
+
+    def take(self, ops: list[m.Message], now: float) -> list[m.Message]:
+        """What to commit now, in an order that keeps each message's operations in arrival order; the rest is
+        held. An empty ``ops`` releases the held appends once their time has come."""
+        due = self.held_since is not None and now - self.held_since >= self.hold_s
+        if due or self.hold_s <= 0 or any(type(op) is m.InterruptOrphans for op in ops):
+            out, self.held, self.held_since = self.held + ops, [], None
+            return out
+        pulled = {op.message_id for op in ops if type(op) is not m.Append}
+        out = [op for op in self.held if op.message_id in pulled]
+        self.held = [op for op in self.held if op.message_id not in pulled]
+        for op in ops:
+            if type(op) is m.Append and op.message_id not in pulled:
+                self.held.append(op)
+            else:
+                out.append(op)
+        if not self.held:
+            self.held_since = None
+        elif self.held_since is None:
+            self.held_since = now
+        return out
+
+    def release(self) -> list[m.Message]:
+        """Everything held, now (the persister stops)."""
+        out, self.held, self.held_since = self.held, [], None
+        return out
+
+
 class PersisterCore:
     def __init__(self) -> None:
         self.open: dict[str, OpenMessage] = {}  # streaming message id -> its durable texts

@@ -35,6 +35,7 @@ class PersisterShell:
             self.log.info("schema_migrated", changes=changes)
         self.file_identity = store.file_identity(self.db)
         self.core = core.PersisterCore()
+        self.hold = core.AppendHold(self.settings.append_hold_ms / 1000)
         self.retry = Retry()
         self.reply_text_bytes = 0  # reply text written: checkpoint appends plus final contents (PersisterStats)
         self.ctx = zmq.Context()
@@ -65,9 +66,12 @@ class PersisterShell:
                     continue
                 self.commit(self.retry.next_ops())
                 continue
-            ops = self.drain()
+            ops = self.hold.take(self.drain(), time.monotonic())
             if ops:
                 self.commit(ops)
+        held = self.hold.release()
+        if held and not self.retry.holding:
+            self.commit(held)  # what waited for company goes before leaving (else the coordinator resends it)
         self.send_stats()
         self.refusals.close()
         self.ops_in.close(0)
@@ -82,7 +86,8 @@ class PersisterShell:
     def drain(self) -> list[m.Message]:
         """The next batch: what is queued now, gathered for ``CHATTER_GROUP_COMMIT_MS`` (every commit
         rewrites whole pages, so a few ms of gathering saves most of the bytes)."""
-        if not self.ops_in.poll(STATS_EVERY_S * 1000):
+        due_in = self.hold.due_in(time.monotonic())
+        if not self.ops_in.poll(STATS_EVERY_S * 1000 if due_in is None else min(STATS_EVERY_S, due_in) * 1000):
             if not self.heartbeat(idle=True) and self.stats_sent_for != self.commits:
                 self.send_stats()  # idle now: the totals of the last commits still go out
             return []
@@ -157,14 +162,7 @@ class PersisterShell:
             self.core.load(store.streaming_ids(), store.streaming_chunks(), store.next_chunk_id())
 
     def write(self, writes: list) -> None:
-        for creates, run in itertools.groupby(writes, lambda item: type(item) in CREATES):
-            if creates:  # a run of new messages and their sessions: a few statements, not four per message
-                run = list(run)
-                store.create_messages(self.db, [w.op for w in run if type(w) is core.UpsertSession],
-                                      [w.op for w in run if type(w) is core.InsertMessage])
-                continue
-            for item in run:
-                WRITES[type(item)](self.db, item)
+        write_plan(self.db, writes)
 
     def transaction(self, work):
         """``work()`` in one transaction, committed only while the database file is still the one opened.
@@ -286,6 +284,18 @@ WRITES = {
     core.ReopenRow: lambda db, w: store.reopen_message(w.op),
     core.TruncateLog: lambda db, w: store.truncate_chunks(w.below_id),
 }
+
+
+def write_plan(db, writes: list) -> None:
+    """A write plan's steps carried out, in order, inside the caller's transaction."""
+    for creates, run in itertools.groupby(writes, lambda item: type(item) in CREATES):
+        if creates:  # a run of new messages and their sessions: a few statements, not four per message
+            run = list(run)
+            store.create_messages(db, [w.op for w in run if type(w) is core.UpsertSession],
+                                  [w.op for w in run if type(w) is core.InsertMessage])
+            continue
+        for item in run:
+            WRITES[type(item)](db, item)
 
 
 def main() -> None:
