@@ -101,6 +101,11 @@ def default_model() -> str:
     return env_str("CHATTER_MODEL", "mock-1")
 
 
+def wake_ms() -> int:
+    """A loop not busy wakes at most once in this many ms (coordinator and generator; ``shell.Pacer``)."""
+    return env_int("CHATTER_WAKE_MS", 5, lo=0, hi=100)
+
+
 # ---------------------------------------------------------------- one dataclass per process
 
 
@@ -137,6 +142,7 @@ class CoordinatorSettings:
     # the shell's
     stream_hwm: int = 0  # 0: the stream channel's own
     database_url: str = "sqlite:///data/chatter.db"
+    wake_ms: int = 5
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -159,6 +165,7 @@ class CoordinatorSettings:
             auto_continue=env_int("CHATTER_AUTO_CONTINUE", 2, lo=0, hi=100),
             stream_hwm=env_int("CHATTER_STREAM_HWM", 0, lo=0),
             database_url=database_url(),
+            wake_ms=wake_ms(),
         )
 
 
@@ -178,6 +185,7 @@ class GeneratorSettings:
     # a live stream decoded inside the socket's callback (fed.py), or through the client's byte iterator
     stream_reader: str = "fed"
     think_tags: str = "auto"  # a leading <think>...</think> in the content is thinking: auto, on or off
+    wake_ms: int = 5
 
     @classmethod
     def from_env(cls) -> GeneratorSettings:
@@ -198,6 +206,7 @@ class GeneratorSettings:
             http_client=http_client,
             stream_reader=env_choice("CHATTER_STREAM_READER", "fed", ("fed", "iterator")),
             think_tags=env_choice("CHATTER_THINK_TAGS", "auto", THINK_TAGS),
+            wake_ms=wake_ms(),
         )
 
 

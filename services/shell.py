@@ -4,6 +4,7 @@ refused handshake with the coordinator."""
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import time
 from typing import Callable
@@ -95,3 +96,47 @@ class RefusalWatch:
         if self.monitor is not None:
             self.sock.disable_monitor()
             self.monitor.close(0)
+
+
+class Pacer:
+    """At most one wake-up of a loop per ``period_s`` while it is not busy: a loop that slept comes back after
+    the rest of its period, so whatever arrived meanwhile (deltas of many streams, a reply's acks) is taken
+    in one wake-up rather than one each. A busy loop (its turn took a period or more) never waits. Each
+    waits at most ``period_s``, so a message waits that much longer at most, per process
+    (docs/PERFORMANCE.md, "Wake-ups: a loop paced at low load")."""
+
+    def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.period_s = period_s
+        self.woke_at = float("-inf")
+        self.clock, self.sleep = clock, sleep
+
+    def pace(self) -> float:
+        """Before a loop waits for its sockets: sleep out the rest of the period since the last wake-up. Returns
+        the seconds slept."""
+        rest = self.woke_at + self.period_s - self.clock()
+        if rest <= 0:
+            return 0.0
+        self.sleep(rest)
+        return rest
+
+    def woke(self) -> None:
+        self.woke_at = self.clock()
+
+
+class PacedSelector(selectors.DefaultSelector):
+    """An event loop's selector with a ``Pacer``: a select that would wait sleeps out the period first (one
+    that must not wait, because callbacks are ready, never does)."""
+
+    def __init__(self, period_s: float, pacer: Pacer | None = None) -> None:
+        super().__init__()
+        self.pacer = pacer or Pacer(period_s)
+
+    def select(self, timeout=None):
+        if timeout is None or timeout > 0:
+            slept = self.pacer.pace()
+            if timeout is not None:
+                timeout = max(0.0, timeout - slept)
+        events = super().select(timeout)
+        self.pacer.woke()
+        return events

@@ -192,12 +192,15 @@ class CoordinatorShell:
         keys_checked_at = 0.0
         poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
+        pacer = shell.Pacer(self.settings.wake_ms / 1000)  # CHATTER_WAKE_MS
         while not self.stopping:
+            pacer.pace()
             now = time.time()
             timeout_ms = max(0, min(250, (self.machine.next_deadline() - now) * 1000))
             # jobs wait here while every generator's pipe is full: wake the moment one has room
             poller.modify(self.jobs, zmq.POLLOUT if self.pending_jobs else 0)
             ready = dict(poller.poll(timeout_ms))
+            pacer.woke()
             now = time.time()
             if self.gen_events in ready:
                 self.drain_events(self.gen_events, "gen-events", m.GEN_EVENTS, now)

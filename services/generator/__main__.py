@@ -442,7 +442,9 @@ class GeneratorShell:
     # ------------------------------------------------------------ life
 
     def run(self) -> None:
-        asyncio.run(self.main())
+        period = self.settings.wake_ms / 1000  # CHATTER_WAKE_MS: see shell.Pacer
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(shell.PacedSelector(period))) as runner:
+            runner.run(self.main())
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
