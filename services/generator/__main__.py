@@ -182,7 +182,7 @@ class GeneratorShell:
         """Every frame the control channel holds, handled at once. Its descriptor is edge-triggered: it is
         drained to the end each time it signals. A cancel through a zmq.asyncio receive took three loop turns
         (the descriptor, the future, the task) before it reached its task: at 1000 streams, tens of ms
-        (docs/PERFORMANCE.md, "Cancels during a burst")."""
+        (docs/PERFORMANCE.md, "Cancel latency")."""
         while True:
             try:
                 frame = self.control.recv(zmq.NOBLOCK)
