@@ -50,6 +50,10 @@ def test_an_event_without_its_blank_line_still_counts_at_the_end():
     (['data: {"error": {"message": "overloaded"}}', ""], "overloaded"),
     (["event: error", 'data: {"message": "bad"}', ""], "bad"),
     (['data: [1, 2]', ""], "not an object"),
+    (["data: " + "[" * 100_000 + "]" * 100_000, ""], "malformed"),  # nesting past the stack
+    (['data: {"choices": [{"delta": {"content": "\\ud800"}}]}', ""], "malformed"),  # a lone surrogate
+    (['data: {"choices": [], "usage": {"prompt_tokens": NaN}}', ""], "malformed"),
+    (['data: {"usage": {"prompt_tokens": 1e999}}', ""], "malformed"),
 ])
 def test_protocol_errors(lines, needle):
     with pytest.raises(UpstreamProtocolError, match=needle):
