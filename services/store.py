@@ -235,9 +235,10 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
     four (insert, update, count, insert) per message, 90% of the persister under a burst of new sessions
     (py-spy; docs/PERFORMANCE.md, "A burst of new requests")."""
     if sessions:
-        db.cursor().executemany(_insert_sql(db, Session, _SESSION_COLUMNS, _SESSION_UPSERT), [
-            (op.session_id, op.session_title, op.session_system, op.session_max_input_tokens, op.created_at,
-             op.created_at) for op in sessions])
+        rows = [_row(_SESSION_COLUMNS, dict(id=op.session_id, title=op.session_title, system=op.session_system,
+                                            max_input_tokens=op.session_max_input_tokens, created_at=op.created_at,
+                                            updated_at=op.created_at)) for op in sessions]
+        db.cursor().executemany(_insert_sql(db, Session, _SESSION_COLUMNS, _SESSION_UPSERT), rows)
     if not messages:
         return
     counts = dict(Message.select(Message.session, peewee.fn.COUNT(Message.id)).where(
@@ -246,22 +247,29 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
     for op in messages:
         position = counts.get(op.session_id, 0)
         counts[op.session_id] = position + 1
-        rows.append((op.message_id, op.session_id, position, op.role, op.content, "", len(op.content), op.status,
-                     op.generation_id, _json(op.prompt_messages), op.prompt_hash, op.preview, op.model,
-                     _json(op.params), None, None, None, False, op.client_request_id,
-                     _json(op.dropped_message_ids), op.created_at, op.created_at))
+        rows.append(_row(_MESSAGE_COLUMNS, dict(
+            id=op.message_id, session_id=op.session_id, position=position, role=op.role, content=op.content,
+            reasoning="", length=len(op.content), status=op.status, generation_id=op.generation_id,
+            prompt_messages=_json(op.prompt_messages), prompt_hash=op.prompt_hash, preview=op.preview,
+            model=op.model, params=_json(op.params), content_hash=None, stats=None, error=None, superseded=False,
+            client_request_id=op.client_request_id, dropped_message_ids=_json(op.dropped_message_ids),
+            created_at=op.created_at, updated_at=op.created_at)))
     db.cursor().executemany(_insert_sql(db, Message, _MESSAGE_COLUMNS), rows)
 
 
-_SESSION_COLUMNS = ("id", "title", "system", "max_input_tokens", "created_at", "updated_at")
+def _row(columns: tuple[str, ...], values: dict) -> tuple:
+    """``values`` in the table's column order; a column without a value is a KeyError at the first write, never
+    a silent NULL (peewee's defaults are its own, not the table's)."""
+    return tuple(values[column] for column in columns)
+
+
+# the columns as the models name them; the chunk log's rows come from the core in this order
+_SESSION_COLUMNS = tuple(f.column_name for f in Session._meta.sorted_fields)
+_MESSAGE_COLUMNS = tuple(f.column_name for f in Message._meta.sorted_fields)
+_CHUNK_COLUMNS = ("id", "message_id", "offset", "text", "thinking")
 # a session that exists keeps its created_at and takes the rest (SQLite and PostgreSQL spell this alike)
 _SESSION_UPSERT = (' ON CONFLICT ("id") DO UPDATE SET "title" = excluded."title", "system" = excluded."system", '
                    '"max_input_tokens" = excluded."max_input_tokens", "updated_at" = excluded."updated_at"')
-_MESSAGE_COLUMNS = ("id", "session_id", "position", "role", "content", "reasoning", "length", "status",
-                    "generation_id", "prompt_messages", "prompt_hash", "preview", "model", "params", "content_hash",
-                    "stats", "error", "superseded", "client_request_id", "dropped_message_ids", "created_at",
-                    "updated_at")
-_CHUNK_COLUMNS = ("id", "message_id", "offset", "text", "thinking")
 _INSERT_SQL: dict[tuple, str] = {}
 _json = JSONField().db_value
 
