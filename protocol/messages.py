@@ -402,10 +402,13 @@ class Reopen(Message, tag=54):
 
 class InterruptOrphans(Message, tag=53):
     """Every streaming message not in ``live_message_ids`` has no generation behind it: mark it
-    ``interrupted``. Resent by the coordinator until the persister answers ``OrphansInterrupted``."""
+    ``interrupted``. Resent by the coordinator until the persister answers ``OrphansInterrupted`` with the same
+    ``sweep``: an answer queued for a coordinator that died (the persister's socket delivers it to the next one)
+    answers that one's sweep, not the new coordinator's."""
 
     reason: str
     live_message_ids: list[str]
+    sweep: str  # the coordinator instance's id and the sweep's number
 
 
 PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen)
@@ -427,6 +430,7 @@ class PersisterHello(Message, tag=61):
 
 class OrphansInterrupted(Message, tag=62):
     count: Int
+    sweep: str  # the ``InterruptOrphans`` answered
 
 
 class PersisterStats(Message, tag=63):

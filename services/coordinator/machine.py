@@ -41,7 +41,7 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.stored_matches: dict[str, list[str]] = {}  # a prefix -> the stored ids it matches (the last read)
         self.active: dict[str, GenerationState] = {}  # queued or streaming
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
-        self.persisted = PersistTracker(settings.persist_resend_ms)
+        self.persisted = PersistTracker(settings.persist_resend_ms, self.instance)
         self.generators: dict[str, GeneratorInfo] = {}
         # adoption (adoption.py): announced generations whose rows are being read, and the window after start
         self.adoptions: dict[str, tuple[str, m.LiveGeneration]] = {}

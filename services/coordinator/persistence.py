@@ -35,14 +35,25 @@ class PersistState:
 
 
 class PersistTracker:
-    def __init__(self, resend_ms: float) -> None:
+    def __init__(self, resend_ms: float, instance: str) -> None:
         self.resend_s = resend_ms / 1000
         self.states: dict[str, PersistState] = {}
         self.resends = 0
-        # A new coordinator knows no live generation: every streaming message in the database is an orphan.
-        self.orphan_sweep: str | None = "coordinator restarted"
+        self.instance = instance  # this coordinator's: it names our sweeps, so no answer to another's ends one
+        self.sweeps = 0
+        self.orphan_sweep: str | None = None  # the reason of the sweep to make, until the persister answers it
         self.orphan_sweep_at = 0.0
         self.sweep_held = False  # set by the machine while replies may still be adopted
+        # A new coordinator knows no live generation: every streaming message in the database is an orphan.
+        self.new_sweep("coordinator restarted")
+
+    @property
+    def sweep_id(self) -> str:
+        return f"{self.instance}.{self.sweeps}"
+
+    def new_sweep(self, reason: str) -> None:
+        self.sweeps += 1
+        self.orphan_sweep, self.orphan_sweep_at = reason, 0.0
 
     def create(self, create: m.CreateMessage, now: float) -> m.CreateMessage:
         self.states[create.message_id] = PersistState(create.message_id, create, create.generation_id,
@@ -127,12 +138,15 @@ class PersistTracker:
 
     def on_persister_hello(self) -> None:
         """A restarted persister: it must hear the live messages, and everything unacked goes again now."""
-        self.orphan_sweep, self.orphan_sweep_at = "persister restarted", 0.0
+        self.new_sweep("persister restarted")
         for state in self.states.values():
             state.last_sent_at = 0.0
 
-    def on_orphans_interrupted(self) -> None:
-        self.orphan_sweep = None
+    def on_orphans_interrupted(self, answered: m.OrphansInterrupted) -> None:
+        """The persister applied a sweep: ours, the latest, ends; the answer to an earlier one (made before a
+        persister restarted, or queued for the coordinator that ran before us) changes nothing."""
+        if answered.sweep == self.sweep_id:
+            self.orphan_sweep = None
 
     def due(self, now: float, text_of: Callable[[str, bool], str]) -> list[m.Message]:
         """Everything not acked within the resend time, from the acked length; and the orphan sweep."""
@@ -156,5 +170,5 @@ class PersistTracker:
         if self.orphan_sweep is not None and now >= self.orphan_sweep_at and not self.sweep_held:
             self.orphan_sweep_at = now + self.resend_s
             live = [s.message_id for s in self.states.values() if s.generation_id is not None]
-            ops.append(m.InterruptOrphans(self.orphan_sweep, live))
+            ops.append(m.InterruptOrphans(self.orphan_sweep, live, self.sweep_id))
         return ops

@@ -408,7 +408,7 @@ class StreamRules:
         out.append(Log("persister_joined", {}))
 
     def _on_orphans_interrupted(self, msg: m.OrphansInterrupted, now: float, out: list) -> None:
-        self.persisted.on_orphans_interrupted()
+        self.persisted.on_orphans_interrupted(msg)
 
     def _on_persister_stats(self, msg: m.PersisterStats, now: float, out: list) -> None:
         self.persister_stats = results.PersisterTotals(

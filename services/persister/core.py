@@ -311,7 +311,7 @@ class PersisterCore:
         for message_id in orphans:
             self._write_final(message_id, "interrupted", self.open[message_id], None, {},
                               f"interrupted: {op.reason}", None, plan)
-        plan.answers.append(m.OrphansInterrupted(len(orphans)))
+        plan.answers.append(m.OrphansInterrupted(len(orphans), op.sweep))
         plan.interrupted += len(orphans)
 
     def _write_final(self, message_id: str, status: str, stored: OpenMessage, lengths: tuple[int, int] | None,

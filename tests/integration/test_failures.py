@@ -98,6 +98,32 @@ def test_after_a_crash_orphans_become_interrupted_with_their_text(fresh_stack):
     assert expected(text, 400).startswith(durable)
 
 
+def test_the_answer_to_a_dead_coordinators_sweep_does_not_end_the_next_ones(fresh_stack):
+    """The first coordinator sweeps (its reply still live) while the persister cannot answer, and dies with its
+    generator; the persister's socket hands the late answer to the new coordinator inside its adoption window.
+    That answer is not the new coordinator's sweep: the reply, whose generation died, still ends interrupted."""
+    stack = fresh_stack(CHATTER_ADOPT_GRACE_MS="6000")
+    started = time.monotonic()  # the first coordinator's window closes no sooner than 6 s after its start
+    text = "sweep me [[mock tokens=400 tps=40]]"
+    client, session_id, sent = start_send(stack, text)
+    client.close()
+    wait_for_chunks(stack, sent.message_id, 20)
+    persister = stack.procs["persister"]
+    persister.send_signal(signal.SIGSTOP)
+    try:
+        assert time.monotonic() - started < 4.5, "the reply was not live before the first sweep: nothing tested"
+        time.sleep(max(0.0, started + 7.0 - time.monotonic()))  # the first sweep went out, and waits unread
+        stack.kill("coordinator")
+        stack.kill("generator")
+        stack.env["CHATTER_ADOPT_GRACE_MS"] = "3000"
+        stack.start("coordinator")
+    finally:
+        persister.send_signal(signal.SIGCONT)
+    row = stack.wait_db_status(sent.message_id, ("interrupted",))
+    assert row["error"] == "interrupted: coordinator restarted"
+    assert row["content"] and expected(text, 400).startswith(row["content"])
+
+
 def test_non_streaming_mode_gives_the_same_content(fresh_stack):
     stack = fresh_stack(CHATTER_STREAM="false")
     text = "whole please [[mock tokens=30]]"

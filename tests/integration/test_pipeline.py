@@ -177,7 +177,7 @@ def test_bad_input_gets_a_clear_error_and_crashes_nothing(stack):
     assert status["counters"]["bad_frames_dropped"] >= 4
     ctx, sock = stack.raw_socket(zmq.PUSH, "persist-acks")
     try:  # a bundle with two bad items (not msgpack, trailing bytes) and a good one: each bad one counted alone
-        sock.send(m.Bundle([b"\xc1junk", m.OrphansInterrupted(1).encode() + b"x",
+        sock.send(m.Bundle([b"\xc1junk", m.OrphansInterrupted(1, "s").encode() + b"x",
                             m.PersistAck("no-such-message", 3, False).encode()]).encode())
     finally:
         sock.close()

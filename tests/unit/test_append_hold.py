@@ -53,7 +53,7 @@ def test_an_interrupt_takes_everything_held_first():
     hold = AppendHold(0.25)
     a1, b1 = append("a"), append("b")
     hold.take([a1], 1.0)
-    interrupt = m.InterruptOrphans("coordinator restarted", [])
+    interrupt = m.InterruptOrphans("coordinator restarted", [], "c1.1")
     assert hold.take([b1, interrupt], 1.01) == [a1, b1, interrupt]
     assert hold.held == []
 
@@ -91,7 +91,7 @@ def test_nothing_is_lost_reordered_within_a_message_or_held_past_its_time(batche
             counter += 1
             op = {"append": lambda: append(message_id, counter), "finalize": lambda: finalize(message_id),
                   "create": lambda: create(message_id),
-                  "interrupt": lambda: m.InterruptOrphans(str(counter), [])}[kind]()
+                  "interrupt": lambda: m.InterruptOrphans(str(counter), [], "c1.1")}[kind]()
             ops.append(op)
             seen_at[id(op)] = now
         arrived += ops

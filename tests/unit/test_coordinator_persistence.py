@@ -24,22 +24,48 @@ def test_unacked_persist_ops_are_resent_from_the_acked_length():
 
 def test_a_restarted_persister_hears_the_live_messages_and_gets_a_resend():
     machine = make(persist_resend_ms=1000)
-    machine.handle_event(m.OrphansInterrupted(0), 99.0)
+    machine.handle_event(m.OrphansInterrupted(0, machine.persisted.sweep_id), 99.0)
     _, r, send_out = start(machine)
     ack_all(machine, [send_out], 100.0)
     machine.handle_event(m.PersisterHello(100.1), 100.1)
     out = machine.tick(100.2)
     (sweep,) = effects(out, ToPersister, m.InterruptOrphans)
     assert sweep.msg.live_message_ids == [r.message_id]
-    machine.handle_event(m.OrphansInterrupted(0), 100.3)
+    machine.handle_event(m.OrphansInterrupted(0, sweep.msg.sweep), 100.3)
     assert effects(machine.tick(110.0), ToPersister, m.InterruptOrphans) == []
 
 
 def test_a_new_coordinator_sweeps_orphans_until_the_persister_answers():
     machine = make(persist_resend_ms=1000)
-    assert effects(machine.tick(0.0), ToPersister, m.InterruptOrphans)[0].msg.live_message_ids == []
-    assert effects(machine.tick(1.5), ToPersister, m.InterruptOrphans)  # no answer yet: again
-    machine.handle_event(m.OrphansInterrupted(3), 1.6)
+    (sweep,) = effects(machine.tick(0.0), ToPersister, m.InterruptOrphans)
+    assert sweep.msg.live_message_ids == []
+    (again,) = effects(machine.tick(1.5), ToPersister, m.InterruptOrphans)  # no answer yet: again, the same sweep
+    assert again.msg.sweep == sweep.msg.sweep
+    machine.handle_event(m.OrphansInterrupted(3, sweep.msg.sweep), 1.6)
+    assert effects(machine.tick(5.0), ToPersister, m.InterruptOrphans) == []
+
+
+def test_an_answer_to_the_sweep_of_the_coordinator_before_us_does_not_end_ours():
+    """The persister's PUSH socket keeps what it queued while its coordinator was down and hands it to the next
+    one: the answer to the dead coordinator's sweep (made while the reply was still live) reaches us before our
+    own sweep went out. Taken as ours, the reply would stay streaming forever (a CI failure, 2026-12-02)."""
+    machine = make(persist_resend_ms=1000, adopt_grace_ms=800)
+    assert effects(machine.tick(0.0), ToPersister, m.InterruptOrphans) == []  # the adoption window holds it
+    machine.handle_event(m.OrphansInterrupted(0, "the-coordinator-before.1"), 0.5)
+    (ours,) = effects(machine.tick(1.0), ToPersister, m.InterruptOrphans)
+    machine.handle_event(m.OrphansInterrupted(1, ours.msg.sweep), 1.1)
+    assert effects(machine.tick(5.0), ToPersister, m.InterruptOrphans) == []
+
+
+def test_a_persister_hello_starts_a_new_sweep_that_only_its_own_answer_ends():
+    machine = make(persist_resend_ms=1000)
+    (first,) = effects(machine.tick(0.0), ToPersister, m.InterruptOrphans)
+    machine.handle_event(m.PersisterHello(0.2), 0.2)  # a restarted persister, before the first was answered
+    (second,) = effects(machine.tick(0.3), ToPersister, m.InterruptOrphans)
+    assert second.msg.sweep != first.msg.sweep
+    machine.handle_event(m.OrphansInterrupted(0, first.msg.sweep), 0.4)  # the old persister's late answer
+    assert effects(machine.tick(1.5), ToPersister, m.InterruptOrphans)
+    machine.handle_event(m.OrphansInterrupted(0, second.msg.sweep), 1.6)
     assert effects(machine.tick(5.0), ToPersister, m.InterruptOrphans) == []
 
 

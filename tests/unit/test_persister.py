@@ -67,8 +67,8 @@ def test_finalize_waits_for_missing_text(persister):
 
 def test_orphans_except_the_live_ones_become_interrupted_with_their_text(persister):
     persister.plan([create("a1"), create("a2"), m.Append("a1", 0, "partial")])
-    plan = persister.plan([m.InterruptOrphans("restart", ["a2"])])
-    assert plan.answers == [m.OrphansInterrupted(1)] and plan.interrupted == 1
+    plan = persister.plan([m.InterruptOrphans("restart", ["a2"], "c1.1")])
+    assert plan.answers == [m.OrphansInterrupted(1, "c1.1")] and plan.interrupted == 1
     (final,) = writes(plan, WriteFinal)
     assert (final.message_id, final.status, final.content) == ("a1", "interrupted", "partial")
     assert "restart" in final.error
@@ -109,7 +109,7 @@ def test_a_restarted_persister_reads_streaming_text_back_and_goes_on():
 
 
 def test_messages_memory_does_not_hold_are_looked_up(persister):
-    assert persister.unknown([m.Append("old", 0, "x"), create("a1"), m.InterruptOrphans("r", [])]) == {"old", "a1"}
+    assert persister.unknown([m.Append("old", 0, "x"), create("a1"), m.InterruptOrphans("r", [], "c1.1")]) == {"old", "a1"}
     persister.learn([StoredMessage("old", False, 7)])  # "a1" has no row yet
     plan = persister.plan([m.Append("old", 7, "late"), m.Finalize("old", "completed", 7, "h", {}, None)])
     assert plan.acks == {"old": (7, True, 0)} and plan.writes == []

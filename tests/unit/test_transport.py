@@ -51,11 +51,11 @@ def test_a_subscriber_gets_only_its_topic_in_one_frame_and_a_longer_id_never_mat
         deadline = time.monotonic() + 10
         while not got and time.monotonic() < deadline:  # a subscription takes a moment to reach the publisher
             for session in ("abcd", "ab", "abc"):
-                pub.send(transport.published(session, m.OrphansInterrupted(len(session)).encode()))
+                pub.send(transport.published(session, m.OrphansInterrupted(len(session), session).encode()))
             while sub.poll(100):
                 got.append(codec.decode(transport.payload_of(sub.recv()), (m.OrphansInterrupted,)))
         # only "abc" came through: "abcd" and "ab" were filtered out, whatever the timing
-        assert got and all(msg == m.OrphansInterrupted(3) for msg in got)
+        assert got and all(msg == m.OrphansInterrupted(3, "abc") for msg in got)
     finally:
         pub.close(0)
         sub.close(0)
