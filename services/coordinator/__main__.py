@@ -202,12 +202,12 @@ class CoordinatorShell:
             ready = dict(poller.poll(timeout_ms))
             pacer.woke()
             now = time.time()
+            if self.rpc in ready:  # first: a stop waits behind one turn's events at most, not two
+                self.drain_rpc(now)
             if self.gen_events in ready:
                 self.drain_events(self.gen_events, "gen-events", m.GEN_EVENTS, now)
             if self.acks in ready:
                 self.drain_events(self.acks, "persist-acks", m.PERSIST_ACKS, now)
-            if self.rpc in ready:
-                self.drain_rpc(now)
             if self.reader.wake in ready:
                 self.take_reads(now)
             for monitor in [sock for sock in self.refusals if sock in ready]:

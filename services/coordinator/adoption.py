@@ -152,6 +152,7 @@ class Adoption:
                 text.length += len(new)
                 text.client_pending.append(new)
                 text.persist_pending.append(new)
+                text.persist_pending_len += len(new)
         gen.catching_up = False
         gen.last_delta_at = now
         if gen.thinking.length and gen.thinking_started_at is None:

@@ -20,7 +20,7 @@ def base_id(run_id: str) -> str:
     return run_id.partition(RUN_MARK)[0]
 
 
-@dataclass
+@dataclass(slots=True)
 class ReplyText:
     """One of a reply's two texts, the answer or the thinking, with the same rules: its own seq and offsets,
     and what clients and the persister have been sent of it."""
@@ -31,6 +31,7 @@ class ReplyText:
     client_len: int = 0  # published to clients
     client_pending: list[str] = field(default_factory=list)
     persist_pending: list[str] = field(default_factory=list)
+    persist_pending_len: int = 0  # characters in ``persist_pending``: the next checkpoint's size
 
     def text(self) -> str:
         if len(self.parts) > 1:
@@ -47,7 +48,7 @@ class ReplyText:
         return True
 
 
-@dataclass
+@dataclass(slots=True)
 class GenerationState:
     generation_id: str
     session_id: str
@@ -167,41 +168,44 @@ class StreamRules:
             return
         if gen.catching_up:
             return  # its generator resends all of it in the catch-up
-        text = gen.thinking if msg.thinking else gen.answer  # two texts, each with its own seq
-        if msg.seq <= text.last_seq:
-            self.counters["duplicate_deltas_dropped"] += 1
-            return
-        if msg.seq != text.last_seq + 1:
+        thinking, seq, fresh = msg.thinking, msg.seq, msg.text
+        text = gen.thinking if thinking else gen.answer  # two texts, each with its own seq
+        if seq != text.last_seq + 1:
+            if seq <= text.last_seq:
+                self.counters["duplicate_deltas_dropped"] += 1
+                return
             self.counters["gaps"] += 1
             out.append(ToControl(m.CancelGeneration(gen.run_id)))
-            self._finalize(gen, "error", now, out, error=f"gap in stream: expected {_kind(msg.thinking)}seq "
-                           f"{text.last_seq + 1}, got {msg.seq}")
+            self._finalize(gen, "error", now, out, error=f"gap in stream: expected {_kind(thinking)}seq "
+                           f"{text.last_seq + 1}, got {seq}")
             return
-        text.last_seq = msg.seq
+        text.last_seq = seq
         gen.last_delta_at = now  # thinking is progress: the stall watchdog and the first-token wait see it
         if gen.first_token_at is None:
             gen.first_token_at = now
             gen.status = gen.record.status = "streaming"
-        if msg.thinking:
+        if thinking:
             if gen.thinking_started_at is None:
                 gen.thinking_started_at = now
             gen.reasoning_tokens += msg.tokens
         elif gen.thinking_started_at is not None and gen.thinking_ended_at is None:
             gen.thinking_ended_at = now
-        if not msg.text:
+        if not fresh:
             return
-        text.parts.append(msg.text)
-        text.length += len(msg.text)
+        text.parts.append(fresh)
+        text.length += len(fresh)
         gen.tokens += msg.tokens
         if not (gen.answer.client_pending or gen.thinking.client_pending):
             gen.client_pending_since = msg.received_at
-        text.client_pending.append(msg.text)
-        text.persist_pending.append(msg.text)
-        self._schedule(gen, text, msg.thinking, now, out)
+        text.client_pending.append(fresh)
+        text.persist_pending.append(fresh)
+        text.persist_pending_len += len(fresh)
+        self._schedule(gen, text, now, out)
 
     def _on_gen_delta_batch(self, msg: m.GenDeltaBatch, now: float, out: list) -> None:
+        on_delta = self._on_gen_delta
         for delta in msg.deltas:  # typed at decode: each is a DeltaItem, with GenDelta's fields
-            self._on_gen_delta(delta, now, out)
+            on_delta(delta, now, out)
 
     def _on_gen_done(self, msg: m.GenDone, now: float, out: list) -> None:
         gen = self._running(msg.generation_id)
@@ -248,21 +252,27 @@ class StreamRules:
 
     # ------------------------------------------------------------ coalescing and checkpoints
 
-    def _schedule(self, gen: GenerationState, text: ReplyText, thinking: bool, now: float, out: list) -> None:
-        """Coalescing and checkpoints, per generation: one deadline of each flushes both texts."""
+    def _schedule(self, gen: GenerationState, text: ReplyText, now: float, out: list) -> None:
+        """Coalescing and checkpoints, per generation: one deadline of each flushes both texts. The per-delta
+        path: with a deadline set, only size can flush early (the deadline is in the heap, and ``tick`` runs
+        after every drain), so most deltas cost two comparisons here."""
         s = self.settings
-        pending = text.length - text.client_len
-        if pending >= s.flush_chars or now >= gen.client_flushed_at + s.flush_ms / 1000:
-            self._flush_clients(gen, now, out)  # the first delta always lands here: TTFT is never delayed
-        elif gen.client_deadline is None:
-            gen.client_deadline = gen.client_flushed_at + s.flush_ms / 1000
-            self._push_deadline(gen.client_deadline, gen.generation_id, "client")
-        unsent = text.length - self.persisted.sent_len(gen.message_id, thinking)
-        if unsent >= s.checkpoint_chars or now >= gen.persist_flushed_at + s.checkpoint_ms / 1000:
+        if gen.client_deadline is None:
+            if text.length - text.client_len >= s.flush_chars or now >= gen.client_flushed_at + s.flush_ms / 1000:
+                self._flush_clients(gen, now, out)  # the first delta always lands here: TTFT is never delayed
+            else:
+                gen.client_deadline = gen.client_flushed_at + s.flush_ms / 1000
+                self._push_deadline(gen.client_deadline, gen.generation_id, "client")
+        elif text.length - text.client_len >= s.flush_chars:
+            self._flush_clients(gen, now, out)
+        if gen.persist_deadline is None:
+            if text.persist_pending_len >= s.checkpoint_chars or now >= gen.persist_flushed_at + s.checkpoint_ms / 1000:
+                self._checkpoint(gen, now, out)
+            else:
+                gen.persist_deadline = gen.persist_flushed_at + s.checkpoint_ms / 1000
+                self._push_deadline(gen.persist_deadline, gen.generation_id, "persist")
+        elif text.persist_pending_len >= s.checkpoint_chars:
             self._checkpoint(gen, now, out)
-        elif gen.persist_deadline is None:
-            gen.persist_deadline = gen.persist_flushed_at + s.checkpoint_ms / 1000
-            self._push_deadline(gen.persist_deadline, gen.generation_id, "persist")
 
     def _push_deadline(self, when: float, gen_id: str, kind: str) -> None:
         self._tiebreak += 1
@@ -287,6 +297,7 @@ class StreamRules:
             if text.persist_pending:
                 fresh = "".join(text.persist_pending)
                 text.persist_pending.clear()
+                text.persist_pending_len = 0
                 out.append(ToPersister(self.persisted.append(gen.message_id, fresh, now, thinking)))
 
     # ------------------------------------------------------------ finalize
@@ -334,6 +345,7 @@ class StreamRules:
                 text.client_len = text.length
             text.client_pending.clear()
             text.persist_pending.clear()
+            text.persist_pending_len = 0
         gen.record.content, gen.record.reasoning = gen.text(), gen.thinking.text()
         gen.record.status, gen.record.error = status, error
         gen.record.stats = self._stats(gen, now)
