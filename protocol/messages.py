@@ -411,7 +411,19 @@ class InterruptOrphans(Message, tag=53):
     sweep: str  # the coordinator instance's id and the sweep's number
 
 
-PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen)
+class SaveSession(Message, tag=55):
+    """A session's row as it stands, before any message is in it: a new session (``chatter new``) and a changed
+    system prompt or input budget are kept across a coordinator's restart. Resent by the coordinator until the
+    persister answers ``SessionSaved``; a message's ``CreateMessage`` carries the same columns."""
+
+    session_id: str
+    session_title: str
+    session_system: Optional[str]
+    session_max_input_tokens: Optional[Int]
+    created_at: float  # a new row's created_at; a stored one keeps its own and takes this as updated_at
+
+
+PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession)
 
 
 class PersistAck(Message, tag=60):
@@ -448,14 +460,20 @@ class PersisterStats(Message, tag=63):
 
 
 class PersistRejected(Message, tag=64):
-    """An operation on ``message_id`` failed alone, deterministically, and was dropped: the coordinator stops
-    resending it and ends the reply as error with ``reason``."""
+    """An operation on ``message_id`` (or a ``SaveSession``'s session id) failed alone, deterministically, and
+    was dropped: the coordinator stops resending it and ends the reply as error with ``reason``."""
 
     message_id: str
     reason: str
 
 
-PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, PersistRejected)
+class SessionSaved(Message, tag=65):
+    """A ``SaveSession`` is applied: its session's row is in the database."""
+
+    session_id: str
+
+
+PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, PersistRejected, SessionSaved)
 
 
 # ---------------------------------------------------------------- any point-to-point channel

@@ -73,6 +73,7 @@ class Coordinator(Requests, StreamRules, Adoption):
             m.GenError: self._on_gen_error, m.GenCancelled: self._on_gen_cancelled,
             m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
             m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
+            m.SessionSaved: self._on_session_saved,
             m.PersisterStats: self._on_persister_stats, m.PersistRejected: self._on_persist_rejected,
             m.GenAnnounce: self._on_gen_announce, m.GenCatchUp: self._on_gen_catch_up,
         }

@@ -38,6 +38,8 @@ class PersistTracker:
     def __init__(self, resend_ms: float, instance: str) -> None:
         self.resend_s = resend_ms / 1000
         self.states: dict[str, PersistState] = {}
+        # sessions saved before any message is in them: session id -> [its SaveSession, sent at, unsaved since]
+        self.sessions: dict[str, list] = {}
         self.resends = 0
         self.instance = instance  # this coordinator's: it names our sweeps, so no answer to another's ends one
         self.sweeps = 0
@@ -55,7 +57,19 @@ class PersistTracker:
         self.sweeps += 1
         self.orphan_sweep, self.orphan_sweep_at = reason, 0.0
 
+    def save_session(self, op: m.SaveSession, now: float) -> m.SaveSession:
+        """Resent until the persister answers ``SessionSaved``; a later one of the session replaces it."""
+        earlier = self.sessions.get(op.session_id)
+        self.sessions[op.session_id] = [op, now, earlier[2] if earlier else now]
+        return op
+
+    def on_session_saved(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+
     def create(self, create: m.CreateMessage, now: float) -> m.CreateMessage:
+        # the message's create writes its session's row as it stands now: an older SaveSession must not be
+        # resent after it (it would put back the title and settings of before)
+        self.sessions.pop(create.session_id, None)
         self.states[create.message_id] = PersistState(create.message_id, create, create.generation_id,
                                                       last_sent_at=now, unsaved_since=now)
         return create
@@ -128,12 +142,15 @@ class PersistTracker:
         return None
 
     def reject(self, message_id: str) -> PersistState | None:
-        """The persister can never apply this message's operations: forget them. Returns its state."""
+        """The persister can never apply this message's operations (or this session's ``SaveSession``): forget
+        them. Returns the message's state."""
+        self.sessions.pop(message_id, None)
         return self.states.pop(message_id, None)
 
     def oldest_unsaved(self) -> tuple[int, float | None]:
-        """How many messages have operations not acked yet, and since when the oldest of them waits."""
+        """How many messages (and new sessions) have operations not acked yet, and since when the oldest waits."""
         waiting = [state.unsaved_since for state in self.states.values() if state.behind]
+        waiting += [unsaved_since for _, _, unsaved_since in self.sessions.values()]
         return len(waiting), min(waiting, default=None)
 
     def on_persister_hello(self) -> None:
@@ -141,6 +158,8 @@ class PersistTracker:
         self.new_sweep("persister restarted")
         for state in self.states.values():
             state.last_sent_at = 0.0
+        for entry in self.sessions.values():
+            entry[1] = 0.0
 
     def on_orphans_interrupted(self, answered: m.OrphansInterrupted) -> None:
         """The persister applied a sweep: ours, the latest, ends; the answer to an earlier one (made before a
@@ -151,6 +170,11 @@ class PersistTracker:
     def due(self, now: float, text_of: Callable[[str, bool], str]) -> list[m.Message]:
         """Everything not acked within the resend time, from the acked length; and the orphan sweep."""
         ops: list[m.Message] = []
+        for entry in self.sessions.values():
+            if now - entry[1] >= self.resend_s:
+                self.resends += 1
+                entry[1] = now
+                ops.append(entry[0])
         for state in self.states.values():
             if now - state.last_sent_at < self.resend_s or not state.behind:
                 continue

@@ -42,11 +42,16 @@ class Requests:
         sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
                             created_at=now, last_activity=now)
         self.sessions[sess.session_id] = sess
+        out.append(ToPersister(self.persisted.save_session(self._save_op(sess, now), now)))
         return results.SessionCreated(session_id=sess.session_id)
+
+    @staticmethod
+    def _save_op(sess: SessionState, now: float) -> m.SaveSession:
+        return m.SaveSession(sess.session_id, sess.title, sess.system, sess.max_input_tokens, now)
 
     def _on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> results.Result:
         """Takes effect from the next prompt (a reply under way keeps its frozen prompt); the system prompt
-        and budget are persisted with the next message."""
+        and budget are saved at once (the model and parameters only with the next message, which has them)."""
         sess = self._session(msg.session_id)
         params, stream, style = dict(sess.params), sess.stream, sess.continue_style
         for key, value in (msg.params or {}).items():
@@ -72,6 +77,8 @@ class Requests:
             sess.max_input_tokens = msg.max_input_tokens or None
         if msg.model is not None:
             sess.model = msg.model or None
+        if msg.system is not None or msg.max_input_tokens is not None:
+            out.append(ToPersister(self.persisted.save_session(self._save_op(sess, now), now)))
         return self._settings(sess)
 
     def _settings(self, sess: SessionState) -> results.SessionSettings:

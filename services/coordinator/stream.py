@@ -419,6 +419,9 @@ class StreamRules:
         self._housekeeping_at = 0.0
         out.append(Log("persister_joined", {}))
 
+    def _on_session_saved(self, msg: m.SessionSaved, now: float, out: list) -> None:
+        self.persisted.on_session_saved(msg.session_id)
+
     def _on_orphans_interrupted(self, msg: m.OrphansInterrupted, now: float, out: list) -> None:
         self.persisted.on_orphans_interrupted(msg)
 

@@ -25,9 +25,9 @@ FINALIZED_KEPT = 100_000  # recently finalized messages remembered; older ones a
 
 @dataclass(slots=True)
 class UpsertSession:
-    """Create the session if new; its settings as of this message (a /system change comes with the next one)."""
+    """Create the session if new; its settings as of this message, or of its ``SaveSession``."""
 
-    op: m.CreateMessage
+    op: m.CreateMessage | m.SaveSession
 
 
 @dataclass(slots=True)
@@ -129,7 +129,7 @@ class AppendHold:
         if due or self.hold_s <= 0 or any(type(op) is m.InterruptOrphans for op in ops):
             out, self.held, self.held_since = self.held + ops, [], None
             return out
-        pulled = {op.message_id for op in ops if type(op) is not m.Append}
+        pulled = {op.message_id for op in ops if type(op) is not m.Append and type(op) is not m.SaveSession}
         out = [op for op in self.held if op.message_id in pulled]
         self.held = [op for op in self.held if op.message_id not in pulled]
         for op in ops:
@@ -173,7 +173,7 @@ class PersisterCore:
 
     def unknown(self, ops: list[m.Message]) -> set[str]:
         """Message ids the batch touches that memory does not hold: the shell looks them up (``learn``)."""
-        ids = {op.message_id for op in ops if not isinstance(op, m.InterruptOrphans)}
+        ids = {op.message_id for op in ops if not isinstance(op, (m.InterruptOrphans, m.SaveSession))}
         return {i for i in ids if i not in self.open and i not in self.finalized}
 
     def learn(self, found: list[StoredMessage]) -> None:
@@ -212,6 +212,9 @@ class PersisterCore:
                 self._interrupt_orphans(op, plan)
             elif isinstance(op, m.Reopen):
                 self._reopen(op, plan)
+            elif isinstance(op, m.SaveSession):
+                plan.writes.append(UpsertSession(op))
+                plan.answers.append(m.SessionSaved(op.session_id))
         if chunks:
             self._flush_chunks(plan, chunks)
         keep_from = min(self.first_chunk.values(), default=self.next_chunk_id)

@@ -235,6 +235,11 @@ class PersisterShell:
     def reject(self, op: m.Message, reason: str, exc: Exception) -> None:
         """An operation that fails alone, deterministically: dropped, and its reply ends as error."""
         self.ops_rejected += 1
+        if type(op) is m.SaveSession:  # no reply to end: the coordinator only stops resending it
+            self.log.error("operation_rejected", op="SaveSession", session_id=op.session_id, error=reason,
+                           ops_rejected=self.ops_rejected, exc_info=exc)
+            self.send(m.PersistRejected(op.session_id, reason).encode())
+            return
         message_id = getattr(op, "message_id", None)
         self.log.error("operation_rejected", op=type(op).__name__, message_id=message_id, error=reason,
                        ops_rejected=self.ops_rejected, exc_info=exc)

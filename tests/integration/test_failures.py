@@ -124,6 +124,33 @@ def test_the_answer_to_a_dead_coordinators_sweep_does_not_end_the_next_ones(fres
     assert row["content"] and expected(text, 400).startswith(row["content"])
 
 
+def test_a_new_session_and_its_system_prompt_outlive_a_coordinator_killed_before_any_message(fresh_stack):
+    """``chatter new`` answered is a session that exists: SIGKILL of the coordinator before its first message
+    loses neither the session nor the system prompt set on it since, and the first reply is prompted with it."""
+    stack = fresh_stack()
+    client = stack.client()
+    try:
+        session_id = client.new_session(max_input_tokens=5000)
+        client.configure(session_id, system="answer like a pirate")
+    finally:
+        client.close()
+    wait_until(lambda: stack.query("select system from session where id = ?", (session_id,)) == [
+        {"system": "answer like a pirate"}], what="the saved session")
+    stack.kill("coordinator")
+    stack.start("coordinator")
+    client = stack.client()
+    try:
+        sent = client.send(session_id, "ahoy [[mock tokens=5]]", os.urandom(8).hex())
+        view = client.follow(session_id, sent.generation_id)
+        settings = client.configure(session_id)
+    finally:
+        client.close()
+    assert view.status == "completed"
+    (entry,) = [e for e in stack.journal() if "ahoy" in json.dumps(e["body"])]
+    assert entry["body"]["messages"][0] == {"role": "system", "content": "answer like a pirate"}
+    assert settings.max_input_tokens == 5000
+
+
 def test_non_streaming_mode_gives_the_same_content(fresh_stack):
     stack = fresh_stack(CHATTER_STREAM="false")
     text = "whole please [[mock tokens=30]]"

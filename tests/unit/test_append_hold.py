@@ -108,3 +108,10 @@ def test_nothing_is_lost_reordered_within_a_message_or_held_past_its_time(batche
             barrier = type(later) is m.InterruptOrphans or type(op) is m.InterruptOrphans
             if same_message or barrier:
                 assert position[id(op)] < position[id(later)], (op, later)
+
+
+def test_a_saved_session_goes_at_once_and_pulls_no_append():
+    hold = AppendHold(0.25)
+    a1 = append("a")
+    save = m.SaveSession("s1", "", None, None, 1.0)
+    assert hold.take([a1, save], 1.0) == [save] and hold.held == [a1]

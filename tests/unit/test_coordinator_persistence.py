@@ -161,3 +161,40 @@ def test_status_counts_the_unsaved_messages_and_the_age_of_the_oldest():
     assert (status_at(machine, 111.5).unsaved, status_at(machine, 111.5).oldest_unsaved_ms) == (1, 500)
     ack_all(machine, [done], 112.0)
     assert status_at(machine, 112.0).unsaved == 0
+
+
+def new_session(machine, now: float, **fields) -> tuple[str, list]:
+    out = machine.handle_rpc(CLIENT, m.NewSession(1, **fields), now)
+    return reply(out).result.session_id, out
+
+
+def test_a_new_session_is_saved_at_once_and_resent_until_the_persister_answers():
+    """``chatter new``: the empty session must outlive a coordinator's restart, before any message is in it."""
+    machine = make(persist_resend_ms=1000)
+    session_id, out = new_session(machine, 100.0, system="be brief", max_input_tokens=4000)
+    (save,) = effects(out, ToPersister, m.SaveSession)
+    assert save.msg == m.SaveSession(session_id, "", "be brief", 4000, 100.0)
+    assert machine.persisted.oldest_unsaved() == (1, 100.0)  # status: not saved yet
+    assert [e.msg for e in effects(machine.tick(101.1), ToPersister, m.SaveSession)] == [save.msg]
+    machine.handle_event(m.SessionSaved(session_id), 101.2)
+    assert effects(machine.tick(103.0), ToPersister, m.SaveSession) == []
+    assert machine.persisted.oldest_unsaved() == (0, None)
+
+
+def test_a_changed_system_prompt_is_saved_and_a_message_ends_the_older_save():
+    machine = make(persist_resend_ms=1000)
+    session_id, _ = new_session(machine, 100.0)
+    out = machine.handle_rpc(CLIENT, m.ConfigureSession(2, session_id, system="talk like a pirate"), 100.1)
+    (save,) = effects(out, ToPersister, m.SaveSession)
+    assert save.msg.session_system == "talk like a pirate"
+    assert effects(machine.handle_rpc(CLIENT, m.ConfigureSession(3, session_id, params={"temperature": 0.5}),
+                                      100.2), ToPersister, m.SaveSession) == []  # a parameter comes with a message
+    start(machine, session_id=session_id, now=100.3)  # its create writes the session's row as it stands now
+    assert effects(machine.tick(102.0), ToPersister, m.SaveSession) == []
+
+
+def test_a_rejected_session_save_is_not_resent():
+    machine = make(persist_resend_ms=1000)
+    session_id, _ = new_session(machine, 100.0)
+    machine.handle_event(m.PersistRejected(session_id, "no room"), 100.1)
+    assert effects(machine.tick(102.0), ToPersister, m.SaveSession) == []

@@ -151,3 +151,11 @@ def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
         assert db.get_indexes("chunk") == [] and store.migrate(db) == []
     finally:
         db.close()
+
+
+def test_a_saved_session_is_an_upsert_of_its_row_answered_when_applied(persister):
+    save = m.SaveSession("s9", "", "be brief", 4000, 2.0)
+    assert persister.unknown([save]) == set()  # no message to look up
+    plan = persister.plan([save])
+    assert [w.op for w in writes(plan, UpsertSession)] == [save] and plan.answers == [m.SessionSaved("s9")]
+    assert plan.acks == {} and writes(plan, InsertMessage) == []
