@@ -145,8 +145,9 @@ class Client:
         return self.rpc in ready
 
     def new_session(self, system: str | None = None, model: str | None = None,
-                    max_input_tokens: int | None = None) -> str:
-        return self.request(m.NewSession(next(self.req_ids), system, model, max_input_tokens)).session_id
+                    max_input_tokens: int | None = None, save: bool = True) -> str:
+        """A new session's id; ``save=False``: it is stored with the first message sent to it (see NewSession)."""
+        return self.request(m.NewSession(next(self.req_ids), system, model, max_input_tokens, save)).session_id
 
     def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> results.Result:
         return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model), attempts=3)

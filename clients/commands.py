@@ -39,7 +39,8 @@ def cmd_send(client: Client, args) -> int:
     if not text.strip():
         raise ChatterError("the message is empty")
     session_id = (resolve_session(client, args.session) if args.session is not None
-                  else client.new_session(system=args.system, model=args.model, max_input_tokens=args.max_input_tokens))
+                  else client.new_session(system=args.system, model=args.model, max_input_tokens=args.max_input_tokens,
+                                          save=False))  # stored with this message: a refused one leaves none
     request_id = uuid.uuid4().hex
     renderer = renderer_for(args)
     with renderer or nullcontext():

@@ -36,6 +36,9 @@ class NewSession(Message, tag=1):
     system: Optional[str] = None
     model: Optional[ModelName] = None
     max_input_tokens: Optional[Count] = None  # this session's input budget; default CHATTER_MAX_INPUT_TOKENS
+    # saved at once (``SaveSession``); False: made for the message sent next, and stored with it (a refused
+    # message then leaves no empty session behind: ``chatter send`` without ``--session``)
+    save: bool = True
 
 
 class Send(Message, tag=2):

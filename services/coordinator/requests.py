@@ -42,7 +42,8 @@ class Requests:
         sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
                             created_at=now, last_activity=now)
         self.sessions[sess.session_id] = sess
-        out.append(ToPersister(self.persisted.save_session(self._save_op(sess, now), now)))
+        if msg.save:
+            out.append(ToPersister(self.persisted.save_session(self._save_op(sess, now), now)))
         return results.SessionCreated(session_id=sess.session_id)
 
     @staticmethod

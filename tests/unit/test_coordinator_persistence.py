@@ -198,3 +198,13 @@ def test_a_rejected_session_save_is_not_resent():
     session_id, _ = new_session(machine, 100.0)
     machine.handle_event(m.PersistRejected(session_id, "no room"), 100.1)
     assert effects(machine.tick(102.0), ToPersister, m.SaveSession) == []
+
+
+def test_a_session_made_for_the_next_message_is_stored_with_it():
+    machine = make(persist_resend_ms=1000)
+    session_id, out = new_session(machine, 100.0, save=False)
+    assert effects(out, ToPersister, m.SaveSession) == [] and machine.persisted.oldest_unsaved() == (0, None)
+    _, _, send_out = start(machine, session_id=session_id, now=100.1)
+    creates = effects(send_out, ToPersister, m.CreateMessage)  # the message and its reply, each with the session
+    assert [e.msg.role for e in creates] == ["user", "assistant"]
+    assert {e.msg.session_id for e in creates} == {session_id}
