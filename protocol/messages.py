@@ -415,8 +415,8 @@ class InterruptOrphans(Message, tag=53):
 
 
 class SaveSession(Message, tag=55):
-    """A session's row as it stands, before any message is in it: a new session (``chatter new``) and a changed
-    system prompt or input budget are kept across a coordinator's restart. Resent by the coordinator until the
+    """A session's row as it stands, before any message is in it: a new session (``/new``, the window's New
+    session) and a changed system prompt or input budget are kept across a coordinator's restart. Resent by the coordinator until the
     persister answers ``SessionSaved``; a message's ``CreateMessage`` carries the same columns."""
 
     session_id: str
