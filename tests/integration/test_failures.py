@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 
@@ -28,6 +29,15 @@ def start_send(stack, text: str):
     client.subscribe(session_id)
     sent = client.send(session_id, text, client_request_id=os.urandom(8).hex())
     return client, session_id, sent
+
+
+def log_time(stack, name: str, event: str) -> float:
+    """The wall-clock time of a process's first log line with ``event``."""
+    for line in stack.log(name).splitlines():
+        if f"event='{event}'" in line:
+            stamp = line.split("timestamp='", 1)[1].split("'", 1)[0]
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    raise AssertionError(f"{name} never logged {event}")
 
 
 def wait_for_chunks(stack, message_id: str, min_chars: int, timeout: float = 15) -> None:
@@ -102,8 +112,10 @@ def test_the_answer_to_a_dead_coordinators_sweep_does_not_end_the_next_ones(fres
     """The first coordinator sweeps (its reply still live) while the persister cannot answer, and dies with its
     generator; the persister's socket hands the late answer to the new coordinator inside its adoption window.
     That answer is not the new coordinator's sweep: the reply, whose generation died, still ends interrupted."""
-    stack = fresh_stack(CHATTER_ADOPT_GRACE_MS="6000")
-    started = time.monotonic()  # the first coordinator's window closes no sooner than 6 s after its start
+    grace_s = 8.0
+    stack = fresh_stack(CHATTER_ADOPT_GRACE_MS=str(int(grace_s * 1000)))
+    # the first coordinator's window closes no sooner than its start (its log's clock) and the grace
+    ready_at = log_time(stack, "coordinator", "coordinator_ready")
     text = "sweep me [[mock tokens=400 tps=40]]"
     client, session_id, sent = start_send(stack, text)
     client.close()
@@ -111,8 +123,9 @@ def test_the_answer_to_a_dead_coordinators_sweep_does_not_end_the_next_ones(fres
     persister = stack.procs["persister"]
     persister.send_signal(signal.SIGSTOP)
     try:
-        assert time.monotonic() - started < 4.5, "the reply was not live before the first sweep: nothing tested"
-        time.sleep(max(0.0, started + 7.0 - time.monotonic()))  # the first sweep went out, and waits unread
+        # an order, not a speed: the reply is live and the persister stopped before the first sweep can go out
+        assert time.time() < ready_at + grace_s, "the first sweep may have been answered already: nothing tested"
+        time.sleep(max(0.0, ready_at + grace_s + 1.0 - time.time()))  # the first sweep went out, and waits unread
         stack.kill("coordinator")
         stack.kill("generator")
         stack.env["CHATTER_ADOPT_GRACE_MS"] = "3000"
