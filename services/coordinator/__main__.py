@@ -192,7 +192,7 @@ class CoordinatorShell:
         keys_checked_at = 0.0
         poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
-        pacer = shell.Pacer(self.settings.wake_ms / 1000)  # CHATTER_WAKE_MS
+        pacer = shell.Pacer(self.settings.wake_ms / 1000, sleep=shell.Urgent(self.rpc).sleep)  # CHATTER_WAKE_MS
         while not self.stopping:
             pacer.pace()
             now = time.time()

@@ -458,7 +458,9 @@ class GeneratorShell:
 
     def run(self) -> None:
         period = self.settings.wake_ms / 1000  # CHATTER_WAKE_MS: see shell.Pacer
-        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(shell.PacedSelector(period))) as runner:
+        urgent = shell.Urgent(self.control)  # a cancel ends the pacer's sleep
+        selector = shell.PacedSelector(period, urgent=urgent, urgent_fd=self.control.FD)
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
             runner.run(self.main())
 
     async def main(self) -> None:
