@@ -128,40 +128,42 @@ class Pacer:
 class Urgent:
     """What ends a pacer's sleep at once: a message on one of these zmq sockets (a client's request in the
     coordinator, a cancel in the generator), so that pacing never delays a stop (docs/PERFORMANCE.md,
-    "Wake-ups: a loop paced at low load"). ``ready`` says whether the last sleep ended for one."""
+    "A stop is never paced"). ``ready`` holds the descriptors of the sockets the last sleep ended for."""
 
     def __init__(self, *socks: zmq.Socket) -> None:
         self.poller = zmq.Poller()
         for sock in socks:
             self.poller.register(sock, zmq.POLLIN)
-        self.ready = False
+        self.ready: list[int] = []
 
     def sleep(self, seconds: float) -> None:
-        self.ready = bool(self.poller.poll(round(seconds * 1000)))
+        self.ready = [sock.FD for sock, _ in self.poller.poll(round(seconds * 1000))]
 
 
 class PacedSelector(selectors.DefaultSelector):
     """An event loop's selector with a ``Pacer``: a select that would wait sleeps out the period first (one
-    that must not wait, because callbacks are ready, never does). With ``urgent`` (an ``Urgent`` over the zmq
-    socket whose descriptor is ``urgent_fd``), a message there ends the sleep, and the descriptor is reported
-    ready: zmq's descriptor is edge-triggered, and the sleep's poll has taken its signal."""
+    that must not wait, because callbacks are ready, never does). With ``urgent``, a message on one of its
+    sockets ends the sleep, and that socket's descriptor is reported ready: zmq's descriptor is
+    edge-triggered, and the sleep's poll has taken its signal."""
 
-    def __init__(self, period_s: float, pacer: Pacer | None = None, urgent: Urgent | None = None,
-                 urgent_fd: int | None = None) -> None:
+    def __init__(self, period_s: float, pacer: Pacer | None = None, urgent: Urgent | None = None) -> None:
         super().__init__()
         self.pacer = pacer or Pacer(period_s, sleep=urgent.sleep if urgent else time.sleep)
-        self.urgent, self.urgent_fd = urgent, urgent_fd
+        self.urgent = urgent
 
     def select(self, timeout=None):
-        woken = False
+        ready: list[int] = []
         if timeout is None or timeout > 0:
+            if self.urgent is not None:
+                self.urgent.ready = []
             slept = self.pacer.pace()
-            woken = slept > 0 and self.urgent is not None and self.urgent.ready
+            if self.urgent is not None:
+                ready = self.urgent.ready
             if timeout is not None:
                 timeout = max(0.0, timeout - slept)
-        events = super().select(0 if woken else timeout)
-        if woken:
-            key = self.get_map().get(self.urgent_fd)
+        events = super().select(0 if ready else timeout)
+        for fd in ready:
+            key = self.get_map().get(fd)
             if key is not None and not any(k is key for k, _ in events):
                 events.append((key, selectors.EVENT_READ))
         self.pacer.woke()

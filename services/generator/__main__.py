@@ -458,8 +458,7 @@ class GeneratorShell:
 
     def run(self) -> None:
         period = self.settings.wake_ms / 1000  # CHATTER_WAKE_MS: see shell.Pacer
-        urgent = shell.Urgent(self.control)  # a cancel ends the pacer's sleep
-        selector = shell.PacedSelector(period, urgent=urgent, urgent_fd=self.control.FD)
+        selector = shell.PacedSelector(period, urgent=shell.Urgent(self.control))  # a cancel ends the pacer's sleep
         with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
             runner.run(self.main())
 

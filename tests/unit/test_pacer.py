@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import socket
 
-from services.shell import PacedSelector, Pacer
+import zmq
+
+from services.shell import PacedSelector, Pacer, Urgent
 
 
 class Clock:
@@ -69,7 +71,6 @@ def test_the_paced_selector_waits_only_where_the_loop_would_wait_and_counts_the_
 
 
 def _pair():
-    import zmq
     ctx = zmq.Context()
     a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
     a.bind("inproc://urgent")
@@ -80,17 +81,15 @@ def _pair():
 def test_a_message_on_an_urgent_socket_ends_the_sleep_and_its_descriptor_is_reported_ready():
     """zmq's descriptor is edge-triggered, and the sleep's poll takes its signal: the selector must report it
     itself, or the loop's reader would never run for the cancel that woke it."""
-    import zmq
-    from services.shell import Urgent
     ctx, receiver, sender = _pair()
     urgent = Urgent(receiver)
-    selector = PacedSelector(60.0, urgent=urgent, urgent_fd=receiver.FD)
+    selector = PacedSelector(60.0, urgent=urgent)
     try:
         selector.register(receiver.FD, 1)
         selector.pacer.woke()  # it woke just now: the next select sleeps out up to 60 s, unless woken
         sender.send(b"cancel")
         events = selector.select(None)
-        assert urgent.ready
+        assert urgent.ready == [receiver.FD]
         assert [key.fd for key, _ in events] == [receiver.FD]
         assert receiver.recv(zmq.NOBLOCK) == b"cancel"
     finally:
@@ -101,15 +100,14 @@ def test_a_message_on_an_urgent_socket_ends_the_sleep_and_its_descriptor_is_repo
 
 
 def test_an_urgent_sleep_with_nothing_arriving_ends_not_ready_and_reports_nothing():
-    from services.shell import Urgent
     ctx, receiver, sender = _pair()
     urgent = Urgent(receiver)
-    selector = PacedSelector(0.002, urgent=urgent, urgent_fd=receiver.FD)
+    selector = PacedSelector(0.002, urgent=urgent)
     try:
         selector.register(receiver.FD, 1)
-        receiver.getsockopt(__import__("zmq").EVENTS)  # the connection's own signal, taken: the descriptor is quiet
+        receiver.getsockopt(zmq.EVENTS)  # the connection's own signal, taken: the descriptor is quiet
         selector.pacer.woke()
-        assert selector.select(0.01) == [] and not urgent.ready
+        assert selector.select(0.01) == [] and urgent.ready == []
     finally:
         selector.close()
         receiver.close(0)
