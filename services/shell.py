@@ -131,13 +131,20 @@ class Urgent:
     "A stop is never paced"). ``ready`` holds the descriptors of the sockets the last sleep ended for."""
 
     def __init__(self, *socks: zmq.Socket) -> None:
+        self.socks = socks
+        self.fds = {id(sock): sock.FD for sock in socks}
         self.poller = zmq.Poller()
         for sock in socks:
             self.poller.register(sock, zmq.POLLIN)
         self.ready: list[int] = []
 
     def sleep(self, seconds: float) -> None:
-        self.ready = [sock.FD for sock, _ in self.poller.poll(round(seconds * 1000))]
+        if any(sock.closed for sock in self.socks):  # shutting down (a loop's last turns): a plain sleep
+            self.ready = []
+            time.sleep(seconds)
+            return
+        ready = self.poller.poll(round(seconds * 1000))
+        self.ready = [self.fds[id(sock)] for sock, _ in ready if id(sock) in self.fds]
 
 
 class PacedSelector(selectors.DefaultSelector):

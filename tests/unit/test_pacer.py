@@ -113,3 +113,18 @@ def test_an_urgent_sleep_with_nothing_arriving_ends_not_ready_and_reports_nothin
         receiver.close(0)
         sender.close(0)
         ctx.term()
+
+
+def test_a_paced_select_after_its_urgent_socket_closed_sleeps_plainly():
+    """A loop's last turns (asyncio's shutdown) run after the sockets are closed: no poll of a closed socket."""
+    ctx, receiver, sender = _pair()
+    urgent = Urgent(receiver)
+    selector = PacedSelector(0.002, urgent=urgent)
+    try:
+        receiver.close(0)
+        selector.pacer.woke()
+        assert selector.select(0.01) == [] and urgent.ready == []
+    finally:
+        selector.close()
+        sender.close(0)
+        ctx.term()
