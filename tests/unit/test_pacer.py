@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import zmq
 
 from services.shell import PacedSelector, Pacer, Urgent
@@ -70,61 +71,56 @@ def test_the_paced_selector_waits_only_where_the_loop_would_wait_and_counts_the_
         right.close()
 
 
-def _pair():
+@pytest.fixture
+def urgent_pair():
+    """A receiving and a sending zmq PAIR, and a paced selector with an ``Urgent`` over the receiver; all closed
+    after the test."""
     ctx = zmq.Context()
-    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    a.bind("inproc://urgent")
-    b.connect("inproc://urgent")
-    return ctx, a, b
+    receiver, sender = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    receiver.bind("inproc://urgent")
+    sender.connect("inproc://urgent")
+    selectors: list[PacedSelector] = []
+
+    def paced(period_s: float) -> tuple[PacedSelector, Urgent]:
+        urgent = Urgent(receiver)
+        selectors.append(PacedSelector(period_s, urgent=urgent))
+        return selectors[-1], urgent
+
+    yield receiver, sender, paced
+    for selector in selectors:
+        selector.close()
+    receiver.close(0)
+    sender.close(0)
+    ctx.term()
 
 
-def test_a_message_on_an_urgent_socket_ends_the_sleep_and_its_descriptor_is_reported_ready():
+def test_a_message_on_an_urgent_socket_ends_the_sleep_and_its_descriptor_is_reported_ready(urgent_pair):
     """zmq's descriptor is edge-triggered, and the sleep's poll takes its signal: the selector must report it
     itself, or the loop's reader would never run for the cancel that woke it."""
-    ctx, receiver, sender = _pair()
-    urgent = Urgent(receiver)
-    selector = PacedSelector(60.0, urgent=urgent)
-    try:
-        selector.register(receiver.FD, 1)
-        selector.pacer.woke()  # it woke just now: the next select sleeps out up to 60 s, unless woken
-        sender.send(b"cancel")
-        events = selector.select(None)
-        assert urgent.ready == [receiver.FD]
-        assert [key.fd for key, _ in events] == [receiver.FD]
-        assert receiver.recv(zmq.NOBLOCK) == b"cancel"
-    finally:
-        selector.close()
-        receiver.close(0)
-        sender.close(0)
-        ctx.term()
+    receiver, sender, paced = urgent_pair
+    selector, urgent = paced(60.0)
+    selector.register(receiver.FD, 1)
+    selector.pacer.woke()  # it woke just now: the next select sleeps out up to 60 s, unless woken
+    sender.send(b"cancel")
+    events = selector.select(None)
+    assert urgent.ready == [receiver.FD]
+    assert [key.fd for key, _ in events] == [receiver.FD]
+    assert receiver.recv(zmq.NOBLOCK) == b"cancel"
 
 
-def test_an_urgent_sleep_with_nothing_arriving_ends_not_ready_and_reports_nothing():
-    ctx, receiver, sender = _pair()
-    urgent = Urgent(receiver)
-    selector = PacedSelector(0.002, urgent=urgent)
-    try:
-        selector.register(receiver.FD, 1)
-        receiver.getsockopt(zmq.EVENTS)  # the connection's own signal, taken: the descriptor is quiet
-        selector.pacer.woke()
-        assert selector.select(0.01) == [] and urgent.ready == []
-    finally:
-        selector.close()
-        receiver.close(0)
-        sender.close(0)
-        ctx.term()
+def test_an_urgent_sleep_with_nothing_arriving_ends_not_ready_and_reports_nothing(urgent_pair):
+    receiver, _, paced = urgent_pair
+    selector, urgent = paced(0.002)
+    selector.register(receiver.FD, 1)
+    receiver.getsockopt(zmq.EVENTS)  # the connection's own signal, taken: the descriptor is quiet
+    selector.pacer.woke()
+    assert selector.select(0.01) == [] and urgent.ready == []
 
 
-def test_a_paced_select_after_its_urgent_socket_closed_sleeps_plainly():
+def test_a_paced_select_after_its_urgent_socket_closed_sleeps_plainly(urgent_pair):
     """A loop's last turns (asyncio's shutdown) run after the sockets are closed: no poll of a closed socket."""
-    ctx, receiver, sender = _pair()
-    urgent = Urgent(receiver)
-    selector = PacedSelector(0.002, urgent=urgent)
-    try:
-        receiver.close(0)
-        selector.pacer.woke()
-        assert selector.select(0.01) == [] and urgent.ready == []
-    finally:
-        selector.close()
-        sender.close(0)
-        ctx.term()
+    receiver, _, paced = urgent_pair
+    selector, urgent = paced(0.002)
+    receiver.close(0)
+    selector.pacer.woke()
+    assert selector.select(0.01) == [] and urgent.ready == []
