@@ -193,6 +193,7 @@ class CoordinatorShell:
         poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
         pacer = shell.Pacer(self.settings.wake_ms / 1000, sleep=shell.Urgent(self.rpc).sleep)  # CHATTER_WAKE_MS
+        shell.settle_heap()
         while not self.stopping:
             pacer.pace()
             now = time.time()

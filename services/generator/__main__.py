@@ -469,6 +469,7 @@ class GeneratorShell:
         workers = [asyncio.create_task(c) for c in (self.pull_jobs(), self.heartbeat(), self.learn_contexts())]
         loop.add_reader(self.control.FD, self.on_control)
         self.on_control()  # what came before the reader was added does not signal again
+        shell.settle_heap()
         self.log.info("generator_ready", generator_id=self.generator_id, upstream=self.settings.base_url,
                       concurrency=self.concurrency, streaming=self.streaming)
         await self.stop.wait()

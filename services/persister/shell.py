@@ -57,6 +57,7 @@ class PersisterShell:
         # The coordinator answers with the live messages; every other streaming one is then interrupted.
         self.say_hello()
         self.log.info("persister_ready", database=store.describe_url(self.url))
+        shell.settle_heap()
         while not self.stopping:
             if self.retry.holding:  # a failed transaction's operations go first, after their backoff
                 wait_s = self.retry.retry_at - time.time()
