@@ -102,8 +102,9 @@ def default_model() -> str:
 
 
 def wake_ms() -> int:
-    """A loop not busy wakes at most once in this many ms (coordinator and generator; ``shell.Pacer``)."""
-    return env_int("CHATTER_WAKE_MS", 5, lo=0, hi=100)
+    """The longest period of a paced loop (coordinator and generator; ``shell.Pacer``): a lightly loaded one
+    wakes at most once in this many ms, a busier one sooner."""
+    return env_int("CHATTER_WAKE_MS", 20, lo=0, hi=100)
 
 
 # ---------------------------------------------------------------- one dataclass per process
@@ -142,7 +143,7 @@ class CoordinatorSettings:
     # the shell's
     stream_hwm: int = 0  # 0: the stream channel's own
     database_url: str = "sqlite:///data/chatter.db"
-    wake_ms: int = 5
+    wake_ms: int = 20
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -185,7 +186,7 @@ class GeneratorSettings:
     # a live stream decoded inside the socket's callback (fed.py), or through the client's byte iterator
     stream_reader: str = "fed"
     think_tags: str = "auto"  # a leading <think>...</think> in the content is thinking: auto, on or off
-    wake_ms: int = 5
+    wake_ms: int = 20
 
     @classmethod
     def from_env(cls) -> GeneratorSettings:

@@ -115,25 +115,48 @@ class RefusalWatch:
             self.monitor.close(0)
 
 
+# A paced wake-up should carry this much of the loop's work: a wake-up itself costs ~150-200 µs of CPU on this
+# project's machine (docs/PERFORMANCE.md, "A period that follows the load"), so a wake with less is mostly
+# overhead, and one with more gains little from waiting longer.
+WAKE_WORK_S = 0.001
+BUSY_WEIGHT = 0.1  # each pace's share in the busy estimate: it follows the load within ~10 wake-ups
+
+
 class Pacer:
-    """At most one wake-up of a loop per ``period_s`` while it is not busy: a loop that slept comes back after
-    the rest of its period, so whatever arrived meanwhile (deltas of many streams, a reply's acks) is taken
-    in one wake-up rather than one each. A busy loop (its turn took a period or more) never waits. Each
-    waits at most ``period_s``, so a message waits that much longer at most, per process
-    (docs/PERFORMANCE.md, "Wake-ups: a loop paced at low load")."""
+    """At most one wake-up of a loop per period while it is not busy: a loop that slept comes back after the
+    rest of its period, so whatever arrived meanwhile (deltas of many streams, a reply's acks) is taken in one
+    wake-up rather than one each. The period follows the load: long enough for ``work_s`` of the loop's work
+    to arrive at its recent rate (the share of time its thread spends on the CPU), and at most ``period_s``
+    (CHATTER_WAKE_MS). So a lightly loaded loop wakes rarely, and a busy one, whose wake-ups already carry
+    much, is hardly paced at all and adds no latency. Each message waits at most the period longer, per
+    process (docs/PERFORMANCE.md, "Wake-ups: a loop paced at low load"). While ``hurry`` says so (a reply
+    waits for its first token), the loop does not wait at all: a first token is never paced."""
 
     def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.period_s = period_s
+                 sleep: Callable[[float], None] = time.sleep, hurry: Callable[[], bool] | None = None,
+                 cpu_clock: Callable[[], float] = time.thread_time, work_s: float = WAKE_WORK_S) -> None:
+        self.period_s, self.work_s = period_s, work_s
         self.woke_at = float("-inf")
-        self.clock, self.sleep = clock, sleep
+        self.clock, self.sleep, self.cpu_clock = clock, sleep, cpu_clock
+        self.hurry = hurry
+        self.busy = 0.0  # the share of wall time the loop's thread is on the CPU (a moving average)
+        self.paced_at: float | None = None
+        self.cpu_at = 0.0
+
+    def period(self) -> float:
+        """How long the loop's wake-ups are apart at most, now."""
+        return min(self.period_s, self.work_s / self.busy) if self.busy > 0 else self.period_s
 
     def pace(self) -> float:
         """Before a loop waits for its sockets: sleep out the rest of the period since the last wake-up (a
         ``sleep`` may end early: ``Urgent.sleep``). Returns the seconds slept."""
-        start = self.clock()
-        rest = self.woke_at + self.period_s - start
-        if rest <= 0:
+        start, cpu = self.clock(), self.cpu_clock()
+        if self.paced_at is not None and start > self.paced_at:
+            sample = min(1.0, (cpu - self.cpu_at) / (start - self.paced_at))
+            self.busy += BUSY_WEIGHT * (sample - self.busy)
+        self.paced_at, self.cpu_at = start, cpu
+        rest = self.woke_at + self.period() - start
+        if rest <= 0 or (self.hurry is not None and self.hurry()):
             return 0.0
         self.sleep(rest)
         return self.clock() - start
@@ -144,8 +167,8 @@ class Pacer:
 
 class Urgent:
     """What ends a pacer's sleep at once: a message on one of these zmq sockets (a client's request in the
-    coordinator, a cancel in the generator), so that pacing never delays a stop (docs/PERFORMANCE.md,
-    "A stop is never paced"). ``ready`` holds the descriptors of the sockets the last sleep ended for."""
+    coordinator, a cancel or a new job in the generator), so that pacing never delays a stop or a new reply
+    (docs/PERFORMANCE.md, "A stop is never paced"). ``ready`` holds the descriptors of the sockets the last sleep ended for."""
 
     def __init__(self, *socks: zmq.Socket) -> None:
         self.socks = socks
@@ -170,9 +193,10 @@ class PacedSelector(selectors.DefaultSelector):
     sockets ends the sleep, and that socket's descriptor is reported ready: zmq's descriptor is
     edge-triggered, and the sleep's poll has taken its signal."""
 
-    def __init__(self, period_s: float, pacer: Pacer | None = None, urgent: Urgent | None = None) -> None:
+    def __init__(self, period_s: float, pacer: Pacer | None = None, urgent: Urgent | None = None,
+                 hurry: Callable[[], bool] | None = None) -> None:
         super().__init__()
-        self.pacer = pacer or Pacer(period_s, sleep=urgent.sleep if urgent else time.sleep)
+        self.pacer = pacer or Pacer(period_s, sleep=urgent.sleep if urgent else time.sleep, hurry=hurry)
         self.urgent = urgent
 
     def select(self, timeout=None):

@@ -192,7 +192,8 @@ class CoordinatorShell:
         keys_checked_at = 0.0
         poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
-        pacer = shell.Pacer(self.settings.wake_ms / 1000, sleep=shell.Urgent(self.rpc).sleep)  # CHATTER_WAKE_MS
+        pacer = shell.Pacer(self.settings.wake_ms / 1000, sleep=shell.Urgent(self.rpc).sleep,  # CHATTER_WAKE_MS
+                            hurry=self.machine.first_token_awaited)
         shell.settle_heap()
         while not self.stopping:
             pacer.pace()

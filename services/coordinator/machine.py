@@ -40,6 +40,7 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.stored_summaries: dict[str, results.SessionSummary] = {}
         self.stored_matches: dict[str, list[str]] = {}  # a prefix -> the stored ids it matches (the last read)
         self.active: dict[str, GenerationState] = {}  # queued or streaming
+        self.first_token_candidates: set[str] = set()  # dispatched before a first token (``first_token_awaited``)
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms, self.instance)
         self.generators: dict[str, GeneratorInfo] = {}

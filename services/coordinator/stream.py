@@ -473,7 +473,22 @@ class StreamRules:
     def _dispatch(self, gen: GenerationState, now: float, out: list) -> None:
         gen.dispatched_at = now
         gen.run_started_at = None
+        if gen.first_token_at is None:
+            self.first_token_candidates.add(gen.generation_id)
         out.append(ToGenerators(gen.job or self._job(gen)))
+
+    def first_token_awaited(self) -> bool:
+        """Whether a reply still waits for its first token: the shell's loop is not paced then, so the first
+        token reaches clients at once. The candidates are every reply dispatched before its first token; the
+        ones that have one, or ended, leave as they are found, so each call costs O(1) amortized."""
+        candidates = self.first_token_candidates
+        while candidates:
+            gen_id = candidates.pop()
+            gen = self.active.get(gen_id)
+            if gen is not None and gen.first_token_at is None:
+                candidates.add(gen_id)
+                return True
+        return False
 
     # ------------------------------------------------------------ continuing after a fault
 

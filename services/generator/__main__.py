@@ -99,6 +99,7 @@ class GeneratorShell:
         self.unsent: collections.deque[bytes] = collections.deque()  # held while the coordinator's queue is full
         self.unsent_dropped = 0
         self.live: dict[str, Generation] = {}  # generation id -> its stream's state, while it runs
+        self.first_token_candidates: set[str] = set()  # started here before a first delta (``first_token_awaited``)
         # recently ended: generation id -> (its state, the event that ended it, when), for a restarted coordinator
         self.ended: collections.OrderedDict[str, tuple[Generation, m.Message, float]] = collections.OrderedDict()
         self.coordinator_instance: str | None = None
@@ -290,6 +291,7 @@ class GeneratorShell:
         self.client_streams[gen.client_index] += 1
         log = self.log.bind(generation_id=job.generation_id)
         self.live[job.generation_id] = gen
+        self.first_token_candidates.add(job.generation_id)
         try:
             self.emit(m.GenStarted(job.generation_id, self.generator_id))
             await self.attempt_until_deadline(gen)
@@ -326,6 +328,18 @@ class GeneratorShell:
         now = time.time()
         for thinking, seq, text in gen.take_held():
             self.emit_delta(gen.job.generation_id, seq, text, count_tokens(text, gen.job.model), now, thinking)
+
+    def first_token_awaited(self) -> bool:
+        """Whether a stream here has sent no delta yet: the event loop is not paced then (``shell.Pacer``). The
+        candidates leave as they are found streaming or ended, so each call costs O(1) amortized."""
+        candidates = self.first_token_candidates
+        while candidates:
+            gen_id = candidates.pop()
+            gen = self.live.get(gen_id)
+            if gen is not None and not gen.emitted:
+                candidates.add(gen_id)
+                return True
+        return False
 
     @staticmethod
     def done(gen: Generation) -> m.GenDone:
@@ -458,7 +472,9 @@ class GeneratorShell:
 
     def run(self) -> None:
         period = self.settings.wake_ms / 1000  # CHATTER_WAKE_MS: see shell.Pacer
-        selector = shell.PacedSelector(period, urgent=shell.Urgent(self.control))  # a cancel ends the pacer's sleep
+        # a cancel or a new job ends the pacer's sleep; a stream waiting for its first token keeps it from sleeping
+        selector = shell.PacedSelector(period, urgent=shell.Urgent(self.control, self.jobs),
+                                       hurry=self.first_token_awaited)
         with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
             runner.run(self.main())
 

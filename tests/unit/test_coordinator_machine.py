@@ -453,3 +453,59 @@ def test_a_prefix_resolves_against_the_stored_sessions_and_those_in_memory():
     assert resolve("i", ["i999"]).error == "i matches 2 sessions; give more of the id"
     assert resolve("zz").error == "unknown session zz"
     assert "cannot be empty" in resolve(" ").error
+
+
+# ---------------------------------------------------------------- a first token is never paced
+
+
+def awaited_by_definition(machine: Coordinator) -> bool:
+    return any(gen.first_token_at is None for gen in machine.active.values())
+
+
+def test_a_reply_is_awaited_from_its_send_until_its_first_delta_or_its_end_and_again_when_rerun():
+    machine = make(generator_dead_ms=3000)
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 2, 0), 100.0)
+    assert not machine.first_token_awaited()
+    _, first, _ = start(machine, "one", now=100.0)
+    assert machine.first_token_awaited()
+    delta(machine, first.generation_id, 1, "hi", 100.1)
+    assert not machine.first_token_awaited()  # streaming: its loop may be paced again
+    sid, second, _ = start(machine, "two", now=100.2)
+    assert machine.first_token_awaited()
+    assert reply(machine.handle_rpc(CLIENT, m.Cancel(3, sid), 100.3)).ok
+    assert not machine.first_token_awaited()  # cancelled before a token: nothing is awaited any more
+    _, third, _ = start(machine, "three", now=100.4)
+    out = machine.tick(103.5)  # its generator is lost before a token: the job runs again, still awaited
+    assert [e.msg.generation_id for e in effects(out, ToGenerators)] == [third.generation_id]
+    assert machine.first_token_awaited()
+    delta(machine, third.generation_id, 1, "at last", 103.6)
+    assert not machine.first_token_awaited()
+
+
+@settings(max_examples=200, deadline=None)
+@given(plan=st.lists(st.tuples(st.sampled_from(["send", "delta", "cancel", "done", "tick"]),
+                               st.integers(0, 5), st.floats(0, 2.0)), max_size=40))
+def test_first_token_awaited_is_always_whether_some_active_reply_has_no_token(plan):
+    machine = make(generator_dead_ms=3000)
+    now = 100.0
+    machine.handle_event(m.GeneratorHeartbeat("gen-A", 60, 8, 0), now)
+    replies: list[tuple[str, str, list[int]]] = []  # (session id, generation id, [deltas sent])
+    for action, pick, step in plan:
+        now += step
+        live = [r for r in replies if r[1] in machine.active]
+        if action == "send" or not live:
+            sid, r, _ = start(machine, f"text {len(replies)}", now=now)
+            replies.append((sid, r.generation_id, [0]))
+        elif action == "delta":
+            sid, gen_id, seq = live[pick % len(live)]
+            seq[0] += 1
+            delta(machine, gen_id, seq[0], "x", now)
+        elif action == "cancel":
+            sid, gen_id, _ = live[pick % len(live)]
+            machine.handle_rpc(CLIENT, m.Cancel(3, sid), now)
+        elif action == "done":
+            sid, gen_id, seq = live[pick % len(live)]
+            machine.handle_event(m.GenDone(gen_id, seq[0], seq[0], "stop", seq[0], "server"), now)
+        else:
+            machine.tick(now)
+        assert machine.first_token_awaited() == awaited_by_definition(machine)
