@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from protocol import messages as m
 from services.coordinator.machine import (Coordinator, Log, ReplyTo, Settings, ToClients, ToControl, ToGenerators,
                                           ToPersister, content_hash)
+from services.coordinator.stream import next_checkpoint
 
 CLIENT = b"client-1"
 
@@ -270,6 +271,29 @@ def test_checkpoints_follow_their_cadence_and_size():
     outs.append(delta(machine, gen_id, 4, "123456789", 100.26))  # past checkpoint_chars: at once
     assert [e.msg.text for e in effects(outs[-1], ToPersister, m.Append)] == ["123456789"]
     assert persisted_text(outs) == "abcdef123456789"
+
+
+def test_replies_streaming_together_checkpoint_together_on_one_grid():
+    """Two replies whose first checkpoints went out at different moments send their next ones in the same tick,
+    at the shared grid point (every 250 ms), so the persister gets them in one bundle."""
+    machine = make(flush_ms=0, checkpoint_ms=250, checkpoint_chars=1000)
+    _, a, _ = start(machine, "one", now=100.0)
+    _, b, _ = start(machine, "two", now=100.0)
+    outs = [delta(machine, a.generation_id, 1, "a1", 100.03), delta(machine, b.generation_id, 1, "b1", 100.17)]
+    outs += [delta(machine, a.generation_id, 2, "a2", 100.1), delta(machine, b.generation_id, 2, "b2", 100.2)]
+    assert [len(effects(o, ToPersister, m.Append)) for o in outs] == [1, 1, 0, 0]  # the first ones at once
+    assert effects(machine.tick(100.249), ToPersister, m.Append) == []
+    both = effects(machine.tick(100.25), ToPersister, m.Append)
+    assert sorted(e.msg.text for e in both) == ["a2", "b2"]
+
+
+@given(last_s=st.floats(0, 2e9), period_ms=st.integers(1, 10_000))
+def test_the_next_checkpoint_is_on_the_grid_after_the_last_and_within_one_period(last_s, period_ms):
+    period_s = period_ms / 1000
+    due = next_checkpoint(last_s, period_s)
+    assert last_s < due <= last_s + period_s * (1 + 1e-9)  # text waits at most one period, as before
+    slot = due / period_s
+    assert abs(slot - round(slot)) < 1e-6 * max(1.0, slot)  # on the grid every reply shares
 
 
 # ---------------------------------------------------------------- finalize
