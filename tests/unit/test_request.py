@@ -67,3 +67,19 @@ def test_an_error_status_raises_the_clients_own_error():
         finally:
             await client.close()
     asyncio.run(run())
+
+
+def test_requests_from_the_shared_options_each_carry_their_own_body_and_key():
+    """The options are built once (``request._TEMPLATE``): each request copies them, so no body or key leaks
+    from one request into another, and the template is left as it was."""
+    seen = []
+    for key, text in (("sk-first", "one"), ("sk-second", "two")):
+        messages = [{"role": "user", "content": text}]
+
+        def send(client, messages=messages, key=key):
+            client.api_key = key
+            return fast.streaming_request(client, fast.request_body("m", messages, None, True, False))
+        seen += sent_requests(send)
+    assert [json.loads(r.content)["messages"][0]["content"] for r in seen] == ["one", "two"]
+    assert [r.headers["authorization"] for r in seen] == ["Bearer sk-first", "Bearer sk-second"]
+    assert fast._TEMPLATE.json_data is None
