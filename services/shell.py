@@ -168,7 +168,8 @@ class Pacer:
 class Urgent:
     """What ends a pacer's sleep at once: a message on one of these zmq sockets (a client's request in the
     coordinator, a cancel or a new job in the generator), so that pacing never delays a stop or a new reply
-    (docs/PERFORMANCE.md, "A stop is never paced"). ``ready`` holds the descriptors of the sockets the last sleep ended for."""
+    (docs/PERFORMANCE.md, "A stop is never paced"). ``ready`` holds the descriptors of the sockets the last
+    sleep ended for."""
 
     def __init__(self, *socks: zmq.Socket) -> None:
         self.socks = socks

@@ -19,6 +19,7 @@ from services.coordinator.persistence import PersistTracker
 from services.coordinator.requests import Requests
 from services.coordinator.sessions import SessionState
 from services.coordinator.stream import GenerationState, GeneratorInfo, StreamRules
+from services.waiting import FirstTokenWait
 
 # what the shell and the tests take from here: the machine, its settings, and the effects it returns
 __all__ = ["Coordinator", "Settings", "Log", "ReadGeneration", "ReplyTo", "RequestRefused", "ToClients", "ToControl",
@@ -40,7 +41,8 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.stored_summaries: dict[str, results.SessionSummary] = {}
         self.stored_matches: dict[str, list[str]] = {}  # a prefix -> the stored ids it matches (the last read)
         self.active: dict[str, GenerationState] = {}  # queued or streaming
-        self.first_token_candidates: set[str] = set()  # dispatched before a first token (``first_token_awaited``)
+        # the replies dispatched before their first token; asked before each paced sleep (``first_token_awaited``)
+        self.first_token_wait = FirstTokenWait(self._awaits_first_token)
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms, self.instance)
         self.generators: dict[str, GeneratorInfo] = {}

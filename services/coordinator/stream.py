@@ -337,6 +337,7 @@ class StreamRules:
         """A generation leaves ``active``: its record takes its final texts, status and stats, clients get the
         text they lack, and its session is free for the next reply."""
         del self.active[gen.generation_id]
+        self.first_token_wait.ended(gen.generation_id)
         gen.status, gen.ended_at, gen.error = status, now, error
         if gen.thinking_started_at is not None and gen.thinking_ended_at is None:
             gen.thinking_ended_at = now  # it thought to the end (a cancel mid-thought: no answer)
@@ -486,21 +487,17 @@ class StreamRules:
         gen.dispatched_at = now
         gen.run_started_at = None
         if gen.first_token_at is None:
-            self.first_token_candidates.add(gen.generation_id)
+            self.first_token_wait.add(gen.generation_id)
         out.append(ToGenerators(gen.job or self._job(gen)))
 
     def first_token_awaited(self) -> bool:
         """Whether a reply still waits for its first token: the shell's loop is not paced then, so the first
-        token reaches clients at once. The candidates are every reply dispatched before its first token; the
-        ones that have one, or ended, leave as they are found, so each call costs O(1) amortized."""
-        candidates = self.first_token_candidates
-        while candidates:
-            gen_id = candidates.pop()
-            gen = self.active.get(gen_id)
-            if gen is not None and gen.first_token_at is None:
-                candidates.add(gen_id)
-                return True
-        return False
+        token reaches clients at once."""
+        return self.first_token_wait()
+
+    def _awaits_first_token(self, gen_id: str) -> bool:
+        gen = self.active.get(gen_id)
+        return gen is not None and gen.first_token_at is None
 
     # ------------------------------------------------------------ continuing after a fault
 

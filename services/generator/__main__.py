@@ -36,6 +36,7 @@ from services.generator.request import request_body, streaming_request
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError, reasoning_of
 from services.logs import redact
 from services.tokens import count_tokens
+from services.waiting import FirstTokenWait
 
 # What a request to the upstream can raise: a status, a connection failure (the openai client's own, or its
 # HTTP backends' when they escape it), or our read deadline.
@@ -99,7 +100,9 @@ class GeneratorShell:
         self.unsent: collections.deque[bytes] = collections.deque()  # held while the coordinator's queue is full
         self.unsent_dropped = 0
         self.live: dict[str, Generation] = {}  # generation id -> its stream's state, while it runs
-        self.first_token_candidates: set[str] = set()  # started here before a first delta (``first_token_awaited``)
+        # the streams started here with no delta sent yet: while there is one, the event loop is not paced
+        self.first_token_awaited = FirstTokenWait(lambda gen_id: (gen := self.live.get(gen_id)) is not None
+                                                  and not gen.emitted)
         # recently ended: generation id -> (its state, the event that ended it, when), for a restarted coordinator
         self.ended: collections.OrderedDict[str, tuple[Generation, m.Message, float]] = collections.OrderedDict()
         self.coordinator_instance: str | None = None
@@ -291,7 +294,7 @@ class GeneratorShell:
         self.client_streams[gen.client_index] += 1
         log = self.log.bind(generation_id=job.generation_id)
         self.live[job.generation_id] = gen
-        self.first_token_candidates.add(job.generation_id)
+        self.first_token_awaited.add(job.generation_id)
         try:
             self.emit(m.GenStarted(job.generation_id, self.generator_id))
             await self.attempt_until_deadline(gen)
@@ -314,6 +317,7 @@ class GeneratorShell:
         finally:
             self.client_streams[gen.client_index] -= 1
             self.live.pop(job.generation_id, None)
+            self.first_token_awaited.ended(job.generation_id)
             self.tasks.pop(job.generation_id, None)
             self.capacity.release()
 
@@ -328,18 +332,6 @@ class GeneratorShell:
         now = time.time()
         for thinking, seq, text in gen.take_held():
             self.emit_delta(gen.job.generation_id, seq, text, count_tokens(text, gen.job.model), now, thinking)
-
-    def first_token_awaited(self) -> bool:
-        """Whether a stream here has sent no delta yet: the event loop is not paced then (``shell.Pacer``). The
-        candidates leave as they are found streaming or ended, so each call costs O(1) amortized."""
-        candidates = self.first_token_candidates
-        while candidates:
-            gen_id = candidates.pop()
-            gen = self.live.get(gen_id)
-            if gen is not None and not gen.emitted:
-                candidates.add(gen_id)
-                return True
-        return False
 
     @staticmethod
     def done(gen: Generation) -> m.GenDone:

@@ -532,4 +532,5 @@ def test_first_token_awaited_is_always_whether_some_active_reply_has_no_token(pl
             machine.handle_event(m.GenDone(gen_id, seq[0], seq[0], "stop", seq[0], "server"), now)
         else:
             machine.tick(now)
+        assert len(machine.first_token_wait.candidates) <= len(machine.active)  # bounded without being asked
         assert machine.first_token_awaited() == awaited_by_definition(machine)
