@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
+import socket
+import threading
 import time
 import uuid
 
@@ -28,7 +31,7 @@ import zmq.asyncio
 
 from protocol import codec, messages as m, transport
 from services import config, shell
-from services.generator.fed import Sink, fed, reader_of
+from services.generator.fed import Sink, fed, reader_of, transport_of
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
                                       context_lengths, not_an_event_stream, retry_delay, server_kind,
                                       server_words, status_failure)
@@ -111,6 +114,7 @@ class GeneratorShell:
         self.control = transport.open_socket(self.sync_ctx, transport.CONTROL, bind=False,
                                              subscribe=m.CONTROL_TOPIC_ALL)
         self.tasks: dict[str, asyncio.Task] = {}
+        self.connections: dict[str, asyncio.Transport] = {}  # generation id -> its live response's connection
         self.cancelled_early: dict[str, float] = {}  # cancels that beat their job here
         self.retries = 0
         self.bad_frames = 0
@@ -214,11 +218,51 @@ class GeneratorShell:
         elif isinstance(msg, m.ResumeGeneration):
             self.resume(msg)
         elif isinstance(msg, m.CancelGeneration):
-            task = self.tasks.get(msg.generation_id)
-            if task is not None:
-                task.cancel()  # closes the upstream response inside ``run``
-            else:
+            if not self.stop_generation(msg.generation_id):
                 self.cancelled_early[msg.generation_id] = time.monotonic()
+
+    def stop_at_once(self) -> None:
+        """The stopper thread: a subscription of its own to the control channel, so that a cancel shuts its
+        upstream connection down while the event loop is still busy with its turn. Under a burst one turn
+        runs for tens of ms; this thread waits for the interpreter's lock at most its switch interval (5 ms).
+        It only marks the generation stopped and shuts the socket down (a system call, safe from any thread);
+        the loop reads the same cancel and does the rest (``stop_generation``). Measured: docs/PERFORMANCE.md,
+        "Cancel latency"."""
+        control = transport.open_socket(self.sync_ctx, transport.CONTROL, bind=False, subscribe=m.CONTROL_TOPIC_ALL)
+        try:
+            while True:
+                frame = control.recv()
+                try:
+                    msg = codec.decode(transport.payload_of(frame), (m.CancelGeneration,))
+                except codec.FrameError:
+                    continue  # a heartbeat, a resume or a bad frame: the loop's to read
+                gen, connection = self.live.get(msg.generation_id), self.connections.get(msg.generation_id)
+                if gen is not None and connection is not None:
+                    gen.stopped = True  # first: the connection's end is the stop's, never retried
+                    shut_down(connection)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            control.close(0)
+
+    def stop_generation(self, generation_id: str) -> bool:
+        """Stop a generation now; False if it is not running here. Its upstream connection is shut down in
+        this callback, so the server sees it close at once: not after the task's next step and the
+        transport's close, each a turn of a loop that runs long under a burst (docs/PERFORMANCE.md, "Cancel
+        latency"). The generation is marked first, so that its closed connection is never taken for a
+        failure of the upstream and retried; then its task is cancelled, which ends the response."""
+        task = self.tasks.get(generation_id)
+        if task is None:
+            return False
+        gen = self.live.get(generation_id)
+        if gen is not None:
+            gen.stopped = True
+        connection = self.connections.pop(generation_id, None)
+        if connection is not None:
+            shut_down(connection)
+            connection.abort()  # closed, never back in the pool
+        task.cancel()
+        return True
 
     def announce(self) -> None:
         held = [(gen, False) for gen in self.live.values()] + [(gen, True) for gen, _, _ in self.ended.values()]
@@ -273,8 +317,8 @@ class GeneratorShell:
             now = time.monotonic()
             if self.tasks and now - self.coordinator_heard_at > self.coordinator_silent_s:
                 self.log.warning("coordinator_silent", cancelling=len(self.tasks))
-                for task in self.tasks.values():
-                    task.cancel()  # never leave an upstream request orphaned
+                for generation_id in list(self.tasks):
+                    self.stop_generation(generation_id)  # never leave an upstream request orphaned
             for gen_id, at in list(self.cancelled_early.items()):
                 if now - at > 60:
                     del self.cancelled_early[gen_id]
@@ -367,10 +411,14 @@ class GeneratorShell:
 
 
     async def stream_once(self, gen: Generation) -> None:
+        generation_id = gen.job.generation_id
         try:
             async with asyncio.timeout(self.first_token_s) as read_deadline, \
                     streaming_request(self.clients[gen.client_index], request_body(
                         gen.job.model, gen.job.messages, gen.job.params, True, self.include_usage)) as response:
+                transport = transport_of(response)
+                if transport is not None:
+                    self.connections[generation_id] = transport  # for a stop to close at once
                 content_type = response.headers.get("content-type")
                 if not (content_type or "").startswith("text/event-stream"):
                     head = b""
@@ -388,6 +436,10 @@ class GeneratorShell:
             raise self._failure(gen, exc) from None
         except UpstreamProtocolError as exc:
             raise JobFailed(str(exc)) from None
+        finally:
+            self.connections.pop(generation_id, None)
+        if gen.stopped:  # the stream ended because a stop closed it
+            raise asyncio.CancelledError
         gen.check_ended(saw_done)
 
     async def read_fed(self, gen: Generation, reader, read_deadline: asyncio.Timeout) -> bool:
@@ -445,8 +497,11 @@ class GeneratorShell:
             reasoning_of(choice.message.model_extra or {}),  # fields the openai types do not name
             details.reasoning_tokens if details else None))
 
-    def _failure(self, gen: Generation, exc: Exception) -> Exception:
-        """An upstream failure as the exception that says what happens next, in words."""
+    def _failure(self, gen: Generation, exc: Exception) -> BaseException:
+        """An upstream failure as the exception that says what happens next, in words. A stopped generation's
+        is its stop: a connection it closed itself is neither retried nor an error."""
+        if gen.stopped:
+            return asyncio.CancelledError()
         if isinstance(exc, openai.APIStatusError):
             return status_failure(exc.status_code, _error_message(exc), exc.response.headers.get("retry-after"))
         if isinstance(exc, aiohttp.ClientResponseError):  # aiohttp's parser could not read the answer
@@ -476,6 +531,7 @@ class GeneratorShell:
             loop.add_signal_handler(sig, self.stop.set)
         workers = [asyncio.create_task(c) for c in (self.pull_jobs(), self.heartbeat(), self.learn_contexts())]
         loop.add_reader(self.control.FD, self.on_control)
+        threading.Thread(target=self.stop_at_once, name="generator-stopper", daemon=True).start()
         self.on_control()  # what came before the reader was added does not signal again
         shell.settle_heap()
         self.log.info("generator_ready", generator_id=self.generator_id, upstream=self.settings.base_url,
@@ -498,6 +554,13 @@ class GeneratorShell:
         self.ctx.term()
         self.sync_ctx.term()
         self.log.info("generator_stopped")
+
+
+def shut_down(connection: asyncio.Transport) -> None:
+    """The FIN goes now, not when the transport closes its socket in a later turn of the loop. A socket the
+    loop closed meanwhile refuses (its descriptor is gone, never another's)."""
+    with contextlib.suppress(OSError, AttributeError):
+        connection.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
 
 
 def _error_message(exc: openai.APIStatusError) -> str:

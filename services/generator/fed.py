@@ -105,12 +105,21 @@ class _FedReader(StreamReader):
             sink.fail(exc)
 
 
+def _aiohttp_response_of(response):
+    stream = getattr(getattr(response, "http_response", None), "stream", None)
+    return getattr(getattr(stream, "_stream", None), "_aiohttp_response", None)
+
+
 def reader_of(response) -> StreamReader | None:
     """The aiohttp reader under the openai client's raw response, or None when it is not there."""
-    stream = getattr(getattr(response, "http_response", None), "stream", None)
-    aiohttp_response = getattr(getattr(stream, "_stream", None), "_aiohttp_response", None)
-    reader = getattr(aiohttp_response, "content", None)
+    reader = getattr(_aiohttp_response_of(response), "content", None)
     return reader if type(reader) is StreamReader else None
+
+
+def transport_of(response) -> asyncio.Transport | None:
+    """The transport of the upstream connection under the openai client's raw response, or None when it is
+    not there."""
+    return getattr(getattr(_aiohttp_response_of(response), "connection", None), "transport", None)
 
 
 @contextlib.contextmanager

@@ -150,6 +150,7 @@ class Generation:
     strip: PrefillStrip | None = None  # a continuation that the server may begin by repeating
     base_length: int = 0  # a continuation's: its answer's length before this stream (parts hold only what follows)
     base_reasoning_length: int = 0
+    stopped: bool = False  # cancelled: a failure of its connection from now on is the stop's doing
 
     @classmethod
     def of(cls, job: m.Job, think_tags: str) -> Generation:

@@ -246,6 +246,35 @@ def test_each_stream_reader_reads_the_whole_reply_and_a_cancel_during_a_stalled_
     assert entry["chunks_sent"] == 3 and not entry["completed"]
 
 
+def test_stops_before_and_after_the_first_token_close_each_upstream_request_once_and_retry_none(stack):
+    """Twenty replies stopped at once, half waiting for their first token and half streaming: the stopper
+    thread and the event loop both act on each cancel, and each request reached the mock once and was closed."""
+    texts = [f"stop all {i} [[mock tokens=400 tps=40 ttft_ms={60000 if i % 2 else 50}]]" for i in range(20)]
+    retries = stack.cli_json("status")["counters"]["retries"]
+    client = stack.client()
+    try:
+        sends = []
+        for text in texts:
+            session_id = client.new_session()
+            client.subscribe(session_id)
+            sends.append((session_id, client.send(session_id, text, client_request_id=os.urandom(8).hex())))
+        for text in texts:
+            wait_journal(stack, text, lambda e: e["chunks_sent"] >= 2 or "ttft_ms=60000" in text)
+        for session_id, sent in sends:
+            client.cancel(session_id, sent.generation_id)
+        views = [client.follow(session_id, sent.generation_id) for session_id, sent in sends]
+    finally:
+        client.close()
+    assert [view.status for view in views] == ["cancelled"] * 20
+    for text in texts:
+        entry = wait_journal(stack, text, lambda e: e["client_closed"], timeout=5)
+        assert not entry["completed"] and entry["attempt"] == 1
+    time.sleep(0.5)  # a retry, were there one, would reach the mock by now
+    journal = stack.journal()
+    assert all(sum(e["body"]["messages"][-1]["content"] == text for e in journal) == 1 for text in texts)
+    assert stack.cli_json("status")["counters"]["retries"] == retries
+
+
 def test_generators_drop_their_streams_when_the_coordinator_dies(fresh_stack):
     stack = fresh_stack(CHATTER_COORDINATOR_SILENT_MS="1500")
     client, session_id, sent = start_send(stack, "lonely [[mock tokens=400 tps=40]]")
