@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import json
+import math
 import random
 import signal
 import time
@@ -28,6 +30,40 @@ OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "deepseek": "deepseek", "ope
 
 JOURNAL_LIMIT = 10_000
 CONTENT_TAIL = b'}, "finish_reason": null}]}\n\n'
+TICK_S = 0.001
+
+
+class Ticks:
+    """Sleeps that end on a shared grid of TICK_S: the streams due in the same millisecond wake from one timer,
+    each from a future of its own (a cancelled handler leaves the others be). At 1000 streams the mock's
+    ``asyncio.sleep`` per token (a timer handle, the timer heap's Python comparisons, its callback) was a fifth
+    of the mock's CPU (py-spy); measured in docs/PERFORMANCE.md, "The mock's cost"."""
+
+    def __init__(self) -> None:
+        self.due: dict[int, list[asyncio.Future]] = {}
+
+    def until(self, when: float) -> asyncio.Future:
+        """A future done at the first tick at or after ``when`` (the loop's clock, ``time.monotonic``)."""
+        slot = math.ceil(when / TICK_S)
+        loop = asyncio.get_running_loop()
+        waiting = self.due.get(slot)
+        if waiting is None:
+            waiting = self.due[slot] = []
+            loop.call_at(slot * TICK_S, self._tick, slot)
+        future = loop.create_future()
+        waiting.append(future)
+        return future
+
+    def _tick(self, slot: int) -> None:
+        for future in self.due.pop(slot):
+            if not future.done():  # cancelled: its handler is gone
+                future.set_result(None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_token(token: str) -> bytes:
+    """A token as a JSON string: the vocabulary's few dozen, encoded once."""
+    return json.dumps(token, ensure_ascii=False).encode()
 
 
 class MockLLM:
@@ -46,6 +82,7 @@ class MockLLM:
         self.journal: collections.deque[dict] = collections.deque(maxlen=JOURNAL_LIMIT)
         self.attempts: collections.Counter[str] = collections.Counter()
         self.ids = itertools.count(1)
+        self.ticks = Ticks()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
@@ -179,9 +216,9 @@ class MockLLM:
         head = tokens[:scenario.think_after] if tags and thinking else []  # answer before an inline <think>
         first = [(False, token) for token in head] + [(True, token) for token in thinking]
         for i, (is_thinking, token) in enumerate(first):  # the thinking first, paced like the answer
-            delay = start + i * interval + next(jitter) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            due = start + i * interval + next(jitter)
+            if due > time.monotonic():
+                await self.ticks.until(due)
             if not is_thinking:
                 delta = {"content": token}
             elif tags:
@@ -207,14 +244,14 @@ class MockLLM:
                 await resp.write(b'data: {"choices": [{"delta": {"content": "unterminated\n\n')
             if i == scenario.stall_after:
                 await asyncio.sleep(scenario.stall_ms / 1000)
-            delay = start + i * interval + next(jitter) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            due = start + i * interval + next(jitter)
+            if due > time.monotonic():
+                await self.ticks.until(due)
             if i == 0:
                 delta = {"role": "assistant", "content": token}
                 await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
             else:  # the same bytes as json.dumps of the whole chunk, at a fifth of its cost (py-spy)
-                await resp.write(content_head + json.dumps(token, ensure_ascii=False).encode() + CONTENT_TAIL)
+                await resp.write(content_head + _json_token(token) + CONTENT_TAIL)
             entry["chunks_sent"] += 1
         if not scenario.no_finish:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})

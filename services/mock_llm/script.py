@@ -93,19 +93,20 @@ def request_key(body: dict) -> str:
 
 def reply_tokens(messages: list, model: str, n: int) -> list[str]:
     """The deterministic reply: n tokens chosen by a PRNG seeded from the request."""
-    rng = random.Random(request_key({"messages": messages, "model": model}))
-    out = []
-    for i in range(n):
-        word = rng.choice(VOCABULARY)
-        out.append(word if i == 0 or word.startswith("\n") else " " + word)
-    return out
+    return _words(random.Random(request_key({"messages": messages, "model": model})), n)
+
+
+def _words(rng: random.Random, n: int) -> list[str]:
+    """n words of the vocabulary, each after a space but the first and the line breaks. ``choices`` draws them
+    in one call: a fifth of the cost of a ``choice`` each, which was 18% of the mock under a burst (py-spy);
+    a reply's first words are still the shorter reply."""
+    return [word if i == 0 or word.startswith("\n") else " " + word
+            for i, word in enumerate(rng.choices(VOCABULARY, k=n))]
 
 
 def reasoning_tokens(messages: list, model: str, n: int) -> list[str]:
     """The deterministic thinking before a reply: n tokens of its own PRNG, so that it differs from the answer."""
-    rng = random.Random("reasoning " + request_key({"messages": messages, "model": model}))
-    return [(word if i == 0 or word.startswith("\n") else " " + word)
-            for i, word in enumerate(rng.choice(VOCABULARY) for _ in range(n))]
+    return _words(random.Random("reasoning " + request_key({"messages": messages, "model": model})), n)
 
 
 def reasoning_text(messages: list, model: str, n: int) -> str:

@@ -44,3 +44,31 @@ def test_a_reasoning_scenario_names_one_of_the_three_forms():
                         Scenario()).reasoning_field == "reasoning_content"
     with pytest.raises(ValueError, match="reasoning_field must be one of"):
         scenario_for({"messages": [{"role": "user", "content": "[[mock reasoning_field=thoughts]]"}]}, Scenario())
+
+
+def test_shared_ticks_never_wake_early_and_a_cancelled_sleeper_leaves_the_others_sleeping_in_its_tick():
+    import asyncio
+    import time
+
+    from services.mock_llm.__main__ import TICK_S, Ticks
+
+    async def run():
+        ticks = Ticks()
+        due = (int(time.monotonic() / TICK_S) + 20 + 0.1) * TICK_S  # a tenth into a tick, 20 ticks ahead
+        woke: list[tuple[str, float]] = []
+
+        async def sleeper(name: str, when: float) -> None:
+            await ticks.until(when)
+            woke.append((name, time.monotonic()))
+        dues = {"gone": due, "a": due, "b": due + TICK_S / 3, "later": due + 0.01}
+        tasks = {name: asyncio.create_task(sleeper(name, when)) for name, when in dues.items()}
+        await asyncio.sleep(0)
+        assert len(ticks.due) == 2  # a, b and gone share one tick: one timer
+        assert min(ticks.due) * TICK_S >= due  # its timer is not before any of theirs
+        tasks["gone"].cancel()
+        await asyncio.wait(tasks.values(), timeout=2)
+        assert tasks["gone"].cancelled() and not ticks.due
+        return dict(woke), dues
+    woke, dues = asyncio.run(run())
+    assert set(woke) == {"a", "b", "later"}
+    assert all(woke[name] >= dues[name] for name in woke)  # never early
