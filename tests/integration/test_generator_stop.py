@@ -43,6 +43,17 @@ def generator(mock, tmp_path, monkeypatch):
     os.umask(umask)  # the shell made this process's files private; the rest of the suite keeps its own
 
 
+def run_in_loop(shell: GeneratorShell, body) -> object:
+    """``body()`` in an event loop, and the shell's upstream clients closed in it after."""
+    async def run():
+        try:
+            return await body()
+        finally:
+            for client in shell.clients:
+                await client.close()
+    return asyncio.run(run())
+
+
 def job(text: str) -> m.Job:
     return m.Job(f"g-{time.monotonic_ns()}", [{"role": "user", "content": text}], "mock-1", {}, "hash")
 
@@ -77,7 +88,7 @@ def test_a_connection_closed_by_a_stop_ends_the_generation_as_cancelled_and_is_n
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
         return gen
-    gen = asyncio.run(run())
+    gen = run_in_loop(generator, run)
     assert gen.attempts == 1 and generator.retries == 0
     time.sleep(0.3)  # a retry, were there one, would reach the mock by now
     entries = requests_for(mock, text)
@@ -108,7 +119,7 @@ def test_the_stopper_thread_closes_the_upstream_connection_while_the_loop_is_bus
             assert gen.stopped
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
-        asyncio.run(run())
+        run_in_loop(generator, run)
     finally:
         control.close(0)
         ctx.term()
