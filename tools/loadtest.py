@@ -7,6 +7,7 @@ would measure itself.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import random
@@ -339,11 +340,17 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
                 pids["mock_llm"] = stack.procs["mock_llm"].pid
             pids = {name: pid for name, pid in pids.items() if pid and psutil.pid_exists(pid)}
             meter = ProcessMeter(pids | {"loadtest": psutil.Process().pid})
-            # the client's own collector paused it up to ~50 ms at 1000 streams, counted as delivery latency
-            shell.settle_heap()
             load = LoadRun(client, spec, run_id, progress)
             server = PostgresMeter(database_url) if database_url.startswith("postgresql://") else None
-            elapsed = load.run(meter)
+            # the client's own collector paused it up to ~50 ms at 1000 streams, counted as delivery latency;
+            # settled for the run only, so the caller's process (pytest, the bench) gets its collector back
+            threshold = gc.get_threshold()
+            shell.settle_heap()
+            try:
+                elapsed = load.run(meter)
+            finally:
+                gc.unfreeze()
+                gc.set_threshold(*threshold)
             cpu, io, rss = meter.finish()
             server_figures = server.finish() if server is not None else None
             status_after = settled_status(client)
