@@ -5,15 +5,21 @@ Drives the persister's real core and writes (real SQLite, WAL mode, the real sch
 and a streaming assistant message per reply, an append per checkpoint interval, then a finalize. The
 batches are committed every ``--commit-ms`` of simulated time, as the persister's group commit does.
 Bytes come from this process's own I/O accounting (``/proc/self/io``), as in ``chatter loadtest``.
+``--frames`` turns SQLite's automatic checkpoints off and counts the write-ahead log's frames by the table or
+index that owns each page at the end (SQLite's ``dbstat``): which of them the bytes are. Freed pages (the chunk
+log's front, once cut) count as "free".
 
     python bench/persister_bytes.py --streams 1000 --total 4000 --commit-ms 100
+    python bench/persister_bytes.py --streams 1000 --total 1000 --commit-ms 50 --frames
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
 import shutil
+import struct
 import sys
 import tempfile
 import uuid
@@ -36,12 +42,26 @@ def written_bytes() -> int:
         return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
 
 
+def wal_frames(db, path: str) -> tuple[int, collections.Counter]:
+    """The page size, and the write-ahead log's frames by the table or index that owns each frame's page now."""
+    with open(path, "rb") as wal:
+        data = wal.read()
+    page_size = struct.unpack(">I", data[8:12])[0]
+    owners = dict((page, name) for name, page in db.execute_sql("SELECT name, pageno FROM dbstat"))
+    frames: collections.Counter = collections.Counter()
+    for at in range(32, len(data) - 24 - page_size + 1, 24 + page_size):  # a 32-byte header, then frames
+        frames[owners.get(struct.unpack(">I", data[at:at + 4])[0], "free")] += 1
+    return page_size, frames
+
+
 def run(total: int, streams: int, tokens: int, tps: float, commit_ms: float, checkpoint_ms: float,
-        random_ids: bool) -> dict:
+        random_ids: bool, frames: bool = False) -> dict:
     new_id = (lambda: uuid.uuid4().hex) if random_ids else new_ordered_id
     workdir = tempfile.mkdtemp(prefix="chatter-persister-bytes-")
     db = store.open_database(f"sqlite:///{workdir}/chatter.db")
     store.migrate(db)
+    if frames:
+        db.execute_sql("PRAGMA wal_autocheckpoint = 0")
     persister = PersisterCore()
     persister.load([], {}, store.next_chunk_id())
     rng = random.Random(1)
@@ -85,12 +105,18 @@ def run(total: int, streams: int, tokens: int, tps: float, commit_ms: float, che
                 commits += 1
             now += step
         disk = written_bytes() - before
+        owners = wal_frames(db, f"{workdir}/chatter.db-wal") if frames else None
     finally:
         db.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"total": total, "streams": streams, "commit_ms": commit_ms, "random_ids": random_ids,
-            "commits": commits, "content_bytes": content, "disk_bytes": disk,
-            "disk_bytes_per_content_byte": round(disk / content, 1)}
+    result = {"total": total, "streams": streams, "commit_ms": commit_ms, "random_ids": random_ids,
+              "commits": commits, "content_bytes": content, "disk_bytes": disk,
+              "disk_bytes_per_content_byte": round(disk / content, 1)}
+    if owners is not None:  # each owner's frames as bytes per content byte (a frame is a whole page)
+        page_size, counts = owners
+        result["wal_bytes_per_content_byte"] = {name: round(count * page_size / content, 1)
+                                                for name, count in counts.most_common()}
+    return result
 
 
 def main() -> None:
@@ -102,9 +128,10 @@ def main() -> None:
     parser.add_argument("--commit-ms", type=float, default=10.0)
     parser.add_argument("--checkpoint-ms", type=float, default=250.0)
     parser.add_argument("--random-ids", action="store_true", help="random message ids, as before they were ordered")
+    parser.add_argument("--frames", action="store_true", help="no automatic checkpoints; the log's frames by owner")
     args = parser.parse_args()
     print(json.dumps(run(args.total, args.streams, args.tokens, args.tps, args.commit_ms, args.checkpoint_ms,
-                         args.random_ids)))
+                         args.random_ids, args.frames)))
 
 
 if __name__ == "__main__":

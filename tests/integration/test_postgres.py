@@ -154,3 +154,47 @@ def test_hammering_the_coordinators_reads_while_200_replies_stream(postgres, tmp
     assert hammer["wrong"] == 0 and hammer["refused"] == 0 and hammer["rounds"] >= 20
     assert hammered["database_reads"] >= hammer["rounds"]  # the sessions came from the database, not memory
     assert hammered["delivery_p99_ratio"] is not None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persisters_reads_use(kind, postgres_server,
+                                                                                         tmp_path):
+    """The message table's status and generation indexes of earlier versions are dropped for partial ones
+    (only streaming rows, only rows with a generation), and the lookups by status and generation find their
+    rows through them, on both databases."""
+    from services import store
+    if kind == "postgresql":
+        url = postgres_server().url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS chunk, message, session CASCADE")
+        explain, no_scan = "EXPLAIN ", "SET enable_seqscan = off"  # an empty table is scanned, index or not
+    else:
+        url, explain, no_scan = f"sqlite:///{tmp_path / 'chatter.db'}", "EXPLAIN QUERY PLAN ", None
+    db = store.open_database(url)
+    try:
+        db.create_tables(store.MODELS)
+        for name in ("message_streaming", "message_generation"):  # the schema as an earlier version made it
+            db.execute_sql(f"DROP INDEX {name}")
+        db.execute_sql('CREATE INDEX "message_status" ON "message" ("status")')
+        db.execute_sql('CREATE INDEX "message_generation_id" ON "message" ("generation_id")')
+        assert set(store.migrate(db)) == {"-index message_status", "-index message_generation_id"}
+        assert store.migrate(db) == []
+        assert {i.name for i in db.get_indexes("message")} >= {"message_streaming", "message_generation"}
+        assert not {i.name for i in db.get_indexes("message")} & {"message_status", "message_generation_id"}
+        store.Session.create(id="s1", title="", created_at=1.0, updated_at=1.0)
+        for i, (status, generation) in enumerate([("completed", None), ("streaming", "g1"), ("completed", "g2")]):
+            store.Message.create(id=f"m{i}", session="s1", position=i, role="assistant", status=status,
+                                 generation_id=generation, created_at=1.0, updated_at=1.0)
+        assert store.streaming_ids() == ["m1"]
+        assert store.session_of_generation("g2")["session_id"] == "s1" and store.session_of_generation("g9") is None
+        if no_scan:
+            db.execute_sql(no_scan)
+        plans = {}
+        for name, query in (("message_streaming", store.Message.select(store.Message.id).where(store.IS_STREAMING)),
+                            ("message_generation", store.Message.select(store.Message.session).where(
+                                store.Message.generation_id == "g2"))):
+            sql, params = query.sql()
+            plans[name] = " ".join(str(row) for row in db.execute_sql(explain + sql, params).fetchall())
+        assert all(name in plan for name, plan in plans.items()), plans
+    finally:
+        db.close()
