@@ -58,8 +58,11 @@ def env_scenario(settings: config.MockSettings) -> Scenario:
     return Scenario(tokens=settings.tokens, tps=settings.tps, ttft_ms=settings.ttft_ms)
 
 
+_KINDS = {f.name: f.type for f in fields(Scenario)}  # a scenario field's type, as its annotation names it
+
+
 def _coerce(name: str, raw):
-    kind = {f.name: f.type for f in fields(Scenario)}[name]
+    kind = _KINDS[name]
     if kind == "bool":
         return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
     if kind == "str":
@@ -72,7 +75,7 @@ def _coerce(name: str, raw):
 def scenario_for(body: dict, base: Scenario) -> Scenario:
     """Env defaults, then a directive in the last user message, then the ``mock`` body field."""
     overrides: dict = {}
-    known = {f.name for f in fields(Scenario)}
+    known = _KINDS
     users = [msg for msg in body.get("messages", []) if isinstance(msg, dict) and msg.get("role") == "user"]
     content = users[-1].get("content") if users else None
     if isinstance(content, str):
@@ -83,7 +86,7 @@ def scenario_for(body: dict, base: Scenario) -> Scenario:
                     overrides[key] = value or "true"
     if isinstance(body.get("mock"), dict):
         overrides.update({k: v for k, v in body["mock"].items() if k in known})
-    return replace(base, **{k: _coerce(k, v) for k, v in overrides.items()})
+    return replace(base, **{k: _coerce(k, v) for k, v in overrides.items()}) if overrides else base
 
 
 def request_key(body: dict) -> str:
@@ -95,7 +98,12 @@ def request_key(body: dict) -> str:
 
 def reply_tokens(messages: list, model: str, n: int) -> list[str]:
     """The deterministic reply: n tokens chosen by a PRNG seeded from the request."""
-    return _words(random.Random(request_key({"messages": messages, "model": model})), n)
+    return tokens_of_key(request_key({"messages": messages, "model": model}), n)
+
+
+def tokens_of_key(key: str, n: int) -> list[str]:
+    """``reply_tokens`` of the request whose ``request_key`` is ``key`` (the server has it already)."""
+    return _words(random.Random(key), n)
 
 
 def _words(rng: random.Random, n: int) -> list[str]:
