@@ -23,8 +23,8 @@ from aiohttp import web
 from services import config, shell
 from protocol.records import THINK_CLOSE, THINK_OPEN
 from services.mock_llm.script import (Scenario, continued_prefix, continued_tokens, env_scenario, inline_thinking,
-                                      prompt_token_count, reasoning_tokens, reply_tokens, request_key, tokens_of_key,
-                                      scenario_for, turn_key)
+                                      prompt_token_count, reasoning_tokens, reply_tokens, request_keys, scenario_for,
+                                      tokens_of_key)
 
 OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "deepseek": "deepseek", "openai": "openai"}
 
@@ -116,7 +116,7 @@ class MockLLM:
             scenario = scenario_for(body, self.base)
         except (ValueError, TypeError, KeyError) as exc:
             return _error(400, f"bad request: {exc}", "invalid_request_error")
-        key = request_key(body)
+        key, turn = request_keys(body)
         if len(self.attempts) >= JOURNAL_LIMIT and key not in self.attempts:
             self.attempts.clear()  # bounded memory under long load runs; fault scripts need only recent keys
         if len(self.turns) >= JOURNAL_LIMIT:
@@ -132,19 +132,13 @@ class MockLLM:
             return _error(scenario.fail_status, f"injected failure {scenario.fail_status}", "server_error", headers)
         model = str(body.get("model", ""))
         partial = continued_prefix(body, self.server)
-        # the request's own key is its reply's seed and its turn's key, where the model is a string as the
-        # body has it and no trailing assistant message makes the turn another request (three hashes of the
-        # canonical request were 4% of the mock under a burst, py-spy)
-        as_keyed = isinstance(body.get("model"), str)
-        if partial is None:
-            tokens = (tokens_of_key(key, scenario.tokens) if as_keyed
+        if partial is None:  # the request's key is its reply's seed where the body's model is the string
+            tokens = (tokens_of_key(key, scenario.tokens) if isinstance(body.get("model"), str)
                       else reply_tokens(body["messages"], model, scenario.tokens))
             thinking = reasoning_tokens(body["messages"], model, scenario.reasoning_tokens)
         else:  # the reply goes on, mid-answer: no thinking first
             tokens, thinking = continued_tokens(body["messages"], model, scenario.tokens, partial), []
             entry["continued_from"] = len(partial)
-        last = body["messages"][-1] if body["messages"] else None
-        turn = key if as_keyed and not (isinstance(last, dict) and last.get("role") == "assistant") else turn_key(body)
         self.turns[turn] += 1
         if 0 <= scenario.fault_times < self.turns[turn]:  # this turn's mid-stream faults are spent
             scenario = replace(scenario, drop_after=-1, no_finish=False, malformed_after=-1, stall_after=-1)

@@ -168,9 +168,22 @@ def turn_key(body: dict) -> str:
     """The turn a request belongs to, its continuations included: the request without a trailing assistant
     message."""
     messages = list(body.get("messages") or [])
-    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+    if _ends_with_reply(messages):
         messages = messages[:-1]
     return request_key({"messages": messages, "model": body.get("model")})
+
+
+def request_keys(body: dict) -> tuple[str, str]:
+    """``request_key`` and ``turn_key`` of a request, hashed once where they are the same (a list of messages
+    without a trailing assistant message): three hashes of each request were 4% of the server under a burst."""
+    key = request_key(body)
+    messages = body.get("messages")
+    same = isinstance(messages, list) and not _ends_with_reply(messages)
+    return key, key if same else turn_key(body)
+
+
+def _ends_with_reply(messages: list) -> bool:
+    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
 
 
 def reply_text(messages: list, model: str, n: int) -> str:

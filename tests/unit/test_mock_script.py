@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from services.mock_llm.script import (Scenario, reply_text, reply_tokens, request_key, scenario_for, tokens_of_key,
-                                      turn_key)
+from services.mock_llm.script import (Scenario, reply_text, reply_tokens, request_key, request_keys, scenario_for,
+                                      tokens_of_key, turn_key)
 
 
 def test_the_reply_is_a_pure_function_of_the_request():
@@ -83,12 +83,10 @@ _MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", 
 
 @given(st.lists(_MESSAGE, max_size=4), st.one_of(st.text(max_size=6), st.none(), st.integers()),
        st.integers(0, 30))
-def test_the_servers_one_key_is_the_replys_seed_and_the_turns_key_where_it_uses_it(messages, model, n):
-    """The server hashes a request once: with a string model its key seeds the reply, and without a trailing
-    assistant message it is the turn's key too (services/mock_llm/__main__.py, ``completions``)."""
+def test_the_servers_keys_are_the_request_and_turn_keys_and_its_seed_the_replys(messages, model, n):
+    """The server hashes a request once where it can (``request_keys``), and with a string model its key seeds
+    the reply (services/mock_llm/__main__.py, ``completions``)."""
     body = {"messages": messages, "model": model, "stream": True}
-    key = request_key(body)
+    assert request_keys(body) == (request_key(body), turn_key(body))
     if isinstance(model, str):
-        assert tokens_of_key(key, n) == reply_tokens(messages, model, n)
-        if not (messages and messages[-1]["role"] == "assistant"):
-            assert turn_key(body) == key
+        assert tokens_of_key(request_key(body), n) == reply_tokens(messages, model, n)
