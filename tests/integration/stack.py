@@ -96,6 +96,21 @@ class Stack(LocalStack):
         return "".join(row["text"] for row in self.query('select text from chunk where message_id = ? order by "offset"',
                                                           (message_id,)))
 
+    def settled_durable_text(self, message_id: str, quiet_s: float = 0.75, timeout: float = 10) -> str:
+        """``durable_text`` once nothing more can come: with the generator and the coordinator gone, a live
+        persister still commits the appends it held for company (CHATTER_APPEND_HOLD_MS, 250 ms). The text that
+        has not changed for ``quiet_s``, three times that hold."""
+        deadline = time.monotonic() + timeout
+        text, since = self.durable_text(message_id), time.monotonic()
+        while time.monotonic() - since < quiet_s:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the durable text of {message_id} still grows after {timeout} s")
+            time.sleep(0.05)
+            now = self.durable_text(message_id)
+            if now != text:
+                text, since = now, time.monotonic()
+        return text
+
     def db_message(self, message_id: str) -> dict:
         rows = self.query("select * from message where id = ?", (message_id,))
         return rows[0] if rows else {}

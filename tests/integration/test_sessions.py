@@ -217,7 +217,7 @@ def test_a_coordinator_restarted_mid_generation_gives_a_clear_outcome(fresh_stac
     wait_for_chunks(stack, sent.message_id, 30)
     stack.kill("generator")
     stack.kill("coordinator")
-    durable = stack.durable_text(sent.message_id)
+    durable = stack.settled_durable_text(sent.message_id)  # what the persister held, committed
     stack.start("coordinator")
     out, err = watcher.communicate(timeout=30)  # never a hang
     outcome = json.loads(out)
