@@ -180,7 +180,8 @@ class Requests:
         gen.stream = sess.stream
         self._set_prompt(gen, prompt, style)
         self.active[gen_id] = gen
-        sess.active_generation, sess.last_activity = gen_id, now
+        sess.active_generation = gen_id
+        self._touch(sess, now)
         sess.request_ids[client_request_id] = record.message_id
         reopen = m.Reopen(record.message_id, gen_id, record.content, record.reasoning,
                           m.ContinuedPrompt(record.prompt_messages, prompt.prompt_hash, prompt.preview))
@@ -242,7 +243,7 @@ class Requests:
         message_id, gen_id = self.new_ordered_id(), self.new_ordered_id()
         record = sessions.assistant_record(message_id, sess.session_id, gen_id, prompt, now, client_request_id or None)
         sess.history.append(record)
-        sess.last_activity = now
+        self._touch(sess, now)
         self.message_sessions[message_id] = sess.session_id
         gen = GenerationState(gen_id, sess.session_id, message_id, prompt, record, queued_at=now)
         self.active[gen_id] = gen
@@ -405,18 +406,30 @@ class Requests:
             raise RequestRefused(f"unknown session {session_id}")
         return sess
 
+    def _touch(self, sess: SessionState, now: float) -> None:
+        """A session active now: ``sessions`` holds them least recently active (or read) first."""
+        sess.last_activity = now
+        self.sessions[sess.session_id] = self.sessions.pop(sess.session_id)
+
     def _evict_idle_sessions(self) -> None:
         """Memory stays flat however many sessions pass through: the least recently active idle ones
-        (nothing streaming or waiting for the persister) are dropped and read back when asked for."""
+        (nothing streaming or waiting for the persister) are dropped and read back when asked for. They are
+        taken from the front of ``sessions`` (``_touch``), so a sweep reads the ones it drops and the busy ones
+        before them, not every cached session (a sort of all 5,000 took ~0.7 ms, four times a second)."""
         excess = len(self.sessions) - self.settings.max_cached_sessions
         if excess <= 0:
             return
         busy = {g.session_id for g in self.active.values()} | {g.session_id for g in self.finalizing.values()}
-        idle = sorted((s for s in self.sessions.values() if s.session_id not in busy and s.history),
-                      key=lambda s: s.last_activity)
-        for sess in idle[:excess]:
+        idle = []
+        for sess in self.sessions.values():
+            if len(idle) == excess:
+                break
+            if sess.session_id in busy or not sess.history:
+                continue
             if any(r.message_id in self.persisted.states for r in sess.history):
                 continue  # not all of it is durable yet
+            idle.append(sess)
+        for sess in idle:
             del self.sessions[sess.session_id]
             for record in sess.history:
                 self.message_sessions.pop(record.message_id, None)

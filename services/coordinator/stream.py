@@ -363,7 +363,7 @@ class StreamRules:
         gen.record.status, gen.record.error = status, error
         gen.record.stats = self._stats(gen, now)
         sess = self.sessions[gen.session_id]
-        sess.last_activity = now
+        self._touch(sess, now)
         if sess.active_generation == gen.generation_id:
             sess.active_generation = None
 

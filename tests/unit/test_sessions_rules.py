@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protocol import messages as m
+from protocol.records import MessageRecord
 from services.coordinator.machine import ToClients, ToControl, ToGenerators, ToPersister
 from services.coordinator.prompt import PromptTooLarge, assemble, prompt_hash
 from tests.unit.test_coordinator_machine import CLIENT, ack_all, delta, effects, make, reply, start, words
@@ -251,3 +252,23 @@ def test_the_budget_follows_the_context_a_live_generators_server_tells_and_forge
     assert budget(104.0) == 1948  # the session's max_tokens is the room kept for the reply
     machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid, None, 500, None, None), 104.0)
     assert budget(104.0) == 500  # the session's own budget wins over all
+
+
+def test_a_session_read_back_from_the_database_counts_as_recently_used_and_the_least_recent_idle_go_first():
+    machine = make(max_cached_sessions=3)
+    sessions = []
+    for i in range(3):
+        sid, r, out = start(machine, f"q{i}", now=float(i))
+        outs = [out, delta(machine, r.generation_id, 1, "done", i + 0.1),
+                machine.handle_event(m.GenDone(r.generation_id, 1, 4, "stop", 1, "server"), i + 0.2)]
+        ack_all(machine, outs, i + 0.3)
+        sessions.append(sid)
+    stored = MessageRecord(message_id="m-stored", session_id="stored-long-ago", role="user", content="old",
+                           status="completed", created_at=-100.0)
+    old = {"session_id": "stored-long-ago", "title": "t", "system": None, "updated_at": -100.0,
+           "messages": [stored]}
+    machine.load_session(old)  # asked for now (a client opened it): four cached, one over the cap
+    sid, r, out = start(machine, "again", session_id=sessions[0], now=5.0)  # the oldest is active again
+    machine.tick(5.1)
+    assert set(machine.sessions) == {sessions[0], sessions[2], "stored-long-ago"}  # the least recent idle left
+    assert set(machine.message_sessions.values()) == set(machine.sessions)
