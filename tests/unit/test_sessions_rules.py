@@ -213,16 +213,23 @@ def test_bad_session_settings_are_refused_and_change_nothing():
     assert machine.sessions[sid].params == {} and machine.sessions[sid].stream is None
 
 
-def test_idle_sessions_beyond_the_cap_leave_memory_busy_and_unpersisted_ones_stay():
-    machine = make(max_cached_sessions=3)
+def finished_sessions(machine, count: int, unacked: tuple[int, ...] = ()) -> list[str]:
+    """``count`` sessions with one completed reply each, the i-th at time i; the persister acks all but
+    ``unacked``."""
     sessions = []
-    for i in range(4):
+    for i in range(count):
         sid, r, out = start(machine, f"q{i}", now=float(i))
         outs = [out, delta(machine, r.generation_id, 1, "done", i + 0.1),
                 machine.handle_event(m.GenDone(r.generation_id, 1, 4, "stop", 1, "server"), i + 0.2)]
-        if i != 1:  # the second one's persister never answers: it must stay in memory
+        if i not in unacked:
             ack_all(machine, outs, i + 0.3)
         sessions.append(sid)
+    return sessions
+
+
+def test_idle_sessions_beyond_the_cap_leave_memory_busy_and_unpersisted_ones_stay():
+    machine = make(max_cached_sessions=3)
+    sessions = finished_sessions(machine, 4, unacked=(1,))  # the second one's persister never answers: it stays
     streaming, _, _ = start(machine, "still going", now=10.0)
     machine.tick(10.1)
     assert streaming in machine.sessions  # busy: never evicted
@@ -256,13 +263,7 @@ def test_the_budget_follows_the_context_a_live_generators_server_tells_and_forge
 
 def test_a_session_read_back_from_the_database_counts_as_recently_used_and_the_least_recent_idle_go_first():
     machine = make(max_cached_sessions=3)
-    sessions = []
-    for i in range(3):
-        sid, r, out = start(machine, f"q{i}", now=float(i))
-        outs = [out, delta(machine, r.generation_id, 1, "done", i + 0.1),
-                machine.handle_event(m.GenDone(r.generation_id, 1, 4, "stop", 1, "server"), i + 0.2)]
-        ack_all(machine, outs, i + 0.3)
-        sessions.append(sid)
+    sessions = finished_sessions(machine, 3)
     stored = MessageRecord(message_id="m-stored", session_id="stored-long-ago", role="user", content="old",
                            status="completed", created_at=-100.0)
     old = {"session_id": "stored-long-ago", "title": "t", "system": None, "updated_at": -100.0,
