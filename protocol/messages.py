@@ -368,6 +368,8 @@ class CreateMessage(Message, tag=50):
     supersedes: Optional[list[str]] = None  # earlier replies this one replaces (regenerate)
     session_max_input_tokens: Optional[Int] = None
     dropped_message_ids: Optional[list[str]] = None
+    session_model: Optional[str] = None  # the session's own model and ``/config`` settings (None: defaults)
+    session_settings: Optional[dict] = None
 
 
 class Append(Message, tag=51):
@@ -416,14 +418,17 @@ class InterruptOrphans(Message, tag=53):
 
 class SaveSession(Message, tag=55):
     """A session's row as it stands, before any message is in it: a new session (``/new``, the window's New
-    session) and a changed system prompt or input budget are kept across a coordinator's restart. Resent by the coordinator until the
-    persister answers ``SessionSaved``; a message's ``CreateMessage`` carries the same columns."""
+    session) and changed settings (``/config``: the system prompt, input budget, model, request settings) are
+    kept across a coordinator's restart. Resent by the coordinator until the persister answers
+    ``SessionSaved``; a message's ``CreateMessage`` carries the same columns."""
 
     session_id: str
     session_title: str
     session_system: Optional[str]
     session_max_input_tokens: Optional[Int]
     created_at: float  # a new row's created_at; a stored one keeps its own and takes this as updated_at
+    session_model: Optional[str] = None
+    session_settings: Optional[dict] = None
 
 
 PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession)

@@ -38,6 +38,8 @@ class Session(BaseModel):
     max_input_tokens = peewee.IntegerField(null=True)
     created_at = peewee.DoubleField()
     updated_at = peewee.DoubleField()
+    model = peewee.CharField(max_length=128, null=True)  # the session's own (``/config model=``); None: default
+    settings = JSONField(null=True)  # the rest of ``/config``: params, stream, continue_style
 
 
 class Message(BaseModel):
@@ -250,7 +252,8 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
     if sessions:
         rows = [_row(_SESSION_COLUMNS, dict(id=op.session_id, title=op.session_title, system=op.session_system,
                                             max_input_tokens=op.session_max_input_tokens, created_at=op.created_at,
-                                            updated_at=op.created_at)) for op in sessions]
+                                            updated_at=op.created_at, model=op.session_model,
+                                            settings=_json(op.session_settings))) for op in sessions]
         db.cursor().executemany(_insert_sql(db, Session, _SESSION_COLUMNS, _SESSION_UPSERT), rows)
     if not messages:
         return
@@ -281,10 +284,10 @@ _SESSION_COLUMNS = tuple(f.column_name for f in Session._meta.sorted_fields)
 _MESSAGE_COLUMNS = tuple(f.column_name for f in Message._meta.sorted_fields)
 _CHUNK_COLUMNS = ("id", "message_id", "offset", "text", "thinking")
 # a session that exists keeps its created_at and takes the rest (SQLite and PostgreSQL spell this alike)
-_SESSION_UPSERT = (' ON CONFLICT ("id") DO UPDATE SET "title" = excluded."title", "system" = excluded."system", '
-                   '"max_input_tokens" = excluded."max_input_tokens", "updated_at" = excluded."updated_at"')
+_SESSION_UPSERT = (' ON CONFLICT ("id") DO UPDATE SET '
+                   + ", ".join(f'"{c}" = excluded."{c}"' for c in _SESSION_COLUMNS if c not in ("id", "created_at")))
 _INSERT_SQL: dict[tuple, str] = {}
-_json = JSONField().db_value
+_json, _from_json = JSONField().db_value, JSONField().python_value
 
 
 def _insert_sql(db: peewee.Database, model, columns: tuple[str, ...], suffix: str = "") -> str:
@@ -397,10 +400,9 @@ def next_chunk_id() -> int:
 # A session's reads as plain SQL, built once from the models: peewee's query building and model instances
 # were most of load_session's 1.2 ms of CPU on the coordinator's reader thread (which holds the GIL the
 # loop needs); a row is converted by its fields' own python_value (JSON columns, booleans).
-_SESSION_COLUMNS = ("id", "title", "system", "max_input_tokens", "created_at", "updated_at")
 _MESSAGE_FIELDS = Message._meta.sorted_fields
 _JSON_COLUMNS = [(i, f) for i, f in enumerate(_MESSAGE_FIELDS) if isinstance(f, (JSONField, peewee.BooleanField))]
-_SESSION_SQL = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM session WHERE id = {{param}}"
+_SESSION_SQL = "SELECT " + ", ".join(f'"{c}"' for c in _SESSION_COLUMNS) + " FROM session WHERE id = {param}"
 _MESSAGES_SQL = (f"SELECT {', '.join(chr(34) + f.column_name + chr(34) for f in _MESSAGE_FIELDS)} FROM message "
                  "WHERE session_id = {param} ORDER BY position")
 
@@ -436,8 +438,9 @@ def load_session(session_id: str) -> dict | None:
         row = dict(zip(names, values))
         texts = (row["content"], row["reasoning"]) if row["status"] != STREAMING else streamed_texts(row["id"])
         messages.append(message_record(row, *texts))
-    return dict(zip(("session_id", "title", "system", "max_input_tokens", "created_at", "updated_at"), found),
-                messages=messages)
+    session = dict(zip(_SESSION_COLUMNS, found))
+    session["session_id"], session["settings"] = session.pop("id"), _from_json(session["settings"])
+    return session | {"messages": messages}
 
 
 HEX_DIGITS = frozenset("0123456789abcdef")

@@ -43,30 +43,31 @@ class Requests:
                             created_at=now, last_activity=now)
         self.sessions[sess.session_id] = sess
         if msg.save:
-            out.append(ToPersister(self.persisted.save_session(self._save_op(sess, now), now)))
+            out.append(self._save_session(sess, now))
         return results.SessionCreated(session_id=sess.session_id)
 
-    @staticmethod
-    def _save_op(sess: SessionState, now: float) -> m.SaveSession:
-        return m.SaveSession(sess.session_id, sess.title, sess.system, sess.max_input_tokens, now)
+    def _save_session(self, sess: SessionState, now: float) -> ToPersister:
+        """The session's row as it stands, resent until the persister has it."""
+        sess.saved = True
+        op = m.SaveSession(sess.session_id, sess.title, sess.system, sess.max_input_tokens, now, sess.model,
+                           sess.settings())
+        return ToPersister(self.persisted.save_session(op, now))
 
     def _on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> results.Result:
-        """Takes effect from the next prompt (a reply under way keeps its frozen prompt); the system prompt
-        and budget are saved at once (the model and parameters only with the next message, which has them)."""
+        """Takes effect from the next prompt (a reply under way keeps its frozen prompt), and is saved at once
+        with the session's row: it outlives the session's leaving memory and a restart of the coordinator."""
         sess = self._session(msg.session_id)
         params, stream, style = dict(sess.params), sess.stream, sess.continue_style
         for key, value in (msg.params or {}).items():
-            if key == "temperature" and (value is None or (isinstance(value, (int, float)) and 0 <= value <= 2)):
-                params[key] = value
-            elif key == "max_tokens" and (value is None or (isinstance(value, int) and 0 < value < 2**31)):
-                params[key] = value
-            elif key == "stream" and (value is None or isinstance(value, bool)):
-                stream = value
-            elif key == "continue_style" and (value is None or value in CONTINUE_STYLES):
-                style = value
-            else:
+            if not sessions.setting_ok(key, value):
                 raise RequestRefused(f"bad setting {key}={value!r}: temperature is 0..2, max_tokens a positive "
                                      f"integer, stream true or false, continue_style {', '.join(CONTINUE_STYLES)}")
+            if key == "stream":
+                stream = value
+            elif key == "continue_style":
+                style = value
+            else:
+                params[key] = value
         if msg.max_input_tokens is not None and msg.max_input_tokens < 0:
             raise RequestRefused("the input budget cannot be negative")
         self._check_session_texts(msg)
@@ -78,8 +79,7 @@ class Requests:
             sess.max_input_tokens = msg.max_input_tokens or None
         if msg.model is not None:
             sess.model = msg.model or None
-        if msg.system is not None or msg.max_input_tokens is not None:
-            out.append(ToPersister(self.persisted.save_session(self._save_op(sess, now), now)))
+        out.append(self._save_session(sess, now))
         return self._settings(sess)
 
     def _settings(self, sess: SessionState) -> results.SessionSettings:
@@ -278,7 +278,8 @@ class Requests:
             prompt_messages=rec.prompt_messages, prompt_hash=rec.prompt_hash, preview=rec.preview,
             model=rec.model, params=dict(sess.params) if assistant else None,
             client_request_id=rec.client_request_id, supersedes=None,
-            session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=rec.dropped_message_ids or None)
+            session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=rec.dropped_message_ids or None,
+            session_model=sess.model, session_settings=sess.settings())
 
     def _request_result(self, sess: SessionState, client_request_id: str) -> results.ReplyStarted:
         return self._result(sess, sess.record(sess.request_ids[client_request_id]))
@@ -415,7 +416,8 @@ class Requests:
         """Memory stays flat however many sessions pass through: the least recently active idle ones
         (nothing streaming or waiting for the persister) are dropped and read back when asked for. They are
         taken from the front of ``sessions`` (``_touch``), so a sweep reads the ones it drops and the busy ones
-        before them, not every cached session (a sort of all 5,000 took ~0.7 ms, four times a second)."""
+        before them, not every cached session (a sort of all 5,000 took ~0.7 ms, four times a second). A session
+        with no message yet goes too once its row is durable: it reads back with its settings."""
         excess = len(self.sessions) - self.settings.max_cached_sessions
         if excess <= 0:
             return
@@ -424,8 +426,10 @@ class Requests:
         for sess in self.sessions.values():
             if len(idle) == excess:
                 break
-            if sess.session_id in busy or not sess.history:
-                continue
+            if sess.session_id in busy or sess.session_id in self.persisted.sessions:
+                continue  # streaming, or its row as it stands now (``/config``) is not durable yet
+            if not sess.history and not sess.saved:
+                continue  # made for the message sent next, and stored with it: only here until then
             if any(r.message_id in self.persisted.states for r in sess.history):
                 continue  # not all of it is durable yet
             idle.append(sess)

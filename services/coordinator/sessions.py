@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from protocol.records import MessageRecord
 from protocol.results import SessionSummary
-from services.coordinator.prompt import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, in_prompt
+from services.coordinator.prompt import CONTINUE_STYLES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, in_prompt
 
 
 @dataclass
@@ -24,15 +24,18 @@ class SessionState:
     request_ids: dict[str, str] = field(default_factory=dict)  # client_request_id -> assistant message id
     created_at: float = 0.0
     last_activity: float = 0.0
+    saved: bool = False  # its row was written (or asked to be) before any message: ``NewSession``, ``/config``
 
     @classmethod
     def from_stored(cls, data: dict, keep_streaming: bool = False) -> SessionState:
         """A session read from the database: no generation of this coordinator is alive in it. A reply still
         streaming there is interrupted, unless ``keep_streaming`` (it may yet be adopted): then it stays
         streaming and holds the session, so no second reply starts beside it."""
-        sess = cls(data["session_id"], data["title"], data["system"], None,
+        sess = cls(data["session_id"], data["title"], data["system"], data.get("model"),
                    max_input_tokens=data.get("max_input_tokens"), history=list(data["messages"]),
-                   created_at=data.get("created_at", 0.0), last_activity=data.get("updated_at", 0.0))
+                   created_at=data.get("created_at", 0.0), last_activity=data.get("updated_at", 0.0),
+                   saved=True)
+        sess.take_settings(data.get("settings"))
         for record in sess.history:
             if record.status == "streaming" and keep_streaming:
                 sess.active_generation = record.generation_id
@@ -41,6 +44,26 @@ class SessionState:
             if record.client_request_id:
                 sess.request_ids[record.client_request_id] = record.message_id
         return sess
+
+    def settings(self) -> dict | None:
+        """What ``/config`` set beside the model, as the session's row keeps it (None: all defaults)."""
+        stored = {"params": dict(self.params)} if self.params else {}
+        if self.stream is not None:
+            stored["stream"] = self.stream
+        if self.continue_style is not None:
+            stored["continue_style"] = self.continue_style
+        return stored or None
+
+    def take_settings(self, stored) -> None:
+        """The settings of ``settings()``, read back; a value that is not one ``/config`` could have set (a row
+        edited by hand, a later version's) is left at its default rather than sent upstream."""
+        stored = stored if isinstance(stored, dict) else {}
+        params = stored.get("params") if isinstance(stored.get("params"), dict) else {}
+        self.params = {key: value for key, value in params.items()
+                       if key in ("temperature", "max_tokens") and value is not None and setting_ok(key, value)}
+        self.stream = stored.get("stream") if setting_ok("stream", stored.get("stream")) else None
+        style = stored.get("continue_style")
+        self.continue_style = style if setting_ok("continue_style", style) else None
 
     def record(self, message_id: str) -> MessageRecord | None:
         return next((r for r in reversed(self.history) if r.message_id == message_id), None)
@@ -59,6 +82,21 @@ class SessionState:
 
     def last_user_index(self) -> int | None:
         return next((i for i in range(len(self.history) - 1, -1, -1) if self.history[i].role == "user"), None)
+
+
+def setting_ok(key: str, value) -> bool:
+    """Whether ``/config`` may set ``key`` to ``value`` (None unsets it)."""
+    if value is None:
+        return key in ("temperature", "max_tokens", "stream", "continue_style")
+    if key == "temperature":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 2
+    if key == "max_tokens":
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
+    if key == "stream":
+        return isinstance(value, bool)
+    if key == "continue_style":
+        return value in CONTINUE_STYLES
+    return False
 
 
 def user_record(message_id: str, session_id: str, text: str, now: float) -> MessageRecord:

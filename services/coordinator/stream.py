@@ -450,6 +450,9 @@ class StreamRules:
         now instead of after an ack."""
         state = self.persisted.reject(msg.message_id)
         out.append(Log("persist_rejected", {"message_id": msg.message_id, "reason": msg.reason}))
+        sess = self.sessions.get(msg.message_id)  # a ``SaveSession``'s: the session is only in memory
+        if sess is not None:
+            sess.saved = False
         gen_id = state.generation_id if state is not None else None
         gen = self.active.get(gen_id or "") or self.finalizing.pop(gen_id or "", None)
         if gen is None:

@@ -161,7 +161,7 @@ def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persister
                                                                                          tmp_path):
     """The message table's status and generation indexes of earlier versions are dropped for partial ones
     (only streaming rows, only rows with a generation), and the lookups by status and generation find their
-    rows through them, on both databases."""
+    rows through them, on both databases. The session table gets the settings columns it lacked."""
     from services import store
     if kind == "postgresql":
         url = postgres_server().url
@@ -177,7 +177,10 @@ def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persister
             db.execute_sql(f"DROP INDEX {name}")
         db.execute_sql('CREATE INDEX "message_status" ON "message" ("status")')
         db.execute_sql('CREATE INDEX "message_generation_id" ON "message" ("generation_id")')
-        assert set(store.migrate(db)) == {"-index message_status", "-index message_generation_id"}
+        for column in ("model", "settings"):  # a session row of before: no settings of its own
+            db.execute_sql(f'ALTER TABLE "session" DROP COLUMN "{column}"')
+        assert set(store.migrate(db)) == {"-index message_status", "-index message_generation_id", "session.model",
+                                          "session.settings"}
         assert store.migrate(db) == []
         assert {i.name for i in db.get_indexes("message")} >= {"message_streaming", "message_generation"}
         assert not {i.name for i in db.get_indexes("message")} & {"message_status", "message_generation_id"}
@@ -186,6 +189,8 @@ def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persister
             store.Message.create(id=f"m{i}", session="s1", position=i, role="assistant", status=status,
                                  generation_id=generation, created_at=1.0, updated_at=1.0)
         assert store.streaming_ids() == ["m1"]
+        stored = store.load_session("s1")
+        assert (stored["model"], stored["settings"], len(stored["messages"])) == (None, None, 3)
         assert store.session_of_generation("g2")["session_id"] == "s1" and store.session_of_generation("g9") is None
         if no_scan:
             db.execute_sql(no_scan)

@@ -288,3 +288,36 @@ def test_database_reads_run_off_the_loop_while_replies_stream(fresh_stack):
     outs = stack.send_all(texts, meanwhile=read_while_streaming, timeout=60)
     assert [o["status"] for o in outs] == ["completed"] * len(texts)
     assert [o["content"] for o in outs] == [expected(text, 120) for text in texts]
+
+
+def test_a_sessions_settings_outlive_a_coordinator_restart_and_its_leaving_memory(fresh_stack):
+    """What ``/config`` set (model, temperature, max_tokens, stream) is saved with the session's row at once:
+    a session read back after a restart of the coordinator, or after it left the cache
+    (CHATTER_MAX_CACHED_SESSIONS), sends its next reply as configured."""
+    stack = fresh_stack(CHATTER_MAX_CACHED_SESSIONS="1")
+    settings = {"model": "mock-2", "temperature": 0.25, "max_tokens": 40, "stream": False}
+
+    def reply_as_configured(client, session_id: str, text: str) -> None:
+        sent = client.send(session_id, f"{text} [[mock tokens=6]]", os.urandom(8).hex())
+        body = wait_journal(stack, text, lambda e: e["completed"])["body"]
+        assert {key: body.get(key) for key in settings} == settings
+        stack.wait_db_status(sent.message_id, ("completed",))
+
+    with stack.client() as client:
+        kept = client.new_session()
+        client.configure(kept, model="mock-2", params={"temperature": 0.25, "max_tokens": 40, "stream": False})
+        reply_as_configured(client, kept, "while cached")
+        other = client.new_session()  # the cache holds one session: this one's message pushes ``kept`` out
+        sent = client.send(other, "another session [[mock tokens=3]]", "other-1")
+        stack.wait_db_status(sent.message_id, ("completed",))
+        reads = client.status().counters["database_reads"]
+        deadline = time.monotonic() + 10
+        while client.status().counters["database_reads"] == reads:  # no read yet: ``kept`` may still be cached
+            client.history(kept)
+            assert time.monotonic() < deadline, "the session never left memory"
+            time.sleep(0.3)
+        reply_as_configured(client, kept, "after leaving memory")
+    stack.kill("coordinator")
+    stack.start("coordinator")
+    with stack.client() as client:
+        reply_as_configured(client, kept, "after a restart")

@@ -187,9 +187,15 @@ def test_a_changed_system_prompt_is_saved_and_a_message_ends_the_older_save():
     out = machine.handle_rpc(CLIENT, m.ConfigureSession(2, session_id, system="talk like a pirate"), 100.1)
     (save,) = effects(out, ToPersister, m.SaveSession)
     assert save.msg.session_system == "talk like a pirate"
-    assert effects(machine.handle_rpc(CLIENT, m.ConfigureSession(3, session_id, params={"temperature": 0.5}),
-                                      100.2), ToPersister, m.SaveSession) == []  # a parameter comes with a message
-    start(machine, session_id=session_id, now=100.3)  # its create writes the session's row as it stands now
+    out = machine.handle_rpc(CLIENT, m.ConfigureSession(3, session_id, model="m2", params={
+        "temperature": 0.5, "max_tokens": 9, "stream": False, "continue_style": "prefix"}), 100.2)
+    (save,) = effects(out, ToPersister, m.SaveSession)  # every setting is kept at once, the model's too
+    assert (save.msg.session_system, save.msg.session_model) == ("talk like a pirate", "m2")
+    assert save.msg.session_settings == {"params": {"temperature": 0.5, "max_tokens": 9}, "stream": False,
+                                         "continue_style": "prefix"}
+    _, _, send_out = start(machine, session_id=session_id, now=100.3)  # its create writes the row as it stands
+    assert {(e.msg.session_model, e.msg.session_settings["stream"]) for e in effects(send_out, ToPersister,
+                                                                                      m.CreateMessage)} == {("m2", False)}
     assert effects(machine.tick(102.0), ToPersister, m.SaveSession) == []
 
 

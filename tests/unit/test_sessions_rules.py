@@ -206,11 +206,45 @@ def test_session_settings_reach_the_job_and_the_prompt_hash_from_the_next_reply_
 def test_bad_session_settings_are_refused_and_change_nothing():
     machine = make()
     sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
-    for params in ({"temperature": 9}, {"max_tokens": 0}, {"stream": "yes"}, {"top_k": 3}):
+    for params in ({"temperature": 9}, {"temperature": True}, {"max_tokens": 0}, {"max_tokens": 2**31},
+                   {"stream": "yes"}, {"continue_style": "guess"}, {"top_k": 3}):
         refused = reply(machine.handle_rpc(CLIENT, m.ConfigureSession(2, sid, None, None, None, params), 0))
         assert not refused.ok and "bad setting" in refused.error
     assert not reply(machine.handle_rpc(CLIENT, m.ConfigureSession(3, sid, None, -5), 0)).ok
     assert machine.sessions[sid].params == {} and machine.sessions[sid].stream is None
+
+
+def test_session_settings_are_saved_with_the_session_and_read_back_after_it_left_memory():
+    machine = make()
+    sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id
+    out = machine.handle_rpc(CLIENT, m.ConfigureSession(2, sid, "be brief", 300, "other-model", {
+        "temperature": 0.25, "max_tokens": 64, "stream": False, "continue_style": "prefill"}), 1)
+    (save,) = [e.msg for e in out if isinstance(e, ToPersister)]
+    stored = {"session_id": sid, "title": "", "system": save.session_system,  # the row, as load_session reads it
+              "max_input_tokens": save.session_max_input_tokens, "model": save.session_model,
+              "settings": save.session_settings, "messages": []}
+    again = make()  # a restarted coordinator, or this one after the session was evicted
+    again.load_session(stored)
+    sess = again.sessions[sid]
+    assert (sess.system, sess.max_input_tokens, sess.model, sess.params, sess.stream, sess.continue_style) == (
+        "be brief", 300, "other-model", {"temperature": 0.25, "max_tokens": 64}, False, "prefill")
+    _, _, out = start(again, "q", now=2, session_id=sid)
+    job = job_of(out)
+    assert (job.model, job.params, job.stream) == ("other-model", {"temperature": 0.25, "max_tokens": 64}, False)
+
+
+def test_stored_settings_that_config_could_not_have_set_are_left_at_their_defaults():
+    machine = make()
+    for settings in (None, "junk", {"params": "junk"}, {"params": {"temperature": 7, "top_k": 3, "max_tokens": None},
+                                                         "stream": "yes", "continue_style": "guess"}):
+        machine.load_session({"session_id": "s", "title": "", "system": None, "model": None,
+                              "settings": settings, "messages": []})
+        sess = machine.sessions.pop("s")
+        assert (sess.params, sess.stream, sess.continue_style) == ({}, None, None)
+    machine.load_session({"session_id": "s", "title": "", "system": None, "settings": {  # a row of before: no model
+        "params": {"temperature": 0, "top_k": 3}, "stream": True}, "messages": []})
+    assert (machine.sessions["s"].params, machine.sessions["s"].stream, machine.sessions["s"].model) == (
+        {"temperature": 0}, True, None)
 
 
 def finished_sessions(machine, count: int, unacked: tuple[int, ...] = ()) -> list[str]:
@@ -273,3 +307,22 @@ def test_a_session_read_back_from_the_database_counts_as_recently_used_and_the_l
     machine.tick(5.1)
     assert set(machine.sessions) == {sessions[0], sessions[2], "stored-long-ago"}  # the least recent idle left
     assert set(machine.message_sessions.values()) == set(machine.sessions)
+
+
+def test_a_session_leaves_memory_only_once_its_row_as_it_stands_is_durable_messages_or_not():
+    machine = make(max_cached_sessions=1)
+    (configured,) = finished_sessions(machine, 1)  # a reply, durable; then /config, whose save is not acked yet
+    machine.handle_rpc(CLIENT, m.ConfigureSession(1, configured, params={"temperature": 1}), 10.0)
+
+    def new(req_id, save=True):
+        return reply(machine.handle_rpc(CLIENT, m.NewSession(req_id, save=save), 10.0 + req_id)).result.session_id
+
+    acked, unacked, unsaved, newest = new(2), new(3), new(4, save=False), new(5)
+    machine.handle_event(m.SessionSaved(acked), 16.0)
+    machine.tick(17.0)
+    assert acked not in machine.sessions  # empty, and its row is durable: read back when asked for
+    assert {configured, unacked, unsaved, newest} <= set(machine.sessions)  # not durable as they stand, or only here
+    machine.handle_event(m.SessionSaved(configured), 18.0)
+    machine.handle_event(m.PersistRejected(unacked, "no room"), 18.0)  # never stored: it stays, only in memory
+    machine.tick(19.0)
+    assert configured not in machine.sessions and {unacked, unsaved, newest} <= set(machine.sessions)
