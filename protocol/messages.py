@@ -476,9 +476,11 @@ class PersistRejected(Message, tag=64):
 
 
 class SessionSaved(Message, tag=65):
-    """A ``SaveSession`` is applied: its session's row is in the database."""
+    """A ``SaveSession`` is applied: its session's row is in the database as of ``saved_at`` (the save's
+    ``created_at``; an answer to an older save does not end the resending of a newer one)."""
 
     session_id: str
+    saved_at: Optional[float] = None
 
 
 PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, PersistRejected, SessionSaved)

@@ -63,8 +63,12 @@ class PersistTracker:
         self.sessions[op.session_id] = [op, now, earlier[2] if earlier else now]
         return op
 
-    def on_session_saved(self, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
+    def on_session_saved(self, session_id: str, saved_at: float | None = None) -> None:
+        """The save of ``saved_at`` is applied; a later one of the same session (``/config`` again) is still
+        resent until it is too."""
+        entry = self.sessions.get(session_id)
+        if entry is not None and (saved_at is None or entry[0].created_at <= saved_at):
+            del self.sessions[session_id]
 
     def create(self, create: m.CreateMessage, now: float) -> m.CreateMessage:
         # the message's create writes its session's row as it stands now: an older SaveSession must not be

@@ -433,7 +433,7 @@ class StreamRules:
         out.append(Log("persister_joined", {}))
 
     def _on_session_saved(self, msg: m.SessionSaved, now: float, out: list) -> None:
-        self.persisted.on_session_saved(msg.session_id)
+        self.persisted.on_session_saved(msg.session_id, msg.saved_at)
 
     def _on_orphans_interrupted(self, msg: m.OrphansInterrupted, now: float, out: list) -> None:
         self.persisted.on_orphans_interrupted(msg)

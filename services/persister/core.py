@@ -214,7 +214,7 @@ class PersisterCore:
                 self._reopen(op, plan)
             elif isinstance(op, m.SaveSession):
                 plan.writes.append(UpsertSession(op))
-                plan.answers.append(m.SessionSaved(op.session_id))
+                plan.answers.append(m.SessionSaved(op.session_id, op.created_at))
         if chunks:
             self._flush_chunks(plan, chunks)
         keep_from = min(self.first_chunk.values(), default=self.next_chunk_id)

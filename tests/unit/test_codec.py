@@ -24,7 +24,7 @@ SAMPLES = [
     m.GenError("g", 0, "boom", 2), m.GenCancelled("g", 4), m.GeneratorHeartbeat("gen-1", 60, 4, 0),
     m.CreateMessage("msg", "s", "title", None, "user", "hi", "completed", 1.0),
     m.Append("msg", 0, "abc"), m.Finalize("msg", "completed", 3, "h", {}, None),
-    m.InterruptOrphans("restart", ["msg"], "c1.2"), m.SaveSession("s1", "", "be brief", 4000, 1.5), m.SessionSaved("s1"),
+    m.InterruptOrphans("restart", ["msg"], "c1.2"), m.SaveSession("s1", "", "be brief", 4000, 1.5), m.SessionSaved("s1", 1.5),
     m.Reopen("msg", "gen2", "abc", "", m.ContinuedPrompt([{"role": "assistant", "content": "abc", "prefix": True}],
                                                          "h", "p")), m.PersistAck("msg", 3, True), m.PersisterHello(1.0),
     m.OrphansInterrupted(2, "c1.2"), m.PersisterStats(7, 3, 40, 1200, 0, 1, 5.0, "database or disk is full"),

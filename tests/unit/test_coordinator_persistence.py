@@ -176,9 +176,20 @@ def test_a_new_session_is_saved_at_once_and_resent_until_the_persister_answers()
     assert save.msg == m.SaveSession(session_id, "", "be brief", 4000, 100.0)
     assert machine.persisted.oldest_unsaved() == (1, 100.0)  # status: not saved yet
     assert [e.msg for e in effects(machine.tick(101.1), ToPersister, m.SaveSession)] == [save.msg]
-    machine.handle_event(m.SessionSaved(session_id), 101.2)
+    machine.handle_event(m.SessionSaved(session_id, 100.0), 101.2)
     assert effects(machine.tick(103.0), ToPersister, m.SaveSession) == []
     assert machine.persisted.oldest_unsaved() == (0, None)
+
+
+def test_the_answer_to_an_older_save_does_not_end_the_resending_of_a_newer_one():
+    machine = make(persist_resend_ms=1000)
+    session_id, _ = new_session(machine, 100.0)
+    out = machine.handle_rpc(CLIENT, m.ConfigureSession(2, session_id, model="m2"), 100.5)  # its send was lost
+    (newer,) = effects(out, ToPersister, m.SaveSession)
+    machine.handle_event(m.SessionSaved(session_id, 100.0), 100.6)  # the first save's answer
+    assert [e.msg for e in effects(machine.tick(101.6), ToPersister, m.SaveSession)] == [newer.msg]
+    machine.handle_event(m.SessionSaved(session_id, 100.5), 101.7)
+    assert effects(machine.tick(103.0), ToPersister, m.SaveSession) == []
 
 
 def test_a_changed_system_prompt_is_saved_and_a_message_ends_the_older_save():

@@ -157,5 +157,5 @@ def test_a_saved_session_is_an_upsert_of_its_row_answered_when_applied(persister
     save = m.SaveSession("s9", "", "be brief", 4000, 2.0)
     assert persister.unknown([save]) == set()  # no message to look up
     plan = persister.plan([save])
-    assert [w.op for w in writes(plan, UpsertSession)] == [save] and plan.answers == [m.SessionSaved("s9")]
+    assert [w.op for w in writes(plan, UpsertSession)] == [save] and plan.answers == [m.SessionSaved("s9", 2.0)]
     assert plan.acks == {} and writes(plan, InsertMessage) == []

@@ -318,11 +318,11 @@ def test_a_session_leaves_memory_only_once_its_row_as_it_stands_is_durable_messa
         return reply(machine.handle_rpc(CLIENT, m.NewSession(req_id, save=save), 10.0 + req_id)).result.session_id
 
     acked, unacked, unsaved, newest = new(2), new(3), new(4, save=False), new(5)
-    machine.handle_event(m.SessionSaved(acked), 16.0)
+    machine.handle_event(m.SessionSaved(acked, 12.0), 16.0)
     machine.tick(17.0)
     assert acked not in machine.sessions  # empty, and its row is durable: read back when asked for
     assert {configured, unacked, unsaved, newest} <= set(machine.sessions)  # not durable as they stand, or only here
-    machine.handle_event(m.SessionSaved(configured), 18.0)
+    machine.handle_event(m.SessionSaved(configured, 10.0), 18.0)
     machine.handle_event(m.PersistRejected(unacked, "no room"), 18.0)  # never stored: it stays, only in memory
     machine.tick(19.0)
     assert configured not in machine.sessions and {unacked, unsaved, newest} <= set(machine.sessions)
