@@ -257,8 +257,8 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
         db.cursor().executemany(_insert_sql(db, Session, _SESSION_COLUMNS, _SESSION_UPSERT), rows)
     if not messages:
         return
-    counts = dict(Message.select(Message.session, peewee.fn.COUNT(Message.id)).where(
-        Message.session.in_(list({op.session_id for op in messages}))).group_by(Message.session).tuples())
+    counts = dict(_rows_in(db, 'SELECT "session_id", COUNT("id") FROM "message"', "session_id",
+                           list({op.session_id for op in messages}), ' GROUP BY "session_id"'))
     rows = []
     for op in messages:
         position = counts.get(op.session_id, 0)
@@ -271,6 +271,16 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
             client_request_id=op.client_request_id, dropped_message_ids=_json(op.dropped_message_ids),
             created_at=op.created_at, updated_at=op.created_at)))
     db.cursor().executemany(_insert_sql(db, Message, _MESSAGE_COLUMNS), rows)
+
+
+def _rows_in(db: peewee.Database, select: str, column: str, values: list, tail: str = "") -> list[tuple]:
+    """The rows of ``select`` whose ``column`` is one of ``values``, as plain SQL. py-spy of the persister in a
+    1000-request burst put 12.5% of it in peewee building the count query of ``create_messages``; measured
+    (``timeit``, 16 sessions, SQLite in memory): 189-210 µs a count through peewee, 7 µs through this."""
+    if not values:
+        return []
+    return db.execute_sql(f'{select} WHERE "{column}" IN ({", ".join([db.param] * len(values))}){tail}',
+                          values).fetchall()
 
 
 def _row(columns: tuple[str, ...], values: dict) -> tuple:
@@ -338,8 +348,8 @@ def streaming_ids() -> list[str]:
 
 def stored_messages(ids: set[str]) -> list[tuple[str, bool, int, int]]:
     """(id, streaming, length, the thinking's length) of those of these message ids that have a row."""
-    rows = Message.select(Message.id, Message.status, Message.length, peewee.fn.LENGTH(Message.reasoning)).where(
-        Message.id.in_(list(ids))).tuples()
+    rows = _rows_in(db_proxy.obj, 'SELECT "id", "status", "length", LENGTH("reasoning") FROM "message"', "id",
+                    list(ids))
     return [(message_id, status == STREAMING, length, reasoning_length or 0)
             for message_id, status, length, reasoning_length in rows]
 

@@ -184,7 +184,8 @@ def test_a_batch_of_new_messages_takes_positions_in_order_and_each_session_its_l
         "u1", "a1", "u2", "x1", "a2", "x2", "x3"}
     prompt = [{"role": "user", "content": "hi"}]
     shell.commit([m.CreateMessage("a3", "s2", "t", None, "assistant", "", "streaming", 9.0, "g-a3", prompt, "ph",
-                                  "preview", "model-x", {"temperature": 0.5}, "req-1", None, 70, ["x1"])])
+                                  "preview", "model-x", {"temperature": 0.5}, "req-1", None, 70, ["x1"],
+                                  "model-y", {"params": {"temperature": 0.5}, "stream": False})])
     row = store.Message.get_by_id("a3")
     assert (row.session_id, row.position, row.role, row.content, row.reasoning, row.length, row.status,
             row.generation_id, row.prompt_messages, row.prompt_hash, row.preview, row.model, row.params,
@@ -192,7 +193,10 @@ def test_a_batch_of_new_messages_takes_positions_in_order_and_each_session_its_l
             row.created_at, row.updated_at) == (
         "s2", 3, "assistant", "", "", 0, "streaming", "g-a3", prompt, "ph", "preview", "model-x",
         {"temperature": 0.5}, None, None, None, False, "req-1", ["x1"], 9.0, 9.0)
-    assert store.Session.get_by_id("s2").max_input_tokens == 70
+    s2 = store.Session.get_by_id("s2")
+    assert (s2.max_input_tokens, s2.model, s2.settings) == (70, "model-y", {"params": {"temperature": 0.5},
+                                                                            "stream": False})
+    assert (s1.model, s1.settings) == (None, None)
 
 
 def test_the_chunk_rows_written_in_bulk_are_the_chunk_tables_columns_in_order():
