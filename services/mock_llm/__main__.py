@@ -33,6 +33,12 @@ CONTENT_TAIL = b'}, "finish_reason": null}]}\n\n'
 TICK_S = 0.001
 
 
+# Connections the kernel holds for the mock before it accepts them (capped at net.core.somaxconn). aiohttp's
+# default, 128, overflowed when a thousand clients connected at once (the bench's peer: connect timeouts, and
+# the kernel's TcpExtListenOverflows counter went up).
+LISTEN_BACKLOG = 4096
+
+
 class Ticks:
     """Sleeps that end on a shared grid of TICK_S: the streams due in the same millisecond wake from one timer,
     each from a future of its own (a cancelled handler leaves the others be). At 1000 streams the mock's
@@ -295,7 +301,7 @@ async def serve() -> None:
     mock = MockLLM(env_scenario(settings), serial=settings.serial, context=settings.context, server=settings.server)
     runner = web.AppRunner(mock.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:
