@@ -60,7 +60,7 @@ class SessionState:
         stored = stored if isinstance(stored, dict) else {}
         params = stored.get("params") if isinstance(stored.get("params"), dict) else {}
         self.params = {key: value for key, value in params.items()
-                       if key in ("temperature", "max_tokens") and value is not None and setting_ok(key, value)}
+                       if key in REQUEST_PARAMS and value is not None and setting_ok(key, value)}
         self.stream = stored.get("stream") if setting_ok("stream", stored.get("stream")) else None
         style = stored.get("continue_style")
         self.continue_style = style if setting_ok("continue_style", style) else None
@@ -84,10 +84,13 @@ class SessionState:
         return next((i for i in range(len(self.history) - 1, -1, -1) if self.history[i].role == "user"), None)
 
 
+REQUEST_PARAMS = ("temperature", "max_tokens")  # the settings sent upstream with each request
+
+
 def setting_ok(key: str, value) -> bool:
     """Whether ``/config`` may set ``key`` to ``value`` (None unsets it)."""
     if value is None:
-        return key in ("temperature", "max_tokens", "stream", "continue_style")
+        return key in (*REQUEST_PARAMS, "stream", "continue_style")
     if key == "temperature":
         return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 2
     if key == "max_tokens":
