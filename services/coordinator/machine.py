@@ -57,7 +57,7 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0, "generations_adopted": 0, "deltas_before_adoption": 0,
                          "jobs_sent_again": 0, "generations_requeued": 0,
-                         "generations_continued": 0,
+                         "generations_continued": 0, "unsaved_sessions_dropped": 0,
                          # counted by the shell: its database reads, and refused tcp handshakes and CURVE keys
                          "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
@@ -149,7 +149,7 @@ class Coordinator(Requests, StreamRules, Adoption):
             self._check_generators(now, out)
             self._check_lost_jobs(now, out)
             self._check_stalls(now, out)
-            self._evict_idle_sessions()
+            self._evict_idle_sessions(now)
             self.persisted.sweep_held = self._sweep_held()
             out.extend(ToPersister(op) for op in self.persisted.due(now, self._text_of))
         return out

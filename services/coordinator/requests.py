@@ -15,6 +15,9 @@ from services.coordinator.sessions import SessionState
 from services.coordinator.stream import GenerationState
 
 
+# how long a session made for the message sent next (``NewSession.save`` false) waits for it, once the cache is
+# full, before it is dropped: ``chatter send`` sends its message at once
+UNSAVED_SESSION_KEEP_S = 60.0
 # what auto makes of a server's /v1/models owned_by
 SERVER_STYLES = {"vllm": "vllm", "llamacpp": "prefill"}
 
@@ -412,12 +415,14 @@ class Requests:
         sess.last_activity = now
         self.sessions[sess.session_id] = self.sessions.pop(sess.session_id)
 
-    def _evict_idle_sessions(self) -> None:
+    def _evict_idle_sessions(self, now: float) -> None:
         """Memory stays flat however many sessions pass through: the least recently active idle ones
         (nothing streaming or waiting for the persister) are dropped and read back when asked for. They are
         taken from the front of ``sessions`` (``_touch``), so a sweep reads the ones it drops and the busy ones
         before them, not every cached session (a sort of all 5,000 took ~0.7 ms, four times a second). A session
-        with no message yet goes too once its row is durable: it reads back with its settings."""
+        with no message yet goes too once its row is durable: it reads back with its settings. One made for the
+        message sent next (never saved) is only here: it is dropped once it has waited ``UNSAVED_SESSION_KEEP_S``
+        for that message, so that refused sends cannot fill memory with sessions no one will use."""
         excess = len(self.sessions) - self.settings.max_cached_sessions
         if excess <= 0:
             return
@@ -428,12 +433,14 @@ class Requests:
                 break
             if sess.session_id in busy or sess.session_id in self.persisted.sessions:
                 continue  # streaming, or its row as it stands now (``/config``) is not durable yet
-            if not sess.history and not sess.saved:
+            if not sess.history and not sess.saved and now - sess.last_activity < UNSAVED_SESSION_KEEP_S:
                 continue  # made for the message sent next, and stored with it: only here until then
             if any(r.message_id in self.persisted.states for r in sess.history):
                 continue  # not all of it is durable yet
             idle.append(sess)
         for sess in idle:
+            if not sess.history and not sess.saved:
+                self.counters["unsaved_sessions_dropped"] += 1
             del self.sessions[sess.session_id]
             for record in sess.history:
                 self.message_sessions.pop(record.message_id, None)

@@ -8,6 +8,7 @@ from protocol import messages as m
 from protocol.records import MessageRecord
 from services.coordinator.machine import ToClients, ToControl, ToGenerators, ToPersister
 from services.coordinator.prompt import PromptTooLarge, assemble, prompt_hash
+from services.coordinator.requests import UNSAVED_SESSION_KEEP_S
 from tests.unit.test_coordinator_machine import CLIENT, ack_all, delta, effects, make, reply, start, words
 
 
@@ -326,3 +327,19 @@ def test_a_session_leaves_memory_only_once_its_row_as_it_stands_is_durable_messa
     machine.handle_event(m.PersistRejected(unacked, "no room"), 18.0)  # never stored: it stays, only in memory
     machine.tick(19.0)
     assert configured not in machine.sessions and {unacked, unsaved, newest} <= set(machine.sessions)
+
+
+def test_a_session_made_for_a_message_that_never_came_is_dropped_once_it_waited_past_the_keep_time():
+    machine = make(max_cached_sessions=1)
+    (durable,) = finished_sessions(machine, 1)
+
+    def unsaved(req_id, now):
+        return reply(machine.handle_rpc(CLIENT, m.NewSession(req_id, save=False), now)).result.session_id
+
+    waited, fresh = unsaved(1, 10.0), unsaved(2, 10.0 + UNSAVED_SESSION_KEEP_S)
+    machine.tick(10.0 + UNSAVED_SESSION_KEEP_S + 0.1)
+    assert durable not in machine.sessions  # the durable one first, as always
+    assert waited not in machine.sessions and fresh in machine.sessions  # over the cap and past its keep time
+    assert machine.counters["unsaved_sessions_dropped"] == 1
+    refused = reply(machine.handle_rpc(CLIENT, m.Send(3, waited, "late", "r-late"), 80.0))
+    assert not refused.ok and "unknown session" in refused.error
