@@ -433,13 +433,13 @@ class Requests:
                 break
             if sess.session_id in busy or sess.session_id in self.persisted.sessions:
                 continue  # streaming, or its row as it stands now (``/config``) is not durable yet
-            if not sess.history and not sess.saved and now - sess.last_activity < UNSAVED_SESSION_KEEP_S:
+            if sess.only_in_memory and now - sess.last_activity < UNSAVED_SESSION_KEEP_S:
                 continue  # made for the message sent next, and stored with it: only here until then
             if any(r.message_id in self.persisted.states for r in sess.history):
                 continue  # not all of it is durable yet
             idle.append(sess)
         for sess in idle:
-            if not sess.history and not sess.saved:
+            if sess.only_in_memory:
                 self.counters["unsaved_sessions_dropped"] += 1
             del self.sessions[sess.session_id]
             for record in sess.history:

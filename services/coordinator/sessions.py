@@ -45,6 +45,11 @@ class SessionState:
                 sess.request_ids[record.client_request_id] = record.message_id
         return sess
 
+    @property
+    def only_in_memory(self) -> bool:
+        """No message and never saved: made for the message sent next, which stores it."""
+        return not self.history and not self.saved
+
     def settings(self) -> dict | None:
         """What ``/config`` set beside the model, as the session's row keeps it (None: all defaults)."""
         stored = {"params": dict(self.params)} if self.params else {}
