@@ -63,13 +63,13 @@ def small_tmpfs(tmp_path):
 
 
 def fill(directory: Path) -> Path:
-    """Write until the disk is full."""
+    """Write until the disk is full: unbuffered, so a short write takes the last bytes there are and nothing is
+    left in a buffer for the close to fail on."""
     filler = directory / "filler"
-    with open(filler, "wb") as out:
+    with open(filler, "wb", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError:
             pass
     return filler

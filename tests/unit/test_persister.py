@@ -153,6 +153,33 @@ def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
         db.close()
 
 
+def test_a_new_sqlite_file_has_small_pages_and_an_earlier_file_keeps_its_own(tmp_path):
+    def pragma(db, name):
+        return db.execute_sql(f"PRAGMA {name}").fetchone()[0]
+
+    db = store.open_database(f"sqlite:///{tmp_path}/new.db")
+    try:
+        store.migrate(db)
+        assert pragma(db, "page_size") == store.SQLITE_PAGE_SIZE == 1024 and pragma(db, "journal_mode") == "wal"
+        assert pragma(db, "wal_autocheckpoint") == store.SQLITE_WAL_PAGES
+    finally:
+        db.close()
+    import sqlite3  # a file an earlier version made: SQLite's 4 KB pages, in WAL mode, with a row
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("PRAGMA journal_mode=wal")
+    old.execute("CREATE TABLE session (id VARCHAR(64) PRIMARY KEY, title TEXT, system TEXT, max_input_tokens INTEGER,"
+                " created_at REAL, updated_at REAL)")
+    old.execute("INSERT INTO session VALUES ('s1', 'kept', NULL, NULL, 1.0, 1.0)")
+    old.commit()
+    old.close()
+    db = store.open_database(f"sqlite:///{tmp_path}/old.db")
+    try:
+        assert "session.model" in store.migrate(db)
+        assert pragma(db, "page_size") == 4096 and store.Session.get_by_id("s1").title == "kept"
+    finally:
+        db.close()
+
+
 def test_a_saved_session_is_an_upsert_of_its_row_answered_when_applied(persister):
     save = m.SaveSession("s9", "", "be brief", 4000, 2.0)
     assert persister.unknown([save]) == set()  # no message to look up
