@@ -36,7 +36,7 @@ from services.generator.fed import Sink, fed, reader_of, transport_of
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
                                       context_lengths, not_an_event_stream, retry_delay, server_kind,
                                       server_words, status_failure)
-from services.generator.request import request_body, streaming_request
+from services.generator.request import AsyncOpenAI, request_body, streaming_request
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError, reasoning_of
 from services.logs import redact
 from services.tokens import count_tokens
@@ -90,7 +90,7 @@ class GeneratorShell:
         # No per-read timeout in the HTTP client: aiohttp re-arms a timer on every read (11% of this
         # process under load, py-spy). ``stream_once`` keeps its own deadline, moved at most once a second.
         timeout = httpx2.Timeout(connect=5.0, read=None, write=self.read_timeout_s, pool=self.read_timeout_s)
-        self.clients = [openai.AsyncOpenAI(
+        self.clients = [AsyncOpenAI(
             base_url=settings.base_url,
             api_key=settings.api_key,
             max_retries=0,  # retries are ours: before the first token only, honouring Retry-After

@@ -83,3 +83,47 @@ def test_requests_from_the_shared_options_each_carry_their_own_body_and_key():
     assert [json.loads(r.content)["messages"][0]["content"] for r in seen] == ["one", "two"]
     assert [r.headers["authorization"] for r in seen] == ["Bearer sk-first", "Bearer sk-second"]
     assert fast._TEMPLATE.json_data is None
+
+
+def test_the_templated_client_builds_each_request_as_the_client_itself_does():
+    """``request.AsyncOpenAI`` builds the first request of a kind through the client and the rest from it: every
+    one is what the client's own ``_build_request`` makes, byte for byte, whatever the body, and a changed key
+    is a new kind."""
+    assert fast.TEMPLATED  # this client version has what the template needs
+    timeout = httpx2.Timeout(connect=5.0, read=None, write=60, pool=60)
+    made = {}
+
+    async def build():  # in a running loop, as the generator builds them (a header names the async library)
+        for cls in (openai.AsyncOpenAI, fast.AsyncOpenAI):
+            client = cls(base_url="http://upstream.test/v1", api_key="sk-one", max_retries=0, timeout=timeout,
+                         http_client=httpx2.AsyncClient())
+            out = made[cls] = []
+            for i, (key, params) in enumerate([("sk-one", None), ("sk-one", PARAMS), ("sk-one", {"seed": 2**40}),
+                                               ("sk-two", None), ("sk-two", {"temperature": 0.1}), ("sk-one", None)]):
+                client.api_key = key
+                messages = MESSAGES + [{"role": "user", "content": f"turn {i} " + "é" * i}]
+                options = fast.model_copy(fast._TEMPLATE)
+                options.json_data = fast.request_body("m", messages, params, True, i % 2 == 0)
+                for retries in (0, 1):
+                    out.append(client._build_request(options, retries_taken=retries))
+            await client.close()
+    asyncio.run(build())
+    theirs, ours = made[openai.AsyncOpenAI], made[fast.AsyncOpenAI]
+    assert len(ours) == 12 and len(fast.AsyncOpenAI._templates or {}) == 0  # kept per client, not per class
+    for a, b in zip(theirs, ours):
+        assert (a.method, str(a.url), a.headers.raw, a.content, a.extensions) == \
+               (b.method, str(b.url), b.headers.raw, b.content, b.extensions)
+    assert len({r.headers["authorization"] for r in ours}) == 2 and len({r.content for r in ours}) == 6
+
+
+def test_the_templated_client_leaves_any_other_request_to_the_client():
+    async def build():
+        client = fast.AsyncOpenAI(base_url="http://upstream.test/v1", api_key="k", max_retries=0,
+                                  http_client=httpx2.AsyncClient())
+        options = fast.model_copy(fast._TEMPLATE)
+        options.json_data, options.params = {"model": "m", "messages": []}, {"api-version": "1"}
+        request = client._build_request(options)
+        await client.close()
+        return request, client._templates
+    request, templates = asyncio.run(build())
+    assert request.url.params["api-version"] == "1" and not templates
