@@ -63,7 +63,7 @@ def run(total: int, streams: int, tokens: int, tps: float, commit_ms: float, che
     if frames:
         db.execute_sql("PRAGMA wal_autocheckpoint = 0")
     persister = PersisterCore()
-    persister.load([], {}, store.next_chunk_id())
+    persister.load([], {}, store.chunk_log_ids())
     rng = random.Random(1)
     life = tokens / tps
     starts = [i * life / streams for i in range(total)]

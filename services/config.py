@@ -216,12 +216,14 @@ class PersisterSettings:
     database_url: str = "sqlite:///data/chatter.db"
     group_commit_ms: int = 10
     append_hold_ms: int = 250
+    chunk_log_rows: int = 4096  # rows of the chunk log's current table before it turns to the other
 
     @classmethod
     def from_env(cls) -> PersisterSettings:
         return cls(database_url=database_url(),
                    group_commit_ms=env_int("CHATTER_GROUP_COMMIT_MS", 10, lo=0, hi=10_000),
-                   append_hold_ms=env_int("CHATTER_APPEND_HOLD_MS", 250, lo=0, hi=10_000))
+                   append_hold_ms=env_int("CHATTER_APPEND_HOLD_MS", 250, lo=0, hi=10_000),
+                   chunk_log_rows=env_int("CHATTER_CHUNK_LOG_ROWS", cls.chunk_log_rows, lo=1, hi=100_000_000))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 reads sessions it does not have in memory (after a restart) through ``load_session``."""
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
@@ -71,13 +72,30 @@ class Chunk(BaseModel):
     """Checkpointed text of streaming messages: an append-only log. Rows only ever go at its end, with
     ids the persister assigns in order, and there is no index to keep sorted: an index on (message,
     offset) took a page write per growing reply per commit (about 170 disk bytes per content byte at
-    1000 streams). A finalized message's text is folded into Message.content; its rows leave the log
-    from the front once no streaming message has rows before them (``truncate_chunks``)."""
+    1000 streams). A finalized message's text is folded into Message.content.
 
-    message = peewee.ForeignKeyField(Message, column_name="message_id", on_delete="CASCADE", index=False)
+    The log is two tables in turn (``CHUNK_LOG``): rows go into one, and the other, once no streaming message
+    has rows in it, is emptied whole (``clear_chunks``) and takes the rows next. Cutting the log's front row by
+    row rewrote every page it emptied. The message id is not a foreign key: SQLite empties a table that is
+    the child of one row by row too, and only the persister writes here, never for a message without its row
+    (``PersisterCore._append``); messages are never deleted. Measured (docs/PERFORMANCE.md, "Database bytes";
+    ``bench/persister_bytes.py``): 24.2 -> 19.9 disk bytes per content byte at 1000 streams, 25.2 -> 20.6 at 50.
+    The persister decides when (``services/persister/core.py: PersisterCore.plan``)."""
+
+    message = peewee.CharField(max_length=64, column_name="message_id")
     offset = peewee.IntegerField()
     text = peewee.TextField()
     thinking = peewee.BooleanField(default=False)  # a row of the thinking, a text of its own with its own offsets
+
+
+class ChunkB(Chunk):
+    """The chunk log's second table: the same columns (``Chunk``)."""
+
+    class Meta:
+        table_name = "chunk_b"
+
+
+CHUNK_LOG = (Chunk, ChunkB)  # the log's two tables, in the order of their numbers (``half``)
 
 
 # Partial indexes: a row is in one only while it matches, so a reply's finalize leaves the streaming index
@@ -95,7 +113,7 @@ Message.add_index(Message.generation_id, where=HAS_GENERATION, name="message_gen
 OLD_INDEXES = {"chunk": ("chunk_message_id_offset", "chunk_message_id"),
                "message": ("message_status", "message_generation_id")}
 
-MODELS = (Session, Message, Chunk)
+MODELS = (Session, Message, Chunk, ChunkB)
 
 
 def migrate(db: peewee.Database) -> list[str]:
@@ -106,6 +124,10 @@ def migrate(db: peewee.Database) -> list[str]:
     db.create_tables(MODELS, safe=True)
     migrator = SchemaMigrator.from_database(db)
     changes = []
+    for table in CHUNK_LOG:  # the log of an earlier version referenced its messages: rebuilt without
+        if db.get_foreign_keys(table._meta.table_name):
+            _rebuild_without_foreign_key(db, table)
+            changes.append(f"{table._meta.table_name}: no foreign key")
     for table, names in OLD_INDEXES.items():
         existing = {index.name for index in db.get_indexes(table)}
         for name in names:
@@ -119,6 +141,21 @@ def migrate(db: peewee.Database) -> list[str]:
                 run(migrator.add_column(model._meta.table_name, field.column_name, field))
                 changes.append(f"{model._meta.table_name}.{field.column_name}")
     return changes
+
+
+def _rebuild_without_foreign_key(db: peewee.Database, table) -> None:
+    """The table made again from its model, with its rows (the chunk log's: recent and streaming text only)."""
+    name, columns = table._meta.table_name, ", ".join(f'"{c}"' for c in _CHUNK_COLUMNS)
+
+    class Rebuilt(table):
+        class Meta:
+            table_name = f"{name}_rebuilt"
+
+    with db.atomic():
+        Rebuilt.create_table()
+        db.execute_sql(f'INSERT INTO "{name}_rebuilt" ({columns}) SELECT {columns} FROM "{name}"')
+        db.execute_sql(f'DROP TABLE "{name}"')
+        db.execute_sql(f'ALTER TABLE "{name}_rebuilt" RENAME TO "{name}"')
 
 
 class DatabaseUrlError(Exception):
@@ -329,11 +366,11 @@ def supersede(message_ids: list[str]) -> None:
     Message.update(superseded=True).where(Message.id.in_(message_ids)).execute()
 
 
-def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]]) -> None:
-    """Rows (id, message id, offset, text, thinking) at the chunk log's end."""
+def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]], half: int = 0) -> None:
+    """Rows (id, message id, offset, text, thinking) at the chunk log's end, in its table ``half``."""
     # one executemany: peewee's per-row query building was the persister's top cost (py-spy); measured
     # ~9k row updates/s through the ORM against ~240k/s in bulk
-    db.cursor().executemany(_insert_sql(db, Chunk, _CHUNK_COLUMNS), rows)
+    db.cursor().executemany(_insert_sql(db, CHUNK_LOG[half], _CHUNK_COLUMNS), rows)
 
 
 def write_final(message_id: str, status: str, content: str, stats: dict, error: str | None,
@@ -374,8 +411,9 @@ def streamed_texts(message_id: str) -> tuple[str, str]:
     if msg.status != STREAMING:
         return msg.content, msg.reasoning
     texts = _ChunkTexts()
-    for offset, text, thinking in (Chunk.select(Chunk.offset, Chunk.text, Chunk.thinking)
-                                   .where(Chunk.message == message_id).order_by(Chunk.id).tuples()):
+    rows = (table.select(table.id, table.offset, table.text, table.thinking).where(table.message == message_id)
+            .order_by(table.id).tuples() for table in CHUNK_LOG)
+    for _, offset, text, thinking in heapq.merge(*rows):
         texts.add(offset, text, bool(thinking))
     return "".join(texts.parts[0]), "".join(texts.parts[1])
 
@@ -402,22 +440,41 @@ def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:
     """Every streaming message's checkpointed texts, in one scan of the log: message id -> (its first
     chunk id, its answer's parts in order, its thinking's). A message with no chunk yet is absent."""
     found: dict[str, tuple[int, _ChunkTexts]] = {}
-    query = (Chunk.select(Chunk.id, Chunk.message, Chunk.offset, Chunk.text, Chunk.thinking).join(Message)
-             .where(IS_STREAMING).order_by(Chunk.id).tuples())
-    for chunk_id, message_id, offset, text, thinking in query:
+    rows = (table.select(table.id, table.message, table.offset, table.text, table.thinking)
+            .join(Message, on=(table.message == Message.id)).where(IS_STREAMING).order_by(table.id).tuples()
+            for table in CHUNK_LOG)
+    for chunk_id, message_id, offset, text, thinking in heapq.merge(*rows):
         if message_id not in found:
             found[message_id] = (chunk_id, _ChunkTexts())
         found[message_id][1].add(offset, text, bool(thinking))
     return {message_id: (first, texts.parts[0], texts.parts[1]) for message_id, (first, texts) in found.items()}
 
 
-def truncate_chunks(below_id: int) -> int:
-    """Drop the log's rows before ``below_id``: a range at the front, so whole pages leave at once."""
-    return Chunk.delete().where(Chunk.id < below_id).execute()
+def clear_chunks(db: peewee.Database, half: int) -> None:
+    """Empty the chunk log's table ``half``: a DELETE without a condition, which frees its pages without
+    visiting its rows. On SQLite its freed pages are not zeroed first (``secure_delete``, on in Debian's
+    build, is turned off for this statement alone): they are the log's, whose text the finished replies'
+    rows hold, and zeroing them wrote every one of them once more (12.0 against 6.6 bytes per byte logged)."""
+    table = CHUNK_LOG[half]._meta.table_name
+    if isinstance(db, peewee.SqliteDatabase):
+        secure = db.execute_sql("PRAGMA secure_delete").fetchone()[0]
+        db.execute_sql("PRAGMA secure_delete = 0")
+        try:
+            db.execute_sql(f'DELETE FROM "{table}"')
+        finally:
+            db.execute_sql(f"PRAGMA secure_delete = {int(secure)}")
+    else:
+        db.execute_sql(f'DELETE FROM "{table}"')
 
 
-def next_chunk_id() -> int:
-    return (Chunk.select(peewee.fn.MAX(Chunk.id)).scalar() or 0) + 1
+def chunk_log_ids() -> list[tuple[int, int] | None]:
+    """Each of the log's tables' first and last row id, or None where it is empty."""
+    out = []
+    for table in CHUNK_LOG:
+        first, last = table.select(peewee.fn.MIN(table.id), peewee.fn.MAX(table.id)).tuples().get()
+        out.append(None if last is None else (first, last))
+    return out
+
 
 
 # A session's reads as plain SQL, built once from the models: peewee's query building and model instances

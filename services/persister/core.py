@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m
 
-TRUNCATE_EVERY_ROWS = 1024  # cut the chunk log's front in steps this big: whole pages, not a row per commit
+# The chunk log is two tables in turn (``store.CHUNK_LOG``): rows go into the current one; the other is emptied
+# whole once no streaming message has rows in it, and becomes the current one when this one holds this many rows
+# (CHATTER_CHUNK_LOG_ROWS).
+ROTATE_ROWS = 4096
 FINALIZED_KEPT = 100_000  # recently finalized messages remembered; older ones are looked up again
 
 # ---------------------------------------------------------------- the write plan: what ``store.write`` does, in order
@@ -43,6 +46,7 @@ class InsertMessage:
 @dataclass(slots=True)
 class InsertChunks:
     rows: list[tuple]  # (chunk id, message id, offset, text, thinking)
+    half: int = 0  # which of the log's two tables
 
 
 @dataclass(slots=True)
@@ -65,8 +69,10 @@ class ReopenRow:
 
 
 @dataclass(slots=True)
-class TruncateLog:
-    below_id: int
+class ClearLog:
+    """Empty the log's table ``half``: no streaming message has rows in it."""
+
+    half: int
 
 
 @dataclass
@@ -150,25 +156,33 @@ class AppendHold:
 
 
 class PersisterCore:
-    def __init__(self) -> None:
+    def __init__(self, rotate_rows: int = ROTATE_ROWS) -> None:
+        self.rotate_rows = rotate_rows
         self.open: dict[str, OpenMessage] = {}  # streaming message id -> its durable texts
         self.finalized: dict[str, tuple[int, int]] = {}  # message id -> final lengths (answer, thinking)
         self.first_chunk: dict[str, int] = {}  # streaming message id -> id of its first row in the chunk log
         self.next_chunk_id = 1
-        self.truncated_below = 0
+        self.half = 0  # the log's table that rows go into
+        self.half_from = 1  # no row of that table has a smaller id
+        self.other_has_rows = False  # the other table (all of whose ids are below ``half_from``)
         self.loaded = False
 
     # ------------------------------------------------------------ what the shell reads for the core
 
-    def load(self, streaming_ids, chunks: dict[str, tuple[int, list[str], list[str]]], next_chunk_id: int) -> None:
+    def load(self, streaming_ids, chunks: dict[str, tuple[int, list[str], list[str]]],
+             log_ids: list[tuple[int, int] | None]) -> None:
         """Every streaming message, its checkpointed texts (first chunk id, the answer's parts, the thinking's)
-        and the chunk log's end: at start, and after a failed transaction."""
+        and the first and last row id of each of the log's tables (None: empty): at start, and after a failed
+        transaction. Rows go on into the table that holds the last one."""
         for message_id in streaming_ids:
             self.open[message_id] = OpenMessage()
         for message_id, (first_id, answer, thinking) in chunks.items():
             self.open[message_id] = OpenMessage((answer, thinking), [sum(map(len, answer)), sum(map(len, thinking))])
             self.first_chunk[message_id] = first_id
-        self.next_chunk_id = next_chunk_id
+        held = [(ids[1], half, ids[0]) for half, ids in enumerate(log_ids) if ids]
+        self.next_chunk_id = max(held)[0] + 1 if held else 1
+        self.half, self.half_from = (max(held)[1], max(held)[2]) if held else (0, 1)
+        self.other_has_rows = len(held) == 2
         self.loaded = True
 
     def unknown(self, ops: list[m.Message]) -> set[str]:
@@ -217,11 +231,17 @@ class PersisterCore:
                 plan.answers.append(m.SessionSaved(op.session_id, op.created_at))
         if chunks:
             self._flush_chunks(plan, chunks)
-        keep_from = min(self.first_chunk.values(), default=self.next_chunk_id)
-        if keep_from - self.truncated_below >= TRUNCATE_EVERY_ROWS:
-            plan.writes.append(TruncateLog(keep_from))
-            self.truncated_below = keep_from
+        self._turn_the_log(plan)
         return plan
+
+    def _turn_the_log(self, plan: Plan) -> None:
+        """Empty the other table once every streaming message's rows are in the current one; then, once the
+        current one holds ``rotate_rows``, rows go into the emptied one."""
+        if self.other_has_rows and min(self.first_chunk.values(), default=self.next_chunk_id) >= self.half_from:
+            plan.writes.append(ClearLog(1 - self.half))
+            self.other_has_rows = False
+        if not self.other_has_rows and self.next_chunk_id - self.half_from >= self.rotate_rows:
+            self.half, self.half_from, self.other_has_rows = 1 - self.half, self.next_chunk_id, True
 
     def mark_error(self, message_id: str, reason: str) -> Plan:
         """A streaming message whose operation could not be stored ends as ``error``, keeping its text."""
@@ -250,7 +270,7 @@ class PersisterCore:
         plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _flush_chunks(self, plan: Plan, chunks: list) -> None:
-        plan.writes.append(InsertChunks(chunks))
+        plan.writes.append(InsertChunks(chunks, self.half))
         plan.reply_text_bytes += sum(len(row[3].encode()) for row in chunks)
 
     def _create(self, op: m.CreateMessage, plan: Plan) -> None:

@@ -34,7 +34,7 @@ class PersisterShell:
         if changes:
             self.log.info("schema_migrated", changes=changes)
         self.file_identity = store.file_identity(self.db)
-        self.core = core.PersisterCore()
+        self.core = core.PersisterCore(self.settings.chunk_log_rows)
         self.hold = core.AppendHold(self.settings.append_hold_ms / 1000)
         self.retry = Retry()
         self.reply_text_bytes = 0  # reply text written: checkpoint appends plus final contents (PersisterStats)
@@ -140,6 +140,8 @@ class PersisterShell:
         self.reply_text_bytes += plan.reply_text_bytes
         if plan.interrupted:
             self.log.info("orphans_interrupted", count=plan.interrupted)
+        for emptied in (w for w in plan.writes if type(w) is core.ClearLog):  # about once per reply's lifetime
+            self.log.info("chunk_log_emptied", table=store.CHUNK_LOG[emptied.half]._meta.table_name)
         replies = [m.PersistAck(message_id, length, finalized, reasoning_length).encode()
                    for message_id, (length, finalized, reasoning_length) in plan.acks.items()]
         replies += [answer.encode() for answer in plan.answers]
@@ -160,7 +162,7 @@ class PersisterShell:
 
     def ensure_loaded(self) -> None:
         if not self.core.loaded:  # one scan of the chunk log: at start and after a failed transaction
-            self.core.load(store.streaming_ids(), store.streaming_chunks(), store.next_chunk_id())
+            self.core.load(store.streaming_ids(), store.streaming_chunks(), store.chunk_log_ids())
 
     def write(self, writes: list) -> None:
         write_plan(self.db, writes)
@@ -284,11 +286,11 @@ class PersisterShell:
 CREATES = (core.UpsertSession, core.InsertMessage)
 WRITES = {
     core.Supersede: lambda db, w: store.supersede(w.message_ids),
-    core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows),
+    core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows, w.half),
     core.WriteFinal: lambda db, w: store.write_final(w.message_id, w.status, w.content, w.stats, w.error,
                                                     w.content_hash, w.reasoning, w.prompt),
     core.ReopenRow: lambda db, w: store.reopen_message(w.op),
-    core.TruncateLog: lambda db, w: store.truncate_chunks(w.below_id),
+    core.ClearLog: lambda db, w: store.clear_chunks(db, w.half),
 }
 
 

@@ -92,9 +92,10 @@ class Stack(LocalStack):
             return [dict(row) for row in conn.execute(sql, params)]
 
     def durable_text(self, message_id: str) -> str:
-        """A streaming message's checkpointed text: its chunk log rows in order."""
-        return "".join(row["text"] for row in self.query('select text from chunk where message_id = ? order by "offset"',
-                                                          (message_id,)))
+        """A streaming message's checkpointed text: its chunk log rows (both of the log's tables) in order."""
+        rows = self.query('select text from (select * from chunk union all select * from chunk_b) as log '
+                          'where message_id = ? order by "offset"', (message_id,))
+        return "".join(row["text"] for row in rows)
 
     def settled_durable_text(self, message_id: str, quiet_s: float = 0.75, timeout: float = 10) -> str:
         """``durable_text`` once nothing more can come: with the generator and the coordinator gone, a live

@@ -11,10 +11,13 @@ from tools.spawn import REPO
 
 
 def test_two_kills_of_each_process_lose_nothing_and_double_nothing(tmp_path):
+    """With a chunk log that turns to its other table every 64 rows, so that kills land around its turns."""
     out = tmp_path / "chaos.json"
     done = subprocess.run([sys.executable, "-m", "clients.cli", "chaos", "--spawn", "--streams", "50", "--trials", "6",
                            "--kill", "generator,persister,coordinator", "--seed", "7", "--json", "--out", str(out)],
-                          cwd=REPO, capture_output=True, timeout=600)
+                          cwd=REPO, capture_output=True, timeout=600,
+                          env=os.environ | {"CHATTER_CHUNK_LOG_ROWS": "64", "CHATTER_CHAOS_KEEP": "1",
+                                            "TMPDIR": str(tmp_path)})
     report = json.loads(done.stdout)
     assert report == json.loads(out.read_text())
     assert done.returncode == 0, (report.get("details"), done.stderr.decode()[-2000:])
@@ -26,6 +29,9 @@ def test_two_kills_of_each_process_lose_nothing_and_double_nothing(tmp_path):
     assert report["completed"] > 0 and report["streams"] >= 50
     assert report["recovery_ms"]["unrecovered"] == 0 and report["recovery_ms"]["max"] is not None
     assert all(trial["affected"] > 0 for trial in report["trial_log"])  # every kill landed mid-stream
+    emptied = [line for log in tmp_path.glob("chatter-chaos-*/persister*.log")
+               for line in log.read_text().splitlines() if "chunk_log_emptied" in line]
+    assert {"table='chunk'", "table='chunk_b'"} <= {word for line in emptied for word in line.split()}, emptied[:5]
 
 
 

@@ -43,7 +43,8 @@ def log_time(stack, name: str, event: str) -> float:
 def wait_for_chunks(stack, message_id: str, min_chars: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (row,) = stack.query("select coalesce(sum(length(text)), 0) as n from chunk where message_id = ?",
+        (row,) = stack.query("select coalesce(sum(length(text)), 0) as n from "
+                             "(select * from chunk union all select * from chunk_b) as log where message_id = ?",
                              (message_id,))
         if row["n"] >= min_chars:
             return

@@ -25,7 +25,7 @@ def postgres(postgres_server):
 @pytest.fixture
 def pg_stack(postgres, tmp_path):
     with psycopg.connect(postgres.url, autocommit=True) as conn:  # each test starts from an empty database
-        conn.execute("DROP TABLE IF EXISTS chunk, message, session CASCADE")
+        conn.execute("DROP TABLE IF EXISTS chunk, chunk_b, message, session CASCADE")
     stack = Stack(tmp_path / "stack", CHATTER_DATABASE_URL=postgres.url, CHATTER_PERSIST_RESEND_MS="500")
     try:
         stack.start()
@@ -56,7 +56,8 @@ def test_replies_persist_on_postgresql_with_their_exact_text(pg_stack, postgres)
     assert preview["prompt_hash"] == again["prompt_hash"]
     assert [s["session_id"] for s in pg_stack.cli_json("sessions")] == [out["session_id"]]
     with psycopg.connect(postgres.url) as conn:  # the chunk log held the streaming text, offsets in order
-        chunks = conn.execute('SELECT "offset", text FROM chunk WHERE message_id = %s ORDER BY id',
+        chunks = conn.execute('SELECT "offset", text FROM (SELECT * FROM chunk UNION ALL SELECT * FROM chunk_b) '
+                              'AS log WHERE message_id = %s ORDER BY id',
                               (out["message_id"],)).fetchall()
     assert "".join(text for _, text in chunks) == out["content"][:sum(len(t) for _, t in chunks)]
     assert [offset for offset, _ in chunks] == sorted(offset for offset, _ in chunks)
@@ -166,7 +167,7 @@ def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persister
     if kind == "postgresql":
         url = postgres_server().url
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS chunk, message, session CASCADE")
+            conn.execute("DROP TABLE IF EXISTS chunk, chunk_b, message, session CASCADE")
         explain, no_scan = "EXPLAIN ", "SET enable_seqscan = off"  # an empty table is scanned, index or not
     else:
         url, explain, no_scan = f"sqlite:///{tmp_path / 'chatter.db'}", "EXPLAIN QUERY PLAN ", None
@@ -201,5 +202,58 @@ def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persister
             sql, params = query.sql()
             plans[name] = " ".join(str(row) for row in db.execute_sql(explain + sql, params).fetchall())
         assert all(name in plan for name, plan in plans.items()), plans
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_earlier_versions_chunk_log_loses_its_foreign_key_and_keeps_its_rows(kind, postgres_server, tmp_path):
+    """The chunk log of an earlier version referenced its messages; ``migrate`` makes it again without (a child
+    table of a foreign key is emptied row by row), with its rows, on both databases. A persister started on it
+    reads its streaming text back, writes on after its last row, and empties a table whole."""
+    import peewee
+    from services import store
+    from services.persister.core import PersisterCore
+    if kind == "postgresql":
+        url = postgres_server().url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS chunk, chunk_b, message, session CASCADE")
+    else:
+        url = f"sqlite:///{tmp_path / 'chatter.db'}"
+    db = store.open_database(url)
+
+    class EarlierChunk(store.BaseModel):  # as earlier versions made the table
+        message = peewee.ForeignKeyField(store.Message, column_name="message_id", on_delete="CASCADE", index=False)
+        offset = peewee.IntegerField()
+        text = peewee.TextField()
+        thinking = peewee.BooleanField(default=False)
+
+        class Meta:
+            table_name = "chunk"
+
+    try:
+        db.create_tables([store.Session, store.Message, EarlierChunk])
+        assert db.get_foreign_keys("chunk")
+        store.Session.create(id="s1", title="", created_at=1.0, updated_at=1.0)
+        store.Message.create(id="a1", session="s1", position=0, role="assistant", status="streaming",
+                             created_at=1.0, updated_at=1.0)
+        for i, text in enumerate(["hello ", "wor"], start=7):
+            EarlierChunk.create(id=i, message="a1", offset=len("hello ") * (i - 7), text=text)
+        assert set(store.migrate(db)) == {"chunk: no foreign key"}
+        assert store.migrate(db) == [] and not db.get_foreign_keys("chunk") and not db.get_foreign_keys("chunk_b")
+        assert store.streaming_chunks() == {"a1": (7, ["hello ", "wor"], [])}
+        assert store.chunk_log_ids() == [(7, 8), None]
+        core = PersisterCore()
+        core.load(store.streaming_ids(), store.streaming_chunks(), store.chunk_log_ids())
+        assert core.next_chunk_id == 9 and core.open["a1"].text(False) == "hello wor"
+        with db.atomic():
+            store.insert_chunks(db, [(9, "a1", 9, "ld", False)], 1)
+        assert store.streamed_texts("a1") == ("hello world", "")
+        secure = db.execute_sql("PRAGMA secure_delete").fetchone() if kind == "sqlite" else None
+        with db.atomic():
+            store.clear_chunks(db, 0)
+        assert store.chunk_log_ids() == [None, (9, 9)]
+        if kind == "sqlite":  # secure_delete is back as it was for everything else
+            assert db.execute_sql("PRAGMA secure_delete").fetchone() == secure
     finally:
         db.close()

@@ -305,7 +305,7 @@ def test_the_strip_gives_the_same_text_in_any_chunking(prefix, rest, size):
 
 def test_the_persister_reopens_a_final_reply_from_its_stored_texts():
     core = PersisterCore()
-    core.load([], {}, 1)
+    core.load([], {}, [None, None])
     create = m.CreateMessage("msg", "s", "t", None, "assistant", "", "streaming", 1.0, generation_id="g1")
     core.plan([create, m.Append("msg", 0, "One, two,"), m.Finalize("msg", "completed", 9, "h", {}, None)])
     prompt = m.ContinuedPrompt([{"role": "assistant", "content": "One, two,"}], "h2", "p")

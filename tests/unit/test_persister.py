@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from protocol import messages as m
 from services import store
 from services.persister import core
 from services.persister.core import (InsertChunks, InsertMessage, NotInMemory, PersisterCore, StoredMessage,
-                                     Supersede, TruncateLog, UpsertSession, WriteFinal)
+                                     Supersede, ClearLog, UpsertSession, WriteFinal)
 
 
 @pytest.fixture
 def persister() -> PersisterCore:
     p = PersisterCore()
-    p.load([], {}, 1)
+    p.load([], {}, [None, None])
     return p
 
 
@@ -85,22 +85,75 @@ def test_creates_are_idempotent_and_supersede_follows_the_create_it_names(persis
     assert plan.acks == {"u1": (2, True, 0), "a1": (0, False, 0), "a2": (0, False, 0)}
 
 
-def test_the_chunk_log_is_cut_only_before_every_streaming_message(persister, monkeypatch):
-    monkeypatch.setattr(core, "TRUNCATE_EVERY_ROWS", 2)
-    persister.plan([create("a1"), create("a2"), m.Append("a1", 0, "one "), m.Append("a2", 0, "uno ")])
+def test_the_chunk_log_turns_to_its_other_table_and_empties_one_only_once_nothing_streaming_is_in_it():
+    persister = PersisterCore(rotate_rows=2)
+    persister.load([], {}, [None, None])
+    plan = persister.plan([create("a1"), create("a2"), m.Append("a1", 0, "one "), m.Append("a2", 0, "uno ")])
+    assert [w.half for w in writes(plan, InsertChunks)] == [0] and writes(plan, ClearLog) == []
     plan = persister.plan([m.Append("a1", 4, "two "), m.Append("a2", 4, "dos ")])
-    assert writes(plan, TruncateLog) == []
-    plan = persister.plan([m.Finalize("a1", "completed", 8, "h", {}, None), m.Append("a2", 8, "tres")])
-    # a1 is final: the log's front is cut up to a2's first row (the second), and not one row further
-    assert writes(plan, TruncateLog) == [TruncateLog(2)]
-    plan = persister.plan([m.Finalize("a2", "completed", 12, "h", {}, None)])
-    assert writes(plan, TruncateLog) == [TruncateLog(6)]  # both final: the whole log goes
-    assert writes(plan, WriteFinal)[0].content == "uno dos tres"
+    assert [w.half for w in writes(plan, InsertChunks)] == [1]  # table 0 held two rows: the rows go on in 1
+    assert writes(plan, ClearLog) == []  # a1 and a2 have rows in table 0 and stream on
+    plan = persister.plan([m.Finalize("a1", "completed", 8, "h", {}, None), create("a3"), m.Append("a3", 0, "x")])
+    assert writes(plan, ClearLog) == []  # a2 still streams with a row in table 0
+    plan = persister.plan([m.Finalize("a2", "completed", 8, "h", {}, None)])
+    assert writes(plan, ClearLog) == [ClearLog(0)]  # a3's rows are all in table 1
+    assert writes(plan, WriteFinal)[0].content == "uno dos "
+    plan = persister.plan([m.Append("a3", 1, "y")])
+    assert [w.half for w in writes(plan, InsertChunks)] == [0] and writes(plan, ClearLog) == []  # 1 held three
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["create", "append", "final", "restart"]), st.integers(0, 5)),
+                max_size=60), st.integers(1, 4))
+def test_the_chunk_logs_tables_never_lose_a_streaming_messages_text(steps, rotate_rows):
+    """Against a database of two tables that applies each plan's writes: an emptied table never held a row of a
+    streaming message, every streaming message's text reads back from the tables, and a persister restarted from
+    the tables goes on in the table the last row is in."""
+    tables: tuple[list, list] = ([], [])
+    p = PersisterCore(rotate_rows)
+    p.load([], {}, [None, None])
+    lengths: dict[str, int] = {}
+    made = 0
+    for kind, n in steps:
+        streaming = sorted(p.open)
+        message_id = streaming[n % len(streaming)] if streaming else None
+        if kind == "create":  # a message id is never made twice
+            made += 1
+            ops = [create(f"a{made}")]
+        elif kind == "append" and message_id:
+            ops = [m.Append(message_id, lengths.get(message_id, 0), "ab")]
+        elif kind == "final" and message_id:
+            ops = [m.Finalize(message_id, "completed", lengths.get(message_id, 0), "h", {}, None)]
+        elif kind == "restart":
+            streaming = [i for i in p.open]
+            log = sorted(tables[0] + tables[1])
+            texts = {i: (min(r[0] for r in log if r[1] == i), [r[3] for r in log if r[1] == i], [])
+                     for i in streaming if any(r[1] == i for r in log)}
+            ids = [(min(t)[0], max(t)[0]) if t else None for t in tables]
+            half = max((last, h) for h, (_, last) in enumerate(i or (0, -1) for i in ids))[1] if log else 0
+            p = PersisterCore(rotate_rows)
+            p.load(streaming, texts, ids)
+            assert p.half == half
+            continue
+        else:
+            continue
+        plan = p.plan(ops)
+        for w in plan.writes:
+            if isinstance(w, InsertChunks):
+                tables[w.half].extend(w.rows)
+                for row in w.rows:
+                    lengths[row[1]] = row[2] + len(row[3])
+                    assert all(row[0] > r[0] for t in tables for r in t if r is not row)
+            elif isinstance(w, ClearLog):
+                assert not any(r[1] in p.open for r in tables[w.half])
+                tables[w.half].clear()
+        for message_id, stored in p.open.items():
+            assert "".join(r[3] for r in sorted(tables[0] + tables[1]) if r[1] == message_id) == stored.text(False)
 
 
 def test_a_restarted_persister_reads_streaming_text_back_and_goes_on():
     again = PersisterCore()
-    again.load(["a1", "a2", "a3"], {"a1": (1, ["hello ", "wor"], []), "a2": (2, ["x"], [])}, 4)
+    again.load(["a1", "a2", "a3"], {"a1": (1, ["hello ", "wor"], []), "a2": (2, ["x"], [])}, [(1, 3), None])
     plan = again.plan([m.Append("a1", 0, "hello world")])  # the coordinator resends from its ack
     assert plan.acks == {"a1": (11, False, 0)} and chunk_rows(plan) == [(4, "a1", 9, "ld", False)]
     assert again.first_chunk == {"a1": 1, "a2": 2} and again.open["a3"].lengths == [0, 0]
@@ -131,7 +184,7 @@ def test_a_message_whose_operation_was_rejected_ends_as_error_with_its_text(pers
 def test_any_resends_and_overlaps_keep_the_durable_text_a_prefix_of_the_reply(appends):
     reply = "the quick brown fox jumps over the lazy dog, twice over"
     p = PersisterCore()
-    p.load([], {}, 1)
+    p.load([], {}, [None, None])
     p.plan([create()])
     durable = ""
     for offset, size in appends:

@@ -290,7 +290,7 @@ def test_the_tracker_resends_each_text_from_its_own_acked_length():
 
 def test_the_persister_keeps_each_text_by_its_own_offsets_and_acks_both():
     p = PersisterCore()
-    p.load([], {}, 1)
+    p.load([], {}, [None, None])
     p.plan([m.CreateMessage("a1", "s1", "t", None, "assistant", "", "streaming", 1.0, "g1")])
     plan = p.plan([m.Append("a1", 0, "thin", True), m.Append("a1", 2, "inking", True), m.Append("a1", 0, "ans")])
     assert plan.acks == {"a1": (3, False, 8)}
@@ -306,7 +306,7 @@ def test_the_persister_keeps_each_text_by_its_own_offsets_and_acks_both():
 
 def test_a_restarted_persister_reads_both_texts_back():
     p = PersisterCore()
-    p.load(["a1"], {"a1": (7, ["an"], ["th", "ink"])}, 9)
+    p.load(["a1"], {"a1": (7, ["an"], ["th", "ink"])}, [(7, 8), None])
     plan = p.plan([m.Append("a1", 0, "think!", True)])
     assert plan.acks == {"a1": (2, False, 6)}
 
