@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from protocol.codec import MAX_FRAME_BYTES
+from services.persister.core import ROTATE_ROWS
 
 DAY_MS = 86_400_000
 
@@ -216,7 +217,7 @@ class PersisterSettings:
     database_url: str = "sqlite:///data/chatter.db"
     group_commit_ms: int = 10
     append_hold_ms: int = 250
-    chunk_log_rows: int = 4096  # rows of the chunk log's current table before it turns to the other
+    chunk_log_rows: int = ROTATE_ROWS  # rows of the chunk log's current table before it turns to the other
 
     @classmethod
     def from_env(cls) -> PersisterSettings:

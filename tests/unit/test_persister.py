@@ -6,7 +6,6 @@ from hypothesis import given, settings, strategies as st
 
 from protocol import messages as m
 from services import store
-from services.persister import core
 from services.persister.core import (InsertChunks, InsertMessage, NotInMemory, PersisterCore, StoredMessage,
                                      Supersede, ClearLog, UpsertSession, WriteFinal)
 
