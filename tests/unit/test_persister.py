@@ -6,8 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 from protocol import messages as m
 from services import store
-from services.persister.core import (InsertChunks, InsertMessage, NotInMemory, PersisterCore, StoredMessage,
-                                     Supersede, ClearLog, UpsertSession, WriteFinal)
+from services.persister.core import (ClearLog, InsertChunks, InsertMessage, NotInMemory, PersisterCore, StoredMessage,
+                                     Supersede, UpsertSession, WriteFinal)
 
 
 @pytest.fixture
