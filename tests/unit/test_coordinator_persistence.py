@@ -2,7 +2,7 @@
 until acked, and what an ack, a rejection or the persister's failure does to a reply."""
 from __future__ import annotations
 
-from protocol import messages as m
+from protocol import codec, messages as m
 from services.coordinator.machine import ToClients, ToControl, ToPersister
 from tests.unit.test_coordinator_machine import CLIENT, ack_all, delta, effects, make, reply, start
 
@@ -190,6 +190,20 @@ def test_the_answer_to_an_older_save_does_not_end_the_resending_of_a_newer_one()
     assert [e.msg for e in effects(machine.tick(101.6), ToPersister, m.SaveSession)] == [newer.msg]
     machine.handle_event(m.SessionSaved(session_id, 100.5), 101.7)
     assert effects(machine.tick(103.0), ToPersister, m.SaveSession) == []
+
+
+def test_an_answer_without_the_saves_time_from_an_earlier_persister_ends_the_resending():
+    """A persister of an earlier version answers ``SessionSaved`` without ``saved_at``: the session's save, the
+    newest there is, is applied, and the coordinator stops resending it (as before ``saved_at`` existed)."""
+    machine = make(persist_resend_ms=1000)
+    session_id, _ = new_session(machine, 100.0)
+    machine.handle_rpc(CLIENT, m.ConfigureSession(2, session_id, model="m2"), 100.5)
+    assert len(effects(machine.tick(101.6), ToPersister, m.SaveSession)) == 1  # resent while unanswered
+    answer = codec.decode(m.SessionSaved(session_id).encode())  # as it arrives, without the field
+    assert answer.saved_at is None
+    machine.handle_event(answer, 101.7)
+    assert effects(machine.tick(103.0), ToPersister, m.SaveSession) == []
+    assert machine.persisted.oldest_unsaved() == (0, None)
 
 
 def test_a_changed_system_prompt_is_saved_and_a_message_ends_the_older_save():
