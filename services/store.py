@@ -411,9 +411,7 @@ def streamed_texts(message_id: str) -> tuple[str, str]:
     if msg.status != STREAMING:
         return msg.content, msg.reasoning
     texts = _ChunkTexts()
-    rows = (table.select(table.id, table.offset, table.text, table.thinking).where(table.message == message_id)
-            .order_by(table.id).tuples() for table in CHUNK_LOG)
-    for _, offset, text, thinking in heapq.merge(*rows):
+    for _, _, offset, text, thinking in _log_rows(lambda table: table.message == message_id):
         texts.add(offset, text, bool(thinking))
     return "".join(texts.parts[0]), "".join(texts.parts[1])
 
@@ -440,14 +438,23 @@ def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:
     """Every streaming message's checkpointed texts, in one scan of the log: message id -> (its first
     chunk id, its answer's parts in order, its thinking's). A message with no chunk yet is absent."""
     found: dict[str, tuple[int, _ChunkTexts]] = {}
-    rows = (table.select(table.id, table.message, table.offset, table.text, table.thinking)
-            .join(Message, on=(table.message == Message.id)).where(IS_STREAMING).order_by(table.id).tuples()
-            for table in CHUNK_LOG)
-    for chunk_id, message_id, offset, text, thinking in heapq.merge(*rows):
+    for chunk_id, message_id, offset, text, thinking in _log_rows(lambda table: IS_STREAMING, streaming=True):
         if message_id not in found:
             found[message_id] = (chunk_id, _ChunkTexts())
         found[message_id][1].add(offset, text, bool(thinking))
     return {message_id: (first, texts.parts[0], texts.parts[1]) for message_id, (first, texts) in found.items()}
+
+
+def _log_rows(where, streaming: bool = False):
+    """The chunk log's rows (id, message id, offset, text, thinking) that ``where(table)`` keeps, from both of its
+    tables in id order; ``streaming``: only those of streaming messages."""
+    queries = []
+    for table in CHUNK_LOG:
+        query = table.select(table.id, table.message, table.offset, table.text, table.thinking)
+        if streaming:
+            query = query.join(Message, on=(table.message == Message.id))
+        queries.append(query.where(where(table)).order_by(table.id).tuples())
+    return heapq.merge(*queries)
 
 
 def clear_chunks(db: peewee.Database, half: int) -> None:
@@ -455,16 +462,15 @@ def clear_chunks(db: peewee.Database, half: int) -> None:
     visiting its rows. On SQLite its freed pages are not zeroed first (``secure_delete``, on in Debian's
     build, is turned off for this statement alone): they are the log's, whose text the finished replies'
     rows hold, and zeroing them wrote every one of them once more (12.0 against 6.6 bytes per byte logged)."""
-    table = CHUNK_LOG[half]._meta.table_name
-    if isinstance(db, peewee.SqliteDatabase):
-        secure = db.execute_sql("PRAGMA secure_delete").fetchone()[0]
+    sqlite = isinstance(db, peewee.SqliteDatabase)
+    secure = db.execute_sql("PRAGMA secure_delete").fetchone()[0] if sqlite else None
+    if sqlite:
         db.execute_sql("PRAGMA secure_delete = 0")
-        try:
-            db.execute_sql(f'DELETE FROM "{table}"')
-        finally:
+    try:
+        db.execute_sql(f'DELETE FROM "{CHUNK_LOG[half]._meta.table_name}"')
+    finally:
+        if sqlite:
             db.execute_sql(f"PRAGMA secure_delete = {int(secure)}")
-    else:
-        db.execute_sql(f'DELETE FROM "{table}"')
 
 
 def chunk_log_ids() -> list[tuple[int, int] | None]:

@@ -179,10 +179,10 @@ class PersisterCore:
         for message_id, (first_id, answer, thinking) in chunks.items():
             self.open[message_id] = OpenMessage((answer, thinking), [sum(map(len, answer)), sum(map(len, thinking))])
             self.first_chunk[message_id] = first_id
-        held = [(ids[1], half, ids[0]) for half, ids in enumerate(log_ids) if ids]
-        self.next_chunk_id = max(held)[0] + 1 if held else 1
-        self.half, self.half_from = (max(held)[1], max(held)[2]) if held else (0, 1)
-        self.other_has_rows = len(held) == 2
+        tables = [(ids[1], half, ids[0]) for half, ids in enumerate(log_ids) if ids]  # (last, half, first)
+        last, self.half, self.half_from = max(tables) if tables else (0, 0, 1)
+        self.next_chunk_id = last + 1
+        self.other_has_rows = len(tables) == 2
         self.loaded = True
 
     def unknown(self, ops: list[m.Message]) -> set[str]:

@@ -129,7 +129,7 @@ def test_the_chunk_logs_tables_never_lose_a_streaming_messages_text(steps, rotat
             texts = {i: (min(r[0] for r in log if r[1] == i), [r[3] for r in log if r[1] == i], [])
                      for i in streaming if any(r[1] == i for r in log)}
             ids = [(min(t)[0], max(t)[0]) if t else None for t in tables]
-            half = max((last, h) for h, (_, last) in enumerate(i or (0, -1) for i in ids))[1] if log else 0
+            half = next(h for h, t in enumerate(tables) if log[-1] in t) if log else 0  # where the last row is
             p = PersisterCore(rotate_rows)
             p.load(streaming, texts, ids)
             assert p.half == half
