@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from services.generator.sse import DONE, SSEDecoder, UpstreamProtocolError
 
@@ -108,3 +109,70 @@ def test_events_before_a_bad_line_in_the_same_read_come_out_first():
         for event in decoder.feed_bytes((chunk("kept") + "\n\n" + 'data: {"unterminated\n\n').encode()):
             got.append(event.text)
     assert got == ["kept"]
+
+
+# The whole-event path (``SSEDecoder._whole``) against the lines' path: any value where the common chunk has its
+# fields, of any JSON type, any key order, extra and doubled keys, errors, and text that is not ASCII or not UTF-8.
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                     st.text(max_size=6))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                       max_leaves=6)
+_texts = st.one_of(st.none(), st.text(max_size=8), _values)
+
+
+def _some(keys: dict) -> st.SearchStrategy:
+    """A dict with a random subset of ``keys`` (each from its strategy) and maybe a stray key."""
+    return st.fixed_dictionaries({}, optional={**keys, "stray": _values})
+
+
+_deltas = st.one_of(_values, _some({"content": _texts, "reasoning_content": _texts, "reasoning": _texts,
+                                    "role": st.just("assistant")}))
+_choices = st.one_of(_values, st.lists(st.one_of(_values, _some({"delta": _deltas, "finish_reason": _texts,
+                                                                   "index": st.integers(0, 2)})), max_size=2))
+_usages = st.one_of(_values, _some({"prompt_tokens": _texts, "completion_tokens": _texts,
+                                    "completion_tokens_details": st.one_of(_values, _some(
+                                        {"reasoning_tokens": _values}))}))
+_chunks = st.one_of(_values, _some({"choices": _choices, "usage": _usages, "error": _values, "id": _texts}))
+
+
+def _lines_path(data: bytes):
+    try:
+        return list(SSEDecoder()._lines(data))
+    except UpstreamProtocolError as exc:
+        return exc
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_chunks, st.booleans(), st.sampled_from(["", "dup", "bad-utf8", "lone-surrogate", "crlf", "two"]))
+def test_the_whole_event_path_gives_what_the_lines_path_gives(obj, ascii_only, twist):
+    text = json.dumps(obj, ensure_ascii=ascii_only)
+    if twist == "dup" and text.startswith("{") and text != "{}":
+        text = '{"choices": null, ' + text[1:]  # a doubled key: the last one counts, in both
+    data = b"data: " + text.encode() + b"\n\n"
+    if twist == "bad-utf8":
+        data = data.replace(b'"', b'"\xff', 1)
+    elif twist == "lone-surrogate":
+        data = data.replace(b'"', b'"\\udc00', 1)
+    elif twist == "crlf":
+        data = data[:-2] + b"\r\n\r\n"
+    elif twist == "two":
+        data += data
+    whole = SSEDecoder()._whole(data)
+    if whole is not None:
+        assert _lines_path(data) == [whole]
+
+
+def test_a_common_chunk_and_done_take_the_whole_event_path():
+    for data, text in ((chunk("naïve").encode() + b"\n\n", "naïve"),
+                       (b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}, "finish_reason": null}]}'
+                        b"\n\n", "")):
+        event = SSEDecoder()._whole(data)
+        assert event is not None and event.text == text and event == _lines_path(data)[0]
+    both = b'data: {"choices": [{"delta": {"reasoning": "b", "reasoning_content": "a", "content": null}}]}\n\n'
+    assert SSEDecoder()._whole(both).reasoning == "a" == _lines_path(both)[0].reasoning  # REASONING_FIELDS' order
+    assert SSEDecoder()._whole(b"data: [DONE]\n\n") is DONE
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+    assert SSEDecoder()._whole(usage) == _lines_path(usage)[0]
+    assert SSEDecoder()._whole(usage).completion_tokens == 2
+    assert SSEDecoder()._whole(b'data: {"error": {"message": "x"}}\n\n') is None  # the lines' path raises it
