@@ -349,18 +349,20 @@ def write_markdown(results: dict) -> str:
               f"the openai client's typed iteration **{b['typed_iteration']['client_cpu_us_per_chunk']} µs** per chunk "
               f"(in-process, same mock, same run): typed / fast = {b['typed_over_fast']}.", ""]
     lines += ["## c. The whole stack, and d. the peer side by side", "",
-              "| streams | mismatches | errors | delivery p50/p99 ms | TTFT p50/p99 ms | cancel p99 ms | tok/s "
+              "| streams | mismatches | errors | delivery p50/p99 ms | upstream → client p50/p99 ms | TTFT p50/p99 ms "
+              "| cancel p99 ms | tok/s "
               "| backend CPU µs/token | coordinator / persister / generator µs/token | coordinator RSS MB "
               "| DB reply text / disk bytes per content byte | peer client CPU µs/token | peer TTFT p50/p99 ms "
               "| peer / backend CPU |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, peer in zip(results["whole_stack"], results["peer"]):
         cpu = row["cpu_us_per_token"]
         gen_cpu = sum(v for k, v in cpu.items() if k.startswith("generator") and v)
         ratio = round(peer["client_cpu_us_per_token"] / row["backend_cpu_us_per_token"], 2)
         lines.append(
             f"| {row['streams']} | {row['mismatches']} | {row['errors']} | {row['delivery_latency_ms']['p50']} / "
-            f"{row['delivery_latency_ms']['p99']} | {row['ttft_ms']['p50']} / {row['ttft_ms']['p99']} | "
+            f"{row['delivery_latency_ms']['p99']} | {(row.get('upstream_to_client_ms') or {}).get('p50')} / "
+            f"{(row.get('upstream_to_client_ms') or {}).get('p99')} | {row['ttft_ms']['p50']} / {row['ttft_ms']['p99']} | "
             f"{row['cancel_latency_ms']['p99']} | {row['tokens_per_s']} | {row['backend_cpu_us_per_token']} | "
             f"{cpu.get('coordinator')} / {cpu.get('persister')} / {round(gen_cpu, 1)} | {row['rss_mb'].get('coordinator')} | "
             f"{row['db_text_bytes_per_content_byte']} / {row['db_bytes_per_content_byte']} | "

@@ -58,6 +58,7 @@ class UserStream:
     early_events: list = field(default_factory=list)  # events that beat the send's reply
     sent_at: float = 0.0
     first_text_at: float | None = None
+    arrivals: list = field(default_factory=list)  # (the answer's length, time.time()) after each update
     cancelled_at: float | None = None
     ended_at: float | None = None
     last_event_at: float = 0.0
@@ -179,6 +180,7 @@ class LoadRun:
         fresh = view.take_new_text()
         if fresh:
             self.text_times.append((now, len(fresh)))
+            stream.arrivals.append((view.length, now))
             if stream.first_text_at is None:
                 stream.first_text_at = now
         if (stream.cancel_at_chars is not None and stream.cancelled_at is None and view.final is None

@@ -73,11 +73,27 @@ class ProcessMeter:
         return cpu, io, {name: round(rss / 2**20, 1) for name, rss in self.rss_peak.items()}
 
 
+def upstream_to_client_ms(sent: list, arrivals: list) -> list[float]:
+    """Each answer token's wait from the mock's write of it (``sent``: the answer's length after it, and when) to the
+    client's first view that holds it (``arrivals``: the answer's length after an update, and when), in ms: the
+    whole way, the generator's read included, which ``delivery_latency_ms`` (from the generator's receipt) is not.
+    A token the client never saw (a cancelled reply's rest) has none."""
+    out, j = [], 0
+    for length, at in sent:
+        while j < len(arrivals) and arrivals[j][0] < length:
+            j += 1
+        if j == len(arrivals):
+            break
+        out.append((arrivals[j][1] - at) * 1000)
+    return out
+
+
 def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journal, db_rows,
                  server: dict | None = None) -> dict:
     outcomes = []
     mismatches = []
     cancel_ms = []
+    upstream_ms = []
     for s in load.streams:
         view = s.view or ReplyView("")
         status, content, reasoning = db_rows.get(s.message_id, (None, None, None))
@@ -91,6 +107,8 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
             mismatches.append({"stream": s.index, "message_id": s.message_id, "problems": problems})
         outcomes.append(outcome)
         entry = journal.get(s.text)
+        if entry:
+            upstream_ms += upstream_to_client_ms(entry.get("sent") or [], s.arrivals)
         if s.cancelled_at is not None and view.status == "cancelled" and entry and entry["client_closed"]:
             cancel_ms.append((entry["closed_at"] - s.cancelled_at) * 1000)
     tokens = sum(((s.view.final or {}).get("stats") or {}).get("tokens") or 0 for s in load.streams if s.view)
@@ -119,6 +137,7 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
         "late_deltas_dropped": counters_after["late_deltas_dropped"] - counters_before["late_deltas_dropped"],
         "ttft_ms": percentiles([(s.first_text_at - s.sent_at) * 1000 for s in load.streams if s.first_text_at]),
         "delivery_latency_ms": percentiles(load.delivery_ms),
+        "upstream_to_client_ms": percentiles(upstream_ms),
         "cancel_latency_ms": percentiles(cancel_ms),
         "tokens": tokens,
         "elapsed_s": round(elapsed, 2),
@@ -186,6 +205,7 @@ def print_table(report: dict, console) -> None:
         ("late deltas dropped", str(report["late_deltas_dropped"])),
         ("TTFT ms", pcts(report["ttft_ms"])),
         ("delivery latency ms", pcts(report["delivery_latency_ms"])),
+        ("upstream → client ms", pcts(report["upstream_to_client_ms"])),
         ("cancel latency ms", pcts(report["cancel_latency_ms"])),
         ("tokens/s", str(report["tokens_per_s"])),
         ("backend CPU µs/token", str(report["backend_cpu_us_per_token"])),

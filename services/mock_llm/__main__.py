@@ -130,7 +130,8 @@ class MockLLM:
         self.attempts[key] += 1
         entry = {"id": next(self.ids), "received_at": time.time(), "body": body, "attempt": self.attempts[key],
                  "stream": bool(body.get("stream")), "status": 200, "chunks_sent": 0, "completed": False,
-                 "client_closed": False, "dropped": False, "closed_at": None}
+                 "client_closed": False, "dropped": False, "closed_at": None,
+                 "sent": []}  # (the answer's length, time.time()) after each answer token it wrote
         self.journal.append(entry)
         if scenario.fail_status and (scenario.fail_times < 0 or self.attempts[key] <= scenario.fail_times):
             entry["status"] = scenario.fail_status
@@ -239,7 +240,9 @@ class MockLLM:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {"content": THINK_CLOSE},
                                                    "finish_reason": None}]})
         start += len(first) * interval
+        sent, length = entry["sent"], 0
         for i, token in enumerate(tokens):
+            length += len(token)
             if i < len(head):
                 continue  # sent before the thinking
             if i == scenario.drop_after:
@@ -258,6 +261,7 @@ class MockLLM:
                 await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
             else:  # the same bytes as json.dumps of the whole chunk, at a fifth of its cost (py-spy)
                 await resp.write(content_head + _json_token(token) + CONTENT_TAIL)
+            sent.append((length, time.time()))  # for a load test's upstream-to-client latency
             entry["chunks_sent"] += 1
         if not scenario.no_finish:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})

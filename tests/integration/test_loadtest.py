@@ -28,6 +28,9 @@ def test_small_loadtest_has_no_mismatches_and_right_statuses(tmp_path, database,
     for key in ("ttft_ms", "delivery_latency_ms", "cancel_latency_ms"):
         assert set(report[key]) >= {"p50", "p95", "p99"}
     assert report["delivery_latency_ms"]["n"] > 0 and report["ttft_ms"]["n"] == 20
+    # every token of a completed reply has its way from the mock to the client; a cancelled one's rest has not
+    assert report["completed"] * 60 <= report["upstream_to_client_ms"]["n"] <= 20 * 60
+    assert report["upstream_to_client_ms"]["p50"] > 0
     for key in ("tokens_per_s", "backend_cpu_us_per_token", "db_bytes_per_content_byte", "late_deltas_dropped"):
         assert key in report
     assert {"coordinator", "persister", "generator"} <= set(report["cpu_us_per_token"]) <= set(report["rss_mb"])

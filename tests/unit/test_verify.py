@@ -51,3 +51,12 @@ def test_percentiles_and_timeline():
     assert (p["p50"], p["p95"], p["p99"], p["n"]) == (51.0, 96.0, 100.0, 100)
     assert percentiles([])["p50"] is None
     assert timeline([(10.0, 5), (10.5, 5), (12.2, 7)]) == [[0, 10], [1, 0], [2, 7]]
+
+
+def test_upstream_to_client_is_each_tokens_wait_for_the_first_view_that_holds_it():
+    from tools.report import upstream_to_client_ms
+    sent = [(3, 10.0), (7, 10.05), (12, 10.10), (15, 10.15)]  # the answer's length after each token, and when
+    arrivals = [(3, 10.02), (12, 10.13), (14, 10.2)]  # a view that skipped 7, and a reply cancelled before 15
+    got = upstream_to_client_ms(sent, arrivals)
+    assert [round(ms, 6) for ms in got] == [20.0, 80.0, 30.0]  # 7 waited for the view at 12; 15 never came
+    assert upstream_to_client_ms(sent, []) == [] and upstream_to_client_ms([], arrivals) == []
