@@ -7,7 +7,9 @@ import json
 import os
 import re
 import time
+import zlib
 
+import msgspec
 import peewee
 from playhouse import db_url
 
@@ -70,9 +72,9 @@ class Message(BaseModel):
 
 class Chunk(BaseModel):
     """Checkpointed text of streaming messages: an append-only log. Rows only ever go at its end, with
-    ids the persister assigns in order, and there is no index to keep sorted: an index on (message,
-    offset) took a page write per growing reply per commit (about 170 disk bytes per content byte at
-    1000 streams). A finalized message's text is folded into Message.content.
+    ids the persister assigns in order (a commit's appends in one row: ``insert_chunks``), and there is no index
+    to keep sorted: an index on (message, offset) took a page write per growing reply per commit (about 170 disk
+    bytes per content byte at 1000 streams). A finalized message's text is folded into Message.content.
 
     The log is two tables in turn (``CHUNK_LOG``): rows go into one, and the other, once no streaming message
     has rows in it, is emptied whole (``clear_chunks``) and takes the rows next. Cutting the log's front row by
@@ -86,6 +88,9 @@ class Chunk(BaseModel):
     offset = peewee.IntegerField()
     text = peewee.TextField()
     thinking = peewee.BooleanField(default=False)  # a row of the thinking, a text of its own with its own offsets
+    # a commit's rows in one (``insert_chunks``); the columns above are then empty. An earlier version's rows are
+    # plain, one append each, and read as they are.
+    packed = peewee.BlobField(null=True)
 
 
 class ChunkB(Chunk):
@@ -145,7 +150,7 @@ def migrate(db: peewee.Database) -> list[str]:
 
 def _rebuild_without_foreign_key(db: peewee.Database, table) -> None:
     """The table made again from its model, with its rows (the chunk log's: recent and streaming text only)."""
-    name, columns = table._meta.table_name, ", ".join(f'"{c}"' for c in _CHUNK_COLUMNS)
+    name, columns = table._meta.table_name, ", ".join(f'"{c}"' for c in _PLAIN_CHUNK_COLUMNS)
 
     class Rebuilt(table):
         class Meta:
@@ -199,7 +204,7 @@ def open_database(url: str) -> peewee.Database:
             _private_sqlite_file(path, shown)
         db = db_url.connect(url, pragmas=SQLITE_PRAGMAS)
     else:
-        # psycopg 3 (measured: its executemany is ~8x psycopg2's for the chunk log), whichever is installed
+        # psycopg 3 (measured: its executemany is ~8x psycopg2's for bulk inserts), whichever is installed
         extra = {"prefer_psycopg3": True} if scheme.split("+")[0] in ("postgres", "postgresql", "postgresext",
                                                                      "postgresqlext") else {}
         try:
@@ -342,7 +347,8 @@ def _row(columns: tuple[str, ...], values: dict) -> tuple:
 # the columns as the models name them; the chunk log's rows come from the core in this order
 _SESSION_COLUMNS = tuple(f.column_name for f in Session._meta.sorted_fields)
 _MESSAGE_COLUMNS = tuple(f.column_name for f in Message._meta.sorted_fields)
-_CHUNK_COLUMNS = ("id", "message_id", "offset", "text", "thinking")
+_PLAIN_CHUNK_COLUMNS = ("id", "message_id", "offset", "text", "thinking")  # a row of an earlier version
+_CHUNK_COLUMNS = (*_PLAIN_CHUNK_COLUMNS, "packed")
 # a session that exists keeps its created_at and takes the rest (SQLite and PostgreSQL spell this alike)
 _SESSION_UPSERT = (' ON CONFLICT ("id") DO UPDATE SET '
                    + ", ".join(f'"{c}" = excluded."{c}"' for c in _SESSION_COLUMNS if c not in ("id", "created_at")))
@@ -367,10 +373,31 @@ def supersede(message_ids: list[str]) -> None:
 
 
 def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]], half: int = 0) -> None:
-    """Rows (id, message id, offset, text, thinking) at the chunk log's end, in its table ``half``."""
-    # one executemany: peewee's per-row query building was the persister's top cost (py-spy); measured
-    # ~9k row updates/s through the ORM against ~240k/s in bulk
-    db.cursor().executemany(_insert_sql(db, CHUNK_LOG[half], _CHUNK_COLUMNS), rows)
+    """Rows (id, message id, offset, text, thinking) at the chunk log's end, in its table ``half``: one row of the
+    table holds them all, packed (msgpack, then zlib), under the last one's id.
+
+    Why: an append is ~28 bytes of text (a checkpoint of one reply every 250 ms at 20 tok/s), and its own row
+    was ~77 bytes with its 32-character message id; written to the log and again when the log is copied into
+    the file. Measured (docs/PERFORMANCE.md, "A commit's appends in one packed row"): ``bench/persister_bytes.py``
+    19.9 -> 16.0 disk bytes per content byte at 1000 streams and 20.6 -> 18.3 at 50 (packed without zlib: 19.5 and
+    19.7); load tests, two pairs alternating, 13.0 / 17.2 -> 10.4 / 10.3 at 1000 streams, 9.8 / 10.4 -> 7.8 / 7.6
+    at 50."""
+    if rows:
+        packed = zlib.compress(_pack_entries(rows), 1)
+        db.cursor().execute(_insert_sql(db, CHUNK_LOG[half], _CHUNK_COLUMNS), (rows[-1][0], "", 0, "", False, packed))
+
+
+_pack_entries = msgspec.msgpack.Encoder().encode
+_unpack_entries = msgspec.msgpack.Decoder(list[tuple[int, str, int, str, bool]]).decode
+
+
+def log_entries(row) -> list[tuple[int, str, int, str, bool]]:
+    """The appends (id, message id, offset, text, thinking) a row of the chunk log holds (its columns in
+    ``_CHUNK_COLUMNS`` order): a packed row's, or an earlier version's plain row itself."""
+    chunk_id, message_id, offset, text, thinking, packed = row
+    if packed is None:
+        return [(chunk_id, message_id, offset, text, bool(thinking))]
+    return _unpack_entries(zlib.decompress(packed))
 
 
 def write_final(message_id: str, status: str, content: str, stats: dict, error: str | None,
@@ -411,7 +438,7 @@ def streamed_texts(message_id: str) -> tuple[str, str]:
     if msg.status != STREAMING:
         return msg.content, msg.reasoning
     texts = _ChunkTexts()
-    for _, _, offset, text, thinking in _log_rows(lambda table: table.message == message_id):
+    for _, _, offset, text, thinking in _log_rows(lambda other: other == message_id):
         texts.add(offset, text, bool(thinking))
     return "".join(texts.parts[0]), "".join(texts.parts[1])
 
@@ -438,23 +465,27 @@ def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:
     """Every streaming message's checkpointed texts, in one scan of the log: message id -> (its first
     chunk id, its answer's parts in order, its thinking's). A message with no chunk yet is absent."""
     found: dict[str, tuple[int, _ChunkTexts]] = {}
-    for chunk_id, message_id, offset, text, thinking in _log_rows(lambda table: IS_STREAMING, streaming=True):
+    streaming = set(streaming_ids())
+    for chunk_id, message_id, offset, text, thinking in _log_rows(streaming.__contains__):
         if message_id not in found:
             found[message_id] = (chunk_id, _ChunkTexts())
         found[message_id][1].add(offset, text, bool(thinking))
     return {message_id: (first, texts.parts[0], texts.parts[1]) for message_id, (first, texts) in found.items()}
 
 
-def _log_rows(where, streaming: bool = False):
-    """The chunk log's rows (id, message id, offset, text, thinking) that ``where(table)`` keeps, from both of its
-    tables in id order; ``streaming``: only those of streaming messages."""
-    queries = []
-    for table in CHUNK_LOG:
-        query = table.select(table.id, table.message, table.offset, table.text, table.thinking)
-        if streaming:
-            query = query.join(Message, on=(table.message == Message.id))
-        queries.append(query.where(where(table)).order_by(table.id).tuples())
-    return heapq.merge(*queries)
+def _log_rows(keep):
+    """The chunk log's appends (id, message id, offset, text, thinking) whose message id ``keep`` keeps, from both of
+    its tables in id order. A packed row's appends are read whole: the log holds only recent and streaming text."""
+    queries = [_log_query(table).order_by(table.id) for table in CHUNK_LOG]
+    for row in heapq.merge(*queries, key=lambda row: row[0]):
+        for entry in log_entries(row):
+            if keep(entry[1]):
+                yield entry
+
+
+def _log_query(table):
+    """The rows of one of the log's tables, their columns in ``_CHUNK_COLUMNS`` order, as ``log_entries`` takes them."""
+    return table.select(*(getattr(table, f.name) for f in table._meta.sorted_fields)).tuples()
 
 
 def clear_chunks(db: peewee.Database, half: int) -> None:
@@ -474,13 +505,17 @@ def clear_chunks(db: peewee.Database, half: int) -> None:
 
 
 def chunk_log_ids() -> list[tuple[int, int] | None]:
-    """Each of the log's tables' first and last row id, or None where it is empty."""
+    """Each of the log's tables' first and last append id, or None where it is empty (a packed row's id is its last
+    append's)."""
     out = []
     for table in CHUNK_LOG:
-        first, last = table.select(peewee.fn.MIN(table.id), peewee.fn.MAX(table.id)).tuples().get()
-        out.append(None if last is None else (first, last))
+        first_row, last = table.select(peewee.fn.MIN(table.id), peewee.fn.MAX(table.id)).tuples().get()
+        if last is None:
+            out.append(None)
+            continue
+        row = _log_query(table).where(table.id == first_row).get()
+        out.append((log_entries(row)[0][0], last))
     return out
-
 
 
 # A session's reads as plain SQL, built once from the models: peewee's query building and model instances

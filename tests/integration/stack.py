@@ -92,10 +92,16 @@ class Stack(LocalStack):
             return [dict(row) for row in conn.execute(sql, params)]
 
     def durable_text(self, message_id: str) -> str:
-        """A streaming message's checkpointed text: its chunk log rows (both of the log's tables) in order."""
-        rows = self.query('select text from (select * from chunk union all select * from chunk_b) as log '
-                          'where message_id = ? order by "offset"', (message_id,))
-        return "".join(row["text"] for row in rows)
+        """A streaming message's checkpointed text: its appends in the chunk log (both of its tables) in order."""
+        return "".join(text for _, _, _, text, _ in sorted(self.log_entries(message_id), key=lambda e: e[2]))
+
+    def log_entries(self, message_id: str) -> list[tuple]:
+        """A message's appends (id, message id, offset, text, thinking) in the chunk log, in log order: the rows of
+        both tables read here, each unpacked by ``store.log_entries``."""
+        from services import store
+        rows = self.query("select * from chunk union all select * from chunk_b order by id")
+        entries = (e for row in rows for e in store.log_entries(tuple(row[c] for c in store._CHUNK_COLUMNS)))
+        return [e for e in entries if e[1] == message_id]
 
     def settled_durable_text(self, message_id: str, quiet_s: float = 0.75, timeout: float = 10) -> str:
         """``durable_text`` once nothing more can come: with the generator and the coordinator gone, a live

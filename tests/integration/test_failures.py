@@ -43,10 +43,7 @@ def log_time(stack, name: str, event: str) -> float:
 def wait_for_chunks(stack, message_id: str, min_chars: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (row,) = stack.query("select coalesce(sum(length(text)), 0) as n from "
-                             "(select * from chunk union all select * from chunk_b) as log where message_id = ?",
-                             (message_id,))
-        if row["n"] >= min_chars:
+        if sum(len(e[3]) for e in stack.log_entries(message_id)) >= min_chars:
             return
         time.sleep(0.05)
     raise TimeoutError(f"fewer than {min_chars} characters were checkpointed")

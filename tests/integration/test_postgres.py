@@ -10,6 +10,7 @@ import time
 import psycopg
 import pytest
 
+from services import store
 from services.mock_llm.script import reply_text
 from tests.integration.stack import Stack, wait_until
 from tools.spawn import REPO
@@ -56,9 +57,9 @@ def test_replies_persist_on_postgresql_with_their_exact_text(pg_stack, postgres)
     assert preview["prompt_hash"] == again["prompt_hash"]
     assert [s["session_id"] for s in pg_stack.cli_json("sessions")] == [out["session_id"]]
     with psycopg.connect(postgres.url) as conn:  # the chunk log held the streaming text, offsets in order
-        chunks = conn.execute('SELECT "offset", text FROM (SELECT * FROM chunk UNION ALL SELECT * FROM chunk_b) '
-                              'AS log WHERE message_id = %s ORDER BY id',
-                              (out["message_id"],)).fetchall()
+        log = conn.execute("SELECT * FROM chunk UNION ALL SELECT * FROM chunk_b ORDER BY id").fetchall()
+    chunks = [(offset, text) for row in log for _, message_id, offset, text, _ in store.log_entries(row)
+              if message_id == out["message_id"]]
     assert "".join(text for _, text in chunks) == out["content"][:sum(len(t) for _, t in chunks)]
     assert [offset for offset, _ in chunks] == sorted(offset for offset, _ in chunks)
 
@@ -163,7 +164,6 @@ def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persister
     """The message table's status and generation indexes of earlier versions are dropped for partial ones
     (only streaming rows, only rows with a generation), and the lookups by status and generation find their
     rows through them, on both databases. The session table gets the settings columns it lacked."""
-    from services import store
     if kind == "postgresql":
         url = postgres_server().url
         with psycopg.connect(url, autocommit=True) as conn:
@@ -212,7 +212,6 @@ def test_an_earlier_versions_chunk_log_loses_its_foreign_key_and_keeps_its_rows(
     table of a foreign key is emptied row by row), with its rows, on both databases. A persister started on it
     reads its streaming text back, writes on after its last row, and empties a table whole."""
     import peewee
-    from services import store
     from services.persister.core import PersisterCore
     if kind == "postgresql":
         url = postgres_server().url

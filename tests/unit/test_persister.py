@@ -193,6 +193,48 @@ def test_any_resends_and_overlaps_keep_the_durable_text_a_prefix_of_the_reply(ap
     assert p.open["a1"].text(False) == durable
 
 
+def test_a_commits_appends_are_one_packed_row_and_read_back_as_appends_beside_an_earlier_versions_plain_rows():
+    """``insert_chunks`` writes a commit's appends as one row of the log (msgpack and zlib, under the last one's
+    id); every reader gives them back as appends, in order, with the plain rows of an earlier version before them,
+    and a table that lacks the packed column of this version gains it in ``migrate``."""
+    db = store.open_database("sqlite:///:memory:")
+    try:
+        db.create_tables(store.MODELS)
+        for table in ("chunk", "chunk_b"):
+            db.execute_sql(f'ALTER TABLE "{table}" DROP COLUMN "packed"')  # the log as the version before made it
+        assert set(store.migrate(db)) == {"chunk.packed", "chunk_b.packed"} and store.migrate(db) == []
+        store.Session.create(id="s1", title="", created_at=1.0, updated_at=1.0)
+        for i, (message_id, status) in enumerate([("a1", "streaming"), ("a2", "completed"), ("a3", "streaming")]):
+            store.Message.create(id=message_id, session="s1", position=i, role="assistant", status=status,
+                                 created_at=1.0, updated_at=1.0)
+        db.execute_sql('INSERT INTO "chunk" ("id", "message_id", "offset", "text", "thinking") '
+                       "VALUES (3, 'a1', 0, 'Hel', 0)")  # an earlier version's plain row
+        appends = [(4, "a1", 3, "lo", False), (5, "a2", 0, "done", False), (6, "a3", 0, "hmm ", True),
+                   (7, "a1", 5, " wörld 🙂" * 40, False), (8, "a3", 0, "Yes", False)]
+        with db.atomic():
+            store.insert_chunks(db, appends[:2], 0)
+            store.insert_chunks(db, appends[2:], 0)
+            store.insert_chunks(db, [], 0)  # nothing to write: no row
+        rows = db.execute_sql('SELECT "id", "message_id", "offset", "text", "packed" FROM "chunk" ORDER BY "id"')
+        rows = rows.fetchall()
+        assert [(r[0], r[1], r[2], r[3], r[4] is None) for r in rows] == [
+            (3, "a1", 0, "Hel", True), (5, "", 0, "", False), (8, "", 0, "", False)]
+        assert len(rows[2][4]) < sum(len(text.encode()) for _, _, _, text, _ in appends[2:])  # compressed
+        assert [e for row in db.execute_sql('SELECT * FROM "chunk" ORDER BY "id"').fetchall()
+                for e in store.log_entries(row)] == [(3, "a1", 0, "Hel", False), *appends]
+        assert store.streamed_texts("a1") == ("Hello" + " wörld 🙂" * 40, "")
+        assert store.streamed_texts("a3") == ("Yes", "hmm ")
+        assert store.streaming_chunks() == {"a1": (3, ["Hel", "lo", " wörld 🙂" * 40], []),
+                                            "a3": (6, ["Yes"], ["hmm "])}  # a2 is final: not read back
+        assert store.chunk_log_ids() == [(3, 8), None]
+        with db.atomic():
+            store.insert_chunks(db, [(9, "a3", 3, "!", False), (10, "a3", 4, "?", False)], 1)
+            store.clear_chunks(db, 0)
+        assert store.chunk_log_ids() == [None, (9, 10)]  # a packed first row: its first append's id
+    finally:
+        db.close()
+
+
 def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
     db = store.open_database("sqlite:///:memory:")
     try:
