@@ -33,13 +33,9 @@ from services import store  # noqa: E402
 from services.coordinator.machine import new_ordered_id  # noqa: E402
 from services.persister.core import PersisterCore  # noqa: E402
 from services.persister.shell import write_plan  # noqa: E402
+from tools.dbmeter import written_bytes  # noqa: E402
 
 WORDS = ("the ", "stream ", "token ", "café ", "🙂", "数据 ", "reply ")
-
-
-def written_bytes() -> int:
-    with open("/proc/self/io") as io:
-        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
 
 
 def wal_frames(db, path: str) -> tuple[int, collections.Counter]:

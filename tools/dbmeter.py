@@ -89,3 +89,40 @@ class PostgresMeter:
 def _cpu(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
+
+
+class SqliteMeter:
+    """The copy into the database file of what a load test wrote to SQLite's write-ahead log. The persister's
+    own write counters hold its commits (into the log) and the copies SQLite made on its way (every
+    ``wal_autocheckpoint`` pages), but not the copy of what is still in the log when the run ends, up to a whole
+    log's worth. So the log is copied into the file at each end, from this process (``wal_checkpoint(TRUNCATE)``):
+    before the run, so that the log holds only the run's pages, uncounted; after it, counted. How big the log may
+    grow then changes only how often a page is copied, never whether its copy is counted."""
+
+    def __init__(self, url: str) -> None:
+        from services.store import SQLITE_PREFIX
+        self.path = url[len(SQLITE_PREFIX):]
+        self.checkpointed = self._checkpoint()[0]
+
+    def finish(self) -> dict:
+        """The bytes this process wrote copying the run's log into the file, and whether the copy was whole."""
+        whole, written = self._checkpoint()
+        return {"wal_copy_bytes": written, "checkpointed": whole and self.checkpointed}
+
+    def _checkpoint(self) -> tuple[bool, int]:
+        import sqlite3
+        before = written_bytes()
+        conn = sqlite3.connect(self.path, timeout=10)
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            busy = 1
+        finally:
+            conn.close()
+        return not busy, written_bytes() - before
+
+
+def written_bytes() -> int:
+    """This process's bytes written to storage so far (the kernel's I/O accounting)."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))

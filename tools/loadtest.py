@@ -312,7 +312,7 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
     """Run one load test and return its report (the JSON object): against a stack it spawns (``spawn``),
     a ``tools.spawn.LocalStack`` of the caller's (``stack``, left running), or the one the environment names."""
     from services import config
-    from tools.dbmeter import PostgresMeter
+    from tools.dbmeter import PostgresMeter, SqliteMeter
     from tools.spawn import LocalStack
 
     run_id = f"{int(time.time())}-{random.randrange(10**6)}"
@@ -344,6 +344,7 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
             meter = ProcessMeter(pids | {"loadtest": psutil.Process().pid})
             load = LoadRun(client, spec, run_id, progress)
             server = PostgresMeter(database_url) if database_url.startswith("postgresql://") else None
+            sqlite = SqliteMeter(database_url) if server is None else None
             # the client's own collector paused it up to ~50 ms at 1000 streams, counted as delivery latency;
             # settled for the run only, so the caller's process (pytest, the bench) gets its collector back
             threshold = gc.get_threshold()
@@ -355,11 +356,12 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
                 gc.set_threshold(*threshold)
             cpu, io, rss = meter.finish()
             server_figures = server.finish() if server is not None else None
+            sqlite_figures = sqlite.finish() if sqlite is not None else None
             status_after = settled_status(client)
         journal = fetch_journal(mock_port)
         db_rows = read_database(database_url, [s.message_id for s in load.streams if s.message_id])
         return build_report(spec, load, elapsed, cpu, io, rss, meter, status_before, status_after, journal, db_rows,
-                            server_figures)
+                            server_figures, sqlite_figures)
     finally:
         if owned is not None:
             owned.stop()

@@ -89,7 +89,7 @@ def upstream_to_client_ms(sent: list, arrivals: list) -> list[float]:
 
 
 def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journal, db_rows,
-                 server: dict | None = None) -> dict:
+                 server: dict | None = None, sqlite: dict | None = None) -> dict:
     outcomes = []
     mismatches = []
     cancel_ms = []
@@ -126,6 +126,8 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
 
     text_bytes = persister_delta("reply_text_bytes")
     db_bytes = server["wal_bytes"] + server["data_page_bytes"] if server else io.get("persister")
+    if sqlite is not None and db_bytes is not None:  # and the copy of the log's rest into the file (dbmeter.py)
+        db_bytes += sqlite["wal_copy_bytes"]
     return {
         "streams": spec.streams,
         "count": len(load.streams),
@@ -149,9 +151,12 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
         "rss_timeline_mb": meter.timeline,
         "content_bytes": content_bytes,
         "reasoning_bytes": sum(len((o.db_reasoning or "").encode()) for o in outcomes),  # of content_bytes
-        # the database's disk bytes: on SQLite the persister's own writes, on PostgreSQL its server's (WAL and
-        # data pages; the persister's process writes next to nothing there)
-        "db_bytes_source": "postgresql server (WAL + data pages)" if server else "persister process (SQLite)",
+        # the database's disk bytes: on SQLite the persister's own writes and the copy of what the log still held at
+        # the end into the file, on PostgreSQL its server's (WAL and data pages; the persister's process writes
+        # next to nothing there)
+        "db_bytes_source": "postgresql server (WAL + data pages)" if server else
+        "persister process (SQLite) + the log's last copy" if sqlite else "persister process (SQLite)",
+        "db_sqlite": sqlite,
         "db_bytes_written": db_bytes,
         "db_bytes_per_content_byte": round(db_bytes / content_bytes, 2) if content_bytes and db_bytes is not None
         else None,
