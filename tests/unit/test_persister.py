@@ -280,3 +280,29 @@ def test_a_saved_session_is_an_upsert_of_its_row_answered_when_applied(persister
     plan = persister.plan([save])
     assert [w.op for w in writes(plan, UpsertSession)] == [save] and plan.answers == [m.SessionSaved("s9", 2.0)]
     assert plan.acks == {} and writes(plan, InsertMessage) == []
+
+
+def test_a_messages_durable_text_is_read_right_as_the_log_moves_on_and_in_another_database():
+    """``streamed_texts`` reads each row of the log once (``store._LOG_INDEX``): rows written after a read are read
+    too, an emptied table's rows are forgotten, and a database opened next, whose row ids are the same, is read as
+    it is."""
+    for text in ("first", "second"):  # two databases, one after the other, with the same row ids
+        db = store.open_database("sqlite:///:memory:")
+        try:
+            store.migrate(db)
+            store.Session.create(id="s1", title="", created_at=1.0, updated_at=1.0)
+            store.Message.create(id="a1", session="s1", position=0, role="assistant", status="streaming",
+                                 created_at=1.0, updated_at=1.0)
+            with db.atomic():
+                store.insert_chunks(db, [(1, "a1", 0, text, False)], 0)
+                store.insert_chunks(db, [(2, "a1", len(text), "+", False), (3, "b9", 0, "other", False)], 1)
+            assert store.streamed_texts("a1") == (text + "+", "")
+            with db.atomic():
+                store.insert_chunks(db, [(4, "a1", 0, "thought", True)], 1)  # written after a read: read too
+            assert store.streamed_texts("a1") == (text + "+", "thought")
+            with db.atomic():
+                store.clear_chunks(db, 0)  # (the persister never empties a table a streaming message is in)
+            assert store.streamed_texts("a1") == ("", "thought")
+            assert set(store._LOG_INDEX) == {("chunk_b", 3), ("chunk_b", 4)}  # the emptied table's row forgotten
+        finally:
+            db.close()
