@@ -2,7 +2,6 @@
 reads sessions it does not have in memory (after a restart) through ``load_session``."""
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import re
@@ -439,8 +438,9 @@ def streamed_texts(message_id: str) -> tuple[str, str]:
     if msg.status != STREAMING:
         return msg.content, msg.reasoning
     texts = _ChunkTexts()
-    for _, _, offset, text, thinking in _message_log(message_id):
-        texts.add(offset, text, bool(thinking))
+    for by_message in _log_rows():
+        for _, _, offset, text, thinking in by_message.get(message_id, ()):
+            texts.add(offset, text, bool(thinking))
     return "".join(texts.parts[0]), "".join(texts.parts[1])
 
 
@@ -467,34 +467,26 @@ def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:
     chunk id, its answer's parts in order, its thinking's). A message with no chunk yet is absent."""
     found: dict[str, tuple[int, _ChunkTexts]] = {}
     streaming = set(streaming_ids())
-    for chunk_id, message_id, offset, text, thinking in _log_rows(streaming.__contains__):
-        if message_id not in found:
-            found[message_id] = (chunk_id, _ChunkTexts())
-        found[message_id][1].add(offset, text, bool(thinking))
+    for by_message in _log_rows():
+        for message_id in streaming.intersection(by_message):
+            for chunk_id, _, offset, text, thinking in by_message[message_id]:
+                if message_id not in found:
+                    found[message_id] = (chunk_id, _ChunkTexts())
+                found[message_id][1].add(offset, text, bool(thinking))
     return {message_id: (first, texts.parts[0], texts.parts[1]) for message_id, (first, texts) in found.items()}
-
-
-def _log_rows(keep):
-    """The chunk log's appends (id, message id, offset, text, thinking) whose message id ``keep`` keeps, from both of
-    its tables in id order. A packed row's appends are read whole: the log holds only recent and streaming text."""
-    queries = [_log_query(table).order_by(table.id) for table in CHUNK_LOG]
-    for row in heapq.merge(*queries, key=lambda row: row[0]):
-        for entry in log_entries(row):
-            if keep(entry[1]):
-                yield entry
 
 
 # The log's rows as this process has read them from the database it opened last: (table, row id) -> the row's
 # appends by message id. A row never changes once written and its id is never used again, so only the rows the log
-# holds now are kept. Why: a read of
-# one streaming message's text (``load_session``, for every session a restarted coordinator reads back) unpacked the
-# whole log: 4.4-6.1 ms a call against 1.7 for the plain rows before (``timeit``-like, 8,192 appends over 200-1000
-# messages); from this index, a look-up per row.
+# holds now are kept. Why: a read of one streaming message's text (``load_session``, for every session a restarted
+# coordinator reads back) unpacked the whole log: 4.4-6.1 ms a call against 1.7 for the plain rows before (8,192
+# appends over 200-1000 messages, CPU time over 50 calls); through this index 0.9-1.5 ms.
 _LOG_INDEX: dict[tuple[str, int], dict[str, list]] = {}
 
 
-def _message_log(message_id: str) -> list[tuple[int, str, int, str, bool]]:
-    """One message's appends in the log, in id order, through ``_LOG_INDEX`` (rows read and unpacked once)."""
+def _log_rows() -> list[dict[str, list]]:
+    """The chunk log's rows in id order, each as its appends (id, message id, offset, text, thinking) by message id;
+    the rows not read before are read and unpacked now, and those no longer in the log are forgotten."""
     global _LOG_INDEX
     index, present = _LOG_INDEX, []
     for table in CHUNK_LOG:
@@ -509,9 +501,9 @@ def _message_log(message_id: str) -> list[tuple[int, str, int, str, bool]]:
                 index[(name, row[0])] = by_message
         present += [(row_id, name) for row_id in ids]
     present.sort()
-    if len(index) > len(present):  # rows emptied since: forget them
+    if len(index) > len(present):  # rows emptied since
         _LOG_INDEX = index = {(name, row_id): index[(name, row_id)] for row_id, name in present}
-    return [entry for row_id, name in present for entry in index[(name, row_id)].get(message_id, ())]
+    return [index[(name, row_id)] for row_id, name in present]
 
 
 def _log_query(table):

@@ -6,6 +6,7 @@ The persister's own write counters say nothing of this: on PostgreSQL the server
 (the persister's process wrote 0.04 bytes per content byte while the server wrote about 35-40)."""
 from __future__ import annotations
 
+import sqlite3
 import time
 from urllib.parse import urlsplit
 
@@ -110,7 +111,6 @@ class SqliteMeter:
         return {"wal_copy_bytes": written, "checkpointed": whole and self.checkpointed}
 
     def _checkpoint(self) -> tuple[bool, int]:
-        import sqlite3
         before = written_bytes()
         conn = sqlite3.connect(self.path, timeout=10)
         try:

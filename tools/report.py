@@ -108,7 +108,7 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
         outcomes.append(outcome)
         entry = journal.get(s.text)
         if entry:
-            upstream_ms += upstream_to_client_ms(entry.get("sent") or [], s.arrivals)
+            upstream_ms += upstream_to_client_ms(list(zip(entry["sent_lengths"], entry["sent_at"])), s.arrivals)
         if s.cancelled_at is not None and view.status == "cancelled" and entry and entry["client_closed"]:
             cancel_ms.append((entry["closed_at"] - s.cancelled_at) * 1000)
     tokens = sum(((s.view.final or {}).get("stats") or {}).get("tokens") or 0 for s in load.streams if s.view)

@@ -6,6 +6,7 @@ the journal records exactly when the upstream request was really stopped.
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import contextlib
@@ -106,7 +107,7 @@ class MockLLM:
         return web.json_response({"object": "list", "data": [model]})
 
     async def read_journal(self, _request: web.Request) -> web.Response:
-        return web.json_response({"requests": list(self.journal)})
+        return web.json_response({"requests": list(self.journal)}, dumps=_JOURNAL_JSON)
 
     async def clear_journal(self, _request: web.Request) -> web.Response:
         self.journal.clear()
@@ -131,7 +132,9 @@ class MockLLM:
         entry = {"id": next(self.ids), "received_at": time.time(), "body": body, "attempt": self.attempts[key],
                  "stream": bool(body.get("stream")), "status": 200, "chunks_sent": 0, "completed": False,
                  "client_closed": False, "dropped": False, "closed_at": None,
-                 "sent": []}  # (the answer's length, time.time()) after each answer token it wrote
+                 # after each answer token it wrote: the answer's length, and time.time() (arrays: 12 bytes a token
+                 # in a journal of up to JOURNAL_LIMIT replies)
+                 "sent_lengths": array.array("q"), "sent_at": array.array("d")}
         self.journal.append(entry)
         if scenario.fail_status and (scenario.fail_times < 0 or self.attempts[key] <= scenario.fail_times):
             entry["status"] = scenario.fail_status
@@ -240,7 +243,7 @@ class MockLLM:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {"content": THINK_CLOSE},
                                                    "finish_reason": None}]})
         start += len(first) * interval
-        sent, length = entry["sent"], 0
+        sent_lengths, sent_at, length = entry["sent_lengths"], entry["sent_at"], 0
         for i, token in enumerate(tokens):
             length += len(token)
             if i < len(head):
@@ -261,7 +264,8 @@ class MockLLM:
                 await _send(resp, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
             else:  # the same bytes as json.dumps of the whole chunk, at a fifth of its cost (py-spy)
                 await resp.write(content_head + _json_token(token) + CONTENT_TAIL)
-            sent.append((length, time.time()))  # for a load test's upstream-to-client latency
+            sent_lengths.append(length)  # for a load test's upstream-to-client latency
+            sent_at.append(time.time())
             entry["chunks_sent"] += 1
         if not scenario.no_finish:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
@@ -271,6 +275,9 @@ class MockLLM:
         await resp.write_eof()
         entry["completed"] = True
         return resp
+
+
+_JOURNAL_JSON = functools.partial(json.dumps, default=list)  # a journal entry's arrays as lists
 
 
 async def _send(resp: web.StreamResponse, chunk: dict) -> None:
