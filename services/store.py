@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+import typing
 import zlib
 
 import msgspec
@@ -374,7 +375,7 @@ def supersede(message_ids: list[str]) -> None:
 
 def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]], half: int = 0) -> None:
     """Rows (id, message id, offset, text, thinking) at the chunk log's end, in its table ``half``: one row of the
-    table holds them all, packed (msgpack, then zlib), under the last one's id.
+    table holds them all, packed (``_pack_entries``), under the last one's id.
 
     Why: an append is ~28 bytes of text (a checkpoint of one reply every 250 ms at 20 tok/s), and its own row
     was ~77 bytes with its 32-character message id; written to the log and again when the log is copied into
@@ -383,12 +384,46 @@ def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool
     19.7); load tests, two pairs alternating, 13.0 / 17.2 -> 10.4 / 10.3 at 1000 streams, 9.8 / 10.4 -> 7.8 / 7.6
     at 50."""
     if rows:
-        packed = zlib.compress(_pack_entries(rows), 1)
-        db.cursor().execute(_insert_sql(db, CHUNK_LOG[half], _CHUNK_COLUMNS), (rows[-1][0], "", 0, "", False, packed))
+        db.cursor().execute(_insert_sql(db, CHUNK_LOG[half], _CHUNK_COLUMNS),
+                            (rows[-1][0], "", 0, "", False, _pack_entries(rows)))
 
 
-_pack_entries = msgspec.msgpack.Encoder().encode
-_unpack_entries = msgspec.msgpack.Decoder(list[tuple[int, str, int, str, bool]]).decode
+# A packed row's first byte says its layout. This version's (``_COLUMNS``) holds the appends as columns: the ids
+# (the first one alone when they follow each other, as the persister assigns them), the message ids (16 bytes
+# each where they are 32 lowercase hex digits, as the coordinator makes them), the offsets, the texts, and the
+# positions of the thinking's appends; msgpack, then zlib. The first version's rows (a list of the appends as
+# tuples, zlib's own header first: 0x78) are read as they are. Why: the message ids were half of a packed row
+# (80 random bits each, in 32 characters that zlib cannot fold into fewer than ~20 bytes); a 50-stream load
+# test's log, 72 rows, 2,025 appends, 44.1 KB of text: 54.7 KB packed as tuples, 41.3 KB as columns (zlib level
+# 6: 51.7 and 40.3, at 10-20% more CPU), ~41 µs a row to pack either way (docs/PERFORMANCE.md, "Message ids as
+# bytes").
+_COLUMNS = b"\x01"
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+_encode_columns = msgspec.msgpack.Encoder().encode
+_decode_columns = msgspec.msgpack.Decoder(
+    tuple[int | list[int], list[typing.Any], list[int], list[str], list[int]]).decode  # str or bytes (no union)
+_decode_tuples = msgspec.msgpack.Decoder(list[tuple[int, str, int, str, bool]]).decode
+
+
+def _pack_entries(rows: list[tuple[int, str, int, str, bool]]) -> bytes:
+    first = rows[0][0]
+    ids = first if all(row[0] == first + i for i, row in enumerate(rows)) else [row[0] for row in rows]
+    keys = [bytes.fromhex(row[1]) if _HEX_ID.fullmatch(row[1]) else row[1] for row in rows]
+    thinking = [i for i, row in enumerate(rows) if row[4]]
+    return _COLUMNS + zlib.compress(
+        _encode_columns((ids, keys, [row[2] for row in rows], [row[3] for row in rows], thinking)), 1)
+
+
+def _unpack_entries(packed: bytes) -> list[tuple[int, str, int, str, bool]]:
+    packed = bytes(packed)
+    if not packed.startswith(_COLUMNS):
+        return _decode_tuples(zlib.decompress(packed))
+    ids, keys, offsets, texts, thinking = _decode_columns(zlib.decompress(packed[1:]))
+    if type(ids) is int:
+        ids = range(ids, ids + len(keys))
+    thought = set(thinking)
+    return [(chunk_id, key.hex() if type(key) is bytes else key, offset, text, i in thought)
+            for i, (chunk_id, key, offset, text) in enumerate(zip(ids, keys, offsets, texts, strict=True))]
 
 
 def log_entries(row) -> list[tuple[int, str, int, str, bool]]:
@@ -397,7 +432,7 @@ def log_entries(row) -> list[tuple[int, str, int, str, bool]]:
     chunk_id, message_id, offset, text, thinking, packed = row
     if packed is None:
         return [(chunk_id, message_id, offset, text, bool(thinking))]
-    return _unpack_entries(zlib.decompress(packed))
+    return _unpack_entries(packed)
 
 
 def write_final(message_id: str, status: str, content: str, stats: dict, error: str | None,
