@@ -315,7 +315,8 @@ def chaos_table(h: dict) -> list[str]:
                      f"{k['duplicates']} | {k['recovery_ms_max']} |")
     lines.append(f"| **all** | {h['trials']} | {h['streams']} | {h['completed']} | {h['errors']} | "
                  f"{h['interrupted']} | {h['non_terminal']} | {h['mismatches']} | {h['lost_acked_chars']} | "
-                 f"{h['duplicates']} | p50 {r['p50']}, p99 {r['p99']}, max {r['max']} |")
+                 f"{h['duplicates']} | p50 {r['p50']}, p99 {r['p99']}, max {r['max']}; "
+                 f"not recovered in 30 s: {r.get('unrecovered', 0)} |")
     return lines + [""]
 
 

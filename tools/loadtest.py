@@ -200,8 +200,15 @@ class LoadRun:
     def on_snapshot(self, stream: UserStream, reply: m.Reply) -> None:
         stream.snapshot_pending = False
         if reply.ok and stream.ended_at is None:
-            stream.view.apply_snapshot(reply.result)
-            self.after_update(stream, time.time())
+            view = stream.view
+            before = (view.length, view.thinking.length, view.final)
+            view.apply_snapshot(reply.result)
+            now = time.time()
+            if self.on_moved is not None and (view.length, view.thinking.length, view.final) != before:
+                # what a snapshot brings moved the reply on too: its end when the Final was published while
+                # this client was not subscribed (a coordinator's restart), or the text it missed
+                self.on_moved(stream, None, now)
+            self.after_update(stream, now)
 
     def end(self, stream: UserStream, failure: str | None) -> None:
         if stream.ended_at is not None:
