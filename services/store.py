@@ -176,13 +176,13 @@ SQLITE_PREFIX = "sqlite:///"
 # (35.8) and no fewer at 50 (33.4). It must come before WAL mode, which fixes the size of a new file; a database
 # made with other pages keeps them (the pragma changes nothing there).
 SQLITE_PAGE_SIZE = 1024
-# SQLite copies the log into the file once it holds this many pages (its default, 1000, is counted in pages): 16 MB
-# of 1 KB pages. The hot pages (the ends of the message table, its indexes and the chunk log) are written to the log
-# at nearly every commit and copied once a copy: at 1000 pages, 1 MB, they were copied 16 times as often (31.0
-# against 25.0 disk bytes per content byte in the harness above, 1000 streams, 4000 replies, for 4 MB), and 4 MB
-# against 16 MB gave 15.6 against 12.4. The commit that makes the copy waits for it: 15-21 ms at most for a 4 MB
-# log, 38-43 ms for a 16 MB one, a quarter as often (docs/PERFORMANCE.md, "A 16 MB log").
-SQLITE_WAL_PAGES = 16384
+# SQLite copies the log into the file once it holds this many pages (its default, 1000, is counted in pages): 4 MB
+# of 1 KB pages, the log's size with SQLite's defaults. At 1000 pages, 1 MB, the same pages were copied four times
+# as often: 31.0 against 25.0 disk bytes per content byte in the harness above, 1000 streams, 4000 replies. A 16 MB
+# log wrote less again (12.4 against 15.6 in the harness; 10.9 against 11.4 in load tests at 1000 streams) but cost
+# every process on the machine 5-8% more CPU per token and the burst's first token ~100 ms (four pairs alternating
+# in order, docs/PERFORMANCE.md, "A 16 MB log, measured again and not kept").
+SQLITE_WAL_PAGES = 4096
 SQLITE_PRAGMAS = {"page_size": SQLITE_PAGE_SIZE, "busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal",
                   "wal_autocheckpoint": SQLITE_WAL_PAGES, "foreign_keys": 1}
 OPEN_LOCKED_TRIES = 50  # 0.1 s apart: see ``open_database``
