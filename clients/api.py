@@ -11,6 +11,7 @@ import os
 import time
 from typing import Callable
 
+import msgspec
 import zmq
 
 from clients.view import GAP, ReplyView
@@ -52,6 +53,23 @@ def encode_request(msg: m.Message) -> bytes:
                            "(the coordinator's character limit is lower still: CHATTER_MAX_TEXT_CHARS)") from None
     except (OverflowError, ValueError) as exc:
         raise ChatterError(f"the request cannot be sent: {exc}") from None
+
+
+SESSIONS_LIMIT = 100_000  # the most one ``Sessions`` request asks for (a page holds fewer)
+
+
+def join_history(whole: results.History, page: results.History) -> results.History:
+    """A history's pages joined: a message cut at the end of one page goes on at the start of the next (from
+    the offsets the next page was asked for), and its other fields are the later page's."""
+    messages, rest = list(whole.messages), page.messages
+    at = whole.next
+    if rest and messages and at is not None and messages[-1].message_id == at.message_id == rest[0].message_id:
+        cut, more = messages.pop(), rest[0]
+        messages.append(msgspec.structs.replace(
+            more, content=cut.content[:at.offset] + more.content,
+            reasoning=cut.reasoning[:at.reasoning_offset] + more.reasoning))
+        rest = rest[1:]
+    return msgspec.structs.replace(page, messages=messages + list(rest))
 
 
 class Client:
@@ -156,9 +174,19 @@ class Client:
                seen_reasoning_len: int | None = None) -> results.Result:
         return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len, seen_reasoning_len))
 
-    def snapshot(self, session_id: str, generation_id: str | None = None) -> results.Result:
+    def snapshot(self, session_id: str, generation_id: str | None = None) -> results.Snapshot:
+        """A reply's snapshot, whole: its pages asked for in turn, each going on from the texts so far (a page
+        begins at a shorter text's end when a cancel cut it meanwhile)."""
         self.snapshots += 1
-        return self.request(m.Snapshot(next(self.req_ids), session_id, generation_id))
+        page = self.request(m.Snapshot(next(self.req_ids), session_id, generation_id))
+        text, reasoning, user_text = page.text, page.reasoning, page.user_text
+        while page.more:
+            page = self.request(m.Snapshot(next(self.req_ids), session_id, page.generation_id, len(text),
+                                           len(reasoning)))
+            text = text[:page.offset] + page.text
+            reasoning = reasoning[:page.reasoning_offset] + page.reasoning
+        return msgspec.structs.replace(page, text=text, reasoning=reasoning, user_text=user_text, offset=0,
+                                       reasoning_offset=0, more=False)
 
     def regenerate(self, session_id: str, client_request_id: str) -> results.Result:
         return self.request(m.Regenerate(next(self.req_ids), session_id, client_request_id), attempts=3)
@@ -167,8 +195,17 @@ class Client:
         """Continue the session's last reply where it was cut; retried safely (one continuation per request id)."""
         return self.request(m.Continue(next(self.req_ids), session_id, client_request_id), attempts=3)
 
-    def sessions(self, limit: int = 50) -> list[dict]:
-        return self.request(m.Sessions(next(self.req_ids), limit)).sessions
+    def sessions(self, limit: int = 50) -> list[results.SessionSummary]:
+        """The ``limit`` most recently active sessions, page by page (a page holds what fits a frame)."""
+        listed: list[results.SessionSummary] = []
+        while len(listed) < limit:
+            last = listed[-1] if listed else None
+            page = self.request(m.Sessions(next(self.req_ids), min(limit - len(listed), SESSIONS_LIMIT),
+                                           last and last.last_activity, last and last.session_id))
+            listed.extend(page.sessions)
+            if not page.more or not page.sessions:
+                break
+        return listed[:limit]
 
     def resolve(self, prefix: str) -> str:
         """The one session whose id starts with ``prefix``; refused when none or several do."""
@@ -182,8 +219,15 @@ class Client:
     def status(self, session_id: str | None = None) -> results.Result:
         return self.request(m.Status(next(self.req_ids), session_id))
 
-    def history(self, session_id: str) -> results.Result:
-        return self.request(m.History(next(self.req_ids), session_id))
+    def history(self, session_id: str) -> results.History:
+        """A session's whole history, page by page: a message cut at a page's end goes on in the next."""
+        whole = self.request(m.History(next(self.req_ids), session_id))
+        while whole.next is not None:
+            at = whole.next
+            page = self.request(m.History(next(self.req_ids), session_id, at.message_id, at.offset,
+                                          at.reasoning_offset))
+            whole = join_history(whole, page)
+        return whole
 
     def preview(self, message_id: str) -> results.Result:
         return self.request(m.Preview(next(self.req_ids), message_id))

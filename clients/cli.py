@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=cmd_chaos, needs_client=False)
     p = sub.add_parser("sessions", help="recent sessions")
-    p.add_argument("--limit", type=int_in(1, 100_000), default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=int_in(1, 10_000_000), default=50, help="at most this many (default 50), read a page at a time")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_sessions)
     p = sub.add_parser("status", help="coordinator, generators, active generations and counters")

@@ -19,7 +19,11 @@ from typing import Annotated, ClassVar, Literal, Union
 import msgspec
 
 PROTOCOL_VERSION = 2  # 1 was [version, type, fields...] with a hand-written decoder
-MAX_FRAME_BYTES = 4 * 1024 * 1024  # also ZMQ_MAXMSGSIZE; a reply's text is bounded well below it
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # also ZMQ_MAXMSGSIZE
+# Every frame fits by construction: a text is carried in pieces of at most this many characters (1 MiB of UTF-8
+# at most), which the offset rules join, and a reply that grows with the data is paged within PAGE_BYTES.
+PIECE_CHARS = 256 * 1024
+PAGE_BYTES = 2 * 1024 * 1024
 
 Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
@@ -54,8 +58,9 @@ class BadField(FrameError):
 
 
 class FrameTooLarge(FrameError):
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, size: int = 0) -> None:
         super().__init__("too_large", detail)
+        self.size = size
 
 
 _REGISTRY: dict[int, type[Message]] = {}
@@ -79,7 +84,7 @@ _DECODERS: dict[tuple | None, msgspec.msgpack.Decoder] = {}
 def encode(msg: Message) -> bytes:
     data = _ENCODER.encode((PROTOCOL_VERSION, msg))
     if len(data) > MAX_FRAME_BYTES:
-        raise FrameTooLarge(f"{type(msg).__name__} is {len(data)} bytes, limit {MAX_FRAME_BYTES}")
+        raise FrameTooLarge(f"{type(msg).__name__} is {len(data)} bytes, limit {MAX_FRAME_BYTES}", len(data))
     return data
 
 
@@ -94,7 +99,7 @@ def _decoder(expect: tuple | None) -> msgspec.msgpack.Decoder:
 def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Message:
     """Validate and decode one frame. Raises a ``FrameError`` subclass; never anything else."""
     if len(data) > MAX_FRAME_BYTES:
-        raise FrameTooLarge(f"{len(data)} bytes, limit {MAX_FRAME_BYTES}")
+        raise FrameTooLarge(f"{len(data)} bytes, limit {MAX_FRAME_BYTES}", len(data))
     try:
         return _decoder(expect).decode(data)[1]
     except msgspec.ValidationError as exc:  # a DecodeError too: first
@@ -103,6 +108,28 @@ def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Mess
         raise NotMsgpack(str(exc)) from None
     except RecursionError:  # found by the fuzz test: a frame of thousands of nested arrays
         raise NotMsgpack("frame nests too deeply") from None
+
+
+def pieces(text: str, chars: int = PIECE_CHARS) -> list[str]:
+    """``text`` cut into pieces that each fit a frame, in order (one piece, itself, when it is short)."""
+    if len(text) <= chars:
+        return [text]
+    return [text[at:at + chars] for at in range(0, len(text), chars)]
+
+
+def fitting_chars(text: str, room_bytes: int) -> int:
+    """How many leading characters of ``text`` fit in ``room_bytes`` of UTF-8 (never a character cut in two)."""
+    if room_bytes <= 0:
+        return 0
+    if len(text) * 4 <= room_bytes:
+        return len(text)
+    head = text[:room_bytes].encode("utf-8", "surrogatepass")  # room_bytes characters are at least as many bytes
+    if len(head) <= room_bytes:
+        return min(len(text), room_bytes)
+    cut = room_bytes
+    while cut > 0 and head[cut] & 0xC0 == 0x80:  # head[cut] goes on a character that began before it
+        cut -= 1
+    return len(head[:cut].decode("utf-8", "surrogatepass"))
 
 
 _AT_FIELD = re.compile(r" - at `\$\[1\]\[(\d+)\]")

@@ -61,11 +61,15 @@ class Cancel(Message, tag=3):
 
 
 class Snapshot(Message, tag=4):
-    """A session's active (else last) reply, or one generation's when ``generation_id`` is given."""
+    """A session's active (else last) reply, or one generation's when ``generation_id`` is given. Paged: the
+    answer holds its texts from these offsets on, as much as fits a frame, and says if there is ``more``
+    (``Client.snapshot`` asks for each page in turn)."""
 
     req_id: Int
     session_id: Id
     generation_id: Optional[Id] = None
+    offset: Count = 0
+    reasoning_offset: Count = 0
 
 
 class Status(Message, tag=5):
@@ -74,8 +78,14 @@ class Status(Message, tag=5):
 
 
 class History(Message, tag=6):
+    """A session's messages, paged: from ``message_id`` (None: the first), whose texts go on from these
+    offsets, as many as fit a frame; the answer's ``next`` is where the next page starts."""
+
     req_id: Int
     session_id: Id
+    message_id: Optional[Id] = None
+    offset: Count = 0
+    reasoning_offset: Count = 0
 
 
 class Preview(Message, tag=7):
@@ -101,8 +111,13 @@ class Continue(Message, tag=13):
 
 
 class Sessions(Message, tag=10):
+    """The most recently active sessions, a page of at most ``limit`` (fewer when a frame holds fewer): those
+    before (``before``, ``before_id``), the last activity and id of the previous page's last one."""
+
     req_id: Int
     limit: SessionsLimit = 50
+    before: Optional[Annotated[float, Meta(ge=0)]] = None
+    before_id: Optional[Id] = None
 
 
 class ResolveSession(Message, tag=12):
@@ -331,6 +346,7 @@ class GenCatchUp(Message, tag=48):
     reasoning_seq: Int = 0
     reasoning_offset: Int = 0
     reasoning: str = ""
+    more: bool = False  # a text longer than a frame comes in several catch-ups, each going on from the last
 
 
 GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat, GenAnnounce,

@@ -51,6 +51,11 @@ class Snapshot(Result, tag="snapshot"):
     superseded: bool = False
     user_text: Optional[str] = None
     reasoning: str = ""  # the thinking, exactly as clients were sent it (offset = its length)
+    # a page: ``text`` and ``reasoning`` begin at these offsets (the request's, or the text's length when it is
+    # shorter: a cancel cut it), and ``more`` says that the texts go on past what this page holds
+    offset: Int = 0
+    reasoning_offset: Int = 0
+    more: bool = False
 
 
 class SessionSummary(msgspec.Struct, kw_only=True):
@@ -63,6 +68,15 @@ class SessionSummary(msgspec.Struct, kw_only=True):
 
 class SessionList(Result, tag="sessions"):
     sessions: list[SessionSummary]
+    more: bool = False  # a page: more sessions are older than its last one
+
+
+class HistoryCursor(msgspec.Struct, kw_only=True):
+    """Where the next page of a history begins: this message, its texts from these offsets."""
+
+    message_id: str
+    offset: Int = 0
+    reasoning_offset: Int = 0
 
 
 class History(Result, tag="history"):
@@ -71,6 +85,7 @@ class History(Result, tag="history"):
     system: Optional[str]
     max_input_tokens: Int
     messages: list[MessageView]  # as clients see them: without their prompts
+    next: Optional[HistoryCursor] = None  # a page: where the next one begins (None: this is the last)
 
 
 class Preview(Result, tag="preview"):
@@ -143,7 +158,7 @@ class Status(Result, tag="status"):
     coordinator_pid: Int
     persister_pid: Int
     persister: Optional[PersisterTotals]  # None until the persister reports
-    active: list[ActiveGeneration]
+    active: list[ActiveGeneration]  # the first ACTIVE_SHOWN of them
     counters: dict[str, Int]
     context: Optional[ContextUse] = None
     persister_seen_ms_ago: Optional[Int] = None  # None: not heard from since the coordinator started
@@ -155,6 +170,10 @@ class Status(Result, tag="status"):
     reads_error: Optional[str] = None
     continue_style: str = "none"  # how a reply is continued (of the session asked about, if any), and why
     continue_style_why: str = ""
+    active_total: Int = 0  # how many generations are active, shown or not
+
+
+ACTIVE_SHOWN = 1000  # the status lists at most this many active generations: ~150 bytes each
 
 
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,

@@ -44,11 +44,17 @@ def _shown(bound) -> str:
     return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if not raw:
         return default
-    return raw.strip().lower() not in ("0", "false", "no", "off")
+    word = raw.strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise SystemExit(f"{name} must be one of {', '.join(TRUE_WORDS + FALSE_WORDS)}, got {raw!r}")
+    return word in TRUE_WORDS
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -108,6 +114,19 @@ def wake_ms() -> int:
     return env_int("CHATTER_WAKE_MS", 20, lo=0, hi=100)
 
 
+def tiktoken_encoding() -> str:
+    """CHATTER_TIKTOKEN_ENCODING, the encoding of models tiktoken does not know: one that tiktoken has (it falls
+    back to the offline copy of cl100k_base when it cannot fetch it), or "" for that copy itself."""
+    import tiktoken
+
+    from services.tokens import OFFLINE
+    name = os.environ.get("CHATTER_TIKTOKEN_ENCODING", "").strip()
+    names = sorted(set(tiktoken.list_encoding_names()) | {OFFLINE})
+    if name and name not in names:
+        raise SystemExit(f"CHATTER_TIKTOKEN_ENCODING must be one of {', '.join(names)}, got {name!r}")
+    return name
+
+
 # ---------------------------------------------------------------- one dataclass per process
 
 
@@ -145,6 +164,7 @@ class CoordinatorSettings:
     stream_hwm: int = 0  # 0: the stream channel's own
     database_url: str = "sqlite:///data/chatter.db"
     wake_ms: int = 20
+    tiktoken_encoding: str = ""  # read by services.tokens; checked here, at start
 
     @classmethod
     def from_env(cls) -> CoordinatorSettings:
@@ -168,6 +188,7 @@ class CoordinatorSettings:
             stream_hwm=env_int("CHATTER_STREAM_HWM", 0, lo=0),
             database_url=database_url(),
             wake_ms=wake_ms(),
+            tiktoken_encoding=tiktoken_encoding(),
         )
 
 
@@ -188,6 +209,7 @@ class GeneratorSettings:
     stream_reader: str = "fed"
     think_tags: str = "auto"  # a leading <think>...</think> in the content is thinking: auto, on or off
     wake_ms: int = 20
+    tiktoken_encoding: str = ""  # read by services.tokens; checked here, at start
 
     @classmethod
     def from_env(cls) -> GeneratorSettings:
@@ -209,6 +231,7 @@ class GeneratorSettings:
             stream_reader=env_choice("CHATTER_STREAM_READER", "fed", ("fed", "iterator")),
             think_tags=env_choice("CHATTER_THINK_TAGS", "auto", THINK_TAGS),
             wake_ms=wake_ms(),
+            tiktoken_encoding=tiktoken_encoding(),
         )
 
 

@@ -67,8 +67,15 @@ def _redact_event(_logger, _name, event_dict: dict) -> dict:
     return event_dict
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def configure(process: str) -> structlog.stdlib.BoundLogger:
-    level = logging.getLevelName(os.environ.get("CHATTER_LOG_LEVEL", "INFO").upper())
+    """Logging for a process; a CHATTER_LOG_LEVEL it cannot use stops the start, in one line."""
+    name = (os.environ.get("CHATTER_LOG_LEVEL") or "info").strip().lower()
+    if name not in LOG_LEVELS:
+        raise SystemExit(f"CHATTER_LOG_LEVEL must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {name!r}")
+    level = logging.getLevelName(name.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

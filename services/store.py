@@ -628,20 +628,23 @@ def load_session(session_id: str) -> dict | None:
 HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-def sessions_with_prefix(prefix: str, limit: int = 2) -> list[str]:
-    """Up to ``limit`` session ids that start with ``prefix``, by the primary key's index (ids are lowercase
-    hex: the range [prefix, prefix + "g") holds exactly them, in any collation)."""
+def sessions_with_prefix(prefix: str, shown: int = 5) -> tuple[int, list[str]]:
+    """How many session ids start with ``prefix``, and the first ``shown`` of them, by the primary key's index
+    (ids are lowercase hex: the range [prefix, prefix + "g") holds exactly them, in any collation)."""
     if not prefix or not set(prefix) <= HEX_DIGITS:
-        return []
+        return 0, []
     db = db_proxy.obj
-    sql = f"SELECT id FROM session WHERE id >= {db.param} AND id < {db.param} ORDER BY id LIMIT {db.param}"
+    where = f"FROM session WHERE id >= {db.param} AND id < {db.param}"
     try:
-        ids = [row[0] for row in db.execute_sql(sql, (prefix, prefix + "g", limit)).fetchall()]
+        ids = [row[0] for row in db.execute_sql(f"SELECT id {where} ORDER BY id LIMIT {db.param}",
+                                                (prefix, prefix + "g", shown)).fetchall()]
+        count = len(ids) if len(ids) < shown else db.execute_sql(f"SELECT COUNT(*) {where}",
+                                                                 (prefix, prefix + "g")).fetchone()[0]
     except peewee.DatabaseError as exc:
         if _no_tables_yet(exc):
-            return []
+            return 0, []
         raise
-    return [i for i in ids if i.startswith(prefix)]
+    return count, [i for i in ids if i.startswith(prefix)]
 
 
 # One query whatever the limit, as plain SQL: the sessions, each with its message count and its last
@@ -653,14 +656,19 @@ LIST_SESSIONS_SQL = (
     "(SELECT COUNT(*) FROM message m WHERE m.session_id = s.id), "
     "(SELECT m.status FROM message m WHERE m.session_id = s.id AND m.role = 'assistant' "
     "ORDER BY m.position DESC LIMIT 1) "
-    "FROM session s ORDER BY s.updated_at DESC LIMIT {param}")
+    "FROM session s {where}ORDER BY s.updated_at DESC, s.id DESC LIMIT {param}")
 
 
-def list_sessions(limit: int) -> list[dict]:
-    """The most recently active sessions, as summaries (see ``services.coordinator.sessions.summary``)."""
+def list_sessions(limit: int, before: float | None = None, before_id: str | None = None) -> list[dict]:
+    """The most recently active sessions, as summaries (see ``services.coordinator.sessions.summary``); with
+    ``before``, those older than the session (``before``, ``before_id``): the next page of a list."""
     db = db_proxy.obj
+    where, params = "", (max(1, limit),)
+    if before is not None:
+        where = f"WHERE s.updated_at < {db.param} OR (s.updated_at = {db.param} AND s.id < {db.param}) "
+        params = (before, before, before_id or "", max(1, limit))
     try:
-        rows = db.execute_sql(LIST_SESSIONS_SQL.format(param=db.param), (max(1, limit),)).fetchall()
+        rows = db.execute_sql(LIST_SESSIONS_SQL.format(where=where, param=db.param), params).fetchall()
     except peewee.DatabaseError as exc:
         if _no_tables_yet(exc):
             return []

@@ -14,6 +14,7 @@ from protocol import codec, curve, messages as m, transport
 from services import config, shell, store
 from services.coordinator.machine import (Coordinator, Log, ReadGeneration, ReplyTo, ToClients, ToControl,
                                           ToGenerators, ToPersister)
+from services.coordinator import pages
 from services.coordinator.stream import base_id
 from services.coordinator.reader import DatabaseReader
 from services.tokens import count_tokens
@@ -59,24 +60,27 @@ class CoordinatorShell:
         persist_ops: list[bytes] = []
         for effect in effects:
             kind = type(effect)
-            if kind is ToClients:
-                self.stream.send(transport.published(effect.session_id, effect.msg.encode()))
-            elif kind is ToPersister:
-                persist_ops.append(effect.msg.encode())
-            elif kind is ToControl:
-                topic = getattr(effect.msg, "generation_id", "")
-                self.control.send(transport.published(topic, effect.msg.encode()))
-            elif kind is ToGenerators:
-                self.pending_jobs.append(effect.msg.encode())
-            elif kind is ReplyTo:
-                self.rpc.send_multipart([effect.client, effect.msg.encode()])
-            elif kind is Log:
-                self.log.info(effect.event, **effect.fields)
-            elif kind is ReadGeneration:
-                gen_id = effect.generation_id
-                self.reader.ask(f"generation {gen_id}",
-                                lambda gen_id=gen_id: ("adopt", (gen_id, store.session_of_generation(base_id(gen_id)))))
-                self.adopting[f"generation {gen_id}"] = gen_id
+            try:
+                if kind is ToClients:
+                    self.stream.send(transport.published(effect.session_id, effect.msg.encode()))
+                elif kind is ToPersister:
+                    persist_ops.append(effect.msg.encode())
+                elif kind is ToControl:
+                    topic = getattr(effect.msg, "generation_id", "")
+                    self.control.send(transport.published(topic, effect.msg.encode()))
+                elif kind is ToGenerators:
+                    self.pending_jobs.append(effect.msg.encode())
+                elif kind is ReplyTo:
+                    self.rpc.send_multipart([effect.client, effect.msg.encode()])
+                elif kind is Log:
+                    self.log.info(effect.event, **effect.fields)
+                elif kind is ReadGeneration:
+                    gen_id = effect.generation_id
+                    self.reader.ask(f"generation {gen_id}", lambda gen_id=gen_id: (
+                        "adopt", (gen_id, store.session_of_generation(base_id(gen_id)))))
+                    self.adopting[f"generation {gen_id}"] = gen_id
+            except codec.FrameTooLarge as exc:  # a bug: every answer is paged and every text cut to fit
+                self.frame_too_large(effect, exc)
         for frame in m.bundle(persist_ops):  # in order, one send per bundle rather than per operation
             try:
                 self.persist.send(frame, zmq.NOBLOCK)
@@ -89,6 +93,18 @@ class CoordinatorShell:
                 break  # every generator is full or none is connected: jobs wait here, in order
             self.pending_jobs.popleft()
 
+    def frame_too_large(self, effect, exc: codec.FrameTooLarge) -> None:
+        """An effect whose frame would be over the limit fails alone: logged with its type and size, counted
+        (``chatter status``), and an rpc answer becomes a refusal that says so. The coordinator goes on."""
+        self.machine.counters["frames_too_large"] += 1
+        name = type(effect.msg).__name__
+        self.log.error("frame_too_large", effect=type(effect).__name__, message=name, bytes=exc.size,
+                       limit=codec.MAX_FRAME_BYTES, total=self.machine.counters["frames_too_large"])
+        if type(effect) is ReplyTo:
+            words = (f"the answer is {exc.size} bytes, over the {codec.MAX_FRAME_BYTES} bytes a frame may hold; "
+                     "nothing was changed (the coordinator's log has it as frame_too_large)")
+            self.rpc.send_multipart([effect.client, m.Reply(effect.msg.req_id, False, None, words).encode()])
+
     # ------------------------------------------------------------ inputs
 
     def bad_frame(self, channel: str, err: codec.FrameError) -> None:
@@ -100,10 +116,13 @@ class CoordinatorShell:
         in memory (after a restart, or evicted), the session of a message, or the stored sessions list."""
         if isinstance(msg, m.ResolveSession):
             prefix = msg.prefix
-            return f"prefix {prefix}", lambda: ("matches", (prefix, store.sessions_with_prefix(prefix, 2)))
+            return f"prefix {prefix}", lambda: ("matches", (prefix, store.sessions_with_prefix(prefix)))
         if isinstance(msg, m.Sessions):
-            # keyed by the limit: a read of 100 cannot answer a request for 1000 parked behind it
-            return f"sessions {msg.limit}", lambda: ("summaries", store.list_sessions(msg.limit))
+            # keyed by the page: a read of 100 cannot answer a request for 1000 parked behind it; one more than
+            # the page is read, so that the machine knows whether there are more
+            limit = min(msg.limit, pages.SESSIONS_PAGE) + 1
+            return (f"sessions {limit} {msg.before!r} {msg.before_id}",
+                    lambda: ("summaries", store.list_sessions(limit, msg.before, msg.before_id)))
         if "\x00" in (getattr(msg, "session_id", None) or "") + (getattr(msg, "message_id", None) or ""):
             return None  # no id has one, and PostgreSQL refuses it in a query: unknown, with no read
         if isinstance(msg, m.Preview) and msg.message_id not in self.machine.message_sessions:

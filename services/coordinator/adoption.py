@@ -153,7 +153,7 @@ class Adoption:
                 text.client_pending.append(new)
                 text.persist_pending.append(new)
                 text.persist_pending_len += len(new)
-        gen.catching_up = False
+        gen.catching_up = msg.more  # a long text comes in several, each going on from the one before
         gen.last_delta_at = now
         if gen.thinking.length and gen.thinking_started_at is None:
             gen.thinking_started_at = now

@@ -39,7 +39,8 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.message_sessions: dict[str, str] = {}  # message id -> session id
         # sessions in the database, as the shell last read them
         self.stored_summaries: dict[str, results.SessionSummary] = {}
-        self.stored_matches: dict[str, list[str]] = {}  # a prefix -> the stored ids it matches (the last read)
+        # a prefix -> how many stored ids it matches, and the first few (the last read)
+        self.stored_matches: dict[str, tuple[int, list[str]]] = {}
         self.active: dict[str, GenerationState] = {}  # queued or streaming
         # the replies dispatched before their first token; asked before each paced sleep (``first_token_awaited``)
         self.first_token_wait = FirstTokenWait(self._awaits_first_token)
@@ -58,8 +59,10 @@ class Coordinator(Requests, StreamRules, Adoption):
                          "gaps": 0, "generators_lost": 0, "generations_adopted": 0, "deltas_before_adoption": 0,
                          "jobs_sent_again": 0, "generations_requeued": 0,
                          "generations_continued": 0, "unsaved_sessions_dropped": 0,
-                         # counted by the shell: its database reads, and refused tcp handshakes and CURVE keys
-                         "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0}
+                         # counted by the shell: its database reads, refused tcp handshakes and CURVE keys, and
+                         # effects that failed alone because their frame would be over the limit
+                         "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0,
+                         "frames_too_large": 0}
         self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
         self._tiebreak = 0
         self._housekeeping_at = 0.0

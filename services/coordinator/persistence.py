@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from protocol import messages as m
+from protocol.codec import PIECE_CHARS
 
 
 @dataclass
@@ -186,13 +187,12 @@ class PersistTracker:
             state.last_sent_at = now
             if not state.created_acked:
                 ops.append(state.create)
-            if state.thinking_acked_len < state.thinking_sent_len:
-                text = text_of(state.generation_id, True)
-                ops.append(m.Append(state.message_id, state.thinking_acked_len,
-                                    text[state.thinking_acked_len:state.thinking_sent_len], True))
-            if state.acked_len < state.sent_len:
-                text = text_of(state.generation_id, False)
-                ops.append(m.Append(state.message_id, state.acked_len, text[state.acked_len:state.sent_len]))
+            for thinking, acked, sent in ((True, state.thinking_acked_len, state.thinking_sent_len),
+                                          (False, state.acked_len, state.sent_len)):
+                if acked < sent:  # what was not acked, again, in pieces that each fit a frame
+                    text = text_of(state.generation_id, thinking)
+                    for at in range(acked, sent, PIECE_CHARS):
+                        ops.append(m.Append(state.message_id, at, text[at:min(at + PIECE_CHARS, sent)], thinking))
             if state.final is not None:
                 ops.append(state.final)
         if self.orphan_sweep is not None and now >= self.orphan_sweep_at and not self.sweep_held:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 
 from protocol import messages as m, results
-from services.coordinator import sessions
+from services.coordinator import pages, sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
 from services.coordinator.prompt import (CONTINUE_STYLES, PromptPackage, PromptTooLarge, assemble, continuation,
                                         original_of, package_of)
@@ -302,7 +303,13 @@ class Requests:
         return results.Cancelled(generation_id=gen.generation_id, length=gen.length)
 
     def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> results.Result:
-        """Exactly what clients were sent of a reply: its text, offset (= length) and status."""
+        """Exactly what clients were sent of a reply: its text, offset (= length) and status; a page of it."""
+        try:
+            return pages.snapshot_page(self._snapshot(msg, now), msg.offset, msg.reasoning_offset)
+        except pages.TooLargeToPage as exc:
+            raise RequestRefused(str(exc)) from None
+
+    def _snapshot(self, msg: m.Snapshot, now: float) -> results.Snapshot:
         sess = self._session(msg.session_id)
         gen = self.active.get(msg.generation_id or sess.active_generation or "")
         if gen is not None and gen.session_id == sess.session_id:
@@ -342,12 +349,13 @@ class Requests:
                                               active=g.active, seen_ms_ago=round((now - g.last_seen) * 1000),
                                               pid=g.pid) for g in self.generators.values()],
             coordinator_pid=self.pid, persister_pid=self.persister_pid, persister=self.persister_stats,
+            active_total=len(self.active),
             active=[results.ActiveGeneration(generation_id=g.generation_id, session_id=g.session_id, status=g.status,
                                              length=g.length, reasoning_length=g.thinking.length,
                                              generator_id=g.generator_id,
                                              prompt_tokens=g.prompt.prompt_tokens,
                                              max_input_tokens=g.prompt.max_input_tokens)
-                    for g in self.active.values()],
+                    for g in itertools.islice(self.active.values(), results.ACTIVE_SHOWN)],
             counters=self.counters | {"retries": sum(g.retries for g in self.generators.values()),
                                       "persist_resends": self.persisted.resends},
             context=context, unsaved=unsaved,
@@ -358,39 +366,67 @@ class Requests:
             reads_failing_since=self.reads_health[0], reads_error=self.reads_health[1])
 
     def _on_history(self, msg: m.History, now: float, out: list) -> results.Result:
+        """A page of the session's messages, from ``msg.message_id`` (the first when None) on."""
         sess = self._session(msg.session_id)
-        messages = []
-        for record in sess.history:
-            gen = self.active.get(record.generation_id or "")
-            messages.append(record.client_view(gen.text()[:gen.answer.client_len], gen.thinking.text()[:gen.thinking.client_len])
-                            if gen else record.client_view())
-        return results.History(session_id=sess.session_id, title=sess.title, system=sess.system,
-                               max_input_tokens=self._budget(sess), messages=messages)
+        start = 0
+        if msg.message_id is not None:
+            start = next((i for i, r in enumerate(sess.history) if r.message_id == msg.message_id), -1)
+            if start < 0:
+                raise RequestRefused(f"message {msg.message_id} is not in session {sess.session_id}: it changed "
+                                     "since the page before; read its history again")
+        head = results.History(session_id=sess.session_id, title=sess.title, system=sess.system,
+                               max_input_tokens=self._budget(sess), messages=[])
+        views = (self._client_view(record) for record in sess.history[start:])
+        try:
+            return pages.history_page(head, views, msg.offset, msg.reasoning_offset)
+        except pages.TooLargeToPage as exc:
+            raise RequestRefused(str(exc)) from None
+
+    def _client_view(self, record: m.MessageRecord):
+        """A history record as clients see it: a streaming reply with the text they were sent of it."""
+        gen = self.active.get(record.generation_id or "")
+        if gen is None:
+            return record.client_view()
+        return record.client_view(gen.text()[:gen.answer.client_len], gen.thinking.text()[:gen.thinking.client_len])
 
     def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> results.Result:
-        limit = max(1, msg.limit)
+        """A page of the most recently active sessions: the database's (read by the shell first, one more than
+        the page, so that it knows if there are more) merged with the newer ones in memory."""
+        limit = min(max(1, msg.limit), pages.SESSIONS_PAGE)
+        before = None if msg.before is None else (msg.before, msg.before_id or "")
+
+        def listed(row) -> bool:  # a summary, or a session in memory
+            return before is None or (row.last_activity, row.session_id) < before
+
         merged = dict(self.stored_summaries)
         # memory is newer than the database; only its ``limit`` most recent sessions can be listed, so only
         # those are summarized (the cache holds thousands; every sessions request summarized them all)
-        recent = heapq.nlargest(limit, (sess for sess in self.sessions.values() if sess.history),
-                                key=lambda sess: sess.last_activity)  # no message yet: not in the database either
+        recent = heapq.nlargest(limit, (sess for sess in self.sessions.values()  # no message: not stored either
+                                        if sess.history and listed(sess)),
+                                key=lambda sess: (sess.last_activity, sess.session_id))
         for sess in recent:
             merged[sess.session_id] = sessions.summary(sess, sess.active_generation is not None)
-        ordered = heapq.nlargest(limit, merged.values(), key=lambda row: row.last_activity)
-        return results.SessionList(sessions=ordered)
+        ordered = heapq.nlargest(limit + 1, filter(listed, merged.values()),
+                                 key=lambda row: (row.last_activity, row.session_id))
+        return results.SessionList(sessions=ordered[:limit],
+                                   more=len(ordered) > limit or len(self.stored_summaries) > limit)
 
     def _on_resolve(self, msg: m.ResolveSession, now: float, out: list) -> results.Result:
         """A prefix, against the database's sessions (read by the shell first) and those only in memory."""
         prefix = msg.prefix
         if not prefix.strip():
             raise RequestRefused("a session id (or a unique prefix of one) cannot be empty")
-        matches = set(self.stored_matches.get(prefix, ()))
+        stored_count, stored = self.stored_matches.get(prefix, (0, []))
+        matches = set(stored)
         matches.update(sid for sid, sess in self.sessions.items() if sid.startswith(prefix) and sess.history)
-        if len(matches) == 1:
+        count = max(stored_count, len(matches))
+        if count == 1:
             return results.SessionResolved(session_id=matches.pop())
         if not matches:
             raise RequestRefused(f"unknown session {prefix}")
-        raise RequestRefused(f"{prefix} matches {len(matches)} sessions; give more of the id")
+        some = sorted(matches)[:5]
+        raise RequestRefused(f"{prefix} matches {count} sessions ({', '.join(some)}{', …' if count > len(some) else ''})"
+                             "; give more of the id")
 
     def _on_preview(self, msg: m.Preview, now: float, out: list) -> results.Result:
         sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))

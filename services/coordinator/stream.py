@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from protocol import messages as m, results
+from protocol.codec import pieces
 from services.coordinator.effects import Log, ToClients, ToControl, ToGenerators, ToPersister, content_hash
 from services.coordinator.prompt import PromptPackage, PromptTooLarge, continuation, original_of
 
@@ -297,10 +298,15 @@ class StreamRules:
             if text.client_pending:
                 fresh = "".join(text.client_pending)
                 text.client_pending.clear()
-                out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, text.client_len,
-                                                                   fresh, gen.tokens, gen.client_pending_since,
-                                                                   thinking)))
-                text.client_len += len(fresh)
+                self._publish_text(gen, text, fresh, thinking, out)
+
+    @staticmethod
+    def _publish_text(gen: GenerationState, text: ReplyText, fresh: str, thinking: bool, out: list) -> None:
+        """``fresh`` to the session's watchers at the text's client offset, in pieces that each fit a frame."""
+        for piece in pieces(fresh):
+            out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, text.client_len,
+                                                               piece, gen.tokens, gen.client_pending_since, thinking)))
+            text.client_len += len(piece)
 
     def _checkpoint(self, gen: GenerationState, now: float, out: list) -> None:
         gen.persist_deadline = None
@@ -310,7 +316,12 @@ class StreamRules:
                 fresh = "".join(text.persist_pending)
                 text.persist_pending.clear()
                 text.persist_pending_len = 0
-                out.append(ToPersister(self.persisted.append(gen.message_id, fresh, now, thinking)))
+                self._persist_text(gen, fresh, thinking, now, out)
+
+    def _persist_text(self, gen: GenerationState, fresh: str, thinking: bool, now: float, out: list) -> None:
+        """``fresh`` to the persister after what was sent of the text, in pieces that each fit a frame."""
+        for piece in pieces(fresh):
+            out.append(ToPersister(self.persisted.append(gen.message_id, piece, now, thinking)))
 
     # ------------------------------------------------------------ finalize
 
@@ -323,7 +334,7 @@ class StreamRules:
         for thinking, text in gen.texts():
             sent_len = self.persisted.sent_len(gen.message_id, thinking)
             if sent_len < text.length:
-                out.append(ToPersister(self.persisted.append(gen.message_id, text.text()[sent_len:], now, thinking)))
+                self._persist_text(gen, text.text()[sent_len:], thinking, now, out)
         continued = m.ContinuedPrompt(gen.record.prompt_messages, gen.prompt.prompt_hash,
                                       gen.prompt.preview) if gen.run else None  # the row takes the last prompt
         final = m.Finalize(gen.message_id, status, gen.length, content_hash(gen.text()), gen.record.stats, error,
@@ -352,10 +363,7 @@ class StreamRules:
             gen.tokens_source = gen.reasoning_tokens_source = "estimated"
         for thinking, text in gen.texts():
             if text.client_len < text.length:
-                out.append(ToClients(gen.session_id, m.StreamDelta(gen.session_id, gen.generation_id, text.client_len,
-                                                                   text.text()[text.client_len:], gen.tokens,
-                                                                   gen.client_pending_since, thinking)))
-                text.client_len = text.length
+                self._publish_text(gen, text, text.text()[text.client_len:], thinking, out)
             text.client_pending.clear()
             text.persist_pending.clear()
             text.persist_pending_len = 0

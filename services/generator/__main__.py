@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from protocol import codec, messages as m, transport
+from protocol.codec import PIECE_CHARS, pieces
 from services import config, shell
 from services.generator.fed import Sink, fed, reader_of, transport_of
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
@@ -106,6 +107,7 @@ class GeneratorShell:
         self.events = transport.open_socket(self.sync_ctx, transport.GEN_EVENTS, bind=False)
         self.refusals = shell.RefusalWatch(self.log, self.events, transport.GEN_EVENTS)
         self.pending_deltas: list[list] = []
+        self.pending_chars = 0  # their texts' characters
         self.unsent: collections.deque[bytes] = collections.deque()  # held while the coordinator's queue is full
         self.unsent_dropped = 0
         self.live: dict[str, Generation] = {}  # generation id -> its stream's state, while it runs
@@ -130,15 +132,20 @@ class GeneratorShell:
         count_tokens("warm up", settings.default_model)  # load the encoding now, not on the first token
 
     def emit(self, msg: m.Message) -> None:
-        """Send an event after every delta emitted before it: order per generation is the protocol."""
+        """Send an event after every delta emitted before it: order per generation is the protocol. An event
+        over the frame limit (a bug: texts are cut to fit) fails alone, logged with its type and size."""
         self.flush_deltas()
-        self._send(msg.encode())
+        try:
+            self._send(msg.encode())
+        except codec.FrameTooLarge as exc:
+            self.log.error("frame_too_large", message=type(msg).__name__, bytes=exc.size, limit=codec.MAX_FRAME_BYTES)
 
     def emit_delta(self, generation_id: str, seq: int, text: str, tokens: int, received_at: float,
                    thinking: bool) -> None:
         # a DeltaItem: an answer's leaves its trailing ``thinking`` out
         self.pending_deltas.append([generation_id, seq, text, tokens, received_at, True] if thinking
                                    else [generation_id, seq, text, tokens, received_at])
+        self.pending_chars += len(text)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush_deltas)  # after this turn's other chunks
@@ -147,7 +154,18 @@ class GeneratorShell:
         self.flush_scheduled = False
         if self.pending_deltas:
             batch, self.pending_deltas = self.pending_deltas, []
-            self._send(m.GenDeltaBatch(batch).encode())
+            if self.pending_chars <= PIECE_CHARS:
+                self._send(m.GenDeltaBatch(batch).encode())
+            else:  # a frame each up to a piece's worth of text (a piece is at most 1 MiB)
+                group, chars = [], 0
+                for item in batch:
+                    if group and chars + len(item[2]) > PIECE_CHARS:
+                        self._send(m.GenDeltaBatch(group).encode())
+                        group, chars = [], 0
+                    group.append(item)
+                    chars += len(item[2])
+                self._send(m.GenDeltaBatch(group).encode())
+            self.pending_chars = 0
 
     def _send(self, frame: bytes) -> None:
         self.unsent.append(frame)
@@ -285,17 +303,13 @@ class GeneratorShell:
         if gen is None:
             return
         text, reasoning = gen.text_from(msg.offset, False), gen.text_from(msg.reasoning_offset, True)
-        try:
-            if text is None or reasoning is None:  # durable text ends before this continuation began
-                raise codec.FrameError("before this continuation")
-            catch_up = m.GenCatchUp(msg.generation_id, gen.seq, msg.offset, text, gen.reasoning_seq,
-                                    msg.reasoning_offset, reasoning).encode()
-        except codec.FrameError:  # more text than one frame holds: it cannot be carried on, but it is kept
-            self.emit(m.GenError(msg.generation_id, gen.seq, "after the coordinator's restart, the text to catch "
-                                 "up on is over the frame limit or before this stream began", gen.attempts))
+        if text is None or reasoning is None:  # durable text ends before this continuation began
+            self.emit(m.GenError(msg.generation_id, gen.seq, "after the coordinator's restart, the durable text "
+                                 "ends before this stream began", gen.attempts))
             return
         self.flush_deltas()
-        self._send(catch_up)
+        for catch_up in catch_up_parts(msg, gen.seq, text, gen.reasoning_seq, reasoning):
+            self._send(catch_up.encode())
         if ended is not None:
             self.emit(ended[1])
 
@@ -578,6 +592,22 @@ def _error_message(exc: openai.APIStatusError) -> str:
         except Exception:
             body = getattr(exc.response, "text", None)
     return server_words(body, exc.message)
+
+
+def catch_up_parts(asked: m.ResumeGeneration, seq: int, text: str, reasoning_seq: int,
+                   reasoning: str) -> list[m.GenCatchUp]:
+    """The answer to ``asked``: the texts beyond its offsets in catch-ups that each fit a frame, the thinking
+    first, each going on from the one before; all but the last say there is ``more``."""
+    parts = []
+    offset, reasoning_offset = asked.offset, asked.reasoning_offset
+    for piece in pieces(reasoning) if reasoning else []:
+        parts.append(m.GenCatchUp(asked.generation_id, seq, offset, "", reasoning_seq, reasoning_offset, piece, True))
+        reasoning_offset += len(piece)
+    for piece in pieces(text):
+        parts.append(m.GenCatchUp(asked.generation_id, seq, offset, piece, reasoning_seq, reasoning_offset, "", True))
+        offset += len(piece)
+    parts[-1].more = False
+    return parts
 
 
 def main() -> None:

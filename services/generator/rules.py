@@ -21,6 +21,7 @@ import socket
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from protocol.codec import pieces
 from protocol.records import THINK_CLOSE, THINK_OPEN
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -203,16 +204,17 @@ class Generation:
     def _add(self, thinking: bool, text: str, out: list) -> None:
         if "\x00" in text:
             text = text.replace("\x00", REPLACEMENT)
-        if thinking:
-            self.reasoning_seq += 1
-            self.reasoning_parts.append(text)
-            self.reasoning_length += len(text)
-            out.append((True, self.reasoning_seq, text))
-        else:
-            self.seq += 1
-            self.parts.append(text)
-            self.length += len(text)
-            out.append((False, self.seq, text))
+        for piece in pieces(text):  # a huge upstream event goes on as deltas that each fit a frame
+            if thinking:
+                self.reasoning_seq += 1
+                self.reasoning_parts.append(piece)
+                self.reasoning_length += len(piece)
+                out.append((True, self.reasoning_seq, piece))
+            else:
+                self.seq += 1
+                self.parts.append(piece)
+                self.length += len(piece)
+                out.append((False, self.seq, piece))
 
     def check_ended(self, saw_done: bool) -> None:
         """At the end of the byte stream: without a finish reason the reply is truncated."""

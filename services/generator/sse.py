@@ -68,12 +68,13 @@ class SSEDecoder:
     Handles multi-line ``data:`` fields, comments, ``event: error`` and in-band ``{"error": ...}``.
     """
 
-    __slots__ = ("_data", "_event", "_pending")
+    __slots__ = ("_data", "_event", "_pending", "_held")
 
     def __init__(self) -> None:
         self._data: list[str] = []
         self._event = ""
         self._pending = b""  # bytes after the last newline
+        self._held: list[bytes] = []  # reads since then without a line end: a long line, joined once it ends
 
     def feed_bytes(self, data: bytes):
         """Feed bytes as they arrive; gives an iterable of the events they complete (``ChunkEvent`` or ``DONE``)
@@ -84,6 +85,11 @@ class SSEDecoder:
             event = self._whole(data)
             if event is not None:
                 return (event,)
+        if self._pending and b"\n" not in data and b"\r" not in data and not self._pending.endswith(b"\r"):
+            # the middle of a long line (a huge event): held, and joined once, when the line ends; joining each
+            # read to what came before was quadratic, 0.67 s of the loop for a 7 MB event read 16 KB at a time
+            self._held.append(data)
+            return ()
         return self._lines(data)
 
     def _whole(self, data: bytes):
@@ -126,6 +132,8 @@ class SSEDecoder:
         return event
 
     def _lines(self, data: bytes):
+        if self._held:
+            data, self._held = b"".join(self._held) + data, []
         buffer = self._pending + data if self._pending else data
         held = b""
         if b"\r" in buffer:
@@ -159,6 +167,8 @@ class SSEDecoder:
 
     def close(self):
         """End of the byte stream: an event without its blank line still counts."""
+        if self._held:
+            self._pending, self._held = self._pending + b"".join(self._held), []
         if self._pending:  # the last line, even without its newline
             pending, self._pending = self._pending, b""
             event = self.feed(self._decode(pending.rstrip(b"\r")))  # a held CR ends a blank line: it dispatches

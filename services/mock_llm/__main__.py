@@ -217,6 +217,10 @@ class MockLLM:
                         thinking: list[str]) -> web.StreamResponse:
         base = {"id": f"chatcmpl-mock-{entry['id']}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
+        token_count = len(tokens)
+        if scenario.chunk_tokens > 1:  # several tokens an event (a 5 MB event, for the generator to take apart)
+            n = scenario.chunk_tokens
+            tokens = ["".join(tokens[i:i + n]) for i in range(0, len(tokens), n)]
         content_head = (b"data: " + json.dumps(base | {"choices": [{"index": 0, "delta": {"content": ""}}]},
                                                 ensure_ascii=False).encode()).rsplit(b'""', 1)[0]
         start = time.monotonic() + scenario.ttft_ms / 1000
@@ -270,7 +274,7 @@ class MockLLM:
         if not scenario.no_finish:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            await _send(resp, base | {"choices": [], "usage": _usage(body, len(tokens), len(thinking))})
+            await _send(resp, base | {"choices": [], "usage": _usage(body, token_count, len(thinking))})
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         entry["completed"] = True

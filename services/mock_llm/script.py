@@ -50,6 +50,7 @@ class Scenario:
     think_after: int = 0  # with think_tags: the tagged block after this many answer tokens (so not opening it)
     fault_times: int = -1  # the mid-stream faults above hit only the first K requests of a turn (its
     # continuations count too); -1: every one
+    chunk_tokens: int = 1  # answer tokens an event: events are paced at tps, so many make one huge event fast
     repeat_prefill: int = -1  # a continued reply starts by repeating the prefill: 1 yes, 0 no, -1 as the server
     # imitated does (llama-server does)
 

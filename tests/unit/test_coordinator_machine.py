@@ -467,14 +467,17 @@ def test_a_prefix_resolves_against_the_stored_sessions_and_those_in_memory():
     in_memory = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 0)).result.session_id  # "id0"
     machine.handle_rpc(CLIENT, m.Send(2, in_memory, "hi", ""), 0)  # a message: now it is a session to find
 
-    def resolve(prefix, stored=()):
-        machine.stored_matches = {prefix: list(stored)}  # what the shell's read found
+    def resolve(prefix, stored=(), count=None):
+        # what the shell's read found: how many stored ids match, and the first few
+        machine.stored_matches = {prefix: (len(stored) if count is None else count, list(stored))}
         return reply(machine.handle_rpc(CLIENT, m.ResolveSession(3, prefix), 0))
 
     assert resolve("id").result.session_id == in_memory
-    assert resolve("ab", ["ab12", "ab34"]).error == "ab matches 2 sessions; give more of the id"
+    assert resolve("ab", ["ab12", "ab34"]).error == "ab matches 2 sessions (ab12, ab34); give more of the id"
     assert resolve("ab1", ["ab12"]).result.session_id == "ab12"
-    assert resolve("i", ["i999"]).error == "i matches 2 sessions; give more of the id"
+    assert resolve("i", ["i999"]).error == f"i matches 2 sessions ({', '.join(sorted([in_memory, 'i999']))}); give more of the id"
+    many = [f"0{n:031x}" for n in range(5)]  # the read shows five of the 3,100 it counted
+    assert resolve("0", many, count=3100).error == f"0 matches 3100 sessions ({', '.join(many)}, …); give more of the id"
     assert resolve("zz").error == "unknown session zz"
     assert "cannot be empty" in resolve(" ").error
 

@@ -63,15 +63,15 @@ def test_reads_answer_in_order_and_a_failure_backs_off(tmp_path):
 def test_a_prefix_is_found_by_the_index_range_whatever_the_number_of_sessions(tmp_path):
     db = store.open_database(f"sqlite:///{tmp_path / 'chatter.db'}")
     try:
-        assert store.sessions_with_prefix("ab") == []  # no tables yet: nothing stored, no error
+        assert store.sessions_with_prefix("ab") == (0, [])  # no tables yet: nothing stored, no error
         store.migrate(db)
         ids = ["ab12" + "0" * 28, "ab34" + "0" * 28, "abff" + "0" * 28, "ac00" + "0" * 28, "b" * 32]
         for sid in ids:
             store.Session.create(id=sid, title="t", created_at=1.0, updated_at=1.0)
-        assert store.sessions_with_prefix("ab", 10) == ids[:3]
-        assert store.sessions_with_prefix("ab", 2) == ids[:2]
-        assert store.sessions_with_prefix("abf") == [ids[2]] and store.sessions_with_prefix("ac") == [ids[3]]
-        assert store.sessions_with_prefix("AB") == [] and store.sessions_with_prefix("a%") == []
-        assert store.sessions_with_prefix("c") == []
+        assert store.sessions_with_prefix("ab", 10) == (3, ids[:3])
+        assert store.sessions_with_prefix("ab", 2) == (3, ids[:2])  # counted whole, two of them shown
+        assert store.sessions_with_prefix("abf") == (1, [ids[2]]) and store.sessions_with_prefix("ac") == (1, [ids[3]])
+        assert store.sessions_with_prefix("AB") == (0, []) and store.sessions_with_prefix("a%") == (0, [])
+        assert store.sessions_with_prefix("c") == (0, [])
     finally:
         db.close()

@@ -175,6 +175,31 @@ def test_sessions_list_merges_memory_over_the_database_newest_first():
         (sid, "streaming", "fresh title"), ("old", "completed", "from disk")]
 
 
+def test_the_sessions_list_pages_by_last_activity_and_id_over_the_database_and_memory():
+    """Each page is what the shell read for it (one more than the page) merged with memory, before the cursor:
+    read page by page, the list is every session once, newest first, and ``more`` is false only at the end."""
+    machine = make()
+    stored = [{"session_id": f"d{i}", "title": "disk", "message_count": 2, "last_activity": float(i),
+               "status": "completed"} for i in range(7)] + [
+              {"session_id": "tie", "title": "disk", "message_count": 2, "last_activity": 3.0, "status": "completed"}]
+    in_memory = [start(machine, f"q{i}", now=10.0 + i)[0] for i in range(3)]
+
+    def page(limit, before=None, before_id=None):
+        rows = sorted((r for r in stored if before is None or (r["last_activity"], r["session_id"]) < (before, before_id)),
+                      key=lambda r: (r["last_activity"], r["session_id"]), reverse=True)[:limit + 1]
+        machine.load_summaries(rows)  # what the shell's read of this page found
+        return reply(machine.handle_rpc(CLIENT, m.Sessions(1, limit, before, before_id), 20)).result
+
+    listed, last = [], None
+    while True:
+        got = page(3, last and last.last_activity, last and last.session_id)
+        listed += got.sessions
+        if not got.more:
+            break
+        last = got.sessions[-1]
+    assert [row.session_id for row in listed] == in_memory[::-1] + ["d6", "d5", "d4", "tie", "d3", "d2", "d1", "d0"]
+
+
 def test_a_session_loaded_after_a_restart_keeps_request_ids_and_has_no_live_reply():
     machine = make()
     machine.load_session({"session_id": "s", "title": "t", "system": None, "messages": [

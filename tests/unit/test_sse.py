@@ -176,3 +176,14 @@ def test_a_common_chunk_and_done_take_the_whole_event_path():
     assert SSEDecoder()._whole(usage) == _lines_path(usage)[0]
     assert SSEDecoder()._whole(usage).completion_tokens == 2
     assert SSEDecoder()._whole(b'data: {"error": {"message": "x"}}\n\n') is None  # the lines' path raises it
+
+
+@pytest.mark.parametrize("read_bytes", [1000, 16384])
+def test_a_huge_event_read_in_small_pieces_decodes_whole(read_bytes):
+    """A 5 MB event (a whole reply in one chunk) comes in thousands of reads without a line end: they are held,
+    then decoded once, with a character split across reads kept whole."""
+    text = "ab 🙂 数据 " * 400_000
+    data = (chunk(text) + "\n\ndata: [DONE]\n\n").encode()
+    assert len(data) > 5_000_000
+    events = by_bytes(data, list(range(read_bytes, len(data), read_bytes)))
+    assert summary(events) == [(text, None), DONE]

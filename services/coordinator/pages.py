@@ -1,0 +1,79 @@
+"""Answers that grow with the data, cut into pages that each fit a frame: a reply's snapshot and a session's
+history. Pure: the machine's handlers build the whole answer, these cut the page a request asks for.
+
+A page holds at most ``PAGE_BYTES`` of texts beside its fixed fields (a system prompt or a user text of up to
+CHATTER_MAX_TEXT_CHARS, 2 MiB at most), so that it stays under the 4 MiB frame whatever they hold."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import msgspec
+
+from protocol import results
+from protocol.codec import PAGE_BYTES, fitting_chars
+from protocol.records import MessageView
+
+_encode = msgspec.msgpack.encode
+SESSIONS_PAGE = 2000  # summaries a page: a title is at most a few hundred bytes
+
+
+class TooLargeToPage(ValueError):
+    """One item of an answer is larger than a page holds even without its texts."""
+
+
+def _room(fixed_bytes: int) -> int:
+    """What a page's texts may take beside fixed fields of ``fixed_bytes``: always at least half a page, so a
+    page of a large system prompt or user text still moves on."""
+    return max(PAGE_BYTES - fixed_bytes, PAGE_BYTES // 2)
+
+
+def _cut(text: str, room: int) -> tuple[str, int]:
+    """The head of ``text`` that fits ``room`` bytes, and the room left after it."""
+    head = text[:fitting_chars(text, room)]
+    return head, room - len(head.encode("utf-8", "surrogatepass"))
+
+
+def snapshot_page(snap: results.Snapshot, offset: int, reasoning_offset: int) -> results.Snapshot:
+    """The page of a whole snapshot that begins at these offsets, each cut to its text's length (a cancel may
+    have cut a text below what the asker already has): the thinking first, then the answer. The user text
+    comes with the first page only."""
+    reasoning_offset, offset = min(reasoning_offset, len(snap.reasoning)), min(offset, len(snap.text))
+    first = offset == 0 and reasoning_offset == 0
+    fixed = msgspec.structs.replace(snap, text="", reasoning="", user_text=snap.user_text if first else None)
+    reasoning, room = _cut(snap.reasoning[reasoning_offset:], _room(len(_encode(fixed))))
+    text = ""
+    if reasoning_offset + len(reasoning) == len(snap.reasoning):
+        text, room = _cut(snap.text[offset:], room)
+    more = reasoning_offset + len(reasoning) < len(snap.reasoning) or offset + len(text) < len(snap.text)
+    return msgspec.structs.replace(fixed, text=text, reasoning=reasoning, offset=offset,
+                                   reasoning_offset=reasoning_offset, more=more)
+
+
+def history_page(head: results.History, views: Iterator[MessageView], offset: int,
+                 reasoning_offset: int) -> results.History:
+    """The page of a history that begins with the first of ``views`` (its texts from these offsets): as many
+    messages as fit, the last one cut if need be, and ``next``, where the page after it begins."""
+    room = _room(len(_encode(head)))
+    page: list[MessageView] = []
+    for view in views:
+        fixed = msgspec.structs.replace(view, content="", reasoning="")
+        size = len(_encode(fixed)) + 8
+        if size > room:
+            if not page:
+                raise TooLargeToPage(f"message {view.message_id} is {size} bytes without its text, more than a "
+                                     "page holds")
+            return msgspec.structs.replace(head, messages=page, next=results.HistoryCursor(
+                message_id=view.message_id, offset=offset, reasoning_offset=reasoning_offset))
+        room -= size
+        reasoning, room = _cut(view.reasoning[reasoning_offset:], room)
+        content = ""
+        if reasoning_offset + len(reasoning) == len(view.reasoning):
+            content, room = _cut(view.content[offset:], room)
+        page.append(msgspec.structs.replace(view, content=content, reasoning=reasoning))
+        if reasoning_offset + len(reasoning) < len(view.reasoning) or offset + len(content) < len(view.content):
+            return msgspec.structs.replace(head, messages=page, next=results.HistoryCursor(
+                message_id=view.message_id, offset=offset + len(content),
+                reasoning_offset=reasoning_offset + len(reasoning)))
+        offset = reasoning_offset = 0
+    return msgspec.structs.replace(head, messages=page, next=None)
+
