@@ -111,13 +111,19 @@ def print_durability(status: results.Status) -> None:
             print(f"database: FAILING for {_since(persister.failing_since)}: {persister.last_error}; nothing new "
                   "is durable until it recovers")
         else:
-            print("database: reachable")
+            print("database: reachable" + _last_failure(persister.last_failed_at, persister.last_failure))
     if status.reads_failing_since is not None:
         print(f"coordinator's reads: FAILING for {_since(status.reads_failing_since)}: {status.reads_error}")
+    elif status.reads_last_failed_at is not None:
+        print("coordinator's reads: working" + _last_failure(status.reads_last_failed_at, status.reads_last_error))
     if status.unsaved:
         print(f"not saved yet: {status.unsaved} messages, the oldest waiting {status.oldest_unsaved_ms / 1000:.1f} s")
     else:
         print("not saved yet: nothing")
+
+
+def _last_failure(at: float | None, words: str | None) -> str:
+    return "" if at is None else f" (last failed {_since(at)} ago: {words})"
 
 
 def _since(then: float) -> str:

@@ -481,6 +481,8 @@ class PersisterStats(Message, tag=63):
     failing_since: Optional[float] = None  # wall clock of the first failure of the current run, None if healthy
     last_error: Optional[str] = None  # the database's own words for it
     frames_dropped: Int = 0  # answers it could not send while the coordinator was unreachable (resent since)
+    last_failed_at: Optional[float] = None  # wall clock of the last failure of its database, kept once it passed
+    last_failure: Optional[str] = None
 
 
 class PersistRejected(Message, tag=64):

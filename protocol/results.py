@@ -145,6 +145,8 @@ class PersisterTotals(msgspec.Struct, kw_only=True):
     failing_since: Optional[float] = None
     last_error: Optional[str] = None
     frames_dropped: Int = 0
+    last_failed_at: Optional[float] = None  # the last failure of its database, kept once it passed
+    last_failure: Optional[str] = None
 
 
 class ContextUse(msgspec.Struct, kw_only=True):
@@ -168,6 +170,8 @@ class Status(Result, tag="status"):
     oldest_unsaved_ms: Optional[Int] = None  # how long the oldest of them has waited
     reads_failing_since: Optional[float] = None  # the coordinator's own database reads: None while they work
     reads_error: Optional[str] = None
+    reads_last_failed_at: Optional[float] = None  # the last failure of those reads, kept once they work again
+    reads_last_error: Optional[str] = None
     continue_style: str = "none"  # how a reply is continued (of the session asked about, if any), and why
     continue_style_why: str = ""
     active_total: Int = 0  # how many generations are active, shown or not

@@ -167,6 +167,28 @@ class DatabaseUrlError(Exception):
     """CHATTER_DATABASE_URL cannot be used: the sentence says why and what would be right."""
 
 
+class DatabaseUnreachable(DatabaseUrlError):
+    """The database server of CHATTER_DATABASE_URL does not answer (not up yet, restarting, or away): a
+    setting that may work in a moment, unlike a wrong password or a database that does not exist."""
+
+    def __init__(self, words: str, db: peewee.Database) -> None:
+        super().__init__(words)
+        self.db = db  # not connected: it connects on its first query
+
+
+# What a server's driver says when nothing answers there (yet); anything else is a setting to change.
+UNREACHABLE_WORDS = ("connection refused", "could not connect", "timeout expired", "no such file or directory",
+                     "the database system is starting up", "the database system is shutting down",
+                     "the database system is in recovery mode", "network is unreachable", "no route to host",
+                     "could not translate host name", "name or service not known", "temporary failure in name",
+                     "server closed the connection", "connection timed out")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    words = str(exc).lower()
+    return any(phrase in words for phrase in UNREACHABLE_WORDS)
+
+
 SQLITE_PREFIX = "sqlite:///"
 # A new database's pages are 1 KB, not SQLite's 4 KB: a commit writes a whole page of each tree it touches (the
 # chunk log's end, the message table's, a page of each index), mostly to change a few dozen bytes, and each page
@@ -229,7 +251,13 @@ def open_database(url: str) -> peewee.Database:
     except peewee.ImproperlyConfigured as exc:
         raise DatabaseUrlError(f"{shown} needs a database driver that is not installed ({exc})") from None
     except peewee.DatabaseError as exc:
-        raise DatabaseUrlError(f"cannot open the database of {shown}: {' '.join(str(exc).split())}") from None
+        words = f"cannot open the database of {shown}: {' '.join(str(exc).split())}"
+        if not url.startswith(SQLITE_PREFIX) and is_unreachable(exc):
+            reset_connection(db)
+            db_proxy.initialize(db)
+            _LOG_INDEX.clear()
+            raise DatabaseUnreachable(words, db) from None
+        raise DatabaseUrlError(words) from None
     db_proxy.initialize(db)
     _LOG_INDEX.clear()  # another database's log, maybe with the same row ids
     return db

@@ -91,7 +91,10 @@ def run_chaos(spec: ChaosSpec, progress=None, stack_env: dict | None = None) -> 
     from tools.spawn import LocalStack
 
     workdir = Path(tempfile.mkdtemp(prefix="chatter-chaos-"))
-    env = {"CHATTER_GENERATOR_CONCURRENCY": str(spec.streams + 8), "CHATTER_PERSIST_RESEND_MS": "1000"}
+    env = {"CHATTER_GENERATOR_CONCURRENCY": str(spec.streams + 8), "CHATTER_PERSIST_RESEND_MS": "1000",
+           # the mock says it is vLLM, as make run's does (Procfile): under CHATTER_CONTINUE_STYLE=auto a reply
+           # whose generator dies goes on from its text on another
+           "CHATTER_MOCK_SERVER": os.environ.get("CHATTER_MOCK_SERVER") or "vllm"}
     stack = LocalStack(workdir, **(env | (stack_env or {})))
     try:
         stack.start()
@@ -171,6 +174,7 @@ class Tally:
     mismatches: int = 0
     lost_acked_chars: int = 0
     duplicates: int = 0
+    continued: int = 0  # replies that went on after a fault by themselves (their stats' continued_after)
     details: list = field(default_factory=list)
 
     def plain(self) -> dict:
@@ -202,6 +206,8 @@ def account(spec: ChaosSpec, run, trials: list[Trial], rows: dict, requests: dic
                 tally.interrupted += 1
             else:
                 tally.errors += 1
+            if terminal and ((view.final or {}).get("stats") or {}).get("continued_after"):
+                tally.continued += 1
         if status == "completed" and (view.text != expected or db_content != expected):
             problems.append(("mismatches", 1, f"completed text differs from the mock's at "
                              f"{first_difference(db_content or '', expected)}"))
@@ -255,7 +261,7 @@ def print_table(report: dict, console) -> None:
         table.add_column(f"{kind} kills", justify="right")
     table.add_column("all", justify="right")
     names = ("trials", "streams", "completed", "cancelled", "errors", "interrupted", "non_terminal", "mismatches",
-             "lost_acked_chars", "duplicates")
+             "lost_acked_chars", "duplicates", "continued")
     for name in names:
         table.add_row(name.replace("_", " "), *(str(k[name]) for k in report["by_kind"].values()), str(report[name]))
     recovery = report["recovery_ms"]

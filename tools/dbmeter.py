@@ -21,10 +21,20 @@ PAGES_BGWRITER = ("SELECT (buffers_checkpoint + buffers_clean + buffers_backend)
                   "* current_setting('block_size')::bigint FROM pg_stat_bgwriter")
 
 
+RECONNECT_S = 30.0  # how long the meter's end waits for a server that restarted or was killed
+
+
 class PostgresMeter:
+    """A load test never dies of what it measures: a server that restarted (or was killed and brought back)
+    during the run leaves a gap, which ``finish`` marks (``gap``, in words) and goes on from. WAL positions go
+    on across a restart, so the WAL's figure holds; the server's write counters may start again from zero, and
+    the CPU of the processes that ended is lost: those figures then count what the meter could see."""
+
     def __init__(self, url: str) -> None:
         import psycopg
+        self.url = url
         self.conn = psycopg.connect(url, autocommit=True)
+        self.started_at = self.conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
         self.checkpoints = self._checkpoint()
         self.pages_sql = PAGES_IO if self._has_view("pg_stat_io") else PAGES_BGWRITER
         self.local = (urlsplit(url).hostname or "") in LOCAL_HOSTS
@@ -34,10 +44,20 @@ class PostgresMeter:
         self.pages_start = self._settled_pages()
 
     def finish(self) -> dict:
-        """The server's figures since the meter started: bytes, and CPU seconds (None when not on this host)."""
+        """The server's figures since the meter started: bytes, and CPU seconds (None when not on this host); and
+        ``gap``, what it could not see, when the server went away during the run (None when it did not)."""
+        gap = self._reconnect_if_lost()
+        if gap is not None and self.conn is None:
+            return {"wal_bytes": 0, "data_page_bytes": 0, "checkpointed": False, "cpu_s": None,
+                    "processes": len(self.procs), "gap": gap}
+        restarted = self.conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0] != self.started_at
+        if restarted and gap is None:
+            gap = "the server restarted during the run"
         wal = self._wal_position() - self.wal_start  # before our own checkpoint adds its record
         checkpointed = self._checkpoint() and self.checkpoints
-        pages = self._settled_pages() - self.pages_start
+        pages_now = self._settled_pages()
+        # its counters may have started again at the restart: then only what it wrote since is seen
+        pages = pages_now - self.pages_start if pages_now >= self.pages_start else pages_now
         cpu = None
         if self.local:
             cpu = 0.0
@@ -47,8 +67,32 @@ class PostgresMeter:
                 except psutil.Error:  # a backend that ended during the run: its share is lost
                     pass
         self.conn.close()
+        if gap is not None:
+            gap += ("; its pages and CPU count what it did after the restart, and before it as far as the server "
+                    "kept its counters")
         return {"wal_bytes": wal, "data_page_bytes": pages, "checkpointed": checkpointed,
-                "cpu_s": None if cpu is None else round(cpu, 3), "processes": len(self.procs)}
+                "cpu_s": None if cpu is None else round(cpu, 3), "processes": len(self.procs), "gap": gap}
+
+    def _reconnect_if_lost(self) -> str | None:
+        """None while the meter's connection works; else the gap in words, with a new connection (or None as
+        ``conn`` when the server did not come back within ``RECONNECT_S``)."""
+        import psycopg
+        try:
+            self.conn.execute("SELECT 1")
+            return None
+        except psycopg.Error as exc:
+            lost = " ".join(str(exc).split())[:200] or type(exc).__name__
+        deadline = time.monotonic() + RECONNECT_S
+        while True:
+            try:
+                self.conn = psycopg.connect(self.url, autocommit=True)
+                return f"the meter's connection to the server was lost during the run ({lost})"
+            except psycopg.Error:
+                if time.monotonic() > deadline:
+                    self.conn = None
+                    return (f"the meter's connection to the server was lost during the run ({lost}), and the server "
+                            f"did not answer within {RECONNECT_S:.0f} s: no figures")
+                time.sleep(0.5)
 
     def _checkpoint(self) -> bool:
         try:

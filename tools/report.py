@@ -224,6 +224,8 @@ def print_table(report: dict, console) -> None:
     if server:
         rows.append(("  of which WAL, per content byte", str(server["wal_bytes_per_content_byte"])))
         rows.append(("  PG server CPU µs/token", str(server["cpu_us_per_token"])))
+        if server.get("gap"):
+            rows.append(("  GAP in the database meter", server["gap"]))
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

@@ -55,7 +55,9 @@ class LocalStack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, *names: str) -> LocalStack:
+    def start(self, *names: str, wait: bool = True) -> LocalStack:
+        """Start ``names`` (every service when none), and wait until each says it is ready unless ``wait`` is
+        false (a persister that waits for its database)."""
         wanted = names or SERVICES
         try:
             for name in wanted:
@@ -67,7 +69,8 @@ class LocalStack:
                                                        env=self.env,
                                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
                     log.close()
-            self.wait_ready(wanted)
+            if wait:
+                self.wait_ready(wanted)
         except BaseException:
             self.stop()
             raise

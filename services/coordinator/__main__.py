@@ -27,8 +27,15 @@ class CoordinatorShell:
         self.log = shell.start("coordinator")
         self.settings = config.CoordinatorSettings.from_env()
         self.machine = Coordinator(self.settings, count_tokens, pid=os.getpid())
-        # read-only here; a bad URL stops the start, as in the persister
-        self.db = store.open_database(self.settings.database_url)
+        # read-only here; a bad URL stops the start, as in the persister, and a server that does not answer yet
+        # is waited for: reads are refused meanwhile, and the reader tries it until it answers
+        unreachable = None
+        try:
+            self.db = store.open_database(self.settings.database_url)
+        except store.DatabaseUnreachable as exc:
+            self.db, unreachable = exc.db, shell.plain_error(exc)
+            self.log.error("database_unreachable", database=store.describe_url(self.settings.database_url),
+                           error=unreachable)
         count_tokens("warm up", self.settings.default_model)  # load the encoding now, not on the first request
         self.run_dir_lock = transport.claim_run_dir()  # before binding: a second coordinator must not take over
         self.ctx = zmq.Context()
@@ -49,7 +56,8 @@ class CoordinatorShell:
         watches = (shell.RefusalWatch(self.log, sock, channel) for sock, channel in zip(self.bound, transport.CHANNELS))
         self.refusals = {watch.monitor: watch for watch in watches if watch.monitor is not None}
         self.pending_jobs: collections.deque[bytes] = collections.deque()
-        self.reader = DatabaseReader(self.ctx, self.db)
+        self.reader = DatabaseReader(self.ctx, self.db, unreachable)
+        self.machine.reads_health, self.machine.reads_last_failure = self.reader.health, self.reader.last_failure
         self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
         self.adopting: dict[str, str] = {}  # read key -> the generation whose session it reads, to adopt it
         self.stopping = False
@@ -156,7 +164,7 @@ class CoordinatorShell:
     def take_reads(self, now: float) -> None:
         """Answers of the database reader: adopt what was read, then answer the requests parked on it."""
         answers = self.reader.take()
-        self.machine.reads_health = self.reader.health
+        self.machine.reads_health, self.machine.reads_last_failure = self.reader.health, self.reader.last_failure
         self.machine.counters["database_reads"] += len(answers)
         for key, value, exc in answers:
             adopting = self.adopting.pop(key, None)

@@ -47,6 +47,7 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
         self.persisted = PersistTracker(settings.persist_resend_ms, self.instance)
         self.generators: dict[str, GeneratorInfo] = {}
+        self.last_server = ""  # what the last generator to tell said its server is (/v1/models owned_by)
         # adoption (adoption.py): announced generations whose rows are being read, and the window after start
         self.adoptions: dict[str, tuple[str, m.LiveGeneration]] = {}
         self.adopt_until: float | None = None
@@ -54,6 +55,7 @@ class Coordinator(Requests, StreamRules, Adoption):
         self.persister_pid = 0
         self.persister_seen_at: float | None = None  # the last message from the persister (it heartbeats)
         self.reads_health: tuple[float | None, str | None] = (None, None)  # the shell's database reads, for status
+        self.reads_last_failure: tuple[float, str] | None = None  # and their last failure, kept after it passed
         self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0, "generations_adopted": 0, "deltas_before_adoption": 0,

@@ -207,14 +207,16 @@ class Requests:
             return sess.continue_style, "this session's setting (/config continue_style)"
         if self.settings.continue_style != "auto":
             return self.settings.continue_style, "CHATTER_CONTINUE_STYLE"
-        servers = {g.server for g in self.generators.values()}
-        if not servers:
-            return "none", "auto: no generator is connected to tell what its server is"
+        # a generator that has not asked its server yet (just started) tells nothing; one that did tells until
+        # another says otherwise, also once it is gone (its replies are continued on the one restarted)
+        servers = {g.server for g in self.generators.values() if g.server}
         if len(servers) > 1:
-            return "none", f"auto: the generators' servers differ ({', '.join(sorted(s or '?' for s in servers))})"
-        server = servers.pop()
-        if not server:
-            return "none", "auto: the server does not say what it is (/v1/models owned_by)"
+            return "none", f"auto: the generators' servers differ ({', '.join(sorted(servers))})"
+        if not servers and not self.last_server:
+            if any(self.generators.values()):
+                return "none", "auto: the server does not say what it is (/v1/models owned_by)"
+            return "none", "auto: no generator is connected to tell what its server is"
+        server = servers.pop() if servers else self.last_server
         style = SERVER_STYLES.get(server, "none")
         return style, f"auto: the server says it is {server!r} (/v1/models owned_by)"
 
@@ -363,7 +365,9 @@ class Requests:
             persister_seen_ms_ago=seen_ms_ago,
             persister_connected=seen_ms_ago is not None and seen_ms_ago <= results.PERSISTER_SILENT_MS,
             database_reachable=None if stats is None else stats.failing_since is None,
-            reads_failing_since=self.reads_health[0], reads_error=self.reads_health[1])
+            reads_failing_since=self.reads_health[0], reads_error=self.reads_health[1],
+            reads_last_failed_at=self.reads_last_failure and self.reads_last_failure[0],
+            reads_last_error=self.reads_last_failure and self.reads_last_failure[1])
 
     def _on_history(self, msg: m.History, now: float, out: list) -> results.Result:
         """A page of the session's messages, from ``msg.message_id`` (the first when None) on."""

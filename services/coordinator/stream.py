@@ -261,6 +261,8 @@ class StreamRules:
         info.pid = msg.pid
         info.contexts = msg.contexts or {}
         info.server = msg.server
+        if msg.server:
+            self.last_server = msg.server  # what a server said it is outlives its generator (continue style)
 
     # ------------------------------------------------------------ coalescing and checkpoints
 
@@ -450,7 +452,8 @@ class StreamRules:
         self.persister_stats = results.PersisterTotals(
             pid=msg.pid, commits=msg.commits, ops=msg.ops, reply_text_bytes=msg.reply_text_bytes,
             failed_batches=msg.failed_batches, ops_rejected=msg.ops_rejected, failing_since=msg.failing_since,
-            last_error=msg.last_error, frames_dropped=msg.frames_dropped)
+            last_error=msg.last_error, frames_dropped=msg.frames_dropped, last_failed_at=msg.last_failed_at,
+            last_failure=msg.last_failure)
 
     def _on_persist_rejected(self, msg: m.PersistRejected, now: float, out: list) -> None:
         """The persister dropped an operation that it can never apply: stop resending what is left of the

@@ -11,16 +11,19 @@ import itertools
 import os
 import time
 
+import peewee
 import zmq
 
 from protocol import messages as m, transport
 from services import config, shell, store
 from services.persister import core
 from services.persister.failures import DatabaseGone, Retry
+from services.persister.lock import PersisterLock
 
 DRAIN_BATCH = 4096
 STATS_EVERY_S = 0.25
 HEARTBEAT_S = 1.0  # an idle persister still reports (and checks its database) this often
+UNREACHABLE_LOG_S = 30.0  # a database waited for at start is logged at once, then this often
 
 
 class PersisterShell:
@@ -29,11 +32,7 @@ class PersisterShell:
         self.settings = config.PersisterSettings.from_env()
         self.group_commit_s = self.settings.group_commit_ms / 1000
         self.url = self.settings.database_url
-        self.db = store.open_database(self.url)
-        changes = store.migrate(self.db)
-        if changes:
-            self.log.info("schema_migrated", changes=changes)
-        self.file_identity = store.file_identity(self.db)
+        self.db = self.lock = self.file_identity = None  # ``open_database``, once the database answers
         self.core = core.PersisterCore(self.settings.chunk_log_rows)
         self.hold = core.AppendHold(self.settings.append_hold_ms / 1000)
         self.retry = Retry()
@@ -49,11 +48,15 @@ class PersisterShell:
         self.hello_sent = False
         self.probe_failing_since: float | None = None  # an idle persister's database check, when it fails
         self.probe_error: str | None = None
+        self.last_failure: tuple[float, str] | None = None  # (when, words) of the database's last failure
 
     # ------------------------------------------------------------ loop
 
     def run(self) -> None:
         shell.on_stop_signals(self.stop)
+        if not self.open_database():
+            self.close()
+            return
         # The coordinator answers with the live messages; every other streaming one is then interrupted.
         self.say_hello()
         self.log.info("persister_ready", database=store.describe_url(self.url))
@@ -74,12 +77,63 @@ class PersisterShell:
         if held and not self.retry.holding:
             self.commit(held)  # what waited for company goes before leaving (else the coordinator resends it)
         self.send_stats()
+        self.close()
+
+    def close(self) -> None:
         self.refusals.close()
         self.ops_in.close(0)
         self.acks_out.close(0)
         self.ctx.term()
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+        if self.lock is not None:
+            self.lock.release()
         self.log.info("persister_stopped")
+
+    def open_database(self) -> bool:
+        """The database, its lock and its schema. A server that does not answer yet (PostgreSQL starting, or
+        away) is waited for with backoff: its host and error are logged at once and then every
+        ``UNREACHABLE_LOG_S``, and the totals tell the coordinator (``chatter status``: the database is away);
+        operations wait in the coordinator, which resends them. A setting it cannot work with (a wrong
+        password, a database that does not exist) and a second persister are one line and exit 1. Returns
+        False when stopped while waiting."""
+        failures, logged_at = 0, None
+        while not self.stopping:
+            try:
+                db = store.open_database(self.url)
+                self.lock = PersisterLock(db, self.url)
+                self.lock.acquire()
+                changes = store.migrate(db)
+            except store.DatabaseUnreachable as exc:
+                words = shell.plain_error(exc)
+            except store.DatabaseUrlError as exc:
+                raise SystemExit(f"chatter persister: {exc}") from None
+            except peewee.OperationalError as exc:  # it went away again between the connection and the schema
+                if not store.is_unreachable(exc):
+                    raise
+                store.reset_connection(db)
+                words = shell.plain_error(exc)
+            else:
+                if changes:
+                    self.log.info("schema_migrated", changes=changes)
+                if failures:
+                    self.log.info("database_reachable", database=store.describe_url(self.url))
+                self.db, self.file_identity = db, store.file_identity(db)
+                self.probe_failing_since = self.probe_error = None
+                return True
+            failures += 1
+            now = time.time()
+            self.probe_failing_since, self.probe_error = self.probe_failing_since or now, words
+            self.last_failure = (now, words)
+            if logged_at is None or now - logged_at >= UNREACHABLE_LOG_S:
+                logged_at = now
+                self.log.error("database_unreachable", database=store.describe_url(self.url), error=words,
+                               waiting_s=round(now - self.probe_failing_since))
+            self.send_stats()
+            wait_until = time.monotonic() + store.backoff_s(failures)
+            while not self.stopping and time.monotonic() < wait_until:
+                time.sleep(0.05)
+        return False
 
     def stop(self) -> None:
         self.stopping = True
@@ -118,6 +172,7 @@ class PersisterShell:
             self.core.forget()  # memory may be ahead of what rolled back: reload before the next batch
             self.failed_batches += 1
             reason = shell.plain_error(exc)
+            self.last_failure = (time.time(), reason)
             rejected = self.retry.failed(ops, exc, reason, time.time())
             if rejected is None and store.file_identity(self.db) == self.file_identity:
                 # a server that restarted: reconnect on the next try (but never reopen the path of a deleted
@@ -176,6 +231,7 @@ class PersisterShell:
         # connect first: peewee's connect() clears its transaction stack, so opening a connection inside the
         # block (after ``reset_connection``) would pull the transaction out from under us
         self.db.connect(reuse_if_open=True)
+        self.lock.held_by_this_connection()  # a new connection takes the lock again before it writes
         try:
             with self.db.manual_commit():
                 self.db.begin()
@@ -216,12 +272,14 @@ class PersisterShell:
         try:
             self.check_database_file()
             store.ping(self.db)
+            self.lock.held_by_this_connection()
         except Exception as exc:
             reason = shell.plain_error(exc)
             if self.probe_failing_since is None:
                 self.probe_failing_since = time.time()
                 self.log.error("database_unreachable", error=reason)
             self.probe_error = reason
+            self.last_failure = (time.time(), reason)
             if not isinstance(exc, DatabaseGone):
                 store.reset_connection(self.db)
             return
@@ -278,7 +336,8 @@ class PersisterShell:
         self.send(m.PersisterStats(os.getpid(), self.commits, self.ops_applied, self.reply_text_bytes,
                                    self.failed_batches, self.ops_rejected,
                                    self.retry.failing_since or self.probe_failing_since,
-                                   self.retry.last_error or self.probe_error, self.frames_dropped).encode())
+                                   self.retry.last_error or self.probe_error, self.frames_dropped,
+                                   *(self.last_failure or (None, None))).encode())
 
 
 # How each step of a write plan is carried out, in plan order; a run of these two goes in one

@@ -35,15 +35,16 @@ def test_two_kills_of_each_process_lose_nothing_and_double_nothing(tmp_path):
 
 
 
-def test_with_a_continue_style_generator_kills_end_completed_not_error(tmp_path):
-    """The replies whose generator is killed go on from their text on the restarted one (the mock reads vLLM's
-    fields): none ends as error. A 10 s reply may see all three kills: the limit lets it go on after each."""
+def test_generator_kills_end_completed_not_error_by_the_continue_style_the_mock_declares(tmp_path):
+    """The replies whose generator is killed go on from their text on the restarted one: the mock chaos spawns
+    says it is vLLM, as make run's does, so CHATTER_CONTINUE_STYLE=auto (the default) continues them and none
+    ends as error. A 10 s reply may see all three kills: the limit lets it go on after each."""
     out = tmp_path / "chaos.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("CHATTER_CONTINUE_STYLE", "CHATTER_MOCK_SERVER")}
     done = subprocess.run([sys.executable, "-m", "clients.cli", "chaos", "--spawn", "--streams", "30", "--trials", "3",
                            "--kill", "generator", "--seed", "11", "--json", "--out", str(out)],
                           cwd=REPO, capture_output=True, timeout=600,
-                          env=os.environ | {"CHATTER_CONTINUE_STYLE": "vllm", "CHATTER_AUTO_CONTINUE": "3",
-                                            "CHATTER_CHAOS_KEEP": "1", "TMPDIR": str(tmp_path)})
+                          env=env | {"CHATTER_AUTO_CONTINUE": "3", "CHATTER_CHAOS_KEEP": "1", "TMPDIR": str(tmp_path)})
     report = json.loads(done.stdout)
     # where a reply was not continued, its coordinator's log says why
     declined = [line for log in tmp_path.glob("chatter-chaos-*/coordinator.log")
@@ -53,3 +54,4 @@ def test_with_a_continue_style_generator_kills_end_completed_not_error(tmp_path)
     for key in ("errors", "lost_acked_chars", "mismatches", "duplicates", "non_terminal", "interrupted"):
         assert report[key] == 0, (key, report["details"], declined)
     assert report["completed"] > 0
+    assert report["continued"] > 0 and report["by_kind"]["generator"]["continued"] == report["continued"]

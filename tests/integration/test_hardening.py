@@ -411,3 +411,27 @@ def test_a_process_that_cannot_run_refuses_to_start_in_one_line(tmp_path):
         assert done.returncode == 1, (name, env, done.stderr)
         assert words in one_line(done.stderr), (name, env)
     assert not (tmp_path / "refuse" / "run" / "rpc.sock").exists()  # nothing was left half started
+
+
+def test_a_second_persister_on_the_same_sqlite_file_is_refused(tmp_path):
+    """It would run beside the first, its batches failing; a lock file beside the database refuses it in one
+    line, exit 1, naming the first one's pid, and the first goes on writing."""
+    stack = Stack(tmp_path / "stack")
+    try:
+        stack.start()
+        done = subprocess.run([sys.executable, "-m", "services.persister"], env=stack.env, cwd=REPO,
+                              capture_output=True, timeout=60)
+        line = one_line(done.stderr)
+        assert done.returncode == 1 and f"another persister (pid {stack.pids()['persister']}) already writes" in line
+        lock = Path(str(stack.db_path) + ".persister-lock")
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+        after = stack.cli_json("send", "after the second persister [[mock tokens=10]]")
+        assert after["status"] == "completed" and stack.db_message(after["message_id"])["status"] == "completed"
+    finally:
+        stack.stop()
+    again = Stack(tmp_path / "stack")  # the lock went with the first persister: a new one starts
+    try:
+        again.start()
+        assert again.cli_json("send", "a new persister [[mock tokens=5]]")["status"] == "completed"
+    finally:
+        again.stop()

@@ -76,3 +76,30 @@ def test_a_loadtest_run_in_process_settles_its_callers_collector_for_the_run_onl
     report = run_loadtest(LoadSpec(streams=3, tokens=5, tps=100), spawn=True)
     assert report["mismatches"] == 0 and report["completed"] == 3
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
+def test_a_postgresql_restart_during_a_loadtest_is_a_gap_in_its_meter_not_a_crash(tmp_path, postgres_server):
+    """The server restarts mid-run: the meter reconnects, marks the gap, and the report is printed; every reply is
+    still whole."""
+    import time
+
+    server = postgres_server()
+    url = server.new_database("meter")
+    out = tmp_path / "report.json"
+    run = subprocess.Popen([sys.executable, "-m", "clients.cli", "loadtest", "--spawn", "--streams", "10",
+                            "--count", "30", "--tokens", "200", "--tps", "100", "--json", "--out", str(out),
+                            "--database-url", url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(4.0)  # the stack is up and replies stream
+        server.restart("fast")
+        stdout, stderr = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0 and b"Traceback" not in stderr, stderr.decode()[-3000:]
+    report = json.loads(stdout)
+    assert report["count"] == 30 and report["mismatches"] == 0 and report["errors"] == 0
+    gap = report["db_server"]["gap"]
+    assert gap and ("restarted" in gap or "lost" in gap), gap
+    assert report["db_server"]["wal_bytes"] > 0  # WAL positions go on across a restart

@@ -261,3 +261,58 @@ def test_an_earlier_versions_chunk_log_loses_its_foreign_key_and_keeps_its_rows(
             assert db.execute_sql("PRAGMA secure_delete").fetchone() == secure
     finally:
         db.close()
+
+
+def test_postgresql_down_at_start_is_waited_for_and_status_is_current_when_it_is_back(postgres, tmp_path):
+    """The stack starts while the server is down: the persister waits (naming host, port and error once),
+    status says the database is away, a reply streams meanwhile and is saved once the server is up; then
+    status clears by itself, with no read asked for, and keeps the time of the last failure."""
+    url = postgres.new_database("late")
+    stack = Stack(tmp_path / "stack", CHATTER_DATABASE_URL=url, CHATTER_PERSIST_RESEND_MS="500")
+    postgres.halt("fast")
+    try:
+        try:
+            stack.start("mock_llm", "coordinator", "generator")
+            stack.start("persister", wait=False)
+            away = wait_until(lambda: (s := stack.cli_json("status"))["database_reachable"] is False and s,
+                              what="status saying the database is away")
+            assert away["persister_connected"] and "Connection refused" in away["persister"]["last_error"]
+            assert away["reads_failing_since"] is not None  # the coordinator's own reads: away too
+            plain = stack.cli("status").stdout.decode()
+            assert "database: FAILING" in plain and "coordinator's reads: FAILING" in plain, plain
+            waiting = [line for line in stack.log("persister").splitlines() if "database_unreachable" in line]
+            assert len(waiting) == 1 and f"127.0.0.1:{postgres.port}" in waiting[0], waiting  # once, not per try
+            assert "chatter-test-password" not in stack.log("persister")
+            listing = stack.cli("sessions")
+            assert listing.returncode != 0 and "could not read the database" in listing.stderr.decode()
+            send = stack.spawn_cli("send", "while the server is down [[mock tokens=30]]", "--json")
+            time.sleep(2.0)  # it streams to its end meanwhile; what it needs of the database waits
+        finally:
+            postgres.pg_ctl_start()
+        out, err = send.communicate(timeout=90)
+        reply = json.loads(out)
+        assert send.returncode == 0 and reply["status"] == "completed" and reply["saved"] is True, err.decode()
+        assert rows(url, reply["session_id"]) == [("user", "while the server is down [[mock tokens=30]]",
+                                                   "completed"), ("assistant", reply["content"], "completed")]
+        back = wait_until(lambda: (s := stack.cli_json("status"))["reads_failing_since"] is None
+                          and s["database_reachable"] and s, what="status clearing by itself")
+        assert back["reads_last_failed_at"] is not None and back["reads_last_error"]
+        assert back["persister"]["last_failed_at"] is not None and back["persister"]["failing_since"] is None
+        plain = stack.cli("status").stdout.decode()
+        assert "FAILING" not in plain and "coordinator's reads: working (last failed" in plain, plain
+        assert "database: reachable (last failed" in plain, plain
+        assert "database_reachable" in stack.log("persister")
+    finally:
+        stack.stop()
+
+
+def test_a_second_persister_on_the_same_postgresql_database_is_refused(pg_stack, postgres):
+    """The first holds an advisory lock on its connection: the second says so in one line and exits 1, and the
+    first goes on writing."""
+    done = subprocess.run([sys.executable, "-m", "services.persister"], env=pg_stack.env, cwd=REPO,
+                          capture_output=True, timeout=60)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "another persister already writes" in err and "chatter-test-password" not in err
+    after = pg_stack.cli_json("send", "after the second persister [[mock tokens=10]]")
+    assert after["status"] == "completed" and rows(postgres.url, after["session_id"])[1][2] == "completed"

@@ -19,6 +19,7 @@ def persister(tmp_path, monkeypatch):
     umask = os.umask(0)
     os.umask(umask)
     shell = PersisterShell()
+    assert shell.open_database()  # as ``run`` does first
     ctx = zmq.Context()
     acks = ctx.socket(zmq.PULL)  # what the coordinator would hear
     acks.bind(transport.endpoint(transport.PERSIST_ACKS))
@@ -29,6 +30,7 @@ def persister(tmp_path, monkeypatch):
     shell.acks_out.close(0)
     shell.ctx.term()
     shell.db.close()
+    shell.lock.release()
     os.umask(umask)  # the shell made this process's files private; the rest of the suite keeps its own
 
 
