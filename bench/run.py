@@ -320,6 +320,36 @@ def chaos_table(h: dict) -> list[str]:
     return lines + [""]
 
 
+def bench_conversation() -> dict:
+    """j. bench/conversation_bytes.py in a process of its own: a 200-turn session's database bytes."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "conversation_bytes.py")], capture_output=True,
+                          timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/conversation_bytes.py failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    return json.loads(done.stdout) | {"date": machine()["date"]}
+
+
+def conversation_table(results: dict) -> list[str]:
+    now = results.get("conversation")
+    if not now:
+        return []
+    before = json.loads((OUT / "conversation_before.json").read_text())
+    lines = ["", "## j. A long conversation's storage", "",
+             f"One session of {now['turns']} turns: ~{now['chars_per_message']}-character messages and replies, "
+             "SQLite, a real stack (`bench/conversation_bytes.py`). Database bytes (pages in use, the log copied in) "
+             f"per byte of conversation text; before: the same script against {before['commit']}, where each reply "
+             "kept a copy of its prompt and preview.", "",
+             "| turns | conversation bytes | database bytes now | per text byte now | per text byte before |",
+             "|---|---|---|---|---|"]
+    then = {row["turns"]: row for row in before["by_turns"]}
+    for row in now["by_turns"]:
+        old = then.get(row["turns"], {})
+        lines.append(f"| {row['turns']} | {row['conversation_bytes']:,} | {row['database_bytes']:,} | "
+                     f"{row['database_bytes_per_text_byte']} | {old.get('database_bytes_per_text_byte', '–')} |")
+    lines.append(f"\nFrom the first row to the last the ratio changes {now['growth']}× now, {before['growth']}× before.")
+    return lines
+
+
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:
@@ -370,6 +400,7 @@ def write_markdown(results: dict) -> str:
             f"{peer['client_cpu_us_per_token']} | {peer['ttft_ms']['p50']} / "
             f"{peer['ttft_ms']['p99']} | {ratio} |")
     lines += write_databases(results)
+    lines += conversation_table(results)
     lines += ["", "## The targets, read from this run", "", "| target | figure | met |", "|---|---|---|"]
     lines += [f"| {name} | {figure} | {'yes' if met else '**no**'} |" for name, figure, met in targets(results)]
     lines += ["", "Where the time and the bytes go, with profiles, and what would close each gap: "
@@ -519,6 +550,8 @@ def main() -> None:
     results.update(chaos_runs(args.quick))
     print("i. the window", file=sys.stderr)
     results["gui"] = bench_gui_section()
+    print("j. a long conversation's storage", file=sys.stderr)
+    results["conversation"] = bench_conversation()
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())
@@ -527,9 +560,9 @@ def main() -> None:
 def run_only(sections: set[str], quick: bool) -> None:
     """Some sections again, into the last results (the machine line says when the rest was measured)."""
     results = json.loads((OUT / "results.json").read_text())
-    unknown = sections - {"e", "f", "g", "h", "i"}
+    unknown = sections - {"e", "f", "g", "h", "i", "j"}
     if unknown:
-        raise SystemExit(f"--only runs e, f, g, h and i; not {', '.join(sorted(unknown))}")
+        raise SystemExit(f"--only runs e, f, g, h, i and j; not {', '.join(sorted(unknown))}")
     if "e" in sections:
         results["databases"] = bench_databases(100 if quick else 500, 60 if quick else 200, 20.0)
         results["databases"]["date"] = machine()["date"]
@@ -545,6 +578,8 @@ def run_only(sections: set[str], quick: bool) -> None:
     if "i" in sections:
         results["gui"] = bench_gui_section()
         results["gui"]["date"] = machine()["date"]
+    if "j" in sections:
+        results["conversation"] = bench_conversation()
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())

@@ -229,8 +229,21 @@ class Client:
             whole = join_history(whole, page)
         return whole
 
-    def preview(self, message_id: str) -> results.Result:
-        return self.request(m.Preview(next(self.req_ids), message_id))
+    def preview(self, message_id: str) -> results.Preview:
+        """A reply's exact prompt, whole: page by page, a message cut at a page's end going on in the next."""
+        page = self.request(m.Preview(next(self.req_ids), message_id))
+        preview, messages, dropped = page.preview, list(page.messages), page.dropped_message_ids
+        while page.next is not None:
+            preview_offset, index, offset = page.next
+            page = self.request(m.Preview(next(self.req_ids), message_id, preview_offset, index, offset))
+            preview = preview[:page.preview_offset] + page.preview
+            rest = list(page.messages)
+            if rest and len(messages) == page.index + 1:  # the message cut at the page's end goes on
+                cut = messages.pop()
+                rest[0] = {**rest[0], "content": str(cut["content"])[:page.offset] + rest[0]["content"]}
+            messages += rest
+        return msgspec.structs.replace(page, preview=preview, messages=messages, dropped_message_ids=dropped,
+                                       preview_offset=0, index=0, offset=0, next=None)
 
     # ------------------------------------------------------------ stream
 

@@ -89,8 +89,14 @@ class History(Message, tag=6):
 
 
 class Preview(Message, tag=7):
+    """The exact prompt of a reply, paged: its preview text from ``preview_offset``, then its messages from
+    ``index`` (the first one's content from ``offset``), as much as fits a frame."""
+
     req_id: Int
     message_id: Id
+    preview_offset: Count = 0
+    index: Count = 0
+    offset: Count = 0
 
 
 class Regenerate(Message, tag=8):
@@ -356,11 +362,13 @@ GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancell
 
 
 class ContinuedPrompt(msgspec.Struct, array_like=True):
-    """The prompt of a continuation, for the message row's prompt columns."""
+    """The prompt of a continuation, for the message row's prompt columns: by reference (``prompt_ref``; the
+    copies are None, and were what an earlier version sent)."""
 
-    prompt_messages: list[PromptMessage]
+    prompt_messages: Optional[list[PromptMessage]]
     prompt_hash: str
-    preview: str
+    preview: Optional[str]
+    prompt_ref: Optional[dict] = None
 
 
 class CreateMessage(Message, tag=50):
@@ -386,6 +394,7 @@ class CreateMessage(Message, tag=50):
     dropped_message_ids: Optional[list[str]] = None
     session_model: Optional[str] = None  # the session's own model and ``/config`` settings (None: defaults)
     session_settings: Optional[dict] = None
+    prompt_ref: Optional[dict] = None  # the prompt by reference (``MessageRecord.prompt_ref``), not a copy
 
 
 class Append(Message, tag=51):

@@ -37,9 +37,13 @@ class MessageRecord(MessageView, kw_only=True):
     """One message of a session as the coordinator keeps it in memory and reads it back from the database:
     the one shape of a history record, its prompt included."""
 
-    preview: Optional[str] = None
+    preview: Optional[str] = None  # a copy of its prompt, as an earlier version stored it...
     prompt_messages: Optional[list[PromptMessage]] = None
     params: Optional[dict] = None  # the request's params, part of the prompt hash
+    # ...or, from this version on, how to build it again (``services.coordinator.prompt.rebuild``): the system
+    # prompt, the user message answered, how many turns before it were left out, whether thinking was kept, and
+    # a continuation's reply so far (its id, length and style)
+    prompt_ref: Optional[dict] = None
 
     def client_view(self, content: str | None = None, reasoning: str | None = None) -> MessageView:
         """What a client's history shows of it: no prompt; ``content`` and ``reasoning`` instead of its own

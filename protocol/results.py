@@ -97,6 +97,13 @@ class Preview(Result, tag="preview"):
     model: Optional[str]
     dropped_message_ids: list[str] = field(default_factory=list)
     thinking_left_out: Int = 0  # earlier replies whose thinking this prompt left out (CHATTER_PROMPT_THINKING)
+    # built again from the session, it is what was sent (its sha256 matches); else ``problem`` says why not
+    exact: bool = True
+    problem: Optional[str] = None
+    preview_offset: Int = 0  # a page: ``preview`` begins here, and ``messages`` at ``index``...
+    index: Int = 0
+    offset: Int = 0  # ...the first of them at this offset of its content
+    next: Optional[list[Int]] = None  # where the next page begins: [preview_offset, index, offset]; None: last
 
 
 class SessionResolved(Result, tag="resolved"):

@@ -68,6 +68,10 @@ class Message(BaseModel):
     dropped_message_ids = JSONField(null=True)  # left out of this reply's prompt to fit the budget
     created_at = peewee.DoubleField()
     updated_at = peewee.DoubleField()
+    # the prompt by reference (protocol.records.MessageRecord.prompt_ref), from this version on: a copy of each
+    # prompt (prompt_messages, preview, dropped_message_ids, as earlier versions kept) grew a session's storage
+    # with the square of its length (docs/PERFORMANCE.md, "A prompt stored once")
+    prompt_ref = JSONField(null=True)
 
 
 class Chunk(BaseModel):
@@ -356,7 +360,7 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
             prompt_messages=_json(op.prompt_messages), prompt_hash=op.prompt_hash, preview=op.preview,
             model=op.model, params=_json(op.params), content_hash=None, stats=None, error=None, superseded=False,
             client_request_id=op.client_request_id, dropped_message_ids=_json(op.dropped_message_ids),
-            created_at=op.created_at, updated_at=op.created_at)))
+            created_at=op.created_at, updated_at=op.created_at, prompt_ref=_json(op.prompt_ref))))
     db.cursor().executemany(_insert_sql(db, Message, _MESSAGE_COLUMNS), rows)
 
 
@@ -473,7 +477,8 @@ def write_final(message_id: str, status: str, content: str, stats: dict, error: 
     columns = dict(content=content, length=len(content), status=status, stats=stats, error=error,
                    content_hash=content_hash, reasoning=reasoning, updated_at=time.time())
     if prompt is not None:
-        columns.update(prompt_messages=prompt.prompt_messages, prompt_hash=prompt.prompt_hash, preview=prompt.preview)
+        columns.update(prompt_messages=prompt.prompt_messages, prompt_hash=prompt.prompt_hash, preview=prompt.preview,
+                       prompt_ref=prompt.prompt_ref)
     Message.update(**columns).where(Message.id == message_id).execute()
 
 
@@ -481,7 +486,8 @@ def reopen_message(op) -> None:
     """A finalized reply continued (a ``Reopen``): streaming again, as its new generation, with its new prompt.
     Its stored texts are its first chunks (the persister writes them with this)."""
     Message.update(status=STREAMING, generation_id=op.generation_id, prompt_messages=op.prompt.prompt_messages,
-                   prompt_hash=op.prompt.prompt_hash, preview=op.prompt.preview, error=None,
+                   prompt_hash=op.prompt.prompt_hash, preview=op.prompt.preview, prompt_ref=op.prompt.prompt_ref,
+                   error=None,
                    updated_at=time.time()).where(Message.id == op.message_id).execute()
 
 
@@ -625,7 +631,8 @@ def message_record(row: dict, content: str, reasoning: str) -> MessageRecord:
         created_at=row["created_at"], generation_id=row["generation_id"], prompt_hash=row["prompt_hash"],
         model=row["model"], stats=row["stats"] or {}, error=row["error"], preview=row["preview"],
         prompt_messages=row["prompt_messages"], params=row["params"], superseded=bool(row["superseded"]),
-        client_request_id=row["client_request_id"], dropped_message_ids=row["dropped_message_ids"] or [])
+        client_request_id=row["client_request_id"], dropped_message_ids=row["dropped_message_ids"] or [],
+        prompt_ref=row["prompt_ref"])
 
 
 def load_session(session_id: str) -> dict | None:

@@ -109,7 +109,7 @@ class Adoption:
         """A generation of a stored streaming row, taken over by this coordinator: from its generator
         (``generator_id``, then it catches up), or, without one, queued again from its frozen prompt."""
         gen = GenerationState(record.generation_id, sess.session_id, record.message_id,
-                              package_of(record, self.count_tokens), record, queued_at=record.created_at,
+                              package_of(sess.history, record, self.count_tokens), record, queued_at=record.created_at,
                               status="streaming", generator_id=generator_id, started_at=record.created_at,
                               run_started_at=now, last_delta_at=now, adopted=True,
                               catching_up=generator_id is not None)

@@ -77,3 +77,31 @@ def history_page(head: results.History, views: Iterator[MessageView], offset: in
         offset = reasoning_offset = 0
     return msgspec.structs.replace(head, messages=page, next=None)
 
+
+
+def preview_page(whole: results.Preview, preview_offset: int, index: int, offset: int) -> results.Preview:
+    """The page of a prompt's preview that begins at these places: its preview text from ``preview_offset``,
+    then its messages from ``index`` (that one's content from ``offset``); ``next`` says where the next begins
+    ([preview offset, index, offset]). The ids left out come with the first page."""
+    first = preview_offset == 0 and index == 0 and offset == 0
+    fixed = msgspec.structs.replace(whole, preview="", messages=[],
+                                    dropped_message_ids=whole.dropped_message_ids if first else [])
+    preview, room = _cut(whole.preview[preview_offset:], _room(len(_encode(fixed))))
+    page: list[dict] = []
+    at = [preview_offset + len(preview), index, offset]
+    if at[0] == len(whole.preview):
+        while at[1] < len(whole.messages):
+            message = whole.messages[at[1]]
+            size = len(_encode({**message, "content": ""})) + 8
+            if size > room and page:
+                break
+            room -= size
+            content, room = _cut(str(message["content"])[at[2]:], room)
+            page.append({**message, "content": content})
+            if at[2] + len(content) < len(str(message["content"])):
+                at[2] += len(content)
+                break
+            at[1], at[2] = at[1] + 1, 0
+    done = at[0] == len(whole.preview) and at[1] >= len(whole.messages)
+    return msgspec.structs.replace(fixed, preview=preview, messages=page, preview_offset=preview_offset,
+                                   index=index, offset=offset, next=None if done else at)

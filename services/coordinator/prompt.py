@@ -1,6 +1,7 @@
 """The PromptPackage: assembled once per generation, frozen, and sent upstream unchanged."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ class PromptPackage:
     max_input_tokens: int = 0  # 0: no budget
     thinking_left_out: int = 0  # earlier replies in the prompt whose thinking it leaves out
     prefix_last: bool = False  # a continuation in the prefix style: its last message carries "prefix": true
+    # how to build it again from the session (``rebuild``): what a reply stores instead of a copy of its prompt
+    ref: dict | None = None
 
     def wire_messages(self) -> list[dict]:
         out = [{"role": role, "content": content} for role, content in self.messages]
@@ -101,7 +104,7 @@ def check_fits_a_frame(messages: list[dict], dropped: tuple[str, ...] = ()) -> N
                              "the session's input budget (/budget N, --max-input-tokens) or start a new session")
 
 
-def continuation(base: PromptPackage, partial: str, style: str, count_tokens) -> PromptPackage:
+def continuation(base: PromptPackage, partial: str, style: str, count_tokens, reply_id: str = "") -> PromptPackage:
     """The prompt that continues a reply: ``base``, the prompt the reply answered, then the reply so far as a
     trailing assistant message, and what ``style`` tells the server with it. Frozen and hashed like any other;
     its tokens count the partial reply, and a budget that it exceeds refuses it (``PromptTooLarge``)."""
@@ -121,7 +124,8 @@ def continuation(base: PromptPackage, partial: str, style: str, count_tokens) ->
         params=tuple(sorted(params.items())), preview=render_preview(messages, params),
         prompt_hash=prompt_hash(messages, base.model, params), prompt_tokens=tokens,
         dropped_message_ids=base.dropped_message_ids, max_input_tokens=base.max_input_tokens,
-        thinking_left_out=base.thinking_left_out, prefix_last=style == "prefix")
+        thinking_left_out=base.thinking_left_out, prefix_last=style == "prefix",
+        ref=None if base.ref is None else base.ref | {"tail": {"id": reply_id, "length": len(partial), "style": style}})
 
 
 def original_of(package: PromptPackage, count_tokens) -> PromptPackage:
@@ -136,21 +140,63 @@ def original_of(package: PromptPackage, count_tokens) -> PromptPackage:
         preview=render_preview(messages), prompt_hash=prompt_hash(messages, package.model, params),
         prompt_tokens=package.prompt_tokens - count_tokens(package.messages[-1][1], package.model) - TOKENS_PER_MESSAGE,
         dropped_message_ids=package.dropped_message_ids, max_input_tokens=package.max_input_tokens,
-        thinking_left_out=package.thinking_left_out)
+        thinking_left_out=package.thinking_left_out,
+        ref=None if package.ref is None else {k: v for k, v in package.ref.items() if k != "tail"})
 
 
-def package_of(record: MessageRecord, count_tokens) -> PromptPackage:
-    """The frozen prompt of a stored reply, exactly as it was sent: for a generation that a restarted
-    coordinator adopts. Its budget is not stored, so it reads 0 (none)."""
-    messages = record.prompt_messages or []
-    model, params = record.model or "", record.params or {}
+def sent_params(record: MessageRecord) -> dict:
+    """The params a stored reply's request carried: the session's, and a vLLM continuation's fields."""
+    params = record.params or {}
+    tail = (record.prompt_ref or {}).get("tail")
+    return params | VLLM_FIELDS if tail is not None and tail["style"] == "vllm" else params
+
+
+def package_of(history: list[MessageRecord], record: MessageRecord, count_tokens) -> PromptPackage:
+    """The frozen prompt of a stored reply, exactly as it was sent, built again from its session (``rebuild``):
+    for a generation that a restarted coordinator adopts, and for a reply to continue. Its budget is not
+    stored, so it reads 0 (none)."""
+    messages, dropped, _ = rebuild(history, record)
+    model, params = record.model or "", sent_params(record)
     tokens = sum(count_tokens(msg["content"], model) + TOKENS_PER_MESSAGE for msg in messages) + REPLY_PRIMING_TOKENS
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages), model=model,
-        params=tuple(sorted(params.items())), preview=record.preview or render_preview(messages),
+        params=tuple(sorted(params.items())), preview=record.preview or render_preview(messages, params),
         prompt_hash=record.prompt_hash or prompt_hash(messages, model, params), prompt_tokens=tokens,
-        dropped_message_ids=tuple(record.dropped_message_ids),
-        prefix_last=bool(messages and messages[-1].get("prefix")))
+        dropped_message_ids=tuple(dropped or record.dropped_message_ids),
+        prefix_last=bool(messages and messages[-1].get("prefix")), ref=record.prompt_ref)
+
+
+def rebuild(history: list[MessageRecord], record: MessageRecord) -> tuple[list[dict], list[str], str | None]:
+    """The prompt of ``record`` (a reply of this session) as it was sent, from its reference: the system
+    prompt it had, the user message it answered and the turns before it that were in the prompt, but for the
+    oldest ``dropped`` of them, with their thinking or not; and a continuation's reply so far (its first
+    ``length`` characters) as the trailing assistant message. Nothing is edited in place, so this is exact;
+    where a message it needs is gone, the third value says so (and the messages are what could be found).
+    Returns (messages, the ids left out, the problem or None). A reply stored by an earlier version kept a
+    copy of its prompt: that is returned as it is."""
+    ref = record.prompt_ref
+    if ref is None:
+        return list(record.prompt_messages or []), list(record.dropped_message_ids), None
+    at = {r.message_id: i for i, r in enumerate(history)}
+    messages: list[dict] = [{"role": "system", "content": ref["system"]}] if ref.get("system") else []
+    user_at = at.get(ref["user"])
+    if user_at is None:
+        return messages, [], f"the message it answered ({ref['user']}) is no longer in the session"
+    candidates = [r for r in history[:user_at] if in_prompt(r)]
+    kept = candidates[ref.get("dropped", 0):]
+    messages += [{"role": r.role, "content": prompt_content(r, ref.get("thinking", False))} for r in kept]
+    messages.append({"role": "user", "content": history[user_at].content})
+    problem = None
+    tail = ref.get("tail")
+    if tail is not None:
+        reply = history[at[tail["id"]]] if tail["id"] in at else None
+        if reply is None or len(reply.content) < tail["length"]:
+            problem = f"the reply it continued ({tail['id']}) is no longer as it was"
+        else:
+            messages.append({"role": "assistant", "content": reply.content[:tail["length"]]})
+            if tail["style"] == "prefix":
+                messages[-1]["prefix"] = True
+    return messages, [r.message_id for r in candidates[:ref.get("dropped", 0)]], problem
 
 
 def in_prompt(record: MessageRecord) -> bool:
@@ -204,6 +250,9 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
     messages += [{"role": r.role, "content": prompt_content(r, keep_thinking)} for turn in kept for r in turn]
     messages.append({"role": "user", "content": user_text})
     check_fits_a_frame(messages, dropped)
+    # ``user``, the id of the message it answers, is the caller's to add (``with_user``)
+    ref = {"system": system or None, "dropped": sum(len(turn) for turn in turns[:len(turns) - len(kept)]),
+           "thinking": keep_thinking}
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages),
         model=model,
@@ -214,4 +263,10 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
         dropped_message_ids=dropped,
         max_input_tokens=max_input_tokens,
         thinking_left_out=0 if keep_thinking else sum(1 for turn in kept for r in turn if r.reasoning),
+        ref=ref,
     )
+
+
+def with_user(prompt: PromptPackage, user_id: str) -> PromptPackage:
+    """The prompt's reference completed with the id of the user message it answers."""
+    return dataclasses.replace(prompt, ref=(prompt.ref or {}) | {"user": user_id})

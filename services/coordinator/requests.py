@@ -11,7 +11,8 @@ from protocol import messages as m, results
 from services.coordinator import pages, sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
 from services.coordinator.prompt import (CONTINUE_STYLES, PromptPackage, PromptTooLarge, assemble, continuation,
-                                        original_of, package_of)
+                                        original_of, package_of, prompt_hash, rebuild, render_preview, sent_params,
+                                        with_user)
 from services.coordinator.sessions import SessionState
 from services.coordinator.stream import GenerationState
 
@@ -107,6 +108,7 @@ class Requests:
         if not sess.title:
             sess.title = " ".join(msg.text.split())[:60]
         user = sessions.user_record(self.new_ordered_id(), sess.session_id, msg.text, now)
+        prompt = with_user(prompt, user.message_id)
         sess.history.append(user)
         self.message_sessions[user.message_id] = sess.session_id
         out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
@@ -124,7 +126,8 @@ class Requests:
         if active is not None:
             self._finalize(active, "cancelled", now, out)
         # validate before touching anything: a prompt that no longer fits leaves the history as it was
-        prompt = self._assemble(sess, sess.history[:last_user], sess.history[last_user].content, None)
+        prompt = with_user(self._assemble(sess, sess.history[:last_user], sess.history[last_user].content, None),
+                           sess.history[last_user].message_id)
         replaced = [r for r in sess.history[last_user + 1:] if r.role == "assistant" and not r.superseded]
         for record in replaced:
             record.superseded = True
@@ -157,10 +160,10 @@ class Requests:
         if style == "none":
             raise RequestRefused(f"this server cannot continue a reply ({why}); if it can, set "
                                  "CHATTER_CONTINUE_STYLE=vllm, prefill or prefix (or /config continue_style=...)")
-        base = dataclasses.replace(original_of(package_of(record, self.count_tokens), self.count_tokens),
+        base = dataclasses.replace(original_of(package_of(sess.history, record, self.count_tokens), self.count_tokens),
                                    max_input_tokens=self._budget(sess, record.model))
         try:
-            prompt = continuation(base, record.content, style, self.count_tokens)
+            prompt = continuation(base, record.content, style, self.count_tokens, record.message_id)
         except PromptTooLarge as exc:
             raise RequestRefused(f"cannot continue: {exc}") from None
         return self._continue_message(sess, record, prompt, style, now, out, msg.client_request_id)
@@ -188,7 +191,7 @@ class Requests:
         self._touch(sess, now)
         sess.request_ids[client_request_id] = record.message_id
         reopen = m.Reopen(record.message_id, gen_id, record.content, record.reasoning,
-                          m.ContinuedPrompt(record.prompt_messages, prompt.prompt_hash, prompt.preview))
+                          m.ContinuedPrompt(None, prompt.prompt_hash, None, prompt.ref))
         out.append(ToPersister(self.persisted.reopen(reopen, len(record.content), len(record.reasoning), now)))
         out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, record.message_id,
                                                         prompt.prompt_hash, prompt.preview, prompt.prompt_tokens,
@@ -281,10 +284,10 @@ class Requests:
             message_id=rec.message_id, session_id=sess.session_id, session_title=sess.title,
             session_system=sess.system, role=rec.role, content=rec.content,
             status="streaming" if assistant else rec.status, created_at=now, generation_id=rec.generation_id,
-            prompt_messages=rec.prompt_messages, prompt_hash=rec.prompt_hash, preview=rec.preview,
+            prompt_hash=rec.prompt_hash, prompt_ref=rec.prompt_ref,  # the prompt by reference, never a copy
             model=rec.model, params=dict(sess.params) if assistant else None,
             client_request_id=rec.client_request_id, supersedes=None,
-            session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=rec.dropped_message_ids or None,
+            session_max_input_tokens=sess.max_input_tokens,
             session_model=sess.model, session_settings=sess.settings())
 
     def _request_result(self, sess: SessionState, client_request_id: str) -> results.ReplyStarted:
@@ -433,16 +436,29 @@ class Requests:
                              "; give more of the id")
 
     def _on_preview(self, msg: m.Preview, now: float, out: list) -> results.Result:
+        """The exact prompt of a reply: a live one's frozen prompt, else built again from the session by its
+        reference and checked against its sha256; a page of it."""
         sess = self.sessions.get(self.message_sessions.get(msg.message_id, ""))
         record = sess.record(msg.message_id) if sess else None
-        if record is None or record.preview is None:
+        if record is None or record.role != "assistant" or (record.prompt_ref is None and record.prompt_messages is None):
             raise RequestRefused(f"no assistant message {msg.message_id}")
         gen = self.active.get(record.generation_id or "")
+        problem = None
+        if gen is not None:
+            messages, dropped, preview = gen.prompt.wire_messages(), list(gen.prompt.dropped_message_ids), gen.prompt.preview
+        else:
+            messages, dropped, problem = rebuild(sess.history, record)
+            params = sent_params(record)
+            preview = record.preview or render_preview(messages, params)
+            if problem is None and record.prompt_hash and prompt_hash(messages, record.model or "", params) != record.prompt_hash:
+                problem = ("built again from the session, it does not match the sha256 of what was sent: a message "
+                           "it was built from has changed")
         left_out = gen.prompt.thinking_left_out if gen else (record.stats or {}).get("thinking_left_out", 0)
-        return results.Preview(message_id=msg.message_id, session_id=sess.session_id, preview=record.preview,
-                               messages=record.prompt_messages or [], prompt_hash=record.prompt_hash,
-                               model=record.model, dropped_message_ids=list(record.dropped_message_ids),
-                               thinking_left_out=left_out)
+        whole = results.Preview(message_id=msg.message_id, session_id=sess.session_id, preview=preview,
+                                messages=messages, prompt_hash=record.prompt_hash, model=record.model,
+                                dropped_message_ids=dropped, thinking_left_out=left_out, exact=problem is None,
+                                problem=problem)
+        return pages.preview_page(whole, msg.preview_offset, msg.index, msg.offset)
 
     def _session(self, session_id: str) -> SessionState:
         sess = self.sessions.get(session_id)

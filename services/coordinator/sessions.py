@@ -116,9 +116,8 @@ def assistant_record(message_id: str, session_id: str, generation_id: str, promp
                      client_request_id: str | None) -> MessageRecord:
     return MessageRecord(message_id=message_id, session_id=session_id, role="assistant", content="",
                          status="queued", created_at=now, generation_id=generation_id,
-                         prompt_hash=prompt.prompt_hash, model=prompt.model, preview=prompt.preview,
-                         prompt_messages=prompt.wire_messages(), params=prompt.wire_params(),
-                         client_request_id=client_request_id,
+                         prompt_hash=prompt.prompt_hash, model=prompt.model, prompt_ref=prompt.ref,
+                         params=prompt.wire_params(), client_request_id=client_request_id,
                          dropped_message_ids=list(prompt.dropped_message_ids))
 
 

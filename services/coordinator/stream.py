@@ -337,8 +337,8 @@ class StreamRules:
             sent_len = self.persisted.sent_len(gen.message_id, thinking)
             if sent_len < text.length:
                 self._persist_text(gen, text.text()[sent_len:], thinking, now, out)
-        continued = m.ContinuedPrompt(gen.record.prompt_messages, gen.prompt.prompt_hash,
-                                      gen.prompt.preview) if gen.run else None  # the row takes the last prompt
+        continued = m.ContinuedPrompt(None, gen.prompt.prompt_hash, None,
+                                      gen.prompt.ref) if gen.run else None  # the row takes the last prompt
         final = m.Finalize(gen.message_id, status, gen.length, content_hash(gen.text()), gen.record.stats, error,
                            gen.thinking.length, continued)
         out.append(ToPersister(self.persisted.finalize(final, now)))
@@ -530,7 +530,8 @@ class StreamRules:
         if style == "none":
             return self._not_continued(gen, fault, f"continue style none: {why}", out)
         try:
-            prompt = continuation(original_of(gen.prompt, self.count_tokens), gen.text(), style, self.count_tokens)
+            prompt = continuation(original_of(gen.prompt, self.count_tokens), gen.text(), style, self.count_tokens,
+                                  gen.message_id)
         except PromptTooLarge as exc:
             return self._not_continued(gen, fault, str(exc), out)
         out.append(ToControl(m.CancelGeneration(gen.run_id)))  # a stalled run must not go on beside the next
@@ -563,8 +564,8 @@ class StreamRules:
         """A continuation's prompt is the reply's from now on: its preview and hash are the request's."""
         gen.prompt = prompt
         record = gen.record
-        record.prompt_hash, record.preview, record.prompt_messages = (prompt.prompt_hash, prompt.preview,
-                                                                      prompt.wire_messages())
+        record.prompt_hash, record.prompt_ref, record.preview, record.prompt_messages = (
+            prompt.prompt_hash, prompt.ref, None, None)  # stored by reference (``prompt.rebuild``)
         gen.job = m.Job(gen.run_id, prompt.wire_messages(), prompt.model, prompt.wire_params(), prompt.prompt_hash,
                         gen.stream, seq_from=gen.answer.last_seq, length_from=gen.answer.length,
                         reasoning_seq_from=gen.thinking.last_seq, reasoning_length_from=gen.thinking.length,

@@ -227,3 +227,24 @@ def test_status_reports_the_persisters_totals(stack):
     assert now["commits"] > before["commits"] and now["failed_batches"] == 0 and now["pid"] > 0
     text = stack.cli("status").stdout.decode()
     assert f"{now['reply_text_bytes']} reply text bytes written" in text
+
+
+def test_a_prompt_is_stored_once_by_reference_and_preview_rebuilds_it_after_a_restart(fresh_stack):
+    """The reply's row holds no copy of its prompt, only its reference; a restarted coordinator reads the session
+    back and builds the prompt again from its rows: the same messages as the mock received, the hash checked."""
+    stack = fresh_stack()
+    out = stack.cli_json("send", "first, with a system prompt [[mock tokens=8]]", "--system", "be brief")
+    second = stack.cli_json("send", "second [[mock tokens=8]]", "--session", out["session_id"])
+    row = stack.db_message(second["message_id"])
+    assert row["prompt_messages"] is None and row["preview"] is None and row["dropped_message_ids"] is None
+    ref = json.loads(row["prompt_ref"])
+    assert ref["system"] == "be brief" and ref["dropped"] == 0 and len(row["prompt_ref"]) < 200
+    stack.kill("coordinator")
+    stack.start("coordinator")
+    preview = stack.cli_json("preview", second["message_id"])
+    body = journal_for(stack, "second [[mock")[-1]["body"]
+    assert preview["messages"] == body["messages"] and preview["exact"] is True and preview["problem"] is None
+    assert [msg["role"] for msg in body["messages"]] == ["system", "user", "assistant", "user"]
+    assert preview["prompt_hash"] == second["prompt_hash"]
+    text = stack.cli("preview", second["message_id"]).stdout.decode()
+    assert "[system]\nbe brief\n" in text and f"[assistant]\n{out['content']}\n" in text

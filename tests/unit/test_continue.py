@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from protocol import messages as m
-from services.coordinator.prompt import PromptTooLarge, assemble, continuation, original_of, prompt_hash
+from services.coordinator.prompt import PromptTooLarge, assemble, continuation, original_of, prompt_hash, rebuild
 from services.generator.rules import Generation, PrefillStrip
 from services.persister.core import PersisterCore, ReopenRow
 from services.mock_llm.script import continued_prefix, continued_tokens, reply_text, reply_tokens
@@ -63,7 +63,11 @@ def test_an_upstream_failure_after_the_first_token_continues_the_same_generation
     assert client_text(outs) == "Hello world" and persisted_text(outs) == "Hello world"
     (final,) = effects(done, ToPersister, m.Finalize)
     assert final.msg.status == "completed" and final.msg.length == 11
-    assert final.msg.prompt.prompt_hash == job.prompt_hash and final.msg.prompt.prompt_messages == job.messages
+    # the row takes the last segment's prompt by reference: built again from the session, it is the job's
+    assert final.msg.prompt.prompt_hash == job.prompt_hash and final.msg.prompt.prompt_messages is None
+    assert final.msg.prompt.prompt_ref["tail"] == {"id": final.msg.message_id, "length": 9, "style": "vllm"}
+    sess = machine.sessions[sid]
+    assert rebuild(sess.history, sess.record(final.msg.message_id)) == (job.messages, [], None)
     stats = final.msg.stats
     assert stats["continued"] == 1 and stats["continued_after"] == ["upstream disconnected after 9 characters"]
     assert [seg["from"] for seg in stats["segments"]] == [0, 9]

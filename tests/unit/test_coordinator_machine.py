@@ -96,7 +96,11 @@ def test_send_creates_messages_publishes_started_and_dispatches_the_frozen_promp
     assert started.msg.preview == "[user]\nhello\n\n" and started.msg.prompt_hash == result.prompt_hash
     creates = effects(out, ToPersister, m.CreateMessage)
     assert [(c.msg.role, c.msg.status) for c in creates] == [("user", "completed"), ("assistant", "streaming")]
-    assert creates[1].msg.prompt_messages == job.msg.messages and creates[0].msg.session_title == "hello"
+    # the reply's row holds its prompt by reference: the user message it answers, no copy of the texts
+    assert creates[1].msg.prompt_messages is None and creates[1].msg.preview is None
+    assert creates[1].msg.prompt_ref == {"system": None, "dropped": 0, "thinking": False,
+                                         "user": creates[0].msg.message_id}
+    assert creates[0].msg.session_title == "hello"
 
 
 def test_next_prompt_leaves_out_cancelled_and_errored_replies():
