@@ -186,7 +186,6 @@ def print_preview(preview: results.Preview) -> None:
         note += (f"\n# the thinking of {preview.thinking_left_out} earlier replies is left out, as reasoning models "
                  "advise (CHATTER_PROMPT_THINKING=keep keeps it)")
     if not preview.exact:
-        note += f"
-# NOT EXACTLY WHAT WAS SENT: {preview.problem}"
+        note += f"\n# NOT EXACTLY WHAT WAS SENT: {preview.problem}"
     print(note, file=sys.stderr)
     write_out(preview.preview)

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta, field
 
 from protocol import codec
-from protocol.codec import Int, Message
+from protocol.codec import PIECE_CHARS, Int, Message
 from protocol.records import MessageRecord, PromptMessage
 
 __all_records__ = (MessageRecord,)  # part of this schema: m.MessageRecord
@@ -172,6 +172,9 @@ class Started(Message, tag=20):
     dropped_message_ids: list[str] = field(default_factory=list)  # left out to fit the input budget
     max_input_tokens: Int = 0
     thinking_left_out: Int = 0  # earlier replies whose thinking the prompt leaves out (CHATTER_PROMPT_THINKING)
+    # a preview longer than a piece is not sent here (``preview`` is ""): this is its length, and ``chatter
+    # preview`` (the Preview request, paged) has it; -1: ``preview`` is the whole of it
+    preview_length: Int = -1
 
 
 class StreamDelta(Message, tag=21):
@@ -222,6 +225,49 @@ class Job(Message, tag=30):
     # with it; and thinking is over once an answer began (its <think> tags are not looked for)
     strip_prefix: str = ""
     think_tags: str = ""  # "": the generator's CHATTER_THINK_TAGS
+
+
+class JobPiece(Message, tag=34):
+    """More of a job's text: a job whose prompt is larger than a frame goes as one multipart message (zmq
+    delivers its frames together, to one generator), the ``Job`` with each long text cut to its first piece, then
+    these in order. ``message`` is the index of the message whose content ``text`` goes on, or -1 for the job's
+    ``strip_prefix``."""
+
+    message: Int
+    text: str
+
+
+def job_frames(job: Job) -> list[bytes]:
+    """A job as the frames of one multipart message, each of which fits (one frame for the usual job)."""
+    texts = [str(msg.get("content", "")) for msg in job.messages] + [job.strip_prefix]
+    if sum(len(text) for text in texts) <= PIECE_CHARS:
+        return [job.encode()]
+    pieces = [codec.pieces(text) for text in texts]
+    head = msgspec.structs.replace(
+        job, messages=[{**msg, "content": parts[0]} for msg, parts in zip(job.messages, pieces)],
+        strip_prefix=pieces[-1][0])
+    frames = [head.encode()]
+    for index, parts in enumerate(pieces):
+        frames += [JobPiece(-1 if index == len(job.messages) else index, part).encode() for part in parts[1:]]
+    return frames
+
+
+def job_of(frames: list[bytes]) -> Job:
+    """The job of a multipart message (``job_frames``); a ``FrameError`` for any frame that is not right."""
+    job = codec.decode(frames[0], (Job,))
+    more: dict[int, list[str]] = {}
+    for frame in frames[1:]:
+        piece = codec.decode(frame, (JobPiece,))
+        if not -1 <= piece.message < len(job.messages):
+            raise codec.BadField(f"JobPiece.message: {piece.message} is not a message of its job")
+        more.setdefault(piece.message, []).append(piece.text)
+    if more:
+        for index, parts in more.items():
+            if index == -1:
+                job.strip_prefix += "".join(parts)
+            else:
+                job.messages[index] = {**job.messages[index], "content": job.messages[index]["content"] + "".join(parts)}
+    return job
 
 
 class CancelGeneration(Message, tag=31):
@@ -421,13 +467,17 @@ class Finalize(Message, tag=52):
 
 class Reopen(Message, tag=54):
     """A finalized reply is continued (``chatter continue``): it streams again, as ``generation_id``, from its
-    stored texts (``content`` and ``reasoning``, which must be what the row holds), with this prompt."""
+    stored texts, with this prompt. The texts are the row's own, of ``length`` and ``reasoning_length``
+    characters (the persister reads them: a long reply would not fit a frame); ``content`` and ``reasoning``
+    carried them in an earlier version, and do when the lengths are -1."""
 
     message_id: str
     generation_id: str
     content: str
     reasoning: str
     prompt: ContinuedPrompt
+    length: Int = -1
+    reasoning_length: Int = -1
 
 
 class InterruptOrphans(Message, tag=53):

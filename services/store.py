@@ -503,6 +503,12 @@ def stored_messages(ids: set[str]) -> list[tuple[str, bool, int, int]]:
             for message_id, status, length, reasoning_length in rows]
 
 
+def final_texts(message_id: str) -> tuple[str, str]:
+    """A finalized message's answer and thinking as its row holds them ("", "" when there is no row)."""
+    row = Message.select(Message.content, Message.reasoning).where(Message.id == message_id).tuples().first()
+    return (row[0] or "", row[1] or "") if row else ("", "")
+
+
 def streamed_texts(message_id: str) -> tuple[str, str]:
     """The answer and the thinking of a message as durable now: its columns if final, else its chunks in
     order (a scan of the chunk log, which holds only what recent and streaming messages wrote)."""

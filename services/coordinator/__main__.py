@@ -55,7 +55,7 @@ class CoordinatorShell:
         # refused handshakes on the tcp channels, counted and logged (an unauthorized key, a plain client)
         watches = (shell.RefusalWatch(self.log, sock, channel) for sock, channel in zip(self.bound, transport.CHANNELS))
         self.refusals = {watch.monitor: watch for watch in watches if watch.monitor is not None}
-        self.pending_jobs: collections.deque[bytes] = collections.deque()
+        self.pending_jobs: collections.deque[list[bytes]] = collections.deque()  # each a multipart message
         self.reader = DatabaseReader(self.ctx, self.db, unreachable)
         self.machine.reads_health, self.machine.reads_last_failure = self.reader.health, self.reader.last_failure
         self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
@@ -77,7 +77,7 @@ class CoordinatorShell:
                     topic = getattr(effect.msg, "generation_id", "")
                     self.control.send(transport.published(topic, effect.msg.encode()))
                 elif kind is ToGenerators:
-                    self.pending_jobs.append(effect.msg.encode())
+                    self.pending_jobs.append(m.job_frames(effect.msg))
                 elif kind is ReplyTo:
                     self.rpc.send_multipart([effect.client, effect.msg.encode()])
                 elif kind is Log:
@@ -96,7 +96,7 @@ class CoordinatorShell:
                 pass  # no persister or its queue is full: the machine resends what is not acked
         while self.pending_jobs:
             try:
-                self.jobs.send(self.pending_jobs[0], zmq.NOBLOCK)
+                self.jobs.send_multipart(self.pending_jobs[0], zmq.NOBLOCK)
             except zmq.Again:
                 break  # every generator is full or none is connected: jobs wait here, in order
             self.pending_jobs.popleft()

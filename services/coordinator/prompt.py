@@ -6,7 +6,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from protocol.codec import MAX_FRAME_BYTES
 from protocol.records import THINK_CLOSE, THINK_OPEN, MessageRecord
 
 # Replies with these statuses are shown in history but never sent to the model again.
@@ -88,22 +87,6 @@ class PromptPackage:
         return dict(self.params)
 
 
-# What a prompt's frames hold beside its texts: the other fields of a job or a stored reply, ~48 bytes a
-# message and ~40 a left-out id (ids and roles), with room to spare.
-FRAME_SLACK_BYTES = 64 * 1024
-
-
-def check_fits_a_frame(messages: list[dict], dropped: tuple[str, ...] = ()) -> None:
-    """A prompt whose frames would not fit is refused before any is built: its job carries the messages (and a
-    prefilled reply to strip again), and the reply's row takes them with the preview, about as large again."""
-    text_bytes = sum(len(str(msg["content"]).encode("utf-8", "surrogatepass")) for msg in messages)
-    need = 2 * text_bytes + 48 * len(messages) + 40 * len(dropped) + FRAME_SLACK_BYTES
-    if need > MAX_FRAME_BYTES:
-        raise PromptTooLarge(f"the prompt is {text_bytes / 2**20:.1f} MiB of text in {len(messages)} messages; with "
-                             f"its preview it would not fit the {MAX_FRAME_BYTES // 2**20} MiB a frame holds: lower "
-                             "the session's input budget (/budget N, --max-input-tokens) or start a new session")
-
-
 def continuation(base: PromptPackage, partial: str, style: str, count_tokens, reply_id: str = "") -> PromptPackage:
     """The prompt that continues a reply: ``base``, the prompt the reply answered, then the reply so far as a
     trailing assistant message, and what ``style`` tells the server with it. Frozen and hashed like any other;
@@ -118,7 +101,6 @@ def continuation(base: PromptPackage, partial: str, style: str, count_tokens, re
     if base.max_input_tokens and tokens > base.max_input_tokens:
         raise PromptTooLarge(f"the prompt with the reply so far is ~{tokens} tokens; the input budget is "
                              f"{base.max_input_tokens}")
-    check_fits_a_frame(messages, base.dropped_message_ids)
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages), model=base.model,
         params=tuple(sorted(params.items())), preview=render_preview(messages, params),
@@ -249,7 +231,6 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     messages += [{"role": r.role, "content": prompt_content(r, keep_thinking)} for turn in kept for r in turn]
     messages.append({"role": "user", "content": user_text})
-    check_fits_a_frame(messages, dropped)
     # ``user``, the id of the message it answers, is the caller's to add (``with_user``)
     ref = {"system": system or None, "dropped": sum(len(turn) for turn in turns[:len(turns) - len(kept)]),
            "thinking": keep_thinking}

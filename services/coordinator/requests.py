@@ -8,6 +8,7 @@ import heapq
 import itertools
 
 from protocol import messages as m, results
+from protocol.codec import PIECE_CHARS
 from services.coordinator import pages, sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
 from services.coordinator.prompt import (CONTINUE_STYLES, PromptPackage, PromptTooLarge, assemble, continuation,
@@ -190,13 +191,10 @@ class Requests:
         sess.active_generation = gen_id
         self._touch(sess, now)
         sess.request_ids[client_request_id] = record.message_id
-        reopen = m.Reopen(record.message_id, gen_id, record.content, record.reasoning,
-                          m.ContinuedPrompt(None, prompt.prompt_hash, None, prompt.ref))
+        reopen = m.Reopen(record.message_id, gen_id, "", "", m.ContinuedPrompt(None, prompt.prompt_hash, None, prompt.ref),
+                          len(record.content), len(record.reasoning))  # the persister reads the texts from the row
         out.append(ToPersister(self.persisted.reopen(reopen, len(record.content), len(record.reasoning), now)))
-        out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, record.message_id,
-                                                        prompt.prompt_hash, prompt.preview, prompt.prompt_tokens,
-                                                        list(prompt.dropped_message_ids), prompt.max_input_tokens,
-                                                        prompt.thinking_left_out)))
+        out.append(ToClients(sess.session_id, started(sess.session_id, gen_id, record.message_id, prompt)))
         self._dispatch(gen, now, out)
         out.append(Log("generation_continues", {"session_id": sess.session_id, "generation_id": gen_id,
                                                 "message_id": record.message_id, "from": len(record.content),
@@ -262,10 +260,7 @@ class Requests:
         create = self._create_op(sess, record, now)
         create.supersedes = supersedes or None
         out.append(ToPersister(self.persisted.create(create, now)))
-        out.append(ToClients(sess.session_id, m.Started(sess.session_id, gen_id, message_id, prompt.prompt_hash,
-                                                        prompt.preview, prompt.prompt_tokens,
-                                                        list(prompt.dropped_message_ids), prompt.max_input_tokens,
-                                                        prompt.thinking_left_out)))
+        out.append(ToClients(sess.session_id, started(sess.session_id, gen_id, message_id, prompt)))
         gen.stream = sess.stream
         self._dispatch(gen, now, out)
         out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id,
@@ -500,6 +495,15 @@ class Requests:
             del self.sessions[sess.session_id]
             for record in sess.history:
                 self.message_sessions.pop(record.message_id, None)
+
+
+def started(session_id: str, generation_id: str, message_id: str, prompt: PromptPackage) -> m.Started:
+    """The ``started`` event of a reply (a new one, or one continued): its prompt's hash, tokens, what was left
+    out, and its preview when that fits a piece (a longer one is asked for with ``chatter preview``)."""
+    whole = len(prompt.preview) <= PIECE_CHARS
+    return m.Started(session_id, generation_id, message_id, prompt.prompt_hash, prompt.preview if whole else "",
+                     prompt.prompt_tokens, list(prompt.dropped_message_ids), prompt.max_input_tokens,
+                     prompt.thinking_left_out, -1 if whole else len(prompt.preview))
 
 
 def _ms_since(then: float | None, now: float) -> int | None:

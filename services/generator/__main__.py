@@ -186,13 +186,13 @@ class GeneratorShell:
         while True:
             await self.capacity.acquire()  # no free slot: leave jobs with the coordinator
             try:
-                payload = await self.jobs.recv()
+                frames = await self.jobs.recv_multipart()
             except BaseException:
                 self.capacity.release()
                 raise
             self.coordinator_heard_at = time.monotonic()
             try:
-                job = codec.decode(payload, (m.Job,))
+                job = m.job_of(frames)  # one frame, or a long prompt's several
             except codec.FrameError as err:
                 self.capacity.release()
                 self.bad_frames += 1

@@ -92,7 +92,7 @@ class MockLLM:
         self.ticks = Ticks()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # a 1M-token prompt is 4-16 MB
         app.router.add_post("/v1/chat/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/journal", self.read_journal)

@@ -52,8 +52,8 @@ class Stack(LocalStack):
         return subprocess.run([*self.cli_argv(), *args], env=self.env, cwd=REPO,
                               capture_output=True, timeout=timeout, **popen)
 
-    def cli_json(self, *args: str, timeout: float = 60) -> dict:
-        done = self.cli(*args, "--json", timeout=timeout)
+    def cli_json(self, *args: str, timeout: float = 60, **popen) -> dict:
+        done = self.cli(*args, "--json", timeout=timeout, **popen)
         assert done.stdout, f"no output; stderr: {done.stderr.decode(errors='replace')}"
         return json.loads(done.stdout)
 

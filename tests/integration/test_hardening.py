@@ -395,9 +395,7 @@ def test_a_process_that_cannot_run_refuses_to_start_in_one_line(tmp_path):
         ("coordinator", {"CHATTER_DATABASE_URL": "oracle://nowhere/db"}, "not a database URL"),
         ("persister", {"CHATTER_DATABASE_URL": "mysql://chatter@127.0.0.1:9/chatter"}, "driver"),
         ("persister", {"CHATTER_DATABASE_URL": f"sqlite:///{tmp_path}"}, "names a directory"),
-        ("persister", {"CHATTER_DATABASE_URL": f"postgresql://u:pw@127.0.0.1:{free_port()}/db"}, "Connection refused"),
-        ("coordinator", {"CHATTER_DATABASE_URL": f"postgresql://u:pw@127.0.0.1:{free_port()}/db"},
-         "Connection refused"),
+        # a server that does not answer is not a bad setting: it is waited for (test_postgres.py, "down at start")
         ("coordinator", {"CHATTER_RUN_DIR": str(a_file)}, "is a file"),
         ("coordinator", {"CHATTER_RUN_DIR": str(tmp_path / ("d" * 120))}, "too long for an ipc socket"),
         ("generator", {"CHATTER_GENERATOR_CONCURRENCY": "0"}, "CHATTER_GENERATOR_CONCURRENCY must be from 1"),

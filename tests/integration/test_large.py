@@ -100,17 +100,23 @@ def test_a_list_of_sessions_over_a_frame_comes_page_by_page(stack):
     still_up(stack)
 
 
-def test_a_prompt_too_large_for_its_frames_is_refused_in_one_line_and_nothing_dies(stack):
-    """2 MiB of emoji in one message with a budget that lets it in: its job and its stored preview could not be
-    sent; refused before anything is built, in words, and the session takes the next message."""
-    session = stack.cli_json("send", "first [[mock tokens=5]]", "--max-input-tokens", "4000000")
-    big = stack.cli("send", "-", "--session", session["session_id"], "--json", timeout=120,
-                    input=("🙂" * 524_288).encode())  # from standard input: an argument holds 128 KiB at most
-    assert big.returncode != 0
-    words = big.stderr.decode()
-    assert "would not fit" in words and "input budget" in words and "Traceback" not in words, words
-    after = stack.cli_json("send", "after [[mock tokens=5]]", "--session", session["session_id"])
-    assert after["status"] == "completed"
-    history = stack.cli_json("history", session["session_id"])
-    assert [msg["content"][:5] for msg in history["messages"] if msg["role"] == "user"] == ["first", "after"]
+def test_a_prompt_over_a_frame_is_sent_whole_and_preview_rebuilds_it(stack):
+    """Three messages of 2 MiB of emoji with a budget that lets them in (a long conversation with a 1M-token
+    model): the prompt is ~6 MiB, over a frame. Its job goes to the generator in pieces, the server receives all
+    of it, the reply is stored with a reference and not a copy, and preview builds the exact prompt again."""
+    first = stack.cli_json("send", "-", "--max-input-tokens", "8000000", timeout=120,
+                           input=("🙂" * 524_287 + "1").encode())  # from standard input: an argument holds 128 KiB
+    session_id = first["session_id"]
+    for n in (2, 3):
+        out = stack.cli_json("send", "-", "--session", session_id, timeout=120,
+                             input=("数" * 524_280 + f" turn {n}").encode())
+        assert out["status"] == "completed", out
+    body = stack.journal()[-1]["body"]
+    sent = sum(utf8(msg["content"]) for msg in body["messages"])
+    assert sent > codec.MAX_FRAME_BYTES + 1_000_000 and len(body["messages"]) == 5
+    preview = stack.cli_json("preview", out["message_id"], timeout=120)
+    assert preview["messages"] == body["messages"] and preview["exact"] is True
+    assert preview["prompt_hash"] == out["prompt_hash"]
+    row = stack.db_message(out["message_id"])
+    assert row["prompt_messages"] is None and row["preview"] is None and len(row["prompt_ref"]) < 200
     still_up(stack)

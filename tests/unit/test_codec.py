@@ -17,7 +17,7 @@ SAMPLES = [
     m.Started("s", "g", "msg", "h", "[user]\nhi\n\n", 3),
     m.StreamDelta("s", "g", 10, "text", 4),
     m.Final("s", "g", "msg", "completed", 10, "h", {"tokens": 3}, None),
-    m.Job("g", [{"role": "user", "content": "hi"}], "mock-1", {}, "h"),
+    m.Job("g", [{"role": "user", "content": "hi"}], "mock-1", {}, "h"), m.JobPiece(0, "more of it"),
     m.CancelGeneration("g"), m.CoordinatorHeartbeat(1.5, "inst"), m.ResumeGeneration("g", 3, 1),
     m.GenAnnounce("gen-1", [m.LiveGeneration("g", 2, 5, 1, 3, False)]), m.GenCatchUp("g", 2, 3, "xy", 1, 1, "ab"),
     m.GenStarted("g", "gen-1"), m.GenDelta("g", 1, "t", 1, 2.5), m.GenDeltaBatch([m.DeltaItem("g", 1, "t", 1, 2.5)]), m.GenDone("g", 3, 10, "stop", 3, "server", 5),
@@ -209,3 +209,19 @@ def test_any_values_in_a_request_decode_or_raise_frame_error(cls, values):
                 assert t.ge <= value <= t.le
             if isinstance(t, (mi.StrType, mi.DictType)) and t.max_length is not None and value is not None:
                 assert len(value) <= t.max_length
+
+
+@pytest.mark.parametrize("strip", ["", "One, two," * 70_000])
+def test_a_job_larger_than_a_frame_goes_as_pieces_of_one_message_and_joins_whole(strip):
+    """A 10 MB prompt (a long conversation with a 1M-token model): frames that each fit, joined to the very job."""
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "über 🙂 " * 600_000},
+                {"role": "assistant", "content": "ok"}, {"role": "user", "content": "数据" * 800_000, "prefix": True}]
+    job = m.Job("g", messages, "mock-1", {"temperature": 0.5}, "h", strip_prefix=strip)
+    with pytest.raises(codec.FrameTooLarge):
+        job.encode()
+    frames = m.job_frames(job)
+    assert len(frames) > 3 and max(map(len, frames)) <= codec.MAX_FRAME_BYTES
+    assert m.job_of(frames) == job
+    assert m.job_frames(m.Job("g", messages[:1], "mock-1", {}, "h")) == [m.Job("g", messages[:1], "mock-1", {}, "h").encode()]
+    with pytest.raises(codec.FrameError):
+        m.job_of([frames[0], m.JobPiece(9, "x").encode()])  # a piece of no message of its job

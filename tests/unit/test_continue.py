@@ -184,7 +184,9 @@ def test_continue_extends_the_same_message_from_its_length():
     result = reply(out).result
     (reopen,) = effects(out, ToPersister, m.Reopen)
     assert result.generation_id != gid and result.message_id == reopen.msg.message_id
-    assert reopen.msg.content == "One, two," and reopen.msg.generation_id == result.generation_id
+    # the texts are the row's: named by their lengths, read by the persister (a long reply would not fit a frame)
+    assert (reopen.msg.content, reopen.msg.length, reopen.msg.reasoning_length) == ("", 9, 0)
+    assert reopen.msg.generation_id == result.generation_id
     job = job_of(out)
     assert job.messages[-1] == {"role": "assistant", "content": "One, two,", "prefix": True}
     assert (job.seq_from, job.length_from) == (0, 9) and job.params == {}
