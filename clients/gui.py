@@ -508,8 +508,8 @@ class Window(QMainWindow):
         dialog.setWindowTitle(f"Prompt of {preview.message_id}")
         layout = QVBoxLayout(dialog)
         notes = [f"model {preview.model}, sha256 {preview.prompt_hash}"]
-        if preview.dropped_message_ids:
-            notes.append(f"left out to fit the input budget: {len(preview.dropped_message_ids)} older messages")
+        if preview.dropped_count:
+            notes.append(f"left out to fit the input budget: {preview.dropped_count} older messages")
         if preview.thinking_left_out:
             notes.append(f"the thinking of {preview.thinking_left_out} earlier replies is left out")
         layout.addWidget(QLabel("\n".join(notes)))

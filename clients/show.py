@@ -179,8 +179,10 @@ def thinking_fold(reasoning: str, stats: dict | None) -> str:
 
 def print_preview(preview: results.Preview) -> None:
     note = f"# prompt of {preview.message_id} — model {preview.model}, sha256 {preview.prompt_hash}"
-    if preview.dropped_message_ids:
-        note += (f"\n# left out to fit the input budget: {len(preview.dropped_message_ids)} older messages: "
+    if preview.dropped_count:
+        shown = "" if len(preview.dropped_message_ids) == preview.dropped_count else \
+            f" (the newest {len(preview.dropped_message_ids)} of them)"
+        note += (f"\n# left out to fit the input budget: {preview.dropped_count} older messages{shown}: "
                  + ", ".join(preview.dropped_message_ids))
     if preview.thinking_left_out:
         note += (f"\n# the thinking of {preview.thinking_left_out} earlier replies is left out, as reasoning models "

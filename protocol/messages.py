@@ -169,12 +169,14 @@ class Started(Message, tag=20):
     prompt_hash: str
     preview: str
     prompt_tokens: Int
-    dropped_message_ids: list[str] = field(default_factory=list)  # left out to fit the input budget
+    dropped_message_ids: list[str] = field(default_factory=list)  # left out to fit the input budget (the newest
+    # records.DROPPED_SHOWN of ``dropped_count``)
     max_input_tokens: Int = 0
     thinking_left_out: Int = 0  # earlier replies whose thinking the prompt leaves out (CHATTER_PROMPT_THINKING)
     # a preview longer than a piece is not sent here (``preview`` is ""): this is its length, and ``chatter
     # preview`` (the Preview request, paged) has it; -1: ``preview`` is the whole of it
     preview_length: Int = -1
+    dropped_count: Int = 0
 
 
 class StreamDelta(Message, tag=21):

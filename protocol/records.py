@@ -6,10 +6,15 @@ from typing import Optional, Union
 import msgspec
 from msgspec import field
 
+from protocol.codec import Int
+
 # {"role": ..., "content": ...}, and a continuation's trailing assistant message may carry "prefix": true
 # (DeepSeek, Mistral): the openai client takes it as it is
 PromptMessage = dict[str, Union[str, bool]]
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # as reasoning models write their thinking inline in content
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# the ids of messages left out of a prompt that an answer lists: a long session may leave out 100,000, whose ids
+# alone would not fit a frame; the count says how many there are
+DROPPED_SHOWN = 1000  # as reasoning models write their thinking inline in content
 
 
 class MessageView(msgspec.Struct, kw_only=True):
@@ -29,7 +34,8 @@ class MessageView(msgspec.Struct, kw_only=True):
     error: Optional[str] = None
     superseded: bool = False
     client_request_id: Optional[str] = None
-    dropped_message_ids: list[str] = field(default_factory=list)
+    dropped_message_ids: list[str] = field(default_factory=list)  # the newest DROPPED_SHOWN of those left out...
+    dropped_count: Int = 0  # ...of this many (0 with ids: an earlier version's record, all of them listed)
     reasoning: str = ""  # a reasoning model's thinking before its answer
 
 

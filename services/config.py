@@ -9,6 +9,9 @@ from protocol.codec import MAX_FRAME_BYTES
 from services.persister.core import ROTATE_ROWS
 
 DAY_MS = 86_400_000
+# a user message and the session's system prompt go in one frame to the persister (a message's row and its
+# session's): each at most this many characters, 4 UTF-8 bytes each at worst, 3.2 MiB together
+MAX_TEXT_CHARS_MOST = MAX_FRAME_BYTES // 10
 
 
 def env_str(name: str, default: str) -> str:
@@ -173,8 +176,8 @@ class CoordinatorSettings:
             checkpoint_ms=env_int("CHATTER_CHECKPOINT_MS", 250, lo=1, hi=60_000),
             persist_resend_ms=env_int("CHATTER_PERSIST_RESEND_MS", 2000, lo=10, hi=600_000),
             generator_dead_ms=env_int("CHATTER_GENERATOR_DEAD_MS", 3000, lo=100, hi=3_600_000),
-            # a text of this many characters (4 UTF-8 bytes each at worst) must fit in one frame
-            max_text_chars=env_int("CHATTER_MAX_TEXT_CHARS", 100_000, lo=1, hi=MAX_FRAME_BYTES // 8),
+            # a user message and a system prompt of this many characters fit one frame together
+            max_text_chars=env_int("CHATTER_MAX_TEXT_CHARS", 100_000, lo=1, hi=MAX_TEXT_CHARS_MOST),
             default_model=default_model(),
             max_input_tokens=env_int("CHATTER_MAX_INPUT_TOKENS", 8192, lo=1, hi=2**31 - 1),
             stall_ms=env_int("CHATTER_STALL_MS", 30_000, lo=100, hi=DAY_MS),

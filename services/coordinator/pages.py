@@ -2,7 +2,7 @@
 history. Pure: the machine's handlers build the whole answer, these cut the page a request asks for.
 
 A page holds at most ``PAGE_BYTES`` of texts beside its fixed fields (a system prompt or a user text of up to
-CHATTER_MAX_TEXT_CHARS, 2 MiB at most), so that it stays under the 4 MiB frame whatever they hold."""
+CHATTER_MAX_TEXT_CHARS, 1.6 MiB at most), so that it stays under the 4 MiB frame whatever they hold."""
 from __future__ import annotations
 
 from typing import Iterator

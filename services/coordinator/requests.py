@@ -9,6 +9,7 @@ import itertools
 
 from protocol import messages as m, results
 from protocol.codec import PIECE_CHARS
+from protocol.records import DROPPED_SHOWN
 from services.coordinator import pages, sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
 from services.coordinator.prompt import (CONTINUE_STYLES, PromptPackage, PromptTooLarge, assemble, continuation,
@@ -291,7 +292,8 @@ class Requests:
     def _result(self, sess: SessionState, record: m.MessageRecord) -> results.ReplyStarted:
         return results.ReplyStarted(session_id=sess.session_id, generation_id=record.generation_id,
                                     message_id=record.message_id, prompt_hash=record.prompt_hash,
-                                    dropped_message_ids=list(record.dropped_message_ids))
+                                    dropped_message_ids=list(record.dropped_message_ids),
+                                    dropped_count=record.dropped_count or len(record.dropped_message_ids))
 
     def _on_cancel(self, msg: m.Cancel, now: float, out: list) -> results.Result:
         sess = self._session(msg.session_id)
@@ -451,7 +453,8 @@ class Requests:
         left_out = gen.prompt.thinking_left_out if gen else (record.stats or {}).get("thinking_left_out", 0)
         whole = results.Preview(message_id=msg.message_id, session_id=sess.session_id, preview=preview,
                                 messages=messages, prompt_hash=record.prompt_hash, model=record.model,
-                                dropped_message_ids=dropped, thinking_left_out=left_out, exact=problem is None,
+                                dropped_message_ids=dropped[-DROPPED_SHOWN:], dropped_count=len(dropped),
+                                thinking_left_out=left_out, exact=problem is None,
                                 problem=problem)
         return pages.preview_page(whole, msg.preview_offset, msg.index, msg.offset)
 
@@ -502,8 +505,9 @@ def started(session_id: str, generation_id: str, message_id: str, prompt: Prompt
     out, and its preview when that fits a piece (a longer one is asked for with ``chatter preview``)."""
     whole = len(prompt.preview) <= PIECE_CHARS
     return m.Started(session_id, generation_id, message_id, prompt.prompt_hash, prompt.preview if whole else "",
-                     prompt.prompt_tokens, list(prompt.dropped_message_ids), prompt.max_input_tokens,
-                     prompt.thinking_left_out, -1 if whole else len(prompt.preview))
+                     prompt.prompt_tokens, list(prompt.dropped_message_ids[-DROPPED_SHOWN:]),
+                     prompt.max_input_tokens, prompt.thinking_left_out, -1 if whole else len(prompt.preview),
+                     len(prompt.dropped_message_ids))
 
 
 def _ms_since(then: float | None, now: float) -> int | None:

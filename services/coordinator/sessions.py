@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol.records import MessageRecord
+from protocol.records import DROPPED_SHOWN, MessageRecord
 from protocol.results import SessionSummary
 from services.coordinator.prompt import CONTINUE_STYLES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, in_prompt
 
@@ -118,7 +118,8 @@ def assistant_record(message_id: str, session_id: str, generation_id: str, promp
                          status="queued", created_at=now, generation_id=generation_id,
                          prompt_hash=prompt.prompt_hash, model=prompt.model, prompt_ref=prompt.ref,
                          params=prompt.wire_params(), client_request_id=client_request_id,
-                         dropped_message_ids=list(prompt.dropped_message_ids))
+                         dropped_message_ids=list(prompt.dropped_message_ids[-DROPPED_SHOWN:]),
+                         dropped_count=len(prompt.dropped_message_ids))
 
 
 def summary(sess: SessionState, streaming: bool) -> SessionSummary:

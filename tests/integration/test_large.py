@@ -18,7 +18,7 @@ MODEL = "mock-1"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("large"), CHATTER_MAX_TEXT_CHARS="524288")
+    stack = Stack(tmp_path_factory.mktemp("large"), CHATTER_MAX_TEXT_CHARS="419430")
     try:
         stack.start()
         yield stack
@@ -101,19 +101,19 @@ def test_a_list_of_sessions_over_a_frame_comes_page_by_page(stack):
 
 
 def test_a_prompt_over_a_frame_is_sent_whole_and_preview_rebuilds_it(stack):
-    """Three messages of 2 MiB of emoji with a budget that lets them in (a long conversation with a 1M-token
-    model): the prompt is ~6 MiB, over a frame. Its job goes to the generator in pieces, the server receives all
+    """Three messages of 1.6 MiB of emoji with a budget that lets them in (a long conversation with a 1M-token
+    model): the prompt is ~4.8 MiB, over a frame. Its job goes to the generator in pieces, the server receives all
     of it, the reply is stored with a reference and not a copy, and preview builds the exact prompt again."""
     first = stack.cli_json("send", "-", "--max-input-tokens", "8000000", timeout=120,
-                           input=("🙂" * 524_287 + "1").encode())  # from standard input: an argument holds 128 KiB
+                           input=("🙂" * 419_429 + "1").encode())  # from standard input: an argument holds 128 KiB
     session_id = first["session_id"]
     for n in (2, 3):
         out = stack.cli_json("send", "-", "--session", session_id, timeout=120,
-                             input=("数" * 524_280 + f" turn {n}").encode())
+                             input=("数" * 419_420 + f" turn {n}").encode())
         assert out["status"] == "completed", out
     body = stack.journal()[-1]["body"]
     sent = sum(utf8(msg["content"]) for msg in body["messages"])
-    assert sent > codec.MAX_FRAME_BYTES + 1_000_000 and len(body["messages"]) == 5
+    assert sent > codec.MAX_FRAME_BYTES and len(body["messages"]) == 5
     preview = stack.cli_json("preview", out["message_id"], timeout=120)
     assert preview["messages"] == body["messages"] and preview["exact"] is True
     assert preview["prompt_hash"] == out["prompt_hash"]

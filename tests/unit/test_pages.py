@@ -90,7 +90,7 @@ HEAD = results.History(session_id="s", title="t", system=None, max_input_tokens=
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(TEXTS, TEXTS), max_size=6), st.integers(300, 900))
+@given(st.lists(st.tuples(TEXTS, TEXTS), max_size=6), st.integers(350, 900))
 def test_a_history_read_page_by_page_is_the_whole_history(monkeypatch_page, texts, page_bytes):
     monkeypatch_page(page_bytes)  # a page holds a message's fields (~200 bytes) and a little text
     all_views = views(texts)
@@ -113,7 +113,7 @@ def test_a_history_over_a_frame_comes_in_pages_that_each_fit():
 
 
 def test_a_history_with_a_system_prompt_of_two_mib_still_moves_on():
-    head = msgspec.structs.replace(HEAD, system="🙂" * 524_288)  # CHATTER_MAX_TEXT_CHARS at its highest
+    head = msgspec.structs.replace(HEAD, system="🙂" * 419_430)  # CHATTER_MAX_TEXT_CHARS at its highest
     all_views = views([("x" * 3_000_000, "")])
     got, count = read_history(all_views, head)
     assert got.messages == all_views and count >= 3
