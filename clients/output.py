@@ -28,6 +28,7 @@ def outcome_json(session_id: str, view: ReplyView, started: results.ReplyStarted
         "tok_per_s": stats.get("tok_per_s"),
         "finish_reason": stats.get("finish_reason"),  # the server's: stop, length, content_filter...
         "reasoning": view.reasoning,  # a reasoning model's thinking before its answer ("" without)
+        "tool_calls": view.tool_calls,  # the tools it called, as OpenAI's API has them ([] without)
         "reasoning_tokens": stats.get("reasoning_tokens"),  # part of tokens
         "reasoning_tokens_source": stats.get("reasoning_tokens_source"),
         "thinking_ms": stats.get("thinking_ms"),

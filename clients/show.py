@@ -59,6 +59,8 @@ def finish(outcome: dict, view: ReplyView, renderer: ReplyRenderer | None) -> in
         print(json.dumps(outcome, ensure_ascii=False))
     else:
         renderer.finish(outcome, stats, view.text)
+        for call in view.tool_calls:
+            print(tool_call_line(call))
     if not outcome["saved"]:
         print(f"chatter: the reply is {outcome['status']} ({len(view.text)} characters) but not saved yet: the "
               "persister or its database is unreachable; it is saved when they are back "
@@ -151,7 +153,14 @@ def print_history(history: results.History, show_thinking: bool = False) -> None
             print(thinking_fold(msg.reasoning, stats) if not show_thinking else
                   f"[thinking]\n{msg.reasoning}\n[/thinking]")
         print(msg.content)
+        for call in msg.tool_calls:
+            print(tool_call_line(call))
         print()
+
+
+def tool_call_line(call: dict) -> str:
+    """A tool call as one line: ``→ get_weather({"city": "Oslo"})  [call_1]``."""
+    return f"→ {call['function']['name']}({call['function']['arguments']})  [{call.get('id', '')}]"
 
 
 def continued_label(stats: dict) -> str:

@@ -7,6 +7,7 @@ the ZeroMQ guide's Clone pattern: subscribe first, then snapshot, then drop what
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from protocol import messages as m
@@ -71,6 +72,7 @@ class ReplyView:
     answer: TextView = field(default_factory=TextView)
     thinking: TextView = field(default_factory=TextView)
     kept_text: str | None = None  # set by ``cancel``: what this client had when it asked to stop
+    tool_calls: list[dict] = field(default_factory=list)  # the tools it called, as OpenAI's API has them
     ended: object | None = None  # the snapshot of a reply that ended but is not durable yet
 
     @property
@@ -124,11 +126,31 @@ class ReplyView:
             self.final = {"status": event.status, "message_id": event.message_id, "stats": event.stats,
                           "error": event.error, "content_hash": event.content_hash}
             return APPLIED
+        if isinstance(event, m.StreamToolCall):
+            return self._apply_tool_call(event)
         if isinstance(event, m.Started):
             self.preview = event.preview
             self.thinking_left_out = event.thinking_left_out
             return APPLIED
         return IGNORED
+
+    def _apply_tool_call(self, event: m.StreamToolCall) -> str:
+        """A tool call's arguments grow by offset, as a text does; a call's index past the next one is a gap."""
+        if event.index > len(self.tool_calls):
+            self.gaps += 1
+            return GAP
+        if event.index == len(self.tool_calls):
+            self.tool_calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call = self.tool_calls[event.index]
+        call["id"], call["function"]["name"] = event.call_id or call["id"], event.name or call["function"]["name"]
+        have = len(call["function"]["arguments"])
+        if event.offset > have:
+            self.gaps += 1
+            return GAP
+        if event.offset + len(event.arguments) <= have:
+            return IGNORED
+        call["function"]["arguments"] += event.arguments[have - event.offset:]
+        return APPLIED
 
     def apply_snapshot(self, snap) -> str:
         # ``snap``: a protocol.results.Snapshot
@@ -137,6 +159,8 @@ class ReplyView:
             return IGNORED
         self.thinking.adopt(snap.reasoning, snap.final)
         self.answer.adopt(snap.text, snap.final)
+        if len(json.dumps(snap.tool_calls)) >= len(json.dumps(self.tool_calls)) or snap.final:
+            self.tool_calls = [dict(call, function=dict(call["function"])) for call in snap.tool_calls]
         if snap.final:
             self.status = snap.status
             self.final = {"status": snap.status, "message_id": snap.message_id, "stats": snap.stats,

@@ -206,7 +206,20 @@ class Final(Message, tag=22):
     reasoning_length: Int = 0  # the thinking's length
 
 
-STREAM_EVENTS = (Started, StreamDelta, Final)
+class StreamToolCall(Message, tag=23):
+    """A tool call of a reply growing: call ``index`` (its ``call_id`` and ``name`` once known), its arguments'
+    text at ``offset``. Apply only when offset == the length of that call's arguments so far."""
+
+    session_id: str
+    generation_id: str
+    index: Int
+    call_id: str
+    name: str
+    offset: Int
+    arguments: str
+
+
+STREAM_EVENTS = (Started, StreamDelta, Final, StreamToolCall)
 
 # ---------------------------------------------------------------- jobs and control
 
@@ -332,6 +345,17 @@ class GenDeltaBatch(Message, tag=46):
     deltas: list[DeltaItem]
 
 
+class GenToolCall(Message, tag=49):
+    """A tool call's delta from upstream: call ``index``, its id and function name when the server first sends
+    them (else ""), and more of its arguments' text."""
+
+    generation_id: str
+    index: Int
+    call_id: str
+    name: str
+    arguments: str
+
+
 class GenDone(Message, tag=42):
     generation_id: str
     last_seq: Int
@@ -404,7 +428,7 @@ class GenCatchUp(Message, tag=48):
 
 
 GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat, GenAnnounce,
-              GenCatchUp)
+              GenCatchUp, GenToolCall)
 
 # ---------------------------------------------------------------- persist: coordinator -> persister
 
@@ -465,6 +489,7 @@ class Finalize(Message, tag=52):
     reasoning_length: Int = 0  # the thinking's length: a cancel may keep less than was checkpointed
     # a reply continued after a fault: the prompt of its last segment, which the row's prompt columns take
     prompt: Optional[ContinuedPrompt] = None
+    tool_calls: Optional[list[dict]] = None  # the tools it called (``MessageRecord.tool_calls``)
 
 
 class Reopen(Message, tag=54):
@@ -508,7 +533,14 @@ class SaveSession(Message, tag=55):
     session_settings: Optional[dict] = None
 
 
-PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession)
+class SaveToolCalls(Message, tag=56):
+    """A streaming reply's tool calls as they stand (a checkpoint: the final ones go with its ``Finalize``)."""
+
+    message_id: str
+    tool_calls: list[dict]
+
+
+PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession, SaveToolCalls)
 
 
 class PersistAck(Message, tag=60):

@@ -10,7 +10,8 @@ from protocol.codec import Int
 
 # {"role": ..., "content": ...}, and a continuation's trailing assistant message may carry "prefix": true
 # (DeepSeek, Mistral): the openai client takes it as it is
-PromptMessage = dict[str, Union[str, bool]]
+# and an assistant message that called tools carries "tool_calls", as OpenAI's API has them
+PromptMessage = dict[str, Union[str, bool, list, None]]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # the ids of messages left out of a prompt that an answer lists: a long session may leave out 100,000, whose ids
 # alone would not fit a frame; the count says how many there are
@@ -36,6 +37,9 @@ class MessageView(msgspec.Struct, kw_only=True):
     client_request_id: Optional[str] = None
     dropped_message_ids: list[str] = field(default_factory=list)  # the newest DROPPED_SHOWN of those left out...
     dropped_count: Int = 0  # ...of this many (0 with ids: an earlier version's record, all of them listed)
+    # the tools the model called, as OpenAI's API has them: [{"id", "type": "function", "function": {"name",
+    # "arguments"}}], the arguments' text as the model streamed it (finish_reason "tool_calls")
+    tool_calls: list[dict] = field(default_factory=list)
     reasoning: str = ""  # a reasoning model's thinking before its answer
 
 

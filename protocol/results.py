@@ -52,6 +52,7 @@ class Snapshot(Result, tag="snapshot"):
     superseded: bool = False
     user_text: Optional[str] = None
     reasoning: str = ""  # the thinking, exactly as clients were sent it (offset = its length)
+    tool_calls: list[dict] = field(default_factory=list)  # the tools it called, so far
     # a page: ``text`` and ``reasoning`` begin at these offsets (the request's, or the text's length when it is
     # shorter: a cancel cut it), and ``more`` says that the texts go on past what this page holds
     offset: Int = 0

@@ -72,6 +72,7 @@ class Message(BaseModel):
     # prompt (prompt_messages, preview, dropped_message_ids, as earlier versions kept) grew a session's storage
     # with the square of its length (docs/PERFORMANCE.md, "A prompt stored once")
     prompt_ref = JSONField(null=True)
+    tool_calls = JSONField(null=True)  # the tools the reply called (protocol.records.MessageRecord.tool_calls)
 
 
 class Chunk(BaseModel):
@@ -360,7 +361,7 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
             prompt_messages=_json(op.prompt_messages), prompt_hash=op.prompt_hash, preview=op.preview,
             model=op.model, params=_json(op.params), content_hash=None, stats=None, error=None, superseded=False,
             client_request_id=op.client_request_id, dropped_message_ids=_json(op.dropped_message_ids),
-            created_at=op.created_at, updated_at=op.created_at, prompt_ref=_json(op.prompt_ref))))
+            created_at=op.created_at, updated_at=op.created_at, prompt_ref=_json(op.prompt_ref), tool_calls=None)))
     db.cursor().executemany(_insert_sql(db, Message, _MESSAGE_COLUMNS), rows)
 
 
@@ -471,15 +472,21 @@ def log_entries(row) -> list[tuple[int, str, int, str, bool]]:
 
 
 def write_final(message_id: str, status: str, content: str, stats: dict, error: str | None,
-                content_hash: str | None, reasoning: str = "", prompt=None) -> None:
+                content_hash: str | None, reasoning: str = "", prompt=None, tool_calls: list | None = None) -> None:
     """A message's final row; a reply continued after a fault takes its last segment's prompt (a
     ``ContinuedPrompt``) too."""
     columns = dict(content=content, length=len(content), status=status, stats=stats, error=error,
                    content_hash=content_hash, reasoning=reasoning, updated_at=time.time())
+    if tool_calls is not None:
+        columns["tool_calls"] = tool_calls
     if prompt is not None:
         columns.update(prompt_messages=prompt.prompt_messages, prompt_hash=prompt.prompt_hash, preview=prompt.preview,
                        prompt_ref=prompt.prompt_ref)
     Message.update(**columns).where(Message.id == message_id).execute()
+
+
+def write_tool_calls(message_id: str, tool_calls: list) -> None:
+    Message.update(tool_calls=tool_calls).where(Message.id == message_id).execute()
 
 
 def reopen_message(op) -> None:
@@ -638,7 +645,7 @@ def message_record(row: dict, content: str, reasoning: str) -> MessageRecord:
         model=row["model"], stats=row["stats"] or {}, error=row["error"], preview=row["preview"],
         prompt_messages=row["prompt_messages"], params=row["params"], superseded=bool(row["superseded"]),
         client_request_id=row["client_request_id"], dropped_message_ids=row["dropped_message_ids"] or [],
-        prompt_ref=row["prompt_ref"])
+        prompt_ref=row["prompt_ref"], tool_calls=row["tool_calls"] or [])
 
 
 def load_session(session_id: str) -> dict | None:

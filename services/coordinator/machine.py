@@ -84,6 +84,7 @@ class Coordinator(Requests, StreamRules, Adoption):
             m.SessionSaved: self._on_session_saved,
             m.PersisterStats: self._on_persister_stats, m.PersistRejected: self._on_persist_rejected,
             m.GenAnnounce: self._on_gen_announce, m.GenCatchUp: self._on_gen_catch_up,
+            m.GenToolCall: self._on_gen_tool_call,
         }
         # any message of the persister says it is there (status): noted by its handlers alone, so that the
         # generators' events, the per-delta path, pay nothing for it

@@ -35,7 +35,9 @@ def render_preview(messages: list[dict], params: dict | None = None) -> str:
             role += ", prefix: true"
         if i == len(messages) - 1 and msg["role"] == "assistant":
             role += ", to be continued"
-        out.append(f"[{role}]\n{msg['content']}\n\n")
+        calls = "".join(f"\n[tool call {call.get('id', '')}: {call['function']['name']}({call['function']['arguments']})]"
+                        for call in msg.get("tool_calls") or ())
+        out.append(f"[{role}]\n{msg['content']}{calls}\n\n")
     told = [f"{key}: {json.dumps(params[key])}" for key in CONTINUE_FIELDS if key in (params or {})]
     if told:
         out.append(f"[request: {', '.join(told)}]\n")
@@ -76,9 +78,12 @@ class PromptPackage:
     prefix_last: bool = False  # a continuation in the prefix style: its last message carries "prefix": true
     # how to build it again from the session (``rebuild``): what a reply stores instead of a copy of its prompt
     ref: dict | None = None
+    tool_calls: tuple = ()  # (index, calls) of the messages that called tools: their "tool_calls", as sent
 
     def wire_messages(self) -> list[dict]:
         out = [{"role": role, "content": content} for role, content in self.messages]
+        for index, calls in self.tool_calls:
+            out[index]["tool_calls"] = [dict(call) for call in calls]
         if self.prefix_last:
             out[-1]["prefix"] = True
         return out
@@ -103,6 +108,7 @@ def continuation(base: PromptPackage, partial: str, style: str, count_tokens, re
                              f"{base.max_input_tokens}")
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages), model=base.model,
+        tool_calls=base.tool_calls,
         params=tuple(sorted(params.items())), preview=render_preview(messages, params),
         prompt_hash=prompt_hash(messages, base.model, params), prompt_tokens=tokens,
         dropped_message_ids=base.dropped_message_ids, max_input_tokens=base.max_input_tokens,
@@ -115,10 +121,11 @@ def original_of(package: PromptPackage, count_tokens) -> PromptPackage:
     reply continued twice extends the prompt it first answered, never a continuation of a continuation)."""
     if not package.messages or package.messages[-1][0] != "assistant":
         return package
-    messages = [{"role": role, "content": content} for role, content in package.messages[:-1]]
+    messages = package.wire_messages()[:-1]
     params = {k: v for k, v in package.params if k not in CONTINUE_FIELDS}
     return PromptPackage(
         messages=package.messages[:-1], model=package.model, params=tuple(sorted(params.items())),
+        tool_calls=package.tool_calls,
         preview=render_preview(messages), prompt_hash=prompt_hash(messages, package.model, params),
         prompt_tokens=package.prompt_tokens - count_tokens(package.messages[-1][1], package.model) - TOKENS_PER_MESSAGE,
         dropped_message_ids=package.dropped_message_ids, max_input_tokens=package.max_input_tokens,
@@ -142,6 +149,7 @@ def package_of(history: list[MessageRecord], record: MessageRecord, count_tokens
     tokens = sum(count_tokens(msg["content"], model) + TOKENS_PER_MESSAGE for msg in messages) + REPLY_PRIMING_TOKENS
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages), model=model,
+        tool_calls=tool_calls_of(messages),
         params=tuple(sorted(params.items())), preview=record.preview or render_preview(messages, params),
         prompt_hash=record.prompt_hash or prompt_hash(messages, model, params), prompt_tokens=tokens,
         dropped_message_ids=tuple(dropped or record.dropped_message_ids),
@@ -166,7 +174,7 @@ def rebuild(history: list[MessageRecord], record: MessageRecord) -> tuple[list[d
         return messages, [], f"the message it answered ({ref['user']}) is no longer in the session"
     candidates = [r for r in history[:user_at] if in_prompt(r)]
     kept = candidates[ref.get("dropped", 0):]
-    messages += [{"role": r.role, "content": prompt_content(r, ref.get("thinking", False))} for r in kept]
+    messages += [prompt_message(r, ref.get("thinking", False)) for r in kept]
     messages.append({"role": "user", "content": history[user_at].content})
     problem = None
     tail = ref.get("tail")
@@ -179,6 +187,19 @@ def rebuild(history: list[MessageRecord], record: MessageRecord) -> tuple[list[d
             if tail["style"] == "prefix":
                 messages[-1]["prefix"] = True
     return messages, [r.message_id for r in candidates[:ref.get("dropped", 0)]], problem
+
+
+def tool_calls_of(messages: list[dict]) -> tuple:
+    return tuple((i, tuple(msg["tool_calls"])) for i, msg in enumerate(messages) if msg.get("tool_calls"))
+
+
+def prompt_message(record: MessageRecord, keep_thinking: bool) -> dict:
+    """A message of the session as a prompt carries it: a reply that called tools with its calls, as OpenAI's
+    API takes them back."""
+    message = {"role": record.role, "content": prompt_content(record, keep_thinking)}
+    if record.tool_calls:
+        message["tool_calls"] = [dict(call) for call in record.tool_calls]
+    return message
 
 
 def in_prompt(record: MessageRecord) -> bool:
@@ -229,13 +250,14 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
     kept.reverse()
     dropped = tuple(r.message_id for turn in turns[:len(turns) - len(kept)] for r in turn)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": r.role, "content": prompt_content(r, keep_thinking)} for turn in kept for r in turn]
+    messages += [prompt_message(r, keep_thinking) for turn in kept for r in turn]
     messages.append({"role": "user", "content": user_text})
     # ``user``, the id of the message it answers, is the caller's to add (``with_user``)
     ref = {"system": system or None, "dropped": sum(len(turn) for turn in turns[:len(turns) - len(kept)]),
            "thinking": keep_thinking}
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages),
+        tool_calls=tool_calls_of(messages),
         model=model,
         params=tuple(sorted(params.items())),
         preview=render_preview(messages),

@@ -319,7 +319,8 @@ class Requests:
                                     text=gen.text()[:gen.answer.client_len], final=False,
                                     stats=self._stats(gen, now), prompt_hash=gen.prompt.prompt_hash,
                                     user_text=sess.user_text_before(gen.message_id),
-                                    reasoning=gen.thinking.text()[:gen.thinking.client_len])
+                                    reasoning=gen.thinking.text()[:gen.thinking.client_len],
+                                    tool_calls=gen.tool_calls)
         if msg.generation_id:
             record = next((r for r in sess.history if r.generation_id == msg.generation_id), None)
         else:
@@ -334,7 +335,8 @@ class Requests:
                                 final=record.generation_id not in self.finalizing and record.status != "streaming",
                                 stats=record.stats,
                                 error=record.error, prompt_hash=record.prompt_hash, superseded=record.superseded,
-                                user_text=sess.user_text_before(record.message_id), reasoning=record.reasoning)
+                                user_text=sess.user_text_before(record.message_id), reasoning=record.reasoning,
+                                tool_calls=record.tool_calls)
 
     def _on_status(self, msg: m.Status, now: float, out: list) -> results.Result:
         context = None
@@ -391,7 +393,9 @@ class Requests:
         gen = self.active.get(record.generation_id or "")
         if gen is None:
             return record.client_view()
-        return record.client_view(gen.text()[:gen.answer.client_len], gen.thinking.text()[:gen.thinking.client_len])
+        view = record.client_view(gen.text()[:gen.answer.client_len], gen.thinking.text()[:gen.thinking.client_len])
+        view.tool_calls = gen.tool_calls
+        return view
 
     def _on_sessions(self, msg: m.Sessions, now: float, out: list) -> results.Result:
         """A page of the most recently active sessions: the database's (read by the shell first, one more than

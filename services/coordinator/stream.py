@@ -95,6 +95,8 @@ class GenerationState:
     segment_from: int = 0  # the answer's length when this segment began
     tokens_before: int = 0  # the tokens of the earlier segments, part of ``tokens``
     run_tokens_source: str = "estimated"  # this segment's count: "server" when its run ended with usage
+    tool_calls: list[dict] = field(default_factory=list)  # the tools it called, in OpenAI's shape
+    tool_calls_saved: bool = True  # False: changed since the last checkpoint
 
     @property
     def run_id(self) -> str:
@@ -214,6 +216,30 @@ class StreamRules:
         text.persist_pending_len += len(fresh)
         self._schedule(gen, text, now, out)
 
+    def _on_gen_tool_call(self, msg: m.GenToolCall, now: float, out: list) -> None:
+        """A tool call grows: to clients at once (they are few), to the persister at the next checkpoint."""
+        gen = self._running(msg.generation_id)
+        if gen is None or gen.catching_up:
+            return
+        calls = gen.tool_calls
+        if msg.index > len(calls):  # a call's index skipped one: the server's numbering, kept as it comes
+            return
+        if msg.index == len(calls):
+            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls[msg.index]
+        if msg.call_id:
+            call["id"] = msg.call_id
+        if msg.name:
+            call["function"]["name"] += msg.name if call["function"]["name"] != msg.name else ""
+        offset = len(call["function"]["arguments"])
+        call["function"]["arguments"] += msg.arguments
+        gen.last_delta_at = now
+        gen.status = gen.record.status = "streaming"
+        gen.tool_calls_saved = False
+        out.append(ToClients(gen.session_id, m.StreamToolCall(gen.session_id, gen.generation_id, msg.index, call["id"],
+                                                              call["function"]["name"], offset, msg.arguments)))
+        self._schedule(gen, gen.answer, now, out)
+
     def _on_gen_delta_batch(self, msg: m.GenDeltaBatch, now: float, out: list) -> None:
         on_delta = self._on_gen_delta
         for delta in msg.deltas:  # typed at decode: each is a DeltaItem, with GenDelta's fields
@@ -319,6 +345,10 @@ class StreamRules:
                 text.persist_pending.clear()
                 text.persist_pending_len = 0
                 self._persist_text(gen, fresh, thinking, now, out)
+        if not gen.tool_calls_saved:
+            gen.tool_calls_saved = True
+            out.append(ToPersister(m.SaveToolCalls(gen.message_id, [dict(c, function=dict(c["function"]))
+                                                                    for c in gen.tool_calls])))
 
     def _persist_text(self, gen: GenerationState, fresh: str, thinking: bool, now: float, out: list) -> None:
         """``fresh`` to the persister after what was sent of the text, in pieces that each fit a frame."""
@@ -340,7 +370,7 @@ class StreamRules:
         continued = m.ContinuedPrompt(None, gen.prompt.prompt_hash, None,
                                       gen.prompt.ref) if gen.run else None  # the row takes the last prompt
         final = m.Finalize(gen.message_id, status, gen.length, content_hash(gen.text()), gen.record.stats, error,
-                           gen.thinking.length, continued)
+                           gen.thinking.length, continued, gen.tool_calls or None)
         out.append(ToPersister(self.persisted.finalize(final, now)))
         out.append(Log("generation_" + status, {"session_id": gen.session_id, "generation_id": gen.generation_id,
                                                  "length": gen.length, "error": error}))
@@ -370,6 +400,7 @@ class StreamRules:
             text.persist_pending.clear()
             text.persist_pending_len = 0
         gen.record.content, gen.record.reasoning = gen.text(), gen.thinking.text()
+        gen.record.tool_calls = gen.tool_calls
         gen.record.status, gen.record.error = status, error
         gen.record.stats = self._stats(gen, now)
         sess = self.sessions[gen.session_id]

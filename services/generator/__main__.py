@@ -36,7 +36,7 @@ from services import config, shell
 from services.generator.fed import Sink, fed, reader_of, transport_of
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
                                       context_lengths, not_an_event_stream, retry_delay, server_kind,
-                                      server_words, status_failure)
+                                      server_words, status_failure, tool_call_deltas)
 from services.generator.request import AsyncOpenAI, request_body, streaming_request
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError, reasoning_of
 from services.logs import redact
@@ -511,11 +511,14 @@ class GeneratorShell:
         choice = completion.choices[0]
         usage = completion.usage
         details = usage.completion_tokens_details if usage else None
+        calls = [{"index": i, "id": call.id, "function": {"name": call.function.name,
+                                                          "arguments": call.function.arguments}}
+                 for i, call in enumerate(choice.message.tool_calls or ()) if getattr(call, "function", None)]
         self.on_chunk(gen, ChunkEvent(
             choice.message.content or "", choice.finish_reason,
             usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
             reasoning_of(choice.message.model_extra or {}),  # fields the openai types do not name
-            details.reasoning_tokens if details else None))
+            details.reasoning_tokens if details else None, calls or None))
 
     def _failure(self, gen: Generation, exc: Exception) -> BaseException:
         """An upstream failure as the exception that says what happens next, in words. A stopped generation's
@@ -534,6 +537,11 @@ class GeneratorShell:
         for thinking, seq, text in gen.take(event):
             self.emit_delta(gen.job.generation_id, seq, text, count_tokens(text, gen.job.model), time.time(),
                             thinking)
+        if event.tool_calls:  # rare: a model that calls a tool; in order after the text before it
+            for index, call_id, name, arguments in tool_call_deltas(event.tool_calls):
+                for piece in pieces(arguments) if arguments else [""]:
+                    self.emit(m.GenToolCall(gen.job.generation_id, index, call_id, name, piece))
+                    call_id = name = ""
 
     # ------------------------------------------------------------ life
 

@@ -354,3 +354,25 @@ def server_words(body, fallback: str) -> str:
     if isinstance(body, str) and body.strip() and not body.lstrip().startswith("<"):
         return " ".join(body.split())[:500]
     return fallback
+
+
+MAX_TOOL_CALLS = 256  # calls in one reply: an index beyond is not a call a model makes, but a bad chunk
+
+
+def tool_call_deltas(calls) -> list[tuple[int, str, str, str]]:
+    """A chunk's ``tool_calls`` as (index, call id, function name, more arguments) each, as OpenAI streams them:
+    the id and name with a call's first delta, its arguments' text in pieces. What is not of that shape (not an
+    object, an index that is not a small count) is skipped."""
+    out = []
+    for position, call in enumerate(calls or ()):
+        if not isinstance(call, dict):
+            continue
+        index = call.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_TOOL_CALLS:
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        words = [value if isinstance(value, str) else "" for value in
+                 (call.get("id"), function.get("name"), function.get("arguments"))]
+        if any(words):
+            out.append((index, *words))
+    return out

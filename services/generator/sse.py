@@ -29,6 +29,7 @@ class ChunkEvent:
     completion_tokens: int | None = None
     reasoning: str = ""  # the model's thinking, in a field of its own
     reasoning_tokens: int | None = None  # usage's completion_tokens_details.reasoning_tokens
+    tool_calls: list | None = None  # the delta's tool_calls, as the server sent them
 
 
 # The delta fields servers stream thinking in, the same meaning under two names: DeepSeek's API, llama-server
@@ -44,6 +45,7 @@ class _Delta(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None  # REASONING_FIELDS, in their order
     reasoning: str | None = None
+    tool_calls: list | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -123,6 +125,7 @@ class SSEDecoder:
                 if delta.content is not None:
                     event.text = delta.content
                 event.reasoning = delta.reasoning_content or delta.reasoning or ""
+                event.tool_calls = delta.tool_calls
             event.finish_reason = choice.finish_reason
         if chunk.usage is not None:
             usage = chunk.usage
@@ -213,6 +216,8 @@ def decode_chunk(obj) -> ChunkEvent:
                 event.text = content
             if len(delta) > 1 or content is None:  # the common chunk is {"content": ...} alone
                 event.reasoning = reasoning_of(delta)
+                calls = delta.get("tool_calls")
+                event.tool_calls = calls if isinstance(calls, list) else None
         event.finish_reason = choice.get("finish_reason")
     usage = obj.get("usage")
     if isinstance(usage, dict):

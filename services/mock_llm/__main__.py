@@ -25,7 +25,7 @@ from services import config, shell
 from protocol.records import THINK_CLOSE, THINK_OPEN
 from services.mock_llm.script import (Scenario, continued_prefix, continued_tokens, env_scenario, inline_thinking,
                                       prompt_token_count, reasoning_tokens, reply_tokens, request_keys, scenario_for,
-                                      tokens_of_key)
+                                      tokens_of_key, tool_call_arguments)
 
 OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "deepseek": "deepseek", "openai": "openai"}
 
@@ -271,6 +271,16 @@ class MockLLM:
             sent_lengths.append(length)  # for a load test's upstream-to-client latency
             sent_at.append(time.time())
             entry["chunks_sent"] += 1
+        if scenario.tool_call:  # the call, then its arguments in pieces of a few characters, as OpenAI streams them
+            finish = "tool_calls"
+            arguments = tool_call_arguments(body.get("messages") or [], body.get("model"))
+            first = {"index": 0, "id": f"call_{entry['id']}", "type": "function",
+                     "function": {"name": scenario.tool_call, "arguments": ""}}
+            await _send(resp, base | {"choices": [{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]})
+            for at in range(0, len(arguments), 7):
+                piece = {"index": 0, "function": {"arguments": arguments[at:at + 7]}}
+                await _send(resp, base | {"choices": [{"index": 0, "delta": {"tool_calls": [piece]},
+                                                       "finish_reason": None}]})
         if not scenario.no_finish:
             await _send(resp, base | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):

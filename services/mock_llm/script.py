@@ -50,6 +50,7 @@ class Scenario:
     think_after: int = 0  # with think_tags: the tagged block after this many answer tokens (so not opening it)
     fault_times: int = -1  # the mid-stream faults above hit only the first K requests of a turn (its
     # continuations count too); -1: every one
+    tool_call: str = ""  # after its answer, the reply calls this function (finish_reason tool_calls)
     chunk_tokens: int = 1  # answer tokens an event: events are paced at tps, so many make one huge event fast
     repeat_prefill: int = -1  # a continued reply starts by repeating the prefill: 1 yes, 0 no, -1 as the server
     # imitated does (llama-server does)
@@ -185,6 +186,11 @@ def request_keys(body: dict) -> tuple[str, str]:
 
 def _ends_with_reply(messages: list) -> bool:
     return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
+
+
+def tool_call_arguments(messages: list, model: str) -> str:
+    """The arguments of the tool call a ``tool_call`` scenario makes: JSON, a pure function of the request."""
+    return json.dumps({"query": "".join(reply_tokens(messages, model, 6)), "limit": 3}, ensure_ascii=False)
 
 
 def reply_text(messages: list, model: str, n: int) -> str:

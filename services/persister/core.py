@@ -59,6 +59,15 @@ class WriteFinal:
     content_hash: str | None
     reasoning: str = ""
     prompt: m.ContinuedPrompt | None = None  # a reply continued after a fault: its last segment's prompt
+    tool_calls: list | None = None  # the tools it called
+
+
+@dataclass(slots=True)
+class WriteToolCalls:
+    """A streaming reply's tool calls as they stand (a checkpoint)."""
+
+    message_id: str
+    tool_calls: list
 
 
 @dataclass(slots=True)
@@ -226,6 +235,9 @@ class PersisterCore:
                 self._interrupt_orphans(op, plan)
             elif isinstance(op, m.Reopen):
                 self._reopen(op, plan)
+            elif isinstance(op, m.SaveToolCalls):
+                if op.message_id in self.open:  # a finalized one has its final calls: a late checkpoint is not
+                    plan.writes.append(WriteToolCalls(op.message_id, op.tool_calls))
             elif isinstance(op, m.SaveSession):
                 plan.writes.append(UpsertSession(op))
                 plan.answers.append(m.SessionSaved(op.session_id, op.created_at))
@@ -295,7 +307,7 @@ class PersisterCore:
             plan.acks[op.message_id] = self._ack(op.message_id)  # wait for the resent appends
         else:  # a cancel may keep less than was checkpointed
             self._write_final(op.message_id, op.status, stored, (op.length, op.reasoning_length), op.stats,
-                              op.error, op.content_hash, plan, op.prompt)
+                              op.error, op.content_hash, plan, op.prompt, op.tool_calls)
             plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _reopen(self, op: m.Reopen, plan: Plan) -> None:
@@ -339,12 +351,13 @@ class PersisterCore:
 
     def _write_final(self, message_id: str, status: str, stored: OpenMessage, lengths: tuple[int, int] | None,
                      stats: dict, error: str | None, content_hash: str | None, plan: Plan,
-                     prompt: m.ContinuedPrompt | None = None) -> None:
+                     prompt: m.ContinuedPrompt | None = None, tool_calls: list | None = None) -> None:
         """The message's final row from its durable texts, cut to ``lengths`` (answer, thinking) if given."""
         text, reasoning = stored.text(False), stored.text(True)
         if lengths is not None:
             text, reasoning = text[:lengths[0]], reasoning[:lengths[1]]
-        plan.writes.append(WriteFinal(message_id, status, text, stats, error, content_hash, reasoning, prompt))
+        plan.writes.append(WriteFinal(message_id, status, text, stats, error, content_hash, reasoning, prompt,
+                                      tool_calls))
         plan.reply_text_bytes += len(text.encode()) + len(reasoning.encode())
         self.first_chunk.pop(message_id, None)  # its rows in the chunk log may now be cut
         self._remember_final(message_id, (len(text), len(reasoning)))

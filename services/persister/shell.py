@@ -358,7 +358,8 @@ WRITES = {
     core.Supersede: lambda db, w: store.supersede(w.message_ids),
     core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows, w.half),
     core.WriteFinal: lambda db, w: store.write_final(w.message_id, w.status, w.content, w.stats, w.error,
-                                                    w.content_hash, w.reasoning, w.prompt),
+                                                    w.content_hash, w.reasoning, w.prompt, w.tool_calls),
+    core.WriteToolCalls: lambda db, w: store.write_tool_calls(w.message_id, w.tool_calls),
     core.ReopenRow: lambda db, w: store.reopen_message(w.op),
     core.ClearLog: lambda db, w: store.clear_chunks(db, w.half),
 }

@@ -248,3 +248,29 @@ def test_a_prompt_is_stored_once_by_reference_and_preview_rebuilds_it_after_a_re
     assert preview["prompt_hash"] == second["prompt_hash"]
     text = stack.cli("preview", second["message_id"]).stdout.decode()
     assert "[system]\nbe brief\n" in text and f"[assistant]\n{out['content']}\n" in text
+
+
+def test_tool_call_deltas_are_kept_shown_and_sent_back_in_the_next_prompt(stack):
+    """A model that calls a function streams tool_calls deltas: the reply keeps the call's id, name and whole
+    arguments (send --json, watch, history, the database), says finish_reason tool_calls, and the next prompt
+    carries the call back as OpenAI's API takes it; preview rebuilds that prompt exactly."""
+    from services.mock_llm.script import tool_call_arguments
+    text = "what is the weather? [[mock tokens=4 tool_call=get_weather]]"
+    out = stack.cli_json("send", text)
+    arguments = tool_call_arguments([{"role": "user", "content": text}], "mock-1")
+    assert out["status"] == "completed" and out["finish_reason"] == "tool_calls"
+    (call,) = out["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": arguments} and len(arguments) > 20
+    watched = stack.cli_json("watch", out["session_id"], "--once")
+    assert watched["tool_calls"] == out["tool_calls"]
+    history = stack.cli_json("history", out["session_id"])
+    assert history["messages"][1]["tool_calls"] == out["tool_calls"]
+    assert "→ get_weather(" + arguments + ")" in stack.cli("history", out["session_id"]).stdout.decode()
+    stored = stack.db_message(out["message_id"])["tool_calls"]
+    assert (json.loads(stored) if isinstance(stored, str) else stored) == out["tool_calls"]
+    second = stack.cli_json("send", "and tomorrow? [[mock tokens=5]]", "--session", out["session_id"])
+    body = journal_for(stack, "and tomorrow?")[-1]["body"]
+    assert body["messages"][1] == {"role": "assistant", "content": out["content"], "tool_calls": out["tool_calls"]}
+    preview = stack.cli_json("preview", second["message_id"])
+    assert preview["messages"] == body["messages"] and preview["exact"] is True
