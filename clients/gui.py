@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBo
 from clients.api import ChatterError, Client
 from clients.output import EXIT_ERROR, exit_code, outcome_json
 from clients.render import final_stats_line, live_stats_line, split_finished
+from clients.show import tool_call_line
 from clients.view import ENDED
 
 REPAINTS_PER_S = 30
@@ -374,6 +375,7 @@ class Window(QMainWindow):
                     parts.append(self._thought_link(msg.message_id, msg.reasoning,
                                                     f"{seconds / 1000:.1f} s" if seconds is not None else None))
                 parts.append(to_html(msg.content))
+                parts += [tool_call_html(call) for call in msg.tool_calls]
                 parts.append(f"<p style='color:#666'>{html.escape(msg.status)}</p>")
         self.transcript.setHtml("".join(parts))
         self.stats.setText("")
@@ -491,6 +493,8 @@ class Window(QMainWindow):
         self.repaint_reply()
         if self.tail:
             self.transcript.append(to_html(self.tail))
+        for call in outcome.get("tool_calls") or ():
+            self.transcript.append(tool_call_html(call))
         self.transcript.append(f"<p style='color:#666'>{html.escape(outcome['status'])}</p>")  # as history shows it
         self._to_bottom()
         self.generation_id, self.tail = None, ""
@@ -581,3 +585,8 @@ def _live_shot(window: Window, path: str) -> None:
     if window.generation_id and sum(map(len, parts)) >= LIVE_SHOT_CHARS:
         window.grab().save(path)
         window.on_repaint = None
+
+
+def tool_call_html(call: dict) -> str:
+    """A tool the model called, as a line of the transcript (escaped: its arguments are the model's text)."""
+    return f"<p><code>{html.escape(tool_call_line(call))}</code></p>"

@@ -173,9 +173,10 @@ def test_the_preview_dialog_shows_the_exact_prompt_and_settings_reach_the_sessio
     dialog = pump(app, lambda: next((d for d in window.findChildren(QtWidgets.QDialog) if d.isVisible()), None),
                   what="the preview dialog")
     shown = dialog.findChild(QtWidgets.QPlainTextEdit).toPlainText()
-    stored = stack.query("select preview, prompt_hash from message where id = ?", (window.last_outcome["message_id"],))[0]
-    assert shown == stored["preview"]
-    assert any(stored["prompt_hash"] in label.text() for label in dialog.findChildren(QtWidgets.QLabel))
+    # the prompt is stored by reference: the dialog shows what preview builds again, checked against its sha256
+    preview = stack.cli_json("preview", window.last_outcome["message_id"])
+    assert shown == preview["preview"] and shown.startswith("[user]\npreview me") and preview["exact"]
+    assert any(preview["prompt_hash"] in label.text() for label in dialog.findChildren(QtWidgets.QLabel))
     dialog.close()
     window.ask("configure", session_id, {"params": {"temperature": 0.25, "max_tokens": 64, "stream": True},
                                          "model": None, "max_input_tokens": 900, "system": "be brief"})
