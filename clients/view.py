@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from protocol.records import tool_call_at
 
 APPLIED, IGNORED, GAP = "applied", "ignored", "gap"
 ENDED = ("completed", "cancelled", "error", "interrupted")
@@ -136,13 +137,10 @@ class ReplyView:
 
     def _apply_tool_call(self, event: m.StreamToolCall) -> str:
         """A tool call's arguments grow by offset, as a text does; a call's index past the next one is a gap."""
-        if event.index > len(self.tool_calls):
+        call = tool_call_at(self.tool_calls, event.index, event.call_id, event.name)
+        if call is None:
             self.gaps += 1
             return GAP
-        if event.index == len(self.tool_calls):
-            self.tool_calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        call = self.tool_calls[event.index]
-        call["id"], call["function"]["name"] = event.call_id or call["id"], event.name or call["function"]["name"]
         have = len(call["function"]["arguments"])
         if event.offset > have:
             self.gaps += 1

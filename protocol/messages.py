@@ -425,6 +425,7 @@ class GenCatchUp(Message, tag=48):
     reasoning_offset: Int = 0
     reasoning: str = ""
     more: bool = False  # a text longer than a frame comes in several catch-ups, each going on from the last
+    tool_calls: Optional[list[dict]] = None  # the last one's: every tool call the generator has, whole
 
 
 GEN_EVENTS = (GenStarted, GenDelta, GenDeltaBatch, GenDone, GenError, GenCancelled, GeneratorHeartbeat, GenAnnounce,

@@ -64,3 +64,19 @@ class MessageRecord(MessageView, kw_only=True):
         if reasoning is not None:
             fields["reasoning"] = reasoning
         return MessageView(**fields)
+
+
+def tool_call_at(calls: list[dict], index: int, call_id: str = "", name: str = "") -> dict | None:
+    """The call at ``index`` of a reply's tool calls (OpenAI's shape), a new one when it is the next, its id and
+    name taken once known (a name in pieces is joined; one sent again whole is kept once); None past the next
+    (a gap). Its arguments are the caller's to join: by offset, or as they come."""
+    if index > len(calls):
+        return None
+    if index == len(calls):
+        calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    call = calls[index]
+    if call_id:
+        call["id"] = call_id
+    if name and call["function"]["name"] != name:
+        call["function"]["name"] += name
+    return call

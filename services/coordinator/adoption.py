@@ -154,6 +154,8 @@ class Adoption:
                 text.persist_pending.append(new)
                 text.persist_pending_len += len(new)
         gen.catching_up = msg.more  # a long text comes in several, each going on from the one before
+        if msg.tool_calls is not None:  # the generator's are whole: watchers get them with the next snapshot
+            gen.tool_calls, gen.tool_calls_saved = msg.tool_calls, False
         gen.last_delta_at = now
         if gen.thinking.length and gen.thinking_started_at is None:
             gen.thinking_started_at = now

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m, results
 from protocol.codec import pieces
+from protocol.records import tool_call_at
 from services.coordinator.effects import Log, ToClients, ToControl, ToGenerators, ToPersister, content_hash
 from services.coordinator.prompt import PromptPackage, PromptTooLarge, continuation, original_of
 
@@ -221,16 +222,9 @@ class StreamRules:
         gen = self._running(msg.generation_id)
         if gen is None or gen.catching_up:
             return
-        calls = gen.tool_calls
-        if msg.index > len(calls):  # a call's index skipped one: the server's numbering, kept as it comes
+        call = tool_call_at(gen.tool_calls, msg.index, msg.call_id, msg.name)
+        if call is None:  # a call's index skipped one: not a stream this reply can hold
             return
-        if msg.index == len(calls):
-            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        call = calls[msg.index]
-        if msg.call_id:
-            call["id"] = msg.call_id
-        if msg.name:
-            call["function"]["name"] += msg.name if call["function"]["name"] != msg.name else ""
         offset = len(call["function"]["arguments"])
         call["function"]["arguments"] += msg.arguments
         gen.last_delta_at = now

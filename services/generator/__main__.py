@@ -32,6 +32,7 @@ import zmq.asyncio
 
 from protocol import codec, messages as m, transport
 from protocol.codec import PIECE_CHARS, pieces
+from protocol.records import tool_call_at
 from services import config, shell
 from services.generator.fed import Sink, fed, reader_of, transport_of
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
@@ -308,7 +309,7 @@ class GeneratorShell:
                                  "ends before this stream began", gen.attempts))
             return
         self.flush_deltas()
-        for catch_up in catch_up_parts(msg, gen.seq, text, gen.reasoning_seq, reasoning):
+        for catch_up in catch_up_parts(msg, gen.seq, text, gen.reasoning_seq, reasoning, gen.tool_calls):
             self._send(catch_up.encode())
         if ended is not None:
             self.emit(ended[1])
@@ -539,6 +540,10 @@ class GeneratorShell:
                             thinking)
         if event.tool_calls:  # rare: a model that calls a tool; in order after the text before it
             for index, call_id, name, arguments in tool_call_deltas(event.tool_calls):
+                call = tool_call_at(gen.tool_calls, index, call_id, name)
+                if call is None:
+                    continue  # an index that skips one: nothing a reply can hold
+                call["function"]["arguments"] += arguments
                 for piece in pieces(arguments) if arguments else [""]:
                     self.emit(m.GenToolCall(gen.job.generation_id, index, call_id, name, piece))
                     call_id = name = ""
@@ -602,8 +607,8 @@ def _error_message(exc: openai.APIStatusError) -> str:
     return server_words(body, exc.message)
 
 
-def catch_up_parts(asked: m.ResumeGeneration, seq: int, text: str, reasoning_seq: int,
-                   reasoning: str) -> list[m.GenCatchUp]:
+def catch_up_parts(asked: m.ResumeGeneration, seq: int, text: str, reasoning_seq: int, reasoning: str,
+                   tool_calls: list | None = None) -> list[m.GenCatchUp]:
     """The answer to ``asked``: the texts beyond its offsets in catch-ups that each fit a frame, the thinking
     first, each going on from the one before; all but the last say there is ``more``."""
     parts = []
@@ -614,7 +619,7 @@ def catch_up_parts(asked: m.ResumeGeneration, seq: int, text: str, reasoning_seq
     for piece in pieces(text):
         parts.append(m.GenCatchUp(asked.generation_id, seq, offset, piece, reasoning_seq, reasoning_offset, "", True))
         offset += len(piece)
-    parts[-1].more = False
+    parts[-1].more, parts[-1].tool_calls = False, tool_calls or None
     return parts
 
 

@@ -152,6 +152,7 @@ class Generation:
     base_length: int = 0  # a continuation's: its answer's length before this stream (parts hold only what follows)
     base_reasoning_length: int = 0
     stopped: bool = False  # cancelled: a failure of its connection from now on is the stop's doing
+    tool_calls: list = field(default_factory=list)  # the tools it called so far, whole (a catch-up sends them)
 
     @classmethod
     def of(cls, job: m.Job, think_tags: str) -> Generation:
