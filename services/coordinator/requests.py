@@ -215,7 +215,7 @@ class Requests:
         if len(servers) > 1:
             return "none", f"auto: the generators' servers differ ({', '.join(sorted(servers))})"
         if not servers and not self.last_server:
-            if any(self.generators.values()):
+            if self.generators:
                 return "none", "auto: the server does not say what it is (/v1/models owned_by)"
             return "none", "auto: no generator is connected to tell what its server is"
         server = servers.pop() if servers else self.last_server
@@ -306,10 +306,7 @@ class Requests:
 
     def _on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> results.Result:
         """Exactly what clients were sent of a reply: its text, offset (= length) and status; a page of it."""
-        try:
-            return pages.snapshot_page(self._snapshot(msg, now), msg.offset, msg.reasoning_offset)
-        except pages.TooLargeToPage as exc:
-            raise RequestRefused(str(exc)) from None
+        return pages.snapshot_page(self._snapshot(msg, now), msg.offset, msg.reasoning_offset)
 
     def _snapshot(self, msg: m.Snapshot, now: float) -> results.Snapshot:
         sess = self._session(msg.session_id)

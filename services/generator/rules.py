@@ -21,7 +21,7 @@ import socket
 from dataclasses import dataclass, field
 
 from protocol import messages as m
-from protocol.codec import pieces
+from protocol.codec import PIECE_CHARS, pieces
 from protocol.records import THINK_CLOSE, THINK_OPEN
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -205,7 +205,8 @@ class Generation:
     def _add(self, thinking: bool, text: str, out: list) -> None:
         if "\x00" in text:
             text = text.replace("\x00", REPLACEMENT)
-        for piece in pieces(text):  # a huge upstream event goes on as deltas that each fit a frame
+        # a huge upstream event goes on as deltas that each fit a frame (the usual delta is its one piece)
+        for piece in (text,) if len(text) <= PIECE_CHARS else pieces(text):
             if thinking:
                 self.reasoning_seq += 1
                 self.reasoning_parts.append(piece)

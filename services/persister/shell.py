@@ -122,6 +122,8 @@ class PersisterShell:
                 self.db, self.file_identity = db, store.file_identity(db)
                 self.probe_failing_since = self.probe_error = None
                 return True
+            if self.lock is not None:
+                self.lock.release()  # taken again with the next connection
             failures += 1
             now = time.time()
             self.probe_failing_since, self.probe_error = self.probe_failing_since or now, words
