@@ -5,50 +5,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib.metadata import entry_points
 
 from clients.api import ChatterError, Client
-from clients.commands import (cmd_chaos, cmd_chat, cmd_gui, cmd_history, cmd_keys_new, cmd_loadtest, cmd_preview,
-                              cmd_continue, cmd_regenerate, cmd_send, cmd_sessions, cmd_status, cmd_watch)
+from clients.arguments import int_in
+from clients.commands import (cmd_chat, cmd_continue, cmd_gui, cmd_history, cmd_keys_new, cmd_preview, cmd_regenerate,
+                              cmd_send, cmd_sessions, cmd_status, cmd_watch)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 from protocol import transport
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
-
-
-def in_range(convert, lo, hi, what: str):
-    """An argparse type: a number (``convert``: int or float) from ``lo`` to ``hi``, else a usage error that
-    says so."""
-    def parse(raw: str):
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{raw!r} is not {what}") from None
-        if not lo <= value <= hi:  # NaN fails this too
-            shown = (f"{b:g}" if isinstance(b, float) else str(b) for b in (lo, hi))
-            raise argparse.ArgumentTypeError("must be from {} to {}, got {}".format(*shown, raw))
-        return value
-    return parse
-
-
-def int_in(lo: int, hi: int):
-    return in_range(int, lo, hi, "an integer")
-
-
-def float_in(lo: float, hi: float):
-    return in_range(float, lo, hi, "a number")
+# Commands that live above the clients (the load tester and chaos, in tools/) register here, in pyproject.toml's
+# entry points: the command line finds them without the client layer importing the tools.
+COMMANDS_GROUP = "chatter.commands"
 
 
 TOKENS = int_in(1, 2**31 - 1)  # the schema's bound: a 32-bit column
 
 
-def kinds(raw: str) -> tuple[str, ...]:
-    """``--kill``: process kinds separated by commas."""
-    from tools.chaos import KINDS
-    names = tuple(n.strip() for n in raw.split(",") if n.strip())
-    wrong = [n for n in names if n not in KINDS]
-    if not names or wrong:
-        raise argparse.ArgumentTypeError(f"must be some of {','.join(KINDS)}, got {raw!r}")
-    return names
 SHOW_THINKING = "print a reasoning model's thinking in full (default: its newest lines, folded once it ends)"
 
 
@@ -101,44 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
     p.set_defaults(func=cmd_continue)
-    p = sub.add_parser("loadtest", help="simulated users against the stack, every stream verified, with a report")
-    p.add_argument("--streams", type=int_in(1, 100_000), default=20, help="concurrent users (default 20)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--count", type=int_in(1, 10_000_000), help="streams in all (default: --streams)")
-    group.add_argument("--duration", type=float_in(0.001, 86_400), help="keep starting streams for this many seconds")
-    p.add_argument("--tokens", type=int_in(1, 100_000), default=200, help="tokens per reply (default 200)")
-    p.add_argument("--tps", type=float_in(0.001, 1e6), default=20.0,
-                   help="mock tokens per second per stream (default 20)")
-    p.add_argument("--ttft-ms", type=float_in(0, 3_600_000), default=50.0, help="mock time to first token (default 50)")
-    p.add_argument("--reasoning-tokens", type=int_in(0, 100_000), default=0,
-                   help="the mock thinks this many tokens before each reply, as reasoning models do (default 0)")
-    p.add_argument("--reasoning-field", choices=("reasoning_content", "reasoning", "think_tags"),
-                   default="reasoning_content", help="how the mock streams its thinking (default reasoning_content)")
-    p.add_argument("--cancel-frac", type=float_in(0, 1), default=0.0,
-                   help="fraction of users who cancel at a random moment")
-    p.add_argument("--spawn", action="store_true", help="start a private stack: temporary database, free port")
-    p.add_argument("--database-url", help="with --spawn: the stack's database instead of a temporary SQLite file "
-                   "(a PostgreSQL URL: the report adds the server's WAL, data pages and CPU)")
-    p.add_argument("--generators", type=int_in(1, 64), default=1,
-                   help="with --spawn: generator processes (default 1)")
-    p.add_argument("--model", default="mock-1", help="model name sent with every request (default mock-1)")
-    p.add_argument("--seed", type=int_in(-(2**63), 2**63 - 1), default=1, help="seed of who cancels when")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--out", help="also write the JSON report to this file")
-    p.add_argument("--plot", help="write a latency histogram and throughput over time to this PNG")
-    p.set_defaults(func=cmd_loadtest, needs_client=False)
-    p = sub.add_parser("chaos", help="kill -9 processes under load, restart them, and account for every reply")
-    p.add_argument("--spawn", action="store_true", help="required: a private stack whose processes it supervises")
-    p.add_argument("--streams", type=int_in(1, 10_000), default=50, help="replies kept streaming (default 50)")
-    p.add_argument("--trials", type=int_in(1, 10_000), default=6, help="kills in all (default 6)")
-    p.add_argument("--kill", type=kinds, default=("generator", "persister", "coordinator"),
-                   help="which processes, round robin (default generator,persister,coordinator)")
-    p.add_argument("--restart-after", type=float_in(0, 60), default=0.5,
-                   help="seconds before a killed process is started again (default 0.5)")
-    p.add_argument("--seed", type=int_in(-(2**63), 2**63 - 1), default=1, help="seed of when each kill lands")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--out", help="also write the JSON report to this file")
-    p.set_defaults(func=cmd_chaos, needs_client=False)
     p = sub.add_parser("sessions", help="recent sessions")
     p.add_argument("--limit", type=int_in(1, 10_000_000), default=50, help="at most this many (default 50), read a page at a time")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -163,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("name", help="whose key: coordinator, or a process's or client's name")
     k.add_argument("--dir", default=".", help="where to write them (default: the current directory)")
     k.set_defaults(func=cmd_keys_new, needs_client=False)
+    for command in entry_points(group=COMMANDS_GROUP):  # loadtest and chaos: tools/commands.py
+        command.load()(sub)
     return parser
 
 

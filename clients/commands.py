@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 from clients.api import ChatterError, Client
 from protocol import results
-from clients.output import EXIT_ERROR, EXIT_OK, SigintFlag, outcome_json, resolve_session
+from clients.output import EXIT_OK, SigintFlag, outcome_json, resolve_session
 from clients.show import (finish, print_history, print_preview, print_sessions, print_status, renderer_callbacks,
                           renderer_for, stream_reply)
 
@@ -125,69 +125,6 @@ def cmd_gui(args) -> int:
 def cmd_chat(client: Client, args) -> int:
     from clients.chat import Chat
     return Chat(client, args).run()
-
-
-def cmd_loadtest(args) -> int:
-    """Runs without a default client: it may spawn its own stack."""
-    from rich.console import Console
-
-    from tools.loadtest import LoadSpec, run_loadtest
-    from tools.report import plot, print_table
-
-    spec = LoadSpec(streams=args.streams, count=args.count, duration_s=args.duration, tokens=args.tokens,
-                    tps=args.tps, ttft_ms=args.ttft_ms, cancel_frac=args.cancel_frac, model=args.model,
-                    seed=args.seed, reasoning_tokens=args.reasoning_tokens, reasoning_field=args.reasoning_field)
-    if spec.count is None and spec.duration_s is None:
-        spec.count = spec.streams
-    console = Console(stderr=True)
-    with progress_bar(console, "streams", spec.count) as progress:
-        report = run_loadtest(spec, spawn=args.spawn, generators=args.generators, database_url=args.database_url,
-                              progress=progress)
-    if args.plot:
-        plot(report, args.plot)
-    del report["_delivery_samples"]
-    print_report(args, report, print_table, console)
-    return EXIT_OK if report["mismatches"] == 0 and report["errors"] == 0 else EXIT_ERROR
-
-
-@contextmanager
-def progress_bar(console, what: str, total: int | None):
-    """A progress bar on a terminal (nothing when stderr is not one); yields the callback of the count done."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                  transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda done: bar.update(task, completed=done)
-
-
-def print_report(args, report: dict, print_table, console) -> None:
-    """A run's report: one JSON object with --json (and in --out FILE), else a table."""
-    text = json.dumps(report, ensure_ascii=False, indent=None if args.json else 2)
-    if args.out:
-        with open(args.out, "w") as out:
-            out.write(text + "\n")
-    if args.json:
-        print(text)
-    else:
-        print_table(report, console)
-
-
-def cmd_chaos(args) -> int:
-    """Kill -9 under load, restart, account for every reply; exit 1 when anything was lost or doubled."""
-    from rich.console import Console
-
-    from tools.chaos import ChaosSpec, print_table, run_chaos
-
-    if not args.spawn:
-        raise ChatterError("chaos kills and restarts processes, so only of a stack it starts itself: add --spawn")
-    spec = ChaosSpec(streams=args.streams, trials=args.trials, kill=args.kill, seed=args.seed,
-                     restart_after_s=args.restart_after)
-    console = Console(stderr=True)
-    with progress_bar(console, "replies", None) as progress:
-        report = run_chaos(spec, progress=progress)
-    print_report(args, report, print_table, console)
-    lost = sum(report[k] for k in ("lost_acked_chars", "mismatches", "duplicates", "non_terminal"))
-    return EXIT_OK if lost == 0 else EXIT_ERROR
 
 
 def show(args, value, print_text, **extra) -> int:

@@ -1,0 +1,28 @@
+"""Argument types of the command line, shared by the commands that register with it (``clients/cli.py``,
+``tools/commands.py``): numbers in a range, refused with a usage error that says why."""
+from __future__ import annotations
+
+import argparse
+
+
+def in_range(convert, lo, hi, what: str):
+    """An argparse type: a number (``convert``: int or float) from ``lo`` to ``hi``, else a usage error that
+    says so."""
+    def parse(raw: str):
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not {what}") from None
+        if not lo <= value <= hi:  # NaN fails this too
+            shown = (f"{b:g}" if isinstance(b, float) else str(b) for b in (lo, hi))
+            raise argparse.ArgumentTypeError("must be from {} to {}, got {}".format(*shown, raw))
+        return value
+    return parse
+
+
+def int_in(lo: int, hi: int):
+    return in_range(int, lo, hi, "an integer")
+
+
+def float_in(lo: float, hi: float):
+    return in_range(float, lo, hi, "a number")
