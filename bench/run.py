@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.loadtest import LoadSpec, run_loadtest  # noqa: E402
 from tools.report import percentiles  # noqa: E402
 from tools.spawn import REPO, LocalStack  # noqa: E402
-from protocol import codec, messages as m, transport  # noqa: E402
+from protocol import codec, messages as m
+import transport  # noqa: E402
 from bench.fuzz import bench_fuzz  # noqa: E402
 
 OUT = Path(__file__).resolve().parent

@@ -15,7 +15,9 @@ import msgspec
 import zmq
 
 from clients.view import GAP, ReplyView
-from protocol import codec, curve, messages as m, results, transport
+from protocol import codec, messages as m, results
+import transport
+from transport import curve
 
 
 class ChatterError(Exception):

@@ -12,7 +12,7 @@ from clients.arguments import int_in
 from clients.commands import (cmd_chat, cmd_continue, cmd_gui, cmd_history, cmd_keys_new, cmd_preview, cmd_regenerate,
                               cmd_send, cmd_sessions, cmd_status, cmd_watch)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
-from protocol import transport
+import transport
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 # Commands that live above the clients (the load tester and chaos, in tools/) register here, in pyproject.toml's

@@ -139,7 +139,7 @@ def show(args, value, print_text, **extra) -> int:
 
 def cmd_keys_new(args) -> int:
     """A CURVE key pair; what to do with each file is said on standard error."""
-    from protocol import curve
+    from transport import curve
     try:
         public, secret = curve.new_keys(args.name, args.dir)
     except (ValueError, OSError) as exc:

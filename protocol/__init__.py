@@ -1,1 +1,1 @@
-"""Chatter's wire protocol: every message type, the frame codec, and the socket settings."""
+"""Chatter's wire protocol: every message type and the frame codec; pure code, no sockets (those are ``transport``)."""

@@ -1,6 +1,6 @@
 """Every message Chatter's processes exchange, defined once.
 
-Type ids are the wire bytes and never change meaning. Channels (see ``protocol.transport``):
+Type ids are the wire bytes and never change meaning. Channels (see ``transport``, the package of sockets and endpoints):
 rpc (client <-> coordinator), stream (coordinator -> clients, topic = session id, see ``transport.published``),
 jobs (coordinator -> generators), gen-events (generators -> coordinator),
 control (coordinator -> generators), persist and persist-acks (coordinator <-> persister).

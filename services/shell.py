@@ -12,7 +12,9 @@ from typing import Callable
 
 import zmq
 
-from protocol import codec, curve, messages as m, transport
+from protocol import codec, messages as m
+import transport
+from transport import curve
 from services import logs, store
 
 

@@ -24,7 +24,8 @@ import zmq
 from clients.api import Client
 from clients.view import GAP, ReplyView
 from tools.report import ProcessMeter, build_report
-from protocol import codec, messages as m, transport
+from protocol import codec, messages as m
+import transport
 from services import shell
 from services.mock_llm.script import reply_text
 

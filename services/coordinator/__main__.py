@@ -10,7 +10,9 @@ from typing import Callable
 import msgpack
 import zmq
 
-from protocol import codec, curve, messages as m, transport
+from protocol import codec, messages as m
+import transport
+from transport import curve
 from services import config, shell, store
 from services.coordinator.machine import (Coordinator, Log, ReadGeneration, ReplyTo, ToClients, ToControl,
                                           ToGenerators, ToPersister)

@@ -30,7 +30,8 @@ import openai
 import zmq
 import zmq.asyncio
 
-from protocol import codec, messages as m, transport
+from protocol import codec, messages as m
+import transport
 from protocol.codec import PIECE_CHARS, pieces
 from protocol.records import tool_call_at
 from services import config, shell

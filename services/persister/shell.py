@@ -15,7 +15,8 @@ import msgspec
 import peewee
 import zmq
 
-from protocol import messages as m, transport
+from protocol import messages as m
+import transport
 from services import config, shell, store
 from services.persister import core
 from services.persister.failures import DatabaseGone, Retry

@@ -13,7 +13,8 @@ import time
 import pytest
 import zmq
 
-from protocol import messages as m, transport
+from protocol import messages as m
+import transport
 from services.generator.__main__ import GeneratorShell, shut_down
 from services.generator.rules import Generation
 from tests.integration.stack import Stack

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import curve
+from transport import curve
 from services.mock_llm.script import reply_text
 from tests.integration.netns import A_ADDRESS, B_ADDRESS, TwoHosts, Unavailable
 from tests.integration.stack import Stack, wait_until

@@ -8,7 +8,8 @@ import stat
 import pytest
 import zmq
 
-from protocol import curve, transport
+import transport
+from transport import curve
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import os
 import pytest
 import zmq
 
-from protocol import codec, messages as m, transport
+from protocol import codec, messages as m
+import transport
 from services import store
 from services.persister.shell import PersisterShell
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from protocol import transport
+import transport
 
 
 def test_run_dir_is_created_private(tmp_path, monkeypatch):

@@ -23,13 +23,14 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from transport.errors import SetupError
+
 ZAP_DOMAIN = b"chatter"
 REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 def _setup_error(text: str) -> Exception:
-    from protocol.transport import SetupError  # transport imports this module
     return SetupError(text)
 
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import zmq
 
-from protocol import curve
 from protocol.codec import MAX_FRAME_BYTES
+from transport import curve
+from transport.errors import SetupError
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,6 @@ LINGER_MS = 0  # a stopping process must never hang on unsent frames; resends co
 
 
 IPC_PATH_MAX = 107  # sockaddr_un.sun_path on Linux, less its terminating NUL
-
-
-class SetupError(Exception):
-    """A run directory or endpoint that cannot be used; the sentence names the setting and the fix."""
 
 
 def run_dir(path: str | None = None) -> str:
