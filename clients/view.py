@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from protocol.lifecycle import FINAL, fresh_at
 from protocol.records import tool_call_at
 
 APPLIED, IGNORED, GAP = "applied", "ignored", "gap"
-ENDED = ("completed", "cancelled", "error", "interrupted")
+ENDED = FINAL
 
 
 @dataclass
@@ -36,12 +37,11 @@ class TextView:
         self.length = len(value)
 
     def apply(self, offset: int, text: str) -> str:
-        have = self.length
-        if offset > have:
+        fresh = fresh_at(self.length, offset, text)
+        if fresh is None:
             return GAP
-        if offset + len(text) <= have:
+        if not fresh:
             return IGNORED  # a replay of text we have
-        fresh = text[have - offset:]
         self.parts.append(fresh)
         self.length += len(fresh)
         self.new.append(fresh)

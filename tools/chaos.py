@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.view import ReplyView
+from protocol.lifecycle import FINAL
 from tools.report import percentiles
 from tools.verify import first_difference
 
@@ -192,7 +193,7 @@ def account(spec: ChaosSpec, run, trials: list[Trial], rows: dict, requests: dic
         kinds = {t.kind for t in trials if t.killed_at >= s.sent_at and (s.ended_at is None or t.killed_at <= s.ended_at)}
         tallies = [total] + [by_kind[k] for k in kinds]
         problems = []
-        terminal = (status in ("completed", "cancelled", "error", "interrupted") and not (view.final or {}).get(
+        terminal = (status in FINAL and not (view.final or {}).get(
             "client_side") and db_status not in (None, "streaming", "queued"))
         for tally in tallies:
             tally.streams += 1

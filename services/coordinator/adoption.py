@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from protocol import messages as m
+from protocol.lifecycle import Status, fresh_at, move
 from services.coordinator.effects import Log, ReadGeneration, ToControl
 from services.coordinator.prompt import package_of
 from services.coordinator.stream import RUN_MARK, GenerationState, base_id
@@ -52,7 +53,7 @@ class Adoption:
             if not record.content and not record.reasoning:
                 self._rebuild(sess, record, None, now, out)
             else:
-                record.status, record.error = "interrupted", "interrupted: coordinator restarted"
+                record.status, record.error = move(record.status, Status.INTERRUPTED), "interrupted: coordinator restarted"
         return out
 
     def _sweep_held(self) -> bool:
@@ -118,13 +119,13 @@ class Adoption:
             text.length = text.client_len = len(stored)
         if record.reasoning:
             gen.thinking_started_at = now
-        record.status, record.error = "streaming", None
+        record.status, record.error = move(record.status, Status.STREAMING), None
         self.active[record.generation_id] = gen
         sess.active_generation = record.generation_id
         self.message_sessions[record.message_id] = sess.session_id
         self.persisted.adopt(record.message_id, record.generation_id, len(record.content), len(record.reasoning), now)
         if generator_id is None:
-            gen.status = record.status = "queued"
+            self._moved(gen, Status.QUEUED)
             gen.started_at, gen.run_started_at, gen.last_delta_at = None, None, None
             gen.queued_at = now  # the stall watchdog's clock for taking the job
             self.counters["generations_requeued"] += 1
@@ -141,11 +142,11 @@ class Adoption:
             return
         for text, seq, offset, fresh in ((gen.thinking, msg.reasoning_seq, msg.reasoning_offset, msg.reasoning),
                                          (gen.answer, msg.seq, msg.offset, msg.text)):
-            if offset > text.length or offset + len(fresh) < text.length:
+            new = fresh_at(text.length, offset, fresh)
+            if new is None or offset + len(fresh) < text.length:
                 self._finalize(gen, "error", now, out, error=f"catch-up after the coordinator's restart does not "
                                f"continue the stored text (offset {offset}, stored {text.length})")
                 return
-            new = fresh[text.length - offset:]
             text.last_seq = seq
             if new:
                 text.parts.append(new)

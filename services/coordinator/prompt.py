@@ -6,10 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from protocol.lifecycle import NOT_PROMPTED
 from protocol.records import THINK_CLOSE, THINK_OPEN, MessageRecord
 
 # Replies with these statuses are shown in history but never sent to the model again.
-EXCLUDED_FROM_PROMPT = frozenset({"cancelled", "error", "interrupted", "streaming", "queued"})
+EXCLUDED_FROM_PROMPT = NOT_PROMPTED
 
 
 def canonical_bytes(messages: list[dict], model: str, params: dict) -> bytes:

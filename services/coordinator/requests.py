@@ -9,6 +9,7 @@ import itertools
 
 from protocol import messages as m, results
 from protocol.codec import PIECE_CHARS
+from protocol.lifecycle import Status, continuable, move
 from protocol.records import DROPPED_SHOWN
 from services.coordinator import pages, sessions
 from services.coordinator.effects import Log, RequestRefused, ToClients, ToGenerators, ToPersister
@@ -148,9 +149,7 @@ class Requests:
         record = sess.last_reply()
         if record is None:
             raise RequestRefused("nothing to continue: the session has no reply yet")
-        cut = record.status in ("cancelled", "error", "interrupted") or (
-            record.status == "completed" and (record.stats or {}).get("finish_reason") == "length")
-        if not cut:
+        if not continuable(record.status, (record.stats or {}).get("finish_reason")):
             raise RequestRefused(f"the last reply is {record.status}: only a reply cut by the length limit, a "
                                  "stop, an error or an interruption can be continued (regenerate makes a new one)")
         if record.generation_id in self.finalizing or record.message_id in self.persisted.states:
@@ -185,7 +184,7 @@ class Requests:
         for text, stored in ((gen.answer, record.content), (gen.thinking, record.reasoning)):
             text.parts[:] = [stored] if stored else []
             text.length = text.client_len = len(stored)
-        record.generation_id, record.status, record.error = gen_id, "queued", None
+        record.generation_id, record.status, record.error = gen_id, move(record.status, Status.QUEUED), None
         gen.stream = sess.stream
         self._set_prompt(gen, prompt, style)
         self.active[gen_id] = gen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocol.lifecycle import Status, move
 from protocol.records import DROPPED_SHOWN, MessageRecord
 from protocol.results import SessionSummary
 from services.coordinator.prompt import CONTINUE_STYLES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, in_prompt
@@ -39,8 +40,8 @@ class SessionState:
         for record in sess.history:
             if record.status == "streaming" and keep_streaming:
                 sess.active_generation = record.generation_id
-            elif record.status == "streaming":  # the persister marks it too, once the sweep reaches it
-                record.status = "interrupted"
+            elif record.status == Status.STREAMING:  # the persister marks it too, once the sweep reaches it
+                record.status = move(record.status, Status.INTERRUPTED)
             if record.client_request_id:
                 sess.request_ids[record.client_request_id] = record.message_id
         return sess

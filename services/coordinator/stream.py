@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m, results
 from protocol.codec import pieces
+from protocol.lifecycle import Status, move
 from protocol.records import tool_call_at
 from services.coordinator.effects import Log, ToClients, ToControl, ToGenerators, ToPersister, content_hash
 from services.coordinator.prompt import PromptPackage, PromptTooLarge, continuation, original_of
@@ -147,6 +148,12 @@ def next_checkpoint(last_s: float, period_s: float) -> float:
 class StreamRules:
     # ------------------------------------------------------------ generator events
 
+    @staticmethod
+    def _moved(gen: GenerationState, status: Status) -> None:
+        """A generation and its record take a new status, as the lifecycle allows (``protocol.lifecycle``)."""
+        gen.status = move(gen.status, status)
+        gen.record.status = move(gen.record.status, status)
+
     def _running(self, run_id: str) -> GenerationState | None:
         """The active generation whose current run ``run_id`` is (a continuation after a fault runs as
         ``<id>~<n>``); None for the events of an ended generation or of a run before its continuation."""
@@ -168,7 +175,7 @@ class StreamRules:
         gen.run_started_at = now
         if gen.started_at is None:
             gen.started_at = now
-        gen.status = gen.record.status = "streaming"
+        self._moved(gen, Status.STREAMING)
 
     def _on_gen_delta(self, msg: m.GenDelta | m.DeltaItem, now: float, out: list) -> None:
         gen = self.active.get(msg.generation_id)  # the per-delta path: one lookup for a run never continued
@@ -198,7 +205,7 @@ class StreamRules:
         gen.last_delta_at = now  # thinking is progress: the stall watchdog and the first-token wait see it
         if gen.first_token_at is None:
             gen.first_token_at = now
-            gen.status = gen.record.status = "streaming"
+            self._moved(gen, Status.STREAMING)
         if thinking:
             if gen.thinking_started_at is None:
                 gen.thinking_started_at = now
@@ -228,7 +235,7 @@ class StreamRules:
         offset = len(call["function"]["arguments"])
         call["function"]["arguments"] += msg.arguments
         gen.last_delta_at = now
-        gen.status = gen.record.status = "streaming"
+        self._moved(gen, Status.STREAMING)
         gen.tool_calls_saved = False
         out.append(ToClients(gen.session_id, m.StreamToolCall(gen.session_id, gen.generation_id, msg.index, call["id"],
                                                               call["function"]["name"], offset, msg.arguments)))
@@ -375,7 +382,7 @@ class StreamRules:
         text they lack, and its session is free for the next reply."""
         del self.active[gen.generation_id]
         self.first_token_wait.ended(gen.generation_id)
-        gen.status, gen.ended_at, gen.error = status, now, error
+        gen.status, gen.ended_at, gen.error = move(gen.status, status), now, error
         if gen.thinking_started_at is not None and gen.thinking_ended_at is None:
             gen.thinking_ended_at = now  # it thought to the end (a cancel mid-thought: no answer)
         if status == "cancelled":
@@ -395,7 +402,7 @@ class StreamRules:
             text.persist_pending_len = 0
         gen.record.content, gen.record.reasoning = gen.text(), gen.thinking.text()
         gen.record.tool_calls = gen.tool_calls
-        gen.record.status, gen.record.error = status, error
+        gen.record.status, gen.record.error = move(gen.record.status, status), error
         gen.record.stats = self._stats(gen, now)
         sess = self.sessions[gen.session_id]
         self._touch(sess, now)
@@ -497,7 +504,7 @@ class StreamRules:
         if gen.generation_id in self.active:
             out.append(ToControl(m.CancelGeneration(gen.run_id)))
             self._end(gen, "error", now, out, error)
-        gen.record.status, gen.record.error = "error", error
+        gen.record.status, gen.record.error = move(gen.record.status, Status.ERROR), error
         text = gen.record.content
         out.append(ToClients(gen.session_id, m.Final(gen.session_id, gen.generation_id, gen.message_id, "error",
                                                      len(text), content_hash(text), gen.record.stats, error,
@@ -515,7 +522,7 @@ class StreamRules:
                 if gen.last_delta_at is None:  # this run emitted nothing yet: safe to run again elsewhere
                     gen.generator_id = None
                     if gen.first_token_at is None:
-                        gen.status = gen.record.status = "queued"
+                        self._moved(gen, Status.QUEUED)
                     self._dispatch(gen, now, out)
                     continue
                 fault = f"generator lost: {gen_id} stopped heartbeating"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol import messages as m
+from protocol.lifecycle import Status, fresh_at, move
 
 # The chunk log is two tables in turn (``store.CHUNK_LOG``): rows go into the current one; the other is emptied
 # whole once no streaming message has rows in it, and becomes the current one when this one holds this many rows
@@ -259,7 +260,7 @@ class PersisterCore:
         """A streaming message whose operation could not be stored ends as ``error``, keeping its text."""
         plan = Plan()
         if message_id in self.open:
-            self._write_final(message_id, "error", self.open[message_id], None, {}, reason, None, plan)
+            self._write_final(message_id, Status.ERROR, self.open[message_id], None, {}, reason, None, plan)
         return plan
 
     def _exists(self, message_id: str) -> bool:
@@ -271,14 +272,13 @@ class PersisterCore:
         stored = self.open.get(op.message_id)
         if stored is not None:
             length = stored.lengths[op.thinking]
-            end = op.offset + len(op.text)
-            if op.offset <= length < end:  # continues the stored text (a resend may overlap it)
-                fresh = op.text[length - op.offset:]
+            fresh = fresh_at(length, op.offset, op.text)  # a resend may overlap the stored text
+            if fresh:
                 chunks.append((self.next_chunk_id, op.message_id, length, fresh, op.thinking))
                 self.first_chunk.setdefault(op.message_id, self.next_chunk_id)
                 self.next_chunk_id += 1
                 stored.parts[op.thinking].append(fresh)
-                stored.lengths[op.thinking] = end
+                stored.lengths[op.thinking] = length + len(fresh)
         plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _flush_chunks(self, plan: Plan, chunks: list) -> None:
@@ -291,7 +291,7 @@ class PersisterCore:
             plan.writes.append(Supersede(list(op.supersedes)))
         if not self._exists(op.message_id):  # else a resent create: the row is there already
             plan.writes.append(InsertMessage(op))
-            if op.status == "streaming":
+            if op.status == Status.STREAMING:
                 self.open[op.message_id] = OpenMessage()
             else:
                 self._remember_final(op.message_id, (len(op.content), 0))
@@ -305,8 +305,8 @@ class PersisterCore:
             plan.acks[op.message_id] = self._ack(op.message_id)
         elif stored.lengths[0] < op.length or stored.lengths[1] < op.reasoning_length:
             plan.acks[op.message_id] = self._ack(op.message_id)  # wait for the resent appends
-        else:  # a cancel may keep less than was checkpointed
-            self._write_final(op.message_id, op.status, stored, (op.length, op.reasoning_length), op.stats,
+        else:  # a cancel may keep less than was checkpointed; a streaming row ends only in a final status
+            self._write_final(op.message_id, move(Status.STREAMING, op.status), stored, (op.length, op.reasoning_length), op.stats,
                               op.error, op.content_hash, plan, op.prompt, op.tool_calls)
             plan.acks[op.message_id] = self._ack(op.message_id)
 
@@ -344,7 +344,7 @@ class PersisterCore:
         live = set(op.live_message_ids)
         orphans = [message_id for message_id in self.open if message_id not in live]
         for message_id in orphans:
-            self._write_final(message_id, "interrupted", self.open[message_id], None, {},
+            self._write_final(message_id, Status.INTERRUPTED, self.open[message_id], None, {},
                               f"interrupted: {op.reason}", None, plan)
         plan.answers.append(m.OrphansInterrupted(len(orphans), op.sweep))
         plan.interrupted += len(orphans)

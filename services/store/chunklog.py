@@ -9,6 +9,7 @@ import zlib
 import msgspec
 import peewee
 
+from protocol.lifecycle import fresh_at
 from services.store.models import _CHUNK_COLUMNS, CHUNK_LOG, IS_STREAMING, STREAMING, Message
 from services.store.writes import _insert_sql
 
@@ -104,10 +105,10 @@ class _ChunkTexts:
         self.lengths = [0, 0]
 
     def add(self, offset: int, text: str, thinking: bool) -> None:
-        have = self.lengths[thinking]
-        if offset <= have < offset + len(text):
-            self.parts[thinking].append(text[have - offset:])
-            self.lengths[thinking] = offset + len(text)
+        fresh = fresh_at(self.lengths[thinking], offset, text)
+        if fresh:
+            self.parts[thinking].append(fresh)
+            self.lengths[thinking] += len(fresh)
 
 
 def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:

@@ -6,10 +6,12 @@ import json
 
 import peewee
 
+from protocol.lifecycle import FINAL, Status
+
 db_proxy = peewee.DatabaseProxy()
 
-STREAMING = "streaming"
-TERMINAL_STATUSES = ("completed", "cancelled", "error", "interrupted")
+STREAMING = Status.STREAMING.value  # in SQL as it is
+TERMINAL_STATUSES = tuple(sorted(FINAL))
 
 
 class JSONField(peewee.TextField):
