@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.integration.stack import wait_until
 from tools.spawn import REPO
 
 
@@ -81,8 +82,6 @@ def test_a_loadtest_run_in_process_settles_its_callers_collector_for_the_run_onl
 def test_a_postgresql_restart_during_a_loadtest_is_a_gap_in_its_meter_not_a_crash(tmp_path, postgres_server):
     """The server restarts mid-run: the meter reconnects, marks the gap, and the report is printed; every reply is
     still whole."""
-    import time
-
     server = postgres_server()
     url = server.new_database("meter")
     out = tmp_path / "report.json"
@@ -90,8 +89,8 @@ def test_a_postgresql_restart_during_a_loadtest_is_a_gap_in_its_meter_not_a_cras
                             "--count", "30", "--tokens", "200", "--tps", "100", "--json", "--out", str(out),
                             "--database-url", url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(4.0)  # the stack is up and replies stream
-        server.restart("fast")
+        wait_until(lambda: _replies_stored(url) > 0, timeout=120, what="the load test's first replies")
+        server.restart("fast")  # the meter began before the first reply: this restart is inside its run
         stdout, stderr = run.communicate(timeout=240)
     finally:
         if run.poll() is None:
@@ -103,3 +102,12 @@ def test_a_postgresql_restart_during_a_loadtest_is_a_gap_in_its_meter_not_a_cras
     gap = report["db_server"]["gap"]
     assert gap and ("restarted" in gap or "lost" in gap), gap
     assert report["db_server"]["wal_bytes"] > 0  # WAL positions go on across a restart
+
+
+def _replies_stored(url: str) -> int:
+    import psycopg
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM message").fetchone()[0]
+    except psycopg.Error:  # no tables yet, or the server restarting
+        return 0
