@@ -33,12 +33,11 @@ import zmq.asyncio
 from protocol import codec, messages as m
 import transport
 from protocol.codec import PIECE_CHARS, pieces
-from protocol.records import tool_call_at
 from services import config, shell
 from services.generator.fed import Sink, fed, reader_of, transport_of
 from services.generator.rules import (Generation, JobFailed, RetryBeforeFirstToken, connection_failure,
                                       context_lengths, not_an_event_stream, retry_delay, server_kind,
-                                      server_words, status_failure, tool_call_deltas)
+                                      server_words, status_failure)
 from services.generator.request import AsyncOpenAI, request_body, streaming_request
 from services.generator.sse import DONE, ChunkEvent, SSEDecoder, UpstreamProtocolError, reasoning_of
 from services.logs import redact
@@ -540,14 +539,8 @@ class GeneratorShell:
             self.emit_delta(gen.job.generation_id, seq, text, count_tokens(text, gen.job.model), time.time(),
                             thinking)
         if event.tool_calls:  # rare: a model that calls a tool; in order after the text before it
-            for index, call_id, name, arguments in tool_call_deltas(event.tool_calls):
-                call = tool_call_at(gen.tool_calls, index, call_id, name)
-                if call is None:
-                    continue  # an index that skips one: nothing a reply can hold
-                call["function"]["arguments"] += arguments
-                for piece in pieces(arguments) if arguments else [""]:
-                    self.emit(m.GenToolCall(gen.job.generation_id, index, call_id, name, piece))
-                    call_id = name = ""
+            for call in gen.take_tool_calls(event.tool_calls):
+                self.emit(call)
 
     # ------------------------------------------------------------ life
 

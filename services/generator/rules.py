@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m
 from protocol.codec import PIECE_CHARS, pieces
+from protocol.records import tool_call_at
 from protocol.records import THINK_CLOSE, THINK_OPEN
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -190,6 +191,20 @@ class Generation:
         if text:
             for thinking, piece in self.think_tags.feed(text):
                 self._add(thinking, piece, out)
+        return out
+
+    def take_tool_calls(self, calls: list) -> list[m.GenToolCall]:
+        """A chunk's ``tool_calls``: kept whole (a restarted coordinator's catch-up sends them), and returned as the
+        events to send, a call's arguments in pieces that each fit a frame."""
+        out = []
+        for index, call_id, name, arguments in tool_call_deltas(calls):
+            call = tool_call_at(self.tool_calls, index, call_id, name)
+            if call is None:
+                continue  # an index that skips one: nothing a reply can hold
+            call["function"]["arguments"] += arguments
+            for piece in pieces(arguments) if arguments else [""]:
+                out.append(m.GenToolCall(self.job.generation_id, index, call_id, name, piece))
+                call_id = name = ""
         return out
 
     def take_held(self) -> list[tuple[bool, int, str]]:

@@ -85,3 +85,12 @@ def test_a_catch_up_after_the_coordinators_restart_brings_the_tool_calls_whole()
     parts = catch_up_parts(m.ResumeGeneration("g", 0, 0), 3, "x" * 600_000, 0, "", calls)
     assert len(parts) == 3 and [p.tool_calls for p in parts] == [None, None, calls]
     assert [p.more for p in parts] == [True, True, False]
+
+
+def test_the_generator_keeps_a_call_whole_and_sends_its_pieces():
+    from services.generator.rules import Generation
+    gen = Generation.of(m.Job("g", [], "m", {}, "h"), "auto")
+    first = gen.take_tool_calls([{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}])
+    more = gen.take_tool_calls([{"index": 0, "function": {"arguments": "{}"}}, {"index": 5, "id": "skipped"}])
+    assert [(e.index, e.call_id, e.name, e.arguments) for e in first + more] == [(0, "c1", "f", ""), (0, "", "", "{}")]
+    assert gen.tool_calls == [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
