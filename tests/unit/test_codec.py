@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from protocol import codec, messages as m, results
+from protocol.messages import bundles as bundle_module
 
 SAMPLES = [
     m.NewSession(1, "be brief", None),
@@ -128,7 +129,7 @@ def test_every_message_reads_and_writes_as_plain_msgpack():
 def test_bundles_keep_order_split_by_size_and_send_a_lone_frame_as_itself(monkeypatch):
     ops = [m.Append("msg", i, "x" * 100).encode() for i in range(30)]
     assert m.bundle(ops[:1]) == ops[:1]  # nothing to gain from wrapping one frame
-    monkeypatch.setattr(m, "BUNDLE_BYTES", 1000)
+    monkeypatch.setattr(bundle_module, "BUNDLE_BYTES", 1000)
     frames = m.bundle(ops)
     assert 3 <= len(frames) <= 5 and all(len(f) <= 1000 + 200 for f in frames)
     out = []

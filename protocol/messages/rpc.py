@@ -1,0 +1,149 @@
+"""rpc: the requests a client sends the coordinator (DEALER -> ROUTER), each with its request id, and the
+one ``Reply`` to each; what enters here is bounded at decode."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from msgspec import Meta
+
+from protocol import results
+from protocol.codec import Int, Message
+
+
+# What enters through rpc is bounded here, at decode: a request out of range is refused with the field's
+# name, before any handler or database sees it. Counts and lengths fit a 32-bit integer column
+# (PostgreSQL's ``integer``); ids and names fit their ``varchar`` columns.
+Id = Annotated[str, Meta(max_length=64)]
+RequestKey = Annotated[str, Meta(max_length=128)]
+ModelName = Annotated[str, Meta(max_length=128)]
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+SessionsLimit = Annotated[int, Meta(ge=1, le=100_000)]
+
+
+class NewSession(Message, tag=1):
+    req_id: Int
+    system: Optional[str] = None
+    model: Optional[ModelName] = None
+    max_input_tokens: Optional[Count] = None  # this session's input budget; default CHATTER_MAX_INPUT_TOKENS
+    # saved at once (``SaveSession``); False: made for the message sent next, and stored with it (a refused
+    # message then leaves no empty session behind: ``chatter send`` without ``--session``)
+    save: bool = True
+
+
+class Send(Message, tag=2):
+    req_id: Int
+    session_id: Id
+    text: str
+    client_request_id: RequestKey
+    model: Optional[ModelName] = None
+
+
+class Cancel(Message, tag=3):
+    """Stop a session's active generation. ``seen_len`` is how much text the canceller
+    had rendered: the kept reply is cut to it, so what the user saw is what is stored."""
+
+    req_id: Int
+    session_id: Id
+    generation_id: Optional[Id] = None
+    seen_len: Optional[Count] = None
+    seen_reasoning_len: Optional[Count] = None  # the same for the thinking: a cancel mid-thought keeps what was seen
+
+
+class Snapshot(Message, tag=4):
+    """A session's active (else last) reply, or one generation's when ``generation_id`` is given. Paged: the
+    answer holds its texts from these offsets on, as much as fits a frame, and says if there is ``more``
+    (``Client.snapshot`` asks for each page in turn)."""
+
+    req_id: Int
+    session_id: Id
+    generation_id: Optional[Id] = None
+    offset: Count = 0
+    reasoning_offset: Count = 0
+
+
+class Status(Message, tag=5):
+    req_id: Int
+    session_id: Optional[Id] = None  # also report this session's context use
+
+
+class History(Message, tag=6):
+    """A session's messages, paged: from ``message_id`` (None: the first), whose texts go on from these
+    offsets, as many as fit a frame; the answer's ``next`` is where the next page starts."""
+
+    req_id: Int
+    session_id: Id
+    message_id: Optional[Id] = None
+    offset: Count = 0
+    reasoning_offset: Count = 0
+
+
+class Preview(Message, tag=7):
+    """The exact prompt of a reply, paged: its preview text from ``preview_offset``, then its messages from
+    ``index`` (the first one's content from ``offset``), as much as fits a frame."""
+
+    req_id: Int
+    message_id: Id
+    preview_offset: Count = 0
+    index: Count = 0
+    offset: Count = 0
+
+
+class Regenerate(Message, tag=8):
+    """Cancel the session's streaming reply if any, supersede the last reply, answer the last user turn again."""
+
+    req_id: Int
+    session_id: Id
+    client_request_id: RequestKey
+
+
+class Continue(Message, tag=13):
+    """Continue the session's last reply where it was cut (length, cancelled, error, interrupted): the same
+    message grows, by a new generation whose prompt ends with the reply so far (CHATTER_CONTINUE_STYLE)."""
+
+    req_id: Int
+    session_id: Id
+    client_request_id: RequestKey
+
+
+class Sessions(Message, tag=10):
+    """The most recently active sessions, a page of at most ``limit`` (fewer when a frame holds fewer): those
+    before (``before``, ``before_id``), the last activity and id of the previous page's last one."""
+
+    req_id: Int
+    limit: SessionsLimit = 50
+    before: Optional[Annotated[float, Meta(ge=0)]] = None
+    before_id: Optional[Id] = None
+
+
+class ResolveSession(Message, tag=12):
+    """The one session whose id starts with ``prefix`` (in memory or in the database), or a refusal naming
+    how many match."""
+
+    req_id: Int
+    prefix: Id
+
+
+class ConfigureSession(Message, tag=11):
+    """Change a session's settings from its next reply on. ``None`` leaves one as it is; an empty system
+    prompt clears it; a budget of 0 means the default. ``params`` may set ``temperature``, ``max_tokens``
+    and ``stream`` (a ``None`` value unsets one)."""
+
+    req_id: Int
+    session_id: Id
+    system: Optional[str] = None
+    max_input_tokens: Optional[Count] = None
+    model: Optional[ModelName] = None
+    params: Optional[Annotated[dict, Meta(max_length=16)]] = None
+
+
+class Reply(Message, tag=9):
+    """The coordinator's answer to any rpc request."""
+
+    req_id: Int
+    ok: bool
+    result: Optional[results.ANY] = None  # typed by the request (protocol/results.py); None when refused
+    error: Optional[str] = None
+
+
+RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
+                ConfigureSession, ResolveSession, Continue)
