@@ -29,15 +29,8 @@ def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool
                             (rows[-1][0], "", 0, "", False, _pack_entries(rows)))
 
 
-# A packed row's first byte says its layout. This version's (``_COLUMNS``) holds the appends as columns: the ids
-# (the first one alone when they follow each other, as the persister assigns them), the message ids (16 bytes
-# each where they are 32 lowercase hex digits, as the coordinator makes them), the offsets, the texts, and the
-# positions of the thinking's appends; msgpack, then zlib. The first version's rows (a list of the appends as
-# tuples, zlib's own header first: 0x78) are read as they are. Why: the message ids were half of a packed row
-# (80 random bits each, in 32 characters that zlib cannot fold into fewer than ~20 bytes); a 50-stream load
-# test's log, 72 rows, 2,025 appends, 44.1 KB of text: 54.7 KB packed as tuples, 41.3 KB as columns (zlib level
-# 6: 51.7 and 40.3, at 10-20% more CPU), ~41 µs a row to pack either way (docs/PERFORMANCE.md, "Message ids as
-# bytes").
+# A packed row's first byte says its layout: 0x01, the appends as columns (message ids as 16 bytes), msgpack then
+# zlib; 0x78, an earlier version's tuples. Measured: 54.7 -> 41.3 KB for a load test's log (PERFORMANCE.md, "The store's measurements").
 _COLUMNS = b"\x01"
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 _encode_columns = msgspec.msgpack.Encoder().encode
@@ -125,11 +118,8 @@ def streaming_chunks() -> dict[str, tuple[int, list[str], list[str]]]:
     return {message_id: (first, texts.parts[0], texts.parts[1]) for message_id, (first, texts) in found.items()}
 
 
-# The log's rows as this process has read them from the database it opened last: (table, row id) -> the row's
-# appends by message id. A row never changes once written and its id is never used again, so only the rows the log
-# holds now are kept. Why: a read of one streaming message's text (``load_session``, for every session a restarted
-# coordinator reads back) unpacked the whole log: 4.4-6.1 ms a call against 1.7 for the plain rows before (8,192
-# appends over 200-1000 messages, CPU time over 50 calls); through this index 0.9-1.5 ms.
+# The log's rows this process has read, (table, row id) -> appends by message id: a row never changes, so a
+# read unpacks only the rows it has not seen (4.4-6.1 -> 0.9-1.5 ms a call; PERFORMANCE.md, "The store's measurements").
 _LOG_INDEX: dict[tuple[str, int], dict[str, list]] = {}
 
 

@@ -40,20 +40,11 @@ def is_unreachable(exc: BaseException) -> bool:
 
 
 SQLITE_PREFIX = "sqlite:///"
-# A new database's pages are 1 KB, not SQLite's 4 KB: a commit writes a whole page of each tree it touches (the
-# chunk log's end, the message table's, a page of each index), mostly to change a few dozen bytes, and each page
-# goes to the write-ahead log and again into the file. Measured (docs/PERFORMANCE.md, "Database bytes": the
-# persister's disk bytes per content byte, ``bench/persister_bytes.py``): 57.3 -> 32.6 at 50 streams with a commit
-# every 250 ms, 33.6 -> 31.1 at 1000 with one every 66 ms; 512-byte pages wrote more than 1 KB ones at 1000
-# (35.8) and no fewer at 50 (33.4). It must come before WAL mode, which fixes the size of a new file; a database
-# made with other pages keeps them (the pragma changes nothing there).
+# A new database's pages are 1 KB: a commit rewrites whole pages to change a few bytes (57.3 -> 32.6 disk bytes per
+# content byte at 50 streams; PERFORMANCE.md, "The store's measurements"). Set before WAL mode fixes the size.
 SQLITE_PAGE_SIZE = 1024
-# SQLite copies the log into the file once it holds this many pages (its default, 1000, is counted in pages): 4 MB
-# of 1 KB pages, the log's size with SQLite's defaults. At 1000 pages, 1 MB, the same pages were copied four times
-# as often: 31.0 against 25.0 disk bytes per content byte in the harness above, 1000 streams, 4000 replies. A 16 MB
-# log wrote less again (12.4 against 15.6 in the harness; 10.9 against 11.4 in load tests at 1000 streams) but cost
-# every process on the machine 5-8% more CPU per token and the burst's first token ~100 ms (four pairs alternating
-# in order, docs/PERFORMANCE.md, "A 16 MB log, measured again and not kept").
+# The log is copied into the file every 4096 pages (4 MB): 1 MB copied the same pages four times as often, 16 MB cost
+# every process 5-8% more CPU (PERFORMANCE.md, "The store's measurements", "A 16 MB log, measured again and not kept").
 SQLITE_WAL_PAGES = 4096
 SQLITE_PRAGMAS = {"page_size": SQLITE_PAGE_SIZE, "busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal",
                   "wal_autocheckpoint": SQLITE_WAL_PAGES, "foreign_keys": 1}

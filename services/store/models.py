@@ -101,12 +101,8 @@ class ChunkB(Chunk):
 CHUNK_LOG = (Chunk, ChunkB)  # the log's two tables, in the order of their numbers (``half``)
 
 
-# Partial indexes: a row is in one only while it matches, so a reply's finalize leaves the streaming index
-# instead of moving its entry across a status index, and user messages (no generation) are in neither. Written
-# as SQL, not bound parameters: a prepared statement's parameter cannot prove an index's WHERE. The queries
-# below spell the same terms. Measured (bench/persister_bytes.py --frames, 1000 replies, 1000 at once, a commit
-# every 50 ms): the full status index's pages were 3.6 of the 30.7 log bytes per content byte, the generation
-# index's 2.2; with these, 27.7 in all (docs/PERFORMANCE.md, "Database bytes").
+# Partial indexes: a row is in one only while it matches (written as SQL: a bound parameter cannot prove an index's
+# WHERE). They saved ~3 of 30.7 log bytes per content byte (PERFORMANCE.md, "The store's measurements").
 IS_STREAMING = peewee.SQL(f"\"status\" = '{STREAMING}'")
 HAS_GENERATION = peewee.SQL('"generation_id" IS NOT NULL')
 Message.add_index(Message.status, where=IS_STREAMING, name="message_streaming")

@@ -24,9 +24,8 @@ def final_texts(message_id: str) -> tuple[str, str]:
     return (row[0] or "", row[1] or "") if row else ("", "")
 
 
-# A session's reads as plain SQL, built once from the models: peewee's query building and model instances
-# were most of load_session's 1.2 ms of CPU on the coordinator's reader thread (which holds the GIL the
-# loop needs); a row is converted by its fields' own python_value (JSON columns, booleans).
+# A session's reads as plain SQL built once, each row converted by its fields' python_value: peewee's query building
+# was most of load_session's 1.2 ms on the reader thread (PERFORMANCE.md, "The store's measurements").
 _MESSAGE_FIELDS = Message._meta.sorted_fields
 _JSON_COLUMNS = [(i, f) for i, f in enumerate(_MESSAGE_FIELDS) if isinstance(f, (JSONField, peewee.BooleanField))]
 _SESSION_SQL = "SELECT " + ", ".join(f'"{c}"' for c in _SESSION_COLUMNS) + " FROM session WHERE id = {param}"
@@ -93,10 +92,8 @@ def sessions_with_prefix(prefix: str, shown: int = 5) -> tuple[int, list[str]]:
     return count, [i for i in ids if i.startswith(prefix)]
 
 
-# One query whatever the limit, as plain SQL: the sessions, each with its message count and its last
-# assistant message's status (by the index on message.session_id). Built by peewee it was three queries
-# and 3.8 ms of CPU for 100 sessions on the reader thread, which holds the GIL the coordinator's loop needs;
-# this is 0.5 ms (300 stored sessions on PostgreSQL 15, this project's 2-core machine).
+# One query whatever the limit, as plain SQL: 0.5 ms for 100 sessions against peewee's three queries and 3.8 ms
+# (PERFORMANCE.md, "The store's measurements").
 LIST_SESSIONS_SQL = (
     "SELECT s.id, s.title, s.updated_at, "
     "(SELECT COUNT(*) FROM message m WHERE m.session_id = s.id), "
