@@ -112,7 +112,7 @@ def default_model() -> str:
 
 
 def wake_ms() -> int:
-    """The longest period of a paced loop (coordinator and generator; ``shell.Pacer``): a lightly loaded one
+    """The longest period of a paced loop (coordinator and generator; ``pacing.Pacer``): a lightly loaded one
     wakes at most once in this many ms, a busier one sooner."""
     return env_int("CHATTER_WAKE_MS", 20, lo=0, hi=100)
 
@@ -208,7 +208,7 @@ class GeneratorSettings:
     upstream_timeout_ms: int = 60_000
     first_token_ms: int = 600_000
     http_client: str = "aiohttp"
-    # a live stream decoded inside the socket's callback (fed.py), or through the client's byte iterator
+    # a live stream decoded inside the socket's callback (read_in_callback.py), or through the client's byte iterator
     stream_reader: str = "fed"
     think_tags: str = "auto"  # a leading <think>...</think> in the content is thinking: auto, on or off
     wake_ms: int = 20

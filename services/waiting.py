@@ -1,5 +1,5 @@
 """Whether any of a process's replies still waits for its first token: asked before every paced sleep
-(``shell.Pacer``'s ``hurry``), by the coordinator's machine and by the generator. Pure: no clock, no I/O."""
+(``pacing.Pacer``'s ``hurry``), by the coordinator's machine and by the generator. Pure: no clock, no I/O."""
 from __future__ import annotations
 
 from typing import Callable

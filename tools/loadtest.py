@@ -356,7 +356,7 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
             # the client's own collector paused it up to ~50 ms at 1000 streams, counted as delivery latency;
             # settled for the run only, so the caller's process (pytest, the bench) gets its collector back
             threshold = gc.get_threshold()
-            shell.settle_heap()
+            shell.freeze_startup_heap()
             try:
                 elapsed = load.run(meter)
             finally:

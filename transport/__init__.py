@@ -22,6 +22,7 @@ import zmq
 from protocol.codec import MAX_FRAME_BYTES
 from transport import curve
 from transport.errors import SetupError
+from transport.queues import Outbox, offer, take, take_one  # noqa: F401 (the services' way to send and take)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 state machine, and carries out its effects. No stream rule lives here."""
 from __future__ import annotations
 
-import collections
 import os
 import time
 from typing import Callable
@@ -13,7 +12,7 @@ import zmq
 from protocol import codec, messages as m
 import transport
 from transport import curve
-from services import config, shell, store
+from services import config, pacing, shell, store
 from services.coordinator.machine import (Coordinator, Log, ReadGeneration, ReplyTo, ToClients, ToControl,
                                           ToGenerators, ToPersister)
 from services.coordinator import pages
@@ -21,7 +20,7 @@ from services.coordinator.stream import base_id
 from services.coordinator.reader import DatabaseReader
 from services.tokens import count_tokens
 
-DRAIN_BATCH = 256  # per socket and loop turn (see ``shell.drain``)
+DRAIN_BATCH = 256  # frames taken per socket and loop turn (``transport.take``)
 
 
 class CoordinatorShell:
@@ -57,7 +56,9 @@ class CoordinatorShell:
         # refused handshakes on the tcp channels, counted and logged (an unauthorized key, a plain client)
         watches = (shell.RefusalWatch(self.log, sock, channel) for sock, channel in zip(self.bound, transport.CHANNELS))
         self.refusals = {watch.monitor: watch for watch in watches if watch.monitor is not None}
-        self.pending_jobs: collections.deque[list[bytes]] = collections.deque()  # each a multipart message
+        # jobs wait here, in order, while every generator is full or none is connected
+        self.pending_jobs = transport.Outbox(self.jobs)
+        self.bad_frames = shell.BadFrames(self.log, self.machine.counters)
         self.reader = DatabaseReader(self.ctx, self.db, unreachable)
         self.machine.reads_health, self.machine.reads_last_failure = self.reader.health, self.reader.last_failure
         self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
@@ -79,7 +80,7 @@ class CoordinatorShell:
                     topic = getattr(effect.msg, "generation_id", "")
                     self.control.send(transport.published(topic, effect.msg.encode()))
                 elif kind is ToGenerators:
-                    self.pending_jobs.append(m.job_frames(effect.msg))
+                    self.pending_jobs.put(m.job_frames(effect.msg))
                 elif kind is ReplyTo:
                     self.rpc.send_multipart([effect.client, effect.msg.encode()])
                 elif kind is Log:
@@ -92,16 +93,9 @@ class CoordinatorShell:
             except codec.FrameTooLarge as exc:  # a bug: every answer is paged and every text cut to fit
                 self.frame_too_large(effect, exc)
         for frame in m.bundle(persist_ops):  # in order, one send per bundle rather than per operation
-            try:
-                self.persist.send(frame, zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # no persister or its queue is full: the machine resends what is not acked
-        while self.pending_jobs:
-            try:
-                self.jobs.send_multipart(self.pending_jobs[0], zmq.NOBLOCK)
-            except zmq.Again:
-                break  # every generator is full or none is connected: jobs wait here, in order
-            self.pending_jobs.popleft()
+            # refused when there is no persister or its queue is full: the machine resends what is not acked
+            transport.offer(self.persist, frame)
+        self.pending_jobs.flush()
 
     def frame_too_large(self, effect, exc: codec.FrameTooLarge) -> None:
         """An effect whose frame would be over the limit fails alone: logged with its type and size, counted
@@ -116,10 +110,6 @@ class CoordinatorShell:
             self.rpc.send_multipart([effect.client, m.Reply(effect.msg.req_id, False, None, words).encode()])
 
     # ------------------------------------------------------------ inputs
-
-    def bad_frame(self, channel: str, err: codec.FrameError) -> None:
-        self.machine.counters["bad_frames_dropped"] += 1
-        shell.log_bad_frame(self.log, channel, err, self.machine.counters["bad_frames_dropped"])
 
     def read_for(self, msg: m.Message) -> tuple[str, Callable[[], tuple]] | None:
         """The database read a request needs before the machine can answer it, as (key, read): a session not
@@ -143,12 +133,12 @@ class CoordinatorShell:
         return None
 
     def drain_rpc(self, now: float) -> None:
-        for frames in shell.drain(self.rpc, DRAIN_BATCH, multipart=True):
+        for frames in transport.take(self.rpc, DRAIN_BATCH, multipart=True):
             client, payload = frames[0], frames[-1]
             try:
                 msg = codec.decode(payload, m.RPC_REQUESTS)
             except codec.FrameError as err:
-                self.bad_frame("rpc", err)
+                self.bad_frames.drop("rpc", err)
                 req_id = _salvage_req_id(payload)
                 if req_id is not None:
                     self.carry_out([ReplyTo(client, m.Reply(req_id, False, None, f"bad request: {err}"))])
@@ -200,15 +190,11 @@ class CoordinatorShell:
 
     def drain_events(self, sock: zmq.Socket, channel: str, expect: tuple, now: float) -> None:
         effects: list = []
-        for payload in shell.drain(sock, DRAIN_BATCH):
-            msgs, errors = shell.decode_bundle(payload, expect)
-            for err in errors:
-                self.bad_frame(channel, err)
-            for msg in msgs:
-                try:
-                    effects.extend(self.machine.handle_event(msg, now))
-                except Exception:  # a bug must cost one event, never the coordinator
-                    self.log.exception("event_failed", event=type(msg).__name__)
+        for msg in shell.take_messages(sock, DRAIN_BATCH, expect, channel, self.bad_frames):
+            try:
+                effects.extend(self.machine.handle_event(msg, now))
+            except Exception:  # a bug must cost one event, never the coordinator
+                self.log.exception("event_failed", event=type(msg).__name__)
         self.carry_out(effects)
 
     # ------------------------------------------------------------ loop
@@ -221,9 +207,9 @@ class CoordinatorShell:
         keys_checked_at = 0.0
         poller.register(self.jobs, 0)
         self.log.info("coordinator_ready", rpc=transport.endpoint(transport.RPC))
-        pacer = shell.Pacer(self.settings.wake_ms / 1000, sleep=shell.Urgent(self.rpc).sleep,  # CHATTER_WAKE_MS
+        pacer = pacing.Pacer(self.settings.wake_ms / 1000, sleep=pacing.WakeOnMessage(self.rpc).sleep,  # CHATTER_WAKE_MS
                             hurry=self.machine.first_token_awaited)
-        shell.settle_heap()
+        shell.freeze_startup_heap()
         while not self.stopping:
             pacer.pace()
             now = time.time()

@@ -19,6 +19,7 @@ from typing import Callable
 import peewee
 import zmq
 
+import transport
 from services import shell, store
 
 _IDS = itertools.count(1)
@@ -52,11 +53,8 @@ class DatabaseReader:
         self.requests.put((key, read))
 
     def take(self) -> list[tuple[str, object, Exception | None]]:
-        while True:
-            try:
-                self.wake.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while transport.take_one(self.wake) is not None:
+            pass
         out = []
         while self.answers:
             out.append(self.answers.popleft())

@@ -334,7 +334,7 @@ async def serve() -> None:
         raise SystemExit(f"chatter mock_llm: cannot listen on {host}:{port} (CHATTER_MOCK_HOST, CHATTER_MOCK_PORT): "
                          f"{exc.strerror}") from None
     log.info("mock_llm_ready", url=f"http://{host}:{port}/v1")
-    shell.settle_heap()  # it shares the machine's cores with the backend in every load test
+    shell.freeze_startup_heap()  # it shares the machine's cores with the backend in every load test
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

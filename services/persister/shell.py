@@ -44,7 +44,8 @@ class PersisterShell:
         self.acks_out = transport.open_socket(self.ctx, transport.PERSIST_ACKS, bind=False)
         self.refusals = shell.RefusalWatch(self.log, self.acks_out, transport.PERSIST_ACKS)
         self.stopping = False
-        self.bad_frames = self.failed_batches = self.commits = self.ops_applied = self.ops_rejected = 0
+        self.bad_frames = shell.BadFrames(self.log)
+        self.failed_batches = self.commits = self.ops_applied = self.ops_rejected = 0
         self.stats_sent_at, self.stats_sent_for = 0.0, -1
         self.frames_dropped = 0  # to the coordinator, while it could not be reached (see ``send``)
         self.hello_sent = False
@@ -62,7 +63,7 @@ class PersisterShell:
         # The coordinator answers with the live messages; every other streaming one is then interrupted.
         self.say_hello()
         self.log.info("persister_ready", database=store.describe_url(self.url))
-        shell.settle_heap()
+        shell.freeze_startup_heap()
         while not self.stopping:
             if self.retry.holding:  # a failed transaction's operations go first, after their backoff
                 wait_s = self.retry.retry_at - time.time()
@@ -152,20 +153,12 @@ class PersisterShell:
             return []
         ops: list[m.Message] = []
         deadline = time.monotonic() + self.group_commit_s
-        while len(ops) < DRAIN_BATCH:
-            try:
-                payload = self.ops_in.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                left_ms = (deadline - time.monotonic()) * 1000
-                if left_ms <= 0 or not self.ops_in.poll(left_ms):
-                    break
-                continue
-            decoded, errors = shell.decode_bundle(payload, m.PERSIST_OPS)
-            ops.extend(decoded)
-            for err in errors:
-                self.bad_frames += 1
-                shell.log_bad_frame(self.log, "persist", err, self.bad_frames)
-        return ops
+        while True:
+            ops.extend(shell.take_messages(self.ops_in, DRAIN_BATCH - len(ops), m.PERSIST_OPS, "persist",
+                                          self.bad_frames))
+            left_ms = (deadline - time.monotonic()) * 1000
+            if len(ops) >= DRAIN_BATCH or left_ms <= 0 or not self.ops_in.poll(left_ms):
+                return ops
 
     # ------------------------------------------------------------ transactions
 
@@ -338,12 +331,10 @@ class PersisterShell:
         """To the coordinator, never blocking: with no connection to it (it is down, or refused this
         persister's key) a PUSH socket would block, and the persister could not even stop. What is dropped
         is resent: the coordinator resends every operation not acked, and the acks follow them."""
-        try:
-            self.acks_out.send(frame, zmq.NOBLOCK)
+        if transport.offer(self.acks_out, frame):
             return True
-        except zmq.Again:
-            self.frames_dropped += 1
-            return False
+        self.frames_dropped += 1
+        return False
 
     def send_stats(self) -> None:
         self.stats_sent_at, self.stats_sent_for = time.monotonic(), self.commits

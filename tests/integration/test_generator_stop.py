@@ -15,7 +15,8 @@ import zmq
 
 from protocol import messages as m
 import transport
-from services.generator.__main__ import GeneratorShell, shut_down
+from services.generator.__main__ import GeneratorShell
+from services.generator.upstream import shut_down
 from services.generator.rules import Generation
 from tests.integration.stack import Stack
 
@@ -50,8 +51,7 @@ def run_in_loop(shell: GeneratorShell, body) -> object:
         try:
             return await body()
         finally:
-            for client in shell.clients:
-                await client.close()
+            await shell.upstream.close()
     return asyncio.run(run())
 
 
@@ -65,10 +65,9 @@ def requests_for(mock, text: str) -> list[dict]:
 
 async def started(shell: GeneratorShell, gen: Generation, tokens: int = 0) -> asyncio.Task:
     """The generation's stream, begun: its connection known to the shell and ``tokens`` deltas taken."""
-    shell.live[gen.job.generation_id] = gen
-    task = asyncio.create_task(shell.attempt_until_deadline(gen))
+    task = asyncio.create_task(shell.upstream.run(gen, shell.on_chunk, shell.on_retry))
     deadline = time.monotonic() + 10
-    while gen.job.generation_id not in shell.connections or gen.emitted < tokens:
+    while gen.job.generation_id not in shell.upstream.connections or gen.emitted < tokens:
         assert time.monotonic() < deadline and not task.done(), "the stream never began"
         await asyncio.sleep(0.01)
     return task
@@ -82,15 +81,15 @@ def test_a_connection_closed_by_a_stop_ends_the_generation_as_cancelled_and_is_n
     text = f"stop me {tokens} [[mock tokens=200 tps=20 ttft_ms={100 if tokens else 60000}]]"
 
     async def run():
-        gen = Generation.of(job(text), "")
+        gen = generator.machine.take_job(job(text), time.monotonic())
         task = await started(generator, gen, tokens)
         gen.stopped = True
-        shut_down(generator.connections[gen.job.generation_id])
+        shut_down(generator.upstream.connections[gen.job.generation_id])
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
         return gen
     gen = run_in_loop(generator, run)
-    assert gen.attempts == 1 and generator.retries == 0
+    assert gen.attempts == 1 and generator.machine.retries == 0
     time.sleep(0.3)  # a retry, were there one, would reach the mock by now
     entries = requests_for(mock, text)
     assert len(entries) == 1 and entries[0]["client_closed"] and not entries[0]["completed"]
@@ -109,7 +108,7 @@ def test_the_stopper_thread_closes_the_upstream_connection_while_the_loop_is_bus
             nonlocal stopper
             stopper = threading.Thread(target=generator.stop_at_once, daemon=True)
             stopper.start()
-            gen = Generation.of(job(text), "")
+            gen = generator.machine.take_job(job(text), time.monotonic())
             task = await started(generator, gen, 2)
             await asyncio.sleep(0.3)  # the thread's subscription is through
             control.send(transport.published(gen.job.generation_id, m.CancelGeneration(gen.job.generation_id).encode()))

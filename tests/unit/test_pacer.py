@@ -1,4 +1,4 @@
-"""``shell.Pacer``: a loop that is not busy wakes at most once a period; a busy one never waits; and the paced
+"""``pacing.Pacer``: a loop that is not busy wakes at most once a period; a busy one never waits; and the paced
 selector of the generator's event loop never sleeps when callbacks are ready. A clock of the test's own: no
 timing is measured here."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import socket
 import pytest
 import zmq
 
-from services.shell import PacedSelector, Pacer, Urgent
+from services.pacing import PacedSelector, Pacer, WakeOnMessage
 
 
 class Clock:
@@ -127,7 +127,7 @@ def test_the_paced_selector_waits_only_where_the_loop_would_wait_and_counts_the_
 
 @pytest.fixture
 def urgent_pair():
-    """A receiving and a sending zmq PAIR, and a paced selector with an ``Urgent`` over the receiver; all closed
+    """A receiving and a sending zmq PAIR, and a paced selector with an ``WakeOnMessage`` over the receiver; all closed
     after the test."""
     ctx = zmq.Context()
     receiver, sender = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
@@ -135,8 +135,8 @@ def urgent_pair():
     sender.connect("inproc://urgent")
     selectors: list[PacedSelector] = []
 
-    def paced(period_s: float) -> tuple[PacedSelector, Urgent]:
-        urgent = Urgent(receiver)
+    def paced(period_s: float) -> tuple[PacedSelector, WakeOnMessage]:
+        urgent = WakeOnMessage(receiver)
         selectors.append(PacedSelector(period_s, urgent=urgent))
         return selectors[-1], urgent
 

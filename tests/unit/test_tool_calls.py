@@ -80,7 +80,7 @@ def test_a_clients_view_joins_a_calls_arguments_by_offset_and_asks_for_a_snapsho
 
 def test_a_catch_up_after_the_coordinators_restart_brings_the_tool_calls_whole():
     """The generator keeps every call whole and sends them with the last piece of its catch-up."""
-    from services.generator.__main__ import catch_up_parts
+    from services.generator.machine import catch_up_parts
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]
     parts = catch_up_parts(m.ResumeGeneration("g", 0, 0), 3, "x" * 600_000, 0, "", calls)
     assert len(parts) == 3 and [p.tool_calls for p in parts] == [None, None, calls]

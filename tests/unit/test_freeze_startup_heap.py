@@ -1,4 +1,4 @@
-"""``shell.settle_heap``: what a process built before its loop is frozen out of the collector's walks, and the
+"""``shell.freeze_startup_heap``: what a process built before its loop is frozen out of the collector's walks, and the
 collector still runs: a cycle made afterwards is freed once the young generation fills. In a child interpreter,
 so the test process's own collector is left as it was."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ CHILD = textwrap.dedent("""
         pass
 
     kept = [Node() for _ in range(1000)]  # start-up's objects: frozen, never walked again
-    shell.settle_heap()
+    shell.freeze_startup_heap()
     assert gc.isenabled(), "the collector is off"
     assert gc.get_freeze_count() >= len(kept), gc.get_freeze_count()
     assert gc.get_threshold()[0] == shell.GC_YOUNG_THRESHOLD
@@ -25,7 +25,7 @@ CHILD = textwrap.dedent("""
     del cycle
     assert alive() is not None  # reference counting alone does not free a cycle
     churn = [[] for _ in range(shell.GC_YOUNG_THRESHOLD + 1)]  # the young generation fills: a collection runs
-    assert alive() is None, "a cycle made after settle_heap was never collected"
+    assert alive() is None, "a cycle made after freeze_startup_heap was never collected"
     print("ok")
 """)
 

@@ -14,7 +14,7 @@ at 20 tok/s, ``CHATTER_STREAM_READER=iterator`` and ``fed`` alternating, two run
 read path".
 
 How: the response's ``StreamReader`` takes a subclass of its own class with no new slots (the same layout, so
-``__class__`` may change), whose ``feed_data``, ``feed_eof`` and ``set_exception`` also tell a ``Sink``, found by
+``__class__`` may change), whose ``feed_data``, ``feed_eof`` and ``set_exception`` also tell a ``DecodedStream``, found by
 the reader's id. Where the response is not the shape this expects (another HTTP backend, another aiohttp),
 ``reader_of`` gives None and the stream is read the usual way.
 """
@@ -27,10 +27,10 @@ from aiohttp.streams import StreamReader
 
 from services.generator.sse import DONE, SSEDecoder
 
-_SINKS: dict[int, Sink] = {}  # the reader's id -> its sink (slots cannot grow: a side table)
+_STREAMS: dict[int, DecodedStream] = {}  # the reader's id -> its stream (slots cannot grow: a side table)
 
 
-class Sink:
+class DecodedStream:
     """One stream's decoder and what ends it: ``done`` has the stream's end (its DONE or EOF) or its error."""
 
     def __init__(self, on_event, loop: asyncio.AbstractEventLoop) -> None:
@@ -73,36 +73,36 @@ class Sink:
             self.done.set_exception(exc)
 
 
-class _FedReader(StreamReader):
+class _CallbackReader(StreamReader):
     __slots__ = ()
 
     def feed_data(self, data: bytes, size: int = 0) -> bool:
-        sink = _SINKS.get(id(self))
-        if sink is None:
+        stream = _STREAMS.get(id(self))
+        if stream is None:
             return super().feed_data(data, size)
         if data:
-            sink.feed(data)
+            stream.feed(data)
         return False
 
     def begin_http_chunk_receiving(self) -> None:
-        if id(self) not in _SINKS:
+        if id(self) not in _STREAMS:
             super().begin_http_chunk_receiving()
 
     def end_http_chunk_receiving(self) -> None:  # nothing is buffered: no chunk boundaries to keep
-        if id(self) not in _SINKS:
+        if id(self) not in _STREAMS:
             super().end_http_chunk_receiving()
 
     def feed_eof(self) -> None:
         super().feed_eof()  # aiohttp's own end: the connection goes back to its pool
-        sink = _SINKS.get(id(self))
-        if sink is not None:
-            sink.eof()
+        stream = _STREAMS.get(id(self))
+        if stream is not None:
+            stream.eof()
 
     def set_exception(self, exc: BaseException, *args) -> None:
         super().set_exception(exc, *args)
-        sink = _SINKS.get(id(self))
-        if sink is not None:
-            sink.fail(exc)
+        stream = _STREAMS.get(id(self))
+        if stream is not None:
+            stream.fail(exc)
 
 
 def _aiohttp_response_of(response):
@@ -123,23 +123,23 @@ def transport_of(response) -> asyncio.Transport | None:
 
 
 @contextlib.contextmanager
-def fed(reader: StreamReader, sink: Sink):
-    """While inside, what ``reader`` is handed goes to ``sink``, the bytes it holds already first."""
+def decode_in_callback(reader: StreamReader, stream: DecodedStream):
+    """While inside, what ``reader`` is handed goes to ``stream``, the bytes it holds already first."""
     failed = reader.exception()
     held = reader.read_nowait() if failed is None else b""
     ended = reader.is_eof()
-    reader.__class__ = _FedReader
-    _SINKS[id(reader)] = sink
+    reader.__class__ = _CallbackReader
+    _STREAMS[id(reader)] = stream
     try:
         if held:
-            sink.feed(held)
+            stream.feed(held)
         if failed is not None:
-            sink.fail(failed)
+            stream.fail(failed)
         elif ended:
-            sink.eof()
-        yield sink
+            stream.eof()
+        yield stream
     finally:
-        _SINKS.pop(id(reader), None)
+        _STREAMS.pop(id(reader), None)
         reader.__class__ = StreamReader
-        if sink.done.done() and not sink.done.cancelled():
-            sink.done.exception()  # taken: an error that the task did not wait for is not "never retrieved"
+        if stream.done.done() and not stream.done.cancelled():
+            stream.done.exception()  # taken: an error that the task did not wait for is not "never retrieved"
