@@ -15,7 +15,7 @@ import msgspec
 import zmq
 
 from clients.view import GAP, ReplyView
-from protocol import codec, messages as m, results
+from protocol import codec, messages as m, answers
 import transport
 from transport import curve
 
@@ -60,7 +60,7 @@ def encode_request(msg: m.Message) -> bytes:
 SESSIONS_LIMIT = 100_000  # the most one ``Sessions`` request asks for (a page holds fewer)
 
 
-def join_history(whole: results.History, page: results.History) -> results.History:
+def join_history(whole: answers.History, page: answers.History) -> answers.History:
     """A history's pages joined: a message cut at the end of one page goes on at the start of the next (from
     the offsets the next page was asked for), and its other fields are the later page's."""
     messages, rest = list(whole.messages), page.messages
@@ -116,7 +116,7 @@ class Client:
 
     # ------------------------------------------------------------ rpc
 
-    def request(self, msg: m.Message, attempts: int = 1) -> results.Result:
+    def request(self, msg: m.Message, attempts: int = 1) -> answers.Result:
         """One rpc. ``attempts`` > 1 only for idempotent requests: a send carries its client request
         id, so asking again after a timeout can never start a second generation."""
         for attempt in range(attempts):
@@ -128,7 +128,7 @@ class Client:
                     raise
         raise AssertionError("unreachable")
 
-    def _request_once(self, msg: m.Message) -> results.Result:
+    def _request_once(self, msg: m.Message) -> answers.Result:
         self.rpc.send(encode_request(msg))
         deadline = time.monotonic() + self.rpc_timeout_ms / 1000
         while True:
@@ -169,14 +169,14 @@ class Client:
         """A new session's id; ``save=False``: it is stored with the first message sent to it (see NewSession)."""
         return self.request(m.NewSession(next(self.req_ids), system, model, max_input_tokens, save)).session_id
 
-    def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> results.Result:
+    def send(self, session_id: str, text: str, client_request_id: str, model: str | None = None) -> answers.Result:
         return self.request(m.Send(next(self.req_ids), session_id, text, client_request_id, model), attempts=3)
 
     def cancel(self, session_id: str, generation_id: str | None = None, seen_len: int | None = None,
-               seen_reasoning_len: int | None = None) -> results.Result:
+               seen_reasoning_len: int | None = None) -> answers.Result:
         return self.request(m.Cancel(next(self.req_ids), session_id, generation_id, seen_len, seen_reasoning_len))
 
-    def snapshot(self, session_id: str, generation_id: str | None = None) -> results.Snapshot:
+    def snapshot(self, session_id: str, generation_id: str | None = None) -> answers.Snapshot:
         """A reply's snapshot, whole: its pages asked for in turn, each going on from the texts so far (a page
         begins at a shorter text's end when a cancel cut it meanwhile)."""
         self.snapshots += 1
@@ -190,16 +190,16 @@ class Client:
         return msgspec.structs.replace(page, text=text, reasoning=reasoning, user_text=user_text, offset=0,
                                        reasoning_offset=0, more=False)
 
-    def regenerate(self, session_id: str, client_request_id: str) -> results.Result:
+    def regenerate(self, session_id: str, client_request_id: str) -> answers.Result:
         return self.request(m.Regenerate(next(self.req_ids), session_id, client_request_id), attempts=3)
 
-    def continue_reply(self, session_id: str, client_request_id: str) -> results.Result:
+    def continue_reply(self, session_id: str, client_request_id: str) -> answers.Result:
         """Continue the session's last reply where it was cut; retried safely (one continuation per request id)."""
         return self.request(m.Continue(next(self.req_ids), session_id, client_request_id), attempts=3)
 
-    def sessions(self, limit: int = 50) -> list[results.SessionSummary]:
+    def sessions(self, limit: int = 50) -> list[answers.SessionSummary]:
         """The ``limit`` most recently active sessions, page by page (a page holds what fits a frame)."""
-        listed: list[results.SessionSummary] = []
+        listed: list[answers.SessionSummary] = []
         while len(listed) < limit:
             last = listed[-1] if listed else None
             page = self.request(m.Sessions(next(self.req_ids), min(limit - len(listed), SESSIONS_LIMIT),
@@ -214,14 +214,14 @@ class Client:
         return self.request(m.ResolveSession(next(self.req_ids), prefix)).session_id
 
     def configure(self, session_id: str, system: str | None = None, max_input_tokens: int | None = None,
-                  model: str | None = None, params: dict | None = None) -> results.Result:
+                  model: str | None = None, params: dict | None = None) -> answers.Result:
         return self.request(m.ConfigureSession(next(self.req_ids), session_id, system, max_input_tokens, model,
                                                params))
 
-    def status(self, session_id: str | None = None) -> results.Result:
+    def status(self, session_id: str | None = None) -> answers.Result:
         return self.request(m.Status(next(self.req_ids), session_id))
 
-    def history(self, session_id: str) -> results.History:
+    def history(self, session_id: str) -> answers.History:
         """A session's whole history, page by page: a message cut at a page's end goes on in the next."""
         whole = self.request(m.History(next(self.req_ids), session_id))
         while whole.next is not None:
@@ -231,7 +231,7 @@ class Client:
             whole = join_history(whole, page)
         return whole
 
-    def preview(self, message_id: str) -> results.Preview:
+    def preview(self, message_id: str) -> answers.Preview:
         """A reply's exact prompt, whole: page by page, a message cut at a page's end going on in the next."""
         page = self.request(m.Preview(next(self.req_ids), message_id))
         preview, messages, dropped = page.preview, list(page.messages), page.dropped_message_ids

@@ -8,7 +8,7 @@ import uuid
 from contextlib import nullcontext
 
 from clients.api import ChatterError, Client
-from protocol import results
+from protocol import answers
 from clients.output import EXIT_OK, SigintFlag, outcome_json, resolve_session
 from clients.show import (finish, print_history, print_preview, print_sessions, print_status, renderer_callbacks,
                           renderer_for, stream_reply)
@@ -130,7 +130,7 @@ def cmd_chat(client: Client, args) -> int:
 def show(args, value, print_text, **extra) -> int:
     """One JSON value with ``--json`` (a result's fields, and ``extra``), else its text form."""
     if args.json:
-        plain = [results.plain(v) for v in value] if isinstance(value, list) else extra | results.plain(value)
+        plain = [answers.plain(v) for v in value] if isinstance(value, list) else extra | answers.plain(value)
         print(json.dumps(plain, ensure_ascii=False))
     else:
         print_text(value)

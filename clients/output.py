@@ -5,12 +5,12 @@ import signal
 
 from clients.api import ChatterError, Client
 from clients.view import ReplyView
-from protocol import results
+from protocol import answers
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 130
 
 
-def outcome_json(session_id: str, view: ReplyView, started: results.ReplyStarted | results.Snapshot) -> dict:
+def outcome_json(session_id: str, view: ReplyView, started: answers.ReplyStarted | answers.Snapshot) -> dict:
     """The object ``send --json``, ``regenerate --json`` and ``watch --once --json`` print."""
     final = view.final or {}
     stats = final.get("stats") or {}

@@ -11,7 +11,7 @@ from clients.api import Client
 from clients.output import SigintFlag, exit_code, outcome_json, status_label
 from clients.render import ReplyRenderer
 from clients.view import ReplyView
-from protocol import results
+from protocol import answers
 
 
 def write_out(text: str) -> None:
@@ -71,13 +71,13 @@ def finish(outcome: dict, view: ReplyView, renderer: ReplyRenderer | None) -> in
 # ---------------------------------------------------------------- commands
 
 
-def print_sessions(rows: list[results.SessionSummary]) -> None:
+def print_sessions(rows: list[answers.SessionSummary]) -> None:
     for row in rows:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.last_activity)) if row.last_activity else "–"
         print(f"{row.session_id}  {stamp}  {row.message_count:>3} msgs  {row.status:<11}  {row.title}")
 
 
-def print_status(status: results.Status) -> None:
+def print_status(status: answers.Status) -> None:
     print("coordinator: up")
     print(f"generators: {len(status.generators)}")
     for g in status.generators:
@@ -94,7 +94,7 @@ def print_status(status: results.Status) -> None:
     print_durability(status)
 
 
-def print_durability(status: results.Status) -> None:
+def print_durability(status: answers.Status) -> None:
     """The persister, its database, the coordinator's own reads, and what is not saved yet."""
     persister, seen = status.persister, status.persister_seen_ms_ago
     if seen is None:
@@ -132,7 +132,7 @@ def _since(then: float) -> str:
     return f"{max(0.0, time.time() - then):.0f} s"
 
 
-def print_history(history: results.History, show_thinking: bool = False) -> None:
+def print_history(history: answers.History, show_thinking: bool = False) -> None:
     print(f"session {history.session_id}: {history.title}")
     if history.system:
         print(f"[system] {history.system}")
@@ -186,7 +186,7 @@ def thinking_fold(reasoning: str, stats: dict | None) -> str:
     return f"▸ thought ({', '.join(w for w in what if w)}; --show-thinking shows it): {begins}"
 
 
-def print_preview(preview: results.Preview) -> None:
+def print_preview(preview: answers.Preview) -> None:
     note = f"# prompt of {preview.message_id} — model {preview.model}, sha256 {preview.prompt_hash}"
     if preview.dropped_count:
         shown = "" if len(preview.dropped_message_ids) == preview.dropped_count else \

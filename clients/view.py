@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m
 from protocol.lifecycle import FINAL, fresh_at
-from protocol.records import tool_call_at
+from protocol.conversation import tool_call_at
 
 APPLIED, IGNORED, GAP = "applied", "ignored", "gap"
 ENDED = FINAL
@@ -151,7 +151,7 @@ class ReplyView:
         return APPLIED
 
     def apply_snapshot(self, snap) -> str:
-        # ``snap``: a protocol.results.Snapshot
+        # ``snap``: a protocol.answers.Snapshot
         """Adopt a snapshot of the session taken after subscribing. Returns APPLIED or IGNORED."""
         if snap.generation_id != self.generation_id:
             return IGNORED

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from protocol import codec
 from protocol.codec import Message
-from protocol.records import MessageRecord, PromptMessage  # noqa: F401 (part of this schema: m.MessageRecord)
+from protocol.conversation import MessageRecord, PromptMessage  # noqa: F401 (part of this schema: m.MessageRecord)
 from protocol.messages.rpc import *  # noqa: F401,F403
 from protocol.messages.stream import *  # noqa: F401,F403
 from protocol.messages.jobs import *  # noqa: F401,F403

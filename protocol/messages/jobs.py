@@ -8,7 +8,7 @@ import msgspec
 
 from protocol import codec
 from protocol.codec import PIECE_CHARS, Int, Message
-from protocol.records import PromptMessage
+from protocol.conversation import PromptMessage
 
 
 class Job(Message, tag=30):

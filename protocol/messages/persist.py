@@ -7,7 +7,7 @@ from typing import Optional
 import msgspec
 
 from protocol.codec import Int, Message
-from protocol.records import PromptMessage
+from protocol.conversation import PromptMessage
 
 
 class ContinuedPrompt(msgspec.Struct, array_like=True):

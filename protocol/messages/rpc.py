@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 from msgspec import Meta
 
-from protocol import results
+from protocol import answers
 from protocol.codec import Int, Message
 
 
@@ -141,7 +141,7 @@ class Reply(Message, tag=9):
 
     req_id: Int
     ok: bool
-    result: Optional[results.ANY] = None  # typed by the request (protocol/results.py); None when refused
+    result: Optional[answers.ANY] = None  # typed by the request (protocol/answers.py); None when refused
     error: Optional[str] = None
 
 

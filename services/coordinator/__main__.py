@@ -13,10 +13,10 @@ from protocol import codec, messages as m
 import transport
 from transport import curve
 from services import config, pacing, shell, store
-from services.coordinator.machine import (Coordinator, Log, ReadGeneration, ReplyTo, ToClients, ToControl,
+from services.coordinator.machine import (Coordinator, Log, LoadSessionOfGeneration, ReplyTo, ToClients, ToControl,
                                           ToGenerators, ToPersister)
 from services.coordinator import pages
-from services.coordinator.stream import base_id
+from services.coordinator.generation import base_id
 from services.coordinator.reader import DatabaseReader
 from services.tokens import count_tokens
 
@@ -60,7 +60,7 @@ class CoordinatorShell:
         self.pending_jobs = transport.Outbox(self.jobs)
         self.bad_frames = shell.BadFrames(self.log, self.machine.counters)
         self.reader = DatabaseReader(self.ctx, self.db, unreachable)
-        self.machine.reads_health, self.machine.reads_last_failure = self.reader.health, self.reader.last_failure
+        self.machine.health.reads, self.machine.health.reads_last_failure = self.reader.health, self.reader.last_failure
         self.parked: dict[str, list[tuple[bytes, m.Message]]] = {}  # read key -> requests waiting on it
         self.adopting: dict[str, str] = {}  # read key -> the generation whose session it reads, to adopt it
         self.stopping = False
@@ -85,7 +85,7 @@ class CoordinatorShell:
                     self.rpc.send_multipart([effect.client, effect.msg.encode()])
                 elif kind is Log:
                     self.log.info(effect.event, **effect.fields)
-                elif kind is ReadGeneration:
+                elif kind is LoadSessionOfGeneration:
                     gen_id = effect.generation_id
                     self.reader.ask(f"generation {gen_id}", lambda gen_id=gen_id: (
                         "adopt", (gen_id, store.session_of_generation(base_id(gen_id)))))
@@ -156,7 +156,7 @@ class CoordinatorShell:
     def take_reads(self, now: float) -> None:
         """Answers of the database reader: adopt what was read, then answer the requests parked on it."""
         answers = self.reader.take()
-        self.machine.reads_health, self.machine.reads_last_failure = self.reader.health, self.reader.last_failure
+        self.machine.health.reads, self.machine.health.reads_last_failure = self.reader.health, self.reader.last_failure
         self.machine.counters["database_reads"] += len(answers)
         for key, value, exc in answers:
             adopting = self.adopting.pop(key, None)
@@ -171,7 +171,7 @@ class CoordinatorShell:
             elif value[0] == "summaries":
                 self.machine.load_summaries(value[1])
             elif value[0] == "matches":
-                self.machine.stored_matches = dict([value[1]])
+                self.machine.book.stored_matches = dict([value[1]])
             for client, msg in self.parked.pop(key, []):
                 if exc is not None:
                     refusal = f"could not read the database: {shell.plain_error(exc)}; try again"

@@ -35,7 +35,7 @@ class ToPersister:
 
 
 @dataclass(slots=True)
-class ReadGeneration:
+class LoadSessionOfGeneration:
     """Read the session of a generation that a generator announced, for ``Coordinator.adopt``."""
 
     generation_id: str

@@ -1,62 +1,40 @@
 """The coordinator's pure state machine: sessions, generations, and the rules of the stream.
 
 ``Coordinator.handle_rpc``, ``handle_event`` and ``tick`` return a list of effects; nothing here touches a
-socket, a clock or the database. ``Coordinator`` holds the state and the dispatch tables; the rules live
-in its parts: ``requests.Requests`` (what clients ask), ``stream.StreamRules`` (seq checks and late
-deltas, cancel, coalescing to clients, checkpoint cadence, and the finalize order) and ``adoption.Adoption``
-(a restarted coordinator taking over the replies in flight).
+socket, a clock or the database. ``Coordinator`` composes parts that each own their state and are given what they
+need: ``book.SessionBook`` (the sessions in memory), ``generators.Generators`` (who streams, what their servers
+told), ``persistence.PersistTracker`` (what the persister has), ``stream.Streams`` (the replies under way: seq
+checks, coalescing, checkpoints, finalize, liveness), ``continuing.Continuation`` (going on after a fault),
+``requests.Requests`` (what clients ask to change), ``views.Views`` (what they ask to read) and
+``adoption.Adoption`` (a restarted coordinator taking over the replies in flight). Here: the dispatch tables and
+the timers.
 """
 from __future__ import annotations
 
-import heapq
-
-from protocol import messages as m, results
+from protocol import messages as m, answers
 from services.config import CoordinatorSettings as Settings
 from services.coordinator.adoption import Adoption
-from services.coordinator.effects import (Log, ReadGeneration, ReplyTo, RequestRefused, ToClients, ToControl,
-                                          ToGenerators, ToPersister, content_hash, new_id, new_ordered_id)
+from services.coordinator.book import SessionBook
+from services.coordinator.continuing import Continuation
+from services.coordinator.effects import (LoadSessionOfGeneration, Log, ReplyTo, RequestRefused, ToClients,
+                                          ToControl, ToGenerators, ToPersister, content_hash, new_id, new_ordered_id)
+from services.coordinator.generation import GenerationState
+from services.coordinator.generators import Generators
 from services.coordinator.persistence import PersistTracker
 from services.coordinator.requests import Requests
-from services.coordinator.sessions import SessionState
-from services.coordinator.stream import GenerationState, GeneratorInfo, StreamRules
-from services.waiting import FirstTokenWait
+from services.coordinator.stream import Streams
+from services.coordinator.views import Health, Views
 
 # what the shell and the tests take from here: the machine, its settings, and the effects it returns
-__all__ = ["Coordinator", "Settings", "Log", "ReadGeneration", "ReplyTo", "RequestRefused", "ToClients", "ToControl",
-           "ToGenerators", "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
+__all__ = ["Coordinator", "Settings", "Log", "LoadSessionOfGeneration", "ReplyTo", "RequestRefused", "ToClients",
+           "ToControl", "ToGenerators", "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
 
 
-class Coordinator(Requests, StreamRules, Adoption):
+class Coordinator:
     def __init__(self, settings: Settings, count_tokens, new_id=new_id, new_ordered_id=new_ordered_id,
                  pid: int = 0) -> None:
         self.settings = settings
-        self.pid = pid  # reported in status, so a load test can read each process's CPU accounting
         self.instance = new_id()  # in our heartbeats: a generator that sees it change announces its generations
-        self.count_tokens = count_tokens
-        self.new_id = new_id
-        self.new_ordered_id = new_ordered_id
-        self.sessions: dict[str, SessionState] = {}
-        self.message_sessions: dict[str, str] = {}  # message id -> session id
-        # sessions in the database, as the shell last read them
-        self.stored_summaries: dict[str, results.SessionSummary] = {}
-        # a prefix -> how many stored ids it matches, and the first few (the last read)
-        self.stored_matches: dict[str, tuple[int, list[str]]] = {}
-        self.active: dict[str, GenerationState] = {}  # queued or streaming
-        # the replies dispatched before their first token; asked before each paced sleep (``first_token_awaited``)
-        self.first_token_wait = FirstTokenWait(self._awaits_first_token)
-        self.finalizing: dict[str, GenerationState] = {}  # terminal, waiting for the persister's ack
-        self.persisted = PersistTracker(settings.persist_resend_ms, self.instance)
-        self.generators: dict[str, GeneratorInfo] = {}
-        self.last_server = ""  # what the last generator to tell said its server is (/v1/models owned_by)
-        # adoption (adoption.py): announced generations whose rows are being read, and the window after start
-        self.adoptions: dict[str, tuple[str, m.LiveGeneration]] = {}
-        self.adopt_until: float | None = None
-        self.adopting_open = settings.adopt_grace_ms > 0
-        self.persister_pid = 0
-        self.persister_seen_at: float | None = None  # the last message from the persister (it heartbeats)
-        self.reads_health: tuple[float | None, str | None] = (None, None)  # the shell's database reads, for status
-        self.reads_last_failure: tuple[float, str] | None = None  # and their last failure, kept after it passed
-        self.persister_stats: results.PersisterTotals | None = None  # the persister's latest totals
         self.counters = {"late_deltas_dropped": 0, "duplicate_deltas_dropped": 0, "bad_frames_dropped": 0,
                          "gaps": 0, "generators_lost": 0, "generations_adopted": 0, "deltas_before_adoption": 0,
                          "jobs_sent_again": 0, "generations_requeued": 0,
@@ -65,37 +43,64 @@ class Coordinator(Requests, StreamRules, Adoption):
                          # effects that failed alone because their frame would be over the limit
                          "database_reads": 0, "handshakes_refused": 0, "curve_keys_refused": 0,
                          "frames_too_large": 0}
-        self._deadlines: list[tuple[float, int, str, str]] = []  # (when, tiebreak, generation id, kind)
-        self._tiebreak = 0
+        self.health = Health(pid=pid)
+        self.book = SessionBook(settings.max_cached_sessions, self.counters)
+        self.generators = Generators(settings, self.counters)
+        self.persisted = PersistTracker(settings.persist_resend_ms, self.instance)
+        continuing = Continuation(settings, count_tokens, self.book, self.generators, self.counters)
+        self.streams = Streams(settings, count_tokens, self.book, self.generators, self.persisted, continuing,
+                               self.counters, lambda run_id: self.adoption.may_adopt(run_id))
+        self.adoption = Adoption(settings, count_tokens, self.book, self.streams, self.persisted, self.counters)
+        self.requests = Requests(settings, count_tokens, new_id, new_ordered_id, self.book, self.streams,
+                                 self.generators, self.persisted)
+        self.views = Views(settings, count_tokens, self.book, self.streams, self.generators, self.persisted,
+                           self.counters, self.health)
         self._housekeeping_at = 0.0
         self._heartbeat_at = 0.0
+        r, v, s, p = self.requests, self.views, self.streams, self.persisted
         self._handlers = {
-            m.NewSession: self._on_new_session, m.Send: self._on_send, m.Cancel: self._on_cancel,
-            m.Snapshot: self._on_snapshot, m.Status: self._on_status, m.History: self._on_history,
-            m.Preview: self._on_preview, m.Regenerate: self._on_regenerate, m.Sessions: self._on_sessions,
-            m.ConfigureSession: self._on_configure, m.ResolveSession: self._on_resolve, m.Continue: self._on_continue,
+            m.NewSession: r.on_new_session, m.Send: r.on_send, m.Cancel: r.on_cancel,
+            m.Regenerate: r.on_regenerate, m.ConfigureSession: r.on_configure, m.Continue: r.on_continue,
+            m.Snapshot: v.on_snapshot, m.Status: v.on_status, m.History: v.on_history, m.Preview: v.on_preview,
+            m.Sessions: v.on_sessions, m.ResolveSession: v.on_resolve,
         }
         self._event_handlers = {
-            m.GenStarted: self._on_gen_started, m.GenDelta: self._on_gen_delta, m.GenDone: self._on_gen_done,
-            m.GenDeltaBatch: self._on_gen_delta_batch,
-            m.GenError: self._on_gen_error, m.GenCancelled: self._on_gen_cancelled,
-            m.GeneratorHeartbeat: self._on_heartbeat, m.PersistAck: self._on_persist_ack,
-            m.PersisterHello: self._on_persister_hello, m.OrphansInterrupted: self._on_orphans_interrupted,
-            m.SessionSaved: self._on_session_saved,
-            m.PersisterStats: self._on_persister_stats, m.PersistRejected: self._on_persist_rejected,
-            m.GenAnnounce: self._on_gen_announce, m.GenCatchUp: self._on_gen_catch_up,
-            m.GenToolCall: self._on_gen_tool_call,
+            m.GenStarted: s.on_started, m.GenDelta: s.on_delta, m.GenDone: s.on_done,
+            m.GenDeltaBatch: s.on_delta_batch, m.GenError: s.on_error, m.GenCancelled: s.on_cancelled,
+            m.GenToolCall: s.on_tool_call, m.GeneratorHeartbeat: self.generators.on_heartbeat,
+            m.GenAnnounce: self.adoption.on_announce, m.GenCatchUp: self.adoption.on_catch_up,
+            m.PersistAck: s.on_persist_ack, m.PersistRejected: s.on_persist_rejected,
+            m.PersisterHello: self._on_persister_hello, m.PersisterStats: self._on_persister_stats,
+            m.SessionSaved: lambda msg, now, out: p.on_session_saved(msg.session_id, msg.saved_at),
+            m.OrphansInterrupted: lambda msg, now, out: p.on_orphans_interrupted(msg),
         }
         # any message of the persister says it is there (status): noted by its handlers alone, so that the
         # generators' events, the per-delta path, pay nothing for it
         for kind in m.PERSIST_ACKS:
             self._event_handlers[kind] = self._heard_from_persister(self._event_handlers[kind])
 
-    def _heard_from_persister(self, handler):
-        def handle(msg: m.Message, now: float, out: list) -> None:
-            self.persister_seen_at = now
-            handler(msg, now, out)
-        return handle
+    # ------------------------------------------------------------ what the shell and the tests read
+
+    @property
+    def sessions(self):
+        return self.book.sessions
+
+    @property
+    def message_sessions(self):
+        return self.book.message_sessions
+
+    @property
+    def active(self) -> dict[str, GenerationState]:
+        return self.streams.active
+
+    @property
+    def finalizing(self) -> dict[str, GenerationState]:
+        return self.streams.finalizing
+
+    def first_token_awaited(self) -> bool:
+        """Whether a reply still waits for its first token: the shell's loop is not paced then, so the first
+        token reaches clients at once."""
+        return self.streams.first_token_wait()
 
     # ------------------------------------------------------------ entry points
 
@@ -113,49 +118,61 @@ class Coordinator(Requests, StreamRules, Adoption):
         self._event_handlers[type(msg)](msg, now, out)
         return out
 
+    def adopt(self, generation_id: str, data: dict | None, now: float) -> list:
+        """The shell read the session of an announced generation (``LoadSessionOfGeneration``)."""
+        return self.adoption.adopt(generation_id, data, now)
+
     def load_session(self, data: dict) -> None:
         """Take in a session read from the database (after a restart, or evicted). While replies may still be
         adopted (``adoption.py``), a streaming reply stays streaming, and holds its session."""
-        if data["session_id"] in self.sessions:
-            return
-        sess = SessionState.from_stored(data, keep_streaming=self._sweep_held())
-        self.sessions[sess.session_id] = sess
-        for record in sess.history:
-            self.message_sessions[record.message_id] = sess.session_id
+        self.book.load(data, keep_streaming=self.adoption.sweep_held())
 
     def load_summaries(self, rows: list[dict]) -> None:
         """The database's sessions list, read by the shell for a ``Sessions`` request."""
-        self.stored_summaries = {row["session_id"]: results.SessionSummary(**row) for row in rows}
+        self.book.load_summaries(rows)
 
     def next_deadline(self) -> float:
-        soonest = self._housekeeping_at
-        if self._deadlines:
-            soonest = min(soonest, self._deadlines[0][0])
-        return soonest
+        soonest = self.streams.next_deadline()
+        return self._housekeeping_at if soonest is None else min(soonest, self._housekeeping_at)
 
     def tick(self, now: float) -> list:
         out: list = []
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, gen_id, kind = heapq.heappop(self._deadlines)
-            gen = self.active.get(gen_id)
-            if gen is None:
-                continue
-            if kind == "client" and gen.client_deadline is not None and gen.client_deadline <= now:
-                self._flush_clients(gen, now, out)
-            elif kind == "persist" and gen.persist_deadline is not None and gen.persist_deadline <= now:
-                self._checkpoint(gen, now, out)
+        self.streams.due(now, out)
         if now >= self._housekeeping_at:
             self._housekeeping_at = now + self.settings.housekeeping_ms / 1000
-            self._adoption_window(now, out)
+            self.adoption.window(now, out)
             if now >= self._heartbeat_at:  # generators cancel their streams when we fall silent
                 # a second apart; ten a second in the adoption window, so that generators, whose subscriptions
                 # reach a restarted coordinator's PUB a moment after it binds, hear of it and announce at once
-                self._heartbeat_at = now + (0.1 if self.adopting_open else 1.0)
+                self._heartbeat_at = now + (0.1 if self.adoption.open else 1.0)
                 out.append(ToControl(m.CoordinatorHeartbeat(now, self.instance)))
-            self._check_generators(now, out)
-            self._check_lost_jobs(now, out)
-            self._check_stalls(now, out)
-            self._evict_idle_sessions(now)
-            self.persisted.sweep_held = self._sweep_held()
-            out.extend(ToPersister(op) for op in self.persisted.due(now, self._text_of))
+            for generator_id in self.generators.lost(now, out):
+                self.streams.generator_lost(generator_id, now, out)
+            self.streams.check_lost_jobs(now, out)
+            self.streams.check_stalls(now, out)
+            busy = {g.session_id for g in self.active.values()} | {g.session_id for g in self.finalizing.values()}
+            self.book.evict_idle(now, busy, self.persisted.sessions, self.persisted.states)
+            self.persisted.sweep_held = self.adoption.sweep_held()
+            out.extend(ToPersister(op) for op in self.persisted.due(now, self.streams.text_of))
         return out
+
+    # ------------------------------------------------------------ the persister's presence
+
+    def _heard_from_persister(self, handler):
+        def handle(msg: m.Message, now: float, out: list) -> None:
+            self.health.persister_seen_at = now
+            handler(msg, now, out)
+        return handle
+
+    def _on_persister_hello(self, msg: m.PersisterHello, now: float, out: list) -> None:
+        self.health.persister_pid = msg.pid
+        self.persisted.on_persister_hello()
+        self._housekeeping_at = 0.0
+        out.append(Log("persister_joined", {}))
+
+    def _on_persister_stats(self, msg: m.PersisterStats, now: float, out: list) -> None:
+        self.health.persister_stats = answers.PersisterTotals(
+            pid=msg.pid, commits=msg.commits, ops=msg.ops, reply_text_bytes=msg.reply_text_bytes,
+            failed_batches=msg.failed_batches, ops_rejected=msg.ops_rejected, failing_since=msg.failing_since,
+            last_error=msg.last_error, frames_dropped=msg.frames_dropped, last_failed_at=msg.last_failed_at,
+            last_failure=msg.last_failure)

@@ -9,9 +9,9 @@ from typing import Iterator
 
 import msgspec
 
-from protocol import results
+from protocol import answers
 from protocol.codec import PAGE_BYTES, fitting_chars
-from protocol.records import MessageView
+from protocol.conversation import MessageView
 
 _encode = msgspec.msgpack.encode
 SESSIONS_PAGE = 2000  # summaries a page: a title is at most a few hundred bytes
@@ -33,7 +33,7 @@ def _cut(text: str, room: int) -> tuple[str, int]:
     return head, room - len(head.encode("utf-8", "surrogatepass"))
 
 
-def snapshot_page(snap: results.Snapshot, offset: int, reasoning_offset: int) -> results.Snapshot:
+def snapshot_page(snap: answers.Snapshot, offset: int, reasoning_offset: int) -> answers.Snapshot:
     """The page of a whole snapshot that begins at these offsets, each cut to its text's length (a cancel may
     have cut a text below what the asker already has): the thinking first, then the answer. The user text
     comes with the first page only."""
@@ -49,8 +49,8 @@ def snapshot_page(snap: results.Snapshot, offset: int, reasoning_offset: int) ->
                                    reasoning_offset=reasoning_offset, more=more)
 
 
-def history_page(head: results.History, views: Iterator[MessageView], offset: int,
-                 reasoning_offset: int) -> results.History:
+def history_page(head: answers.History, views: Iterator[MessageView], offset: int,
+                 reasoning_offset: int) -> answers.History:
     """The page of a history that begins with the first of ``views`` (its texts from these offsets): as many
     messages as fit, the last one cut if need be, and ``next``, where the page after it begins."""
     room = _room(len(_encode(head)))
@@ -62,7 +62,7 @@ def history_page(head: results.History, views: Iterator[MessageView], offset: in
             if not page:
                 raise TooLargeToPage(f"message {view.message_id} is {size} bytes without its text, more than a "
                                      "page holds")
-            return msgspec.structs.replace(head, messages=page, next=results.HistoryCursor(
+            return msgspec.structs.replace(head, messages=page, next=answers.HistoryCursor(
                 message_id=view.message_id, offset=offset, reasoning_offset=reasoning_offset))
         room -= size
         reasoning, room = _cut(view.reasoning[reasoning_offset:], room)
@@ -71,7 +71,7 @@ def history_page(head: results.History, views: Iterator[MessageView], offset: in
             content, room = _cut(view.content[offset:], room)
         page.append(msgspec.structs.replace(view, content=content, reasoning=reasoning))
         if reasoning_offset + len(reasoning) < len(view.reasoning) or offset + len(content) < len(view.content):
-            return msgspec.structs.replace(head, messages=page, next=results.HistoryCursor(
+            return msgspec.structs.replace(head, messages=page, next=answers.HistoryCursor(
                 message_id=view.message_id, offset=offset + len(content),
                 reasoning_offset=reasoning_offset + len(reasoning)))
         offset = reasoning_offset = 0
@@ -79,7 +79,7 @@ def history_page(head: results.History, views: Iterator[MessageView], offset: in
 
 
 
-def preview_page(whole: results.Preview, preview_offset: int, index: int, offset: int) -> results.Preview:
+def preview_page(whole: answers.Preview, preview_offset: int, index: int, offset: int) -> answers.Preview:
     """The page of a prompt's preview that begins at these places: its preview text from ``preview_offset``,
     then its messages from ``index`` (that one's content from ``offset``); ``next`` says where the next begins
     ([preview offset, index, offset]). The ids left out come with the first page."""

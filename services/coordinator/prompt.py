@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from protocol.lifecycle import NOT_PROMPTED
-from protocol.records import THINK_CLOSE, THINK_OPEN, MessageRecord
+from protocol.conversation import THINK_CLOSE, THINK_OPEN, MessageRecord
 
 # Replies with these statuses are shown in history but never sent to the model again.
 EXCLUDED_FROM_PROMPT = NOT_PROMPTED

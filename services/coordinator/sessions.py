@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol.lifecycle import Status, move
-from protocol.records import DROPPED_SHOWN, MessageRecord
-from protocol.results import SessionSummary
+from protocol.conversation import DROPPED_SHOWN, MessageRecord
+from protocol.answers import SessionSummary
 from services.coordinator.prompt import CONTINUE_STYLES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, in_prompt
 
 

@@ -174,7 +174,7 @@ class GeneratorMachine:
         if isinstance(msg, m.CoordinatorHeartbeat):
             out: list = []
             if msg.instance and msg.instance != self.coordinator_instance:
-                if self.coordinator_instance is not None:  # a new coordinator: it must hear what we hold, or it sweeps it
+                if self.coordinator_instance is not None:  # a new one: it must hear what we hold, or it sweeps it
                     out = self.announce()
                 self.coordinator_instance = msg.instance
             return out

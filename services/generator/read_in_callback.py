@@ -6,12 +6,9 @@ takes out of each TCP read are decoded right where it hands them on (``StreamRea
 chunk event goes to the generation at once. The stream's task sleeps until the stream ends, waking once a
 second to check the read deadline.
 
-Why by hand: py-spy of the generator at 1000 streams (docs/PERFORMANCE.md, "Backend CPU per token") put 57% of
-its event loop's samples in the read path above the parser: waking the reader's future, resuming the task,
-``StreamReader.read`` and its iterator, the openai client's and httpx2's byte iterators. Measured (1000 streams
-at 20 tok/s, ``CHATTER_STREAM_READER=iterator`` and ``fed`` alternating, two runs each, one session): generator
-48.1 and 48.2 µs CPU per token through the iterator, 42.3 and 41.0 fed; docs/PERFORMANCE.md, "The generator's
-read path".
+Why by hand: the read path above aiohttp's parser (futures, task switches, three iterators) was most of the
+generator's loop at 1000 streams; reading in the callback takes ~13% off its CPU per token (docs/PERFORMANCE.md,
+"The generator's read path").
 
 How: the response's ``StreamReader`` takes a subclass of its own class with no new slots (the same layout, so
 ``__class__`` may change), whose ``feed_data``, ``feed_eof`` and ``set_exception`` also tell a ``DecodedStream``, found by

@@ -5,11 +5,9 @@
 changes nothing, and it was 46% of the request's set-up under cProfile. ``streaming_request`` sends the same
 body through the same client, the same way ``create`` does (``client.request`` with the options ``post``
 builds, built once here, and the same cast, stream class and raw-stream header of ``with_streaming_response``):
-the client still builds the request, authenticates it, raises its errors and owns the connection. Measured
-(``bench/request_setup.py``: 500 requests to the mock, a 1-token reply each, three rounds of each alternating,
-one run): 2,956-3,057 µs CPU per request with ``create``, 1,215-1,485 with this (docs/PERFORMANCE.md, "Request
-set-up"). The request is tested to be what ``create`` sends: method, address, headers and JSON body
-(tests/unit/test_request.py).
+the client still builds the request, authenticates it, raises its errors and owns the connection, at less than
+half of ``create``'s CPU (``bench/request_setup.py``; docs/PERFORMANCE.md, "Request set-up"). The request is
+tested to be what ``create`` sends: method, address, headers and JSON body (tests/unit/test_request.py).
 
 It reaches into five of the client's private names; when a version lacks one of them, ``create`` is used.
 """
@@ -37,12 +35,9 @@ if make_request_options is not None:
     _OPTIONS = {"extra_headers": {RAW_RESPONSE_HEADER: "stream"}}
     if "security" in inspect.signature(make_request_options).parameters:
         _OPTIONS["security"] = {"bearer_auth": True}
-    # What ``client.post`` builds for every request, built once: its pydantic construction deep-copies each
-    # field's default (6% of the generator in a 1000-request burst, py-spy). A request copies it and sets its
-    # body; ``client.request`` copies the options again before it uses them, as it does after ``post``.
-    # Measured (500 requests to the mock, four rounds alternating, one run): 1,411-1,609 µs CPU per request
-    # through ``post``, 1,032-1,532 (three of four under 1,230) from the template (docs/PERFORMANCE.md,
-    # "Request set-up").
+    # What ``client.post`` builds for every request, built once (its pydantic construction deep-copies each field's
+    # default; docs/PERFORMANCE.md, "Request set-up"). A request copies it and sets its body; ``client.request``
+    # copies the options again before it uses them, as it does after ``post``.
     _TEMPLATE = FinalRequestOptions.construct(method="post", url="/chat/completions", json_data=None,
                                               **make_request_options(**_OPTIONS))
 
@@ -58,8 +53,7 @@ class AsyncOpenAI(openai.AsyncOpenAI):
     runs once per kind of request, and a request after it is the same request with its own body. Anything
     else (another path, query parameters, files, a changed key: the key's headers are part of the kind) goes
     through the client's own. The request is tested equal to the client's own, header for header
-    (tests/unit/test_request.py). Measured: 137-141 µs a build warm through the client's, 35-57 from the
-    template (``timeit``); docs/PERFORMANCE.md, "Request set-up"."""
+    (tests/unit/test_request.py). A third of the client's cost (docs/PERFORMANCE.md, "Request set-up")."""
 
     _templates: dict | None = None  # per client; the class's name is the client's, as its user agent says
 

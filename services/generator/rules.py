@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m
 from protocol.codec import PIECE_CHARS, pieces
-from protocol.records import tool_call_at
-from protocol.records import THINK_CLOSE, THINK_OPEN
+from protocol.conversation import tool_call_at
+from protocol.conversation import THINK_CLOSE, THINK_OPEN
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 BACKOFF_FIRST_S = 0.25

@@ -1,13 +1,8 @@
 """A pure decoder for OpenAI-style chat-completion SSE: bytes (or lines) in, events out.
 
-Reading raw lines and ``json.loads`` costs ~21 µs CPU per chunk here, against ~130 µs for
-the openai client's typed chunk objects, so the generator decodes the stream here. It takes the
-response's bytes as they arrive: httpx's own line iterator (bytes → text → lines, one async
-generator each) was a fifth of the generator's CPU under load (py-spy).
-
-The JSON goes through msgspec's decoder: ``json.loads`` was the generator's largest single cost at 1000
-streams (15% of its samples, py-spy), and msgspec reads a typical chunk in 1.8 µs against 7.1
-(``timeit``, 200,000 of a 160-byte chunk; docs/PERFORMANCE.md, "The chunk's JSON").
+The generator decodes the stream itself, from the response's bytes as they arrive, and reads the JSON with
+msgspec: the openai client's typed chunks and line iterator, and ``json.loads``, were each a large share of its CPU
+(docs/PERFORMANCE.md, "Backend CPU per token" and "The chunk's JSON").
 """
 from __future__ import annotations
 
@@ -98,9 +93,9 @@ class SSEDecoder:
         """The one event of ``data`` when it is a whole ``data:`` event on one line, of the common chunk shape, read
         in one typed decode, or None: then the lines' path reads it (and any error is theirs to raise).
 
-        Why: a read of a live stream is nearly always one chunk event, and this path reads it in 1.8–2.0 µs against
-        3.6–4.4 through the lines (``timeit``, a 200-byte chunk); docs/PERFORMANCE.md, "The chunk's JSON".
-        ``tests/unit/test_sse.py`` holds it to the lines' path: the same event whenever it gives one."""
+        Why: a read of a live stream is nearly always one chunk event, and this path reads it in half the time
+        (docs/PERFORMANCE.md, "The chunk's JSON"). ``tests/unit/test_sse.py`` holds it to the lines' path: the
+        same event whenever it gives one."""
         if not data.startswith(b"data: ") or not data.endswith(b"\n\n") or data.count(b"\n") != 2 or b"\r" in data:
             return None
         body = data[6:-2]

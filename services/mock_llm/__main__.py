@@ -22,7 +22,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from services import config, shell
-from protocol.records import THINK_CLOSE, THINK_OPEN
+from protocol.conversation import THINK_CLOSE, THINK_OPEN
 from services.mock_llm.script import (Scenario, continued_prefix, continued_tokens, env_scenario, inline_thinking,
                                       prompt_token_count, reasoning_tokens, reply_tokens, request_keys, scenario_for,
                                       tokens_of_key, tool_call_arguments)

@@ -13,7 +13,7 @@ import random
 import re
 from dataclasses import dataclass, fields, replace
 
-from protocol.records import THINK_CLOSE, THINK_OPEN
+from protocol.conversation import THINK_CLOSE, THINK_OPEN
 from services import config
 
 # Mixed widths on purpose: offsets are counted in characters, and a 4-byte emoji, accents and

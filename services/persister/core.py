@@ -47,7 +47,7 @@ class InsertMessage:
 @dataclass(slots=True)
 class InsertChunks:
     rows: list[tuple]  # (chunk id, message id, offset, text, thinking)
-    half: int = 0  # which of the log's two tables
+    table: int = 0  # which of the log's two tables
 
 
 @dataclass(slots=True)
@@ -80,9 +80,9 @@ class ReopenRow:
 
 @dataclass(slots=True)
 class ClearLog:
-    """Empty the log's table ``half``: no streaming message has rows in it."""
+    """Empty the log's table number ``table``: no streaming message has rows in it."""
 
-    half: int
+    table: int
 
 
 @dataclass
@@ -172,9 +172,9 @@ class PersisterCore:
         self.finalized: dict[str, tuple[int, int]] = {}  # message id -> final lengths (answer, thinking)
         self.first_chunk: dict[str, int] = {}  # streaming message id -> id of its first row in the chunk log
         self.next_chunk_id = 1
-        self.half = 0  # the log's table that rows go into
-        self.half_from = 1  # no row of that table has a smaller id
-        self.other_has_rows = False  # the other table (all of whose ids are below ``half_from``)
+        self.table = 0  # the log's table that rows go into
+        self.table_from = 1  # no row of that table has a smaller id
+        self.other_has_rows = False  # the other table (all of whose ids are below ``table_from``)
         self.loaded = False
 
     # ------------------------------------------------------------ what the shell reads for the core
@@ -189,25 +189,25 @@ class PersisterCore:
         for message_id, (first_id, answer, thinking) in chunks.items():
             self.open[message_id] = OpenMessage((answer, thinking), [sum(map(len, answer)), sum(map(len, thinking))])
             self.first_chunk[message_id] = first_id
-        tables = [(ids[1], half, ids[0]) for half, ids in enumerate(log_ids) if ids]  # (last, half, first)
-        last, self.half, self.half_from = max(tables) if tables else (0, 0, 1)
+        tables = [(ids[1], number, ids[0]) for number, ids in enumerate(log_ids) if ids]  # (last, number, first)
+        last, self.table, self.table_from = max(tables) if tables else (0, 0, 1)
         self.next_chunk_id = last + 1
         self.other_has_rows = len(tables) == 2
         self.loaded = True
 
     def unknown(self, ops: list[m.Message]) -> set[str]:
-        """Message ids the batch touches that memory does not hold: the shell looks them up (``learn``)."""
+        """Message ids the batch touches that memory does not hold: the shell looks them up (``take_stored``)."""
         ids = {op.message_id for op in ops if not isinstance(op, (m.InterruptOrphans, m.SaveSession))}
         return {i for i in ids if i not in self.open and i not in self.finalized}
 
-    def learn(self, found: list[StoredMessage]) -> None:
+    def take_stored(self, found: list[StoredMessage]) -> None:
         """What the database holds of ids that ``unknown`` named; an id it lacks has no row yet."""
         for row in found:
             if row.streaming:  # ``load`` read every streaming one, and this process is the only writer
                 raise NotInMemory(f"streaming message {row.message_id} is not in memory")
             self._remember_final(row.message_id, (row.length, row.reasoning_length))
 
-    def forget(self) -> None:
+    def drop_memory(self) -> None:
         """After a failed transaction nothing in memory can be trusted: reload before the next batch."""
         self.open.clear()
         self.finalized.clear()
@@ -250,11 +250,11 @@ class PersisterCore:
     def _turn_the_log(self, plan: Plan) -> None:
         """Empty the other table once every streaming message's rows are in the current one; then, once the
         current one holds ``rotate_rows``, rows go into the emptied one."""
-        if self.other_has_rows and min(self.first_chunk.values(), default=self.next_chunk_id) >= self.half_from:
-            plan.writes.append(ClearLog(1 - self.half))
+        if self.other_has_rows and min(self.first_chunk.values(), default=self.next_chunk_id) >= self.table_from:
+            plan.writes.append(ClearLog(1 - self.table))
             self.other_has_rows = False
-        if not self.other_has_rows and self.next_chunk_id - self.half_from >= self.rotate_rows:
-            self.half, self.half_from, self.other_has_rows = 1 - self.half, self.next_chunk_id, True
+        if not self.other_has_rows and self.next_chunk_id - self.table_from >= self.rotate_rows:
+            self.table, self.table_from, self.other_has_rows = 1 - self.table, self.next_chunk_id, True
 
     def mark_error(self, message_id: str, reason: str) -> Plan:
         """A streaming message whose operation could not be stored ends as ``error``, keeping its text."""
@@ -282,7 +282,7 @@ class PersisterCore:
         plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _flush_chunks(self, plan: Plan, chunks: list) -> None:
-        plan.writes.append(InsertChunks(chunks, self.half))
+        plan.writes.append(InsertChunks(chunks, self.table))
         plan.reply_text_bytes += sum(len(row[3].encode()) for row in chunks)
 
     def _create(self, op: m.CreateMessage, plan: Plan) -> None:

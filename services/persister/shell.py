@@ -166,7 +166,7 @@ class PersisterShell:
         try:
             plan = self.transaction(lambda: self.apply(ops))
         except Exception as exc:  # nothing acked: the operations are held and tried again
-            self.core.forget()  # memory may be ahead of what rolled back: reload before the next batch
+            self.core.drop_memory()  # memory may be ahead of what rolled back: reload before the next batch
             self.failed_batches += 1
             reason = shell.plain_error(exc)
             self.last_failure = (time.time(), reason)
@@ -193,7 +193,7 @@ class PersisterShell:
         if plan.interrupted:
             self.log.info("orphans_interrupted", count=plan.interrupted)
         for emptied in (w for w in plan.writes if type(w) is core.ClearLog):  # about once per reply's lifetime
-            self.log.info("chunk_log_emptied", table=store.CHUNK_LOG[emptied.half]._meta.table_name)
+            self.log.info("chunk_log_emptied", table=store.CHUNK_LOG[emptied.table]._meta.table_name)
         replies = [m.PersistAck(message_id, length, finalized, reasoning_length).encode()
                    for message_id, (length, finalized, reasoning_length) in plan.acks.items()]
         replies += [answer.encode() for answer in plan.answers]
@@ -208,7 +208,7 @@ class PersisterShell:
         ops = [self.with_stored_texts(op) if type(op) is m.Reopen and op.length >= 0 else op for op in ops]
         unknown = self.core.unknown(ops)
         if unknown:
-            self.core.learn([core.StoredMessage(*row) for row in store.stored_messages(unknown)])
+            self.core.take_stored([core.StoredMessage(*row) for row in store.stored_messages(unknown)])
         plan = self.core.plan(ops)
         self.write(plan.writes)
         return plan
@@ -320,7 +320,7 @@ class PersisterShell:
         try:
             self.transaction(mark_error)
         except Exception as mark_exc:
-            self.core.forget()
+            self.core.drop_memory()
             self.log.warning("mark_error_failed", message_id=message_id, error=shell.plain_error(mark_exc))
         self.send(m.PersistRejected(message_id, reason).encode())
 
@@ -350,12 +350,12 @@ class PersisterShell:
 CREATES = (core.UpsertSession, core.InsertMessage)
 WRITES = {
     core.Supersede: lambda db, w: store.supersede(w.message_ids),
-    core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows, w.half),
+    core.InsertChunks: lambda db, w: store.insert_chunks(db, w.rows, w.table),
     core.WriteFinal: lambda db, w: store.write_final(w.message_id, w.status, w.content, w.stats, w.error,
                                                     w.content_hash, w.reasoning, w.prompt, w.tool_calls),
     core.WriteToolCalls: lambda db, w: store.write_tool_calls(w.message_id, w.tool_calls),
     core.ReopenRow: lambda db, w: store.reopen_message(w.op),
-    core.ClearLog: lambda db, w: store.clear_chunks(db, w.half),
+    core.ClearLog: lambda db, w: store.clear_chunks(db, w.table),
 }
 
 

@@ -14,9 +14,9 @@ from services.store.models import _CHUNK_COLUMNS, CHUNK_LOG, IS_STREAMING, STREA
 from services.store.writes import _insert_sql
 
 
-def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]], half: int = 0) -> None:
-    """Rows (id, message id, offset, text, thinking) at the chunk log's end, in its table ``half``: one row of the
-    table holds them all, packed (``_pack_entries``), under the last one's id.
+def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool]], table: int = 0) -> None:
+    """Rows (id, message id, offset, text, thinking) at the chunk log's end, in its table number ``table``: one row
+    of the table holds them all, packed (``_pack_entries``), under the last one's id.
 
     Why: an append is ~28 bytes of text (a checkpoint of one reply every 250 ms at 20 tok/s), and its own row
     was ~77 bytes with its 32-character message id; written to the log and again when the log is copied into
@@ -25,7 +25,7 @@ def insert_chunks(db: peewee.Database, rows: list[tuple[int, str, int, str, bool
     19.7); load tests, two pairs alternating, 13.0 / 17.2 -> 10.4 / 10.3 at 1000 streams, 9.8 / 10.4 -> 7.8 / 7.6
     at 50."""
     if rows:
-        db.cursor().execute(_insert_sql(db, CHUNK_LOG[half], _CHUNK_COLUMNS),
+        db.cursor().execute(_insert_sql(db, CHUNK_LOG[table], _CHUNK_COLUMNS),
                             (rows[-1][0], "", 0, "", False, _pack_entries(rows)))
 
 
@@ -151,8 +151,8 @@ def _log_query(table):
     return table.select(*(getattr(table, f.name) for f in table._meta.sorted_fields)).tuples()
 
 
-def clear_chunks(db: peewee.Database, half: int) -> None:
-    """Empty the chunk log's table ``half``: a DELETE without a condition, which frees its pages without
+def clear_chunks(db: peewee.Database, table: int) -> None:
+    """Empty the chunk log's table number ``table``: a DELETE without a condition, which frees its pages without
     visiting its rows. On SQLite its freed pages are not zeroed first (``secure_delete``, on in Debian's
     build, is turned off for this statement alone): they are the log's, whose text the finished replies'
     rows hold, and zeroing them wrote every one of them once more (12.0 against 6.6 bytes per byte logged)."""
@@ -161,7 +161,7 @@ def clear_chunks(db: peewee.Database, half: int) -> None:
     if sqlite:
         db.execute_sql("PRAGMA secure_delete = 0")
     try:
-        db.execute_sql(f'DELETE FROM "{CHUNK_LOG[half]._meta.table_name}"')
+        db.execute_sql(f'DELETE FROM "{CHUNK_LOG[table]._meta.table_name}"')
     finally:
         if sqlite:
             db.execute_sql(f"PRAGMA secure_delete = {int(secure)}")

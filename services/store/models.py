@@ -61,11 +61,11 @@ class Message(BaseModel):
     dropped_message_ids = JSONField(null=True)  # left out of this reply's prompt to fit the budget
     created_at = peewee.DoubleField()
     updated_at = peewee.DoubleField()
-    # the prompt by reference (protocol.records.MessageRecord.prompt_ref), from this version on: a copy of each
+    # the prompt by reference (protocol.conversation.MessageRecord.prompt_ref), from this version on: a copy of each
     # prompt (prompt_messages, preview, dropped_message_ids, as earlier versions kept) grew a session's storage
     # with the square of its length (docs/PERFORMANCE.md, "A prompt stored once")
     prompt_ref = JSONField(null=True)
-    tool_calls = JSONField(null=True)  # the tools the reply called (protocol.records.MessageRecord.tool_calls)
+    tool_calls = JSONField(null=True)  # the tools the reply called (protocol.conversation.MessageRecord.tool_calls)
 
 
 class Chunk(BaseModel):
@@ -98,7 +98,7 @@ class ChunkB(Chunk):
         table_name = "chunk_b"
 
 
-CHUNK_LOG = (Chunk, ChunkB)  # the log's two tables, in the order of their numbers (``half``)
+CHUNK_LOG = (Chunk, ChunkB)  # the log's two tables, in the order of their numbers (``table``)
 
 
 # Partial indexes: a row is in one only while it matches (written as SQL: a bound parameter cannot prove an index's

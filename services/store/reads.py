@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee
 
-from protocol.records import MessageRecord
+from protocol.conversation import MessageRecord
 from services.store.chunklog import streamed_texts
 from services.store.models import STREAMING, JSONField, Message, db_proxy
 from services.store.writes import _SESSION_COLUMNS, _from_json, _rows_in

@@ -4,8 +4,8 @@ waits for them."""
 from __future__ import annotations
 
 from protocol import messages as m
-from protocol.records import MessageRecord
-from services.coordinator.machine import ReadGeneration, ToClients, ToControl, ToPersister
+from protocol.conversation import MessageRecord
+from services.coordinator.machine import LoadSessionOfGeneration, ToClients, ToControl, ToPersister
 from tests.unit.test_coordinator_machine import CLIENT, effects, make, reply
 
 GRACE_MS = 3000
@@ -31,7 +31,7 @@ def announce(machine, now, seq=5, length=14, ended=False):
 def adopted(machine, now=100.0, **stored):
     machine.tick(now)  # the window opens at the first tick
     out = announce(machine, now)
-    assert [e.generation_id for e in out if isinstance(e, ReadGeneration)] == ["g1"]
+    assert [e.generation_id for e in out if isinstance(e, LoadSessionOfGeneration)] == ["g1"]
     return machine.adopt("g1", stored_session(**stored), now + 0.1)
 
 
@@ -41,7 +41,7 @@ def test_an_announced_generation_is_rebuilt_from_its_row_and_asked_for_the_rest(
     (resume,) = effects(out, ToControl, m.ResumeGeneration)
     assert (resume.msg.generation_id, resume.msg.offset, resume.msg.reasoning_offset) == ("g1", 10, 0)
     gen = machine.active["g1"]
-    assert gen.catching_up and gen.text() == "Hello, wor" and gen.prompt.wire_params() == {"temperature": 0.5}
+    assert gen.stream.catching_up and gen.text() == "Hello, wor" and gen.prompt.wire_params() == {"temperature": 0.5}
     assert machine.sessions["s1"].active_generation == "g1"
     # deltas and an end that arrive before the catch-up are dropped: the generator resends them after it
     assert machine.handle_event(m.GenDelta("g1", 6, "x", 1, 100.2), 100.2) == []
@@ -88,7 +88,7 @@ def test_during_the_window_unknown_deltas_are_dropped_without_a_cancel_and_after
     out = machine.handle_event(m.GenDelta("gx", 10, "x", 1, 103.6), 103.6)
     assert effects(out, ToControl, m.CancelGeneration) and machine.counters["late_deltas_dropped"] == 1
     late = announce(machine, 103.7)  # an announcement after the window: it was swept, so it must stop
-    assert effects(late, ToControl, m.CancelGeneration) and not machine.adoptions
+    assert effects(late, ToControl, m.CancelGeneration) and not machine.adoption.adoptions
 
 
 def test_the_sweep_waits_for_the_window_and_for_every_adoption_and_spares_the_adopted():

@@ -7,7 +7,7 @@ import time
 
 from clients.view import ReplyView
 from protocol import messages as m
-from protocol import results
+from protocol import answers
 from tools.chaos import RecoveryWatch, Trial
 from tools.loadtest import LoadRun, LoadSpec, UserStream
 
@@ -52,7 +52,7 @@ def _run_with_open_stream():
 
 
 def _snapshot(run, stream, text, final):
-    run.on_snapshot(stream, m.Reply(1, True, results.Snapshot("g1", "a1", "completed" if final else "streaming",
+    run.on_snapshot(stream, m.Reply(1, True, answers.Snapshot("g1", "a1", "completed" if final else "streaming",
                                                                text, final, {})))
 
 

@@ -4,7 +4,7 @@ import msgpack
 import pytest
 from hypothesis import given, strategies as st
 
-from protocol import codec, messages as m, results
+from protocol import codec, messages as m, answers
 from protocol.messages import bundles as bundle_module
 
 SAMPLES = [
@@ -14,7 +14,7 @@ SAMPLES = [
     m.Snapshot(4, "s"), m.Status(5), m.History(6, "s"), m.Preview(7, "msg"),
     m.Regenerate(10, "s", "req-2"), m.Continue(13, "s", "req-3"), m.Sessions(11, 20), m.ConfigureSession(12, "s", "be terse", 4096),
     m.ResolveSession(13, "ab12"),
-    m.Reply(8, True, results.Cancelled(generation_id="g", length=3), None), m.Reply(9, False, None, "no"),
+    m.Reply(8, True, answers.Cancelled(generation_id="g", length=3), None), m.Reply(9, False, None, "no"),
     m.Started("s", "g", "msg", "h", "[user]\nhi\n\n", 3),
     m.StreamDelta("s", "g", 10, "text", 4), m.StreamToolCall("s", "g", 0, "call_1", "get_weather", 0, '{"city"'),
     m.GenToolCall("g", 0, "call_1", "get_weather", '{"city": "Oslo"}'),

@@ -146,13 +146,13 @@ def test_where_a_reply_cannot_be_continued_a_fault_still_ends_it_as_error(setup)
 
 def test_auto_follows_what_the_generators_servers_say_they_are():
     machine = make()
-    assert machine._continue_style()[0] == "none"
+    assert machine.generators.continue_style(None)[0] == "none"
     heartbeat(machine, 100.0, "gen-A", "vllm")
-    assert machine._continue_style() == ("vllm", "auto: the server says it is 'vllm' (/v1/models owned_by)")
+    assert machine.generators.continue_style(None) == ("vllm", "auto: the server says it is 'vllm' (/v1/models owned_by)")
     heartbeat(machine, 100.0, "gen-A", "llamacpp")
-    assert machine._continue_style()[0] == "prefill"
+    assert machine.generators.continue_style(None)[0] == "prefill"
     heartbeat(machine, 100.0, "gen-B", "openai")
-    style, why = machine._continue_style()
+    style, why = machine.generators.continue_style(None)
     assert style == "none" and "differ" in why
     sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1), 100.0)).result.session_id
     settings = reply(machine.handle_rpc(CLIENT, m.ConfigureSession(2, sid, params={"continue_style": "prefix"}),

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clients.api import join_history
-from protocol import codec, messages as m, results
-from protocol.records import MessageView
+from protocol import codec, messages as m, answers
+from protocol.conversation import MessageView
 from services.coordinator import pages
 
 TEXTS = st.text(alphabet=st.sampled_from(["a", "é", "🙂", "数", "\n", " "]), max_size=400)
@@ -18,7 +18,7 @@ def frame_of(result) -> int:
     return len(m.Reply(1, True, result, None).encode())
 
 
-def read_snapshot(whole: results.Snapshot) -> tuple[results.Snapshot, int]:
+def read_snapshot(whole: answers.Snapshot) -> tuple[answers.Snapshot, int]:
     """What ``Client.snapshot`` does, against the page cutter: pages asked from the texts so far."""
     page = pages.snapshot_page(whole, 0, 0)
     text, reasoning, user_text, count = page.text, page.reasoning, page.user_text, 1
@@ -29,8 +29,8 @@ def read_snapshot(whole: results.Snapshot) -> tuple[results.Snapshot, int]:
     return msgspec.structs.replace(page, text=text, reasoning=reasoning, user_text=user_text, more=False), count
 
 
-def snapshot(text: str, reasoning: str = "", user_text: str | None = "hi") -> results.Snapshot:
-    return results.Snapshot(generation_id="g", message_id="m", status="streaming", text=text, final=False,
+def snapshot(text: str, reasoning: str = "", user_text: str | None = "hi") -> answers.Snapshot:
+    return answers.Snapshot(generation_id="g", message_id="m", status="streaming", text=text, final=False,
                             stats={"tokens": 3}, user_text=user_text, reasoning=reasoning)
 
 
@@ -74,7 +74,7 @@ def views(texts: list[tuple[str, str]]) -> list[MessageView]:
                         created_at=float(i), reasoning=reasoning) for i, (content, reasoning) in enumerate(texts)]
 
 
-def read_history(all_views: list[MessageView], head: results.History) -> tuple[results.History, int]:
+def read_history(all_views: list[MessageView], head: answers.History) -> tuple[answers.History, int]:
     """What ``Client.history`` does, against the page cutter: each page from where the one before said."""
     whole, count = pages.history_page(head, iter(all_views), 0, 0), 1
     while whole.next is not None:
@@ -86,7 +86,7 @@ def read_history(all_views: list[MessageView], head: results.History) -> tuple[r
     return whole, count
 
 
-HEAD = results.History(session_id="s", title="t", system=None, max_input_tokens=8192, messages=[])
+HEAD = answers.History(session_id="s", title="t", system=None, max_input_tokens=8192, messages=[])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

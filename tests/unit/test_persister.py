@@ -88,9 +88,9 @@ def test_the_chunk_log_turns_to_its_other_table_and_empties_one_only_once_nothin
     persister = PersisterCore(rotate_rows=2)
     persister.load([], {}, [None, None])
     plan = persister.plan([create("a1"), create("a2"), m.Append("a1", 0, "one "), m.Append("a2", 0, "uno ")])
-    assert [w.half for w in writes(plan, InsertChunks)] == [0] and writes(plan, ClearLog) == []
+    assert [w.table for w in writes(plan, InsertChunks)] == [0] and writes(plan, ClearLog) == []
     plan = persister.plan([m.Append("a1", 4, "two "), m.Append("a2", 4, "dos ")])
-    assert [w.half for w in writes(plan, InsertChunks)] == [1]  # table 0 held two rows: the rows go on in 1
+    assert [w.table for w in writes(plan, InsertChunks)] == [1]  # table 0 held two rows: the rows go on in 1
     assert writes(plan, ClearLog) == []  # a1 and a2 have rows in table 0 and stream on
     plan = persister.plan([m.Finalize("a1", "completed", 8, "h", {}, None), create("a3"), m.Append("a3", 0, "x")])
     assert writes(plan, ClearLog) == []  # a2 still streams with a row in table 0
@@ -98,7 +98,7 @@ def test_the_chunk_log_turns_to_its_other_table_and_empties_one_only_once_nothin
     assert writes(plan, ClearLog) == [ClearLog(0)]  # a3's rows are all in table 1
     assert writes(plan, WriteFinal)[0].content == "uno dos "
     plan = persister.plan([m.Append("a3", 1, "y")])
-    assert [w.half for w in writes(plan, InsertChunks)] == [0] and writes(plan, ClearLog) == []  # 1 held three
+    assert [w.table for w in writes(plan, InsertChunks)] == [0] and writes(plan, ClearLog) == []  # 1 held three
 
 
 @settings(max_examples=300, deadline=None)
@@ -132,20 +132,20 @@ def test_the_chunk_logs_tables_never_lose_a_streaming_messages_text(steps, rotat
             half = next(h for h, t in enumerate(tables) if log[-1] in t) if log else 0  # where the last row is
             p = PersisterCore(rotate_rows)
             p.load(streaming, texts, ids)
-            assert p.half == half
+            assert p.table == half
             continue
         else:
             continue
         plan = p.plan(ops)
         for w in plan.writes:
             if isinstance(w, InsertChunks):
-                tables[w.half].extend(w.rows)
+                tables[w.table].extend(w.rows)
                 for row in w.rows:
                     lengths[row[1]] = row[2] + len(row[3])
                     assert all(row[0] > r[0] for t in tables for r in t if r is not row)
             elif isinstance(w, ClearLog):
-                assert not any(r[1] in p.open for r in tables[w.half])
-                tables[w.half].clear()
+                assert not any(r[1] in p.open for r in tables[w.table])
+                tables[w.table].clear()
         for message_id, stored in p.open.items():
             assert "".join(r[3] for r in sorted(tables[0] + tables[1]) if r[1] == message_id) == stored.text(False)
 
@@ -162,12 +162,12 @@ def test_a_restarted_persister_reads_streaming_text_back_and_goes_on():
 
 def test_messages_memory_does_not_hold_are_looked_up(persister):
     assert persister.unknown([m.Append("old", 0, "x"), create("a1"), m.InterruptOrphans("r", [], "c1.1")]) == {"old", "a1"}
-    persister.learn([StoredMessage("old", False, 7)])  # "a1" has no row yet
+    persister.take_stored([StoredMessage("old", False, 7)])  # "a1" has no row yet
     plan = persister.plan([m.Append("old", 7, "late"), m.Finalize("old", "completed", 7, "h", {}, None)])
     assert plan.acks == {"old": (7, True, 0)} and plan.writes == []
     with pytest.raises(NotInMemory):  # memory behind the database: the transaction fails, the next reloads
-        persister.learn([StoredMessage("lost", True, 3)])
-    persister.forget()
+        persister.take_stored([StoredMessage("lost", True, 3)])
+    persister.drop_memory()
     assert not persister.loaded and persister.open == {} and persister.finalized == {}
 
 

@@ -9,8 +9,8 @@ import msgspec
 from hypothesis import given, settings, strategies as st
 
 from clients.api import Client
-from protocol import messages as m, results
-from protocol.records import MessageRecord
+from protocol import messages as m, answers
+from protocol.conversation import MessageRecord
 from services.coordinator import pages
 from services.coordinator.prompt import (assemble, continuation, original_of, package_of, prompt_hash, rebuild,
                                         sent_params, with_user)
@@ -76,7 +76,7 @@ def test_a_reference_is_small_and_says_when_a_message_it_needs_is_gone():
 
 
 def test_a_preview_over_a_frame_is_read_whole_page_by_page(monkeypatch):
-    whole = results.Preview(message_id="a", session_id="s", preview="p🙂" * 300, prompt_hash="h", model="m",
+    whole = answers.Preview(message_id="a", session_id="s", preview="p🙂" * 300, prompt_hash="h", model="m",
                             messages=[{"role": "user", "content": "x数" * 200}, {"role": "assistant", "content": "y"},
                                       {"role": "user", "content": "z" * 500}], dropped_message_ids=["u0", "a0"])
     monkeypatch.setattr(pages, "PAGE_BYTES", 300)  # a page holds a few hundred bytes of text

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, strategies as st
 
 from protocol import messages as m
-from protocol import results
+from protocol import answers
 from clients.view import APPLIED, GAP, IGNORED, ReplyView
 from services.coordinator.machine import ToClients, ToControl, ToGenerators, ToPersister
 from services.generator.rules import Generation, ThinkTags
@@ -324,7 +324,7 @@ def test_a_view_applies_each_text_by_its_own_offsets():
     assert view.apply(sd(0, "th", True)) == IGNORED and view.apply(sd(5, "x", True)) == GAP
     assert (view.take_new_thinking(), view.take_new_text()) == ("th", "A")
     assert view.apply(m.Final("s", "g", "m", "completed", 1, "h", {}, None, 4)) == GAP  # thinking is missing
-    view.apply_snapshot(results.Snapshot(generation_id="g", message_id="m", status="completed", text="A",
+    view.apply_snapshot(answers.Snapshot(generation_id="g", message_id="m", status="completed", text="A",
                                          final=True, stats={}, reasoning="thin"))
     assert (view.reasoning, view.text, view.take_new_thinking()) == ("thin", "A", "in")
     assert view.cancel() == (1, 4)

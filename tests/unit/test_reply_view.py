@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from clients.view import APPLIED, GAP, IGNORED, ReplyView
-from protocol import messages as m, results
+from protocol import messages as m, answers
 
 
 def d(offset, text, gen="g"):
@@ -31,8 +31,8 @@ def test_final_cuts_a_longer_view_and_a_longer_final_is_a_gap():
     assert view.text == "hello" and view.status == "cancelled"
 
 
-def snapshot(generation_id, text, final, status, stats=None, message_id=None) -> results.Snapshot:
-    return results.Snapshot(generation_id=generation_id, message_id=message_id, status=status, text=text,
+def snapshot(generation_id, text, final, status, stats=None, message_id=None) -> answers.Snapshot:
+    return answers.Snapshot(generation_id=generation_id, message_id=message_id, status=status, text=text,
                             final=final, stats=stats or {})
 
 

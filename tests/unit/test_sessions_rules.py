@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from protocol import messages as m
-from protocol.records import MessageRecord
+from protocol.conversation import MessageRecord
 from services.coordinator.machine import ToClients, ToControl, ToGenerators, ToPersister
 from services.coordinator.prompt import PromptTooLarge, assemble, prompt_hash
-from services.coordinator.requests import UNSAVED_SESSION_KEEP_S
+from services.coordinator.book import UNSAVED_SESSION_KEEP_S
 from tests.unit.test_coordinator_machine import CLIENT, ack_all, delta, effects, make, reply, start, words
 
 
@@ -109,7 +109,7 @@ def test_the_session_budget_overrides_the_default_and_is_reported():
     status = reply(machine.handle_rpc(CLIENT, m.Status(3, sid), 11)).result
     assert status.context.max_input_tokens == 60 and status.context.history_tokens > 60
     machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid, "be brief", 0), 12)
-    assert machine.sessions[sid].system == "be brief" and machine._budget(machine.sessions[sid]) == 10_000
+    assert machine.sessions[sid].system == "be brief" and machine.generators.budget(machine.sessions[sid]) == 10_000
 
 
 # ---------------------------------------------------------------- stall watchdog

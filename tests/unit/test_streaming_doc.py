@@ -52,8 +52,8 @@ def test_every_reference_in_streaming_md_exists():
 
 
 def test_the_checker_catches_a_stale_reference():
-    assert missing("`services/coordinator/stream.py: StreamRules._on_gen_delta`") == []
-    assert missing("`services/coordinator/stream.py: StreamRules._no_such_method`")
+    assert missing("`services/coordinator/stream.py: Streams.on_delta`") == []
+    assert missing("`services/coordinator/stream.py: Streams._no_such_method`")
     assert missing("`services/nowhere.py: thing`")
     assert missing("`tests/unit/test_codec.py::test_that_never_was`")
 

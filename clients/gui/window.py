@@ -1,174 +1,26 @@
-"""``chatter gui``: a Qt window over the same protocol as the CLI, built as the seed app is: a worker thread
-produces the stream, the main window renders it, the persister (on the server) keeps it.
-
-- All socket I/O runs on one ``QThread`` (``Worker``) with the CLI's own ``Client`` and ``ReplyView``: the
-  Clone catch-up, offsets and cancel rule are the library's, written once. The worker emits Qt signals;
-  only the GUI thread touches widgets (``Window._on_gui_thread`` asserts it in the debug mode,
-  ``CHATTER_GUI_DEBUG=1``).
-- Repaints are coalesced: text is gathered as it arrives and drawn at most ``REPAINTS_PER_S`` times a second.
-  Finished Markdown blocks go into the transcript once; only the block being written is drawn again.
-- ``chatter gui --send TEXT --screenshot PNG --quit-after-reply`` sends one message, saves the window when the
-  reply ends, and exits as ``send`` does; it works offscreen (``QT_QPA_PLATFORM=offscreen``).
-"""
+"""The window: its widgets and what they show, on the GUI thread alone. What it asks of Chatter goes to the worker
+(``worker.py``) as commands; what comes back arrives as Qt signals. Repaints are coalesced: text is gathered as it
+arrives and drawn at most ``REPAINTS_PER_S`` times a second; finished Markdown blocks go into the transcript once,
+and only the block being written is drawn again."""
 from __future__ import annotations
 
 import html
 import os
-import queue
 import sys
 import time
-import uuid
 
-import msgspec
-from markdown_it import MarkdownIt
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import TextLexer, get_lexer_by_name
-from pygments.util import ClassNotFound
-from PySide6.QtCore import QObject, QThread, QTimer, Qt, Signal
+from PySide6.QtCore import QThread, QTimer, Qt
 from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QApplication, QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QPushButton,
                                QSplitter, QTextBrowser, QVBoxLayout, QWidget)
 
-from clients.api import ChatterError, Client
-from clients.output import EXIT_ERROR, exit_code, outcome_json
+from clients.gui.markup import to_html, tool_call_html
+from clients.gui.worker import Worker
 from clients.render import final_stats_line, live_stats_line, split_finished
-from clients.show import tool_call_line
-from clients.view import ENDED
 
 REPAINTS_PER_S = 30
 THINKING_LINES = 4
-
-
-def _code(code: str, lang: str, attrs) -> str:
-    try:
-        lexer = get_lexer_by_name(lang) if lang else TextLexer()
-    except ClassNotFound:
-        lexer = TextLexer()
-    return highlight(code, lexer, HtmlFormatter(noclasses=True, nowrap=False))
-
-
-_MARKDOWN = MarkdownIt("commonmark", {"highlight": _code, "html": False})
-
-
-def to_html(markdown: str) -> str:
-    """A reply's Markdown as the HTML Qt shows: CommonMark, code highlighted by pygments, no raw HTML passed."""
-    return _MARKDOWN.render(markdown)
-
-
-# ---------------------------------------------------------------- the worker: every socket, one thread
-
-
-class Worker(QObject):
-    """Runs on its own QThread with its own ``Client``. The window puts commands in ``commands``; the worker
-    answers with signals, and follows a reply to its end unless a command detaches it."""
-
-    sessions = Signal(object)  # a list of SessionSummary values (``object``: passed as it is, not converted)
-    history = Signal(object)  # a History result
-    reply_started = Signal(str, str, str)  # session id, generation id, the user's text
-    text = Signal(str, str, int)  # generation id, fresh text, estimated tokens
-    thinking = Signal(str, str, int)
-    reply_ended = Signal(str, object, object)  # generation id, the outcome (as send --json) and its stats: dicts
-    preview = Signal(object)
-    settings = Signal(object)
-    failed = Signal(str)  # a sentence for the banner
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.commands: queue.Queue = queue.Queue()
-        self.later: list = []  # commands that arrived while following a reply
-
-    def run(self) -> None:
-        try:
-            self.client = Client()
-        except ChatterError as exc:
-            self.failed.emit(str(exc))
-            return
-        with self.client:
-            while True:
-                command = self.later.pop(0) if self.later else self.commands.get()
-                if command[0] == "quit":
-                    return
-                try:
-                    getattr(self, "do_" + command[0])(*command[1:])
-                except ChatterError as exc:
-                    self.failed.emit(str(exc))
-
-    # ------------------------------------------------------------ commands
-
-    def do_refresh(self) -> None:
-        self.sessions.emit(self.client.sessions(limit=100))
-
-    def do_new(self, system: str | None) -> None:
-        session_id = self.client.new_session(system=system or None)
-        self.do_switch(session_id)
-
-    def do_switch(self, session_id: str) -> None:
-        self.history.emit(self.client.history(session_id))
-        self.client.subscribe(session_id)
-        snap = self.client.snapshot(session_id)
-        if snap.generation_id and not snap.final and snap.status not in ENDED:  # under way: follow it
-            self.follow(session_id, snap.generation_id, snap.user_text or "", snap, attach=True)
-
-    def do_send(self, session_id: str, text: str) -> None:
-        self.client.subscribe(session_id)
-        started = self.client.send(session_id, text, uuid.uuid4().hex)
-        self.follow(session_id, started.generation_id, text, started)
-
-    def do_regenerate(self, session_id: str) -> None:
-        self.client.subscribe(session_id)
-        started = self.client.regenerate(session_id, uuid.uuid4().hex)
-        self.follow(session_id, started.generation_id, "", started)  # the user turn is shown already
-
-    def do_continue(self, session_id: str) -> None:
-        """The last reply goes on: the transcript shows it once, as the live reply growing from its text."""
-        self.client.subscribe(session_id)
-        started = self.client.continue_reply(session_id, uuid.uuid4().hex)
-        history = self.client.history(session_id)
-        self.history.emit(msgspec.structs.replace(history, messages=[
-            msg for msg in history.messages if msg.message_id != started.message_id]))
-        self.follow(session_id, started.generation_id, "", started, attach=True)
-
-    def do_preview(self, session_id: str) -> None:
-        last = next((msg for msg in reversed(self.client.history(session_id).messages) if msg.role == "assistant"),
-                    None)
-        if last is None:
-            raise ChatterError("no reply yet: the preview is the prompt of a reply")
-        self.preview.emit(self.client.preview(last.message_id))
-
-    def do_configure(self, session_id: str, fields: dict) -> None:
-        self.settings.emit(self.client.configure(session_id, **fields))
-
-    def do_cancel(self) -> None:
-        pass  # nothing is streaming
-
-    # ------------------------------------------------------------ following a reply
-
-    def follow(self, session_id: str, generation_id: str, user_text: str, started, attach: bool = False) -> None:
-        self.reply_started.emit(session_id, generation_id, user_text)
-        self.sessions.emit(self.client.sessions(limit=100))  # the session has a title and a message now
-
-        def interrupt() -> str | None:
-            try:
-                command = self.commands.get_nowait()
-            except queue.Empty:
-                return None
-            if command[0] == "cancel":
-                return "cancel"
-            self.later.append(command)  # anything else runs once we leave the reply (streaming on, on the server)
-            return "detach"
-
-        view = self.client.follow(session_id, generation_id, attach=attach, interrupt=interrupt,
-                                  on_text=lambda fresh, v: self.text.emit(generation_id, fresh, v.tokens),
-                                  on_thinking=lambda fresh, v: self.thinking.emit(generation_id, fresh, v.tokens))
-        if view.final is not None:
-            outcome = outcome_json(session_id, view, started)
-            self.reply_ended.emit(generation_id, outcome, view.final.get("stats") or {})
-        self.sessions.emit(self.client.sessions(limit=100))
-
-
-# ---------------------------------------------------------------- the window: widgets, on the GUI thread alone
 
 
 class Window(QMainWindow):
@@ -542,51 +394,3 @@ class Window(QMainWindow):
         self.worker_thread.quit()
         self.worker_thread.wait(3000)
         super().closeEvent(event)
-
-
-# ---------------------------------------------------------------- the command
-
-
-def main(args) -> int:
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    window = Window(args.session)
-    window.show()
-    code = {"exit": 0}
-    if args.send:
-        if args.screenshot_live:
-            window.on_repaint = lambda: _live_shot(window, args.screenshot_live)
-
-        def ended(outcome: dict) -> None:
-            if args.screenshot:
-                window.grab().save(args.screenshot)
-            code["exit"] = exit_code(outcome["status"], outcome.get("saved", True)) if outcome.get("status") else EXIT_ERROR
-            if args.quit_after_reply:
-                QTimer.singleShot(0, window.close)
-                QTimer.singleShot(0, app.quit)
-
-        window.on_reply_end = ended
-        window.send_when_open = args.send  # sent once the session's history is shown (show_history)
-        if args.session is None:
-            window.ask("new", None)
-    app.exec()
-    # the worker has closed its client and its thread has ended (closeEvent): nothing is left to tear down, so
-    # leave at once, before the interpreter finalizes Qt's objects (where PySide6 6.12.0 aborted: pyproject.toml)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code["exit"])
-
-
-LIVE_SHOT_CHARS = 400
-
-
-def _live_shot(window: Window, path: str) -> None:
-    """``--screenshot-live``: the window once the reply under way has shown this much."""
-    parts = window.shown_parts.get(window.generation_id or "", [])
-    if window.generation_id and sum(map(len, parts)) >= LIVE_SHOT_CHARS:
-        window.grab().save(path)
-        window.on_repaint = None
-
-
-def tool_call_html(call: dict) -> str:
-    """A tool the model called, as a line of the transcript (escaped: its arguments are the model's text)."""
-    return f"<p><code>{html.escape(tool_call_line(call))}</code></p>"

@@ -1,4 +1,6 @@
-"""The records the protocol carries inside messages: a prompt message, and a session's history record."""
+"""What a conversation is made of, as the protocol carries it inside messages: a prompt message, a session's history
+record (a message as the coordinator keeps it, and as a client sees it), and a tool call. Compare ``messages`` (the
+frames each channel carries) and ``answers`` (what each rpc request is answered with)."""
 from __future__ import annotations
 
 from typing import Optional, Union

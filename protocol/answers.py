@@ -1,6 +1,6 @@
-"""What the coordinator answers to each rpc request, typed: the ``result`` of a ``Reply``. Each is a msgspec
-struct sent as a msgpack map tagged by ``kind``, so a client reads fields, never a dict's keys with
-defaults, and a field that is missing or ill-typed fails at decode.
+"""What the coordinator answers to each rpc request (the ``result`` of a ``Reply``; the requests themselves are in
+``messages``), typed. Each is a msgspec struct sent as a msgpack map tagged by ``kind``, so a client reads fields,
+never a dict's keys with defaults, and a field that is missing or ill-typed fails at decode.
 
 Not on the per-delta hot path: these go once per request."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import msgspec
 from msgspec import field
 
 from protocol.codec import Int
-from protocol.records import MessageView, PromptMessage
+from protocol.conversation import MessageView, PromptMessage
 
 
 class Result(msgspec.Struct, kw_only=True, tag_field="kind"):

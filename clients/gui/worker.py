@@ -1,0 +1,122 @@
+"""The window's worker: every socket, on one ``QThread``, with the CLI's own ``Client`` and ``ReplyView`` (the Clone
+catch-up, offsets and cancel rule are the library's, written once). The window puts commands in its queue; the
+worker answers with Qt signals, and follows a reply to its end unless a command detaches it."""
+from __future__ import annotations
+
+import queue
+import uuid
+
+import msgspec
+from PySide6.QtCore import QObject, Signal
+
+from clients.api import ChatterError, Client
+from clients.output import outcome_json
+from clients.view import ENDED
+
+
+class Worker(QObject):
+    """Runs on its own QThread with its own ``Client``. The window puts commands in ``commands``; the worker
+    answers with signals, and follows a reply to its end unless a command detaches it."""
+
+    sessions = Signal(object)  # a list of SessionSummary values (``object``: passed as it is, not converted)
+    history = Signal(object)  # a History result
+    reply_started = Signal(str, str, str)  # session id, generation id, the user's text
+    text = Signal(str, str, int)  # generation id, fresh text, estimated tokens
+    thinking = Signal(str, str, int)
+    reply_ended = Signal(str, object, object)  # generation id, the outcome (as send --json) and its stats: dicts
+    preview = Signal(object)
+    settings = Signal(object)
+    failed = Signal(str)  # a sentence for the banner
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: queue.Queue = queue.Queue()
+        self.later: list = []  # commands that arrived while following a reply
+
+    def run(self) -> None:
+        try:
+            self.client = Client()
+        except ChatterError as exc:
+            self.failed.emit(str(exc))
+            return
+        with self.client:
+            while True:
+                command = self.later.pop(0) if self.later else self.commands.get()
+                if command[0] == "quit":
+                    return
+                try:
+                    getattr(self, "do_" + command[0])(*command[1:])
+                except ChatterError as exc:
+                    self.failed.emit(str(exc))
+
+    # ------------------------------------------------------------ commands
+
+    def do_refresh(self) -> None:
+        self.sessions.emit(self.client.sessions(limit=100))
+
+    def do_new(self, system: str | None) -> None:
+        session_id = self.client.new_session(system=system or None)
+        self.do_switch(session_id)
+
+    def do_switch(self, session_id: str) -> None:
+        self.history.emit(self.client.history(session_id))
+        self.client.subscribe(session_id)
+        snap = self.client.snapshot(session_id)
+        if snap.generation_id and not snap.final and snap.status not in ENDED:  # under way: follow it
+            self.follow(session_id, snap.generation_id, snap.user_text or "", snap, attach=True)
+
+    def do_send(self, session_id: str, text: str) -> None:
+        self.client.subscribe(session_id)
+        started = self.client.send(session_id, text, uuid.uuid4().hex)
+        self.follow(session_id, started.generation_id, text, started)
+
+    def do_regenerate(self, session_id: str) -> None:
+        self.client.subscribe(session_id)
+        started = self.client.regenerate(session_id, uuid.uuid4().hex)
+        self.follow(session_id, started.generation_id, "", started)  # the user turn is shown already
+
+    def do_continue(self, session_id: str) -> None:
+        """The last reply goes on: the transcript shows it once, as the live reply growing from its text."""
+        self.client.subscribe(session_id)
+        started = self.client.continue_reply(session_id, uuid.uuid4().hex)
+        history = self.client.history(session_id)
+        self.history.emit(msgspec.structs.replace(history, messages=[
+            msg for msg in history.messages if msg.message_id != started.message_id]))
+        self.follow(session_id, started.generation_id, "", started, attach=True)
+
+    def do_preview(self, session_id: str) -> None:
+        last = next((msg for msg in reversed(self.client.history(session_id).messages) if msg.role == "assistant"),
+                    None)
+        if last is None:
+            raise ChatterError("no reply yet: the preview is the prompt of a reply")
+        self.preview.emit(self.client.preview(last.message_id))
+
+    def do_configure(self, session_id: str, fields: dict) -> None:
+        self.settings.emit(self.client.configure(session_id, **fields))
+
+    def do_cancel(self) -> None:
+        pass  # nothing is streaming
+
+    # ------------------------------------------------------------ following a reply
+
+    def follow(self, session_id: str, generation_id: str, user_text: str, started, attach: bool = False) -> None:
+        self.reply_started.emit(session_id, generation_id, user_text)
+        self.sessions.emit(self.client.sessions(limit=100))  # the session has a title and a message now
+
+        def interrupt() -> str | None:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return None
+            if command[0] == "cancel":
+                return "cancel"
+            self.later.append(command)  # anything else runs once we leave the reply (streaming on, on the server)
+            return "detach"
+
+        view = self.client.follow(session_id, generation_id, attach=attach, interrupt=interrupt,
+                                  on_text=lambda fresh, v: self.text.emit(generation_id, fresh, v.tokens),
+                                  on_thinking=lambda fresh, v: self.thinking.emit(generation_id, fresh, v.tokens))
+        if view.final is not None:
+            outcome = outcome_json(session_id, view, started)
+            self.reply_ended.emit(generation_id, outcome, view.final.get("stats") or {})
+        self.sessions.emit(self.client.sessions(limit=100))
