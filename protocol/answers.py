@@ -29,7 +29,7 @@ class ReplyStarted(Result, tag="started"):
     generation_id: Optional[str]
     message_id: str
     prompt_hash: Optional[str]
-    dropped_message_ids: list[str] = field(default_factory=list)  # the newest records.DROPPED_SHOWN...
+    dropped_message_ids: list[str] = field(default_factory=list)  # the newest conversation.DROPPED_SHOWN...
     dropped_count: Int = 0  # ...of this many
 
 
@@ -97,7 +97,7 @@ class Preview(Result, tag="preview"):
     messages: list[PromptMessage]
     prompt_hash: Optional[str]
     model: Optional[str]
-    dropped_message_ids: list[str] = field(default_factory=list)  # the newest records.DROPPED_SHOWN...
+    dropped_message_ids: list[str] = field(default_factory=list)  # the newest conversation.DROPPED_SHOWN...
     dropped_count: Int = 0  # ...of this many
     thinking_left_out: Int = 0  # earlier replies whose thinking this prompt left out (CHATTER_PROMPT_THINKING)
     # built again from the session, it is what was sent (its sha256 matches); else ``problem`` says why not

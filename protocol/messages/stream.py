@@ -17,7 +17,7 @@ class Started(Message, tag=20):
     preview: str
     prompt_tokens: Int
     dropped_message_ids: list[str] = field(default_factory=list)  # left out to fit the input budget (the newest
-    # records.DROPPED_SHOWN of ``dropped_count``)
+    # conversation.DROPPED_SHOWN of ``dropped_count``)
     max_input_tokens: Int = 0
     thinking_left_out: Int = 0  # earlier replies whose thinking the prompt leaves out (CHATTER_PROMPT_THINKING)
     # a preview longer than a piece is not sent here (``preview`` is ""): this is its length, and ``chatter
