@@ -28,6 +28,18 @@ class CoordinatorSilent(ChatterError):
     """No answer within the rpc timeout."""
 
 
+class SessionDeleted(ChatterError):
+    """The session followed was deleted (by this client or another)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id} was deleted")
+        self.session_id = session_id
+
+
+# a request answered once the persister has applied it (a rename, a deletion) waits this long at most
+APPLIED_WAIT_MS = 30_000
+
+
 
 def _env_ms(name: str, default: int) -> int:
     raw = os.environ.get(name) or str(default)
@@ -116,21 +128,22 @@ class Client:
 
     # ------------------------------------------------------------ rpc
 
-    def request(self, msg: m.Message, attempts: int = 1) -> answers.Result:
+    def request(self, msg: m.Message, attempts: int = 1, timeout_ms: int | None = None) -> answers.Result:
         """One rpc. ``attempts`` > 1 only for idempotent requests: a send carries its client request
-        id, so asking again after a timeout can never start a second generation."""
+        id, so asking again after a timeout can never start a second generation. ``timeout_ms``: for a request
+        answered once the persister has applied it, longer than the rpc timeout."""
         for attempt in range(attempts):
             try:
-                return self._request_once(msg)
+                return self._request_once(msg, timeout_ms or self.rpc_timeout_ms)
             except CoordinatorSilent:
                 self.rpc_timeouts += 1
                 if attempt == attempts - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def _request_once(self, msg: m.Message) -> answers.Result:
+    def _request_once(self, msg: m.Message, timeout_ms: int) -> answers.Result:
         self.rpc.send(encode_request(msg))
-        deadline = time.monotonic() + self.rpc_timeout_ms / 1000
+        deadline = time.monotonic() + timeout_ms / 1000
         while True:
             left_ms = (deadline - time.monotonic()) * 1000
             if left_ms <= 0 or not self._wait_rpc(left_ms):
@@ -139,7 +152,10 @@ class Client:
                 self._open_rpc()
                 hint = ("is it running, and are CHATTER_CURVE_SECRET and CHATTER_CURVE_SERVER this client's key and "
                         "the coordinator's?" if self.rpc_monitor is not None else "is it running (make run)?")
-                raise CoordinatorSilent(f"the coordinator did not answer within {self.rpc_timeout_ms} ms at "
+                if timeout_ms > self.rpc_timeout_ms:  # answered once applied: the persister may be what is away
+                    hint += (" If it is, the persister has not applied it yet (chatter status); the coordinator keeps "
+                             "it and applies it when the persister is back")
+                raise CoordinatorSilent(f"the coordinator did not answer within {timeout_ms} ms at "
                                         f"{self.rpc_address}: {hint}")
             try:
                 reply = codec.decode(self.rpc.recv(), (m.Reply,))
@@ -163,6 +179,21 @@ class Client:
         if self.rpc_monitor in ready and (words := curve.refusal(self.rpc_monitor)) is not None:
             raise ChatterError(f"cannot talk to the coordinator at {self.rpc_address}: {words}")
         return self.rpc in ready
+
+    def rename(self, session_id: str, title: str) -> answers.SessionRenamed:
+        """A title given by hand (kept from then on); "" gives back the automatic one. Returns once applied."""
+        if len(title) > m.TITLE_CHARS:
+            raise ChatterError(f"the title is {len(title):,} characters; at most {m.TITLE_CHARS}")
+        return self.request(m.RenameSession(next(self.req_ids), session_id, title), timeout_ms=APPLIED_WAIT_MS)
+
+    def delete_sessions(self, session_ids: list[str]) -> list[str]:
+        """Delete these sessions (a reply streaming in one is stopped first); returns the ids deleted, once the
+        persister has applied it. More than ``DELETE_AT_ONCE`` go in turn."""
+        deleted: list[str] = []
+        for start in range(0, len(session_ids), m.DELETE_AT_ONCE):
+            batch = session_ids[start:start + m.DELETE_AT_ONCE]
+            deleted += self.request(m.DeleteSessions(next(self.req_ids), batch), timeout_ms=APPLIED_WAIT_MS).deleted
+        return deleted
 
     def new_session(self, system: str | None = None, model: str | None = None,
                     max_input_tokens: int | None = None, save: bool = True) -> str:
@@ -321,6 +352,10 @@ class Client:
                 except codec.FrameError:
                     self.bad_frames += 1
                     continue
+                if type(event) is m.SessionChanged:
+                    if event.change == "deleted" and event.session_id == session_id:
+                        raise SessionDeleted(session_id)
+                    continue
                 if view.apply(event) == GAP:
                     catch_up()
             elif (time.monotonic() - last_event) * 1000 >= silence_ms:
@@ -345,6 +380,10 @@ class Client:
                     event = codec.decode(transport.payload_of(self.stream.recv()), m.STREAM_EVENTS)
                 except codec.FrameError:
                     self.bad_frames += 1
+                    continue
+                if type(event) is m.SessionChanged:
+                    if event.change == "deleted" and event.session_id == session_id:
+                        raise SessionDeleted(session_id)
                     continue
                 if event.generation_id not in after:
                     break  # something new: the snapshot above tells what

@@ -32,6 +32,9 @@ COMMANDS = {
     "/sessions": "recent sessions",
     "/switch": "/switch ID — go to a session (a unique prefix will do); a reply under way there shows live",
     "/history": "this session's messages",
+    "/rename": "/rename TITLE — give this session a title (kept from then on); /rename alone gives back the "
+               "automatic one",
+    "/delete": "delete this session with every message (asked first), and start a new one",
     "/preview": "the exact prompt of the last reply, and what was left out to fit the budget",
     "/regenerate": "answer the last message again (cancels a streaming reply)",
     "/continue": "continue the last reply where it was cut (length limit, stop, error): the same reply grows",
@@ -310,6 +313,24 @@ class Chat:
         self.say(f"session {self.session_id}")
         self.catch_up()
 
+    def rename(self, rest: str) -> None:
+        renamed = self.client.rename(self.session_id, rest)
+        self.say(f"session {renamed.session_id}: {renamed.title}" + ("" if rest else " (automatic)"))
+
+    def delete(self, rest: str) -> None:
+        if rest:
+            raise ChatterError("/delete deletes this session; to delete another, chatter delete SESSION")
+        self.say(f"delete session {self.session_id} with every message? This cannot be undone. [y/N]", style="bold")
+        answer = self.read_input()
+        if (answer or "").strip().lower() not in ("y", "yes"):
+            self.say("nothing deleted")
+            return
+        gone = self.session_id
+        self.client.unsubscribe(gone)
+        self.client.delete_sessions([gone])
+        self.session_id = self.client.new_session(model=self.model)
+        self.say(f"deleted {gone}; session {self.session_id}")
+
     def preview(self, rest: str) -> None:
         last = next((m for m in reversed(self.client.history(self.session_id).messages)
                      if m.role == "assistant"), None)
@@ -393,6 +414,8 @@ class Chat:
         "/switch": switch,
         "/history": lambda self, rest: print_history(self.client.history(self.session_id), self.show_thinking),
         "/preview": preview,
+        "/rename": rename,
+        "/delete": delete,
         "/regenerate": regenerate,
         "/continue": continue_reply,
         "/system": set_system,

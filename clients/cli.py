@@ -8,9 +8,10 @@ import sys
 from importlib.metadata import entry_points
 
 from clients.api import ChatterError, Client
-from clients.arguments import int_in
+from clients.arguments import duration, int_in
 from clients.commands import (cmd_chat, cmd_continue, cmd_gui, cmd_history, cmd_keys_new, cmd_preview, cmd_regenerate,
                               cmd_send, cmd_sessions, cmd_status, cmd_watch)
+from clients.manage import cmd_delete, cmd_rename
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 import transport
 
@@ -93,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message_id", help="an assistant message id (see history)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_preview)
+    p = sub.add_parser("rename", help="give a session a title (kept from then on; \"\" gives back the automatic one)")
+    p.add_argument("session", help="session id or unique prefix")
+    p.add_argument("title", help="the new title (at most 500 characters)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_rename)
+    p = sub.add_parser("delete", help="delete sessions with every message: the text is gone from the database "
+                                      "(a reply streaming there is stopped first)")
+    p.add_argument("sessions", nargs="*", metavar="SESSION", help="session ids or unique prefixes")
+    p.add_argument("--older-than", type=duration, metavar="SPAN",
+                   help="every session not active for this long (30d, 12h, 90m, 2w)")
+    p.add_argument("--all", action="store_true", help="every session")
+    p.add_argument("--yes", action="store_true", help="do not ask (needed when not on a terminal)")
+    p.add_argument("--json", action="store_true", help='print {"deleted": [...], "not_found": [...]}')
+    p.set_defaults(func=cmd_delete)
     p = sub.add_parser("keys", help="CURVE keys for tcp channels across hosts")
     keys = p.add_subparsers(dest="keys_command", required=True)
     k = keys.add_parser("new", help="write NAME.key (public) and NAME.key_secret (mode 0600)")

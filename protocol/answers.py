@@ -190,8 +190,17 @@ class Status(Result, tag="status"):
 ACTIVE_SHOWN = 1000  # the status lists at most this many active generations: ~150 bytes each
 
 
+class SessionRenamed(Result, tag="renamed"):
+    session_id: str
+    title: str  # the title now (the automatic one when the rename cleared it)
+
+
+class SessionsDeleted(Result, tag="deleted"):
+    deleted: list[str]  # the ids deleted, in the order asked; an id not found is left out
+
+
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,
-            Status, SessionResolved]
+            Status, SessionResolved, SessionRenamed, SessionsDeleted]
 
 
 def plain(result: Result) -> dict:

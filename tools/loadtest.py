@@ -157,7 +157,7 @@ class LoadRun:
         except codec.FrameError:
             return
         stream = self.by_session.get(event.session_id)
-        if stream is None or stream.ended_at is not None:
+        if stream is None or stream.ended_at is not None or type(event) is m.SessionChanged:
             return
         stream.last_event_at = time.monotonic()
         if stream.view is None:

@@ -11,11 +11,11 @@ import time
 
 from PySide6.QtCore import QThread, QTimer, Qt
 from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QPushButton,
-                               QSplitter, QTextBrowser, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QMainWindow, QPlainTextEdit, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget)
 
 from clients.gui.markup import to_html, tool_call_html
+from clients.gui.sessions import SessionList
 from clients.gui.worker import Worker
 from clients.render import final_stats_line, live_stats_line, split_finished
 
@@ -53,7 +53,7 @@ class Window(QMainWindow):
                              (self.worker.reply_started, self.reply_started), (self.worker.text, self.add_text),
                              (self.worker.thinking, self.add_thinking), (self.worker.reply_ended, self.reply_ended),
                              (self.worker.preview, self.show_preview), (self.worker.settings, self.show_settings),
-                             (self.worker.failed, self.show_error)):
+                             (self.worker.failed, self.show_error), (self.worker.deleted, self.sessions_deleted)):
             signal.connect(slot, Qt.QueuedConnection)
         self.timer = QTimer(self)
         self.timer.setInterval(-(-1000 // REPAINTS_PER_S))  # at most REPAINTS_PER_S a second
@@ -67,8 +67,10 @@ class Window(QMainWindow):
     def _build(self) -> None:
         self.setWindowTitle("Chatter")
         self.resize(1000, 700)
-        self.sessions_list = QListWidget()
-        self.sessions_list.itemClicked.connect(lambda item: self.switch(item.data(Qt.UserRole)))
+        self.sessions_list = SessionList()
+        self.sessions_list.opened.connect(self.switch)
+        self.sessions_list.renamed.connect(self.rename_session)
+        self.sessions_list.deleted.connect(self.delete_sessions)
         new = QPushButton("New session")
         new.clicked.connect(self.new_session)
         self.system_edit = QLineEdit()
@@ -138,6 +140,23 @@ class Window(QMainWindow):
         self.session_id = session_id
         self.ask("switch", session_id)
 
+    def rename_session(self, session_id: str, title: str) -> None:
+        self.ask("rename", session_id, title)
+
+    def delete_sessions(self, session_ids: list[str]) -> None:
+        self.ask("delete", session_ids)
+
+    def sessions_deleted(self, session_ids: list) -> None:
+        """Sessions deleted (here, or by another client while this window followed one): the one open is closed."""
+        self._on_gui_thread()
+        if self.session_id in session_ids:
+            gone = self.session_id
+            self.session_id, self.generation_id, self.tail, self.thought = None, None, "", ""
+            self.transcript.clear()
+            self.live.setText("")
+            self._show_stats("")
+            self.show_error(f"session {gone} was deleted")
+
     def send(self, text: str | None = None) -> None:
         self._on_gui_thread()
         text = text if isinstance(text, str) else self.input.toPlainText()
@@ -203,11 +222,7 @@ class Window(QMainWindow):
 
     def show_sessions(self, rows: list) -> None:
         self._on_gui_thread()
-        self.sessions_list.clear()
-        for row in rows:
-            item = QListWidgetItem(f"{row.title or '(new)'}  ·  {row.status}")
-            item.setData(Qt.UserRole, row.session_id)
-            self.sessions_list.addItem(item)
+        self.sessions_list.show_rows(rows)
 
     def show_history(self, history) -> None:
         self._on_gui_thread()

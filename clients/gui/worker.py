@@ -9,7 +9,7 @@ import uuid
 import msgspec
 from PySide6.QtCore import QObject, Signal
 
-from clients.api import ChatterError, Client
+from clients.api import ChatterError, Client, SessionDeleted
 from clients.output import outcome_json
 from clients.view import ENDED
 
@@ -27,6 +27,7 @@ class Worker(QObject):
     preview = Signal(object)
     settings = Signal(object)
     failed = Signal(str)  # a sentence for the banner
+    deleted = Signal(object)  # the ids of sessions deleted (here or by another client)
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,6 +95,16 @@ class Worker(QObject):
     def do_configure(self, session_id: str, fields: dict) -> None:
         self.settings.emit(self.client.configure(session_id, **fields))
 
+    def do_rename(self, session_id: str, title: str) -> None:
+        self.client.rename(session_id, title)
+        self.sessions.emit(self.client.sessions(limit=100))
+
+    def do_delete(self, session_ids: list) -> None:
+        for session_id in session_ids:
+            self.client.unsubscribe(session_id)
+        self.deleted.emit(self.client.delete_sessions(list(session_ids)))
+        self.sessions.emit(self.client.sessions(limit=100))
+
     def do_cancel(self) -> None:
         pass  # nothing is streaming
 
@@ -113,9 +124,14 @@ class Worker(QObject):
             self.later.append(command)  # anything else runs once we leave the reply (streaming on, on the server)
             return "detach"
 
-        view = self.client.follow(session_id, generation_id, attach=attach, interrupt=interrupt,
-                                  on_text=lambda fresh, v: self.text.emit(generation_id, fresh, v.tokens),
-                                  on_thinking=lambda fresh, v: self.thinking.emit(generation_id, fresh, v.tokens))
+        try:
+            view = self.client.follow(session_id, generation_id, attach=attach, interrupt=interrupt,
+                                      on_text=lambda fresh, v: self.text.emit(generation_id, fresh, v.tokens),
+                                      on_thinking=lambda fresh, v: self.thinking.emit(generation_id, fresh, v.tokens))
+        except SessionDeleted:  # by another client, while the reply streamed
+            self.deleted.emit([session_id])
+            self.sessions.emit(self.client.sessions(limit=100))
+            return
         if view.final is not None:
             outcome = outcome_json(session_id, view, started)
             self.reply_ended.emit(generation_id, outcome, view.final.get("stats") or {})

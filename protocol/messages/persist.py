@@ -44,6 +44,7 @@ class CreateMessage(Message, tag=50):
     session_model: Optional[str] = None  # the session's own model and ``/config`` settings (None: defaults)
     session_settings: Optional[dict] = None
     prompt_ref: Optional[dict] = None  # the prompt by reference (``MessageRecord.prompt_ref``), not a copy
+    session_title_set: bool = False  # as ``SaveSession``'s
 
 
 class Append(Message, tag=51):
@@ -108,6 +109,7 @@ class SaveSession(Message, tag=55):
     created_at: float  # a new row's created_at; a stored one keeps its own and takes this as updated_at
     session_model: Optional[str] = None
     session_settings: Optional[dict] = None
+    session_title_set: bool = False  # the title was given by hand (``RenameSession``): kept over the automatic one
 
 
 class SaveToolCalls(Message, tag=56):
@@ -117,7 +119,17 @@ class SaveToolCalls(Message, tag=56):
     tool_calls: list[dict]
 
 
-PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession, SaveToolCalls)
+class PurgeSessions(Message, tag=57):
+    """Delete these sessions in one transaction: their rows, every message, the chunk log's text of them and their
+    search entries; on SQLite its log is then copied into the file and emptied, so that the text is in neither.
+    Resent by the coordinator until the persister answers ``SessionsPurged`` with the same ``op_id``."""
+
+    session_ids: list[str]
+    op_id: str
+
+
+PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession, SaveToolCalls,
+               PurgeSessions)
 
 
 class PersistAck(Message, tag=60):
@@ -171,4 +183,12 @@ class SessionSaved(Message, tag=65):
     saved_at: Optional[float] = None
 
 
-PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, PersistRejected, SessionSaved)
+class SessionsPurged(Message, tag=66):
+    """A ``PurgeSessions`` is applied: ``deleted`` are the ids it found (and deleted), in the order asked."""
+
+    op_id: str
+    deleted: list[str]
+
+
+PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, PersistRejected, SessionSaved,
+                SessionsPurged)

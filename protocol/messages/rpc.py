@@ -136,6 +136,29 @@ class ConfigureSession(Message, tag=11):
     params: Optional[Annotated[dict, Meta(max_length=16)]] = None
 
 
+TITLE_CHARS = 500  # a session's title, at most
+Title = Annotated[str, Meta(max_length=TITLE_CHARS)]
+DELETE_AT_ONCE = 1000  # sessions one ``DeleteSessions`` names, at most (``chatter delete`` sends more in turn)
+
+
+class RenameSession(Message, tag=14):
+    """Give a session a title by hand, kept from then on; an empty title gives it back its automatic one (its
+    first message's first line). Answered once the persister has applied it."""
+
+    req_id: Int
+    session_id: Id
+    title: Title
+
+
+class DeleteSessions(Message, tag=15):
+    """Delete these sessions, every message, text and index entry of them: a reply streaming in one is stopped
+    first (its upstream request too). Answered once the persister has applied it, with the ids it deleted (an id
+    it did not find is left out)."""
+
+    req_id: Int
+    session_ids: Annotated[list[Id], Meta(min_length=1, max_length=DELETE_AT_ONCE)]
+
+
 class Reply(Message, tag=9):
     """The coordinator's answer to any rpc request."""
 
@@ -146,4 +169,4 @@ class Reply(Message, tag=9):
 
 
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
-                ConfigureSession, ResolveSession, Continue)
+                ConfigureSession, ResolveSession, Continue, RenameSession, DeleteSessions)

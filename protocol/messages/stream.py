@@ -1,5 +1,5 @@
 """stream: what the coordinator publishes to a session's watchers (PUB -> SUB, topic = session id): a reply's
-start, its texts and tool calls at offsets, and its durable end."""
+start, its texts and tool calls at offsets, its durable end, and changes of the session itself."""
 from __future__ import annotations
 
 from typing import Optional
@@ -66,4 +66,13 @@ class StreamToolCall(Message, tag=23):
     arguments: str
 
 
-STREAM_EVENTS = (Started, StreamDelta, Final, StreamToolCall)
+class SessionChanged(Message, tag=24):
+    """The session itself changed, once the persister applied it: ``renamed`` (its ``title`` now) or ``deleted``
+    (a watcher of it is told, and ends), so that every window on one session agrees."""
+
+    session_id: str
+    change: str  # "renamed" or "deleted"
+    title: str = ""
+
+
+STREAM_EVENTS = (Started, StreamDelta, Final, StreamToolCall, SessionChanged)

@@ -13,6 +13,7 @@ from protocol import codec, messages as m
 import transport
 from transport import curve
 from services import config, pacing, shell, store
+from services.coordinator.effects import ForgetReadCaches
 from services.coordinator.machine import (Coordinator, Log, LoadSessionOfGeneration, ReplyTo, ToClients, ToControl,
                                           ToGenerators, ToPersister)
 from services.coordinator import pages
@@ -90,6 +91,8 @@ class CoordinatorShell:
                     self.reader.ask(f"generation {gen_id}", lambda gen_id=gen_id: (
                         "adopt", (gen_id, store.session_of_generation(base_id(gen_id)))))
                     self.adopting[f"generation {gen_id}"] = gen_id
+                elif kind is ForgetReadCaches:
+                    self.reader.ask("forget the log", lambda: ("forgot", store.forget_log_index()))
             except codec.FrameTooLarge as exc:  # a bug: every answer is paged and every text cut to fit
                 self.frame_too_large(effect, exc)
         for frame in m.bundle(persist_ops):  # in order, one send per bundle rather than per operation
@@ -128,7 +131,7 @@ class CoordinatorShell:
         if isinstance(msg, m.Preview) and msg.message_id not in self.machine.message_sessions:
             return f"message {msg.message_id}", lambda: ("session", _session_of_message(msg.message_id))
         session_id = getattr(msg, "session_id", None)
-        if session_id and session_id not in self.machine.sessions:
+        if session_id and session_id not in self.machine.sessions and session_id not in self.machine.book.gone:
             return f"session {session_id}", lambda: ("session", store.load_session(session_id))
         return None
 

@@ -10,6 +10,7 @@ from services.coordinator.sessions import SessionState
 # how long a session made for the message sent next (``NewSession.save`` false) waits for it, once the cache is
 # full, before it is dropped: ``chatter send`` sends its message at once
 UNSAVED_SESSION_KEEP_S = 60.0
+GONE_KEPT = 100_000  # deleted session ids remembered, so that a read in flight cannot bring one back
 
 
 class SessionBook:
@@ -21,15 +22,30 @@ class SessionBook:
         self.stored_summaries: dict[str, answers.SessionSummary] = {}
         # a prefix -> how many stored ids it matches, and the first few (the last read)
         self.stored_matches: dict[str, tuple[int, list[str]]] = {}
+        self.gone: dict[str, None] = {}  # deleted (or being deleted) session ids, oldest first
 
     def get(self, session_id: str) -> SessionState:
         sess = self.sessions.get(session_id)
         if sess is None:
+            if session_id in self.gone:
+                raise RequestRefused(f"session {session_id} was deleted")
             raise RequestRefused(f"unknown session {session_id}")
         return sess
 
     def of_message(self, message_id: str) -> SessionState | None:
         return self.sessions.get(self.message_sessions.get(message_id, ""))
+
+    def forget(self, session_id: str) -> SessionState | None:
+        """A session deleted: gone from memory and from what was read of the database, and remembered as gone."""
+        sess = self.sessions.pop(session_id, None)
+        for record in sess.history if sess else ():
+            self.message_sessions.pop(record.message_id, None)
+        self.stored_summaries.pop(session_id, None)
+        self.stored_matches.clear()
+        self.gone[session_id] = None
+        while len(self.gone) > GONE_KEPT:
+            del self.gone[next(iter(self.gone))]
+        return sess
 
     def add(self, sess: SessionState) -> None:
         self.sessions[sess.session_id] = sess
@@ -44,12 +60,13 @@ class SessionBook:
     def load(self, data: dict, keep_streaming: bool) -> None:
         """Take in a session read from the database (after a restart, or evicted). With ``keep_streaming`` (replies
         may still be adopted), a streaming reply stays streaming, and holds its session."""
-        if data["session_id"] not in self.sessions:
+        if data["session_id"] not in self.sessions and data["session_id"] not in self.gone:
             self.add(SessionState.from_stored(data, keep_streaming=keep_streaming))
 
     def load_summaries(self, rows: list[dict]) -> None:
         """The database's sessions list, read by the shell for a ``Sessions`` request."""
-        self.stored_summaries = {row["session_id"]: answers.SessionSummary(**row) for row in rows}
+        self.stored_summaries = {row["session_id"]: answers.SessionSummary(**row) for row in rows
+                                 if row["session_id"] not in self.gone}
 
     def evict_idle(self, now: float, busy: set[str], unsaved_sessions, unsaved_messages) -> None:
         """Memory stays flat however many sessions pass through: the least recently active idle ones (nothing

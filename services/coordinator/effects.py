@@ -42,6 +42,11 @@ class LoadSessionOfGeneration:
 
 
 @dataclass(slots=True)
+class ForgetReadCaches:
+    """Sessions were deleted: the shell's reader forgets what it read of the chunk log, which may hold their text."""
+
+
+@dataclass(slots=True)
 class ReplyTo:
     client: bytes
     msg: m.Reply

@@ -11,10 +11,11 @@ the timers.
 """
 from __future__ import annotations
 
-from protocol import messages as m, answers
+from protocol import answers, messages as m
 from services.config import CoordinatorSettings as Settings
 from services.coordinator.adoption import Adoption
 from services.coordinator.book import SessionBook
+from services.coordinator.changes import Deferred, SessionChanges
 from services.coordinator.continuing import Continuation
 from services.coordinator.effects import (LoadSessionOfGeneration, Log, ReplyTo, RequestRefused, ToClients,
                                           ToControl, ToGenerators, ToPersister, content_hash, new_id, new_ordered_id)
@@ -26,6 +27,9 @@ from services.coordinator.stream import Streams
 from services.coordinator.views import Health, Views
 
 # what the shell and the tests take from here: the machine, its settings, and the effects it returns
+# the persister's answers after which a rename may be applied (its save, or a message's create that carries it)
+RENAME_SETTLED_BY = (m.SessionSaved, m.PersistAck, m.PersistRejected)
+
 __all__ = ["Coordinator", "Settings", "Log", "LoadSessionOfGeneration", "ReplyTo", "RequestRefused", "ToClients",
            "ToControl", "ToGenerators", "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
 
@@ -55,6 +59,8 @@ class Coordinator:
                                  self.generators, self.persisted)
         self.views = Views(settings, count_tokens, self.book, self.streams, self.generators, self.persisted,
                            self.counters, self.health)
+        self.changes = SessionChanges(settings, new_id, self.book, self.streams, self.persisted)
+        self.waiters: dict[tuple, list[tuple[bytes, int]]] = {}  # a deferred answer's key -> who asked
         self._housekeeping_at = 0.0
         self._heartbeat_at = 0.0
         r, v, s, p = self.requests, self.views, self.streams, self.persisted
@@ -63,6 +69,7 @@ class Coordinator:
             m.Regenerate: r.on_regenerate, m.ConfigureSession: r.on_configure, m.Continue: r.on_continue,
             m.Snapshot: v.on_snapshot, m.Status: v.on_status, m.History: v.on_history, m.Preview: v.on_preview,
             m.Sessions: v.on_sessions, m.ResolveSession: v.on_resolve,
+            m.RenameSession: self.changes.on_rename, m.DeleteSessions: self.changes.on_delete,
         }
         self._event_handlers = {
             m.GenStarted: s.on_started, m.GenDelta: s.on_delta, m.GenDone: s.on_done,
@@ -73,6 +80,7 @@ class Coordinator:
             m.PersisterHello: self._on_persister_hello, m.PersisterStats: self._on_persister_stats,
             m.SessionSaved: lambda msg, now, out: p.on_session_saved(msg.session_id, msg.saved_at),
             m.OrphansInterrupted: lambda msg, now, out: p.on_orphans_interrupted(msg),
+            m.SessionsPurged: lambda msg, now, out: self._answer(self.changes.purged(msg, out), out),
         }
         # any message of the persister says it is there (status): noted by its handlers alone, so that the
         # generators' events, the per-delta path, pay nothing for it
@@ -108,7 +116,10 @@ class Coordinator:
         out: list = []
         try:
             result = self._handlers[type(msg)](msg, now, out)
-            out.append(ReplyTo(client, m.Reply(msg.req_id, True, result)))
+            if type(result) is Deferred:  # answered once the persister has applied it
+                self.waiters.setdefault(result.key, []).append((client, msg.req_id))
+            else:
+                out.append(ReplyTo(client, m.Reply(msg.req_id, True, result)))
         except RequestRefused as refused:
             out.append(ReplyTo(client, m.Reply(msg.req_id, False, None, str(refused))))
         return out
@@ -116,7 +127,15 @@ class Coordinator:
     def handle_event(self, msg: m.Message, now: float) -> list:
         out: list = []
         self._event_handlers[type(msg)](msg, now, out)
+        if self.changes.renames and type(msg) in RENAME_SETTLED_BY:
+            self._answer(self.changes.renamed(out), out)
         return out
+
+    def _answer(self, done: list[tuple[tuple, answers.Result]], out: list) -> None:
+        """Deferred requests answered: what each waited for is applied."""
+        for key, result in done:
+            for client, req_id in self.waiters.pop(key, ()):
+                out.append(ReplyTo(client, m.Reply(req_id, True, result)))
 
     def adopt(self, generation_id: str, data: dict | None, now: float) -> list:
         """The shell read the session of an announced generation (``LoadSessionOfGeneration``)."""

@@ -47,6 +47,8 @@ class PersistTracker:
         self.orphan_sweep: str | None = None  # the reason of the sweep to make, until the persister answers it
         self.orphan_sweep_at = 0.0
         self.sweep_held = False  # set by the machine while replies may still be adopted
+        # deletions not applied yet: op id -> [its PurgeSessions, sent at, unsaved since]
+        self.purges: dict[str, list] = {}
         # A new coordinator knows no live generation: every streaming message in the database is an orphan.
         self.new_sweep("coordinator restarted")
 
@@ -70,6 +72,20 @@ class PersistTracker:
         entry = self.sessions.get(session_id)
         if entry is not None and (saved_at is None or entry[0].created_at <= saved_at):
             del self.sessions[session_id]
+
+    def purge(self, op: m.PurgeSessions, message_ids: list[str], now: float) -> m.PurgeSessions:
+        """Sessions deleted: nothing of theirs is resent from now on (their messages' operations and saves), and
+        the deletion is resent until the persister answers ``SessionsPurged``."""
+        for session_id in op.session_ids:
+            self.sessions.pop(session_id, None)
+        for message_id in message_ids:
+            self.states.pop(message_id, None)
+        self.purges[op.op_id] = [op, now, now]
+        return op
+
+    def on_purged(self, answered: m.SessionsPurged) -> bool:
+        """True when this answer applied a deletion still waiting (not a resend's second answer)."""
+        return self.purges.pop(answered.op_id, None) is not None
 
     def create(self, create: m.CreateMessage, now: float) -> m.CreateMessage:
         # the message's create writes its session's row as it stands now: an older SaveSession must not be
@@ -156,6 +172,7 @@ class PersistTracker:
         """How many messages (and new sessions) have operations not acked yet, and since when the oldest waits."""
         waiting = [state.unsaved_since for state in self.states.values() if state.behind]
         waiting += [unsaved_since for _, _, unsaved_since in self.sessions.values()]
+        waiting += [unsaved_since for _, _, unsaved_since in self.purges.values()]
         return len(waiting), min(waiting, default=None)
 
     def on_persister_hello(self) -> None:
@@ -163,7 +180,7 @@ class PersistTracker:
         self.new_sweep("persister restarted")
         for state in self.states.values():
             state.last_sent_at = 0.0
-        for entry in self.sessions.values():
+        for entry in (*self.sessions.values(), *self.purges.values()):
             entry[1] = 0.0
 
     def on_orphans_interrupted(self, answered: m.OrphansInterrupted) -> None:
@@ -175,7 +192,7 @@ class PersistTracker:
     def due(self, now: float, text_of: Callable[[str, bool], str]) -> list[m.Message]:
         """Everything not acked within the resend time, from the acked length; and the orphan sweep."""
         ops: list[m.Message] = []
-        for entry in self.sessions.values():
+        for entry in (*self.sessions.values(), *self.purges.values()):
             if now - entry[1] >= self.resend_s:
                 self.resends += 1
                 entry[1] = now

@@ -57,7 +57,7 @@ class Requests:
         """The session's row as it stands, resent until the persister has it."""
         sess.saved = True
         op = m.SaveSession(sess.session_id, sess.title, sess.system, sess.max_input_tokens, now, sess.model,
-                           sess.settings())
+                           sess.settings(), sess.title_set)
         return ToPersister(self.persisted.save_session(op, now))
 
     def on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> answers.Result:
@@ -108,7 +108,7 @@ class Requests:
         self._check_text("the model name", msg.model)
         prompt = self._assemble(sess, sess.history, msg.text, msg.model)
         if not sess.title:
-            sess.title = " ".join(msg.text.split())[:60]
+            sess.title = sessions.auto_title(msg.text)
         user = sessions.user_record(self.new_ordered_id(), sess.session_id, msg.text, now)
         prompt = with_user(prompt, user.message_id)
         sess.history.append(user)
@@ -241,7 +241,7 @@ class Requests:
             model=rec.model, params=dict(sess.params) if assistant else None,
             client_request_id=rec.client_request_id, supersedes=None,
             session_max_input_tokens=sess.max_input_tokens,
-            session_model=sess.model, session_settings=sess.settings())
+            session_model=sess.model, session_settings=sess.settings(), session_title_set=sess.title_set)
 
     def _request_result(self, sess: SessionState, client_request_id: str) -> answers.ReplyStarted:
         return self._result(sess, sess.record(sess.request_ids[client_request_id]))

@@ -26,6 +26,7 @@ class SessionState:
     created_at: float = 0.0
     last_activity: float = 0.0
     saved: bool = False  # its row was written (or asked to be) before any message: ``NewSession``, ``/config``
+    title_set: bool = False  # given by hand (``chatter rename``): kept; else the first message's first line
 
     @classmethod
     def from_stored(cls, data: dict, keep_streaming: bool = False) -> SessionState:
@@ -35,7 +36,7 @@ class SessionState:
         sess = cls(data["session_id"], data["title"], data["system"], data.get("model"),
                    max_input_tokens=data.get("max_input_tokens"), history=list(data["messages"]),
                    created_at=data.get("created_at", 0.0), last_activity=data.get("updated_at", 0.0),
-                   saved=True)
+                   saved=True, title_set=bool(data.get("title_set")))
         sess.take_settings(data.get("settings"))
         for record in sess.history:
             if record.status == "streaming" and keep_streaming:
@@ -106,6 +107,15 @@ def setting_ok(key: str, value) -> bool:
     if key == "continue_style":
         return value in CONTINUE_STYLES
     return False
+
+
+AUTO_TITLE_CHARS = 60
+
+
+def auto_title(text: str) -> str:
+    """A session's title when none was given: its first message's first line that has words, cut to 60."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    return " ".join(line.split())[:AUTO_TITLE_CHARS]
 
 
 def user_record(message_id: str, session_id: str, text: str, now: float) -> MessageRecord:

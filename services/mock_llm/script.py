@@ -54,6 +54,7 @@ class Scenario:
     chunk_tokens: int = 1  # answer tokens an event: events are paced at tps, so many make one huge event fast
     repeat_prefill: int = -1  # a continued reply starts by repeating the prefill: 1 yes, 0 no, -1 as the server
     # imitated does (llama-server does)
+    say: str = ""  # the answer begins with this word (a test's marker; not part of the reply verify checks)
 
 
 def env_scenario(settings: config.MockSettings) -> Scenario:

@@ -85,6 +85,16 @@ class ClearLog:
     table: int
 
 
+@dataclass(slots=True)
+class PurgeRows:
+    """Delete sessions, their messages and the chunk log's appends of them (``store.purge_sessions``); the shell
+    fills in what it found, and answers ``SessionsPurged`` once the transaction commits."""
+
+    op: m.PurgeSessions
+    found: list[str] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)
+
+
 @dataclass
 class Plan:
     writes: list = field(default_factory=list)
@@ -122,6 +132,10 @@ class OpenMessage:
         return "".join(self.parts[thinking])
 
 
+RELEASE_ALL = (m.InterruptOrphans, m.PurgeSessions)  # what takes every held append with it, in order
+NOT_OF_A_MESSAGE = (m.InterruptOrphans, m.SaveSession, m.PurgeSessions)  # operations with no ``message_id``
+
+
 class AppendHold:
     """Checkpoint appends wait, up to ``hold_s``, for the next commit that something else needs: every commit
     rewrites whole pages, and at 20 tok/s most commits carried only a few appends (docs/PERFORMANCE.md, "Disk
@@ -142,7 +156,9 @@ class AppendHold:
         """What to commit now, in an order that keeps each message's operations in arrival order; the rest is
         held. An empty ``ops`` releases the held appends once their time has come."""
         due = self.held_since is not None and now - self.held_since >= self.hold_s
-        if due or self.hold_s <= 0 or any(type(op) is m.InterruptOrphans for op in ops):
+        # an InterruptOrphans ends streaming messages, which must first have their text; a PurgeSessions deletes
+        # them, after which no append of theirs may follow
+        if due or self.hold_s <= 0 or any(type(op) in RELEASE_ALL for op in ops):
             out, self.held, self.held_since = self.held + ops, [], None
             return out
         pulled = {op.message_id for op in ops if type(op) is not m.Append and type(op) is not m.SaveSession}
@@ -197,7 +213,7 @@ class PersisterCore:
 
     def unknown(self, ops: list[m.Message]) -> set[str]:
         """Message ids the batch touches that memory does not hold: the shell looks them up (``take_stored``)."""
-        ids = {op.message_id for op in ops if not isinstance(op, (m.InterruptOrphans, m.SaveSession))}
+        ids = {op.message_id for op in ops if not isinstance(op, NOT_OF_A_MESSAGE)}
         return {i for i in ids if i not in self.open and i not in self.finalized}
 
     def take_stored(self, found: list[StoredMessage]) -> None:
@@ -206,6 +222,13 @@ class PersisterCore:
             if row.streaming:  # ``load`` read every streaming one, and this process is the only writer
                 raise NotInMemory(f"streaming message {row.message_id} is not in memory")
             self._remember_final(row.message_id, (row.length, row.reasoning_length))
+
+    def forget_messages(self, message_ids: list[str]) -> None:
+        """Messages deleted (their sessions purged): nothing of them is held, and the log may be cut past them."""
+        for message_id in message_ids:
+            self.open.pop(message_id, None)
+            self.finalized.pop(message_id, None)
+            self.first_chunk.pop(message_id, None)
 
     def drop_memory(self) -> None:
         """After a failed transaction nothing in memory can be trusted: reload before the next batch."""
@@ -242,6 +265,8 @@ class PersisterCore:
             elif isinstance(op, m.SaveSession):
                 plan.writes.append(UpsertSession(op))
                 plan.answers.append(m.SessionSaved(op.session_id, op.created_at))
+            elif isinstance(op, m.PurgeSessions):
+                plan.writes.append(PurgeRows(op))  # answered by the shell, with what it found
         if chunks:
             self._flush_chunks(plan, chunks)
         self._turn_the_log(plan)

@@ -194,6 +194,14 @@ class PersisterShell:
             self.log.info("orphans_interrupted", count=plan.interrupted)
         for emptied in (w for w in plan.writes if type(w) is core.ClearLog):  # about once per reply's lifetime
             self.log.info("chunk_log_emptied", table=store.CHUNK_LOG[emptied.table]._meta.table_name)
+        purges = [w for w in plan.writes if type(w) is core.PurgeRows]
+        for purge in purges:
+            self.core.forget_messages(purge.message_ids)
+            plan.answers.append(m.SessionsPurged(purge.op.op_id, purge.found))
+            self.log.info("sessions_deleted", asked=len(purge.op.session_ids), deleted=len(purge.found),
+                          messages=len(purge.message_ids))
+        if purges:
+            self.scrub()
         replies = [m.PersistAck(message_id, length, finalized, reasoning_length).encode()
                    for message_id, (length, finalized, reasoning_length) in plan.acks.items()]
         replies += [answer.encode() for answer in plan.answers]
@@ -201,6 +209,16 @@ class PersisterShell:
             self.send(frame)
         if time.monotonic() - self.stats_sent_at > STATS_EVERY_S:
             self.send_stats()
+
+    def scrub(self) -> None:
+        """After a deletion: SQLite's free pages zeroed and its log emptied into the file, so that the deleted text
+        is in neither (``store.scrub_free_pages``). A scrub that fails is logged, and the deletion still answered: its
+        rows are gone, and the next deletion scrubs again."""
+        try:
+            pages = store.scrub_free_pages(self.db)
+            self.log.info("free_pages_scrubbed", pages=pages)
+        except Exception as exc:
+            self.log.error("scrub_failed", error=shell.plain_error(exc))
 
     def apply(self, ops: list[m.Message]) -> core.Plan:
         """The core's plan for ``ops``, written (inside the caller's transaction)."""
@@ -356,7 +374,12 @@ WRITES = {
     core.WriteToolCalls: lambda db, w: store.write_tool_calls(w.message_id, w.tool_calls),
     core.ReopenRow: lambda db, w: store.reopen_message(w.op),
     core.ClearLog: lambda db, w: store.clear_chunks(db, w.table),
+    core.PurgeRows: lambda db, w: _purge(db, w),
 }
+
+
+def _purge(db, w: core.PurgeRows) -> None:
+    w.found, w.message_ids = store.purge_sessions(db, w.op.session_ids)
 
 
 def write_plan(db, writes: list) -> None:

@@ -8,3 +8,4 @@ from services.store.chunklog import *  # noqa: F401,F403
 from services.store.chunklog import _COLUMNS, _LOG_INDEX, _log_rows, _pack_entries, _unpack_entries  # noqa: F401
 from services.store.writes import *  # noqa: F401,F403
 from services.store.reads import *  # noqa: F401,F403
+from services.store.deletion import *  # noqa: F401,F403

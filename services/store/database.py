@@ -46,8 +46,12 @@ SQLITE_PAGE_SIZE = 1024
 # The log is copied into the file every 4096 pages (4 MB): 1 MB copied the same pages four times as often, 16 MB cost
 # every process 5-8% more CPU (PERFORMANCE.md, "The store's measurements", "A 16 MB log, measured again and not kept").
 SQLITE_WAL_PAGES = 4096
+# secure_delete: a page or a row freed is overwritten with zeros, so that deleted text is gone from the file (on in
+# Debian's build already, and so in every figure measured; set here for every build). The chunk log's clearing turns
+# it off for its own statement (``chunklog.clear_chunks``), and a deletion scrubs the pages that left unzeroed
+# (``deletion.scrub_free_pages``).
 SQLITE_PRAGMAS = {"page_size": SQLITE_PAGE_SIZE, "busy_timeout": 5000, "journal_mode": "wal", "synchronous": "normal",
-                  "wal_autocheckpoint": SQLITE_WAL_PAGES, "foreign_keys": 1}
+                  "wal_autocheckpoint": SQLITE_WAL_PAGES, "foreign_keys": 1, "secure_delete": 1}
 OPEN_LOCKED_TRIES = 50  # 0.1 s apart: see ``open_database``
 
 

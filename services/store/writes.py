@@ -20,7 +20,8 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
         rows = [_row(_SESSION_COLUMNS, dict(id=op.session_id, title=op.session_title, system=op.session_system,
                                             max_input_tokens=op.session_max_input_tokens, created_at=op.created_at,
                                             updated_at=op.created_at, model=op.session_model,
-                                            settings=_json(op.session_settings))) for op in sessions]
+                                            settings=_json(op.session_settings),
+                                            title_set=op.session_title_set)) for op in sessions]
         db.cursor().executemany(_insert_sql(db, Session, _SESSION_COLUMNS, _SESSION_UPSERT), rows)
     if not messages:
         return

@@ -223,3 +223,34 @@ def test_continue_on_a_stopped_reply_grows_it_once_in_the_transcript_to_the_whol
     shown = window.transcript.toPlainText()
     # the cut reply is not left above its continuation: one reply, ended once
     assert "cancelled" not in shown and shown.count("completed") == 1
+
+
+def test_the_session_list_renames_by_hand_and_deletes_when_confirmed(app, stack, window, monkeypatch):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QInputDialog, QMessageBox
+    session = new_session(app, window)
+    window.send("rename and delete me [[mock tokens=5]]")
+    pump(app, lambda: window.last_outcome, what="the reply's end")
+
+    def listed(session_id):
+        items = [window.sessions_list.item(i) for i in range(window.sessions_list.count())]
+        return next((item for item in items if item.data(Qt.UserRole) == session_id), None)
+
+    pump(app, lambda: listed(session), what="the session in the list")
+    monkeypatch.setattr(QInputDialog, "getText", staticmethod(lambda *a, **k: ("Renamed ✈", True)))
+    window.sessions_list.ask_rename(session)  # as a double-click or F2 asks
+    pump(app, lambda: (item := listed(session)) is not None and item.data(Qt.UserRole + 1) == "Renamed ✈",
+         what="the new title in the list")
+    assert stack.query("select title, title_set from session where id = ?", (session,))[0] == {
+        "title": "Renamed ✈", "title_set": True}
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Cancel))
+    window.sessions_list.ask_delete(session)  # declined: nothing happens
+    app.processEvents()
+    time.sleep(0.3)
+    app.processEvents()
+    assert listed(session) is not None and stack.query("select id from session where id = ?", (session,))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
+    window.sessions_list.ask_delete(session)  # as the Delete key or the list's menu asks
+    pump(app, lambda: listed(session) is None and window.session_id is None, what="the session gone")
+    assert f"session {session} was deleted" in window.banner.text()
+    assert stack.query("select id from session where id = ?", (session,)) == []

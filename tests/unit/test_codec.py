@@ -32,6 +32,10 @@ SAMPLES = [
                                                          "h", "p")), m.PersistAck("msg", 3, True), m.PersisterHello(1.0),
     m.OrphansInterrupted(2, "c1.2"), m.PersisterStats(7, 3, 40, 1200, 0, 1, 5.0, "database or disk is full"),
     m.PersistRejected("msg", "integer out of range"), m.Bundle([m.Append("msg", 0, "abc").encode()]),
+    m.RenameSession(14, "s", "Trip to Lyon ✈"), m.DeleteSessions(15, ["s", "t"]),
+    m.SessionChanged("s", "renamed", "Trip to Lyon ✈"), m.SessionChanged("s", "deleted"),
+    m.PurgeSessions(["s", "t"], "op-1"), m.SessionsPurged("op-1", ["s"]),
+    m.SaveSession("s1", "By hand", None, None, 2.5, session_title_set=True),
 ]
 
 

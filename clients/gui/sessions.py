@@ -1,0 +1,66 @@
+"""The window's list of sessions: each shown with its title and status; opened by a click, renamed by a double-click
+or F2, deleted by the Delete key (asked first); both also in its menu (right-click)."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import QInputDialog, QListWidget, QListWidgetItem, QMenu, QMessageBox
+
+TITLE = Qt.UserRole + 1  # an item's title, as the session has it ("" before its first message)
+
+
+class SessionList(QListWidget):
+    opened = Signal(str)  # a session id
+    renamed = Signal(str, str)  # a session id, its new title ("": the automatic one)
+    deleted = Signal(object)  # the ids of sessions to delete (asked first)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.itemClicked.connect(lambda item: self.opened.emit(item.data(Qt.UserRole)))
+        self.itemDoubleClicked.connect(lambda item: self.ask_rename(item.data(Qt.UserRole)))
+        self.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.customContextMenuRequested.connect(self.menu)
+        QShortcut(QKeySequence(Qt.Key_F2), self, activated=lambda: self.ask_rename(self.selected()))
+        QShortcut(QKeySequence(Qt.Key_Delete), self, activated=lambda: self.ask_delete(self.selected()))
+
+    def show_rows(self, rows: list) -> None:
+        self.clear()
+        for row in rows:
+            item = QListWidgetItem(f"{row.title or '(new)'}  ·  {row.status}")
+            item.setData(Qt.UserRole, row.session_id)
+            item.setData(TITLE, row.title)
+            self.addItem(item)
+
+    def selected(self) -> str | None:
+        item = self.currentItem()
+        return item.data(Qt.UserRole) if item is not None else None
+
+    def title_of(self, session_id: str) -> str:
+        return next((self.item(i).data(TITLE) for i in range(self.count())
+                     if self.item(i).data(Qt.UserRole) == session_id), "")
+
+    def menu(self, at) -> None:
+        item = self.itemAt(at)
+        if item is None:
+            return
+        menu = QMenu(self)
+        menu.addAction("Rename…", lambda: self.ask_rename(item.data(Qt.UserRole)))
+        menu.addAction("Delete…", lambda: self.ask_delete(item.data(Qt.UserRole)))
+        menu.exec(self.mapToGlobal(at))
+
+    def ask_rename(self, session_id: str | None) -> None:
+        if session_id is None:
+            return
+        title, ok = QInputDialog.getText(self, "Rename session", "Title (empty: the automatic one):",
+                                         text=self.title_of(session_id))
+        if ok:
+            self.renamed.emit(session_id, title)
+
+    def ask_delete(self, session_id: str | None) -> None:
+        if session_id is None:
+            return
+        answer = QMessageBox.question(self, "Delete session", "Delete this session with every message? Its text is "
+                                      "gone from the database; this cannot be undone.",
+                                      QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
+        if answer == QMessageBox.Yes:
+            self.deleted.emit([session_id])
