@@ -14,6 +14,9 @@ g. 100,000 fuzzed frames into each socket the coordinator receives on (bench/fuz
 h. chaos: 200 streams, 30 SIGKILLs (10 of each process), each restarted, every reply accounted for; twice,
    without a continue style and with CHATTER_CONTINUE_STYLE=vllm (a generator kill is then continued)
 i. the window (chatter gui, offscreen): GUI-thread CPU per token and repaints a second at 200 tok/s (bench/gui.py)
+j. a 200-turn session's database bytes per text byte (bench/conversation_bytes.py)
+k. search over 50,000 sessions and 1,000,000 messages: p50 / p99 latency through a real stack, and the index's
+   size against the text's (bench/search.py)
 
 Timings are figures to compare within one run on one machine, never assertions.
 """
@@ -302,6 +305,16 @@ def chaos_runs(quick: bool) -> dict:
     return {"chaos": bench_chaos(quick, "none"), "chaos_continued": bench_chaos(quick, "vllm")}
 
 
+def bench_search(quick: bool) -> dict:
+    """k. bench/search.py in a process of its own."""
+    sizes = ["--sessions", "2000", "--messages", "40000", "--queries", "20"] if quick else ["--queries", "50"]
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "search.py"), *sizes], capture_output=True,
+                          timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/search.py failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    return json.loads(done.stdout) | {"date": machine()["date"]}
+
+
 def bench_conversation() -> dict:
     """j. bench/conversation_bytes.py in a process of its own: a 200-turn session's database bytes."""
     done = subprocess.run([sys.executable, str(REPO / "bench" / "conversation_bytes.py")], capture_output=True,
@@ -355,6 +368,8 @@ def main() -> None:
     results["gui"] = bench_gui_section()
     print("j. a long conversation's storage", file=sys.stderr)
     results["conversation"] = bench_conversation()
+    print("k. search", file=sys.stderr)
+    results["search"] = bench_search(args.quick)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())
@@ -363,9 +378,9 @@ def main() -> None:
 def run_only(sections: set[str], quick: bool) -> None:
     """Some sections again, into the last results (the machine line says when the rest was measured)."""
     results = json.loads((OUT / "results.json").read_text())
-    unknown = sections - {"e", "f", "g", "h", "i", "j"}
+    unknown = sections - {"e", "f", "g", "h", "i", "j", "k"}
     if unknown:
-        raise SystemExit(f"--only runs e, f, g, h, i and j; not {', '.join(sorted(unknown))}")
+        raise SystemExit(f"--only runs e, f, g, h, i, j and k; not {', '.join(sorted(unknown))}")
     if "e" in sections:
         results["databases"] = bench_databases(100 if quick else 500, 60 if quick else 200, 20.0)
         results["databases"]["date"] = machine()["date"]
@@ -383,6 +398,8 @@ def run_only(sections: set[str], quick: bool) -> None:
         results["gui"]["date"] = machine()["date"]
     if "j" in sections:
         results["conversation"] = bench_conversation()
+    if "k" in sections:
+        results["search"] = bench_search(quick)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())

@@ -45,6 +45,23 @@ def conversation_table(results: dict) -> list[str]:
     return lines
 
 
+def search_table(results: dict) -> list[str]:
+    k = results.get("search")
+    if not k:
+        return []
+    index = (f"the index {k['index_bytes']:,} bytes, {k['index_per_text_byte']} per byte of text"
+             if k.get("index_bytes") else "the index's size not measured (no dbstat table in this SQLite)")
+    lines = ["", "## k. Search", "",
+             f"{k['sessions']:,} sessions and {k['messages']:,} messages on SQLite, built in {k['build_s']} s through "
+             f"the store's schema (its triggers index each message): {k['text_bytes']:,} bytes of text, {index}. "
+             f"Each kind of query {k['queries_each']} times through a real coordinator and persister "
+             "(`chatter search`'s rpc; `bench/search.py`).", "",
+             "| query | p50 ms | p99 ms | hits a query (at most 20) |", "|---|---|---|---|"]
+    for kind, row in k["latency"].items():
+        lines.append(f"| {kind} | {row['p50_ms']} | {row['p99_ms']} | {row.get('hits_per_query', '–')} |")
+    return lines
+
+
 def write_markdown(results: dict) -> str:
     mach = results["machine"]
     lines = ["# Benchmark results", "",
@@ -84,6 +101,7 @@ def write_markdown(results: dict) -> str:
             f"{peer['ttft_ms']['p99']} | {ratio} |")
     lines += write_databases(results)
     lines += conversation_table(results)
+    lines += search_table(results)
     lines += ["", "## The targets, read from this run", "", "| target | figure | met |", "|---|---|---|"]
     lines += [f"| {name} | {figure} | {'yes' if met else '**no**'} |" for name, figure, met in targets(results)]
     lines += ["", "Where the time and the bytes go, with profiles, and what would close each gap: "

@@ -195,6 +195,12 @@ class Client:
             deleted += self.request(m.DeleteSessions(next(self.req_ids), batch), timeout_ms=APPLIED_WAIT_MS).deleted
         return deleted
 
+    def search(self, query: str, session_id: str | None = None, limit: int = 20) -> list[answers.SearchHit]:
+        """The messages that hold every word, "phrase" and prefix* of ``query``, best first."""
+        if len(query) > m.SEARCH_CHARS:
+            raise ChatterError(f"the search is {len(query):,} characters; at most {m.SEARCH_CHARS}")
+        return self.request(m.Search(next(self.req_ids), query, session_id, limit)).hits
+
     def new_session(self, system: str | None = None, model: str | None = None,
                     max_input_tokens: int | None = None, save: bool = True) -> str:
         """A new session's id; ``save=False``: it is stored with the first message sent to it (see NewSession)."""

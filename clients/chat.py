@@ -32,6 +32,7 @@ COMMANDS = {
     "/sessions": "recent sessions",
     "/switch": "/switch ID — go to a session (a unique prefix will do); a reply under way there shows live",
     "/history": "this session's messages",
+    "/search": "/search QUERY — the messages of every session that hold its words, \"phrases\" and prefix*",
     "/rename": "/rename TITLE — give this session a title (kept from then on); /rename alone gives back the "
                "automatic one",
     "/delete": "delete this session with every message (asked first), and start a new one",
@@ -313,6 +314,12 @@ class Chat:
         self.say(f"session {self.session_id}")
         self.catch_up()
 
+    def search(self, rest: str) -> None:
+        from clients.manage import print_hits
+        if not rest:
+            raise ChatterError("/search needs words to look for")
+        print_hits(self.client.search(rest), self.err)
+
     def rename(self, rest: str) -> None:
         renamed = self.client.rename(self.session_id, rest)
         self.say(f"session {renamed.session_id}: {renamed.title}" + ("" if rest else " (automatic)"))
@@ -414,6 +421,7 @@ class Chat:
         "/switch": switch,
         "/history": lambda self, rest: print_history(self.client.history(self.session_id), self.show_thinking),
         "/preview": preview,
+        "/search": search,
         "/rename": rename,
         "/delete": delete,
         "/regenerate": regenerate,

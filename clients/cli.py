@@ -11,7 +11,7 @@ from clients.api import ChatterError, Client
 from clients.arguments import duration, int_in
 from clients.commands import (cmd_chat, cmd_continue, cmd_gui, cmd_history, cmd_keys_new, cmd_preview, cmd_regenerate,
                               cmd_send, cmd_sessions, cmd_status, cmd_watch)
-from clients.manage import cmd_delete, cmd_rename
+from clients.manage import cmd_delete, cmd_rename, cmd_search
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 import transport
 
@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message_id", help="an assistant message id (see history)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_preview)
+    p = sub.add_parser("search", help="the messages that hold every word, \"phrase\" and prefix* given, best first")
+    p.add_argument("query", help='words (all must match), "a phrase", prefix* (stream*)')
+    p.add_argument("--session", help="only in this session (id or unique prefix)")
+    p.add_argument("--limit", type=int_in(1, 1000), default=20, help="at most this many hits (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON; each snippet marks its matches [like this]")
+    p.set_defaults(func=cmd_search)
     p = sub.add_parser("rename", help="give a session a title (kept from then on; \"\" gives back the automatic one)")
     p.add_argument("session", help="session id or unique prefix")
     p.add_argument("title", help="the new title (at most 500 characters)")

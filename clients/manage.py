@@ -58,6 +58,43 @@ def report(args, deleted: list[str], missing: list[str], words: str) -> int:
     return EXIT_ERROR if missing else EXIT_OK
 
 
+def cmd_search(client: Client, args) -> int:
+    session_id = resolve_session(client, args.session) if args.session is not None else None
+    hits = client.search(args.query, session_id, args.limit)
+    if args.json:
+        print(json.dumps([{"session_id": hit.session_id, "title": hit.title, "message_id": hit.message_id,
+                           "role": hit.role, "created_at": hit.created_at, "snippet": marked(hit.snippet, "[", "]")}
+                          for hit in hits], ensure_ascii=False))
+        return EXIT_OK
+    print_hits(hits)
+    return EXIT_OK
+
+
+def marked(snippet: str, open_mark: str, close_mark: str) -> str:
+    """A hit's snippet with its matches between these marks (the protocol marks them with \\x02 and \\x03)."""
+    return " ".join(snippet.replace("\x02", open_mark).replace("\x03", close_mark).split())
+
+
+def print_hits(hits: list, console=None) -> None:
+    """Each hit: its session (a short id and its title), the message's role, and the snippet, its matches shown in
+    reverse on a terminal and [between brackets] elsewhere."""
+    from rich.console import Console
+    from rich.text import Text
+    console = console or Console(highlight=False)
+    if not hits:
+        console.print("no message matches", style="dim")
+        return
+    for hit in hits:
+        console.print(Text(f"{hit.session_id[:8]}  {hit.title or '(untitled)'}", style="bold"))
+        if not console.is_terminal:
+            console.print(Text(f"  {hit.role}: {marked(hit.snippet, '[', ']')}"))
+            continue
+        line = Text(f"  {hit.role}: ")
+        for i, part in enumerate(marked(hit.snippet, "\x02", "\x03").replace("\x03", "\x02").split("\x02")):
+            line.append(part, style="bold reverse" if i % 2 else "")
+        console.print(line)
+
+
 def cmd_rename(client: Client, args) -> int:
     session_id = resolve_session(client, args.session)
     renamed = client.rename(session_id, args.title)

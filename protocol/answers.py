@@ -199,8 +199,21 @@ class SessionsDeleted(Result, tag="deleted"):
     deleted: list[str]  # the ids deleted, in the order asked; an id not found is left out
 
 
+class SearchHit(msgspec.Struct, kw_only=True):
+    session_id: str
+    title: str
+    message_id: str
+    role: str
+    created_at: float
+    snippet: str  # the text around the matches, each between \x02 and \x03
+
+
+class SearchResults(Result, tag="search"):
+    hits: list[SearchHit]
+
+
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,
-            Status, SessionResolved, SessionRenamed, SessionsDeleted]
+            Status, SessionResolved, SessionRenamed, SessionsDeleted, SearchResults]
 
 
 def plain(result: Result) -> dict:

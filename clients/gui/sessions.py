@@ -16,7 +16,7 @@ class SessionList(QListWidget):
 
     def __init__(self) -> None:
         super().__init__()
-        self.itemClicked.connect(lambda item: self.opened.emit(item.data(Qt.UserRole)))
+        self.itemClicked.connect(lambda item: item.data(Qt.UserRole) and self.opened.emit(item.data(Qt.UserRole)))
         self.itemDoubleClicked.connect(lambda item: self.ask_rename(item.data(Qt.UserRole)))
         self.setContextMenuPolicy(Qt.CustomContextMenu)
         self.customContextMenuRequested.connect(self.menu)
@@ -29,6 +29,21 @@ class SessionList(QListWidget):
             item = QListWidgetItem(f"{row.title or '(new)'}  ·  {row.status}")
             item.setData(Qt.UserRole, row.session_id)
             item.setData(TITLE, row.title)
+            self.addItem(item)
+
+    def show_hits(self, hits: list) -> None:
+        """Search hits in place of the sessions: each hit's session title and its snippet, the matches between
+        brackets; a click opens its session."""
+        self.clear()
+        if not hits:
+            self.addItem(QListWidgetItem("no message matches"))
+            return
+        for hit in hits:
+            snippet = " ".join(hit.snippet.replace("\x02", "[").replace("\x03", "]").split())
+            item = QListWidgetItem(f"{hit.title or '(untitled)'}\n  {hit.role}: {snippet}")
+            item.setData(Qt.UserRole, hit.session_id)
+            item.setData(TITLE, hit.title)
+            item.setToolTip(snippet)
             self.addItem(item)
 
     def selected(self) -> str | None:

@@ -53,7 +53,8 @@ class Window(QMainWindow):
                              (self.worker.reply_started, self.reply_started), (self.worker.text, self.add_text),
                              (self.worker.thinking, self.add_thinking), (self.worker.reply_ended, self.reply_ended),
                              (self.worker.preview, self.show_preview), (self.worker.settings, self.show_settings),
-                             (self.worker.failed, self.show_error), (self.worker.deleted, self.sessions_deleted)):
+                             (self.worker.failed, self.show_error), (self.worker.deleted, self.sessions_deleted),
+                             (self.worker.found, self.show_hits)):
             signal.connect(slot, Qt.QueuedConnection)
         self.timer = QTimer(self)
         self.timer.setInterval(-(-1000 // REPAINTS_PER_S))  # at most REPAINTS_PER_S a second
@@ -77,8 +78,14 @@ class Window(QMainWindow):
         self.system_edit.setPlaceholderText("system prompt of a new session (optional)")
         side = QWidget()
         side_layout = QVBoxLayout(side)
+        self.search_edit = QLineEdit()
+        self.search_edit.setPlaceholderText("Search messages (Ctrl+K): words, \"a phrase\", prefix*")
+        self.search_edit.setClearButtonEnabled(True)
+        self.search_edit.returnPressed.connect(lambda: self.search(self.search_edit.text()))
+        QShortcut(QKeySequence("Ctrl+K"), self, activated=self.search_edit.setFocus)
         side_layout.addWidget(self.system_edit)
         side_layout.addWidget(new)
+        side_layout.addWidget(self.search_edit)
         side_layout.addWidget(self.sessions_list)
         self.banner = QLabel()
         self.banner.setWordWrap(True)
@@ -139,6 +146,17 @@ class Window(QMainWindow):
     def switch(self, session_id: str) -> None:
         self.session_id = session_id
         self.ask("switch", session_id)
+
+    def search(self, query: str) -> None:
+        """Hits in the session list for a query; an empty one lists the sessions again."""
+        if query.strip():
+            self.ask("search", query.strip())
+        else:
+            self.ask("refresh")
+
+    def show_hits(self, hits: list) -> None:
+        self._on_gui_thread()
+        self.sessions_list.show_hits(hits)
 
     def rename_session(self, session_id: str, title: str) -> None:
         self.ask("rename", session_id, title)

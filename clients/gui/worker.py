@@ -28,6 +28,7 @@ class Worker(QObject):
     settings = Signal(object)
     failed = Signal(str)  # a sentence for the banner
     deleted = Signal(object)  # the ids of sessions deleted (here or by another client)
+    found = Signal(object)  # a search's hits
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,6 +95,9 @@ class Worker(QObject):
 
     def do_configure(self, session_id: str, fields: dict) -> None:
         self.settings.emit(self.client.configure(session_id, **fields))
+
+    def do_search(self, query: str) -> None:
+        self.found.emit(self.client.search(query, limit=100))
 
     def do_rename(self, session_id: str, title: str) -> None:
         self.client.rename(session_id, title)

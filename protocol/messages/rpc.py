@@ -159,6 +159,20 @@ class DeleteSessions(Message, tag=15):
     session_ids: Annotated[list[Id], Meta(min_length=1, max_length=DELETE_AT_ONCE)]
 
 
+SEARCH_CHARS = 1000  # a search query, at most
+SearchLimit = Annotated[int, Meta(ge=1, le=1000)]
+
+
+class Search(Message, tag=16):
+    """The messages that hold every word, phrase ("...") and prefix (word*) of ``query``, best first: everywhere, or
+    in one session."""
+
+    req_id: Int
+    query: Annotated[str, Meta(max_length=SEARCH_CHARS)]
+    session_id: Optional[Id] = None
+    limit: SearchLimit = 20
+
+
 class Reply(Message, tag=9):
     """The coordinator's answer to any rpc request."""
 
@@ -169,4 +183,4 @@ class Reply(Message, tag=9):
 
 
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
-                ConfigureSession, ResolveSession, Continue, RenameSession, DeleteSessions)
+                ConfigureSession, ResolveSession, Continue, RenameSession, DeleteSessions, Search)

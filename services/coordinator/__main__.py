@@ -128,6 +128,10 @@ class CoordinatorShell:
                     lambda: ("summaries", store.list_sessions(limit, msg.before, msg.before_id)))
         if "\x00" in (getattr(msg, "session_id", None) or "") + (getattr(msg, "message_id", None) or ""):
             return None  # no id has one, and PostgreSQL refuses it in a query: unknown, with no read
+        if isinstance(msg, m.Search):  # a read of its own: the answer is the database's ranking
+            query, session_id, limit = msg.query, msg.session_id, msg.limit
+            return (f"search {msg.req_id} {id(msg)}",
+                    lambda: ("hits", (msg, store.search_messages(store.db_proxy.obj, query, session_id, limit))))
         if isinstance(msg, m.Preview) and msg.message_id not in self.machine.message_sessions:
             return f"message {msg.message_id}", lambda: ("session", _session_of_message(msg.message_id))
         session_id = getattr(msg, "session_id", None)
@@ -175,6 +179,8 @@ class CoordinatorShell:
                 self.machine.load_summaries(value[1])
             elif value[0] == "matches":
                 self.machine.book.stored_matches = dict([value[1]])
+            elif value[0] == "hits":
+                self.machine.views.found(*value[1])
             for client, msg in self.parked.pop(key, []):
                 if exc is not None:
                     refusal = f"could not read the database: {shell.plain_error(exc)}; try again"

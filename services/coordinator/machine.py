@@ -68,7 +68,7 @@ class Coordinator:
             m.NewSession: r.on_new_session, m.Send: r.on_send, m.Cancel: r.on_cancel,
             m.Regenerate: r.on_regenerate, m.ConfigureSession: r.on_configure, m.Continue: r.on_continue,
             m.Snapshot: v.on_snapshot, m.Status: v.on_status, m.History: v.on_history, m.Preview: v.on_preview,
-            m.Sessions: v.on_sessions, m.ResolveSession: v.on_resolve,
+            m.Sessions: v.on_sessions, m.ResolveSession: v.on_resolve, m.Search: v.on_search,
             m.RenameSession: self.changes.on_rename, m.DeleteSessions: self.changes.on_delete,
         }
         self._event_handlers = {

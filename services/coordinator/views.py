@@ -37,6 +37,21 @@ class Views:
                  persisted: PersistTracker, counters: dict, health: Health) -> None:
         self.settings, self.count_tokens, self.counters, self.health = settings, count_tokens, counters, health
         self.book, self.streams, self.generators, self.persisted = book, streams, generators, persisted
+        self.search_hits: dict[int, list[dict]] = {}  # a search request's hits, read by the shell
+
+    def found(self, msg: m.Search, rows: list[dict]) -> None:
+        """The database's hits for a search, read by the shell; its answer follows (``on_search``)."""
+        self.search_hits[id(msg)] = rows
+
+    def on_search(self, msg: m.Search, now: float, out: list) -> answers.Result:
+        """The hits the shell read, less those of sessions deleted meanwhile."""
+        if not msg.query.strip():
+            raise RequestRefused("the search is empty: give a word, a \"phrase\" or a prefix*")
+        if msg.session_id in self.book.gone:
+            raise RequestRefused(f"session {msg.session_id} was deleted")
+        rows = self.search_hits.pop(id(msg), [])
+        return answers.SearchResults(hits=[answers.SearchHit(**row) for row in rows
+                                           if row["session_id"] not in self.book.gone])
 
     def on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> answers.Result:
         """Exactly what clients were sent of a reply: its text, offset (= length) and status; a page of it."""

@@ -147,7 +147,7 @@ class MockLLM:
                       else reply_tokens(body["messages"], model, scenario.tokens))
             thinking = reasoning_tokens(body["messages"], model, scenario.reasoning_tokens)
             if scenario.say:  # a word of the test's own first (outside the deterministic reply verify checks)
-                tokens = [scenario.say, *tokens]
+                tokens = [scenario.say + " ", *tokens]
         else:  # the reply goes on, mid-answer: no thinking first
             tokens, thinking = continued_tokens(body["messages"], model, scenario.tokens, partial), []
             entry["continued_from"] = len(partial)

@@ -9,3 +9,4 @@ from services.store.chunklog import _COLUMNS, _LOG_INDEX, _log_rows, _pack_entri
 from services.store.writes import *  # noqa: F401,F403
 from services.store.reads import *  # noqa: F401,F403
 from services.store.deletion import *  # noqa: F401,F403
+from services.store.search import search as search_messages  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee
 
-from services.store import chunklog
+from services.store import chunklog, search
 from services.store.models import CHUNK_LOG
 from services.store.writes import _rows_in
 
@@ -25,8 +25,10 @@ def purge_sessions(db: peewee.Database, session_ids: list[str]) -> tuple[list[st
     for start in range(0, len(session_ids), IN_BATCH):
         batch = session_ids[start:start + IN_BATCH]
         marks = ", ".join([db.param] * len(batch))
-        db.execute_sql(f'DELETE FROM "message" WHERE "session_id" IN ({marks})', batch)
+        db.execute_sql(f'DELETE FROM "message" WHERE "session_id" IN ({marks})', batch)  # the index follows
         db.execute_sql(f'DELETE FROM "session" WHERE "id" IN ({marks})', batch)
+    if message_ids:
+        search.optimize(db)  # SQLite before 3.42: the deleted terms merged out of the index
     return [session_id for session_id in session_ids if session_id in found], message_ids
 
 

@@ -143,6 +143,8 @@ def migrate(db: peewee.Database) -> list[str]:
             if field.column_name not in have:
                 run(migrator.add_column(model._meta.table_name, field.column_name, field))
                 changes.append(f"{model._meta.table_name}.{field.column_name}")
+    from services.store import search
+    changes += search.install(db)  # the full-text index, which follows the message table by itself
     return changes
 
 

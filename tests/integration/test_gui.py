@@ -254,3 +254,24 @@ def test_the_session_list_renames_by_hand_and_deletes_when_confirmed(app, stack,
     pump(app, lambda: listed(session) is None and window.session_id is None, what="the session gone")
     assert f"session {session} was deleted" in window.banner.text()
     assert stack.query("select id from session where id = ?", (session,)) == []
+
+
+def test_the_search_box_lists_hits_with_their_matches_and_opens_their_session(app, stack, window, tmp_path):
+    from PySide6.QtCore import Qt
+    session = new_session(app, window)
+    window.send("a naïve question about zqgui sockets [[mock tokens=30]]")
+    pump(app, lambda: window.last_outcome, what="the reply's end")
+    window.search_edit.setText("naive zqgui")
+    window.search_edit.returnPressed.emit()  # as Enter in the box does
+    items = pump(app, lambda: [window.sessions_list.item(i) for i in range(window.sessions_list.count())
+                               if "[naïve]" in window.sessions_list.item(i).text()], what="the hits")
+    assert [item.data(Qt.UserRole) for item in items] == [session] and "[zqgui]" in items[0].text()
+    shot = tmp_path / "search.png"
+    window.grab().save(str(shot))
+    assert shot.stat().st_size > 5000
+    if os.environ.get("CHATTER_DOCS_SHOTS"):  # the README's picture: CHATTER_DOCS_SHOTS=DIR make test
+        window.grab().save(os.path.join(os.environ["CHATTER_DOCS_SHOTS"], "gui-search.png"))
+    window.search("")  # an empty search lists the sessions again
+    pump(app, lambda: window.sessions_list.count() and all("\n" not in window.sessions_list.item(i).text()
+                                                           for i in range(window.sessions_list.count())),
+         what="the sessions listed again")  # a hit is two lines, a session one

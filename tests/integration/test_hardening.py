@@ -203,6 +203,8 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
         m.Regenerate: m.Regenerate(0, session_id, "r2"), m.Sessions: m.Sessions(0, 5),
         m.ConfigureSession: m.ConfigureSession(0, session_id, None, None, None, {"max_tokens": 10}),
         m.ResolveSession: m.ResolveSession(0, session_id[:8]), m.Continue: m.Continue(0, session_id, "r3"),
+        m.RenameSession: m.RenameSession(0, session_id, "title"), m.DeleteSessions: m.DeleteSessions(0, ["f" * 32]),
+        m.Search: m.Search(0, "fuzz target", session_id, 5),
     }
     assert set(samples) == set(m.RPC_REQUESTS)
     frames, req_id = [], 1000

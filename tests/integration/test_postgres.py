@@ -185,8 +185,9 @@ def test_an_earlier_versions_full_indexes_become_partial_ones_that_the_persister
         db.execute_sql('CREATE INDEX "message_generation_id" ON "message" ("generation_id")')
         for column in ("model", "settings"):  # a session row of before: no settings of its own
             db.execute_sql(f'ALTER TABLE "session" DROP COLUMN "{column}"')
-        assert set(store.migrate(db)) == {"-index message_status", "-index message_generation_id", "session.model",
-                                          "session.settings"}
+        changes = {c for c in store.migrate(db) if "search" not in c and "fts" not in c}  # the index: test_search
+        assert changes == {"-index message_status", "-index message_generation_id", "session.model",
+                           "session.settings"}
         assert store.migrate(db) == []
         assert {i.name for i in db.get_indexes("message")} >= {"message_streaming", "message_generation"}
         assert not {i.name for i in db.get_indexes("message")} & {"message_status", "message_generation_id"}
@@ -243,7 +244,7 @@ def test_an_earlier_versions_chunk_log_loses_its_foreign_key_and_keeps_its_rows(
                              created_at=1.0, updated_at=1.0)
         for i, text in enumerate(["hello ", "wor"], start=7):
             EarlierChunk.create(id=i, message="a1", offset=len("hello ") * (i - 7), text=text)
-        assert set(store.migrate(db)) == {"chunk: no foreign key"}
+        assert {c for c in store.migrate(db) if "search" not in c and "fts" not in c} == {"chunk: no foreign key"}
         assert store.migrate(db) == [] and not db.get_foreign_keys("chunk") and not db.get_foreign_keys("chunk_b")
         assert store.streaming_chunks() == {"a1": (7, ["hello ", "wor"], [])}
         assert store.chunk_log_ids() == [(7, 8), None]

@@ -35,7 +35,7 @@ SAMPLES = [
     m.RenameSession(14, "s", "Trip to Lyon ✈"), m.DeleteSessions(15, ["s", "t"]),
     m.SessionChanged("s", "renamed", "Trip to Lyon ✈"), m.SessionChanged("s", "deleted"),
     m.PurgeSessions(["s", "t"], "op-1"), m.SessionsPurged("op-1", ["s"]),
-    m.SaveSession("s1", "By hand", None, None, 2.5, session_title_set=True),
+    m.SaveSession("s1", "By hand", None, None, 2.5, session_title_set=True), m.Search(16, "naïve \"a phrase\" stream*"),
 ]
 
 

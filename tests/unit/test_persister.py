@@ -193,6 +193,11 @@ def test_any_resends_and_overlaps_keep_the_durable_text_a_prefix_of_the_reply(ap
     assert p.open["a1"].text(False) == durable
 
 
+# what ``migrate`` adds to a database of a version before search (``services/store/search.py``)
+SEARCH_ADDED = ("+message_fts", "+trigger message_fts_insert", "+trigger message_fts_delete",
+                "+trigger message_fts_update")
+
+
 def test_a_commits_appends_are_one_packed_row_and_read_back_as_appends_beside_an_earlier_versions_plain_rows():
     """``insert_chunks`` writes a commit's appends as one row of the log (msgpack and zlib, under the last one's
     id); every reader gives them back as appends, in order, with the plain rows of an earlier version before them,
@@ -202,7 +207,7 @@ def test_a_commits_appends_are_one_packed_row_and_read_back_as_appends_beside_an
         db.create_tables(store.MODELS)
         for table in ("chunk", "chunk_b"):
             db.execute_sql(f'ALTER TABLE "{table}" DROP COLUMN "packed"')  # the log as the version before made it
-        assert set(store.migrate(db)) == {"chunk.packed", "chunk_b.packed"} and store.migrate(db) == []
+        assert set(store.migrate(db)) == {"chunk.packed", "chunk_b.packed", *SEARCH_ADDED} and store.migrate(db) == []
         store.Session.create(id="s1", title="", created_at=1.0, updated_at=1.0)
         for i, (message_id, status) in enumerate([("a1", "streaming"), ("a2", "completed"), ("a3", "streaming")]):
             store.Message.create(id=message_id, session="s1", position=i, role="assistant", status=status,
@@ -280,7 +285,7 @@ def test_migrate_drops_the_chunk_indexes_of_earlier_versions():
         db.create_tables(store.MODELS)
         db.execute_sql('CREATE UNIQUE INDEX "chunk_message_id_offset" ON "chunk" ("message_id", "offset")')
         db.execute_sql('CREATE INDEX "chunk_message_id" ON "chunk" ("message_id")')
-        assert set(store.migrate(db)) == {"-index chunk_message_id_offset", "-index chunk_message_id"}
+        assert set(store.migrate(db)) == {"-index chunk_message_id_offset", "-index chunk_message_id", *SEARCH_ADDED}
         assert db.get_indexes("chunk") == [] and store.migrate(db) == []
     finally:
         db.close()
