@@ -19,6 +19,8 @@ import peewee
 FTS = "message_fts"
 MARK_OPEN, MARK_CLOSE = "\x02", "\x03"  # around a match in a snippet; shown as the client likes
 SNIPPET_TOKENS = 16
+SNIPPET_CHARS = 600  # a snippet's characters at most: a thousand hits fit a frame whatever the messages hold
+TITLE_CHARS = 500  # as a rename allows (protocol.messages.rpc.TITLE_CHARS)
 QUERY_TERMS_MAX = 32
 
 # a term: a quoted phrase, or a word with an optional trailing * (a prefix)
@@ -169,5 +171,19 @@ def search(db: peewee.Database, query: str, session_id: str | None = None, limit
                f"ts_headline('chatter', h.content, q.q, '{options}') "
                "FROM hits h JOIN session s ON s.id = h.session_id, q ORDER BY h.rank DESC, h.created_at DESC")
         rows = db.execute_sql(sql, (*params, limit)).fetchall()
-    return [{"session_id": sid, "title": title, "message_id": mid, "role": role, "created_at": created,
-             "snippet": snippet} for sid, title, mid, role, created, snippet in rows]
+    return [{"session_id": sid, "title": (title or "")[:TITLE_CHARS], "message_id": mid, "role": role,
+             "created_at": created, "snippet": bounded(snippet or "")} for sid, title, mid, role, created, snippet in rows]
+
+
+def bounded(snippet: str) -> str:
+    """A snippet of at most ``SNIPPET_CHARS`` around its first match (a "word" may be a whole message with no
+    space in it): cut ends shown as "…", and a match cut through still closed, so that the marks pair up."""
+    if len(snippet) <= SNIPPET_CHARS:
+        return snippet
+    start = max(0, snippet.find(MARK_OPEN) - SNIPPET_CHARS // 3)
+    cut = snippet[start:start + SNIPPET_CHARS]
+    if cut.find(MARK_CLOSE) != -1 and (cut.find(MARK_OPEN) == -1 or cut.find(MARK_CLOSE) < cut.find(MARK_OPEN)):
+        cut = MARK_OPEN + cut  # it begins inside a match
+    if cut.count(MARK_OPEN) > cut.count(MARK_CLOSE):
+        cut += MARK_CLOSE  # it ends inside one
+    return ("…" if start else "") + cut + ("…" if start + SNIPPET_CHARS < len(snippet) else "")

@@ -142,3 +142,32 @@ def test_the_settings_of_a_session_with_the_longest_system_prompt_answer_in_a_fr
     params = {"temperature": 1.0, "max_tokens": 2**31 - 1}
     settings = answer(coordinator, lambda r: m.ConfigureSession(r, sid, BIG, 2**31 - 1, "m" * 128, params))
     assert settings.system == BIG
+
+
+def test_a_search_of_the_most_hits_with_the_longest_titles_and_snippets_answers_in_a_frame():
+    from protocol import answers
+    from services.store.search import SNIPPET_CHARS, bounded
+    word = "x" * 400_000  # a message that is one word: its snippet is cut around the match, marks paired
+    snippet = bounded(f"a \x02{word}\x03 b")
+    assert len(snippet) <= SNIPPET_CHARS + 4 and snippet.count("\x02") == snippet.count("\x03") == 1
+    coordinator = machine()
+    request = m.Search(next(_req), "x", None, 1000)
+    rows = [{"session_id": uuid.uuid4().hex, "title": "🙂" * m.TITLE_CHARS, "message_id": uuid.uuid4().hex,
+             "role": "assistant", "created_at": 1.0, "snippet": snippet} for _ in range(1000)]
+    coordinator.views.found(request, rows)
+    (reply,) = [e.msg for e in coordinator.handle_rpc(CLIENT, request, 100.0) if isinstance(e, ReplyTo)]
+    frame = reply.encode()
+    assert len(frame) <= MAX_FRAME_BYTES and len(codec.decode(frame, (m.Reply,)).result.hits) == 1000
+    assert isinstance(codec.decode(frame, (m.Reply,)).result, answers.SearchResults)
+
+
+def test_deleting_the_most_sessions_at_once_fits_a_frame_each_way():
+    coordinator = machine()
+    ids = [uuid.uuid4().hex * 2 for _ in range(m.DELETE_AT_ONCE)]  # 64 characters, an id's most
+    out = coordinator.handle_rpc(CLIENT, m.DeleteSessions(next(_req), ids), 100.0)
+    (purge,) = [e.msg for e in out if isinstance(e, ToPersister)]
+    assert len(purge.encode()) <= MAX_FRAME_BYTES
+    done = coordinator.handle_event(m.SessionsPurged(purge.op_id, ids), 100.1)
+    (reply,) = [e.msg for e in done if isinstance(e, ReplyTo)]
+    assert len(reply.encode()) <= MAX_FRAME_BYTES and reply.result.deleted == ids
+    assert all(len(e.msg.encode()) <= MAX_FRAME_BYTES for e in done if isinstance(e, ToClients))
