@@ -34,6 +34,7 @@ class SessionChanges:
         self.book, self.streams, self.persisted = book, streams, persisted
         self.renames: dict[str, str] = {}  # session id -> the title its rename waits to see applied
         self.deletions: dict[str, list[str]] = {}  # purge op id -> the ids deleted in memory alone too
+        self.refused: list[tuple[tuple, str]] = []  # deferred requests that can no longer be applied, and why
 
     # ------------------------------------------------------------ rename
 
@@ -85,7 +86,8 @@ class SessionChanges:
             for gen_id in [g for g, gen in self.streams.finalizing.items() if gen.session_id == session_id]:
                 del self.streams.finalizing[gen_id]  # its final is never published: the session is gone
             message_ids += [record.message_id for record in sess.history]
-            self.renames.pop(session_id, None)
+            if self.renames.pop(session_id, None) is not None:  # a rename still waiting: it never will be
+                self.refused.append((("renamed", session_id), f"session {session_id} was deleted"))
             self.book.forget(session_id)
             in_memory.append(session_id)
         op = m.PurgeSessions(ids, self.new_id())

@@ -120,6 +120,9 @@ class Coordinator:
                 self.waiters.setdefault(result.key, []).append((client, msg.req_id))
             else:
                 out.append(ReplyTo(client, m.Reply(msg.req_id, True, result)))
+            while self.changes.refused:
+                key, words = self.changes.refused.pop()
+                out.extend(ReplyTo(c, m.Reply(r, False, None, words)) for c, r in self.waiters.pop(key, ()))
         except RequestRefused as refused:
             out.append(ReplyTo(client, m.Reply(msg.req_id, False, None, str(refused))))
         return out

@@ -149,3 +149,13 @@ def test_the_persister_deletes_every_row_and_the_logs_text_and_zeroes_what_it_fr
     raw = b"".join(open(name, "rb").read() for name in (path, path + "-wal"))
     assert marker.encode() not in raw
     assert store.streamed_texts("k1")[0].count(keep) == 40, "the other reply's text went too"
+
+
+def test_a_rename_still_waiting_when_its_session_is_deleted_is_refused_at_once():
+    machine = make()
+    sid, _, out = start(machine, "hello")
+    ack_all(machine, [out], 100.1)
+    machine.handle_rpc(b"renamer", m.RenameSession(7, sid, "Named"), 101)
+    out = machine.handle_rpc(CLIENT, m.DeleteSessions(8, [sid]), 101.1)
+    (refusal,) = [e.msg for e in effects(out, ReplyTo) if e.client == b"renamer"]
+    assert (refusal.req_id, refusal.ok, refusal.error) == (7, False, f"session {sid} was deleted")
