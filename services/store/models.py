@@ -36,7 +36,8 @@ class Session(BaseModel):
     updated_at = peewee.DoubleField()
     model = peewee.CharField(max_length=128, null=True)  # the session's own (``/config model=``); None: default
     settings = JSONField(null=True)  # the rest of ``/config``: params, stream, continue_style
-    title_set = peewee.BooleanField(default=False)  # given by hand (``chatter rename``): kept over the automatic one
+    # given by hand (``chatter rename``): kept over the automatic one; NULL (a row written without it) is False
+    title_set = peewee.BooleanField(null=True, default=False)
 
 
 class Message(BaseModel):
