@@ -166,11 +166,7 @@ class Adoption:
                 return
             text.last_seq = seq
             if new:
-                text.parts.append(new)
-                text.length += len(new)
-                text.client_pending.append(new)
-                text.persist_pending.append(new)
-                text.persist_pending_len += len(new)
+                text.add(new)
         st, counts = gen.stream, gen.counts
         st.catching_up = msg.more  # a long text comes in several, each going on from the one before
         if msg.tool_calls is not None:  # the generator's are whole: watchers get them with the next snapshot

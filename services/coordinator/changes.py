@@ -66,9 +66,11 @@ class SessionChanges:
         return done
 
     def _creates_pending(self, session_id: str) -> bool:
+        """A message of the session whose create (which carries the title) the persister has not acked yet."""
         sess = self.book.sessions.get(session_id)
-        return sess is not None and any(not state.created_acked for record in sess.history[-8:]
-                                        if (state := self.persisted.states.get(record.message_id)) is not None)
+        states = self.persisted.states
+        return sess is not None and any(not state.created_acked for record in sess.history
+                                        if (state := states.get(record.message_id)) is not None)
 
     # ------------------------------------------------------------ delete
 

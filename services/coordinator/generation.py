@@ -45,6 +45,14 @@ class ReplyText:
         self.length = keep_len
         return True
 
+    def add(self, fresh: str) -> None:
+        """New text at the end: for clients and for the persister, at their next flush and checkpoint."""
+        self.parts.append(fresh)
+        self.length += len(fresh)
+        self.client_pending.append(fresh)
+        self.persist_pending.append(fresh)
+        self.persist_pending_len += len(fresh)
+
     def take_stored(self, stored: str) -> None:
         """The text as the database has it: a reply continued or adopted goes on from it, which clients have."""
         self.parts[:] = [stored] if stored else []

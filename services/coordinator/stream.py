@@ -98,11 +98,12 @@ class Streams:
             counts.thinking_ended_at = now
         if not fresh:
             return
-        text.parts.append(fresh)
-        text.length += len(fresh)
         counts.tokens += msg.tokens
         if not (gen.answer.client_pending or gen.thinking.client_pending):
             gen.delivery.client_pending_since = msg.received_at
+        # ``ReplyText.add``, written out: a call per delta cost 0.02-0.05 µs of ~0.72 (bench/coordinator_path.py)
+        text.parts.append(fresh)
+        text.length += len(fresh)
         text.client_pending.append(fresh)
         text.persist_pending.append(fresh)
         text.persist_pending_len += len(fresh)
