@@ -16,6 +16,7 @@ import zmq
 
 from clients.view import GAP, ReplyView
 from protocol import codec, messages as m, answers
+from protocol.conversation import MessageRecord, SessionRecord
 import transport
 from transport import curve
 
@@ -84,6 +85,9 @@ def join_history(whole: answers.History, page: answers.History) -> answers.Histo
             reasoning=cut.reasoning[:at.reasoning_offset] + more.reasoning))
         rest = rest[1:]
     return msgspec.structs.replace(page, messages=messages + list(rest))
+
+
+IMPORT_PART_BYTES = 3 * 2**20  # an ImportSession's messages, at most: the frame holds 4 MiB
 
 
 class Client:
@@ -200,6 +204,64 @@ class Client:
         if len(query) > m.SEARCH_CHARS:
             raise ChatterError(f"the search is {len(query):,} characters; at most {m.SEARCH_CHARS}")
         return self.request(m.Search(next(self.req_ids), query, session_id, limit)).hits
+
+    def edit(self, session_id: str, message: str, text: str, client_request_id: str) -> answers.Result:
+        """A user message written again, on a new branch, and a reply to it; retried safely (one per request id)."""
+        return self.request(m.EditMessage(next(self.req_ids), session_id, message, text, client_request_id),
+                            attempts=3)
+
+    def switch(self, session_id: str, message: str, sibling: int | None = None) -> answers.BranchSwitched:
+        """The branch through ``message`` (or through its ``sibling``, 0-based) active; returns once applied."""
+        return self.request(m.SwitchBranch(next(self.req_ids), session_id, message, sibling),
+                            timeout_ms=APPLIED_WAIT_MS)
+
+    def fork(self, session_id: str, message: str | None = None) -> answers.SessionForked:
+        """A new session holding the active branch up to ``message`` (None: all of it); returns once applied."""
+        return self.request(m.ForkSession(next(self.req_ids), session_id, message), timeout_ms=APPLIED_WAIT_MS)
+
+    def delete_branch(self, session_id: str, message: str) -> answers.BranchDeleted:
+        """A message and every message after it on any branch, gone; returns once applied."""
+        return self.request(m.DeleteBranch(next(self.req_ids), session_id, message), timeout_ms=APPLIED_WAIT_MS)
+
+    def tree(self, session_id: str) -> answers.Tree:
+        """Every message of a session as a tree's nodes, page by page."""
+        whole = self.request(m.SessionTree(next(self.req_ids), session_id))
+        nodes = list(whole.nodes)
+        while whole.next is not None:
+            whole = self.request(m.SessionTree(next(self.req_ids), session_id, whole.next))
+            nodes += whole.nodes
+        return msgspec.structs.replace(whole, nodes=nodes, offset=0, next=None)
+
+    def export(self, session_id: str) -> answers.SessionExport:
+        """A session whole, every branch and field, page by page (a message cut at a page's end goes on)."""
+        whole = self.request(m.ExportSession(next(self.req_ids), session_id))
+        while whole.next is not None:
+            at = whole.next
+            whole = join_history(whole, self.request(m.ExportSession(next(self.req_ids), session_id, at.message_id,
+                                                                     at.offset, at.reasoning_offset)))
+        return whole
+
+    def import_session(self, session: SessionRecord, messages: list[MessageRecord]) -> answers.SessionImported:
+        """A session given back whole, in parts that each fit a frame; returns once every message it adds is
+        applied. A message too large for a frame alone is refused here, before any part is sent."""
+        parts: list[list[MessageRecord]] = [[]]
+        size = 0
+        for record in messages:
+            record_size = len(msgspec.msgpack.encode(record))
+            if record_size > IMPORT_PART_BYTES:
+                raise ChatterError(f"message {record.message_id} of session {session.session_id} is "
+                                   f"{record_size / 2**20:.1f} MiB; an import takes messages up to "
+                                   f"{IMPORT_PART_BYTES / 2**20:.0f} MiB")
+            if parts[-1] and (size + record_size > IMPORT_PART_BYTES or len(parts[-1]) == m.IMPORT_PART_MESSAGES):
+                parts.append([])
+                size = 0
+            parts[-1].append(record)
+            size += record_size
+        for number, part in enumerate(parts, 1):
+            last = number == len(parts)
+            done = self.request(m.ImportSession(next(self.req_ids), session, part, last),
+                                timeout_ms=APPLIED_WAIT_MS if last else None)
+        return done
 
     def new_session(self, system: str | None = None, model: str | None = None,
                     max_input_tokens: int | None = None, save: bool = True) -> str:

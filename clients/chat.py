@@ -35,7 +35,12 @@ COMMANDS = {
     "/search": "/search QUERY — the messages of every session that hold its words, \"phrases\" and prefix*",
     "/rename": "/rename TITLE — give this session a title (kept from then on); /rename alone gives back the "
                "automatic one",
-    "/delete": "delete this session with every message (asked first), and start a new one",
+    "/delete": "/delete [N] — delete this session with every message (asked first), and start a new one; with N, "
+               "message N and every message after it on any branch",
+    "/edit": "/edit N [TEXT] — write your message N again (TEXT, or the next line): a new branch, and its reply",
+    "/branch": "/branch [N [K]] — the session's tree; with N, the branch through message N; with K, its K-th "
+               "version",
+    "/fork": "/fork [N] — a new session holding this branch (up to message N), and go there",
     "/preview": "the exact prompt of the last reply, and what was left out to fit the budget",
     "/regenerate": "answer the last message again (cancels a streaming reply)",
     "/continue": "continue the last reply where it was cut (length limit, stop, error): the same reply grows",
@@ -326,7 +331,7 @@ class Chat:
 
     def delete(self, rest: str) -> None:
         if rest:
-            raise ChatterError("/delete deletes this session; to delete another, chatter delete SESSION")
+            return self.delete_branch(rest)
         self.say(f"delete session {self.session_id} with every message? This cannot be undone. [y/N]", style="bold")
         answer = self.read_input()
         if (answer or "").strip().lower() not in ("y", "yes"):
@@ -337,6 +342,47 @@ class Chat:
         self.client.delete_sessions([gone])
         self.session_id = self.client.new_session(model=self.model)
         self.say(f"deleted {gone}; session {self.session_id}")
+
+    def delete_branch(self, message: str) -> None:
+        self.say(f"delete message {message} and every message after it, on every branch? This cannot be undone. "
+                 "[y/N]", style="bold")
+        if (self.read_input() or "").strip().lower() not in ("y", "yes"):
+            self.say("nothing deleted")
+            return
+        gone = self.client.delete_branch(self.session_id, message)
+        self.say(f"deleted {len(gone.deleted)} messages")
+
+    def edit(self, rest: str) -> None:
+        message, _, text = rest.partition(" ")
+        if not message:
+            raise ChatterError("/edit needs the number of your message (see /history)")
+        if not text.strip():
+            self.say("the new text, on one line (empty: nothing changes):", style="bold")
+            text = (self.read_input() or "").strip()
+            if not text:
+                self.say("nothing changed")
+                return
+        request_id = uuid.uuid4().hex
+        self.turn(lambda: self.client.edit(self.session_id, message, text, request_id))
+
+    def branch(self, rest: str) -> None:
+        from clients.manage import draw_tree
+        words = rest.split()
+        if not words:
+            for line in draw_tree(self.client.tree(self.session_id).nodes):
+                self.say(line)
+            return
+        if len(words) > 2 or (len(words) == 2 and not words[1].isdigit()) or words[1:] == ["0"]:
+            raise ChatterError("/branch N [K]: a message's number (or id), and which of its versions (1 the oldest)")
+        switched = self.client.switch(self.session_id, words[0], int(words[1]) - 1 if len(words) == 2 else None)
+        self.say(f"the active branch now ends at {switched.leaf_id}")
+
+    def fork(self, rest: str) -> None:
+        forked = self.client.fork(self.session_id, rest or None)
+        self.client.unsubscribe(self.session_id)
+        self.session_id = forked.session_id
+        self.client.subscribe(self.session_id)
+        self.say(f"session {forked.session_id}: a copy of {forked.message_count} messages of {forked.source_id}")
 
     def preview(self, rest: str) -> None:
         last = next((m for m in reversed(self.client.history(self.session_id).messages)
@@ -424,6 +470,9 @@ class Chat:
         "/search": search,
         "/rename": rename,
         "/delete": delete,
+        "/edit": edit,
+        "/branch": branch,
+        "/fork": fork,
         "/regenerate": regenerate,
         "/continue": continue_reply,
         "/system": set_system,

@@ -9,9 +9,10 @@ from importlib.metadata import entry_points
 
 from clients.api import ChatterError, Client
 from clients.arguments import duration, int_in
-from clients.commands import (cmd_chat, cmd_continue, cmd_gui, cmd_history, cmd_keys_new, cmd_preview, cmd_regenerate,
-                              cmd_send, cmd_sessions, cmd_status, cmd_watch)
-from clients.manage import cmd_delete, cmd_rename, cmd_search
+from clients.commands import (cmd_chat, cmd_continue, cmd_edit, cmd_gui, cmd_history, cmd_keys_new, cmd_preview,
+                              cmd_regenerate, cmd_send, cmd_sessions, cmd_status, cmd_watch)
+from clients.manage import (cmd_branches, cmd_delete, cmd_export, cmd_fork, cmd_import, cmd_rename, cmd_search,
+                            cmd_switch)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 import transport
 
@@ -24,6 +25,7 @@ COMMANDS_GROUP = "chatter.commands"
 TOKENS = int_in(1, 2**31 - 1)  # the schema's bound: a 32-bit column
 
 
+MESSAGE_REF = "a message: its number in chatter history, its id, or a unique start of its id"
 SHOW_THINKING = "print a reasoning model's thinking in full (default: its newest lines, folded once it ends)"
 
 
@@ -112,8 +114,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every session not active for this long (30d, 12h, 90m, 2w)")
     p.add_argument("--all", action="store_true", help="every session")
     p.add_argument("--yes", action="store_true", help="do not ask (needed when not on a terminal)")
+    p.add_argument("--branch", metavar="MESSAGE", help="delete this message of the one session named, and every "
+                   "message after it on any branch (the rest of the session stays)")
     p.add_argument("--json", action="store_true", help='print {"deleted": [...], "not_found": [...]}')
     p.set_defaults(func=cmd_delete)
+    p = sub.add_parser("edit", help="write one of your messages again: a new branch beside the old one (kept "
+                                    "whole), and a reply to it, streamed")
+    p.add_argument("session", help="session id or unique prefix")
+    p.add_argument("message", help=MESSAGE_REF)
+    p.add_argument("text", help="the new text; - reads it from standard input")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--show-thinking", action="store_true", help=SHOW_THINKING)
+    p.set_defaults(func=cmd_edit)
+    p = sub.add_parser("branches", help="a session's tree of messages, every branch, the active one marked *")
+    p.add_argument("session", help="session id or unique prefix")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_branches)
+    p = sub.add_parser("switch", help="make the branch through a message the active one (its newest end)")
+    p.add_argument("session", help="session id or unique prefix")
+    p.add_argument("message", help=MESSAGE_REF)
+    p.add_argument("--version", type=int_in(1, 2**31 - 1), metavar="K",
+                   help="the K-th version of that message instead (1 the oldest; chatter history shows them)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_switch)
+    p = sub.add_parser("fork", help="copy a session's active branch (up to MESSAGE) into a new session")
+    p.add_argument("session", help="session id or unique prefix")
+    p.add_argument("message", nargs="?", help=MESSAGE_REF + " (default: the branch's last)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_fork)
+    p = sub.add_parser("export", help="a session whole: Chatter's JSON (every branch, every field), Markdown to "
+                                      "read, or OpenAI's messages; --all: every session, one a line")
+    p.add_argument("session", nargs="?", help="session id or unique prefix")
+    p.add_argument("--all", action="store_true", help="every session, in Chatter's JSON Lines (a backup)")
+    p.add_argument("--format", choices=("json", "markdown", "openai"), default="json",
+                   help="json: Chatter's own, for chatter import (default); markdown: the active branch to read; "
+                        "openai: the active branch as a chat completions request's model and messages")
+    p.add_argument("--output", metavar="FILE", help="write to FILE, readable by you alone (0600), not stdout")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("import", help="sessions from chatter export, or from ChatGPT's data export "
+                                      "(conversations.json); checked whole first, never imported twice")
+    p.add_argument("file", help="the file; - reads standard input")
+    p.add_argument("--json", action="store_true", help='print [{"session_id", "created", "existing"}, ...]')
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("keys", help="CURVE keys for tcp channels across hosts")
     keys = p.add_subparsers(dest="keys_command", required=True)
     k = keys.add_parser("new", help="write NAME.key (public) and NAME.key_secret (mode 0600)")

@@ -54,6 +54,15 @@ def cmd_regenerate(client: Client, args) -> int:
     return follow_new_reply(client, args, client.regenerate)
 
 
+def cmd_edit(client: Client, args) -> int:
+    """A user message written again: a new branch, whose reply streams like a send's."""
+    text = message_text(args.text)
+    if not text.strip():
+        raise ChatterError("the message is empty")
+    return follow_new_reply(client, args, lambda session_id, request_id: client.edit(session_id, args.message, text,
+                                                                                      request_id))
+
+
 def cmd_continue(client: Client, args) -> int:
     """The session's last reply goes on where it was cut: the whole reply is shown, growing."""
     return follow_new_reply(client, args, client.continue_reply, attach=True)

@@ -136,11 +136,12 @@ def print_history(history: answers.History, show_thinking: bool = False) -> None
     print(f"session {history.session_id}: {history.title}")
     if history.system:
         print(f"[system] {history.system}")
-    for msg in history.messages:
+    for number, msg in enumerate(history.messages, 1):
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.created_at))
-        status = status_label(msg.status, (msg.stats or {}).get("finish_reason")) + (
-            ", superseded" if msg.superseded else "")
-        head = f"[{msg.role}] {stamp} {status} {msg.message_id}"
+        status = status_label(msg.status, (msg.stats or {}).get("finish_reason"))
+        head = f"#{number} [{msg.role}] {stamp} {status} {msg.message_id}"
+        if msg.sibling_count > 1:  # chatter switch SESSION N --version K shows another
+            head += f" < {msg.sibling_index + 1}/{msg.sibling_count} >"
         stats = msg.stats
         if msg.role == "assistant" and stats:
             head += f" | {stats.get('tokens')} tokens ({stats.get('tokens_source')}), TTFT {stats.get('ttft_ms')} ms"

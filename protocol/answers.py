@@ -11,7 +11,7 @@ import msgspec
 from msgspec import field
 
 from protocol.codec import Int
-from protocol.conversation import MessageView, PromptMessage
+from protocol.conversation import MessageRecord, MessageView, PromptMessage, SessionRecord
 
 
 class Result(msgspec.Struct, kw_only=True, tag_field="kind"):
@@ -58,6 +58,9 @@ class Snapshot(Result, tag="snapshot"):
     offset: Int = 0
     reasoning_offset: Int = 0
     more: bool = False
+    session_id: Optional[str] = None  # the session it is in, and when and by which model it was asked
+    created_at: float = 0.0
+    model: Optional[str] = None
 
 
 class SessionSummary(msgspec.Struct, kw_only=True):
@@ -212,8 +215,68 @@ class SearchResults(Result, tag="search"):
     hits: list[SearchHit]
 
 
+class BranchSwitched(Result, tag="switched"):
+    session_id: str
+    leaf_id: str  # the active branch's last message now ("" when the session has none left)
+
+
+class SessionForked(Result, tag="forked"):
+    session_id: str  # the new session
+    source_id: str  # the session it copies
+    message_count: Int
+
+
+class TreeNode(msgspec.Struct, kw_only=True, array_like=True):
+    message_id: str
+    parent_id: str  # "" for a first message
+    role: str
+    status: str
+    created_at: float
+    line: str  # its text's first line, cut to TREE_LINE_CHARS
+    active: bool  # on the active branch
+
+
+TREE_LINE_CHARS = 80
+
+
+class Tree(Result, tag="tree"):
+    session_id: str
+    title: str
+    leaf_id: str
+    nodes: list[TreeNode]  # from ``offset``, in the order they were written
+    offset: Int = 0
+    total: Int = 0
+    next: Optional[Int] = None  # where the next page begins (None: this is the last)
+
+
+class BranchDeleted(Result, tag="branch_deleted"):
+    session_id: str
+    deleted: list[str]  # the message ids deleted
+    leaf_id: str
+
+
+class SessionExport(Result, tag="export"):
+    """A session whole, every branch, each message with its prompt's reference, paged like a history."""
+
+    session: SessionRecord
+    messages: list[MessageRecord]  # in the order they were written
+    next: Optional[HistoryCursor] = None
+
+
+class ImportPart(Result, tag="import_part"):
+    session_id: str
+    received: Int  # messages of this import received so far
+
+
+class SessionImported(Result, tag="imported"):
+    session_id: str
+    created: Int  # messages written
+    existing: Int  # messages it had already (an import made before): written again they would be duplicates
+
+
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,
-            Status, SessionResolved, SessionRenamed, SessionsDeleted, SearchResults]
+            Status, SessionResolved, SessionRenamed, SessionsDeleted, SearchResults, BranchSwitched,
+            SessionForked, Tree, BranchDeleted, SessionExport, ImportPart, SessionImported]
 
 
 def plain(result: Result) -> dict:

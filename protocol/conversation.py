@@ -9,6 +9,7 @@ import msgspec
 from msgspec import field
 
 from protocol.codec import Int
+from protocol.lifecycle import NOT_PROMPTED
 
 # {"role": ..., "content": ...}, and a continuation's trailing assistant message may carry "prefix": true
 # (DeepSeek, Mistral): the openai client takes it as it is
@@ -43,6 +44,12 @@ class MessageView(msgspec.Struct, kw_only=True):
     # "arguments"}}], the arguments' text as the model streamed it (finish_reason "tool_calls")
     tool_calls: list[dict] = field(default_factory=list)
     reasoning: str = ""  # a reasoning model's thinking before its answer
+    # its place in the session's tree (DESIGN.md, "Sessions are trees"): the message it follows ("" for a first
+    # message; None only in a row of an earlier version, read in order: ``sessions.SessionState.from_stored``),
+    # and, in a history, which of its parent's children it is (0-based, oldest first) of how many
+    parent_id: Optional[str] = None
+    sibling_index: Int = 0
+    sibling_count: Int = 1
 
 
 class MessageRecord(MessageView, kw_only=True):
@@ -66,6 +73,44 @@ class MessageRecord(MessageView, kw_only=True):
         if reasoning is not None:
             fields["reasoning"] = reasoning
         return MessageView(**fields)
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    """A session's own fields, as an export carries them (``chatter export``) and an import gives them back."""
+
+    session_id: str
+    title: str = ""
+    title_set: bool = False
+    system: Optional[str] = None
+    model: Optional[str] = None
+    max_input_tokens: Optional[Int] = None
+    settings: Optional[dict] = None  # /config's: params, stream, continue_style
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    active_leaf: Optional[str] = None  # the last message of the active branch
+
+
+def prompt_message(record: MessageRecord, keep_thinking: bool) -> dict:
+    """A message of the session as a prompt carries it: a reply that called tools with its calls, as OpenAI's
+    API takes them back."""
+    message = {"role": record.role, "content": prompt_content(record, keep_thinking)}
+    if record.tool_calls:
+        message["tool_calls"] = [dict(call) for call in record.tool_calls]
+    return message
+
+
+def in_prompt(record: MessageRecord) -> bool:
+    """User turns always count; a reply only if it completed (one that was regenerated is a sibling of its
+    replacement, on another branch, so never on the path that a prompt is built from)."""
+    return record.role != "assistant" or record.status not in NOT_PROMPTED
+
+
+def prompt_content(record: MessageRecord, keep_thinking: bool) -> str:
+    """What a message says in a prompt. An earlier reply's thinking is left out, as DeepSeek and Qwen advise
+    (their chat templates drop it too); kept, it goes inline before the answer, as the model wrote it."""
+    if keep_thinking and record.reasoning:
+        return f"{THINK_OPEN}{record.reasoning}{THINK_CLOSE}{record.content}"
+    return record.content
 
 
 def tool_call_at(calls: list[dict], index: int, call_id: str = "", name: str = "") -> dict | None:

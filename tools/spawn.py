@@ -13,7 +13,8 @@ from pathlib import Path
 
 from clients.api import ChatterError, Client
 
-SERVICES = ("mock_llm", "persister", "coordinator", "generator")
+SERVICES = ("mock_llm", "persister", "coordinator", "generator")  # started when none are named
+MODULES = {"gateway": "clients.gateway"}  # a process whose module is not services.NAME (the gateway is a client)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +34,7 @@ class LocalStack:
         self.run_dir = self.workdir / "run"
         self.db_path = self.workdir / "chatter.db"
         self.port = free_port()
+        self.http_port = free_port()  # the gateway's, when one is started
         self.generators = generators
         self.env = os.environ.copy()
         self.env.update({
@@ -40,6 +42,7 @@ class LocalStack:
             "CHATTER_DATABASE_URL": f"sqlite:///{self.db_path}",
             "CHATTER_MOCK_PORT": str(self.port),
             "OPENAI_BASE_URL": f"http://127.0.0.1:{self.port}/v1",
+            "CHATTER_HTTP": f"127.0.0.1:{self.http_port}",
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         })
         self.env.pop("OPENAI_API_KEY", None)
@@ -65,7 +68,8 @@ class LocalStack:
                 for i in range(copies):
                     key = name if i == 0 else f"{name}.{i + 1}"
                     log = open(self.workdir / f"{key}.log", "ab")
-                    self.procs[key] = subprocess.Popen([*self.prefix, sys.executable, "-m", f"services.{name}"],
+                    module = MODULES.get(name, f"services.{name}")
+                    self.procs[key] = subprocess.Popen([*self.prefix, sys.executable, "-m", module],
                                                        env=self.env,
                                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
                     log.close()

@@ -31,3 +31,21 @@ def to_html(markdown: str) -> str:
 def tool_call_html(call: dict) -> str:
     """A tool the model called, as a line of the transcript (escaped: its arguments are the model's text)."""
     return f"<p><code>{html.escape(tool_call_line(call))}</code></p>"
+
+def branch_arrows(msg) -> str:
+    """``< 2/3 >`` after a message that has other versions: each arrow a link to the branch through the one
+    before or after it (none past the first or the last)."""
+    if msg.sibling_count < 2:
+        return ""
+    at, count, key = msg.sibling_index, msg.sibling_count, html.escape(msg.message_id)
+    back = f"<a href='branch:{key}/{at - 1}'>&lt;</a>" if at > 0 else "<span style='color:#bbb'>&lt;</span>"
+    on = f"<a href='branch:{key}/{at + 1}'>&gt;</a>" if at < count - 1 else "<span style='color:#bbb'>&gt;</span>"
+    return f" <span style='color:#666'>{back} {at + 1}/{count} {on}</span>"
+
+
+def user_message_html(msg) -> str:
+    """One of your messages in the transcript: its text, its Edit and Delete links, and its versions' arrows."""
+    key = html.escape(msg.message_id)
+    links = (f" <a href='edit:{key}' style='color:#888'>✎ Edit</a>"
+             f" <a href='drop:{key}' style='color:#888'>✕ Delete</a>")
+    return f"<p><b>› {html.escape(msg.content)}</b>{links}{branch_arrows(msg)}</p>"

@@ -1,10 +1,11 @@
 """The window's list of sessions: each shown with its title and status; opened by a click, renamed by a double-click
-or F2, deleted by the Delete key (asked first); both also in its menu (right-click)."""
+or F2, deleted by the Delete key (asked first); both also in its menu (right-click), with Fork, Export… and
+Import…."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QInputDialog, QListWidget, QListWidgetItem, QMenu, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QListWidget, QListWidgetItem, QMenu, QMessageBox
 
 TITLE = Qt.UserRole + 1  # an item's title, as the session has it ("" before its first message)
 
@@ -13,6 +14,9 @@ class SessionList(QListWidget):
     opened = Signal(str)  # a session id
     renamed = Signal(str, str)  # a session id, its new title ("": the automatic one)
     deleted = Signal(object)  # the ids of sessions to delete (asked first)
+    forked = Signal(str)  # a session id: copy its active branch into a new session
+    exported = Signal(str, str)  # a session id, the file to write it to
+    imported = Signal(str)  # a file to import
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,12 +60,28 @@ class SessionList(QListWidget):
 
     def menu(self, at) -> None:
         item = self.itemAt(at)
-        if item is None:
-            return
         menu = QMenu(self)
-        menu.addAction("Rename…", lambda: self.ask_rename(item.data(Qt.UserRole)))
-        menu.addAction("Delete…", lambda: self.ask_delete(item.data(Qt.UserRole)))
+        if item is not None and item.data(Qt.UserRole):
+            session_id = item.data(Qt.UserRole)
+            menu.addAction("Rename…", lambda: self.ask_rename(session_id))
+            menu.addAction("Fork", lambda: self.forked.emit(session_id))
+            menu.addAction("Export…", lambda: self.ask_export(session_id))
+            menu.addAction("Delete…", lambda: self.ask_delete(session_id))
+            menu.addSeparator()
+        menu.addAction("Import…", self.ask_import)
         menu.exec(self.mapToGlobal(at))
+
+    def ask_export(self, session_id: str) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export session", f"{session_id[:8]}.jsonl",
+                                              "Chatter export (*.jsonl)")
+        if path:
+            self.exported.emit(session_id, path)
+
+    def ask_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import sessions", "",
+                                              "Chatter export or ChatGPT's conversations.json (*.jsonl *.json)")
+        if path:
+            self.imported.emit(path)
 
     def ask_rename(self, session_id: str | None) -> None:
         if session_id is None:

@@ -11,10 +11,11 @@ import time
 
 from PySide6.QtCore import QThread, QTimer, Qt
 from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QMainWindow, QPlainTextEdit, QPushButton, QSplitter, QTextBrowser, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QInputDialog, QLabel,
+                               QLineEdit, QMainWindow, QMessageBox, QPlainTextEdit, QPushButton, QSplitter,
+                               QTextBrowser, QVBoxLayout, QWidget)
 
-from clients.gui.markup import to_html, tool_call_html
+from clients.gui.markup import branch_arrows, to_html, tool_call_html, user_message_html
 from clients.gui.sessions import SessionList
 from clients.gui.worker import Worker
 from clients.render import final_stats_line, live_stats_line, split_finished
@@ -41,6 +42,7 @@ class Window(QMainWindow):
         self.last_outcome: dict | None = None
         self.shown_parts: dict[str, list[str]] = {}  # generation id -> its text as shown, as parts (``shown``)
         self.thoughts: dict[str, str] = {}  # a "Thought for …" link's key -> the thinking it opens
+        self.user_texts: dict[str, str] = {}  # the shown branch's user messages: id -> text (what Edit starts from)
         self.on_reply_end = None  # scripted mode's hook: (outcome) -> None
         self.send_when_open: str | None = None  # scripted mode's message, sent once a session is open
         self.on_repaint = None  # scripted mode's hook, after each coalesced repaint
@@ -72,6 +74,9 @@ class Window(QMainWindow):
         self.sessions_list.opened.connect(self.switch)
         self.sessions_list.renamed.connect(self.rename_session)
         self.sessions_list.deleted.connect(self.delete_sessions)
+        self.sessions_list.forked.connect(lambda session_id: self.ask("fork", session_id))
+        self.sessions_list.exported.connect(lambda session_id, path: self.ask("export", session_id, path))
+        self.sessions_list.imported.connect(lambda path: self.ask("import", path))
         new = QPushButton("New session")
         new.clicked.connect(self.new_session)
         self.system_edit = QLineEdit()
@@ -249,12 +254,15 @@ class Window(QMainWindow):
         self.generation_id, self.tail, self.thought = None, "", ""
         self.live.setText("")
         parts = [f"<p style='color:#666'>[system] {html.escape(history.system)}</p>"] if history.system else []
+        self.user_texts = {msg.message_id: msg.content for msg in history.messages if msg.role == "user"}
         for msg in history.messages:
             if msg.role == "user":
-                parts.append(f"<p><b>› {html.escape(msg.content)}</b></p>")
+                parts.append(user_message_html(msg))
             elif msg.generation_id and msg.status in ("queued", "streaming"):
                 continue  # under way: it shows live
             else:
+                if msg.sibling_count > 1:
+                    parts.append(f"<p>{branch_arrows(msg)}</p>")
                 if msg.reasoning:
                     seconds = (msg.stats or {}).get("thinking_ms")
                     parts.append(self._thought_link(msg.message_id, msg.reasoning,
@@ -342,6 +350,20 @@ class Window(QMainWindow):
 
     def open_link(self, url) -> None:
         self._on_gui_thread()
+        if url.scheme() == "branch":  # < 2/3 >: the branch through another version of a message
+            message_id, _, sibling = url.path().partition("/")
+            self.ask("switch_branch", self.session_id, message_id, int(sibling))
+            return
+        if url.scheme() == "edit":
+            self.edit_message(url.path())
+            return
+        if url.scheme() == "drop":  # this message and every message after it, on every branch
+            answer = QMessageBox.question(self, "Delete", "Delete this message and every message after it, on every "
+                                          "branch? Their text is gone from the database; this cannot be undone.",
+                                          QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
+            if answer == QMessageBox.Yes and self.session_id:
+                self.ask("delete_branch", self.session_id, url.path())
+            return
         if url.scheme() != "thought":
             QDesktopServices.openUrl(url)
             return
@@ -353,6 +375,13 @@ class Window(QMainWindow):
         layout.addWidget(text)
         dialog.resize(700, 450)
         dialog.show()
+
+    def edit_message(self, message_id: str) -> None:
+        """Your message written again: a new branch beside the old one (kept whole), and its reply."""
+        text, ok = QInputDialog.getMultiLineText(self, "Edit message", "Your message, written again (a new branch; "
+                                                 "the old one is kept):", self.user_texts.get(message_id, ""))
+        if ok and text.strip() and self.session_id:
+            self.ask("edit", self.session_id, message_id, text)
 
     def _to_bottom(self) -> None:
         bar = self.transcript.verticalScrollBar()
@@ -427,3 +456,4 @@ class Window(QMainWindow):
         self.worker_thread.quit()
         self.worker_thread.wait(3000)
         super().closeEvent(event)
+

@@ -73,9 +73,22 @@ class Worker(QObject):
         self.follow(session_id, started.generation_id, text, started)
 
     def do_regenerate(self, session_id: str) -> None:
+        """A new reply beside the last: the transcript shows the branch up to its question, then the reply live."""
         self.client.subscribe(session_id)
         started = self.client.regenerate(session_id, uuid.uuid4().hex)
-        self.follow(session_id, started.generation_id, "", started)  # the user turn is shown already
+        self.history.emit(self.client.history(session_id))  # the reply under way is left out: it shows live
+        self.follow(session_id, started.generation_id, "", started)
+
+    def do_edit(self, session_id: str, message_id: str, text: str) -> None:
+        """A message written again: its new branch shown up to it, then its reply live."""
+        self.client.subscribe(session_id)
+        started = self.client.edit(session_id, message_id, text, uuid.uuid4().hex)
+        self.history.emit(self.client.history(session_id))
+        self.follow(session_id, started.generation_id, "", started)
+
+    def do_switch_branch(self, session_id: str, message_id: str, sibling: int) -> None:
+        self.client.switch(session_id, message_id, sibling)
+        self.do_switch(session_id)
 
     def do_continue(self, session_id: str) -> None:
         """The last reply goes on: the transcript shows it once, as the live reply growing from its text."""
@@ -107,6 +120,36 @@ class Worker(QObject):
         for session_id in session_ids:
             self.client.unsubscribe(session_id)
         self.deleted.emit(self.client.delete_sessions(list(session_ids)))
+        self.sessions.emit(self.client.sessions(limit=100))
+
+    def do_fork(self, session_id: str) -> None:
+        forked = self.client.fork(session_id)
+        self.sessions.emit(self.client.sessions(limit=100))
+        self.do_switch(forked.session_id)
+
+    def do_delete_branch(self, session_id: str, message_id: str) -> None:
+        self.client.delete_branch(session_id, message_id)
+        self.do_switch(session_id)
+
+    def do_export(self, session_id: str, path: str) -> None:
+        from clients import transfer
+        from clients.manage import open_private
+        text = transfer.chatter_json(self.client.export(session_id))
+        try:
+            with open_private(path) as out:
+                out.write(text + "\n")
+        except OSError as exc:
+            raise ChatterError(f"cannot write {path}: {exc.strerror}") from None
+
+    def do_import(self, path: str) -> None:
+        from clients import transfer
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ChatterError(f"cannot read {path}: {exc.strerror}") from None
+        for incoming in transfer.read_file(path, data):  # checked whole first: a malformed file imports nothing
+            self.client.import_session(incoming.session, incoming.messages)
         self.sessions.emit(self.client.sessions(limit=100))
 
     def do_cancel(self) -> None:

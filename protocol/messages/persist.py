@@ -20,6 +20,16 @@ class ContinuedPrompt(msgspec.Struct, array_like=True):
     prompt_ref: Optional[dict] = None
 
 
+class Copied(msgspec.Struct, array_like=True):
+    """What a message copied whole (a fork, an import) has beside a new one's columns: it is written final."""
+
+    reasoning: str = ""
+    stats: Optional[dict] = None
+    error: Optional[str] = None
+    content_hash: Optional[str] = None
+    tool_calls: Optional[list[dict]] = None
+
+
 class CreateMessage(Message, tag=50):
     """Create a session (if new) and one message in it. Idempotent by message id."""
 
@@ -45,6 +55,10 @@ class CreateMessage(Message, tag=50):
     session_settings: Optional[dict] = None
     prompt_ref: Optional[dict] = None  # the prompt by reference (``MessageRecord.prompt_ref``), not a copy
     session_title_set: bool = False  # as ``SaveSession``'s
+    parent_id: Optional[str] = None  # the message it follows ("" for a first one); it becomes the active leaf
+    copied: Optional[Copied] = None  # a message copied whole (a fork, an import), written final at once
+    # the session's active leaf once it is written, when that is not this message (an import's, whatever its order)
+    session_active_leaf: Optional[str] = None
 
 
 class Append(Message, tag=51):
@@ -110,6 +124,7 @@ class SaveSession(Message, tag=55):
     session_model: Optional[str] = None
     session_settings: Optional[dict] = None
     session_title_set: bool = False  # the title was given by hand (``RenameSession``): kept over the automatic one
+    active_leaf: Optional[str] = None  # the last message of the active branch (None: the newest message)
 
 
 class SaveToolCalls(Message, tag=56):
@@ -128,8 +143,19 @@ class PurgeSessions(Message, tag=57):
     op_id: str
 
 
+class PurgeMessages(Message, tag=58):
+    """Delete these messages of one session (a branch) like a deleted session's: rows, chunk log, search entries,
+    and the session's active leaf set to ``active_leaf``. Answered by ``SessionsPurged`` with the same ``op_id``
+    (``deleted``: the message ids found)."""
+
+    session_id: str
+    message_ids: list[str]
+    active_leaf: Optional[str]
+    op_id: str
+
+
 PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession, SaveToolCalls,
-               PurgeSessions)
+               PurgeSessions, PurgeMessages)
 
 
 class PersistAck(Message, tag=60):

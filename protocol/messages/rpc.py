@@ -8,6 +8,7 @@ from msgspec import Meta
 
 from protocol import answers
 from protocol.codec import Int, Message
+from protocol.conversation import MessageRecord, SessionRecord
 
 
 # What enters through rpc is bounded here, at decode: a request out of range is refused with the field's
@@ -31,11 +32,15 @@ class NewSession(Message, tag=1):
 
 
 class Send(Message, tag=2):
+    """A user message and a reply to it, after the active branch's last message, or after ``after`` (a branch
+    from there: the gateway's ``previous_response_id``)."""
+
     req_id: Int
     session_id: Id
     text: str
     client_request_id: RequestKey
     model: Optional[ModelName] = None
+    after: Optional[Id] = None
 
 
 class Cancel(Message, tag=3):
@@ -173,6 +178,97 @@ class Search(Message, tag=16):
     limit: SearchLimit = 20
 
 
+# A message named in a request: its id, a unique prefix of one in the session, or its number on the session's
+# active branch as ``chatter history`` shows it (1 the first)
+MessageRef = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class EditMessage(Message, tag=17):
+    """A user message written again: a new message beside it (the same parent), on a branch of its own that
+    becomes the active one, and a reply streamed to it. The old branch is kept whole."""
+
+    req_id: Int
+    session_id: Id
+    message: MessageRef
+    text: str
+    client_request_id: RequestKey
+
+
+class SwitchBranch(Message, tag=18):
+    """Make the branch through a message active: its newest leaf. With ``sibling``, the branch through that
+    sibling of the message instead (0-based, oldest first: the window's < 2/3 > arrows). Answered once the
+    persister has applied it."""
+
+    req_id: Int
+    session_id: Id
+    message: MessageRef
+    sibling: Optional[Count] = None
+
+
+class ForkSession(Message, tag=19):
+    """A new session holding a copy of the active branch up to ``message`` (None: all of it), prompts and
+    stats included. Answered once the persister has applied it."""
+
+    req_id: Int
+    session_id: Id
+    message: Optional[MessageRef] = None
+
+
+class SessionTree(Message, tag=70):  # rpc goes on at 70: 20-66 are the other channels
+    """Every message of a session, every branch, as a tree's nodes (each with a first line of its text), paged
+    from node ``offset`` in the order they were written."""
+
+    req_id: Int
+    session_id: Id
+    offset: Count = 0
+
+
+class DeleteBranch(Message, tag=71):
+    """A message and every message after it on any branch, gone like a deleted session's (a reply streaming
+    there is stopped first); the rest of the session stays. Answered once the persister has applied it."""
+
+    req_id: Int
+    session_id: Id
+    message: MessageRef
+
+
+class ExportSession(Message, tag=72):
+    """A session whole, every branch and every field of its messages, paged like ``History``."""
+
+    req_id: Int
+    session_id: Id
+    message_id: Optional[Id] = None
+    offset: Count = 0
+    reasoning_offset: Count = 0
+
+
+IMPORT_PART_MESSAGES = 100_000  # messages one ``ImportSession`` carries, at most (a frame holds 4 MiB anyway)
+
+
+class ImportSession(Message, tag=73):
+    """A session given back whole (``chatter import``): in parts, each answered at once, the ``last`` one once
+    every message it adds is applied. Its ids are kept: a message the session has already is not written again,
+    so an import made twice makes no duplicates."""
+
+    req_id: Int
+    session: SessionRecord
+    messages: Annotated[list[MessageRecord], Meta(max_length=IMPORT_PART_MESSAGES)]
+    last: bool = True
+
+    @property
+    def session_id(self) -> str:  # the coordinator's shell reads the session first, as for any request naming one
+        return self.session.session_id
+
+
+class ReplyOf(Message, tag=74):
+    """The snapshot of one reply named by its message id, paged as ``Snapshot``'s (the gateway's response ids)."""
+
+    req_id: Int
+    message_id: Id
+    offset: Count = 0
+    reasoning_offset: Count = 0
+
+
 class Reply(Message, tag=9):
     """The coordinator's answer to any rpc request."""
 
@@ -183,4 +279,5 @@ class Reply(Message, tag=9):
 
 
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
-                ConfigureSession, ResolveSession, Continue, RenameSession, DeleteSessions, Search)
+                ConfigureSession, ResolveSession, Continue, RenameSession, DeleteSessions, Search, EditMessage,
+                SwitchBranch, ForkSession, SessionTree, DeleteBranch, ExportSession, ImportSession, ReplyOf)

@@ -67,12 +67,14 @@ class StreamToolCall(Message, tag=23):
 
 
 class SessionChanged(Message, tag=24):
-    """The session itself changed, once the persister applied it: ``renamed`` (its ``title`` now) or ``deleted``
-    (a watcher of it is told, and ends), so that every window on one session agrees."""
+    """The session itself changed, once the persister applied it: ``renamed`` (its ``title`` now), ``deleted`` (a
+    watcher of it is told, and ends), ``branched`` (its active branch is another: a switch, an edit, a branch
+    deleted; ``message_id`` is its leaf now), so that every window on one session agrees."""
 
     session_id: str
-    change: str  # "renamed" or "deleted"
+    change: str  # "renamed", "deleted" or "branched"
     title: str = ""
+    message_id: str = ""
 
 
 STREAM_EVENTS = (Started, StreamDelta, Final, StreamToolCall, SessionChanged)

@@ -132,7 +132,7 @@ class CoordinatorShell:
             query, session_id, limit = msg.query, msg.session_id, msg.limit
             return (f"search {msg.req_id} {id(msg)}",
                     lambda: ("hits", (msg, store.search_messages(store.db_proxy.obj, query, session_id, limit))))
-        if isinstance(msg, m.Preview) and msg.message_id not in self.machine.message_sessions:
+        if isinstance(msg, (m.Preview, m.ReplyOf)) and msg.message_id not in self.machine.message_sessions:
             return f"message {msg.message_id}", lambda: ("session", _session_of_message(msg.message_id))
         session_id = getattr(msg, "session_id", None)
         if session_id and session_id not in self.machine.sessions and session_id not in self.machine.book.gone:

@@ -126,9 +126,9 @@ class Adoption:
     def _rebuild(self, sess, record, generator_id: str | None, now: float, out: list) -> GenerationState:
         """A generation of a stored streaming row, taken over by this coordinator: from its generator
         (``generator_id``, then it catches up), or, without one, queued again from its frozen prompt."""
-        gen = GenerationState(record.generation_id, sess.session_id, record.message_id,
-                              package_of(sess.history, record, self.count_tokens), record, Asked(record.created_at),
-                              status="streaming")
+        prompt = package_of(sess.lineage(record.message_id), record, self.count_tokens)
+        gen = GenerationState(record.generation_id, sess.session_id, record.message_id, prompt, record,
+                              Asked(record.created_at), status="streaming")
         st = gen.stream
         st.generator_id, st.started_at, st.run_started_at, st.last_delta_at = generator_id, record.created_at, now, now
         st.adopted, st.catching_up = True, generator_id is not None

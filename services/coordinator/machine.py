@@ -5,8 +5,9 @@ socket, a clock or the database. ``Coordinator`` composes parts that each own th
 need: ``book.SessionBook`` (the sessions in memory), ``generators.Generators`` (who streams, what their servers
 told), ``persistence.PersistTracker`` (what the persister has), ``stream.Streams`` (the replies under way: seq
 checks, coalescing, checkpoints, finalize, liveness), ``continuing.Continuation`` (going on after a fault),
-``requests.Requests`` (what clients ask to change), ``views.Views`` (what they ask to read) and
-``adoption.Adoption`` (a restarted coordinator taking over the replies in flight). Here: the dispatch tables and
+``requests.Requests`` (what clients ask to change), ``changes.SessionChanges`` (rename, delete, branches, fork:
+answered once applied), ``imports.Imports`` (sessions given back whole), ``views.Views`` (what they ask to read)
+and ``adoption.Adoption`` (a restarted coordinator taking over the replies in flight). Here: the dispatch tables and
 the timers.
 """
 from __future__ import annotations
@@ -21,14 +22,16 @@ from services.coordinator.effects import (LoadSessionOfGeneration, Log, ReplyTo,
                                           ToControl, ToGenerators, ToPersister, content_hash, new_id, new_ordered_id)
 from services.coordinator.generation import GenerationState
 from services.coordinator.generators import Generators
+from services.coordinator.imports import Imports
 from services.coordinator.persistence import PersistTracker
 from services.coordinator.requests import Requests
 from services.coordinator.stream import Streams
 from services.coordinator.views import Health, Views
 
 # what the shell and the tests take from here: the machine, its settings, and the effects it returns
-# the persister's answers after which a rename may be applied (its save, or a message's create that carries it)
-RENAME_SETTLED_BY = (m.SessionSaved, m.PersistAck, m.PersistRejected)
+# the persister's answers after which a change of a session may be applied (its save, or a message's create that
+# carries the same row)
+CHANGE_SETTLED_BY = (m.SessionSaved, m.PersistAck, m.PersistRejected)
 
 __all__ = ["Coordinator", "Settings", "Log", "LoadSessionOfGeneration", "ReplyTo", "RequestRefused", "ToClients",
            "ToControl", "ToGenerators", "ToPersister", "content_hash", "new_id", "new_ordered_id", "GenerationState"]
@@ -59,7 +62,8 @@ class Coordinator:
                                  self.generators, self.persisted)
         self.views = Views(settings, count_tokens, self.book, self.streams, self.generators, self.persisted,
                            self.counters, self.health)
-        self.changes = SessionChanges(settings, new_id, self.book, self.streams, self.persisted)
+        self.changes = SessionChanges(settings, new_id, new_ordered_id, self.book, self.streams, self.persisted)
+        self.imports = Imports(settings, self.book, self.persisted, self.changes)
         self.waiters: dict[tuple, list[tuple[bytes, int]]] = {}  # a deferred answer's key -> who asked
         self._housekeeping_at = 0.0
         self._heartbeat_at = 0.0
@@ -70,6 +74,9 @@ class Coordinator:
             m.Snapshot: v.on_snapshot, m.Status: v.on_status, m.History: v.on_history, m.Preview: v.on_preview,
             m.Sessions: v.on_sessions, m.ResolveSession: v.on_resolve, m.Search: v.on_search,
             m.RenameSession: self.changes.on_rename, m.DeleteSessions: self.changes.on_delete,
+            m.EditMessage: r.on_edit, m.SwitchBranch: self.changes.on_switch, m.ForkSession: self.changes.on_fork,
+            m.SessionTree: v.on_tree, m.DeleteBranch: self.changes.on_delete_branch,
+            m.ExportSession: v.on_export, m.ImportSession: self.imports.on_import, m.ReplyOf: v.on_reply_of,
         }
         self._event_handlers = {
             m.GenStarted: s.on_started, m.GenDelta: s.on_delta, m.GenDone: s.on_done,
@@ -130,8 +137,8 @@ class Coordinator:
     def handle_event(self, msg: m.Message, now: float) -> list:
         out: list = []
         self._event_handlers[type(msg)](msg, now, out)
-        if self.changes.renames and type(msg) in RENAME_SETTLED_BY:
-            self._answer(self.changes.renamed(out), out)
+        if self.changes.waiting and type(msg) in CHANGE_SETTLED_BY:
+            self._answer(self.changes.settled(out), out)
         return out
 
     def _answer(self, done: list[tuple[tuple, answers.Result]], out: list) -> None:

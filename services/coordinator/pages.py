@@ -15,6 +15,7 @@ from protocol.conversation import MessageView
 
 _encode = msgspec.msgpack.encode
 SESSIONS_PAGE = 2000  # summaries a page: a title is at most a few hundred bytes
+TREE_PAGE = 5000  # a tree's nodes a page: each at most ~470 bytes (its line is 80 characters)
 
 
 class TooLargeToPage(ValueError):

@@ -73,10 +73,10 @@ class PersistTracker:
         if entry is not None and (saved_at is None or entry[0].created_at <= saved_at):
             del self.sessions[session_id]
 
-    def purge(self, op: m.PurgeSessions, message_ids: list[str], now: float) -> m.PurgeSessions:
-        """Sessions deleted: nothing of theirs is resent from now on (their messages' operations and saves), and
-        the deletion is resent until the persister answers ``SessionsPurged``."""
-        for session_id in op.session_ids:
+    def purge(self, op: m.PurgeSessions | m.PurgeMessages, message_ids: list[str], now: float):
+        """Sessions (or a branch's messages) deleted: nothing of theirs is resent from now on (their messages'
+        operations, a session's saves), and the deletion is resent until the persister answers ``SessionsPurged``."""
+        for session_id in getattr(op, "session_ids", ()):
             self.sessions.pop(session_id, None)
         for message_id in message_ids:
             self.states.pop(message_id, None)

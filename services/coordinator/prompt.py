@@ -6,11 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from protocol.lifecycle import NOT_PROMPTED
-from protocol.conversation import THINK_CLOSE, THINK_OPEN, MessageRecord
-
-# Replies with these statuses are shown in history but never sent to the model again.
-EXCLUDED_FROM_PROMPT = NOT_PROMPTED
+from protocol.conversation import MessageRecord, in_prompt, prompt_content, prompt_message
 
 
 def canonical_bytes(messages: list[dict], model: str, params: dict) -> bytes:
@@ -141,11 +137,11 @@ def sent_params(record: MessageRecord) -> dict:
     return params | VLLM_FIELDS if tail is not None and tail["style"] == "vllm" else params
 
 
-def package_of(history: list[MessageRecord], record: MessageRecord, count_tokens) -> PromptPackage:
+def package_of(lineage: list[MessageRecord], record: MessageRecord, count_tokens) -> PromptPackage:
     """The frozen prompt of a stored reply, exactly as it was sent, built again from its session (``rebuild``):
     for a generation that a restarted coordinator adopts, and for a reply to continue. Its budget is not
     stored, so it reads 0 (none)."""
-    messages, dropped, _ = rebuild(history, record)
+    messages, dropped, _ = rebuild(lineage, record)
     model, params = record.model or "", sent_params(record)
     tokens = sum(count_tokens(msg["content"], model) + TOKENS_PER_MESSAGE for msg in messages) + REPLY_PRIMING_TOKENS
     return PromptPackage(
@@ -158,10 +154,12 @@ def package_of(history: list[MessageRecord], record: MessageRecord, count_tokens
 
 
 def rebuild(history: list[MessageRecord], record: MessageRecord) -> tuple[list[dict], list[str], str | None]:
-    """The prompt of ``record`` (a reply of this session) as it was sent, from its reference: the system
+    """The prompt of ``record`` (a reply; ``history`` its lineage, the messages from the session's first to it:
+    ``SessionState.lineage``) as it was sent, from its reference: the system
     prompt it had, the user message it answered and the turns before it that were in the prompt, but for the
     oldest ``dropped`` of them, with their thinking or not; and a continuation's reply so far (its first
-    ``length`` characters) as the trailing assistant message. Nothing is edited in place, so this is exact;
+    ``length`` characters) as the trailing assistant message. Nothing is edited in place, and a message's
+    ancestors never change (an edit is a new branch), so this is exact;
     where a message it needs is gone, the third value says so (and the messages are what could be found).
     Returns (messages, the ids left out, the problem or None). A reply stored by an earlier version kept a
     copy of its prompt: that is returned as it is."""
@@ -194,33 +192,10 @@ def tool_calls_of(messages: list[dict]) -> tuple:
     return tuple((i, tuple(msg["tool_calls"])) for i, msg in enumerate(messages) if msg.get("tool_calls"))
 
 
-def prompt_message(record: MessageRecord, keep_thinking: bool) -> dict:
-    """A message of the session as a prompt carries it: a reply that called tools with its calls, as OpenAI's
-    API takes them back."""
-    message = {"role": record.role, "content": prompt_content(record, keep_thinking)}
-    if record.tool_calls:
-        message["tool_calls"] = [dict(call) for call in record.tool_calls]
-    return message
-
-
-def in_prompt(record: MessageRecord) -> bool:
-    """User turns always count; a reply only if it completed and was not superseded."""
-    if record.role != "assistant":
-        return True
-    return record.status not in EXCLUDED_FROM_PROMPT and not record.superseded
-
-
-def prompt_content(record: MessageRecord, keep_thinking: bool) -> str:
-    """What a message says in a prompt. An earlier reply's thinking is left out, as DeepSeek and Qwen advise
-    (their chat templates drop it too); kept, it goes inline before the answer, as the model wrote it."""
-    if keep_thinking and record.reasoning:
-        return f"{THINK_OPEN}{record.reasoning}{THINK_CLOSE}{record.content}"
-    return record.content
-
-
 def assemble(system: str | None, history: list[MessageRecord], user_text: str, model: str, params: dict,
              count_tokens, max_input_tokens: int = 0, keep_thinking: bool = False) -> PromptPackage:
-    """System prompt, the history without cancelled/errored/superseded replies, then the newest user turn.
+    """System prompt, ``history`` (the branch the new turn follows) without cancelled or errored replies, then the
+    newest user turn.
 
     When it does not fit ``max_input_tokens``, the oldest turns (a user message and its replies) are
     left out whole; the system prompt and the newest turn always stay. ``count_tokens`` is injected

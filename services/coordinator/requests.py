@@ -56,9 +56,7 @@ class Requests:
     def _save_session(self, sess: SessionState, now: float) -> ToPersister:
         """The session's row as it stands, resent until the persister has it."""
         sess.saved = True
-        op = m.SaveSession(sess.session_id, sess.title, sess.system, sess.max_input_tokens, now, sess.model,
-                           sess.settings(), sess.title_set)
-        return ToPersister(self.persisted.save_session(op, now))
+        return ToPersister(self.persisted.save_session(sessions.save_op(sess, now), now))
 
     def on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> answers.Result:
         """Takes effect from the next prompt (a reply under way keeps its frozen prompt), and is saved at once
@@ -100,41 +98,66 @@ class Requests:
         self._check_text("the request id", msg.client_request_id)
         if msg.client_request_id in sess.request_ids:
             return self._request_result(sess, msg.client_request_id)  # a retry never starts a second generation
-        if sess.active_generation is not None:
-            raise RequestRefused(f"a reply is already streaming in session {sess.session_id}; cancel it first")
-        if not msg.text.strip():
-            raise RequestRefused("empty message")
-        self._check_text("the message", msg.text)
-        self._check_text("the model name", msg.model)
-        prompt = self._assemble(sess, sess.history, msg.text, msg.model)
-        if not sess.title:
-            sess.title = sessions.auto_title(msg.text)
-        user = sessions.user_record(self.new_ordered_id(), sess.session_id, msg.text, now)
-        prompt = with_user(prompt, user.message_id)
-        sess.history.append(user)
-        self.book.message_sessions[user.message_id] = sess.session_id
-        out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
-        return self._start_generation(sess, prompt, now, out, msg.client_request_id, supersedes=[])
+        if msg.after is not None and sess.record(msg.after) is None:
+            raise RequestRefused(f"no message {msg.after} in session {sess.session_id}")
+        after = msg.after if msg.after is not None else sess.leaf or ""
+        return self._ask(sess, after, msg.text, msg.model, now, out, msg.client_request_id)
 
-    def on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> answers.Result:
+    def on_edit(self, msg: m.EditMessage, now: float, out: list) -> answers.Result:
+        """A user message written again: the new one beside it (its parent's child too), and a reply to it."""
         sess = self.book.get(msg.session_id)
         self._check_text("the request id", msg.client_request_id)
         if msg.client_request_id in sess.request_ids:
             return self._request_result(sess, msg.client_request_id)
-        last_user = sess.last_user_index()
-        if last_user is None:
+        edited = self._find(sess, msg.message)
+        if edited.role != "user":
+            raise RequestRefused(f"message {edited.message_id} is the model's reply: only your own messages can "
+                                 "be edited (regenerate makes a new reply)")
+        return self._ask(sess, edited.parent_id or "", msg.text, None, now, out, msg.client_request_id)
+
+    def _ask(self, sess: SessionState, parent_id: str, text: str, model: str | None, now: float, out: list,
+             client_request_id: str) -> answers.ReplyStarted:
+        """A user message after ``parent_id`` ("" first), on the active branch from now on, and a reply to it."""
+        if sess.active_generation is not None:
+            raise RequestRefused(f"a reply is already streaming in session {sess.session_id}; cancel it first")
+        if not text.strip():
+            raise RequestRefused("empty message")
+        self._check_text("the message", text)
+        self._check_text("the model name", model)
+        prompt = self._assemble(sess, sess.lineage(parent_id), text, model)
+        if not sess.title:
+            sess.title = sessions.auto_title(text)
+        user = sessions.user_record(self.new_ordered_id(), sess.session_id, text, now, parent_id)
+        prompt = with_user(prompt, user.message_id)
+        sess.add_record(user)
+        self.book.message_sessions[user.message_id] = sess.session_id
+        out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
+        return self._start_generation(sess, prompt, now, out, client_request_id)
+
+    def _find(self, sess: SessionState, ref: str):
+        try:
+            return sess.find(ref)
+        except ValueError as exc:
+            raise RequestRefused(str(exc)) from None
+
+    def on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> answers.Result:
+        """A new reply to the active branch's last user message, beside the replies it has (they are kept, on
+        branches of their own); a reply streaming in the session is stopped first."""
+        sess = self.book.get(msg.session_id)
+        self._check_text("the request id", msg.client_request_id)
+        if msg.client_request_id in sess.request_ids:
+            return self._request_result(sess, msg.client_request_id)
+        user = sess.last_user()
+        if user is None:
             raise RequestRefused("nothing to regenerate: the session has no message yet")
+        # validate before touching anything: a prompt that no longer fits leaves the session as it was
+        lineage = sess.lineage(user.message_id)
+        prompt = with_user(self._assemble(sess, lineage[:-1], user.content, None), user.message_id)
         active = self.streams.active.get(sess.active_generation or "")
         if active is not None:
             self.streams.finalize(active, "cancelled", now, out)
-        # validate before touching anything: a prompt that no longer fits leaves the history as it was
-        prompt = with_user(self._assemble(sess, sess.history[:last_user], sess.history[last_user].content, None),
-                           sess.history[last_user].message_id)
-        replaced = [r for r in sess.history[last_user + 1:] if r.role == "assistant" and not r.superseded]
-        for record in replaced:
-            record.superseded = True
-        return self._start_generation(sess, prompt, now, out, msg.client_request_id,
-                                      supersedes=[r.message_id for r in replaced])
+        sess.leaf = user.message_id  # the new reply follows it
+        return self._start_generation(sess, prompt, now, out, msg.client_request_id)
 
     def on_continue(self, msg: m.Continue, now: float, out: list) -> answers.Result:
         """The session's last reply goes on where it was cut: the same message, offsets continuing from its
@@ -160,7 +183,8 @@ class Requests:
         if style == "none":
             raise RequestRefused(f"this server cannot continue a reply ({why}); if it can, set "
                                  "CHATTER_CONTINUE_STYLE=vllm, prefill or prefix (or /config continue_style=...)")
-        base = dataclasses.replace(original_of(package_of(sess.history, record, self.count_tokens), self.count_tokens),
+        sent = package_of(sess.lineage(record.message_id), record, self.count_tokens)
+        base = dataclasses.replace(original_of(sent, self.count_tokens),
                                    max_input_tokens=self.generators.budget(sess, record.model))
         try:
             prompt = continuation(base, record.content, style, self.count_tokens, record.message_id)
@@ -209,11 +233,13 @@ class Requests:
             raise RequestRefused(str(exc)) from None
 
     def _start_generation(self, sess: SessionState, prompt: PromptPackage, now: float, out: list,
-                          client_request_id: str, supersedes: list[str]) -> answers.ReplyStarted:
-        """A new assistant message and its generation: persisted, announced, dispatched."""
+                          client_request_id: str) -> answers.ReplyStarted:
+        """A new assistant message after the active branch's last, and its generation: persisted, announced,
+        dispatched."""
         message_id, gen_id = self.new_ordered_id(), self.new_ordered_id()
-        record = sessions.assistant_record(message_id, sess.session_id, gen_id, prompt, now, client_request_id or None)
-        sess.history.append(record)
+        record = sessions.assistant_record(message_id, sess.session_id, gen_id, prompt, now, client_request_id or None,
+                                           sess.leaf or "")
+        sess.add_record(record)
         self.book.touch(sess, now)
         self.book.message_sessions[message_id] = sess.session_id
         gen = GenerationState(gen_id, sess.session_id, message_id, prompt, record, Asked(now, sess.stream))
@@ -221,9 +247,7 @@ class Requests:
         sess.active_generation = gen_id
         if client_request_id:
             sess.request_ids[client_request_id] = message_id
-        create = self._create_op(sess, record, now)
-        create.supersedes = supersedes or None
-        out.append(ToPersister(self.persisted.create(create, now)))
+        out.append(ToPersister(self.persisted.create(self._create_op(sess, record, now), now)))
         out.append(ToClients(sess.session_id, started(sess.session_id, gen_id, message_id, prompt)))
         self.streams.dispatch(gen, now, out)
         out.append(Log("generation_queued", {"session_id": sess.session_id, "generation_id": gen_id,
@@ -241,7 +265,8 @@ class Requests:
             model=rec.model, params=dict(sess.params) if assistant else None,
             client_request_id=rec.client_request_id, supersedes=None,
             session_max_input_tokens=sess.max_input_tokens,
-            session_model=sess.model, session_settings=sess.settings(), session_title_set=sess.title_set)
+            session_model=sess.model, session_settings=sess.settings(), session_title_set=sess.title_set,
+            parent_id=rec.parent_id)
 
     def _request_result(self, sess: SessionState, client_request_id: str) -> answers.ReplyStarted:
         return self._result(sess, sess.record(sess.request_ids[client_request_id]))

@@ -1,11 +1,13 @@
-"""The coordinator's read-only answers: a reply's snapshot, a session's history, the sessions list, a prefix
-resolved, a reply's exact prompt, and status. A part of ``machine.Coordinator``, given what it reads; pure, like
-all of the machine. Each answer that can grow with the data is a page (``pages.py``)."""
+"""The coordinator's read-only answers: a reply's snapshot, a session's history (its active branch), its tree, the
+session whole (an export), the sessions list, a prefix resolved, a reply's exact prompt, and status. A part of
+``machine.Coordinator``, given what it reads; pure, like all of the machine. Each answer that can grow with the data is a page (``pages.py``)."""
 from __future__ import annotations
 
 import heapq
 import itertools
 from dataclasses import dataclass
+
+import msgspec
 
 from protocol import messages as m, answers
 from protocol.conversation import DROPPED_SHOWN
@@ -61,12 +63,7 @@ class Views:
         sess = self.book.get(msg.session_id)
         gen = self.streams.active.get(msg.generation_id or sess.active_generation or "")
         if gen is not None and gen.session_id == sess.session_id:
-            return answers.Snapshot(generation_id=gen.generation_id, message_id=gen.message_id, status=gen.status,
-                                    text=gen.text()[:gen.answer.client_len], final=False,
-                                    stats=stats(gen, now), prompt_hash=gen.prompt.prompt_hash,
-                                    user_text=sess.user_text_before(gen.message_id),
-                                    reasoning=gen.thinking.text()[:gen.thinking.client_len],
-                                    tool_calls=gen.tool_calls)
+            return self._live_snapshot(sess, gen, now)
         if msg.generation_id:
             record = next((r for r in sess.history if r.generation_id == msg.generation_id), None)
         else:
@@ -74,7 +71,30 @@ class Views:
         if record is None:
             if msg.generation_id:
                 raise RequestRefused(f"no generation {msg.generation_id} in session {sess.session_id}")
-            return answers.Snapshot(generation_id=None, message_id=None, status=None, text="", final=True, stats={})
+            return answers.Snapshot(generation_id=None, message_id=None, status=None, text="", final=True, stats={},
+                                    session_id=sess.session_id)
+        return self._stored_snapshot(sess, record)
+
+    def on_reply_of(self, msg: m.ReplyOf, now: float, out: list) -> answers.Result:
+        """The snapshot of one reply named by its message id (the gateway's response id): live, or as stored."""
+        sess = self.book.of_message(msg.message_id)
+        record = sess.record(msg.message_id) if sess else None
+        if record is None or record.role != "assistant":
+            raise RequestRefused(f"no reply {msg.message_id}")
+        gen = self.streams.active.get(record.generation_id or "")
+        snap = self._live_snapshot(sess, gen, now) if gen is not None else self._stored_snapshot(sess, record)
+        return pages.snapshot_page(snap, msg.offset, msg.reasoning_offset)
+
+    def _live_snapshot(self, sess, gen, now: float) -> answers.Snapshot:
+        return answers.Snapshot(generation_id=gen.generation_id, message_id=gen.message_id, status=gen.status,
+                                text=gen.text()[:gen.answer.client_len], final=False,
+                                stats=stats(gen, now), prompt_hash=gen.prompt.prompt_hash,
+                                user_text=sess.user_text_before(gen.message_id),
+                                reasoning=gen.thinking.text()[:gen.thinking.client_len],
+                                tool_calls=gen.tool_calls, session_id=sess.session_id,
+                                created_at=gen.record.created_at, model=gen.prompt.model)
+
+    def _stored_snapshot(self, sess, record: m.MessageRecord) -> answers.Snapshot:
         return answers.Snapshot(generation_id=record.generation_id, message_id=record.message_id,
                                 status=record.status, text=record.content,
                                 # a reply read as streaming after a restart may yet be adopted: not final
@@ -83,7 +103,8 @@ class Views:
                                 stats=record.stats,
                                 error=record.error, prompt_hash=record.prompt_hash, superseded=record.superseded,
                                 user_text=sess.user_text_before(record.message_id), reasoning=record.reasoning,
-                                tool_calls=record.tool_calls)
+                                tool_calls=record.tool_calls, session_id=sess.session_id,
+                                created_at=record.created_at, model=record.model)
 
     def on_status(self, msg: m.Status, now: float, out: list) -> answers.Result:
         context = None
@@ -122,28 +143,71 @@ class Views:
     def on_history(self, msg: m.History, now: float, out: list) -> answers.Result:
         """A page of the session's messages, from ``msg.message_id`` (the first when None) on."""
         sess = self.book.get(msg.session_id)
-        start = 0
+        path, start = sess.path(), 0
         if msg.message_id is not None:
-            start = next((i for i, r in enumerate(sess.history) if r.message_id == msg.message_id), -1)
+            start = next((i for i, r in enumerate(path) if r.message_id == msg.message_id), -1)
             if start < 0:
-                raise RequestRefused(f"message {msg.message_id} is not in session {sess.session_id}: it changed "
-                                     "since the page before; read its history again")
+                raise RequestRefused(f"message {msg.message_id} is not on the active branch of session "
+                                     f"{sess.session_id}: it changed since the page before; read its history again")
         head = answers.History(session_id=sess.session_id, title=sess.title, system=sess.system,
                                max_input_tokens=self.generators.budget(sess), messages=[])
-        views = (self._client_view(record) for record in sess.history[start:])
+        views = (self._client_view(sess, record) for record in path[start:])
         try:
             return pages.history_page(head, views, msg.offset, msg.reasoning_offset)
         except pages.TooLargeToPage as exc:
             raise RequestRefused(str(exc)) from None
 
-    def _client_view(self, record: m.MessageRecord):
-        """A history record as clients see it: a streaming reply with the text they were sent of it."""
+    def _client_view(self, sess, record: m.MessageRecord):
+        """A history record as clients see it: its place among its siblings, and a streaming reply with the text
+        they were sent of it."""
         gen = self.streams.active.get(record.generation_id or "")
         if gen is None:
-            return record.client_view()
-        view = record.client_view(gen.text()[:gen.answer.client_len], gen.thinking.text()[:gen.thinking.client_len])
-        view.tool_calls = gen.tool_calls
+            view = record.client_view()
+        else:
+            view = record.client_view(gen.text()[:gen.answer.client_len],
+                                      gen.thinking.text()[:gen.thinking.client_len])
+            view.tool_calls = gen.tool_calls
+        siblings = sess.siblings(record)
+        view.sibling_index, view.sibling_count = siblings.index(record.message_id), len(siblings)
         return view
+
+    def on_export(self, msg: m.ExportSession, now: float, out: list) -> answers.Result:
+        """A page of the session whole: every message of every branch in the order they were written, with every
+        field (a reply under way with the text sent of it so far), from ``msg.message_id`` on."""
+        sess = self.book.get(msg.session_id)
+        start = 0
+        if msg.message_id is not None:
+            start = next((i for i, r in enumerate(sess.history) if r.message_id == msg.message_id), -1)
+            if start < 0:
+                raise RequestRefused(f"message {msg.message_id} is not in session {sess.session_id}: it changed "
+                                     "since the page before; export it again")
+        head = answers.SessionExport(session=sessions.session_record(sess), messages=[])
+        records = (self._exported(record) for record in sess.history[start:])
+        try:
+            return pages.history_page(head, records, msg.offset, msg.reasoning_offset)
+        except pages.TooLargeToPage as exc:
+            raise RequestRefused(str(exc)) from None
+
+    def _exported(self, record: m.MessageRecord) -> m.MessageRecord:
+        gen = self.streams.active.get(record.generation_id or "")
+        if gen is None:
+            return record
+        return msgspec.structs.replace(record, content=gen.text()[:gen.answer.client_len],
+                                       reasoning=gen.thinking.text()[:gen.thinking.client_len],
+                                       tool_calls=gen.tool_calls)
+
+    def on_tree(self, msg: m.SessionTree, now: float, out: list) -> answers.Result:
+        """A page of the session's tree: every message from ``offset``, in the order they were written."""
+        sess = self.book.get(msg.session_id)
+        on_path = {r.message_id for r in sess.path()}
+        page = sess.history[msg.offset:msg.offset + pages.TREE_PAGE]
+        nodes = [answers.TreeNode(message_id=r.message_id, parent_id=r.parent_id or "", role=r.role,
+                                  status=r.status, created_at=r.created_at, line=first_line(r.content),
+                                  active=r.message_id in on_path) for r in page]
+        end = msg.offset + len(page)
+        return answers.Tree(session_id=sess.session_id, title=sess.title, leaf_id=sess.leaf or "", nodes=nodes,
+                            offset=msg.offset, total=len(sess.history),
+                            next=end if end < len(sess.history) else None)
 
     def on_sessions(self, msg: m.Sessions, now: float, out: list) -> answers.Result:
         """A page of the most recently active sessions: the database's (read by the shell first, one more than
@@ -199,7 +263,7 @@ class Views:
             messages, preview = gen.prompt.wire_messages(), gen.prompt.preview
             dropped = list(gen.prompt.dropped_message_ids)
         else:
-            messages, dropped, problem = rebuild(sess.history, record)
+            messages, dropped, problem = rebuild(sess.lineage(record.message_id), record)
             params = sent_params(record)
             preview = record.preview or render_preview(messages, params)
             if problem is None and record.prompt_hash and \
@@ -213,6 +277,12 @@ class Views:
                                 thinking_left_out=left_out, exact=problem is None,
                                 problem=problem)
         return pages.preview_page(whole, msg.preview_offset, msg.index, msg.offset)
+
+
+def first_line(text: str) -> str:
+    """A message's first line that has words, as a tree shows it: cut to ``answers.TREE_LINE_CHARS``."""
+    line = sessions.first_words(text)
+    return line if len(line) <= answers.TREE_LINE_CHARS else line[:answers.TREE_LINE_CHARS - 1] + "…"
 
 
 def _ms_since(then: float | None, now: float) -> int | None:

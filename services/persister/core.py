@@ -87,10 +87,11 @@ class ClearLog:
 
 @dataclass(slots=True)
 class PurgeRows:
-    """Delete sessions, their messages and the chunk log's appends of them (``store.purge_sessions``); the shell
-    fills in what it found, and answers ``SessionsPurged`` once the transaction commits."""
+    """Delete sessions, their messages and the chunk log's appends of them (``store.purge_sessions``), or a branch's
+    messages (``store.purge_messages``); the shell fills in what it found, and answers ``SessionsPurged`` once the
+    transaction commits."""
 
-    op: m.PurgeSessions
+    op: m.PurgeSessions | m.PurgeMessages
     found: list[str] = field(default_factory=list)
     message_ids: list[str] = field(default_factory=list)
 
@@ -132,8 +133,8 @@ class OpenMessage:
         return "".join(self.parts[thinking])
 
 
-RELEASE_ALL = (m.InterruptOrphans, m.PurgeSessions)  # what takes every held append with it, in order
-NOT_OF_A_MESSAGE = (m.InterruptOrphans, m.SaveSession, m.PurgeSessions)  # operations with no ``message_id``
+RELEASE_ALL = (m.InterruptOrphans, m.PurgeSessions, m.PurgeMessages)  # what takes every held append with it, in order
+NOT_OF_A_MESSAGE = (m.InterruptOrphans, m.SaveSession, m.PurgeSessions, m.PurgeMessages)  # no ``message_id``
 
 
 class AppendHold:
@@ -265,7 +266,7 @@ class PersisterCore:
             elif isinstance(op, m.SaveSession):
                 plan.writes.append(UpsertSession(op))
                 plan.answers.append(m.SessionSaved(op.session_id, op.created_at))
-            elif isinstance(op, m.PurgeSessions):
+            elif isinstance(op, (m.PurgeSessions, m.PurgeMessages)):
                 plan.writes.append(PurgeRows(op))  # answered by the shell, with what it found
         if chunks:
             self._flush_chunks(plan, chunks)
@@ -319,7 +320,7 @@ class PersisterCore:
             if op.status == Status.STREAMING:
                 self.open[op.message_id] = OpenMessage()
             else:
-                self._remember_final(op.message_id, (len(op.content), 0))
+                self._remember_final(op.message_id, (len(op.content), len(op.copied.reasoning) if op.copied else 0))
         plan.acks[op.message_id] = self._ack(op.message_id)
 
     def _finalize(self, op: m.Finalize, plan: Plan) -> None:

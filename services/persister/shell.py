@@ -198,8 +198,11 @@ class PersisterShell:
         for purge in purges:
             self.core.forget_messages(purge.message_ids)
             plan.answers.append(m.SessionsPurged(purge.op.op_id, purge.found))
-            self.log.info("sessions_deleted", asked=len(purge.op.session_ids), deleted=len(purge.found),
-                          messages=len(purge.message_ids))
+            if type(purge.op) is m.PurgeMessages:
+                self.log.info("branch_deleted", session_id=purge.op.session_id, messages=len(purge.found))
+            else:
+                self.log.info("sessions_deleted", asked=len(purge.op.session_ids), deleted=len(purge.found),
+                              messages=len(purge.message_ids))
         if purges:
             self.scrub()
         replies = [m.PersistAck(message_id, length, finalized, reasoning_length).encode()
@@ -379,7 +382,10 @@ WRITES = {
 
 
 def _purge(db, w: core.PurgeRows) -> None:
-    w.found, w.message_ids = store.purge_sessions(db, w.op.session_ids)
+    if type(w.op) is m.PurgeMessages:
+        w.found = w.message_ids = store.purge_messages(db, w.op.session_id, w.op.message_ids, w.op.active_leaf)
+    else:
+        w.found, w.message_ids = store.purge_sessions(db, w.op.session_ids)
 
 
 def write_plan(db, writes: list) -> None:

@@ -32,6 +32,26 @@ def purge_sessions(db: peewee.Database, session_ids: list[str]) -> tuple[list[st
     return [session_id for session_id in session_ids if session_id in found], message_ids
 
 
+def purge_messages(db: peewee.Database, session_id: str, message_ids: list[str], active_leaf: str | None) -> list[str]:
+    """Delete these messages of a session (a branch) like ``purge_sessions`` does a session's, inside the caller's
+    transaction, and set the session's active leaf; returns the ids found, in the order asked."""
+    found: set[str] = set()
+    for start in range(0, len(message_ids), IN_BATCH):
+        batch = message_ids[start:start + IN_BATCH]
+        found.update(row[0] for row in _rows_in(db, 'SELECT "id" FROM "message"', "id", batch,
+                                                f' AND "session_id" = {db.param}', [session_id]))
+    purge_log_entries(db, found)
+    ordered = [message_id for message_id in message_ids if message_id in found]
+    for start in range(0, len(ordered), IN_BATCH):
+        batch = ordered[start:start + IN_BATCH]
+        db.execute_sql(f'DELETE FROM "message" WHERE "id" IN ({", ".join([db.param] * len(batch))})', batch)
+    db.execute_sql(f'UPDATE "session" SET "active_leaf" = {db.param} WHERE "id" = {db.param}',
+                   (active_leaf, session_id))
+    if found:
+        search.optimize(db)
+    return ordered
+
+
 def purge_log_entries(db: peewee.Database, message_ids: set[str]) -> int:
     """The chunk log's appends of these messages, gone: a row that holds only theirs is deleted, one that holds
     others' too is written again without them (its id, the log's order, stays). Returns the rows changed."""

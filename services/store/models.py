@@ -38,6 +38,9 @@ class Session(BaseModel):
     settings = JSONField(null=True)  # the rest of ``/config``: params, stream, continue_style
     # given by hand (``chatter rename``): kept over the automatic one; NULL (a row written without it) is False
     title_set = peewee.BooleanField(null=True, default=False)
+    # the last message of the active branch (DESIGN.md, "Sessions are trees"); NULL: the newest message that an
+    # earlier version did not supersede
+    active_leaf = peewee.CharField(max_length=64, null=True)
 
 
 class Message(BaseModel):
@@ -68,6 +71,9 @@ class Message(BaseModel):
     # with the square of its length (docs/PERFORMANCE.md, "A prompt stored once")
     prompt_ref = JSONField(null=True)
     tool_calls = JSONField(null=True)  # the tools the reply called (protocol.conversation.MessageRecord.tool_calls)
+    # the message it follows in the session's tree, "" for a first one; NULL in a row of an earlier version, which
+    # is read in order (services.coordinator.sessions.SessionState.from_stored)
+    parent_id = peewee.CharField(max_length=64, null=True)
 
 
 class Chunk(BaseModel):

@@ -275,3 +275,56 @@ def test_the_search_box_lists_hits_with_their_matches_and_opens_their_session(ap
     pump(app, lambda: window.sessions_list.count() and all("\n" not in window.sessions_list.item(i).text()
                                                            for i in range(window.sessions_list.count())),
          what="the sessions listed again")  # a hit is two lines, a session one
+
+
+def test_edit_and_the_branch_arrows_switch_what_the_window_shows(app, stack, window, monkeypatch, tmp_path):
+    from PySide6.QtCore import QUrl
+    from PySide6.QtWidgets import QInputDialog
+    session = new_session(app, window)
+    window.send("Plan a weekend in Lyon [[mock tokens=20]]")
+    pump(app, lambda: window.last_outcome, what="the first reply")
+    first_reply = window.last_outcome["content"]
+    user_id = stack.cli_json("history", session)["messages"][0]["message_id"]
+    window.last_outcome = None
+    edited = "Plan a weekend in Annecy instead [[mock tokens=25]]"
+    monkeypatch.setattr(QInputDialog, "getMultiLineText", staticmethod(lambda *a, **k: (edited, True)))
+    window.open_link(QUrl(f"edit:{user_id}"))  # as a click on the message's Edit link does
+    pump(app, lambda: window.last_outcome, what="the edited message's reply")
+    assert window.last_outcome["content"] == expected(edited, 25)
+    html = pump(app, lambda: "2/2" in (h := window.transcript.toHtml()) and h, what="the arrows")
+    history = stack.cli_json("history", session)["messages"]
+    assert f"branch:{history[0]['message_id']}/0" in html and "Annecy" in html and "Lyon" not in html
+    assert [(h["content"], h["sibling_index"], h["sibling_count"]) for h in history][0] == (edited, 1, 2)
+    shot = tmp_path / "branches.png"
+    window.grab().save(str(shot))
+    assert shot.stat().st_size > 5000
+    if os.environ.get("CHATTER_DOCS_SHOTS"):  # the README's picture: CHATTER_DOCS_SHOTS=DIR make test
+        window.grab().save(os.path.join(os.environ["CHATTER_DOCS_SHOTS"], "gui-branches.png"))
+    window.open_link(QUrl(f"branch:{history[0]['message_id']}/0"))  # the < arrow: the first version again
+    pump(app, lambda: "1/2" in window.transcript.toHtml() and "Lyon" in window.transcript.toHtml(),
+         what="the first branch shown")
+    assert "Annecy" not in window.transcript.toPlainText() and first_reply
+    shown = stack.cli_json("history", session)["messages"]
+    assert shown[0]["content"].startswith("Plan a weekend in Lyon")
+
+
+def test_fork_export_import_and_delete_a_branch_from_the_window(app, stack, window, monkeypatch, tmp_path):
+    from PySide6.QtCore import QUrl
+    from PySide6.QtWidgets import QMessageBox
+    session = new_session(app, window)
+    window.send("to fork [[mock tokens=5]]")
+    pump(app, lambda: window.last_outcome, what="the reply")
+    window.sessions_list.forked.emit(session)  # as the list's menu asks
+    fork = pump(app, lambda: window.session_id if window.session_id != session else None, what="the fork open")
+    assert [h["content"] for h in stack.cli_json("history", fork)["messages"]] == \
+        [h["content"] for h in stack.cli_json("history", session)["messages"]]
+    path = tmp_path / "fork.jsonl"
+    window.sessions_list.exported.emit(fork, str(path))
+    pump(app, lambda: path.exists() and path.read_text().endswith("\n"), what="the export")
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and json.loads(path.read_text())["session"]["session_id"] == fork
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
+    first = stack.cli_json("history", fork)["messages"][0]["message_id"]
+    window.open_link(QUrl(f"drop:{first}"))  # the first message, and so every message of the fork
+    pump(app, lambda: stack.cli_json("history", fork)["messages"] == [], what="the branch deleted")
+    window.sessions_list.imported.emit(str(path))  # and back, from the export
+    pump(app, lambda: len(stack.cli_json("history", fork)["messages"]) == 2, what="the import")

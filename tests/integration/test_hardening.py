@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import msgspec
 import pytest
 import zmq
 
@@ -205,6 +206,14 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
         m.ResolveSession: m.ResolveSession(0, session_id[:8]), m.Continue: m.Continue(0, session_id, "r3"),
         m.RenameSession: m.RenameSession(0, session_id, "title"), m.DeleteSessions: m.DeleteSessions(0, ["f" * 32]),
         m.Search: m.Search(0, "fuzz target", session_id, 5),
+        m.EditMessage: m.EditMessage(0, session_id, "1", "again", "r4"),
+        m.SwitchBranch: m.SwitchBranch(0, session_id, "1", 0),
+        m.ForkSession: m.ForkSession(0, session_id, "2"), m.SessionTree: m.SessionTree(0, session_id, 0),
+        m.DeleteBranch: m.DeleteBranch(0, session_id, "f" * 32), m.ExportSession: m.ExportSession(0, session_id),
+        m.ReplyOf: m.ReplyOf(0, "f" * 32),
+        m.ImportSession: m.ImportSession(0, m.SessionRecord(session_id="e" * 32, title="imported"), [
+            m.MessageRecord(message_id="e" * 32, session_id="e" * 32, role="user", content="hi", status="completed",
+                            created_at=1.0, parent_id="")]),
     }
     assert set(samples) == set(m.RPC_REQUESTS)
     frames, req_id = [], 1000
@@ -212,7 +221,7 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
         for index, name in enumerate(cls._FIELDS[1:], start=1):
             for value in EXTREMES:
                 req_id += 1
-                values = [getattr(sample, f) for f in cls._FIELDS]
+                values = [msgspec.to_builtins(getattr(sample, f)) for f in cls._FIELDS]
                 values[0], values[index] = req_id, value
                 frames.append(msgpack.packb([codec.PROTOCOL_VERSION, [cls.TYPE, *values]], use_bin_type=True))
     replies = []

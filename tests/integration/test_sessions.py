@@ -132,27 +132,28 @@ def test_chat_switches_away_mid_reply_and_back_to_the_finished_reply(stack):
     assert history[1]["content"] == full and full.encode() in out
 
 
-def test_regenerate_during_streaming_supersedes_and_later_prompts_skip_both(stack):
+def test_regenerate_during_streaming_keeps_every_reply_as_a_sibling_and_later_prompts_follow_the_last(stack):
     first = stack.cli_json("send", "q1 [[mock tokens=100 tps=50]]")
     session_id = first["session_id"]
-    regen = stack.spawn_cli("regenerate", session_id, "--json")  # supersedes the completed reply...
+    regen = stack.spawn_cli("regenerate", session_id, "--json")  # a sibling of the completed reply...
     wait_journal(stack, "q1", lambda e: e["chunks_sent"] >= 1 and e["attempt"] == 2)
     final = stack.cli_json("regenerate", session_id)  # ...and this one cancels the streaming one
     cancelled = json.loads(regen.communicate(timeout=20)[0])
     assert cancelled["status"] == "cancelled" and final["status"] == "completed"
     history = stack.cli_json("history", session_id)["messages"]
-    assert [(h["role"], h["status"], h["superseded"]) for h in history] == [
-        ("user", "completed", False), ("assistant", "completed", True), ("assistant", "cancelled", True),
-        ("assistant", "completed", False)]
-    assert final["content"] == history[3]["content"]
+    assert [(h["role"], h["status"], h["sibling_index"], h["sibling_count"]) for h in history] == [
+        ("user", "completed", 0, 1), ("assistant", "completed", 2, 3)]
+    assert final["content"] == history[1]["content"]
+    tree = stack.cli_json("branches", session_id)["nodes"]
+    assert [(n["role"], n["status"], n["parent_id"]) for n in tree] == [
+        ("user", "completed", ""), ("assistant", "completed", history[0]["message_id"]),
+        ("assistant", "cancelled", history[0]["message_id"]), ("assistant", "completed", history[0]["message_id"])]
     after = stack.cli_json("send", "q2 [[mock tokens=3]]", "--session", session_id)
     body = [e for e in stack.journal() if "q2" in json.dumps(e["body"])][-1]["body"]
     assert body["messages"] == [{"role": "user", "content": "q1 [[mock tokens=100 tps=50]]"},
                                 {"role": "assistant", "content": final["content"]},
                                 {"role": "user", "content": "q2 [[mock tokens=3]]"}]
     assert after["status"] == "completed"
-    for row in (history[1], history[2]):
-        assert stack.db_message(row["message_id"])["superseded"] == 1
 
 
 def test_a_long_history_is_trimmed_to_the_budget_and_the_preview_says_what_was_left_out(stack):

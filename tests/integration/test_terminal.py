@@ -69,8 +69,11 @@ def test_chat_in_a_terminal(stack, tmp_path):
         chat.close(force=True)
     assert chat.exitstatus == 0
     history = stack.cli_json("history", first_session)["messages"]
-    replies = [(h["status"], h["superseded"]) for h in history if h["role"] == "assistant"]
-    assert replies == [("completed", False), ("cancelled", False), ("completed", True), ("completed", False)]
+    replies = [(h["status"], h["sibling_index"], h["sibling_count"]) for h in history if h["role"] == "assistant"]
+    assert replies == [("completed", 0, 1), ("cancelled", 0, 1), ("completed", 1, 2)]  # the regenerated one, 2/2
+    tree = stack.cli_json("branches", first_session)["nodes"]
+    assert [n["status"] for n in tree if n["role"] == "assistant"] == ["completed", "cancelled", "completed",
+                                                                       "completed"]
 
 
 def test_ctrl_c_at_the_prompt_clears_the_input_and_errors_show_plainly(stack, tmp_path):

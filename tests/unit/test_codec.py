@@ -36,6 +36,15 @@ SAMPLES = [
     m.SessionChanged("s", "renamed", "Trip to Lyon ✈"), m.SessionChanged("s", "deleted"),
     m.PurgeSessions(["s", "t"], "op-1"), m.SessionsPurged("op-1", ["s"]),
     m.SaveSession("s1", "By hand", None, None, 2.5, session_title_set=True), m.Search(16, "naïve \"a phrase\" stream*"),
+    m.EditMessage(17, "s", "3", "again", "r-1"), m.SwitchBranch(18, "s", "m1", 2), m.ForkSession(19, "s", None),
+    m.SessionTree(70, "s", 5000), m.DeleteBranch(71, "s", "m1"),
+    m.PurgeMessages("s", ["m1", "m2"], None, "op-2"), m.ExportSession(72, "s", "m1", 3, 0), m.ReplyOf(74, "m1", 5),
+    m.Send(2, "s", "hi", "r", None, "m1"),
+    m.ImportSession(73, m.SessionRecord(session_id="s", title="t", active_leaf="m1"),
+                    [m.MessageRecord(message_id="m1", session_id="s", role="user", content="hi", status="completed",
+                                     created_at=1.0, parent_id="")], last=False),
+    m.CreateMessage("msg2", "s", "t", None, "assistant", "hi", "completed", 1.0, parent_id="msg",
+                    copied=m.Copied("thought", {"tokens": 1}, None, "ab", None)),
 ]
 
 

@@ -119,9 +119,11 @@ def test_a_send_that_leaves_out_thousands_of_messages_answers_in_a_frame():
     coordinator = machine()
     sid = answer(coordinator, lambda r: m.NewSession(r, None, None, 50)).session_id
     sess = coordinator.sessions[sid]
-    sess.history += [m.MessageRecord(message_id=uuid.uuid4().hex, session_id=sid, role=role, content="word " * 5,
-                                     status="completed", created_at=1.0)
-                     for _ in range(75_000) for role in ("user", "assistant")]
+    for _ in range(75_000):
+        for role in ("user", "assistant"):
+            sess.add_record(m.MessageRecord(message_id=uuid.uuid4().hex, session_id=sid, role=role,
+                                            content="word " * 5, status="completed", created_at=1.0,
+                                            parent_id=sess.leaf or ""))
     started = answer(coordinator, lambda r: m.Send(r, sid, "the newest", "q"))
     assert started.dropped_count > 149_000 and len(started.dropped_message_ids) < started.dropped_count
 

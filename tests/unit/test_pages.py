@@ -90,9 +90,9 @@ HEAD = answers.History(session_id="s", title="t", system=None, max_input_tokens=
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(TEXTS, TEXTS), max_size=6), st.integers(350, 900))
+@given(st.lists(st.tuples(TEXTS, TEXTS), max_size=6), st.integers(400, 900))
 def test_a_history_read_page_by_page_is_the_whole_history(monkeypatch_page, texts, page_bytes):
-    monkeypatch_page(page_bytes)  # a page holds a message's fields (~200 bytes) and a little text
+    monkeypatch_page(page_bytes)  # a page holds a message's fields (~250 bytes) and a little text
     all_views = views(texts)
     got, _ = read_history(all_views, HEAD)
     assert got.messages == all_views and got.next is None

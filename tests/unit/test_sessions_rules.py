@@ -25,7 +25,7 @@ def job_of(out):
 # ---------------------------------------------------------------- regenerate
 
 
-def test_regenerate_while_streaming_cancels_supersedes_and_answers_the_same_turn():
+def test_regenerate_while_streaming_cancels_and_answers_the_same_turn_on_a_sibling_branch():
     machine = make()
     sid, first, _ = start(machine, "question")
     delta(machine, first.generation_id, 1, "half an ans", 100.1)
@@ -36,14 +36,15 @@ def test_regenerate_while_streaming_cancels_supersedes_and_answers_the_same_turn
     assert (fin.msg.message_id, fin.msg.status) == (first.message_id, "cancelled")
     assert m.CancelGeneration(first.generation_id) in [e.msg for e in effects(out, ToControl)]
     creates = effects(out, ToPersister, m.CreateMessage)
-    assert [c.msg.supersedes for c in creates] == [[first.message_id]]  # no new user message
+    user_id = machine.sessions[sid].history[0].message_id
+    assert [(c.msg.role, c.msg.parent_id) for c in creates] == [("assistant", user_id)]  # no new user message
     assert job_of(out).messages == [{"role": "user", "content": "question"}]
     history = reply(machine.handle_rpc(CLIENT, m.History(6, sid), 100.3)).result.messages
-    assert [(h.role, h.status, h.superseded) for h in history] == [
-        ("user", "completed", False), ("assistant", "cancelled", True), ("assistant", "queued", False)]
+    assert [(h.role, h.status, h.sibling_index, h.sibling_count) for h in history] == [
+        ("user", "completed", 0, 1), ("assistant", "queued", 1, 2)]  # the cancelled one is kept beside it
 
 
-def test_next_prompt_leaves_out_superseded_and_cancelled_replies():
+def test_next_prompt_follows_the_regenerated_branch_and_leaves_out_cancelled_replies():
     machine = make()
     sid, first, _ = start(machine, "q1")
     finish(machine, first, "answer one")

@@ -1,0 +1,384 @@
+"""OpenAI's Responses API over Chatter: create (streamed, background or waited for), retrieve, resume from any
+``starting_after``, and cancel. Each response is one reply (its assistant message); its events and their numbers
+are ``events.py``'s, from what the coordinator has of the reply, so any gateway resumes any stream."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from aiohttp import web
+
+from clients.api import ChatterError
+from clients.view import GAP, ReplyView
+from protocol import messages as m
+from protocol.conversation import MessageRecord, SessionRecord
+from clients.gateway import events
+from clients.gateway.errors import ApiError, not_found
+from clients.gateway.link import APPLIED_TIMEOUT_S, Link, Watch
+
+HEARTBEAT_S = 15.0  # an SSE comment this often keeps an idle connection open through proxies
+SILENCE_S = 1.0  # a reply that says nothing this long is asked for again (a lost final, a restarted coordinator)
+TEXT_CHARS = 1_000_000  # an input's text, at most (the coordinator's own limit is lower: CHATTER_MAX_TEXT_CHARS)
+
+
+class Responses:
+    def __init__(self, link: Link, log) -> None:
+        self.link, self.log = link, log
+        self.background: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------ create
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        body = await json_body(request)
+        ask = parse_create(body)
+        session_id, after = await self._session_for(ask)
+        key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        started = await self._request(m.Send(self.link.next_id(), session_id, ask.text, key[:128], ask.model, after))
+        watch = self.link.watch(session_id)
+        try:
+            snap = await self._reply(started.message_id)
+            state = self._state(snap, ask)
+            if ask.stream:
+                return await self._stream(request, state, watch, -1, cancel_on_drop=not ask.background)
+            if ask.background:
+                return web.json_response(events.response_object(state))
+            state = await self._follow(state, watch, None)
+            return web.json_response(events.response_object(state))
+        finally:
+            self.link.unwatch(session_id, watch)
+
+    async def _session_for(self, ask: CreateAsk) -> tuple[str, str | None]:
+        """The session a new response goes in, and the message it follows when that is not the active branch's
+        last (a ``previous_response_id`` that is not the newest reply: a branch from there)."""
+        after = None
+        if ask.previous_response_id is not None:
+            snap = await self._reply_or_404(ask.previous_response_id, "previous_response_id")
+            session_id, after = snap.session_id, snap.message_id
+        elif ask.conversation is not None:
+            session_id = ask.conversation
+        else:
+            session_id = (await self._request(m.NewSession(self.link.next_id(), ask.instructions or None, None, None,
+                                                           save=not ask.earlier))).session_id
+            if ask.earlier:
+                await self._seed(session_id, ask)
+            if ask.params:
+                await self._request(m.ConfigureSession(self.link.next_id(), session_id, None, None, None, ask.params))
+            return session_id, None
+        if ask.instructions is not None or ask.params:
+            await self._request(m.ConfigureSession(self.link.next_id(), session_id, ask.instructions, None, None,
+                                                   ask.params or None))
+        return session_id, after
+
+    async def _seed(self, session_id: str, ask: CreateAsk) -> None:
+        """Earlier turns given in the input, before its last message: the new session begins with them."""
+        records, parent = [], ""
+        for role, text in ask.earlier:
+            record = MessageRecord(message_id=uuid.uuid4().hex, session_id=session_id, role=role, content=text,
+                                   status="completed", created_at=0.0, parent_id=parent)
+            records.append(record)
+            parent = record.message_id
+        header = SessionRecord(session_id=session_id, system=ask.instructions or None, active_leaf=parent)
+        await self._request(m.ImportSession(self.link.next_id(), header, records), APPLIED_TIMEOUT_S)
+
+    # ------------------------------------------------------------ retrieve, resume, cancel
+
+    async def retrieve(self, request: web.Request) -> web.StreamResponse:
+        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        state = self._state(snap, None)
+        if request.query.get("stream", "").lower() not in ("true", "1"):
+            return web.json_response(events.response_object(state))
+        after = query_int(request, "starting_after", -1)
+        last = events.last_number(state)
+        if state.ended and after > last:
+            raise ApiError(400, f"starting_after {after} is past the response's last event ({last})",
+                           param="starting_after")
+        watch = self.link.watch(snap.session_id)
+        try:
+            snap = await self._reply(snap.message_id)  # again, now that its events are watched: nothing between
+            return await self._stream(request, self._state(snap, None), watch, after, cancel_on_drop=False)
+        finally:
+            self.link.unwatch(snap.session_id, watch)
+
+    async def cancel(self, request: web.Request) -> web.StreamResponse:
+        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        state = self._state(snap, None)
+        if not state.ended:
+            watch = self.link.watch(snap.session_id)
+            try:
+                try:
+                    await self._request(m.Cancel(self.link.next_id(), snap.session_id, snap.generation_id))
+                except ChatterError:
+                    pass  # it ended first
+                state = await self._follow(self._state(await self._reply(snap.message_id), None), watch, None)
+            finally:
+                self.link.unwatch(snap.session_id, watch)
+        return web.json_response(events.response_object(state))
+
+    # ------------------------------------------------------------ following a reply
+
+    async def _stream(self, request: web.Request, state: events.ReplyState, watch: Watch, after: int,
+                      cancel_on_drop: bool) -> web.StreamResponse:
+        """The reply's events after ``after`` as server-sent events, to its end. A client that goes away stops a
+        plain stream (as OpenAI-compatible front-ends say Stop) and leaves a background one running."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        sent = [after]
+
+        async def send(batch: list[dict]) -> None:
+            for event in batch:
+                await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+                sent[0] = event["sequence_number"]
+
+        try:
+            await send(events.events_after(state, after))
+            await self._follow(state, watch, lambda s: send(events.events_after(s, sent[0])),
+                               heartbeat=lambda: response.write(b": keep-alive\n\n"))
+        except (ConnectionResetError, asyncio.CancelledError):
+            if cancel_on_drop and not state.ended:
+                self.log.info("stream_dropped_cancelled", response_id=state.response_id)
+                task = asyncio.create_task(self._cancel_quietly(state))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
+            raise
+        await response.write_eof()
+        return response
+
+    async def _cancel_quietly(self, state: events.ReplyState) -> None:
+        try:
+            await self._request(m.Cancel(self.link.next_id(), state.session_id, None))
+        except (ApiError, ChatterError):
+            pass
+
+    async def _follow(self, state: events.ReplyState, watch: Watch, on_change, heartbeat=None) -> events.ReplyState:
+        """The reply to its durable end, by offsets (``clients.view.ReplyView``, the CLI's rule): each change
+        passed to ``on_change``; a gap, a silence or falling behind catches up from a snapshot."""
+        snap = await self._reply(state.message_id)
+        view = ReplyView(snap.generation_id)
+        view.apply_snapshot(snap)
+        loop = asyncio.get_running_loop()
+        quiet_since = beat_at = loop.time()
+        while True:
+            self._update(state, view, snap)
+            if on_change is not None:
+                await on_change(state)
+            if state.ended:
+                return state
+            try:
+                event = await asyncio.wait_for(watch.queue.get(), SILENCE_S)
+            except asyncio.TimeoutError:
+                event = None
+            now = loop.time()
+            if heartbeat is not None and now - beat_at >= HEARTBEAT_S:
+                beat_at = now
+                await heartbeat()
+            if event is not None and not watch.behind and view.apply(event) != GAP:
+                quiet_since = now
+                continue
+            if event is None and now - quiet_since < SILENCE_S and not watch.behind:
+                continue
+            watch.drain()
+            quiet_since = now
+            snap = await self._reply(state.message_id)
+            if snap.generation_id != view.generation_id:  # continued: the same message, a new generation
+                view = ReplyView(snap.generation_id)
+            view.apply_snapshot(snap)
+
+    def _update(self, state: events.ReplyState, view: ReplyView, snap) -> None:
+        state.reasoning, state.text = view.reasoning, view.text
+        if view.final is not None:
+            state.status = view.final["status"]
+            state.stats = view.final.get("stats") or {}
+            state.error = view.final.get("error")
+            state.finish_reason = state.stats.get("finish_reason")
+        elif state.text or state.reasoning:
+            state.status = "streaming"
+
+    # ------------------------------------------------------------ the coordinator
+
+    async def _request(self, msg: m.Message, timeout_s: float | None = None):
+        try:
+            return await (self.link.request(msg) if timeout_s is None else self.link.request(msg, timeout_s))
+        except ChatterError as exc:
+            raise ApiError.from_refusal(exc) from None
+
+    async def _reply(self, message_id: str):
+        """A reply's snapshot, whole: its pages asked for in turn."""
+        page = await self._request(m.ReplyOf(self.link.next_id(), message_id))
+        text, reasoning = page.text, page.reasoning
+        while page.more:
+            page = await self._request(m.ReplyOf(self.link.next_id(), message_id, len(text), len(reasoning)))
+            text, reasoning = text[:page.offset] + page.text, reasoning[:page.reasoning_offset] + page.reasoning
+        page.text, page.reasoning, page.more = text, reasoning, False
+        return page
+
+    async def _reply_or_404(self, given: str, param: str):
+        message_id = events.message_of(given)
+        if message_id is None:
+            raise not_found(f"no response {given[:80]!r}", param)
+        try:
+            return await self._reply(message_id)
+        except ApiError as exc:
+            if exc.status in (400, 404):
+                raise not_found(f"no response {given[:80]!r}", param) from None
+            raise
+
+    def _state(self, snap, ask: CreateAsk | None) -> events.ReplyState:
+        state = events.ReplyState(message_id=snap.message_id, session_id=snap.session_id,
+                                  model=snap.model or (ask.model if ask else None) or "", created_at=snap.created_at,
+                                  reasoning=snap.reasoning, text=snap.text, stats=snap.stats or {},
+                                  error=snap.error, finish_reason=(snap.stats or {}).get("finish_reason"))
+        state.status = snap.status if snap.final or snap.status in ("queued", "streaming") else "streaming"
+        if ask is not None:
+            state.background, state.store = ask.background, ask.store
+            state.previous_response_id, state.instructions = ask.previous_response_id, ask.instructions
+            state.temperature, state.max_output_tokens = ask.params.get("temperature"), ask.params.get("max_tokens")
+        return state
+
+
+# ---------------------------------------------------------------- reading a request
+
+
+class CreateAsk:
+    """A ``POST /v1/responses`` body, checked: its last user message, the turns before it, and the options."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.earlier: list[tuple[str, str]] = []
+        self.instructions: str | None = None
+        self.model: str | None = None
+        self.stream = self.background = False
+        self.store = True
+        self.previous_response_id: str | None = None
+        self.conversation: str | None = None
+        self.params: dict = {}
+
+
+async def json_body(request: web.Request) -> dict:
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+KNOWN = {"input", "instructions", "model", "stream", "background", "store", "previous_response_id", "conversation",
+         "temperature", "max_output_tokens", "metadata", "user", "parallel_tool_calls", "tool_choice", "tools",
+         "top_p", "truncation", "text", "reasoning", "stream_options", "include", "service_tier",
+         "safety_identifier", "prompt_cache_key"}
+
+
+def parse_create(body: dict) -> CreateAsk:
+    unknown = sorted(set(body) - KNOWN)
+    if unknown:
+        raise ApiError(400, f"unknown parameter: {unknown[0]!r}", param=unknown[0], code="unknown_parameter")
+    ask = CreateAsk()
+    turns = input_turns(body.get("input"))
+    if not turns or turns[-1][0] != "user":
+        raise ApiError(400, "the input must end with a user message", param="input")
+    ask.text, ask.earlier = turns[-1][1], turns[:-1]
+    system = [text for role, text in ask.earlier if role == "system"]
+    ask.earlier = [(role, text) for role, text in ask.earlier if role != "system"]
+    ask.instructions = _string(body, "instructions", 1_000_000)
+    if system and ask.instructions is None:
+        ask.instructions = "\n\n".join(system)
+    ask.model = _string(body, "model", 128)
+    for name in ("stream", "background", "store"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise ApiError(400, f"{name} must be true or false", param=name)
+    ask.stream, ask.background = bool(body.get("stream")), bool(body.get("background"))
+    ask.store = body.get("store") is not False
+    ask.previous_response_id = _string(body, "previous_response_id", 80)
+    conversation = body.get("conversation")
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    if conversation is not None and (not isinstance(conversation, str) or not 1 <= len(conversation) <= 64):
+        raise ApiError(400, "conversation must be a conversation id (or {\"id\": ...})", param="conversation")
+    ask.conversation = conversation
+    if ask.conversation and ask.previous_response_id:
+        raise ApiError(400, "give conversation or previous_response_id, not both", param="conversation")
+    if ask.earlier and (ask.conversation or ask.previous_response_id):
+        raise ApiError(400, "earlier turns go in a new conversation; with conversation or previous_response_id, "
+                       "give only the new user message", param="input")
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise ApiError(400, "temperature must be a number from 0 to 2", param="temperature")
+        ask.params["temperature"] = temperature
+    tokens = body.get("max_output_tokens")
+    if tokens is not None:
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens < 2**31:
+            raise ApiError(400, "max_output_tokens must be a positive integer", param="max_output_tokens")
+        ask.params["max_tokens"] = tokens
+    return ask
+
+
+def input_turns(value) -> list[tuple[str, str]]:
+    """The input as (role, text) turns: a string is one user message; a list holds message items, whose content
+    is a string or a list of text parts."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ApiError(400, "the input is empty", param="input")
+        return [("user", _text_ok(value, "input"))]
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, "input must be a string or a list of messages", param="input")
+    turns = []
+    for index, item in enumerate(value):
+        where = f"input[{index}]"
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            kind = item.get("type") if isinstance(item, dict) else type(item).__name__
+            raise ApiError(400, f"{where}: Chatter takes message items here, not {kind!r}", param=where)
+        role = {"developer": "system"}.get(item.get("role"), item.get("role"))
+        if role not in ("user", "assistant", "system"):
+            raise ApiError(400, f"{where}.role must be user, assistant, system or developer", param=f"{where}.role")
+        turns.append((role, _text_ok(_content_text(item.get("content"), where), f"{where}.content")))
+    return turns
+
+
+def _content_text(content, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ApiError(400, f"{where}.content must be a string or a list of parts", param=f"{where}.content")
+    texts = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text", "text") or not isinstance(part.get("text"), str):
+            raise ApiError(400, f"{where}.content[{index}]: Chatter sends text to the model; a {kind or 'part'!r} "
+                           "cannot be sent", param=f"{where}.content[{index}]")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _text_ok(text: str, param: str) -> str:
+    if len(text) > TEXT_CHARS:
+        raise ApiError(400, f"{param} is {len(text):,} characters; the most is {TEXT_CHARS:,}", param=param)
+    if "\x00" in text:
+        raise ApiError(400, f"{param} contains a NUL character, which cannot be stored", param=param)
+    return text
+
+
+def _string(body: dict, name: str, most: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > most:
+        raise ApiError(400, f"{name} must be a string of at most {most:,} characters", param=name)
+    return _text_ok(value, name)
+
+
+def query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer", param=name) from None
+    if not -1 <= value < 2**53:
+        raise ApiError(400, f"{name} is out of range", param=name)
+    return value

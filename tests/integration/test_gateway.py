@@ -1,0 +1,215 @@
+"""The gateway with the real ``openai`` SDK against real processes: create (waited for, streamed, background),
+resume by ``starting_after`` mid-stream, after SIGKILL of the gateway, on a second gateway and across a SIGKILL of
+the coordinator, each time joined to exactly the persisted text; cancel stops the upstream request; a
+``previous_response_id`` that is not the newest reply branches; and bad requests get OpenAI's error shape."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from services.mock_llm.script import reply_text
+from tests.integration.stack import wait_until
+from tools.spawn import REPO, free_port
+
+MODEL = "mock-1"
+
+
+@pytest.fixture
+def gateway(fresh_stack):
+    stack = fresh_stack()
+    stack.start("gateway")
+    return stack
+
+
+def sdk(stack, port: int | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port or stack.http_port}/v1", api_key="unused", max_retries=0)
+
+
+def persisted(stack, response_id: str) -> str:
+    return stack.db_message(response_id.removeprefix("resp_"))["content"]
+
+
+def joined(events) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+def test_create_waits_streams_and_labels_its_usage(gateway):
+    client = sdk(gateway)
+    text = "hello gateway [[mock tokens=12]]"
+    response = client.responses.create(model=MODEL, input=text, instructions="be brief", temperature=0.5,
+                                       max_output_tokens=40)
+    sent = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == text][-1]["body"]
+    assert (sent["temperature"], sent["max_tokens"]) == (0.5, 40)
+    assert response.status == "completed" and response.output_text == reply_text(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}], MODEL, 12)
+    assert response.output_text == persisted(gateway, response.id)
+    assert response.usage.output_tokens == 12 and response.usage.model_extra["chatter"]["output_tokens_source"] in (
+        "server", "estimated")
+    session = response.conversation.id
+    assert [h["content"] for h in gateway.cli_json("history", session)["messages"]][0] == text  # a Chatter session
+    events = list(client.responses.create(model=MODEL, input="stream me [[mock tokens=30]]", stream=True))
+    numbers = [e.sequence_number for e in events]
+    assert numbers == sorted(set(numbers)) and events[0].type == "response.created"
+    assert events[-1].type == "response.completed"
+    assert joined(events) == persisted(gateway, events[-1].response.id) == events[-1].response.output_text
+
+
+def test_a_dropped_stream_resumes_exactly_on_any_gateway_and_across_a_coordinator_restart(gateway):
+    client = sdk(gateway)
+    stream = client.responses.create(model=MODEL, input="a long one [[mock tokens=400 tps=40]]", stream=True,
+                                     background=True)
+    had = []
+    for event in stream:
+        had.append(event)
+        if event.type == "response.output_text.delta" and len(joined(had)) > 20:
+            break
+    stream.close()  # the client drops: a background response goes on
+    response_id = had[0].response.id
+
+    def resume(port=None):
+        last = had[-1].sequence_number
+        more = []
+        for event in sdk(gateway, port).responses.retrieve(response_id, stream=True, starting_after=last):
+            assert event.sequence_number > last
+            more.append(event)
+            if event.type == "response.output_text.delta" and len(joined(had + more)) > len(joined(had)) + 30:
+                break
+        had.extend(more)
+
+    resume()  # mid-stream, on the same gateway
+    gateway.kill("gateway")  # SIGKILL: another gateway takes the resume
+    other = free_port()
+    second = subprocess.Popen([sys.executable, "-m", "clients.gateway"], cwd=REPO,
+                              env=gateway.env | {"CHATTER_HTTP": f"127.0.0.1:{other}"}, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _answers(other), what="the second gateway")
+        resume(other)
+        gateway.kill("coordinator")  # SIGKILL: the restarted coordinator adopts the reply in flight
+        gateway.start("coordinator")
+        last = had[-1].sequence_number
+        rest = list(sdk(gateway, other).responses.retrieve(response_id, stream=True, starting_after=last))
+        again = list(sdk(gateway, other).responses.retrieve(response_id, stream=True, starting_after=-1))
+    finally:
+        second.terminate()
+        second.wait(timeout=10)
+    assert all(e.sequence_number > last for e in rest) and rest[-1].type == "response.completed"
+    text = joined(had + rest)
+    assert text == persisted(gateway, response_id) == rest[-1].response.output_text
+    assert text == reply_text([{"role": "user", "content": "a long one [[mock tokens=400 tps=40]]"}], MODEL, 400)
+    assert [(e.type, e.sequence_number) for e in again if "delta" not in e.type] == \
+        [(e.type, e.sequence_number) for e in had + rest if "delta" not in e.type]  # the same numbers, any time
+
+
+def _answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/responses/resp_x", timeout=1)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def test_cancel_stops_the_upstream_request_and_a_dropped_plain_stream_is_cancelled(gateway):
+    client = sdk(gateway)
+    text = "cancel me [[mock tokens=2000 tps=50]]"
+    started = client.responses.create(model=MODEL, input=text, background=True)
+    wait_until(lambda: any(e["body"]["messages"][-1]["content"] == text and e["chunks_sent"] > 5
+                           for e in gateway.journal()), what="the reply to stream")
+    cancelled = client.responses.cancel(started.id)
+    assert cancelled.status == "cancelled" and cancelled.output_text == persisted(gateway, started.id)
+    entry = wait_until(lambda: next((e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == text
+                                     and e["client_closed"]), None), what="the upstream request closed")
+    assert entry["chunks_sent"] < 2000 and not entry["completed"]
+    dropped = "drop me [[mock tokens=2000 tps=50]]"
+    stream = client.responses.create(model=MODEL, input=dropped, stream=True)
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            break
+    stream.close()  # not background: the client going away is Stop
+    wait_until(lambda: any(e["body"]["messages"][-1]["content"] == dropped and e["client_closed"]
+                           for e in gateway.journal()), what="the dropped stream's upstream closed")
+    status = client.responses.retrieve(event.item_id.replace("msg_", "resp_")).status
+    assert status in ("cancelled", "in_progress")
+    wait_until(lambda: client.responses.retrieve(event.item_id.replace("msg_", "resp_")).status == "cancelled",
+               what="the dropped stream cancelled")
+
+
+def test_a_previous_response_that_is_not_the_newest_makes_a_branch(gateway):
+    client = sdk(gateway)
+    first = client.responses.create(model=MODEL, input="q1 [[mock tokens=4]]")
+    second = client.responses.create(model=MODEL, input="q2 [[mock tokens=4]]", previous_response_id=first.id)
+    assert second.conversation.id == first.conversation.id
+    branch = client.responses.create(model=MODEL, input="q2 again [[mock tokens=4]]", previous_response_id=first.id)
+    body = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == "q2 again [[mock tokens=4]]"]
+    assert [msg["content"] for msg in body[-1]["body"]["messages"]] == [
+        "q1 [[mock tokens=4]]", first.output_text, "q2 again [[mock tokens=4]]"]
+    history = gateway.cli_json("history", first.conversation.id)["messages"]
+    assert (history[2]["content"], history[2]["sibling_index"], history[2]["sibling_count"]) == (
+        "q2 again [[mock tokens=4]]", 1, 2)
+    assert history[3]["content"] == branch.output_text
+    seeded = client.responses.create(model=MODEL, input=[
+        {"role": "user", "content": "earlier [[mock tokens=2]]"}, {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": [{"type": "input_text", "text": "and now [[mock tokens=3]]"}]}])
+    body = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == "and now [[mock tokens=3]]"]
+    assert [msg["content"] for msg in body[-1]["body"]["messages"]] == [
+        "earlier [[mock tokens=2]]", "an answer", "and now [[mock tokens=3]]"]
+    assert seeded.status == "completed"
+
+
+def raw(stack, path: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.http_port}{path}", data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_bad_requests_get_openais_error_shape_and_change_nothing(gateway):
+    client = sdk(gateway)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_" + "f" * 32)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("not-ours")
+    with pytest.raises(openai.BadRequestError, match="cannot be sent"):
+        client.responses.create(model=MODEL, input=[{"role": "user", "content": [
+            {"type": "input_image", "image_url": "https://example.invalid/x.png"}]}])
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=MODEL, input="x", previous_response_id="resp_" + "e" * 32)
+    done = client.responses.create(model=MODEL, input="short [[mock tokens=3]]")
+    with pytest.raises(openai.BadRequestError, match="past the response's last event"):
+        list(client.responses.retrieve(done.id, stream=True, starting_after=10_000))
+    for body, words in ((b"{not json", "not JSON"), (b"[1]", "JSON object"), (b'{"input": "x", "colour": 1}',
+                        "unknown parameter"), (b'{"input": "x", "temperature": 9}', "temperature"),
+                        (b'{"input": "x", "max_output_tokens": 18446744073709551615}', "max_output_tokens"),
+                        (b'{"input": ""}', "empty")):
+        status, answer = raw(gateway, "/v1/responses", body)
+        assert status == 400 and words in answer["error"]["message"], (body, answer)
+        assert set(answer["error"]) == {"message", "type", "param", "code"}
+    status, answer = raw(gateway, "/v1/responses", b'{"input": "' + b"x" * (9 * 2**20) + b'"}')
+    assert status == 413 and "CHATTER_HTTP_MAX_BODY" in answer["error"]["message"]
+    assert gateway.query("select count(*) as n from message")[0]["n"] == 2  # only the one good request's
+
+
+def test_a_gateway_on_a_network_address_without_users_is_refused(gateway):
+    done = subprocess.run([sys.executable, "-m", "clients.gateway"], cwd=REPO, capture_output=True, timeout=30,
+                          env=gateway.env | {"CHATTER_HTTP": f"0.0.0.0:{free_port()}"})
+    assert done.returncode == 1 and b"refusing to listen on 0.0.0.0" in done.stderr
+
+
+def test_the_readmes_resume_example_runs_and_gets_the_whole_reply(gateway):
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("## The HTTP face", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("http://127.0.0.1:8080/v1", f"http://127.0.0.1:{gateway.http_port}/v1")
+    code = code.replace('input="hello"', 'input="hello [[mock tokens=200 tps=200]]"')
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own example, as a reader runs it)
+    assert scope["text"] == persisted(gateway, scope["rid"]) and len(scope["text"]) > 20
