@@ -91,6 +91,7 @@ class History(Result, tag="history"):
     max_input_tokens: Int
     messages: list[MessageView]  # as clients see them: without their prompts
     next: Optional[HistoryCursor] = None  # a page: where the next one begins (None: this is the last)
+    created_at: float = 0.0  # the session's
 
 
 class Preview(Result, tag="preview"):

@@ -52,6 +52,14 @@ def on_stop_signals(stop: Callable[[], None], loop=None) -> None:
             signal.signal(sig, lambda _signum, _frame: stop())
 
 
+async def stop_signalled() -> None:
+    """Returns at SIGTERM or SIGINT: how an asyncio process (the mock LLM, the gateway) waits to stop."""
+    import asyncio
+    stop = asyncio.Event()
+    on_stop_signals(stop.set, asyncio.get_running_loop())
+    await stop.wait()
+
+
 def decode_bundle(payload: bytes, expect: tuple) -> tuple[list, list[codec.FrameError]]:
     """A frame of a point-to-point channel as the messages it carries (itself, or a bundle's items), and
     the errors of what was dropped: a bad frame, or each bad item of a bundle alone."""

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 
 from aiohttp import web
 
 import transport
-from services import logs
+from services import logs, shell
 from clients.gateway.errors import ApiError
 from clients.gateway.link import Link
+from clients.gateway.chat import ChatCompletions
+from clients.gateway.conversations import Conversations
 from clients.gateway.responses import Responses
 
 MAX_BODY_BYTES = 8 * 2**20  # CHATTER_HTTP_MAX_BODY: a larger body is 413
@@ -58,9 +59,19 @@ def make_app(link: Link, log) -> web.Application:
     app = web.Application(client_max_size=limit, middlewares=[openai_errors])
     app[MAX_BODY] = limit
     responses = Responses(link, log)
+    conversations = Conversations(link, responses.ask)
     app.router.add_post("/v1/responses", responses.create)
     app.router.add_get("/v1/responses/{response_id}", responses.retrieve)
+    app.router.add_delete("/v1/responses/{response_id}", responses.delete)
     app.router.add_post("/v1/responses/{response_id}/cancel", responses.cancel)
+    app.router.add_get("/v1/responses/{response_id}/input_items", responses.input_items)
+    app.router.add_post("/v1/conversations", conversations.create)
+    app.router.add_get("/v1/conversations/{conversation_id}", conversations.retrieve)
+    app.router.add_delete("/v1/conversations/{conversation_id}", conversations.delete)
+    app.router.add_get("/v1/conversations/{conversation_id}/items", conversations.items)
+    chat = ChatCompletions(responses)
+    app.router.add_post("/v1/chat/completions", chat.create)
+    app.router.add_get("/v1/models", chat.models)
     return app
 
 
@@ -76,11 +87,7 @@ async def serve(log) -> None:
     except OSError as exc:
         raise SystemExit(f"chatter gateway: cannot listen on {host}:{port} (CHATTER_HTTP): {exc.strerror}") from None
     log.info("gateway_ready", url=f"http://{host}:{port}/v1")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await shell.stop_signalled()
     await runner.cleanup()
     await link.close()
     log.info("gateway_stopped")

@@ -32,23 +32,52 @@ class Responses:
     async def create(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
         ask = parse_create(body)
-        session_id, after = await self._session_for(ask)
+        session_id, after = await self.session_for(ask)
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-        started = await self._request(m.Send(self.link.next_id(), session_id, ask.text, key[:128], ask.model, after))
-        watch = self.link.watch(session_id)
+        started = await self.ask(m.Send(self.link.next_id(), session_id, ask.text, key[:128], ask.model, after))
+        watch, state = self.link.watch(session_id), None
         try:
-            snap = await self._reply(started.message_id)
-            state = self._state(snap, ask)
+            snap = await self.reply(started.message_id)
+            state = self.state_of(snap, ask)
             if ask.stream:
                 return await self._stream(request, state, watch, -1, cancel_on_drop=not ask.background)
             if ask.background:
+                if not ask.store:  # forgotten once it ends, with nobody waiting for it here
+                    self.in_background(self._forget_at_end(state, ask))
                 return web.json_response(events.response_object(state))
-            state = await self._follow(state, watch, None)
+            state = await self.follow(state, watch, None)
             return web.json_response(events.response_object(state))
         finally:
             self.link.unwatch(session_id, watch)
+            if not ask.store and not ask.background and state is not None and state.ended:
+                self.in_background(self._forget(state, ask))
 
-    async def _session_for(self, ask: CreateAsk) -> tuple[str, str | None]:
+    def in_background(self, work) -> None:
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _forget_at_end(self, state: events.ReplyState, ask: CreateAsk) -> None:
+        watch = self.link.watch(state.session_id)
+        try:
+            await self.follow(state, watch, None)
+        finally:
+            self.link.unwatch(state.session_id, watch)
+        await self._forget(state, ask)
+
+    async def _forget(self, state: events.ReplyState, ask: CreateAsk) -> None:
+        """``store: false``: the reply is deleted once it ends (its text gone, as any deletion's), and the session
+        too when it was made for this request alone."""
+        try:
+            if ask.conversation is None and ask.previous_response_id is None:
+                await self.ask(m.DeleteSessions(self.link.next_id(), [state.session_id]), APPLIED_TIMEOUT_S)
+            else:
+                await self.ask(m.DeleteBranch(self.link.next_id(), state.session_id, state.message_id),
+                                    APPLIED_TIMEOUT_S)
+        except ApiError as exc:
+            self.log.warning("unstored_reply_not_deleted", response_id=state.response_id, error=exc.message)
+
+    async def session_for(self, ask: CreateAsk) -> tuple[str, str | None]:
         """The session a new response goes in, and the message it follows when that is not the active branch's
         last (a ``previous_response_id`` that is not the newest reply: a branch from there)."""
         after = None
@@ -58,15 +87,15 @@ class Responses:
         elif ask.conversation is not None:
             session_id = ask.conversation
         else:
-            session_id = (await self._request(m.NewSession(self.link.next_id(), ask.instructions or None, None, None,
+            session_id = (await self.ask(m.NewSession(self.link.next_id(), ask.instructions or None, None, None,
                                                            save=not ask.earlier))).session_id
             if ask.earlier:
                 await self._seed(session_id, ask)
             if ask.params:
-                await self._request(m.ConfigureSession(self.link.next_id(), session_id, None, None, None, ask.params))
+                await self.ask(m.ConfigureSession(self.link.next_id(), session_id, None, None, None, ask.params))
             return session_id, None
         if ask.instructions is not None or ask.params:
-            await self._request(m.ConfigureSession(self.link.next_id(), session_id, ask.instructions, None, None,
+            await self.ask(m.ConfigureSession(self.link.next_id(), session_id, ask.instructions, None, None,
                                                    ask.params or None))
         return session_id, after
 
@@ -79,13 +108,13 @@ class Responses:
             records.append(record)
             parent = record.message_id
         header = SessionRecord(session_id=session_id, system=ask.instructions or None, active_leaf=parent)
-        await self._request(m.ImportSession(self.link.next_id(), header, records), APPLIED_TIMEOUT_S)
+        await self.ask(m.ImportSession(self.link.next_id(), header, records), APPLIED_TIMEOUT_S)
 
     # ------------------------------------------------------------ retrieve, resume, cancel
 
     async def retrieve(self, request: web.Request) -> web.StreamResponse:
         snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
-        state = self._state(snap, None)
+        state = self.state_of(snap, None)
         if request.query.get("stream", "").lower() not in ("true", "1"):
             return web.json_response(events.response_object(state))
         after = query_int(request, "starting_after", -1)
@@ -95,22 +124,53 @@ class Responses:
                            param="starting_after")
         watch = self.link.watch(snap.session_id)
         try:
-            snap = await self._reply(snap.message_id)  # again, now that its events are watched: nothing between
-            return await self._stream(request, self._state(snap, None), watch, after, cancel_on_drop=False)
+            snap = await self.reply(snap.message_id)  # again, now that its events are watched: nothing between
+            return await self._stream(request, self.state_of(snap, None), watch, after, cancel_on_drop=False)
         finally:
             self.link.unwatch(snap.session_id, watch)
 
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        """The reply and what follows it on any branch, gone for real; 404 from then on."""
+        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        await self.ask(m.DeleteBranch(self.link.next_id(), snap.session_id, snap.message_id), APPLIED_TIMEOUT_S)
+        return web.json_response({"id": events.response_id(snap.message_id), "object": "response.deleted",
+                                  "deleted": True})
+
+    async def input_items(self, request: web.Request) -> web.StreamResponse:
+        """What the reply was generated from: its exact prompt, as ``chatter preview`` gives it, as input items."""
+        from clients.gateway.conversations import page
+        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        messages = await self._prompt(snap.message_id)
+        items = [{"id": f"in_{snap.message_id}_{index}", "type": "message", "role": msg["role"], "status": "completed",
+                  "content": [{"type": "input_text" if msg["role"] != "assistant" else "output_text",
+                               "text": str(msg["content"])}]} for index, msg in enumerate(messages)]
+        return web.json_response(page(request, items))
+
+    async def _prompt(self, message_id: str) -> list[dict]:
+        """A reply's exact prompt messages, page by page (a message cut at a page's end goes on in the next)."""
+        page_ = await self.ask(m.Preview(self.link.next_id(), message_id))
+        messages = list(page_.messages)
+        while page_.next is not None:
+            preview_offset, index, offset = page_.next
+            page_ = await self.ask(m.Preview(self.link.next_id(), message_id, preview_offset, index, offset))
+            rest = list(page_.messages)
+            if rest and len(messages) == page_.index + 1:
+                cut = messages.pop()
+                rest[0] = {**rest[0], "content": str(cut["content"])[:page_.offset] + rest[0]["content"]}
+            messages += rest
+        return messages
+
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
-        state = self._state(snap, None)
+        state = self.state_of(snap, None)
         if not state.ended:
             watch = self.link.watch(snap.session_id)
             try:
                 try:
-                    await self._request(m.Cancel(self.link.next_id(), snap.session_id, snap.generation_id))
+                    await self.ask(m.Cancel(self.link.next_id(), snap.session_id, snap.generation_id))
                 except ChatterError:
                     pass  # it ended first
-                state = await self._follow(self._state(await self._reply(snap.message_id), None), watch, None)
+                state = await self.follow(self.state_of(await self.reply(snap.message_id), None), watch, None)
             finally:
                 self.link.unwatch(snap.session_id, watch)
         return web.json_response(events.response_object(state))
@@ -133,28 +193,26 @@ class Responses:
 
         try:
             await send(events.events_after(state, after))
-            await self._follow(state, watch, lambda s: send(events.events_after(s, sent[0])),
+            await self.follow(state, watch, lambda s: send(events.events_after(s, sent[0])),
                                heartbeat=lambda: response.write(b": keep-alive\n\n"))
         except (ConnectionResetError, asyncio.CancelledError):
             if cancel_on_drop and not state.ended:
                 self.log.info("stream_dropped_cancelled", response_id=state.response_id)
-                task = asyncio.create_task(self._cancel_quietly(state))
-                self.background.add(task)
-                task.add_done_callback(self.background.discard)
+                self.in_background(self.cancel_quietly(state))
             raise
         await response.write_eof()
         return response
 
-    async def _cancel_quietly(self, state: events.ReplyState) -> None:
+    async def cancel_quietly(self, state: events.ReplyState) -> None:
         try:
-            await self._request(m.Cancel(self.link.next_id(), state.session_id, None))
+            await self.ask(m.Cancel(self.link.next_id(), state.session_id, None))
         except (ApiError, ChatterError):
             pass
 
-    async def _follow(self, state: events.ReplyState, watch: Watch, on_change, heartbeat=None) -> events.ReplyState:
+    async def follow(self, state: events.ReplyState, watch: Watch, on_change, heartbeat=None) -> events.ReplyState:
         """The reply to its durable end, by offsets (``clients.view.ReplyView``, the CLI's rule): each change
         passed to ``on_change``; a gap, a silence or falling behind catches up from a snapshot."""
-        snap = await self._reply(state.message_id)
+        snap = await self.reply(state.message_id)
         view = ReplyView(snap.generation_id)
         view.apply_snapshot(snap)
         loop = asyncio.get_running_loop()
@@ -180,7 +238,7 @@ class Responses:
                 continue
             watch.drain()
             quiet_since = now
-            snap = await self._reply(state.message_id)
+            snap = await self.reply(state.message_id)
             if snap.generation_id != view.generation_id:  # continued: the same message, a new generation
                 view = ReplyView(snap.generation_id)
             view.apply_snapshot(snap)
@@ -197,18 +255,19 @@ class Responses:
 
     # ------------------------------------------------------------ the coordinator
 
-    async def _request(self, msg: m.Message, timeout_s: float | None = None):
+    async def ask(self, msg: m.Message, timeout_s: float | None = None):
+        """One request to the coordinator; its refusal in OpenAI's shape (``ApiError``)."""
         try:
             return await (self.link.request(msg) if timeout_s is None else self.link.request(msg, timeout_s))
         except ChatterError as exc:
             raise ApiError.from_refusal(exc) from None
 
-    async def _reply(self, message_id: str):
+    async def reply(self, message_id: str):
         """A reply's snapshot, whole: its pages asked for in turn."""
-        page = await self._request(m.ReplyOf(self.link.next_id(), message_id))
+        page = await self.ask(m.ReplyOf(self.link.next_id(), message_id))
         text, reasoning = page.text, page.reasoning
         while page.more:
-            page = await self._request(m.ReplyOf(self.link.next_id(), message_id, len(text), len(reasoning)))
+            page = await self.ask(m.ReplyOf(self.link.next_id(), message_id, len(text), len(reasoning)))
             text, reasoning = text[:page.offset] + page.text, reasoning[:page.reasoning_offset] + page.reasoning
         page.text, page.reasoning, page.more = text, reasoning, False
         return page
@@ -218,13 +277,13 @@ class Responses:
         if message_id is None:
             raise not_found(f"no response {given[:80]!r}", param)
         try:
-            return await self._reply(message_id)
+            return await self.reply(message_id)
         except ApiError as exc:
             if exc.status in (400, 404):
                 raise not_found(f"no response {given[:80]!r}", param) from None
             raise
 
-    def _state(self, snap, ask: CreateAsk | None) -> events.ReplyState:
+    def state_of(self, snap, ask: CreateAsk | None) -> events.ReplyState:
         state = events.ReplyState(message_id=snap.message_id, session_id=snap.session_id,
                                   model=snap.model or (ask.model if ask else None) or "", created_at=snap.created_at,
                                   reasoning=snap.reasoning, text=snap.text, stats=snap.stats or {},
@@ -323,7 +382,7 @@ def input_turns(value) -> list[tuple[str, str]]:
     if isinstance(value, str):
         if not value.strip():
             raise ApiError(400, "the input is empty", param="input")
-        return [("user", _text_ok(value, "input"))]
+        return [("user", text_ok(value, "input"))]
     if not isinstance(value, list) or not value:
         raise ApiError(400, "input must be a string or a list of messages", param="input")
     turns = []
@@ -335,7 +394,7 @@ def input_turns(value) -> list[tuple[str, str]]:
         role = {"developer": "system"}.get(item.get("role"), item.get("role"))
         if role not in ("user", "assistant", "system"):
             raise ApiError(400, f"{where}.role must be user, assistant, system or developer", param=f"{where}.role")
-        turns.append((role, _text_ok(_content_text(item.get("content"), where), f"{where}.content")))
+        turns.append((role, text_ok(_content_text(item.get("content"), where), f"{where}.content")))
     return turns
 
 
@@ -354,7 +413,7 @@ def _content_text(content, where: str) -> str:
     return "".join(texts)
 
 
-def _text_ok(text: str, param: str) -> str:
+def text_ok(text: str, param: str) -> str:
     if len(text) > TEXT_CHARS:
         raise ApiError(400, f"{param} is {len(text):,} characters; the most is {TEXT_CHARS:,}", param=param)
     if "\x00" in text:
@@ -368,7 +427,7 @@ def _string(body: dict, name: str, most: int) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > most:
         raise ApiError(400, f"{name} must be a string of at most {most:,} characters", param=name)
-    return _text_ok(value, name)
+    return text_ok(value, name)
 
 
 def query_int(request: web.Request, name: str, default: int) -> int:

@@ -150,7 +150,7 @@ class Views:
                 raise RequestRefused(f"message {msg.message_id} is not on the active branch of session "
                                      f"{sess.session_id}: it changed since the page before; read its history again")
         head = answers.History(session_id=sess.session_id, title=sess.title, system=sess.system,
-                               max_input_tokens=self.generators.budget(sess), messages=[])
+                               max_input_tokens=self.generators.budget(sess), messages=[], created_at=sess.created_at)
         views = (self._client_view(sess, record) for record in path[start:])
         try:
             return pages.history_page(head, views, msg.offset, msg.reasoning_offset)

@@ -15,7 +15,6 @@ import itertools
 import json
 import math
 import random
-import signal
 import time
 from dataclasses import replace
 
@@ -337,11 +336,7 @@ async def serve() -> None:
                          f"{exc.strerror}") from None
     log.info("mock_llm_ready", url=f"http://{host}:{port}/v1")
     shell.freeze_startup_heap()  # it shares the machine's cores with the backend in every load test
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await shell.stop_signalled()
     await runner.cleanup()
     log.info("mock_llm_stopped")
 

@@ -167,8 +167,11 @@ def raw(stack, path: str, body: bytes, method: str = "POST") -> tuple[int, dict]
     request = urllib.request.Request(f"http://127.0.0.1:{stack.http_port}{path}", data=body, method=method,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            data = resp.read()
+            if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+                return resp.status, {"events": data.decode()}
+            return resp.status, json.loads(data)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
 
@@ -213,3 +216,105 @@ def test_the_readmes_resume_example_runs_and_gets_the_whole_reply(gateway):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own example, as a reader runs it)
     assert scope["text"] == persisted(gateway, scope["rid"]) and len(scope["text"]) > 20
+
+
+def test_conversations_are_sessions_and_a_deleted_or_unstored_response_is_gone(gateway):
+    client = sdk(gateway)
+    conversation = client.conversations.create(items=[{"role": "system", "content": "be terse"},
+                                                      {"role": "user", "content": "an earlier question"},
+                                                      {"role": "assistant", "content": "an earlier answer"}])
+    reply = client.responses.create(model=MODEL, input="and now? [[mock tokens=5]]", conversation=conversation.id)
+    sent = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == "and now? [[mock tokens=5]]"]
+    assert [msg["content"] for msg in sent[-1]["body"]["messages"]] == [
+        "be terse", "an earlier question", "an earlier answer", "and now? [[mock tokens=5]]"]
+    assert client.conversations.retrieve(conversation.id).id == conversation.id
+    assert conversation.id in [row["session_id"] for row in gateway.cli_json("sessions")]  # and the other way round
+    items = list(client.conversations.items.list(conversation.id, order="asc", limit=2))  # pages of two, followed
+    assert [i.content[0].text for i in items] == ["an earlier question", "an earlier answer",
+                                                  "and now? [[mock tokens=5]]", reply.output_text]
+    inputs = client.responses.input_items.list(reply.id, order="asc")
+    assert [i.content[0].text for i in inputs.data] == [msg["content"] for msg in sent[-1]["body"]["messages"]]
+    client.responses.delete(reply.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(reply.id)
+    assert len(gateway.cli_json("history", conversation.id)["messages"]) == 3  # the rest of it stays
+    assert client.conversations.delete(conversation.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve(conversation.id)
+    unstored = client.responses.create(model=MODEL, input="forget me [[mock tokens=5]]", store=False)
+    assert unstored.status == "completed" and unstored.output_text
+    wait_until(lambda: not gateway.query("select id from message where id = ?", (unstored.id[5:],)),
+               what="the unstored reply deleted")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
+def test_chat_completions_persist_each_call_and_continue_a_session_by_its_header(gateway):
+    client = sdk(gateway)
+    text = "hello chat [[mock tokens=15]]"
+    first = client.chat.completions.with_raw_response.create(model=MODEL, messages=[
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": text}])
+    session = first.headers["X-Chatter-Session"]
+    done = first.parse()
+    assert done.choices[0].message.content == reply_text(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}], MODEL, 15)
+    assert done.usage.completion_tokens == 15 and done.choices[0].finish_reason == "stop"
+    assert gateway.cli_json("history", session)["messages"][1]["content"] == done.choices[0].message.content
+    chunks = list(client.chat.completions.create(
+        model=MODEL, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": text}, {"role": "assistant", "content": done.choices[0].message.content},
+                  {"role": "user", "content": "more [[mock tokens=20]]"}],
+        extra_headers={"X-Chatter-Session": session}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage.completion_tokens == 20
+    history = gateway.cli_json("history", session)["messages"]
+    assert len(history) == 4 and history[-1]["content"] == streamed  # the same session, one call more
+    sent = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == "more [[mock tokens=20]]"]
+    assert [msg["content"] for msg in sent[-1]["body"]["messages"]] == [
+        "be brief", text, done.choices[0].message.content, "more [[mock tokens=20]]"]
+    assert [m.id for m in client.models.list()] == [MODEL]
+    with pytest.raises(openai.BadRequestError, match="not text"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.invalid/x.png"}}]}])
+    dropped = "drop the chat [[mock tokens=2000 tps=50]]"
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": dropped}],
+                                            stream=True)
+    for c in stream:
+        if c.choices and c.choices[0].delta.content:
+            break
+    stream.close()  # a closed connection cancels the upstream request
+    wait_until(lambda: any(e["body"]["messages"][-1]["content"] == dropped and e["client_closed"]
+                           for e in gateway.journal()), what="the upstream request closed")
+
+
+FUZZ_VALUES = [None, True, -1, 2**64, 1.5e308, "", "x" * 300, "\u0000", "resp_" + "\u0000", [], {}, [{}],
+               [{"role": "user", "content": None}], {"id": 5}]
+
+
+def test_every_endpoint_answers_bad_input_in_openais_shape_and_never_falls_over(gateway):
+    """Each route, each field of a good request replaced by each odd value (and odd ids and queries): every answer
+    is a success or OpenAI's error shape with a 4xx status, never a 500, and the gateway goes on serving."""
+    good = {"model": MODEL, "input": "fuzz [[mock tokens=2]]", "stream": False}
+    done = sdk(gateway).responses.create(**good)
+    answers = []
+    for field in [*good, "previous_response_id", "conversation", "temperature", "max_output_tokens", "background"]:
+        for value in FUZZ_VALUES:
+            answers.append(raw(gateway, "/v1/responses", json.dumps(good | {field: value}).encode()))
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "fuzz [[mock tokens=2]]"}]}
+    for field in [*chat, "max_tokens", "n", "stream"]:
+        for value in FUZZ_VALUES:
+            answers.append(raw(gateway, "/v1/chat/completions", json.dumps(chat | {field: value}).encode()))
+    for path in ("/v1/responses/%00", "/v1/responses/resp_" + "z" * 70, f"/v1/responses/{done.id}?stream=true&"
+                 "starting_after=abc", f"/v1/responses/{done.id}?stream=true&starting_after=-5",
+                 "/v1/conversations/" + "q" * 65, "/v1/conversations/x/items?limit=0",
+                 f"/v1/responses/{done.id}/input_items?order=sideways", "/v1/nothing"):
+        answers.append(raw(gateway, path, b"", method="GET"))
+    for path in ("/v1/conversations", "/v1/responses/resp_x/cancel"):
+        answers.append(raw(gateway, path, b"\xff\xfe", method="POST"))
+    statuses = {status for status, _ in answers}
+    assert statuses <= {200, 400, 404, 405} and 400 in statuses
+    for status, answer in answers:
+        if status != 200:
+            assert set(answer["error"]) == {"message", "type", "param", "code"}, answer
+    assert sdk(gateway).responses.create(**good).status == "completed"  # still serving
+    assert "Traceback" not in (gateway.workdir / "gateway.log").read_text()

@@ -1,0 +1,106 @@
+"""OpenAI's Conversations API over Chatter's sessions: a conversation is a session, so one made over HTTP shows in
+``chatter sessions`` and ``watch``, and the other way round. Its items are the messages of the session's active
+branch."""
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from clients.api import join_history
+from clients.gateway.errors import ApiError, not_found
+from clients.gateway.link import APPLIED_TIMEOUT_S, Link
+from clients.gateway.responses import input_turns, json_body, query_int
+from protocol import messages as m
+from protocol.conversation import MessageRecord, SessionRecord
+
+LIST_MOST = 100  # items a page, at most (OpenAI's bound)
+
+
+class Conversations:
+    def __init__(self, link: Link, ask) -> None:
+        self.link, self.ask = link, ask  # ``ask``: Responses._request, refusals in OpenAI's shape
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await json_body(request) if request.can_read_body else {}
+        unknown = sorted(set(body) - {"items", "metadata"})
+        if unknown:
+            raise ApiError(400, f"unknown parameter: {unknown[0]!r}", param=unknown[0], code="unknown_parameter")
+        turns = input_turns(body["items"]) if body.get("items") else []
+        system = "\n\n".join(text for role, text in turns if role == "system") or None
+        turns = [(role, text) for role, text in turns if role != "system"]
+        session_id = (await self.ask(m.NewSession(self.link.next_id(), system, None, None))).session_id
+        if turns:
+            records, parent = [], ""
+            for role, text in turns:
+                records.append(MessageRecord(message_id=uuid.uuid4().hex, session_id=session_id, role=role,
+                                             content=text, status="completed", created_at=0.0, parent_id=parent))
+                parent = records[-1].message_id
+            header = SessionRecord(session_id=session_id, system=system, active_leaf=parent)
+            await self.ask(m.ImportSession(self.link.next_id(), header, records), APPLIED_TIMEOUT_S)
+        return web.json_response(conversation(await self._history(session_id)))
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        return web.json_response(conversation(await self._history(request.match_info["conversation_id"])))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["conversation_id"]
+        await self._history(session_id)  # 404 when it is not there
+        await self.ask(m.DeleteSessions(self.link.next_id(), [session_id]), APPLIED_TIMEOUT_S)
+        return web.json_response({"id": session_id, "object": "conversation.deleted", "deleted": True})
+
+    async def items(self, request: web.Request) -> web.Response:
+        """A page of the active branch's messages: ``order`` (desc by default, as OpenAI's), ``after`` an item's
+        id, ``limit`` 1 to 100 (20)."""
+        history = await self._history(request.match_info["conversation_id"])
+        items = [item(msg) for msg in history.messages]
+        return web.json_response(page(request, items))
+
+    async def _history(self, session_id: str):
+        if not 1 <= len(session_id) <= 64:
+            raise not_found(f"no conversation {session_id[:80]!r}")
+        try:
+            whole = await self.ask(m.History(self.link.next_id(), session_id))
+            while whole.next is not None:
+                at = whole.next
+                whole = join_history(whole, await self.ask(m.History(self.link.next_id(), session_id, at.message_id,
+                                                                     at.offset, at.reasoning_offset)))
+        except ApiError as exc:
+            if exc.status in (400, 404):
+                raise not_found(f"no conversation {session_id[:80]!r}") from None
+            raise
+        return whole
+
+
+def conversation(history) -> dict:
+    return {"id": history.session_id, "object": "conversation", "created_at": int(history.created_at),
+            "metadata": {"title": history.title} if history.title else {}}
+
+
+def item(msg) -> dict:
+    """A message as a conversation item: a user's as input text, a reply's as output text."""
+    kind = "input_text" if msg.role == "user" else "output_text"
+    part = {"type": kind, "text": msg.content} | ({"annotations": [], "logprobs": []} if kind == "output_text" else {})
+    status = "completed" if msg.status == "completed" else ("in_progress" if msg.status in ("queued", "streaming")
+                                                            else "incomplete")
+    return {"id": f"msg_{msg.message_id}", "type": "message", "role": msg.role, "status": status, "content": [part]}
+
+
+def page(request: web.Request, items: list[dict]) -> dict:
+    """A cursor page of ``items`` (oldest first as given), as OpenAI's lists are: ``order``, ``after``, ``limit``."""
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "order must be asc or desc", param="order")
+    limit = query_int(request, "limit", 20)
+    if not 1 <= limit <= LIST_MOST:
+        raise ApiError(400, f"limit must be from 1 to {LIST_MOST}", param="limit")
+    ordered = items if order == "asc" else items[::-1]
+    after = request.query.get("after")
+    if after is not None:
+        at = next((i for i, it in enumerate(ordered) if it["id"] == after), None)
+        if at is None:
+            raise ApiError(400, f"after: no item {after[:80]!r} here", param="after")
+        ordered = ordered[at + 1:]
+    chosen = ordered[:limit]
+    return {"object": "list", "data": chosen, "first_id": chosen[0]["id"] if chosen else None,
+            "last_id": chosen[-1]["id"] if chosen else None, "has_more": len(ordered) > limit}
