@@ -12,7 +12,7 @@ from clients.arguments import duration, int_in
 from clients.commands import (cmd_chat, cmd_continue, cmd_edit, cmd_gui, cmd_history, cmd_keys_new, cmd_preview,
                               cmd_regenerate, cmd_send, cmd_sessions, cmd_status, cmd_watch)
 from clients.manage import (cmd_branches, cmd_delete, cmd_export, cmd_fork, cmd_import, cmd_rename, cmd_search,
-                            cmd_switch)
+                            cmd_switch, cmd_users)
 from clients.output import EXIT_CANCELLED, EXIT_ERROR
 import transport
 
@@ -156,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the file; - reads standard input")
     p.add_argument("--json", action="store_true", help='print [{"session_id", "created", "existing"}, ...]')
     p.set_defaults(func=cmd_import)
+    p = sub.add_parser("users", help="the HTTP gateway's users: each signs in with a token, and sees only their "
+                                     "own sessions")
+    users = p.add_subparsers(dest="users_command", required=True)
+    u = users.add_parser("add", help="add a user; prints their token once (only its sha256 is stored)")
+    u.add_argument("name", help="letters, digits and . _ @ - (at most 64)")
+    u.add_argument("--json", action="store_true", help='print {"name", "token"}')
+    u.set_defaults(func=cmd_users)
+    u = users.add_parser("list", help="every user, and which are revoked")
+    u.add_argument("--json", action="store_true", help="print JSON instead of text")
+    u.set_defaults(func=cmd_users)
+    u = users.add_parser("revoke", help="a user's token no longer signs in (their sessions stay)")
+    u.add_argument("name")
+    u.add_argument("--json", action="store_true", help="print JSON instead of text")
+    u.set_defaults(func=cmd_users)
     p = sub.add_parser("keys", help="CURVE keys for tcp channels across hosts")
     keys = p.add_subparsers(dest="keys_command", required=True)
     k = keys.add_parser("new", help="write NAME.key (public) and NAME.key_secret (mode 0600)")

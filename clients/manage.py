@@ -248,3 +248,37 @@ def cmd_import(client: Client, args) -> int:
     if args.json:
         print(json.dumps([{"session_id": d.session_id, "created": d.created, "existing": d.existing} for d in done]))
     return EXIT_OK
+
+
+def cmd_users(client: Client, args) -> int:
+    """The gateway's users: add (a token printed once; only its sha256 is stored), list, revoke."""
+    import hashlib
+    import secrets
+    from clients.api import APPLIED_WAIT_MS
+    from protocol import messages as m
+    if args.users_command == "add":
+        token = "chk_" + secrets.token_urlsafe(32)
+        added = client.request(m.AddUser(next(client.req_ids), args.name, hashlib.sha256(token.encode()).hexdigest()),
+                               timeout_ms=APPLIED_WAIT_MS).user
+        if args.json:
+            print(json.dumps({"name": added.name, "token": token}))
+        else:
+            print(f"user {added.name} added; their token, shown this once (only its sha256 is stored):",
+                  file=sys.stderr)
+            print(token)
+        return EXIT_OK
+    if args.users_command == "revoke":
+        revoked = client.request(m.RevokeUser(next(client.req_ids), args.name), timeout_ms=APPLIED_WAIT_MS).user
+        print(json.dumps({"name": revoked.name, "revoked_at": revoked.revoked_at}) if args.json else
+              f"user {revoked.name} revoked: their token no longer signs in (their sessions stay)")
+        return EXIT_OK
+    users = client.request(m.Users(next(client.req_ids))).users
+    if args.json:
+        print(json.dumps([{"name": u.name, "created_at": u.created_at, "revoked_at": u.revoked_at} for u in users]))
+    else:
+        for user in users:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(user.created_at))
+            print(f"{user.name}  added {stamp}" + ("  REVOKED" if user.revoked_at else ""))
+        if not users:
+            print("no users yet: chatter users add NAME")
+    return EXIT_OK

@@ -61,6 +61,7 @@ class Snapshot(Result, tag="snapshot"):
     session_id: Optional[str] = None  # the session it is in, and when and by which model it was asked
     created_at: float = 0.0
     model: Optional[str] = None
+    owner: Optional[str] = None  # the session's owner (a gateway user; None: the administrator's)
 
 
 class SessionSummary(msgspec.Struct, kw_only=True):
@@ -92,6 +93,7 @@ class History(Result, tag="history"):
     messages: list[MessageView]  # as clients see them: without their prompts
     next: Optional[HistoryCursor] = None  # a page: where the next one begins (None: this is the last)
     created_at: float = 0.0  # the session's
+    owner: Optional[str] = None  # the session's owner (a gateway user; None: the administrator's)
 
 
 class Preview(Result, tag="preview"):
@@ -275,9 +277,28 @@ class SessionImported(Result, tag="imported"):
     existing: Int  # messages it had already (an import made before): written again they would be duplicates
 
 
+class UserView(msgspec.Struct, kw_only=True):
+    name: str
+    created_at: float
+    revoked_at: Optional[float] = None
+
+
+class UserList(Result, tag="users"):
+    users: list[UserView]
+
+
+class UserChanged(Result, tag="user"):
+    user: UserView
+
+
+class SignedIn(Result, tag="signed_in"):
+    name: str
+
+
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,
             Status, SessionResolved, SessionRenamed, SessionsDeleted, SearchResults, BranchSwitched,
-            SessionForked, Tree, BranchDeleted, SessionExport, ImportPart, SessionImported]
+            SessionForked, Tree, BranchDeleted, SessionExport, ImportPart, SessionImported, UserList, UserChanged,
+            SignedIn]
 
 
 def plain(result: Result) -> dict:

@@ -3,20 +3,26 @@ like any client. It keeps nothing that matters, so any number run side by side, 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import ssl
+import time
 
 from aiohttp import web
 
 import transport
+from clients.api import ChatterError
+from protocol import messages as m
 from services import logs, shell
 from clients.gateway.errors import ApiError
-from clients.gateway.link import Link
+from clients.gateway.link import CoordinatorAway, Link
 from clients.gateway.chat import ChatCompletions
 from clients.gateway.conversations import Conversations
 from clients.gateway.responses import Responses
 
 MAX_BODY_BYTES = 8 * 2**20  # CHATTER_HTTP_MAX_BODY: a larger body is 413
 MAX_BODY = web.AppKey("max_body", int)
+TOKEN_TTL_S = 5.0
 
 
 def address() -> tuple[str, int]:
@@ -25,10 +31,53 @@ def address() -> tuple[str, int]:
     host, _, port = raw.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise SystemExit(f"chatter gateway: CHATTER_HTTP must be HOST:PORT, got {raw!r}")
-    if not transport.is_loopback(f"tcp://{host}:{port}"):
-        raise SystemExit(f"chatter gateway: refusing to listen on {raw}: the gateway has no users yet, so anyone "
-                         "who can reach it could read every session; listen on 127.0.0.1")
     return host.strip("[]"), int(port)
+
+
+def tls() -> ssl.SSLContext | None:
+    """HTTPS from CHATTER_HTTP_TLS_CERT and CHATTER_HTTP_TLS_KEY (PEM files), when both are set."""
+    cert, key = os.environ.get("CHATTER_HTTP_TLS_CERT"), os.environ.get("CHATTER_HTTP_TLS_KEY")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise SystemExit("chatter gateway: set both CHATTER_HTTP_TLS_CERT and CHATTER_HTTP_TLS_KEY, or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"chatter gateway: cannot load the TLS certificate and key: {exc}") from None
+    return context
+
+
+class SignIn:
+    """Who a request is: its bearer token's sha256, asked of the coordinator, remembered for ``TOKEN_TTL_S`` (so a
+    revoked token stops signing in within that)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.known: dict[str, tuple[str, float]] = {}  # token hash -> (user, until)
+
+    async def user(self, request: web.Request) -> str:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "no token: send Authorization: Bearer TOKEN (chatter users add NAME makes one)",
+                           code="invalid_api_key")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        now = time.monotonic()
+        known = self.known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
+        try:
+            name = (await self.link.request(m.WhoIs(self.link.next_id(), digest))).name
+        except CoordinatorAway as exc:
+            raise ApiError.from_refusal(exc) from None
+        except ChatterError:
+            raise ApiError(401, "the token is unknown or revoked", code="invalid_api_key") from None
+        if len(self.known) > 10_000:
+            self.known.clear()
+        self.known[digest] = (name, now + TOKEN_TTL_S)
+        return name
 
 
 def max_body() -> int:
@@ -54,12 +103,20 @@ async def openai_errors(request: web.Request, handler):
         return ApiError(exc.status, exc.reason or "error").response()
 
 
+def signed_in(sign_in: SignIn):
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        request["user"] = await sign_in.user(request)
+        return await handler(request)
+    return middleware
+
+
 def make_app(link: Link, log) -> web.Application:
     limit = max_body()
-    app = web.Application(client_max_size=limit, middlewares=[openai_errors])
+    app = web.Application(client_max_size=limit, middlewares=[openai_errors, signed_in(SignIn(link))])
     app[MAX_BODY] = limit
     responses = Responses(link, log)
-    conversations = Conversations(link, responses.ask)
+    conversations = Conversations(link, responses.ask, responses.owned_session)
     app.router.add_post("/v1/responses", responses.create)
     app.router.add_get("/v1/responses/{response_id}", responses.retrieve)
     app.router.add_delete("/v1/responses/{response_id}", responses.delete)
@@ -77,20 +134,43 @@ def make_app(link: Link, log) -> web.Application:
 
 async def serve(log) -> None:
     host, port = address()
+    context = tls()
     link = Link()
     link.start()
+    if not transport.is_loopback(f"tcp://{host}:{port}"):
+        await users_or_refuse(link, host, port)
+        if context is None:
+            log.warning("plain_http_off_loopback", address=f"{host}:{port}",
+                        hint="tokens cross the network in the clear: set CHATTER_HTTP_TLS_CERT and _KEY, or put a "
+                             "TLS reverse proxy in front (README)")
     runner = web.AppRunner(make_app(link, log), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
     try:
         await site.start()
     except OSError as exc:
         raise SystemExit(f"chatter gateway: cannot listen on {host}:{port} (CHATTER_HTTP): {exc.strerror}") from None
-    log.info("gateway_ready", url=f"http://{host}:{port}/v1")
+    log.info("gateway_ready", url=f"{'https' if context else 'http'}://{host}:{port}/v1")
     await shell.stop_signalled()
     await runner.cleanup()
     await link.close()
     log.info("gateway_stopped")
+
+
+async def users_or_refuse(link: Link, host: str, port: int) -> None:
+    """Listening where others can reach it needs users to sign them in: refused without any (as a tcp bind without
+    CURVE is), or when the coordinator cannot say."""
+    try:
+        users = (await link.request(m.Users(link.next_id()))).users
+    except ChatterError as exc:
+        await link.close()
+        raise SystemExit(f"chatter gateway: cannot tell whether there are users, so not listening on {host}:{port}: "
+                         f"{exc}") from None
+    if not any(user.revoked_at is None for user in users):
+        await link.close()
+        raise SystemExit(f"chatter gateway: refusing to listen on {host}:{port}: no user could sign in, and anyone "
+                         "who can reach it would be refused anyway; add one (chatter users add NAME), or listen on "
+                         "127.0.0.1")
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ class ChatCompletions:
     async def create(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
         ask = parse_chat(body, request.headers.get(SESSION_HEADER))
+        ask.user = request["user"]
         session_id, _ = await self.responses.session_for(ask)
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
         started = await self.responses.ask(m.Send(self.responses.link.next_id(), session_id, ask.text, key[:128],

@@ -18,8 +18,9 @@ LIST_MOST = 100  # items a page, at most (OpenAI's bound)
 
 
 class Conversations:
-    def __init__(self, link: Link, ask) -> None:
-        self.link, self.ask = link, ask  # ``ask``: Responses._request, refusals in OpenAI's shape
+    def __init__(self, link: Link, ask, owned) -> None:
+        # ``ask``: Responses.ask, refusals in OpenAI's shape; ``owned``: Responses.owned_session
+        self.link, self.ask, self.owned = link, ask, owned
 
     async def create(self, request: web.Request) -> web.Response:
         body = await json_body(request) if request.can_read_body else {}
@@ -29,7 +30,8 @@ class Conversations:
         turns = input_turns(body["items"]) if body.get("items") else []
         system = "\n\n".join(text for role, text in turns if role == "system") or None
         turns = [(role, text) for role, text in turns if role != "system"]
-        session_id = (await self.ask(m.NewSession(self.link.next_id(), system, None, None))).session_id
+        user = request["user"]
+        session_id = (await self.ask(m.NewSession(self.link.next_id(), system, None, None, owner=user))).session_id
         if turns:
             records, parent = [], ""
             for role, text in turns:
@@ -38,29 +40,29 @@ class Conversations:
                 parent = records[-1].message_id
             header = SessionRecord(session_id=session_id, system=system, active_leaf=parent)
             await self.ask(m.ImportSession(self.link.next_id(), header, records), APPLIED_TIMEOUT_S)
-        return web.json_response(conversation(await self._history(session_id)))
+        return web.json_response(conversation(await self._history(session_id, user)))
 
     async def retrieve(self, request: web.Request) -> web.Response:
-        return web.json_response(conversation(await self._history(request.match_info["conversation_id"])))
+        return web.json_response(conversation(await self._history(request.match_info["conversation_id"],
+                                                                  request["user"])))
 
     async def delete(self, request: web.Request) -> web.Response:
         session_id = request.match_info["conversation_id"]
-        await self._history(session_id)  # 404 when it is not there
+        await self._history(session_id, request["user"])  # 404 when it is not there, or not theirs
         await self.ask(m.DeleteSessions(self.link.next_id(), [session_id]), APPLIED_TIMEOUT_S)
         return web.json_response({"id": session_id, "object": "conversation.deleted", "deleted": True})
 
     async def items(self, request: web.Request) -> web.Response:
         """A page of the active branch's messages: ``order`` (desc by default, as OpenAI's), ``after`` an item's
         id, ``limit`` 1 to 100 (20)."""
-        history = await self._history(request.match_info["conversation_id"])
+        history = await self._history(request.match_info["conversation_id"], request["user"])
         items = [item(msg) for msg in history.messages]
         return web.json_response(page(request, items))
 
-    async def _history(self, session_id: str):
-        if not 1 <= len(session_id) <= 64:
-            raise not_found(f"no conversation {session_id[:80]!r}")
+    async def _history(self, session_id: str, user: str):
+        """The whole active branch of a session of this user's; any other is 404."""
+        whole = await self.owned(session_id, user)
         try:
-            whole = await self.ask(m.History(self.link.next_id(), session_id))
             while whole.next is not None:
                 at = whole.next
                 whole = join_history(whole, await self.ask(m.History(self.link.next_id(), session_id, at.message_id,

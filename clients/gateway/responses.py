@@ -32,6 +32,7 @@ class Responses:
     async def create(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
         ask = parse_create(body)
+        ask.user = request["user"]
         session_id, after = await self.session_for(ask)
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
         started = await self.ask(m.Send(self.link.next_id(), session_id, ask.text, key[:128], ask.model, after))
@@ -82,13 +83,13 @@ class Responses:
         last (a ``previous_response_id`` that is not the newest reply: a branch from there)."""
         after = None
         if ask.previous_response_id is not None:
-            snap = await self._reply_or_404(ask.previous_response_id, "previous_response_id")
+            snap = await self.owned_reply(ask.previous_response_id, "previous_response_id", ask.user)
             session_id, after = snap.session_id, snap.message_id
         elif ask.conversation is not None:
-            session_id = ask.conversation
+            session_id = (await self.owned_session(ask.conversation, ask.user, "conversation")).session_id
         else:
             session_id = (await self.ask(m.NewSession(self.link.next_id(), ask.instructions or None, None, None,
-                                                           save=not ask.earlier))).session_id
+                                                      save=not ask.earlier, owner=ask.user))).session_id
             if ask.earlier:
                 await self._seed(session_id, ask)
             if ask.params:
@@ -113,7 +114,7 @@ class Responses:
     # ------------------------------------------------------------ retrieve, resume, cancel
 
     async def retrieve(self, request: web.Request) -> web.StreamResponse:
-        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        snap = await self.owned_reply(request.match_info["response_id"], "response_id", request["user"])
         state = self.state_of(snap, None)
         if request.query.get("stream", "").lower() not in ("true", "1"):
             return web.json_response(events.response_object(state))
@@ -131,7 +132,7 @@ class Responses:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """The reply and what follows it on any branch, gone for real; 404 from then on."""
-        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        snap = await self.owned_reply(request.match_info["response_id"], "response_id", request["user"])
         await self.ask(m.DeleteBranch(self.link.next_id(), snap.session_id, snap.message_id), APPLIED_TIMEOUT_S)
         return web.json_response({"id": events.response_id(snap.message_id), "object": "response.deleted",
                                   "deleted": True})
@@ -139,7 +140,7 @@ class Responses:
     async def input_items(self, request: web.Request) -> web.StreamResponse:
         """What the reply was generated from: its exact prompt, as ``chatter preview`` gives it, as input items."""
         from clients.gateway.conversations import page
-        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        snap = await self.owned_reply(request.match_info["response_id"], "response_id", request["user"])
         messages = await self._prompt(snap.message_id)
         items = [{"id": f"in_{snap.message_id}_{index}", "type": "message", "role": msg["role"], "status": "completed",
                   "content": [{"type": "input_text" if msg["role"] != "assistant" else "output_text",
@@ -161,7 +162,7 @@ class Responses:
         return messages
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
-        snap = await self._reply_or_404(request.match_info["response_id"], "response_id")
+        snap = await self.owned_reply(request.match_info["response_id"], "response_id", request["user"])
         state = self.state_of(snap, None)
         if not state.ended:
             watch = self.link.watch(snap.session_id)
@@ -272,16 +273,35 @@ class Responses:
         page.text, page.reasoning, page.more = text, reasoning, False
         return page
 
-    async def _reply_or_404(self, given: str, param: str):
+    async def owned_reply(self, given: str, param: str, user: str):
+        """The snapshot of a response of this user's; any other (unknown, or another user's) is 404 alike, so that
+        whether it exists is not told."""
         message_id = events.message_of(given)
         if message_id is None:
             raise not_found(f"no response {given[:80]!r}", param)
         try:
-            return await self.reply(message_id)
+            snap = await self.reply(message_id)
         except ApiError as exc:
             if exc.status in (400, 404):
                 raise not_found(f"no response {given[:80]!r}", param) from None
             raise
+        if snap.owner != user:
+            raise not_found(f"no response {given[:80]!r}", param)
+        return snap
+
+    async def owned_session(self, session_id: str, user: str, param: str | None = None):
+        """The first page of a session of this user's (its history); any other is 404 alike."""
+        if not 1 <= len(session_id) <= 64:
+            raise not_found(f"no conversation {session_id[:80]!r}", param)
+        try:
+            head = await self.ask(m.History(self.link.next_id(), session_id))
+        except ApiError as exc:
+            if exc.status in (400, 404):
+                raise not_found(f"no conversation {session_id[:80]!r}", param) from None
+            raise
+        if head.owner != user:
+            raise not_found(f"no conversation {session_id[:80]!r}", param)
+        return head
 
     def state_of(self, snap, ask: CreateAsk | None) -> events.ReplyState:
         state = events.ReplyState(message_id=snap.message_id, session_id=snap.session_id,
@@ -312,6 +332,7 @@ class CreateAsk:
         self.previous_response_id: str | None = None
         self.conversation: str | None = None
         self.params: dict = {}
+        self.user = ""  # who asks (signed in by the gateway)
 
 
 async def json_body(request: web.Request) -> dict:

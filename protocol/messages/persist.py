@@ -59,6 +59,7 @@ class CreateMessage(Message, tag=50):
     copied: Optional[Copied] = None  # a message copied whole (a fork, an import), written final at once
     # the session's active leaf once it is written, when that is not this message (an import's, whatever its order)
     session_active_leaf: Optional[str] = None
+    session_owner: Optional[str] = None  # the gateway's user whose session it is (None: the administrator's)
 
 
 class Append(Message, tag=51):
@@ -125,6 +126,7 @@ class SaveSession(Message, tag=55):
     session_settings: Optional[dict] = None
     session_title_set: bool = False  # the title was given by hand (``RenameSession``): kept over the automatic one
     active_leaf: Optional[str] = None  # the last message of the active branch (None: the newest message)
+    session_owner: Optional[str] = None  # as ``CreateMessage``'s
 
 
 class SaveToolCalls(Message, tag=56):
@@ -154,8 +156,19 @@ class PurgeMessages(Message, tag=58):
     op_id: str
 
 
+class SaveUser(Message, tag=59):
+    """A user of the gateway as it stands: its token's sha256 (never the token), and when it was revoked (None:
+    it may sign in). Answered by ``UserSaved`` with the same ``op_id``."""
+
+    name: str
+    token_hash: str
+    created_at: float
+    revoked_at: Optional[float]
+    op_id: str
+
+
 PERSIST_OPS = (CreateMessage, Append, Finalize, InterruptOrphans, Reopen, SaveSession, SaveToolCalls,
-               PurgeSessions, PurgeMessages)
+               PurgeSessions, PurgeMessages, SaveUser)
 
 
 class PersistAck(Message, tag=60):
@@ -216,5 +229,9 @@ class SessionsPurged(Message, tag=66):
     deleted: list[str]
 
 
+class UserSaved(Message, tag=67):
+    op_id: str
+
+
 PERSIST_ACKS = (PersistAck, PersisterHello, OrphansInterrupted, PersisterStats, PersistRejected, SessionSaved,
-                SessionsPurged)
+                SessionsPurged, UserSaved)

@@ -19,6 +19,7 @@ RequestKey = Annotated[str, Meta(max_length=128)]
 ModelName = Annotated[str, Meta(max_length=128)]
 Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 SessionsLimit = Annotated[int, Meta(ge=1, le=100_000)]
+UserName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
 
 
 class NewSession(Message, tag=1):
@@ -29,6 +30,7 @@ class NewSession(Message, tag=1):
     # saved at once (``SaveSession``); False: made for the message sent next, and stored with it (a refused
     # message then leaves no empty session behind: ``chatter send`` without ``--session``)
     save: bool = True
+    owner: Optional[UserName] = None  # the gateway's user whose session it is (None: the administrator's)
 
 
 class Send(Message, tag=2):
@@ -269,6 +271,36 @@ class ReplyOf(Message, tag=74):
     reasoning_offset: Count = 0
 
 
+TokenHash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class AddUser(Message, tag=75):
+    """A user of the gateway, who signs in with the token whose sha256 this is (the token itself never leaves the
+    client that made it). Answered once stored."""
+
+    req_id: Int
+    name: UserName
+    token_hash: TokenHash
+
+
+class RevokeUser(Message, tag=76):
+    """The user's token no longer signs in; its sessions stay. Answered once stored."""
+
+    req_id: Int
+    name: UserName
+
+
+class Users(Message, tag=77):
+    req_id: Int
+
+
+class WhoIs(Message, tag=78):
+    """The user whose token has this sha256 (the gateway's sign-in), or a refusal."""
+
+    req_id: Int
+    token_hash: TokenHash
+
+
 class Reply(Message, tag=9):
     """The coordinator's answer to any rpc request."""
 
@@ -280,4 +312,5 @@ class Reply(Message, tag=9):
 
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
                 ConfigureSession, ResolveSession, Continue, RenameSession, DeleteSessions, Search, EditMessage,
-                SwitchBranch, ForkSession, SessionTree, DeleteBranch, ExportSession, ImportSession, ReplyOf)
+                SwitchBranch, ForkSession, SessionTree, DeleteBranch, ExportSession, ImportSession, ReplyOf,
+                AddUser, RevokeUser, Users, WhoIs)

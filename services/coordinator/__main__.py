@@ -120,6 +120,10 @@ class CoordinatorShell:
         if isinstance(msg, m.ResolveSession):
             prefix = msg.prefix
             return f"prefix {prefix}", lambda: ("matches", (prefix, store.sessions_with_prefix(prefix)))
+        if isinstance(msg, (m.AddUser, m.RevokeUser, m.Users, m.WhoIs)):
+            if self.machine.users.rows is not None:
+                return None
+            return "users", lambda: ("users", store.list_users())
         if isinstance(msg, m.Sessions):
             # keyed by the page: a read of 100 cannot answer a request for 1000 parked behind it; one more than
             # the page is read, so that the machine knows whether there are more
@@ -181,6 +185,8 @@ class CoordinatorShell:
                 self.machine.book.stored_matches = dict([value[1]])
             elif value[0] == "hits":
                 self.machine.views.found(*value[1])
+            elif value[0] == "users":
+                self.machine.users.loaded(value[1])
             for client, msg in self.parked.pop(key, []):
                 if exc is not None:
                     refusal = f"could not read the database: {shell.plain_error(exc)}; try again"

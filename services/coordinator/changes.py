@@ -142,7 +142,7 @@ class SessionChanges:
             raise RequestRefused(f"nothing to fork: session {sess.session_id} has no finished message yet")
         copy = SessionState(self.new_id(), f"{sess.title} (fork)"[:m.TITLE_CHARS], sess.system, sess.model,
                             sess.max_input_tokens, dict(sess.params), sess.stream, sess.continue_style,
-                            created_at=now, last_activity=now, saved=True)
+                            created_at=now, last_activity=now, saved=True, owner=sess.owner)
         ids = {"": ""}
         for record in path:
             ids[record.message_id] = self.new_ordered_id()
@@ -255,6 +255,7 @@ def copy_op(sess: SessionState, copied: m.MessageRecord, now: float, leaf: str |
         session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=copied.dropped_message_ids or None,
         session_model=sess.model, session_settings=sess.settings(), prompt_ref=copied.prompt_ref,
         session_title_set=sess.title_set, parent_id=copied.parent_id, session_active_leaf=leaf,
+        session_owner=sess.owner,
         copied=m.Copied(copied.reasoning, copied.stats or None, copied.error,
                         content_hash(copied.content) if copied.role == "assistant" else None,
                         copied.tool_calls or None))

@@ -23,6 +23,7 @@ from services.coordinator.effects import (LoadSessionOfGeneration, Log, ReplyTo,
 from services.coordinator.generation import GenerationState
 from services.coordinator.generators import Generators
 from services.coordinator.imports import Imports
+from services.coordinator.users import GatewayUsers
 from services.coordinator.persistence import PersistTracker
 from services.coordinator.requests import Requests
 from services.coordinator.stream import Streams
@@ -64,6 +65,7 @@ class Coordinator:
                            self.counters, self.health)
         self.changes = SessionChanges(settings, new_id, new_ordered_id, self.book, self.streams, self.persisted)
         self.imports = Imports(settings, self.book, self.persisted, self.changes)
+        self.users = GatewayUsers(new_id, self.persisted)
         self.waiters: dict[tuple, list[tuple[bytes, int]]] = {}  # a deferred answer's key -> who asked
         self._housekeeping_at = 0.0
         self._heartbeat_at = 0.0
@@ -77,6 +79,8 @@ class Coordinator:
             m.EditMessage: r.on_edit, m.SwitchBranch: self.changes.on_switch, m.ForkSession: self.changes.on_fork,
             m.SessionTree: v.on_tree, m.DeleteBranch: self.changes.on_delete_branch,
             m.ExportSession: v.on_export, m.ImportSession: self.imports.on_import, m.ReplyOf: v.on_reply_of,
+            m.AddUser: self.users.on_add, m.RevokeUser: self.users.on_revoke, m.Users: self.users.on_list,
+            m.WhoIs: self.users.on_whois,
         }
         self._event_handlers = {
             m.GenStarted: s.on_started, m.GenDelta: s.on_delta, m.GenDone: s.on_done,
@@ -88,6 +92,7 @@ class Coordinator:
             m.SessionSaved: lambda msg, now, out: p.on_session_saved(msg.session_id, msg.saved_at),
             m.OrphansInterrupted: lambda msg, now, out: p.on_orphans_interrupted(msg),
             m.SessionsPurged: lambda msg, now, out: self._answer(self.changes.purged(msg, out), out),
+            m.UserSaved: lambda msg, now, out: self._answer(self.users.saved(msg), out),
         }
         # any message of the persister says it is there (status): noted by its handlers alone, so that the
         # generators' events, the per-delta path, pay nothing for it

@@ -49,6 +49,7 @@ class PersistTracker:
         self.sweep_held = False  # set by the machine while replies may still be adopted
         # deletions not applied yet: op id -> [its PurgeSessions, sent at, unsaved since]
         self.purges: dict[str, list] = {}
+        self.user_saves: dict[str, list] = {}  # the same for the gateway's users: op id -> [its SaveUser, ...]
         # A new coordinator knows no live generation: every streaming message in the database is an orphan.
         self.new_sweep("coordinator restarted")
 
@@ -82,6 +83,14 @@ class PersistTracker:
             self.states.pop(message_id, None)
         self.purges[op.op_id] = [op, now, now]
         return op
+
+    def save_user(self, op: m.SaveUser, now: float) -> m.SaveUser:
+        """Resent until the persister answers ``UserSaved``."""
+        self.user_saves[op.op_id] = [op, now, now]
+        return op
+
+    def on_user_saved(self, op_id: str) -> None:
+        self.user_saves.pop(op_id, None)
 
     def on_purged(self, answered: m.SessionsPurged) -> bool:
         """True when this answer applied a deletion still waiting (not a resend's second answer)."""
@@ -172,7 +181,7 @@ class PersistTracker:
         """How many messages (and new sessions) have operations not acked yet, and since when the oldest waits."""
         waiting = [state.unsaved_since for state in self.states.values() if state.behind]
         waiting += [unsaved_since for _, _, unsaved_since in self.sessions.values()]
-        waiting += [unsaved_since for _, _, unsaved_since in self.purges.values()]
+        waiting += [unsaved_since for _, _, unsaved_since in (*self.purges.values(), *self.user_saves.values())]
         return len(waiting), min(waiting, default=None)
 
     def on_persister_hello(self) -> None:
@@ -180,7 +189,7 @@ class PersistTracker:
         self.new_sweep("persister restarted")
         for state in self.states.values():
             state.last_sent_at = 0.0
-        for entry in (*self.sessions.values(), *self.purges.values()):
+        for entry in (*self.sessions.values(), *self.purges.values(), *self.user_saves.values()):
             entry[1] = 0.0
 
     def on_orphans_interrupted(self, answered: m.OrphansInterrupted) -> None:
@@ -192,7 +201,7 @@ class PersistTracker:
     def due(self, now: float, text_of: Callable[[str, bool], str]) -> list[m.Message]:
         """Everything not acked within the resend time, from the acked length; and the orphan sweep."""
         ops: list[m.Message] = []
-        for entry in (*self.sessions.values(), *self.purges.values()):
+        for entry in (*self.sessions.values(), *self.purges.values(), *self.user_saves.values()):
             if now - entry[1] >= self.resend_s:
                 self.resends += 1
                 entry[1] = now

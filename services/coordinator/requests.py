@@ -47,7 +47,7 @@ class Requests:
     def on_new_session(self, msg: m.NewSession, now: float, out: list) -> answers.Result:
         self._check_session_texts(msg)
         sess = SessionState(self.new_id(), "", msg.system or None, msg.model, msg.max_input_tokens or None,
-                            created_at=now, last_activity=now)
+                            created_at=now, last_activity=now, owner=msg.owner)
         self.book.sessions[sess.session_id] = sess
         if msg.save:
             out.append(self._save_session(sess, now))
@@ -266,7 +266,7 @@ class Requests:
             client_request_id=rec.client_request_id, supersedes=None,
             session_max_input_tokens=sess.max_input_tokens,
             session_model=sess.model, session_settings=sess.settings(), session_title_set=sess.title_set,
-            parent_id=rec.parent_id)
+            parent_id=rec.parent_id, session_owner=sess.owner)
 
     def _request_result(self, sess: SessionState, client_request_id: str) -> answers.ReplyStarted:
         return self._result(sess, sess.record(sess.request_ids[client_request_id]))

@@ -32,6 +32,7 @@ class SessionState:
     last_activity: float = 0.0
     saved: bool = False  # its row was written (or asked to be) before any message: ``NewSession``, ``/config``
     title_set: bool = False  # given by hand (``chatter rename``): kept; else the first message's first line
+    owner: str | None = None  # the gateway's user whose session it is (None: the administrator's)
 
     def __post_init__(self) -> None:
         self._index()
@@ -50,7 +51,7 @@ class SessionState:
         sess = cls(data["session_id"], data["title"], data["system"], data.get("model"),
                    max_input_tokens=data.get("max_input_tokens"), history=list(data["messages"]),
                    created_at=data.get("created_at", 0.0), last_activity=data.get("updated_at", 0.0),
-                   saved=True, title_set=bool(data.get("title_set")))
+                   saved=True, title_set=bool(data.get("title_set")), owner=data.get("owner"))
         newest_kept = place_in_order(sess.history)
         sess._index()
         leaf = data.get("active_leaf")
@@ -251,7 +252,7 @@ def assistant_record(message_id: str, session_id: str, generation_id: str, promp
 def save_op(sess: SessionState, now: float):
     """The session's row as it stands, for the persister (``SaveSession``)."""
     return m.SaveSession(sess.session_id, sess.title, sess.system, sess.max_input_tokens, now, sess.model,
-                         sess.settings(), sess.title_set, sess.leaf)
+                         sess.settings(), sess.title_set, sess.leaf, sess.owner)
 
 
 def session_record(sess: SessionState) -> SessionRecord:

@@ -1,6 +1,7 @@
 """The coordinator's read-only answers: a reply's snapshot, a session's history (its active branch), its tree, the
 session whole (an export), the sessions list, a prefix resolved, a reply's exact prompt, and status. A part of
-``machine.Coordinator``, given what it reads; pure, like all of the machine. Each answer that can grow with the data is a page (``pages.py``)."""
+``machine.Coordinator``, given what it reads; pure, like all of the machine. Each answer that can grow with the
+data is a page (``pages.py``)."""
 from __future__ import annotations
 
 import heapq
@@ -92,7 +93,7 @@ class Views:
                                 user_text=sess.user_text_before(gen.message_id),
                                 reasoning=gen.thinking.text()[:gen.thinking.client_len],
                                 tool_calls=gen.tool_calls, session_id=sess.session_id,
-                                created_at=gen.record.created_at, model=gen.prompt.model)
+                                created_at=gen.record.created_at, model=gen.prompt.model, owner=sess.owner)
 
     def _stored_snapshot(self, sess, record: m.MessageRecord) -> answers.Snapshot:
         return answers.Snapshot(generation_id=record.generation_id, message_id=record.message_id,
@@ -104,7 +105,7 @@ class Views:
                                 error=record.error, prompt_hash=record.prompt_hash, superseded=record.superseded,
                                 user_text=sess.user_text_before(record.message_id), reasoning=record.reasoning,
                                 tool_calls=record.tool_calls, session_id=sess.session_id,
-                                created_at=record.created_at, model=record.model)
+                                created_at=record.created_at, model=record.model, owner=sess.owner)
 
     def on_status(self, msg: m.Status, now: float, out: list) -> answers.Result:
         context = None
@@ -150,7 +151,8 @@ class Views:
                 raise RequestRefused(f"message {msg.message_id} is not on the active branch of session "
                                      f"{sess.session_id}: it changed since the page before; read its history again")
         head = answers.History(session_id=sess.session_id, title=sess.title, system=sess.system,
-                               max_input_tokens=self.generators.budget(sess), messages=[], created_at=sess.created_at)
+                               max_input_tokens=self.generators.budget(sess), messages=[], created_at=sess.created_at,
+                               owner=sess.owner)
         views = (self._client_view(sess, record) for record in path[start:])
         try:
             return pages.history_page(head, views, msg.offset, msg.reasoning_offset)

@@ -96,6 +96,11 @@ class PurgeRows:
     message_ids: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class SaveUserRow:
+    op: m.SaveUser
+
+
 @dataclass
 class Plan:
     writes: list = field(default_factory=list)
@@ -133,8 +138,9 @@ class OpenMessage:
         return "".join(self.parts[thinking])
 
 
-RELEASE_ALL = (m.InterruptOrphans, m.PurgeSessions, m.PurgeMessages)  # what takes every held append with it, in order
-NOT_OF_A_MESSAGE = (m.InterruptOrphans, m.SaveSession, m.PurgeSessions, m.PurgeMessages)  # no ``message_id``
+# what takes every held append with it, in order (a user's save: rare, and with no message of its own)
+RELEASE_ALL = (m.InterruptOrphans, m.PurgeSessions, m.PurgeMessages, m.SaveUser)
+NOT_OF_A_MESSAGE = (m.InterruptOrphans, m.SaveSession, m.PurgeSessions, m.PurgeMessages, m.SaveUser)
 
 
 class AppendHold:
@@ -267,7 +273,10 @@ class PersisterCore:
                 plan.writes.append(UpsertSession(op))
                 plan.answers.append(m.SessionSaved(op.session_id, op.created_at))
             elif isinstance(op, (m.PurgeSessions, m.PurgeMessages)):
-                plan.writes.append(PurgeRows(op))  # answered by the shell, with what it found
+                plan.writes.append(PurgeRows(op))
+            elif isinstance(op, m.SaveUser):
+                plan.writes.append(SaveUserRow(op))
+                plan.answers.append(m.UserSaved(op.op_id))  # answered by the shell, with what it found
         if chunks:
             self._flush_chunks(plan, chunks)
         self._turn_the_log(plan)

@@ -378,6 +378,7 @@ WRITES = {
     core.ReopenRow: lambda db, w: store.reopen_message(w.op),
     core.ClearLog: lambda db, w: store.clear_chunks(db, w.table),
     core.PurgeRows: lambda db, w: _purge(db, w),
+    core.SaveUserRow: lambda db, w: store.save_user(w.op),
 }
 
 

@@ -41,6 +41,7 @@ class Session(BaseModel):
     # the last message of the active branch (DESIGN.md, "Sessions are trees"); NULL: the newest message that an
     # earlier version did not supersede
     active_leaf = peewee.CharField(max_length=64, null=True)
+    owner = peewee.CharField(max_length=64, null=True)  # the gateway's user whose session it is; NULL: the admin's
 
 
 class Message(BaseModel):
@@ -74,6 +75,18 @@ class Message(BaseModel):
     # the message it follows in the session's tree, "" for a first one; NULL in a row of an earlier version, which
     # is read in order (services.coordinator.sessions.SessionState.from_stored)
     parent_id = peewee.CharField(max_length=64, null=True)
+
+
+class ApiUser(BaseModel):
+    """A user of the gateway: the sha256 of the token it signs in with, never the token."""
+
+    name = peewee.CharField(primary_key=True, max_length=64)
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    created_at = peewee.DoubleField()
+    revoked_at = peewee.DoubleField(null=True)  # set: the token no longer signs in
+
+    class Meta:
+        table_name = "api_user"
 
 
 class Chunk(BaseModel):
@@ -120,7 +133,7 @@ Message.add_index(Message.generation_id, where=HAS_GENERATION, name="message_gen
 OLD_INDEXES = {"chunk": ("chunk_message_id_offset", "chunk_message_id"),
                "message": ("message_status", "message_generation_id")}
 
-MODELS = (Session, Message, Chunk, ChunkB)
+MODELS = (Session, Message, Chunk, ChunkB, ApiUser)
 # the chunk log's columns, in the order the persister's core gives a row's values
 _PLAIN_CHUNK_COLUMNS = ("id", "message_id", "offset", "text", "thinking")  # a row of an earlier version
 _CHUNK_COLUMNS = (*_PLAIN_CHUNK_COLUMNS, "packed")

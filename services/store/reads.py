@@ -6,7 +6,7 @@ import peewee
 
 from protocol.conversation import MessageRecord
 from services.store.chunklog import streamed_texts
-from services.store.models import STREAMING, JSONField, Message, db_proxy
+from services.store.models import STREAMING, ApiUser, JSONField, Message, db_proxy
 from services.store.writes import _SESSION_COLUMNS, _from_json, _rows_in
 
 
@@ -68,6 +68,16 @@ def load_session(session_id: str) -> dict | None:
     session = dict(zip(_SESSION_COLUMNS, found))
     session["session_id"], session["settings"] = session.pop("id"), _from_json(session["settings"])
     return session | {"messages": messages}
+
+
+def list_users() -> list[dict]:
+    """Every gateway user: name, token hash, created_at, revoked_at."""
+    try:
+        return list(ApiUser.select().dicts())
+    except peewee.DatabaseError as exc:
+        if _no_tables_yet(exc):
+            return []
+        raise
 
 
 HEX_DIGITS = frozenset("0123456789abcdef")

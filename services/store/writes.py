@@ -7,7 +7,7 @@ import time
 import peewee
 
 from protocol.messages import CreateMessage, Copied
-from services.store.models import JSONField, Message, STREAMING, Session
+from services.store.models import ApiUser, JSONField, Message, STREAMING, Session
 
 
 def create_messages(db: peewee.Database, sessions: list, messages: list) -> None:
@@ -24,7 +24,7 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
                                             updated_at=op.created_at, model=op.session_model,
                                             settings=_json(op.session_settings),
                                             title_set=op.session_title_set,
-                                            active_leaf=_leaf_of(op))) for op in sessions]
+                                            active_leaf=_leaf_of(op), owner=op.session_owner)) for op in sessions]
         db.cursor().executemany(_insert_sql(db, Session, _SESSION_COLUMNS, _SESSION_UPSERT), rows)
     if not messages:
         return
@@ -95,6 +95,14 @@ def _insert_sql(db: peewee.Database, model, columns: tuple[str, ...], suffix: st
                                   f"({', '.join(q.format(c) for c in columns)}) "
                                   f"VALUES ({', '.join([db.param] * len(columns))}){suffix}")
     return sql
+
+
+def save_user(op) -> None:
+    """A gateway user's row as it stands (a ``SaveUser``)."""
+    ApiUser.insert(name=op.name, token_hash=op.token_hash, created_at=op.created_at,
+                   revoked_at=op.revoked_at).on_conflict(
+        conflict_target=[ApiUser.name], update={ApiUser.token_hash: op.token_hash,
+                                                ApiUser.revoked_at: op.revoked_at}).execute()
 
 
 def supersede(message_ids: list[str]) -> None:

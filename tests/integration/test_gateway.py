@@ -4,6 +4,7 @@ the coordinator, each time joined to exactly the persisted text; cancel stops th
 ``previous_response_id`` that is not the newest reply branches; and bad requests get OpenAI's error shape."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import openai
 import pytest
 
 from services.mock_llm.script import reply_text
-from tests.integration.stack import wait_until
+from tests.integration.stack import BOTH_DATABASES, wait_until
 from tools.spawn import REPO, free_port
 
 MODEL = "mock-1"
@@ -24,11 +25,19 @@ MODEL = "mock-1"
 def gateway(fresh_stack):
     stack = fresh_stack()
     stack.start("gateway")
+    stack.token = add_user(stack, "ada")
     return stack
 
 
-def sdk(stack, port: int | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{port or stack.http_port}/v1", api_key="unused", max_retries=0)
+def add_user(stack, name: str) -> str:
+    added = stack.cli("users", "add", name, "--json")
+    assert added.returncode == 0, added.stderr
+    return json.loads(added.stdout)["token"]
+
+
+def sdk(stack, port: int | None = None, token: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port or stack.http_port}/v1", api_key=token or stack.token,
+                         max_retries=0)
 
 
 def persisted(stack, response_id: str) -> str:
@@ -165,7 +174,8 @@ def test_a_previous_response_that_is_not_the_newest_makes_a_branch(gateway):
 
 def raw(stack, path: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{stack.http_port}{path}", data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {stack.token}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             data = resp.read()
@@ -202,16 +212,67 @@ def test_bad_requests_get_openais_error_shape_and_change_nothing(gateway):
     assert gateway.query("select count(*) as n from message")[0]["n"] == 2  # only the one good request's
 
 
-def test_a_gateway_on_a_network_address_without_users_is_refused(gateway):
-    done = subprocess.run([sys.executable, "-m", "clients.gateway"], cwd=REPO, capture_output=True, timeout=30,
-                          env=gateway.env | {"CHATTER_HTTP": f"0.0.0.0:{free_port()}"})
+def test_a_gateway_on_a_network_address_is_refused_without_a_user_who_can_sign_in(fresh_stack):
+    stack = fresh_stack()
+    argv = [sys.executable, "-m", "clients.gateway"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=30,
+                          env=stack.env | {"CHATTER_HTTP": f"0.0.0.0:{free_port()}"})
     assert done.returncode == 1 and b"refusing to listen on 0.0.0.0" in done.stderr
+    stack.cli("users", "add", "ada")
+    assert stack.cli("users", "revoke", "ada").returncode == 0
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=30,
+                          env=stack.env | {"CHATTER_HTTP": f"0.0.0.0:{free_port()}"})
+    assert done.returncode == 1 and b"no user could sign in" in done.stderr
+
+
+@BOTH_DATABASES
+def test_users_see_only_their_own_sessions_and_tokens_are_stored_hashed(gateway):
+    ada, bob = sdk(gateway), sdk(gateway, token=add_user(gateway, "bob"))
+    mine = ada.responses.create(model=MODEL, input="ada's secret [[mock tokens=4]]")
+    conversation = ada.conversations.create()
+    for attempt in (lambda: bob.responses.retrieve(mine.id), lambda: bob.responses.cancel(mine.id),
+                    lambda: bob.responses.delete(mine.id), lambda: bob.conversations.retrieve(conversation.id),
+                    lambda: bob.conversations.items.list(conversation.id),
+                    lambda: bob.responses.create(model=MODEL, input="x", previous_response_id=mine.id),
+                    lambda: bob.responses.create(model=MODEL, input="x", conversation=mine.conversation.id),
+                    lambda: bob.responses.retrieve("resp_" + "f" * 32)):
+        with pytest.raises(openai.NotFoundError) as refused:  # another user's and no one's look the same
+            attempt()
+        assert "ada" not in str(refused.value)
+    assert ada.responses.retrieve(mine.id).output_text == mine.output_text
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gateway, token="chk_wrong").responses.retrieve(mine.id)
+    bare = urllib.request.Request(f"http://127.0.0.1:{gateway.http_port}/v1/responses/{mine.id}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bare, timeout=10)
+    assert refused.value.code == 401 and "Bearer" in json.loads(refused.value.read())["error"]["message"]
+    listed = gateway.cli_json("users", "list", "--json")
+    assert [(u["name"], u["revoked_at"]) for u in listed] == [("ada", None), ("bob", None)]
+    assert gateway.cli("users", "revoke", "bob").returncode == 0
+    wait_until(lambda: _refused(bob), what="bob's token refused")  # within the gateway's 5 s memory of it
+    rows = gateway.query("select name, token_hash from api_user order by name")
+    assert [r["name"] for r in rows] == ["ada", "bob"] and rows[0]["token_hash"] == hashlib.sha256(
+        gateway.token.encode()).hexdigest()
+    files = [p for p in gateway.workdir.rglob("*") if p.is_file()]  # SQLite's file and its log; every process's log
+    assert not [p.name for p in files if gateway.token.encode() in p.read_bytes()]  # no token in any of them
+    assert not gateway.query("select name from api_user where token_hash = ?", (gateway.token,))
+
+
+def _refused(client) -> bool:
+    try:
+        client.responses.retrieve("resp_" + "f" * 32)
+    except openai.AuthenticationError:
+        return True
+    except openai.NotFoundError:
+        return False
+    return False
 
 
 def test_the_readmes_resume_example_runs_and_gets_the_whole_reply(gateway):
     readme = (REPO / "README.md").read_text()
     code = readme.split("## The HTTP face", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     code = code.replace("http://127.0.0.1:8080/v1", f"http://127.0.0.1:{gateway.http_port}/v1")
+    code = code.replace('api_key="chk_..."', f'api_key="{gateway.token}"')
     code = code.replace('input="hello"', 'input="hello [[mock tokens=200 tps=200]]"')
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own example, as a reader runs it)

@@ -210,7 +210,8 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
         m.SwitchBranch: m.SwitchBranch(0, session_id, "1", 0),
         m.ForkSession: m.ForkSession(0, session_id, "2"), m.SessionTree: m.SessionTree(0, session_id, 0),
         m.DeleteBranch: m.DeleteBranch(0, session_id, "f" * 32), m.ExportSession: m.ExportSession(0, session_id),
-        m.ReplyOf: m.ReplyOf(0, "f" * 32),
+        m.ReplyOf: m.ReplyOf(0, "f" * 32), m.AddUser: m.AddUser(0, "fuzzer", "c" * 64),
+        m.RevokeUser: m.RevokeUser(0, "fuzzer"), m.Users: m.Users(0), m.WhoIs: m.WhoIs(0, "d" * 64),
         m.ImportSession: m.ImportSession(0, m.SessionRecord(session_id="e" * 32, title="imported"), [
             m.MessageRecord(message_id="e" * 32, session_id="e" * 32, role="user", content="hi", status="completed",
                             created_at=1.0, parent_id="")]),
