@@ -3,6 +3,7 @@ like any client. It keeps nothing that matters, so any number run side by side, 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import os
 import ssl
@@ -23,6 +24,7 @@ from clients.gateway.responses import Responses
 MAX_BODY_BYTES = 8 * 2**20  # CHATTER_HTTP_MAX_BODY: a larger body is 413
 MAX_BODY = web.AppKey("max_body", int)
 TOKEN_TTL_S = 5.0
+STREAMS_PER_USER = 16  # CHATTER_HTTP_STREAMS_PER_USER: requests following replies at once, per user and gateway
 
 
 def address() -> tuple[str, int]:
@@ -103,6 +105,31 @@ async def openai_errors(request: web.Request, handler):
         return ApiError(exc.status, exc.reason or "error").response()
 
 
+def streams_per_user() -> int:
+    raw = os.environ.get("CHATTER_HTTP_STREAMS_PER_USER") or str(STREAMS_PER_USER)
+    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+        raise SystemExit(f"chatter gateway: CHATTER_HTTP_STREAMS_PER_USER must be from 1 to 100000, got {raw!r}")
+    return int(raw)
+
+
+def limited(handler, open_: collections.Counter, most: int):
+    """A request that follows a reply (a stream, or a create that waits for its end) holds one of its user's
+    ``most`` places in this gateway while it lasts; past them, 429 with Retry-After."""
+    async def run(request: web.Request) -> web.StreamResponse:
+        user = request["user"]
+        if open_[user] >= most:
+            raise ApiError(429, f"{open_[user]} of your requests are following replies here; the most is {most} "
+                           "(CHATTER_HTTP_STREAMS_PER_USER)", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        open_[user] += 1
+        try:
+            return await handler(request)
+        finally:
+            open_[user] -= 1
+            if not open_[user]:
+                del open_[user]
+    return run
+
+
 def signed_in(sign_in: SignIn):
     @web.middleware
     async def middleware(request: web.Request, handler):
@@ -117,8 +144,9 @@ def make_app(link: Link, log) -> web.Application:
     app[MAX_BODY] = limit
     responses = Responses(link, log)
     conversations = Conversations(link, responses.ask, responses.owned_session)
-    app.router.add_post("/v1/responses", responses.create)
-    app.router.add_get("/v1/responses/{response_id}", responses.retrieve)
+    open_, most = collections.Counter(), streams_per_user()
+    app.router.add_post("/v1/responses", limited(responses.create, open_, most))
+    app.router.add_get("/v1/responses/{response_id}", limited(responses.retrieve, open_, most))
     app.router.add_delete("/v1/responses/{response_id}", responses.delete)
     app.router.add_post("/v1/responses/{response_id}/cancel", responses.cancel)
     app.router.add_get("/v1/responses/{response_id}/input_items", responses.input_items)
@@ -127,7 +155,7 @@ def make_app(link: Link, log) -> web.Application:
     app.router.add_delete("/v1/conversations/{conversation_id}", conversations.delete)
     app.router.add_get("/v1/conversations/{conversation_id}/items", conversations.items)
     chat = ChatCompletions(responses)
-    app.router.add_post("/v1/chat/completions", chat.create)
+    app.router.add_post("/v1/chat/completions", limited(chat.create, open_, most))
     app.router.add_get("/v1/models", chat.models)
     return app
 

@@ -279,29 +279,26 @@ class Responses:
         message_id = events.message_of(given)
         if message_id is None:
             raise not_found(f"no response {given[:80]!r}", param)
-        try:
-            snap = await self.reply(message_id)
-        except ApiError as exc:
-            if exc.status in (400, 404):
-                raise not_found(f"no response {given[:80]!r}", param) from None
-            raise
-        if snap.owner != user:
-            raise not_found(f"no response {given[:80]!r}", param)
-        return snap
+        return await self._owned(self.reply(message_id), user, f"no response {given[:80]!r}", param)
 
     async def owned_session(self, session_id: str, user: str, param: str | None = None):
         """The first page of a session of this user's (its history); any other is 404 alike."""
+        words = f"no conversation {session_id[:80]!r}"
         if not 1 <= len(session_id) <= 64:
-            raise not_found(f"no conversation {session_id[:80]!r}", param)
+            raise not_found(words, param)
+        return await self._owned(self.ask(m.History(self.link.next_id(), session_id)), user, words, param)
+
+    async def _owned(self, asked, user: str, words: str, param: str | None):
+        """What ``asked`` answers, when it is this user's: a refusal and another user's are both 404, in words."""
         try:
-            head = await self.ask(m.History(self.link.next_id(), session_id))
+            found = await asked
         except ApiError as exc:
             if exc.status in (400, 404):
-                raise not_found(f"no conversation {session_id[:80]!r}", param) from None
+                raise not_found(words, param) from None
             raise
-        if head.owner != user:
-            raise not_found(f"no conversation {session_id[:80]!r}", param)
-        return head
+        if found.owner != user:
+            raise not_found(words, param)
+        return found
 
     def state_of(self, snap, ask: CreateAsk | None) -> events.ReplyState:
         state = events.ReplyState(message_id=snap.message_id, session_id=snap.session_id,

@@ -73,7 +73,7 @@ class SessionChanges:
 
     def on_switch(self, msg: m.SwitchBranch, now: float, out: list) -> Deferred:
         sess = self.book.get(msg.session_id)
-        target = _find(sess, msg.message)
+        target = sess.find(msg.message)
         if msg.sibling is not None:
             siblings = sess.siblings(target)
             if msg.sibling >= len(siblings):
@@ -130,7 +130,7 @@ class SessionChanges:
         """A new session with a copy of the active branch up to ``msg.message`` (None: up to its last message that
         is not streaming), each message final, ids new, and each reply's prompt reference following the copies."""
         sess = self.book.get(msg.session_id)
-        path = sess.lineage(_find(sess, msg.message).message_id) if msg.message else sess.path()
+        path = sess.lineage(sess.find(msg.message).message_id) if msg.message else sess.path()
         if msg.message is None:
             while path and path[-1].status not in FINAL:
                 path.pop()
@@ -190,7 +190,7 @@ class SessionChanges:
     def on_delete_branch(self, msg: m.DeleteBranch, now: float, out: list) -> Deferred:
         """A message and its subtree, gone for real; the rest of the session stays."""
         sess = self.book.get(msg.session_id)
-        ids = sess.subtree(_find(sess, msg.message).message_id)
+        ids = sess.subtree(sess.find(msg.message).message_id)
         self._stop(sess, set(ids), now, out)
         sess.remove(ids)
         for message_id in ids:
@@ -222,13 +222,6 @@ class SessionChanges:
         for session_id in deleted:
             out.append(ToClients(session_id, m.SessionChanged(session_id, "deleted")))
         return [(("deleted", msg.op_id), answers.SessionsDeleted(deleted=deleted))]
-
-
-def _find(sess: SessionState, ref: str):
-    try:
-        return sess.find(ref)
-    except ValueError as exc:
-        raise RequestRefused(str(exc)) from None
 
 
 def copied_record(record: m.MessageRecord, session_id: str, ids: dict[str, str]) -> m.MessageRecord:

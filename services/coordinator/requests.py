@@ -109,7 +109,7 @@ class Requests:
         self._check_text("the request id", msg.client_request_id)
         if msg.client_request_id in sess.request_ids:
             return self._request_result(sess, msg.client_request_id)
-        edited = self._find(sess, msg.message)
+        edited = sess.find(msg.message)
         if edited.role != "user":
             raise RequestRefused(f"message {edited.message_id} is the model's reply: only your own messages can "
                                  "be edited (regenerate makes a new reply)")
@@ -133,12 +133,6 @@ class Requests:
         self.book.message_sessions[user.message_id] = sess.session_id
         out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
         return self._start_generation(sess, prompt, now, out, client_request_id)
-
-    def _find(self, sess: SessionState, ref: str):
-        try:
-            return sess.find(ref)
-        except ValueError as exc:
-            raise RequestRefused(str(exc)) from None
 
     def on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> answers.Result:
         """A new reply to the active branch's last user message, beside the replies it has (they are kept, on

@@ -9,6 +9,7 @@ from protocol.lifecycle import Status, move
 from protocol.conversation import DROPPED_SHOWN, MessageRecord, SessionRecord
 from protocol.answers import SessionSummary
 from protocol.conversation import in_prompt
+from services.coordinator.effects import RequestRefused
 from services.coordinator.prompt import CONTINUE_STYLES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE
 
 
@@ -156,12 +157,12 @@ class SessionState:
 
     def find(self, ref: str) -> MessageRecord:
         """A message named in a request: its number on the active branch (1 the first), its id, or a unique
-        prefix of its id. Raises ValueError, in words for the client."""
+        prefix of its id. Else the request is refused, in words for the client."""
         if ref.isdigit():
             path = self.path()
             number = int(ref)
             if not 1 <= number <= len(path):
-                raise ValueError(f"no message {number} on the active branch of session {self.session_id} "
+                raise RequestRefused(f"no message {number} on the active branch of session {self.session_id} "
                                  f"(it has {len(path)})")
             return path[number - 1]
         record = self.record(ref)
@@ -171,8 +172,8 @@ class SessionState:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise ValueError(f"no message {ref} in session {self.session_id}")
-        raise ValueError(f"{ref} matches {len(matches)} messages of session {self.session_id}; give more of the id")
+            raise RequestRefused(f"no message {ref} in session {self.session_id}")
+        raise RequestRefused(f"{ref} matches {len(matches)} messages of session {self.session_id}; give more of the id")
 
     def last_reply(self) -> MessageRecord | None:
         return next((r for r in reversed(self.path()) if r.role == "assistant"), None)

@@ -379,3 +379,44 @@ def test_every_endpoint_answers_bad_input_in_openais_shape_and_never_falls_over(
             assert set(answer["error"]) == {"message", "type", "param", "code"}, answer
     assert sdk(gateway).responses.create(**good).status == "completed"  # still serving
     assert "Traceback" not in (gateway.workdir / "gateway.log").read_text()
+
+
+def test_a_user_past_their_open_streams_gets_429_and_others_do_not(fresh_stack):
+    stack = fresh_stack(CHATTER_HTTP_STREAMS_PER_USER="2")
+    stack.start("gateway")
+    stack.token = add_user(stack, "ada")
+    ada, bob = sdk(stack), sdk(stack, token=add_user(stack, "bob"))
+    streams = [ada.responses.create(model=MODEL, input=f"long {i} [[mock tokens=2000 tps=50]]", stream=True)
+               for i in range(2)]
+    try:
+        for stream in streams:
+            next(iter(stream))  # each open, its first event read
+        with pytest.raises(openai.RateLimitError) as refused:
+            ada.responses.create(model=MODEL, input="one more [[mock tokens=3]]")
+        assert refused.value.response.headers["Retry-After"] == "1"
+        assert bob.responses.create(model=MODEL, input="bob's [[mock tokens=3]]").status == "completed"
+        assert not [e for e in stack.journal() if "one more" in json.dumps(e["body"])]  # nothing was started
+    finally:
+        for stream in streams:
+            stream.close()
+    wait_until(lambda: _creates(ada), what="ada's places back once her streams closed")
+
+
+def _creates(client) -> bool:
+    try:
+        return client.responses.create(model=MODEL, input="again [[mock tokens=3]]").status == "completed"
+    except openai.RateLimitError:
+        return False
+
+
+def test_a_coordinator_away_is_503_and_the_gateway_carries_on_when_it_is_back(gateway):
+    client = sdk(gateway)
+    first = client.responses.create(model=MODEL, input="before [[mock tokens=3]]")  # the token is known now
+    gateway.kill("coordinator")
+    with pytest.raises(openai.InternalServerError) as away:
+        client.responses.retrieve(first.id)
+    assert away.value.status_code == 503 and away.value.response.headers["Retry-After"] == "1"
+    assert "coordinator is not answering" in away.value.message
+    gateway.start("coordinator")
+    assert client.responses.retrieve(first.id).output_text == first.output_text  # no restart of the gateway
+    assert client.responses.create(model=MODEL, input="after [[mock tokens=3]]").status == "completed"
