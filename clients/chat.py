@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from clients import chat_sessions
 from clients.api import ChatterError, Client
 from clients.show import print_history, print_preview, print_sessions, stream_reply
 from clients.output import EXIT_OK, resolve_session
@@ -319,71 +320,6 @@ class Chat:
         self.say(f"session {self.session_id}")
         self.catch_up()
 
-    def search(self, rest: str) -> None:
-        from clients.manage import print_hits
-        if not rest:
-            raise ChatterError("/search needs words to look for")
-        print_hits(self.client.search(rest), self.err)
-
-    def rename(self, rest: str) -> None:
-        renamed = self.client.rename(self.session_id, rest)
-        self.say(f"session {renamed.session_id}: {renamed.title}" + ("" if rest else " (automatic)"))
-
-    def delete(self, rest: str) -> None:
-        if rest:
-            return self.delete_branch(rest)
-        self.say(f"delete session {self.session_id} with every message? This cannot be undone. [y/N]", style="bold")
-        answer = self.read_input()
-        if (answer or "").strip().lower() not in ("y", "yes"):
-            self.say("nothing deleted")
-            return
-        gone = self.session_id
-        self.client.unsubscribe(gone)
-        self.client.delete_sessions([gone])
-        self.session_id = self.client.new_session(model=self.model)
-        self.say(f"deleted {gone}; session {self.session_id}")
-
-    def delete_branch(self, message: str) -> None:
-        self.say(f"delete message {message} and every message after it, on every branch? This cannot be undone. "
-                 "[y/N]", style="bold")
-        if (self.read_input() or "").strip().lower() not in ("y", "yes"):
-            self.say("nothing deleted")
-            return
-        gone = self.client.delete_branch(self.session_id, message)
-        self.say(f"deleted {len(gone.deleted)} messages")
-
-    def edit(self, rest: str) -> None:
-        message, _, text = rest.partition(" ")
-        if not message:
-            raise ChatterError("/edit needs the number of your message (see /history)")
-        if not text.strip():
-            self.say("the new text, on one line (empty: nothing changes):", style="bold")
-            text = (self.read_input() or "").strip()
-            if not text:
-                self.say("nothing changed")
-                return
-        request_id = uuid.uuid4().hex
-        self.turn(lambda: self.client.edit(self.session_id, message, text, request_id))
-
-    def branch(self, rest: str) -> None:
-        from clients.manage import draw_tree
-        words = rest.split()
-        if not words:
-            for line in draw_tree(self.client.tree(self.session_id).nodes):
-                self.say(line)
-            return
-        if len(words) > 2 or (len(words) == 2 and not words[1].isdigit()) or words[1:] == ["0"]:
-            raise ChatterError("/branch N [K]: a message's number (or id), and which of its versions (1 the oldest)")
-        switched = self.client.switch(self.session_id, words[0], int(words[1]) - 1 if len(words) == 2 else None)
-        self.say(f"the active branch now ends at {switched.leaf_id}")
-
-    def fork(self, rest: str) -> None:
-        forked = self.client.fork(self.session_id, rest or None)
-        self.client.unsubscribe(self.session_id)
-        self.session_id = forked.session_id
-        self.client.subscribe(self.session_id)
-        self.say(f"session {forked.session_id}: a copy of {forked.message_count} messages of {forked.source_id}")
-
     def preview(self, rest: str) -> None:
         last = next((m for m in reversed(self.client.history(self.session_id).messages)
                      if m.role == "assistant"), None)
@@ -467,12 +403,12 @@ class Chat:
         "/switch": switch,
         "/history": lambda self, rest: print_history(self.client.history(self.session_id), self.show_thinking),
         "/preview": preview,
-        "/search": search,
-        "/rename": rename,
-        "/delete": delete,
-        "/edit": edit,
-        "/branch": branch,
-        "/fork": fork,
+        "/search": chat_sessions.search,
+        "/rename": chat_sessions.rename,
+        "/delete": chat_sessions.delete,
+        "/edit": chat_sessions.edit,
+        "/branch": chat_sessions.branch,
+        "/fork": chat_sessions.fork,
         "/regenerate": regenerate,
         "/continue": continue_reply,
         "/system": set_system,

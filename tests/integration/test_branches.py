@@ -117,3 +117,37 @@ def test_bad_branch_requests_get_one_line_and_change_nothing(fresh_stack):
         err = result.stderr.decode()
         assert result.returncode == 1 and words in err and err.count("\n") == 1, (args, err)
     assert stack.cli_json("branches", session) == before
+
+
+def test_the_chat_edits_draws_switches_forks_and_deletes_a_branch(fresh_stack, tmp_path):
+    from tests.integration.test_terminal import quit_at_the_prompt, spawn_chat
+    stack = fresh_stack()
+    chat = spawn_chat(stack, tmp_path)
+    try:
+        chat.expect(r"session ([0-9a-f]{32})")
+        session = chat.match.group(1)
+        for line in ("q1 [[mock tokens=3]]", "q2 [[mock tokens=3]]", "/edit 3 q2 again [[mock tokens=3]]"):
+            chat.expect("›")
+            chat.sendline(line)
+            chat.expect(r"\| completed")
+        chat.expect("›")
+        chat.sendline("/branch")
+        chat.expect("└─")
+        chat.expect("›")
+        chat.sendline("/branch 3 1")
+        chat.expect("the active branch now ends at")
+        chat.expect("›")
+        chat.sendline("/delete 3")
+        chat.expect(r"\[y/N\]")
+        chat.sendline("y")
+        chat.expect("deleted 2 messages")
+        chat.expect("›")
+        chat.sendline("/fork")
+        chat.expect(r"session ([0-9a-f]{32}): a copy of 4 messages")
+        fork = chat.match.group(1)
+        quit_at_the_prompt(chat)
+    finally:
+        chat.close(force=True)
+    history = [h["content"] for h in stack.cli_json("history", session)["messages"]]
+    assert history[2] == "q2 again [[mock tokens=3]]" and len(history) == 4  # the first q2's branch is gone
+    assert [h["content"] for h in stack.cli_json("history", fork)["messages"]] == history
