@@ -159,6 +159,7 @@ class CoordinatorSettings:
     # earlier replies' thinking in the next prompt: "drop" (as DeepSeek and Qwen advise) or "keep" (inline,
     # as <think>...</think> before the answer, for models that want it)
     prompt_thinking: str = "drop"
+    auto_title: bool = False  # CHATTER_AUTO_TITLE: the model writes a session's title after its first reply
     # how a server is told to continue a reply (auto: from what the generators' servers say they are), and how
     # often a reply cut by a fault after its first token goes on by itself
     continue_style: str = "auto"
@@ -186,6 +187,7 @@ class CoordinatorSettings:
             max_cached_sessions=env_int("CHATTER_MAX_CACHED_SESSIONS", 5_000, lo=1, hi=10_000_000),
             model_contexts=model_contexts(),
             prompt_thinking=env_choice("CHATTER_PROMPT_THINKING", "drop", PROMPT_THINKING),
+            auto_title=env_bool("CHATTER_AUTO_TITLE", False),
             continue_style=env_choice("CHATTER_CONTINUE_STYLE", "auto", CONTINUE_STYLES),
             auto_continue=env_int("CHATTER_AUTO_CONTINUE", 2, lo=0, hi=100),
             stream_hwm=env_int("CHATTER_STREAM_HWM", 0, lo=0),

@@ -23,6 +23,7 @@ from services.coordinator.effects import (LoadSessionOfGeneration, Log, ReplyTo,
 from services.coordinator.generation import GenerationState
 from services.coordinator.generators import Generators
 from services.coordinator.imports import Imports
+from services.coordinator.titles import AutoTitles
 from services.coordinator.users import GatewayUsers
 from services.coordinator.persistence import PersistTracker
 from services.coordinator.requests import Requests
@@ -66,6 +67,7 @@ class Coordinator:
         self.changes = SessionChanges(settings, new_id, new_ordered_id, self.book, self.streams, self.persisted)
         self.imports = Imports(settings, self.book, self.persisted, self.changes)
         self.users = GatewayUsers(new_id, self.persisted)
+        self.titles = AutoTitles(settings, new_ordered_id, self.book, self.persisted)
         self.waiters: dict[tuple, list[tuple[bytes, int]]] = {}  # a deferred answer's key -> who asked
         self._housekeeping_at = 0.0
         self._heartbeat_at = 0.0
@@ -141,10 +143,30 @@ class Coordinator:
 
     def handle_event(self, msg: m.Message, now: float) -> list:
         out: list = []
+        if self.titles.jobs and self._title_events(msg, now, out):
+            return out
+        done = self.streams.active.get(msg.generation_id) if type(msg) is m.GenDone else None
         self._event_handlers[type(msg)](msg, now, out)
+        if done is not None and done.status == "completed" and self.settings.auto_title:
+            self.titles.after_reply(self.book.sessions.get(done.session_id), done.record, done.text(), now, out)
         if self.changes.waiting and type(msg) in CHANGE_SETTLED_BY:
             self._answer(self.changes.settled(out), out)
         return out
+
+    def _title_events(self, msg: m.Message, now: float, out: list) -> bool:
+        """Events of a title's generation (``titles.py``), which is no reply: taken out before the streams see
+        them. True when nothing else is left of ``msg``."""
+        if type(msg) is m.GenDeltaBatch:
+            mine = [item for item in msg.deltas if self.titles.owns(item.generation_id)]
+            for item in mine:
+                self.titles.on_event(item, now, out)
+            if mine:
+                msg.deltas = [item for item in msg.deltas if not self.titles.owns(item.generation_id)]
+            return not msg.deltas
+        if self.titles.owns(getattr(msg, "generation_id", "")):
+            self.titles.on_event(msg, now, out)
+            return True
+        return False
 
     def _answer(self, done: list[tuple[tuple, answers.Result]], out: list) -> None:
         """Deferred requests answered: what each waited for is applied."""

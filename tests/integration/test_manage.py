@@ -154,3 +154,24 @@ def _event(client):
         return None
     from transport import payload_of
     return codec.decode(payload_of(client.stream.recv()), m.STREAM_EVENTS)
+
+
+def test_with_auto_titles_the_model_names_a_session_once_and_never_in_its_conversation(fresh_stack):
+    from services.coordinator.titles import ASK, clean
+    from services.mock_llm.script import reply_text
+    stack = fresh_stack(CHATTER_AUTO_TITLE="1")
+    first = sent(stack, "Plan a weekend in Lyon [[mock tokens=12]]")
+    session = first["session_id"]
+    asked = wait_until(lambda: [e for e in stack.journal() if e["body"]["messages"][0]["content"] == ASK],
+                       what="the title asked of the model")
+    assert len(asked) == 1 and "Plan a weekend in Lyon" in asked[0]["body"]["messages"][1]["content"]
+    body = asked[0]["body"]
+    # the mock reads the directive quoted in the excerpt (12 tokens), within the request's max_tokens (24)
+    title = clean(reply_text(body["messages"], body["model"], min(12, body["max_tokens"])))
+    assert title and title != "Plan a weekend in Lyon [[mock tokens=12]]"
+    wait_until(lambda: stack.cli_json("history", session)["title"] == title, what="the model's title")
+    assert [h["role"] for h in stack.cli_json("history", session)["messages"]] == ["user", "assistant"]
+    row = stack.query("select title, title_set from session where id = ?", (session,))[0]
+    assert row["title"] == title and not row["title_set"]
+    sent(stack, "and Paris? [[mock tokens=3]]", "--session", session)
+    assert len([e for e in stack.journal() if e["body"]["messages"][0]["content"] == ASK]) == 1  # once
