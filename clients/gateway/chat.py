@@ -15,7 +15,8 @@ from aiohttp import web
 
 from clients.gateway import events
 from clients.gateway.errors import ApiError
-from clients.gateway.responses import CreateAsk, Responses, text_ok, json_body
+from clients.gateway.reading import json_body
+from clients.gateway.responses import CreateAsk, Responses, text_ok
 from protocol import messages as m
 
 SESSION_HEADER = "X-Chatter-Session"

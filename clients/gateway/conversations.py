@@ -10,11 +10,10 @@ from aiohttp import web
 from clients.api import join_history
 from clients.gateway.errors import ApiError, not_found
 from clients.gateway.link import APPLIED_TIMEOUT_S, Link
-from clients.gateway.responses import input_turns, json_body, query_int
+from clients.gateway.reading import json_body, page
+from clients.gateway.responses import input_turns
 from protocol import messages as m
 from protocol.conversation import MessageRecord, SessionRecord
-
-LIST_MOST = 100  # items a page, at most (OpenAI's bound)
 
 
 class Conversations:
@@ -86,23 +85,3 @@ def item(msg) -> dict:
     status = "completed" if msg.status == "completed" else ("in_progress" if msg.status in ("queued", "streaming")
                                                             else "incomplete")
     return {"id": f"msg_{msg.message_id}", "type": "message", "role": msg.role, "status": status, "content": [part]}
-
-
-def page(request: web.Request, items: list[dict]) -> dict:
-    """A cursor page of ``items`` (oldest first as given), as OpenAI's lists are: ``order``, ``after``, ``limit``."""
-    order = request.query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise ApiError(400, "order must be asc or desc", param="order")
-    limit = query_int(request, "limit", 20)
-    if not 1 <= limit <= LIST_MOST:
-        raise ApiError(400, f"limit must be from 1 to {LIST_MOST}", param="limit")
-    ordered = items if order == "asc" else items[::-1]
-    after = request.query.get("after")
-    if after is not None:
-        at = next((i for i, it in enumerate(ordered) if it["id"] == after), None)
-        if at is None:
-            raise ApiError(400, f"after: no item {after[:80]!r} here", param="after")
-        ordered = ordered[at + 1:]
-    chosen = ordered[:limit]
-    return {"object": "list", "data": chosen, "first_id": chosen[0]["id"] if chosen else None,
-            "last_id": chosen[-1]["id"] if chosen else None, "has_more": len(ordered) > limit}

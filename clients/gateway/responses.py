@@ -15,6 +15,7 @@ from protocol import messages as m
 from protocol.conversation import MessageRecord, SessionRecord
 from clients.gateway import events
 from clients.gateway.errors import ApiError, not_found
+from clients.gateway.reading import json_body, page, query_int
 from clients.gateway.link import APPLIED_TIMEOUT_S, Link, Watch
 
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps an idle connection open through proxies
@@ -139,7 +140,6 @@ class Responses:
 
     async def input_items(self, request: web.Request) -> web.StreamResponse:
         """What the reply was generated from: its exact prompt, as ``chatter preview`` gives it, as input items."""
-        from clients.gateway.conversations import page
         snap = await self.owned_reply(request.match_info["response_id"], "response_id", request["user"])
         messages = await self._prompt(snap.message_id)
         items = [{"id": f"in_{snap.message_id}_{index}", "type": "message", "role": msg["role"], "status": "completed",
@@ -332,16 +332,6 @@ class CreateAsk:
         self.user = ""  # who asks (signed in by the gateway)
 
 
-async def json_body(request: web.Request) -> dict:
-    try:
-        body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
 KNOWN = {"input", "instructions", "model", "stream", "background", "store", "previous_response_id", "conversation",
          "temperature", "max_output_tokens", "metadata", "user", "parallel_tool_calls", "tool_choice", "tools",
          "top_p", "truncation", "text", "reasoning", "stream_options", "include", "service_tier",
@@ -446,16 +436,3 @@ def _string(body: dict, name: str, most: int) -> str | None:
     if not isinstance(value, str) or len(value) > most:
         raise ApiError(400, f"{name} must be a string of at most {most:,} characters", param=name)
     return text_ok(value, name)
-
-
-def query_int(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer", param=name) from None
-    if not -1 <= value < 2**53:
-        raise ApiError(400, f"{name} is out of range", param=name)
-    return value
