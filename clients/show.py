@@ -139,7 +139,8 @@ def print_history(history: answers.History, show_thinking: bool = False) -> None
     for number, msg in enumerate(history.messages, 1):
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.created_at))
         status = status_label(msg.status, (msg.stats or {}).get("finish_reason"))
-        head = f"#{number} [{msg.role}] {stamp} {status} {msg.message_id}"
+        role = f"tool result for {msg.tool_call_id}" if msg.role == "tool" else msg.role
+        head = f"#{number} [{role}] {stamp} {status} {msg.message_id}"
         if msg.sibling_count > 1:  # chatter switch SESSION N --version K shows another
             head += f" < {msg.sibling_index + 1}/{msg.sibling_count} >"
         stats = msg.stats

@@ -81,6 +81,9 @@ def markdown(export: answers.SessionExport) -> str:
         if record.role == "user":
             out += [f"## You · {stamp}", "", record.content, ""]
             continue
+        if record.role == "tool":
+            out += [f"## Tool result for `{record.tool_call_id}` · {stamp}", "", record.content, ""]
+            continue
         status = "" if record.status == "completed" else f" · {record.status}"
         out += [f"## {record.model or 'Assistant'} · {stamp}{status}", ""]
         if record.reasoning:

@@ -113,6 +113,7 @@ class Preview(Result, tag="preview"):
     index: Int = 0
     offset: Int = 0  # ...the first of them at this offset of its content
     next: Optional[list[Int]] = None  # where the next page begins: [preview_offset, index, offset]; None: last
+    params: dict = field(default_factory=dict)  # what the request carried beside its messages (temperature, tools)
 
 
 class SessionResolved(Result, tag="resolved"):

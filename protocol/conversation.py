@@ -27,7 +27,7 @@ class MessageView(msgspec.Struct, kw_only=True):
 
     message_id: str
     session_id: str
-    role: str  # "user" or "assistant"
+    role: str  # "user" or "assistant", or "tool": a tool's result (the gateway's ``function_call_output``)
     content: str
     status: str
     created_at: float
@@ -50,6 +50,7 @@ class MessageView(msgspec.Struct, kw_only=True):
     parent_id: Optional[str] = None
     sibling_index: Int = 0
     sibling_count: Int = 1
+    tool_call_id: Optional[str] = None  # a tool's result (role "tool"): the call it answers
 
 
 class MessageRecord(MessageView, kw_only=True):
@@ -96,6 +97,8 @@ def prompt_message(record: MessageRecord, keep_thinking: bool) -> dict:
     message = {"role": record.role, "content": prompt_content(record, keep_thinking)}
     if record.tool_calls:
         message["tool_calls"] = [dict(call) for call in record.tool_calls]
+    if record.role == "tool":
+        message["tool_call_id"] = record.tool_call_id or ""
     return message
 
 

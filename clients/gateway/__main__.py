@@ -143,7 +143,7 @@ def make_app(link: Link, log) -> web.Application:
     app = web.Application(client_max_size=limit, middlewares=[openai_errors, signed_in(SignIn(link))])
     app[MAX_BODY] = limit
     responses = Responses(link, log)
-    conversations = Conversations(link, responses.ask, responses.owned_session)
+    conversations = Conversations(link, responses.ask, responses.owned_session, responses.seed)
     open_, most = collections.Counter(), streams_per_user()
     app.router.add_post("/v1/responses", limited(responses.create, open_, most))
     app.router.add_get("/v1/responses/{response_id}", limited(responses.retrieve, open_, most))
@@ -153,7 +153,7 @@ def make_app(link: Link, log) -> web.Application:
     app.router.add_post("/v1/conversations", conversations.create)
     app.router.add_get("/v1/conversations/{conversation_id}", conversations.retrieve)
     app.router.add_delete("/v1/conversations/{conversation_id}", conversations.delete)
-    app.router.add_get("/v1/conversations/{conversation_id}/items", conversations.items)
+    app.router.add_get("/v1/conversations/{conversation_id}/items", conversations.list_items)
     chat = ChatCompletions(responses)
     app.router.add_post("/v1/chat/completions", limited(chat.create, open_, most))
     app.router.add_get("/v1/models", chat.models)

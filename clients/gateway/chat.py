@@ -16,13 +16,13 @@ from aiohttp import web
 from clients.gateway import events
 from clients.gateway.errors import ApiError
 from clients.gateway.reading import json_body
-from clients.gateway.responses import CreateAsk, Responses, text_ok
+from clients.gateway.responses import CreateAsk, Responses, Turn, text_ok
 from protocol import messages as m
 
 SESSION_HEADER = "X-Chatter-Session"
 KNOWN = {"model", "messages", "stream", "stream_options", "temperature", "max_tokens", "max_completion_tokens",
          "n", "user", "top_p", "presence_penalty", "frequency_penalty", "seed", "stop", "logit_bias", "metadata",
-         "store", "response_format", "parallel_tool_calls"}
+         "store", "response_format", "parallel_tool_calls", "tools", "tool_choice"}
 
 
 class ChatCompletions:
@@ -35,8 +35,7 @@ class ChatCompletions:
         ask.user = request["user"]
         session_id, _ = await self.responses.session_for(ask)
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-        started = await self.responses.ask(m.Send(self.responses.link.next_id(), session_id, ask.text, key[:128],
-                                                  ask.model))
+        started = await self.responses.ask(ask.send(self.responses.link.next_id(), session_id, key[:128], None))
         link = self.responses.link
         watch = link.watch(session_id)
         try:
@@ -53,7 +52,7 @@ class ChatCompletions:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                SESSION_HEADER: state.session_id})
         await response.prepare(request)
-        sent = {"reasoning": 0, "text": 0, "role": False}
+        sent = {"reasoning": 0, "text": 0, "role": False, "calls": []}
 
         async def on_change(s: events.ReplyState) -> None:
             delta: dict = {} if sent["role"] else {"role": "assistant"}
@@ -61,7 +60,10 @@ class ChatCompletions:
                 delta["reasoning_content"] = s.reasoning[sent["reasoning"]:]
             if len(s.text) > sent["text"]:
                 delta["content"] = s.text[sent["text"]:]
-            if "content" in delta or "reasoning_content" in delta or (s.ended and not sent["role"]):
+            calls = call_deltas(s.tool_calls, sent["calls"])
+            if calls:
+                delta["tool_calls"] = calls
+            if len(delta) > (0 if sent["role"] else 1) or (s.ended and not sent["role"]):
                 await write(chunk(s, delta, None))
                 sent.update(reasoning=len(s.reasoning), text=len(s.text), role=True)
             if s.ended:
@@ -117,10 +119,12 @@ def parse_chat(body: dict, session_header: str | None) -> CreateAsk:
         if not isinstance(message, dict):
             raise ApiError(400, f"{where} must be an object", param=where)
         role = {"developer": "system"}.get(message.get("role"), message.get("role"))
-        if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"{where}.role: Chatter takes system, user and assistant messages, not "
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ApiError(400, f"{where}.role: Chatter takes system, user, assistant and tool messages, not "
                            f"{str(role)[:20]!r}", param=f"{where}.role")
         content = message.get("content")
+        if content is None and role == "assistant" and message.get("tool_calls"):
+            content = ""
         if isinstance(content, list):
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
@@ -129,19 +133,22 @@ def parse_chat(body: dict, session_header: str | None) -> CreateAsk:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise ApiError(400, f"{where}.content must be a string or text parts", param=f"{where}.content")
-        turns.append((role, text_ok(content, f"{where}.content")))
-    if turns[-1][0] != "user" or not turns[-1][1].strip():
-        raise ApiError(400, "the last message must be the user's, with text", param="messages")
+        text = text_ok(content, f"{where}.content")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not 1 <= len(call_id) <= 128:
+                raise ApiError(400, f"{where}.tool_call_id must be the call's id", param=f"{where}.tool_call_id")
+            turns.append(Turn("tool", text, call_id=call_id))
+        else:
+            turns.append(Turn(role, text, _calls(message.get("tool_calls"), where) if role == "assistant" else ()))
     ask = CreateAsk()
-    ask.text = turns[-1][1]
-    system = [text for role, text in turns[:-1] if role == "system"]
-    ask.instructions = "\n\n".join(system) if system else None
+    ask.take_last(turns)
     if session_header:
         if not 1 <= len(session_header) <= 64:
             raise ApiError(400, f"{SESSION_HEADER} must be a session id", param=SESSION_HEADER)
         ask.conversation = session_header  # the session holds the earlier turns already
-    else:
-        ask.earlier = [(role, text) for role, text in turns[:-1] if role != "system"]
+        ask.earlier = []
+    read_chat_tools(body, ask)
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or len(model) > 128):
         raise ApiError(400, "model must be a string of at most 128 characters", param="model")
@@ -158,6 +165,47 @@ def parse_chat(body: dict, session_header: str | None) -> CreateAsk:
                 raise ApiError(400, f"{name} must be a positive integer", param=name)
             ask.params["max_tokens"] = tokens
     return ask
+
+
+def _calls(given, where: str) -> tuple:
+    """An assistant message's tool calls, as the request echoes them back."""
+    if given is None:
+        return ()
+    if not isinstance(given, list) or not all(
+            isinstance(call, dict) and isinstance(call.get("id"), str) and isinstance(call.get("function"), dict)
+            and isinstance(call["function"].get("name"), str) and isinstance(call["function"].get("arguments"), str)
+            for call in given):
+        raise ApiError(400, f"{where}.tool_calls: each call has an id and a function's name and arguments",
+                       param=f"{where}.tool_calls")
+    return tuple({"id": call["id"][:128], "type": "function", "function": {
+        "name": call["function"]["name"][:64], "arguments": call["function"]["arguments"]}} for call in given)
+
+
+def read_chat_tools(body: dict, ask: CreateAsk) -> None:
+    """Function tools and tool_choice, already in Chat Completions' shape: passed on as they are (the
+    coordinator checks them)."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or len(tools) > m.TOOLS_AT_MOST:
+            raise ApiError(400, f"tools must be a list of at most {m.TOOLS_AT_MOST} tools", param="tools")
+        ask.tools = tools or None
+    ask.tool_choice = body.get("tool_choice")
+
+
+def call_deltas(calls: list[dict], sent: list[int]) -> list[dict]:
+    """What is new of the tool calls, as Chat Completions streams it: a call's id, name and first arguments the
+    first time, then more of its arguments. ``sent`` (the arguments' lengths already sent) is brought up to date."""
+    out = []
+    for index, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        if index == len(sent):
+            sent.append(len(arguments))
+            out.append({"index": index, "id": call.get("id") or "", "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": arguments}})
+        elif len(arguments) > sent[index]:
+            out.append({"index": index, "function": {"arguments": arguments[sent[index]:]}})
+            sent[index] = len(arguments)
+    return out
 
 
 def finish_reason(state: events.ReplyState) -> str:
@@ -188,6 +236,8 @@ def completion(state: events.ReplyState) -> dict:
     message = {"role": "assistant", "content": state.text}
     if state.reasoning:
         message["reasoning_content"] = state.reasoning
+    if state.tool_calls:
+        message["tool_calls"] = state.tool_calls
     return {"id": completion_id(state), "object": "chat.completion", "created": int(state.created_at),
             "model": state.model, "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(state),
                                                 "logprobs": None}],

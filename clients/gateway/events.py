@@ -14,6 +14,13 @@ the same event the same number, and ``starting_after=N`` resumes at exactly the 
   ends (``A`` characters), ``base + 2 + A`` ``output_text.done``, ``+ 3 + A`` ``content_part.done``, ``+ 4 + A``
   ``output_item.done`` and ``+ 5 + A`` the last: ``response.completed``, ``response.incomplete`` or
   ``response.failed``.
+- a reply that calls tools (``tool_calls``, OpenAI's shape) has, after its message item (which it has only when
+  it wrote text, and which closes as the first call begins: a model writes its words, then its calls), a
+  ``function_call`` item for each call in order, from ``s`` (``base`` without text, else the number after the
+  message item's ``output_item.done``): ``s`` ``output_item.added``, a ``function_call_arguments.delta``
+  numbered ``s + E`` (``E`` where its arguments' text ends), and once the next call begins or the reply ends
+  (``L`` characters), ``s + L + 1`` ``function_call_arguments.done`` and ``s + L + 2`` ``output_item.done``; the
+  next call begins at ``s + L + 3``, and the last event follows the last call.
 
 However the text was cut into deltas (coalescing differs between runs), a delta's number is where it ends, so a
 resume from N sends the text from that position on, cutting a delta where N falls inside it.
@@ -40,12 +47,15 @@ class ReplyState:
     finish_reason: str | None = None
     error: str | None = None
     stats: dict = field(default_factory=dict)
+    tool_calls: list = field(default_factory=list)  # the calls so far, OpenAI's Chat Completions shape
     background: bool = False
     store: bool = True
     previous_response_id: str | None = None
     instructions: str | None = None
     temperature: float | None = None
     max_output_tokens: int | None = None
+    tools: list = field(default_factory=list)  # as the request gave them (the Responses API's shape)
+    tool_choice: str | dict = "auto"
 
     @property
     def response_id(self) -> str:
@@ -57,8 +67,13 @@ class ReplyState:
 
     @property
     def answering(self) -> bool:
-        """The answer has begun (or the reply ended): the thinking, if any, is whole."""
-        return bool(self.text) or self.ended
+        """The answer has begun (words or calls, or the reply ended): the thinking, if any, is whole."""
+        return bool(self.text) or bool(self.tool_calls) or self.ended
+
+    @property
+    def has_message(self) -> bool:
+        """The reply has a message item: it wrote words, or ended without calling a tool."""
+        return bool(self.text) or (self.ended and not self.tool_calls)
 
 
 def response_id(message_id: str) -> str:
@@ -111,6 +126,26 @@ def events_after(reply: ReplyState, after: int) -> list[dict]:
         emit(4 + length, {"type": "response.output_item.done", "output_index": 0,
                           "item": reasoning_item(reply, done=True)})
     at, index = base(reply), 1 if reply.reasoning else 0
+    if reply.has_message:
+        at = _message_events(reply, after, at, index, emit)
+        if at is None:
+            return out
+        index += 1
+    for number, call in enumerate(reply.tool_calls):
+        at = _call_events(reply, after, at, index + number, number, call,
+                          done=reply.ended or number < len(reply.tool_calls) - 1, emit=emit)
+        if at is None:
+            return out
+    if not reply.ended:
+        return out
+    status = response_status(reply)
+    kind = {"completed": "response.completed", "failed": "response.failed"}.get(status, "response.incomplete")
+    emit(at, {"type": kind, "response": response_object(reply, status)})
+    return out
+
+
+def _message_events(reply: ReplyState, after: int, at: int, index: int, emit) -> int | None:
+    """The message item's events from ``at``; the number after them once it is whole, else None."""
     item_id = message_item_id(reply)
     emit(at, {"type": "response.output_item.added", "output_index": index,
               "item": {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress",
@@ -122,18 +157,42 @@ def events_after(reply: ReplyState, after: int) -> list[dict]:
     if start < length:
         emit(at + 1 + length, {"type": "response.output_text.delta", "item_id": item_id, "output_index": index,
                                "content_index": 0, "delta": reply.text[start:], "logprobs": []})
-    if not reply.ended:
-        return out
+    if not reply.ended and not reply.tool_calls:
+        return None
     emit(at + 2 + length, {"type": "response.output_text.done", "item_id": item_id, "output_index": index,
                            "content_index": 0, "text": reply.text, "logprobs": []})
     emit(at + 3 + length, {"type": "response.content_part.done", "item_id": item_id, "output_index": index,
                            "content_index": 0, "part": output_text(reply.text)})
     emit(at + 4 + length, {"type": "response.output_item.done", "output_index": index,
                            "item": message_item(reply)})
-    status = response_status(reply)
-    kind = {"completed": "response.completed", "failed": "response.failed"}.get(status, "response.incomplete")
-    emit(at + 5 + length, {"type": kind, "response": response_object(reply, status)})
-    return out
+    return at + 5 + length
+
+
+def _call_events(reply: ReplyState, after: int, at: int, index: int, number: int, call: dict, done: bool,
+                 emit) -> int | None:
+    """The events of function call ``number`` (output item ``index``) from ``at``; the number after them once it
+    is whole, else None."""
+    item = function_call_item(reply, number, call, done=False)
+    emit(at, {"type": "response.output_item.added", "output_index": index, "item": item | {"arguments": ""}})
+    arguments = call["function"]["arguments"]
+    start = min(max(after - at, 0), len(arguments))
+    if start < len(arguments):
+        emit(at + len(arguments), {"type": "response.function_call_arguments.delta", "item_id": item["id"],
+                                   "output_index": index, "delta": arguments[start:]})
+    if not done:
+        return None
+    emit(at + len(arguments) + 1, {"type": "response.function_call_arguments.done", "item_id": item["id"],
+                                   "output_index": index, "arguments": arguments, "name": call["function"]["name"]})
+    emit(at + len(arguments) + 2, {"type": "response.output_item.done", "output_index": index,
+                                   "item": function_call_item(reply, number, call, done=True)})
+    return at + len(arguments) + 3
+
+
+def function_call_item(reply: ReplyState, number: int, call: dict, done: bool) -> dict:
+    """The reply's call ``number`` (0 its first) as an output item."""
+    return {"id": f"fc_{reply.message_id}_{number}", "type": "function_call", "call_id": call.get("id") or "",
+            "name": call["function"]["name"], "arguments": call["function"]["arguments"],
+            "status": "completed" if done else "in_progress"}
 
 
 def response_status(reply: ReplyState) -> str:
@@ -163,7 +222,7 @@ def reasoning_item(reply: ReplyState, done: bool) -> dict:
 
 
 def message_item(reply: ReplyState) -> dict:
-    status = "completed" if response_status(reply) == "completed" else (
+    status = "completed" if response_status(reply) == "completed" or reply.tool_calls else (
         "in_progress" if not reply.ended else "incomplete")
     return {"id": message_item_id(reply), "type": "message", "role": "assistant", "status": status,
             "content": [output_text(reply.text)]}
@@ -176,11 +235,15 @@ def response_object(reply: ReplyState, status: str | None = None) -> dict:
     output = []
     if reply.reasoning:
         output.append(reasoning_item(reply, done=reply.answering))
-    if reply.answering or reply.ended:
+    if reply.has_message:
         output.append(message_item(reply))
+    output += [function_call_item(reply, number, call,
+                                  done=reply.ended or number < len(reply.tool_calls) - 1)
+               for number, call in enumerate(reply.tool_calls)]
     obj = {
         "id": reply.response_id, "object": "response", "created_at": reply.created_at, "status": status,
-        "model": reply.model, "output": output, "parallel_tool_calls": False, "tool_choice": "auto", "tools": [],
+        "model": reply.model, "output": output, "parallel_tool_calls": True, "tool_choice": reply.tool_choice,
+        "tools": reply.tools,
         "background": reply.background, "store": reply.store, "instructions": reply.instructions,
         "previous_response_id": reply.previous_response_id, "temperature": reply.temperature,
         "max_output_tokens": reply.max_output_tokens, "conversation": {"id": reply.session_id},

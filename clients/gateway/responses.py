@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -36,7 +37,7 @@ class Responses:
         ask.user = request["user"]
         session_id, after = await self.session_for(ask)
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-        started = await self.ask(m.Send(self.link.next_id(), session_id, ask.text, key[:128], ask.model, after))
+        started = await self.ask(ask.send(self.link.next_id(), session_id, key[:128], after))
         watch, state = self.link.watch(session_id), None
         try:
             snap = await self.reply(started.message_id)
@@ -103,13 +104,13 @@ class Responses:
 
     async def _seed(self, session_id: str, ask: CreateAsk) -> None:
         """Earlier turns given in the input, before its last message: the new session begins with them."""
-        records, parent = [], ""
-        for role, text in ask.earlier:
-            record = MessageRecord(message_id=uuid.uuid4().hex, session_id=session_id, role=role, content=text,
-                                   status="completed", created_at=0.0, parent_id=parent)
-            records.append(record)
-            parent = record.message_id
-        header = SessionRecord(session_id=session_id, system=ask.instructions or None, active_leaf=parent)
+        await self.seed(session_id, ask.instructions, ask.earlier)
+
+    async def seed(self, session_id: str, system: str | None, turns: list[Turn]) -> None:
+        """A new session's first messages, one branch in order, imported whole (answered once applied)."""
+        records = seed_records(session_id, turns)
+        header = SessionRecord(session_id=session_id, system=system or None,
+                               active_leaf=records[-1].message_id if records else None)
         await self.ask(m.ImportSession(self.link.next_id(), header, records), APPLIED_TIMEOUT_S)
 
     # ------------------------------------------------------------ retrieve, resume, cancel
@@ -142,9 +143,7 @@ class Responses:
         """What the reply was generated from: its exact prompt, as ``chatter preview`` gives it, as input items."""
         snap = await self.owned_reply(request.match_info["response_id"], "response_id", request["user"])
         messages = await self._prompt(snap.message_id)
-        items = [{"id": f"in_{snap.message_id}_{index}", "type": "message", "role": msg["role"], "status": "completed",
-                  "content": [{"type": "input_text" if msg["role"] != "assistant" else "output_text",
-                               "text": str(msg["content"])}]} for index, msg in enumerate(messages)]
+        items = [item for index, msg in enumerate(messages) for item in input_items_of(snap.message_id, index, msg)]
         return web.json_response(page(request, items))
 
     async def _prompt(self, message_id: str) -> list[dict]:
@@ -246,6 +245,7 @@ class Responses:
 
     def _update(self, state: events.ReplyState, view: ReplyView, snap) -> None:
         state.reasoning, state.text = view.reasoning, view.text
+        state.tool_calls = view.tool_calls
         if view.final is not None:
             state.status = view.final["status"]
             state.stats = view.final.get("stats") or {}
@@ -310,10 +310,59 @@ class Responses:
             state.background, state.store = ask.background, ask.store
             state.previous_response_id, state.instructions = ask.previous_response_id, ask.instructions
             state.temperature, state.max_output_tokens = ask.params.get("temperature"), ask.params.get("max_tokens")
+            state.tools, state.tool_choice = ask.tools_given, ask.tool_choice_given
+        state.tool_calls = [dict(call, function=dict(call["function"])) for call in snap.tool_calls]
         return state
 
 
 # ---------------------------------------------------------------- reading a request
+
+
+def input_items_of(message_id: str, index: int, msg: dict) -> list[dict]:
+    """A prompt message as the Responses API's input items."""
+    return items_of(f"in_{message_id}_{index}", msg["role"], str(msg["content"]), msg.get("tool_calls") or (),
+                    msg.get("tool_call_id"), "completed")
+
+
+def items_of(item_id: str, role: str, content: str, calls, call_id: str | None, status: str) -> list[dict]:
+    """A message as the Responses API's items: a message (a user's text as input, a reply's as output), a reply's
+    calls as ``function_call`` items after it, a tool's result as a ``function_call_output``."""
+    if role == "tool":
+        return [{"id": item_id, "type": "function_call_output", "call_id": call_id or "", "output": content,
+                 "status": status}]
+    items = []
+    if content or not calls:
+        part = ({"type": "output_text", "text": content, "annotations": [], "logprobs": []} if role == "assistant"
+                else {"type": "input_text", "text": content})
+        items.append({"id": item_id, "type": "message", "role": role, "status": status, "content": [part]})
+    items += [{"id": f"{item_id}_{number}", "type": "function_call", "call_id": call.get("id", ""),
+               "name": call["function"]["name"], "arguments": call["function"]["arguments"], "status": status}
+              for number, call in enumerate(calls)]
+    return items
+
+
+def seed_records(session_id: str, turns: list[Turn]) -> list[MessageRecord]:
+    """Turns as a session's messages, each after the one before; a ``function_call`` item after the reply that
+    made it is one of that reply's calls."""
+    records: list[MessageRecord] = []
+    for turn in turns:
+        if turn.calls and records and records[-1].role == "assistant" and not turn.text:
+            records[-1].tool_calls += turn.calls
+            continue
+        records.append(MessageRecord(message_id=uuid.uuid4().hex, session_id=session_id, role=turn.role,
+                                     content=turn.text, status="completed", created_at=0.0,
+                                     parent_id=records[-1].message_id if records else "",
+                                     tool_calls=list(turn.calls), tool_call_id=turn.call_id))
+    return records
+
+
+class Turn(NamedTuple):
+    """A message of a request's input: a user's, a reply's (with the calls it made), or a tool's result."""
+
+    role: str  # user, assistant, system or tool
+    text: str
+    calls: tuple = ()  # an assistant's tool calls, Chat Completions' shape
+    call_id: str | None = None  # a tool's result: the call it answers
 
 
 class CreateAsk:
@@ -321,7 +370,12 @@ class CreateAsk:
 
     def __init__(self) -> None:
         self.text = ""
-        self.earlier: list[tuple[str, str]] = []
+        self.earlier: list[Turn] = []
+        self.tool_results: list[m.ToolOutput] = []  # the results this reply follows (the input's last items)
+        self.tools: list[dict] | None = None  # as sent upstream: Chat Completions' shape
+        self.tool_choice = None
+        self.tools_given: list[dict] = []  # as the request gave them, for the response object
+        self.tool_choice_given: str | dict = "auto"
         self.instructions: str | None = None
         self.model: str | None = None
         self.stream = self.background = False
@@ -330,6 +384,35 @@ class CreateAsk:
         self.conversation: str | None = None
         self.params: dict = {}
         self.user = ""  # who asks (signed in by the gateway)
+
+    def send(self, req_id: int, session_id: str, key: str, after: str | None) -> m.Send:
+        return m.Send(req_id, session_id, self.text, key, self.model, after, tools=self.tools,
+                      tool_choice=self.tool_choice, tool_results=self.tool_results or None)
+
+    def take_last(self, turns: list[Turn]) -> None:
+        """What this reply answers, from the end of the input: a user message, the tools' results before it, or
+        both; the rest are earlier turns (a system message among them is the instructions)."""
+        turns = list(turns)
+        if turns and turns[-1].role == "user":
+            self.text = turns.pop().text
+        while turns and turns[-1].role == "tool":
+            turn = turns.pop()
+            self.tool_results.insert(0, m.ToolOutput(turn.call_id, turn.text))
+        if not self.text.strip() and not self.tool_results:
+            raise ApiError(400, "the input must end with a user message, or with tools' results "
+                           "(function_call_output)", param="input")
+        system = [turn.text for turn in turns if turn.role == "system"]
+        if system and self.instructions is None:
+            self.instructions = "\n\n".join(system)
+        self.earlier = [turn for turn in turns if turn.role != "system"]
+
+    def follows_stored(self) -> None:
+        """With ``previous_response_id`` or ``conversation`` the session holds the earlier turns: only the calls
+        the input echoes back may come before what this reply answers (they are in the session already)."""
+        if any(turn.role != "assistant" or turn.text for turn in self.earlier):
+            raise ApiError(400, "earlier turns go in a new conversation; with conversation or previous_response_id, "
+                           "give only the new user message and tools' results", param="input")
+        self.earlier = []
 
 
 KNOWN = {"input", "instructions", "model", "stream", "background", "store", "previous_response_id", "conversation",
@@ -343,15 +426,8 @@ def parse_create(body: dict) -> CreateAsk:
     if unknown:
         raise ApiError(400, f"unknown parameter: {unknown[0]!r}", param=unknown[0], code="unknown_parameter")
     ask = CreateAsk()
-    turns = input_turns(body.get("input"))
-    if not turns or turns[-1][0] != "user":
-        raise ApiError(400, "the input must end with a user message", param="input")
-    ask.text, ask.earlier = turns[-1][1], turns[:-1]
-    system = [text for role, text in ask.earlier if role == "system"]
-    ask.earlier = [(role, text) for role, text in ask.earlier if role != "system"]
     ask.instructions = _string(body, "instructions", 1_000_000)
-    if system and ask.instructions is None:
-        ask.instructions = "\n\n".join(system)
+    ask.take_last(input_turns(body.get("input")))
     ask.model = _string(body, "model", 128)
     for name in ("stream", "background", "store"):
         value = body.get(name)
@@ -368,9 +444,9 @@ def parse_create(body: dict) -> CreateAsk:
     ask.conversation = conversation
     if ask.conversation and ask.previous_response_id:
         raise ApiError(400, "give conversation or previous_response_id, not both", param="conversation")
-    if ask.earlier and (ask.conversation or ask.previous_response_id):
-        raise ApiError(400, "earlier turns go in a new conversation; with conversation or previous_response_id, "
-                       "give only the new user message", param="input")
+    if ask.conversation or ask.previous_response_id:
+        ask.follows_stored()
+    read_tools(body, ask)
     temperature = body.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
@@ -384,26 +460,88 @@ def parse_create(body: dict) -> CreateAsk:
     return ask
 
 
-def input_turns(value) -> list[tuple[str, str]]:
-    """The input as (role, text) turns: a string is one user message; a list holds message items, whose content
-    is a string or a list of text parts."""
+def input_turns(value) -> list[Turn]:
+    """The input as turns: a string is one user message; a list holds message items (their content a string or a
+    list of text parts), the function calls a reply made (``function_call``, as a reply's output has them) and
+    the tools' results (``function_call_output``). A reply's reasoning items are passed over: an earlier
+    reply's thinking is not sent back (``protocol.conversation.prompt_content``)."""
     if isinstance(value, str):
         if not value.strip():
             raise ApiError(400, "the input is empty", param="input")
-        return [("user", text_ok(value, "input"))]
+        return [Turn("user", text_ok(value, "input"))]
     if not isinstance(value, list) or not value:
         raise ApiError(400, "input must be a string or a list of messages", param="input")
     turns = []
     for index, item in enumerate(value):
         where = f"input[{index}]"
-        if not isinstance(item, dict) or item.get("type", "message") != "message":
-            kind = item.get("type") if isinstance(item, dict) else type(item).__name__
-            raise ApiError(400, f"{where}: Chatter takes message items here, not {kind!r}", param=where)
-        role = {"developer": "system"}.get(item.get("role"), item.get("role"))
-        if role not in ("user", "assistant", "system"):
-            raise ApiError(400, f"{where}.role must be user, assistant, system or developer", param=f"{where}.role")
-        turns.append((role, text_ok(_content_text(item.get("content"), where), f"{where}.content")))
+        kind = item.get("type", "message") if isinstance(item, dict) else type(item).__name__
+        if kind == "function_call":
+            turns.append(Turn("assistant", "", (_function_call(item, where),)))
+        elif kind == "function_call_output":
+            turns.append(Turn("tool", _tool_output(item, where), call_id=_call_id(item, where)))
+        elif kind == "reasoning":
+            continue
+        elif kind != "message":
+            raise ApiError(400, f"{where}: Chatter takes message, function_call and function_call_output items, "
+                           f"not {kind!r}", param=where)
+        else:
+            role = {"developer": "system"}.get(item.get("role"), item.get("role"))
+            if role not in ("user", "assistant", "system"):
+                raise ApiError(400, f"{where}.role must be user, assistant, system or developer",
+                               param=f"{where}.role")
+            turns.append(Turn(role, text_ok(_content_text(item.get("content"), where), f"{where}.content")))
     return turns
+
+
+def _call_id(item: dict, where: str) -> str:
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str) or not 1 <= len(call_id) <= 128:
+        raise ApiError(400, f"{where}.call_id must be the call's id (1 to 128 characters)", param=f"{where}.call_id")
+    return call_id
+
+
+def _function_call(item: dict, where: str) -> dict:
+    name, arguments = item.get("name"), item.get("arguments")
+    if not isinstance(name, str) or not isinstance(arguments, str):
+        raise ApiError(400, f"{where}: a function_call has a name and its arguments as a string", param=where)
+    return {"id": _call_id(item, where), "type": "function",
+            "function": {"name": name[:64], "arguments": text_ok(arguments, f"{where}.arguments")}}
+
+
+def _tool_output(item: dict, where: str) -> str:
+    output = item.get("output")
+    if isinstance(output, list):
+        output = _content_text(output, where)
+    if not isinstance(output, str):
+        raise ApiError(400, f"{where}.output must be a string or text parts", param=f"{where}.output")
+    return text_ok(output, f"{where}.output")
+
+
+def read_tools(body: dict, ask: CreateAsk) -> None:
+    """The request's function tools and tool_choice, in the Responses API's shape (a tool's name, description and
+    parameters beside its type), as Chat Completions takes them upstream; anything but a function is refused."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is not None:
+        if not isinstance(tools, list) or len(tools) > m.TOOLS_AT_MOST:
+            raise ApiError(400, f"tools must be a list of at most {m.TOOLS_AT_MOST} tools", param="tools")
+        ask.tools = [_chat_tool(tool, f"tools[{index}]") for index, tool in enumerate(tools)] or None
+        ask.tools_given = tools
+    if choice is not None:
+        ask.tool_choice_given = choice
+        if isinstance(choice, dict) and choice.get("type") == "function" and "function" not in choice:
+            choice = {"type": "function", "function": {"name": choice.get("name")}}
+        ask.tool_choice = choice
+
+
+def _chat_tool(tool, where: str) -> dict:
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
+        raise ApiError(400, f"{where}: Chatter passes function tools to the model; a {kind!r} tool cannot be "
+                       "passed", param=where)
+    if isinstance(tool.get("function"), dict):  # Chat Completions' shape already
+        return {"type": "function", "function": tool["function"]}
+    function = {key: tool[key] for key in ("name", "description", "parameters", "strict") if key in tool}
+    return {"type": "function", "function": function}
 
 
 def _content_text(content, where: str) -> str:

@@ -258,6 +258,9 @@ class Window(QMainWindow):
         for msg in history.messages:
             if msg.role == "user":
                 parts.append(user_message_html(msg))
+            elif msg.role == "tool":
+                parts.append(f"<p style='color:#666'>← {html.escape(msg.tool_call_id or '')}: "
+                             f"{html.escape(msg.content)}</p>")
             elif msg.generation_id and msg.status in ("queued", "streaming"):
                 continue  # under way: it shows live
             else:

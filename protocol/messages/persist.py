@@ -60,6 +60,7 @@ class CreateMessage(Message, tag=50):
     # the session's active leaf once it is written, when that is not this message (an import's, whatever its order)
     session_active_leaf: Optional[str] = None
     session_owner: Optional[str] = None  # the gateway's user whose session it is (None: the administrator's)
+    tool_call_id: Optional[str] = None  # a tool's result: the call it answers
 
 
 class Append(Message, tag=51):

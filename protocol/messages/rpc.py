@@ -2,8 +2,9 @@
 one ``Reply`` to each; what enters here is bounded at decode."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
+import msgspec
 from msgspec import Meta
 
 from protocol import answers
@@ -33,9 +34,24 @@ class NewSession(Message, tag=1):
     owner: Optional[UserName] = None  # the gateway's user whose session it is (None: the administrator's)
 
 
+class ToolOutput(msgspec.Struct, array_like=True, frozen=True):
+    """A tool's result, for the call of that id in the reply it follows."""
+
+    call_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    output: str
+
+
+TOOLS_AT_MOST = 128  # function tools one request passes, and tool results it gives back
+
+
 class Send(Message, tag=2):
     """A user message and a reply to it, after the active branch's last message, or after ``after`` (a branch
-    from there: the gateway's ``previous_response_id``)."""
+    from there: the gateway's ``previous_response_id``).
+
+    Tools (the gateway's): ``tools`` and ``tool_choice`` go upstream with this reply's request, in Chat
+    Completions' shape, and are part of its prompt (hash, preview); ``tool_results`` answer the calls of the
+    reply it follows, each a message of its own (role "tool") before the user's, whose ``text`` may then be
+    empty."""
 
     req_id: Int
     session_id: Id
@@ -43,6 +59,9 @@ class Send(Message, tag=2):
     client_request_id: RequestKey
     model: Optional[ModelName] = None
     after: Optional[Id] = None
+    tools: Optional[Annotated[list[dict], Meta(max_length=TOOLS_AT_MOST)]] = None
+    tool_choice: Optional[Union[str, dict]] = None
+    tool_results: Optional[Annotated[list[ToolOutput], Meta(max_length=TOOLS_AT_MOST)]] = None
 
 
 class Cancel(Message, tag=3):

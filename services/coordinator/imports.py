@@ -102,13 +102,16 @@ class Imports:
             parent = record.parent_id or ""
             if parent and parent not in known:
                 raise RequestRefused(f"{where}: parent_id {parent[:64]!r} is not a message before it in this session")
-            if record.role not in ("user", "assistant"):
-                raise RequestRefused(f"{where}: role must be user or assistant, not {record.role[:20]!r}")
+            if record.role not in ("user", "assistant", "tool"):
+                raise RequestRefused(f"{where}: role must be user, assistant or tool, not {record.role[:20]!r}")
+            if record.role == "tool" and not 1 <= len(record.tool_call_id or "") <= 128:
+                raise RequestRefused(f"{where}: a tool's result needs the tool_call_id it answers (1 to 128 "
+                                     "characters)")
             for name in ("content", "reasoning", "model", "error"):
                 value = getattr(record, name)
                 if value is not None and "\x00" in value:
                     raise RequestRefused(f"{where}: {name} contains a NUL character (\\x00), which cannot be stored")
-            if record.role == "user" and len(record.content) > self.settings.max_text_chars:
+            if record.role != "assistant" and len(record.content) > self.settings.max_text_chars:
                 raise RequestRefused(f"{where}: content is {len(record.content)} characters; the limit is "
                                      f"{self.settings.max_text_chars} (CHATTER_MAX_TEXT_CHARS)")
             if not math.isfinite(record.created_at):
@@ -116,7 +119,7 @@ class Imports:
             if record.model is not None and len(record.model) > 128:
                 raise RequestRefused(f"{where}: model is over 128 characters")
             status, error = record.status, record.error
-            if record.role == "user":
+            if record.role != "assistant":
                 status = Status.COMPLETED.value
             elif status not in FINAL:
                 status, error = Status.INTERRUPTED.value, error or "interrupted: exported while it was streaming"

@@ -70,6 +70,13 @@ def history_page(head: answers.History, views: Iterator[MessageView], offset: in
         content = ""
         if reasoning_offset + len(reasoning) == len(view.reasoning):
             content, room = _cut(view.content[offset:], room)
+        left = len(view.reasoning) - reasoning_offset + len(view.content) - offset
+        if left and not reasoning and not content:  # its fields fit, but none of its text: it begins the next page
+            if not page:
+                raise TooLargeToPage(f"message {view.message_id} is {size} bytes without its text: a page holds "
+                                     "no text beside it")
+            return msgspec.structs.replace(head, messages=page, next=answers.HistoryCursor(
+                message_id=view.message_id, offset=offset, reasoning_offset=reasoning_offset))
         page.append(msgspec.structs.replace(view, content=content, reasoning=reasoning))
         if reasoning_offset + len(reasoning) < len(view.reasoning) or offset + len(content) < len(view.content):
             return msgspec.structs.replace(head, messages=page, next=answers.HistoryCursor(

@@ -32,10 +32,16 @@ def render_preview(messages: list[dict], params: dict | None = None) -> str:
             role += ", prefix: true"
         if i == len(messages) - 1 and msg["role"] == "assistant":
             role += ", to be continued"
+        if msg["role"] == "tool":
+            role += f" result for {msg.get('tool_call_id', '')}"
         calls = "".join(f"\n[tool call {call.get('id', '')}: {call['function']['name']}({call['function']['arguments']})]"
                         for call in msg.get("tool_calls") or ())
         out.append(f"[{role}]\n{msg['content']}{calls}\n\n")
     told = [f"{key}: {json.dumps(params[key])}" for key in CONTINUE_FIELDS if key in (params or {})]
+    if (params or {}).get("tools"):
+        told.append("tools: " + ", ".join(tool["function"]["name"] for tool in params["tools"]))
+    if (params or {}).get("tool_choice") is not None:
+        told.append(f"tool_choice: {json.dumps(params['tool_choice'])}")
     if told:
         out.append(f"[request: {', '.join(told)}]\n")
     return "".join(out)
@@ -76,11 +82,14 @@ class PromptPackage:
     # how to build it again from the session (``rebuild``): what a reply stores instead of a copy of its prompt
     ref: dict | None = None
     tool_calls: tuple = ()  # (index, calls) of the messages that called tools: their "tool_calls", as sent
+    tool_call_ids: tuple = ()  # (index, id) of the tools' results: the call each answers ("tool_call_id")
 
     def wire_messages(self) -> list[dict]:
         out = [{"role": role, "content": content} for role, content in self.messages]
         for index, calls in self.tool_calls:
             out[index]["tool_calls"] = [dict(call) for call in calls]
+        for index, call_id in self.tool_call_ids:
+            out[index]["tool_call_id"] = call_id
         if self.prefix_last:
             out[-1]["prefix"] = True
         return out
@@ -105,7 +114,7 @@ def continuation(base: PromptPackage, partial: str, style: str, count_tokens, re
                              f"{base.max_input_tokens}")
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages), model=base.model,
-        tool_calls=base.tool_calls,
+        tool_calls=base.tool_calls, tool_call_ids=base.tool_call_ids,
         params=tuple(sorted(params.items())), preview=render_preview(messages, params),
         prompt_hash=prompt_hash(messages, base.model, params), prompt_tokens=tokens,
         dropped_message_ids=base.dropped_message_ids, max_input_tokens=base.max_input_tokens,
@@ -122,8 +131,8 @@ def original_of(package: PromptPackage, count_tokens) -> PromptPackage:
     params = {k: v for k, v in package.params if k not in CONTINUE_FIELDS}
     return PromptPackage(
         messages=package.messages[:-1], model=package.model, params=tuple(sorted(params.items())),
-        tool_calls=package.tool_calls,
-        preview=render_preview(messages), prompt_hash=prompt_hash(messages, package.model, params),
+        tool_calls=package.tool_calls, tool_call_ids=package.tool_call_ids,
+        preview=render_preview(messages, params), prompt_hash=prompt_hash(messages, package.model, params),
         prompt_tokens=package.prompt_tokens - count_tokens(package.messages[-1][1], package.model) - TOKENS_PER_MESSAGE,
         dropped_message_ids=package.dropped_message_ids, max_input_tokens=package.max_input_tokens,
         thinking_left_out=package.thinking_left_out,
@@ -146,7 +155,7 @@ def package_of(lineage: list[MessageRecord], record: MessageRecord, count_tokens
     tokens = sum(count_tokens(msg["content"], model) + TOKENS_PER_MESSAGE for msg in messages) + REPLY_PRIMING_TOKENS
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages), model=model,
-        tool_calls=tool_calls_of(messages),
+        tool_calls=tool_calls_of(messages), tool_call_ids=tool_call_ids_of(messages),
         params=tuple(sorted(params.items())), preview=record.preview or render_preview(messages, params),
         prompt_hash=record.prompt_hash or prompt_hash(messages, model, params), prompt_tokens=tokens,
         dropped_message_ids=tuple(dropped or record.dropped_message_ids),
@@ -174,7 +183,7 @@ def rebuild(history: list[MessageRecord], record: MessageRecord) -> tuple[list[d
     candidates = [r for r in history[:user_at] if in_prompt(r)]
     kept = candidates[ref.get("dropped", 0):]
     messages += [prompt_message(r, ref.get("thinking", False)) for r in kept]
-    messages.append({"role": "user", "content": history[user_at].content})
+    messages.append(prompt_message(history[user_at], ref.get("thinking", False)))
     problem = None
     tail = ref.get("tail")
     if tail is not None:
@@ -192,18 +201,24 @@ def tool_calls_of(messages: list[dict]) -> tuple:
     return tuple((i, tuple(msg["tool_calls"])) for i, msg in enumerate(messages) if msg.get("tool_calls"))
 
 
-def assemble(system: str | None, history: list[MessageRecord], user_text: str, model: str, params: dict,
-             count_tokens, max_input_tokens: int = 0, keep_thinking: bool = False) -> PromptPackage:
+def tool_call_ids_of(messages: list[dict]) -> tuple:
+    return tuple((i, msg["tool_call_id"]) for i, msg in enumerate(messages) if "tool_call_id" in msg)
+
+
+def assemble(system: str | None, history: list[MessageRecord], newest: MessageRecord | str, model: str,
+             params: dict, count_tokens, max_input_tokens: int = 0, keep_thinking: bool = False) -> PromptPackage:
     """System prompt, ``history`` (the branch the new turn follows) without cancelled or errored replies, then the
-    newest user turn.
+    newest message: the user's (a record, or its text), or a tool's result.
 
     When it does not fit ``max_input_tokens``, the oldest turns (a user message and its replies) are
-    left out whole; the system prompt and the newest turn always stay. ``count_tokens`` is injected
+    left out whole; the system prompt and the newest turn always stay (for a tool's result, the turn whose reply
+    called the tool too: a result without its call is refused upstream). ``count_tokens`` is injected
     so this stays pure and cheap to test.
     """
     def cost(content: str) -> int:
         return count_tokens(content, model) + TOKENS_PER_MESSAGE
 
+    last = {"role": "user", "content": newest} if isinstance(newest, str) else prompt_message(newest, keep_thinking)
     turns: list[list[MessageRecord]] = []
     for record in history:
         if not in_prompt(record):
@@ -211,7 +226,12 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
         if record.role == "user" or not turns:
             turns.append([])
         turns[-1].append(record)
-    fixed = (cost(system) if system else 0) + cost(user_text) + REPLY_PRIMING_TOKENS
+    fixed = (cost(system) if system else 0) + cost(last["content"]) + REPLY_PRIMING_TOKENS
+    if last["role"] == "tool" and turns:
+        fixed += sum(cost(prompt_content(r, keep_thinking)) for r in turns[-1])
+        held = [turns.pop()]
+    else:
+        held = []
     if max_input_tokens and fixed > max_input_tokens:
         raise PromptTooLarge(f"the system prompt and this message are ~{fixed} tokens; "
                              f"the input budget is {max_input_tokens}")
@@ -225,18 +245,19 @@ def assemble(system: str | None, history: list[MessageRecord], user_text: str, m
         total += turn_cost
     kept.reverse()
     dropped = tuple(r.message_id for turn in turns[:len(turns) - len(kept)] for r in turn)
+    kept += held
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     messages += [prompt_message(r, keep_thinking) for turn in kept for r in turn]
-    messages.append({"role": "user", "content": user_text})
+    messages.append(last)
     # ``user``, the id of the message it answers, is the caller's to add (``with_user``)
     ref = {"system": system or None, "dropped": sum(len(turn) for turn in turns[:len(turns) - len(kept)]),
            "thinking": keep_thinking}
     return PromptPackage(
         messages=tuple((msg["role"], msg["content"]) for msg in messages),
-        tool_calls=tool_calls_of(messages),
+        tool_calls=tool_calls_of(messages), tool_call_ids=tool_call_ids_of(messages),
         model=model,
         params=tuple(sorted(params.items())),
-        preview=render_preview(messages),
+        preview=render_preview(messages, params),
         prompt_hash=prompt_hash(messages, model, params),
         prompt_tokens=total,
         dropped_message_ids=dropped,

@@ -8,7 +8,7 @@ import dataclasses
 from protocol import messages as m, answers
 from protocol.codec import PIECE_CHARS
 from protocol.lifecycle import Status, continuable, move
-from protocol.conversation import DROPPED_SHOWN
+from protocol.conversation import DROPPED_SHOWN, MessageRecord
 from services.coordinator import sessions
 from services.coordinator.book import SessionBook
 from services.coordinator.continuing import set_prompt
@@ -101,7 +101,28 @@ class Requests:
         if msg.after is not None and sess.record(msg.after) is None:
             raise RequestRefused(f"no message {msg.after} in session {sess.session_id}")
         after = msg.after if msg.after is not None else sess.leaf or ""
-        return self._ask(sess, after, msg.text, msg.model, now, out, msg.client_request_id)
+        try:
+            extra = sessions.tool_params(msg.tools, msg.tool_choice)
+        except ValueError as exc:
+            raise RequestRefused(str(exc)) from None
+        results = self._tool_results(sess, after, msg.tool_results or [])
+        return self._ask(sess, after, msg.text, msg.model, now, out, msg.client_request_id, extra, results)
+
+    def _tool_results(self, sess: SessionState, after: str, given: list) -> list:
+        """Tool results checked against the reply they follow: each answers a call it made, once."""
+        if not given:
+            return []
+        reply = sess.record(after) if after else None
+        calls = {call.get("id") for call in (reply.tool_calls if reply is not None else ())}
+        seen = set()
+        for index, result in enumerate(given):
+            if result.call_id not in calls:
+                raise RequestRefused(f"tool result {index}: the reply it follows made no call {result.call_id!r}")
+            if result.call_id in seen:
+                raise RequestRefused(f"tool result {index}: call {result.call_id!r} is answered twice")
+            seen.add(result.call_id)
+            self._check_text(f"tool result {index}", result.output)
+        return given
 
     def on_edit(self, msg: m.EditMessage, now: float, out: list) -> answers.Result:
         """A user message written again: the new one beside it (its parent's child too), and a reply to it."""
@@ -116,22 +137,33 @@ class Requests:
         return self._ask(sess, edited.parent_id or "", msg.text, None, now, out, msg.client_request_id)
 
     def _ask(self, sess: SessionState, parent_id: str, text: str, model: str | None, now: float, out: list,
-             client_request_id: str) -> answers.ReplyStarted:
-        """A user message after ``parent_id`` ("" first), on the active branch from now on, and a reply to it."""
+             client_request_id: str, extra_params: dict | None = None, tool_results: list = ()
+             ) -> answers.ReplyStarted:
+        """A user message after ``parent_id`` ("" first), on the active branch from now on, and a reply to it;
+        tool results first, each a message of its own (then the user's may be empty, and is left out)."""
         if sess.active_generation is not None:
             raise RequestRefused(f"a reply is already streaming in session {sess.session_id}; cancel it first")
-        if not text.strip():
+        if not text.strip() and not tool_results:
             raise RequestRefused("empty message")
         self._check_text("the message", text)
         self._check_text("the model name", model)
-        prompt = self._assemble(sess, sess.lineage(parent_id), text, model)
-        if not sess.title:
+        asked = [("tool", result.output, result.call_id) for result in tool_results]
+        if text.strip():
+            asked.append(("user", text, None))
+        records, parent = [], parent_id
+        for role, content, call_id in asked:
+            records.append(sessions.user_record(self.new_ordered_id(), sess.session_id, content, now, parent, role,
+                                                call_id))
+            parent = records[-1].message_id
+        # validated before anything changes: a prompt that does not fit leaves the session as it was
+        prompt = with_user(self._assemble(sess, sess.lineage(parent_id) + records[:-1], records[-1], model,
+                                          extra_params), records[-1].message_id)
+        if not sess.title and text.strip():
             sess.title = sessions.auto_title(text)
-        user = sessions.user_record(self.new_ordered_id(), sess.session_id, text, now, parent_id)
-        prompt = with_user(prompt, user.message_id)
-        sess.add_record(user)
-        self.book.message_sessions[user.message_id] = sess.session_id
-        out.append(ToPersister(self.persisted.create(self._create_op(sess, user, now), now)))
+        for record in records:
+            sess.add_record(record)
+            self.book.message_sessions[record.message_id] = sess.session_id
+            out.append(ToPersister(self.persisted.create(self._create_op(sess, record, now), now)))
         return self._start_generation(sess, prompt, now, out, client_request_id)
 
     def on_regenerate(self, msg: m.Regenerate, now: float, out: list) -> answers.Result:
@@ -146,7 +178,7 @@ class Requests:
             raise RequestRefused("nothing to regenerate: the session has no message yet")
         # validate before touching anything: a prompt that no longer fits leaves the session as it was
         lineage = sess.lineage(user.message_id)
-        prompt = with_user(self._assemble(sess, lineage[:-1], user.content, None), user.message_id)
+        prompt = with_user(self._assemble(sess, lineage[:-1], user, None), user.message_id)
         active = self.streams.active.get(sess.active_generation or "")
         if active is not None:
             self.streams.finalize(active, "cancelled", now, out)
@@ -218,10 +250,13 @@ class Requests:
                                                 "style": style}))
         return self._request_result(sess, client_request_id)
 
-    def _assemble(self, sess: SessionState, history: list[dict], user_text: str, model: str | None) -> PromptPackage:
+    def _assemble(self, sess: SessionState, history: list[MessageRecord], newest: MessageRecord, model: str | None,
+                  extra_params: dict | None = None) -> PromptPackage:
+        """The prompt of a reply to ``newest`` (the user's message or a tool's result), after ``history``, with
+        the session's params and this request's own (its tools)."""
         model = model or sess.model or self.settings.default_model
         try:
-            return assemble(sess.system, history, user_text, model, sess.params, self.count_tokens,
+            return assemble(sess.system, history, newest, model, sess.params | (extra_params or {}), self.count_tokens,
                             self.generators.budget(sess, model), keep_thinking=self.settings.prompt_thinking == "keep")
         except PromptTooLarge as exc:
             raise RequestRefused(str(exc)) from None
@@ -256,7 +291,7 @@ class Requests:
             session_system=sess.system, role=rec.role, content=rec.content,
             status="streaming" if assistant else rec.status, created_at=now, generation_id=rec.generation_id,
             prompt_hash=rec.prompt_hash, prompt_ref=rec.prompt_ref,  # the prompt by reference, never a copy
-            model=rec.model, params=dict(sess.params) if assistant else None,
+            model=rec.model, params=rec.params if assistant else None, tool_call_id=rec.tool_call_id,
             client_request_id=rec.client_request_id, supersedes=None,
             session_max_input_tokens=sess.max_input_tokens,
             session_model=sess.model, session_settings=sess.settings(), session_title_set=sess.title_set,

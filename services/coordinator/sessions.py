@@ -2,6 +2,8 @@
 that clients ask for (snapshot, history, the sessions list, context use). No I/O."""
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 
 from protocol import messages as m
@@ -183,8 +185,8 @@ class SessionState:
         return next((r.content for r in reversed(self.lineage(message_id)) if r.role == "user"), None)
 
     def last_user(self) -> MessageRecord | None:
-        """The active branch's last user message."""
-        return next((r for r in reversed(self.path()) if r.role == "user"), None)
+        """The active branch's last message that a reply answers: the user's, or a tool's result."""
+        return next((r for r in reversed(self.path()) if r.role != "assistant"), None)
 
 
 def place_in_order(history: list[MessageRecord]) -> str | None:
@@ -234,9 +236,43 @@ def first_words(text: str) -> str:
     return " ".join(next((line for line in text.splitlines() if line.strip()), "").split())
 
 
-def user_record(message_id: str, session_id: str, text: str, now: float, parent_id: str) -> MessageRecord:
-    return MessageRecord(message_id=message_id, session_id=session_id, role="user", content=text,
-                         status="completed", created_at=now, parent_id=parent_id)
+def user_record(message_id: str, session_id: str, text: str, now: float, parent_id: str, role: str = "user",
+                tool_call_id: str | None = None) -> MessageRecord:
+    """A message a reply answers: the user's, or a tool's result (``role`` "tool", with the call it answers)."""
+    return MessageRecord(message_id=message_id, session_id=session_id, role=role, content=text,
+                         status="completed", created_at=now, parent_id=parent_id, tool_call_id=tool_call_id)
+
+
+TOOLS_JSON_BYTES = 256 * 1024  # a request's tools, as JSON, at most: they go upstream in the job's first frame
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a function's name, as OpenAI takes it
+
+
+def tool_params(tools: list | None, tool_choice) -> dict:
+    """A request's function tools and its choice among them, checked, as the upstream request's params (Chat
+    Completions' shape); a refusal (``ValueError``) says what is wrong."""
+    params: dict = {}
+    if tools:
+        for index, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if tool.get("type") != "function" or not isinstance(function, dict):
+                raise ValueError(f"tools[{index}]: Chatter passes function tools, as "
+                                 '{"type": "function", "function": {"name", "parameters"}}')
+            if not isinstance(function.get("name"), str) or not TOOL_NAME.match(function["name"]):
+                raise ValueError(f"tools[{index}].function.name must be 1 to 64 letters, digits, _ or -")
+            if not isinstance(function.get("parameters", {}), dict):
+                raise ValueError(f"tools[{index}].function.parameters must be a JSON schema object")
+        if len(json.dumps(tools)) > TOOLS_JSON_BYTES:
+            raise ValueError(f"the tools are over {TOOLS_JSON_BYTES // 1024} KiB as JSON")
+        params["tools"] = tools
+    if tool_choice is not None:
+        named = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+        if tool_choice not in ("auto", "none", "required") and not (
+                isinstance(tool_choice, dict) and tool_choice.get("type") == "function" and isinstance(named, str)
+                and any(t["function"]["name"] == named for t in tools or ())):
+            raise ValueError('tool_choice must be "auto", "none", "required" or {"type": "function", "function": '
+                             '{"name": ...}} naming one of the tools')
+        params["tool_choice"] = tool_choice
+    return params
 
 
 def assistant_record(message_id: str, session_id: str, generation_id: str, prompt, now: float,

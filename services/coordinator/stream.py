@@ -115,10 +115,14 @@ class Streams:
             on_delta(delta, now, out)
 
     def on_tool_call(self, msg: m.GenToolCall, now: float, out: list) -> None:
-        """A tool call grows: to clients at once (they are few), to the persister at the next checkpoint."""
+        """A tool call grows: to clients at once (they are few), after the text still being coalesced (a client
+        sees the words before the calls, as the model wrote them: the gateway numbers its events so), to the
+        persister at the next checkpoint."""
         gen = self.running(msg.generation_id)
         if gen is None or gen.stream.catching_up:
             return
+        if gen.answer.client_pending or gen.thinking.client_pending:
+            self.flush_clients(gen, now, out)
         call = tool_call_at(gen.tool_calls, msg.index, msg.call_id, msg.name)
         if call is None:  # a call's index skipped one: not a stream this reply can hold
             return

@@ -263,7 +263,7 @@ class Views:
         problem = None
         if gen is not None:
             messages, preview = gen.prompt.wire_messages(), gen.prompt.preview
-            dropped = list(gen.prompt.dropped_message_ids)
+            dropped, params = list(gen.prompt.dropped_message_ids), gen.prompt.wire_params()
         else:
             messages, dropped, problem = rebuild(sess.lineage(record.message_id), record)
             params = sent_params(record)
@@ -277,7 +277,7 @@ class Views:
                                 messages=messages, prompt_hash=record.prompt_hash, model=record.model,
                                 dropped_message_ids=dropped[-DROPPED_SHOWN:], dropped_count=len(dropped),
                                 thinking_left_out=left_out, exact=problem is None,
-                                problem=problem)
+                                problem=problem, params=params)
         return pages.preview_page(whole, msg.preview_offset, msg.index, msg.offset)
 
 

@@ -89,7 +89,28 @@ def scenario_for(body: dict, base: Scenario) -> Scenario:
                     overrides[key] = value or "true"
     if isinstance(body.get("mock"), dict):
         overrides.update({k: v for k, v in body["mock"].items() if k in known})
+    messages = body.get("messages") or []
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        check_tool_results(messages)
+        overrides["tool_call"] = ""  # a tool's result is answered in words, as a model does, not by calling again
     return replace(base, **{k: _coerce(k, v) for k, v in overrides.items()}) if overrides else base
+
+
+def check_tool_results(messages: list) -> None:
+    """As OpenAI checks them: each tool message answers a call of the assistant message before it
+    (``ValueError``, a 400, when not)."""
+    calls: set = set()
+    for index, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("role") == "assistant":
+            calls = {call.get("id") for call in msg.get("tool_calls") or ()}
+        elif msg.get("role") == "tool":
+            if msg.get("tool_call_id") not in calls:
+                raise ValueError(f"messages[{index}]: a message with role 'tool' must answer a preceding message's "
+                                 f"tool_calls, and {msg.get('tool_call_id')!r} is not one of them")
+        else:
+            calls = set()
 
 
 def request_key(body: dict) -> str:

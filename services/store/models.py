@@ -75,6 +75,7 @@ class Message(BaseModel):
     # the message it follows in the session's tree, "" for a first one; NULL in a row of an earlier version, which
     # is read in order (services.coordinator.sessions.SessionState.from_stored)
     parent_id = peewee.CharField(max_length=64, null=True)
+    tool_call_id = peewee.CharField(max_length=128, null=True)  # a tool's result (role "tool"): the call it answers
 
 
 class ApiUser(BaseModel):

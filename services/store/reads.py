@@ -42,7 +42,8 @@ def message_record(row: dict, content: str, reasoning: str) -> MessageRecord:
         model=row["model"], stats=row["stats"] or {}, error=row["error"], preview=row["preview"],
         prompt_messages=row["prompt_messages"], params=row["params"], superseded=bool(row["superseded"]),
         client_request_id=row["client_request_id"], dropped_message_ids=row["dropped_message_ids"] or [],
-        prompt_ref=row["prompt_ref"], tool_calls=row["tool_calls"] or [], parent_id=row["parent_id"])
+        prompt_ref=row["prompt_ref"], tool_calls=row["tool_calls"] or [], parent_id=row["parent_id"],
+        tool_call_id=row["tool_call_id"])
 
 
 def load_session(session_id: str) -> dict | None:

@@ -43,7 +43,8 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
             model=op.model, params=_json(op.params), content_hash=copied.content_hash, stats=_json(copied.stats),
             error=copied.error, superseded=False, client_request_id=op.client_request_id,
             dropped_message_ids=_json(op.dropped_message_ids), created_at=op.created_at, updated_at=op.created_at,
-            prompt_ref=_json(op.prompt_ref), tool_calls=_json(copied.tool_calls), parent_id=op.parent_id)))
+            prompt_ref=_json(op.prompt_ref), tool_calls=_json(copied.tool_calls), parent_id=op.parent_id,
+            tool_call_id=op.tool_call_id)))
     db.cursor().executemany(_insert_sql(db, Message, _MESSAGE_COLUMNS), rows)
 
 

@@ -365,7 +365,7 @@ def test_an_import_in_parts_writes_each_message_final_keeps_the_leaf_and_adds_no
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"role": "system"}, "message 2 ('id3'): role must be user or assistant"),
+    ({"role": "system"}, "message 2 ('id3'): role must be user, assistant or tool"),
     ({"parent_id": "elsewhere"}, "message 2 ('id3'): parent_id 'elsewhere' is not a message before it"),
     ({"message_id": ""}, "message 2 (''): message_id must be 1 to 64 printable characters"),
     ({"message_id": "id2"}, "message 2 ('id2'): message_id is given twice"),

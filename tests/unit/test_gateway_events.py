@@ -77,3 +77,64 @@ def test_the_layout_waits_for_the_first_text_and_a_length_cut_is_incomplete():
     assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     assert events[-1]["response"]["usage"]["chatter"]["output_tokens_source"] == "server"
     assert dataclasses.replace(cut, status="error", error="boom").status == "error"
+
+
+def call(index: int, arguments: str) -> dict:
+    return {"id": f"call_{index}", "type": "function", "function": {"name": f"f{index}", "arguments": arguments}}
+
+
+def grown_with_calls(reasoning: str, text: str, arguments: list[str], cuts: list[int]) -> list[ReplyState]:
+    """A reply that thinks, writes, then calls tools, as a gateway sees it grow: each call appears once the stream
+    reaches it (with no arguments yet), and its arguments grow in pieces cut at ``cuts``."""
+    marks, at = [], len(reasoning) + len(text)
+    for args in arguments:  # where each call begins in the whole stream, and where its arguments end
+        marks.append((at, at + len(args)))
+        at += len(args) + 1  # +1: the call's own first piece (its id and name)
+    points = sorted({min(c, at) for c in cuts} | {0, at})
+    out = [state(status="queued")]
+    for end in points[1:]:
+        calls = [call(i, args[:max(0, end - begin - 1)]) for i, (args, (begin, _)) in
+                 enumerate(zip(arguments, marks)) if end > begin]
+        out.append(state(reasoning=reasoning[:end], text=text[:max(0, end - len(reasoning))],
+                         tool_calls=calls, status="streaming"))
+    out.append(state(reasoning=reasoning, text=text, tool_calls=[call(i, a) for i, a in enumerate(arguments)],
+                     status="completed", finish_reason="tool_calls"))
+    return out
+
+
+def joined_calls(events: list[dict]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for e in events:
+        if e["type"] == "response.output_item.added" and e["item"]["type"] == "function_call":
+            out.setdefault(e["item"]["id"], "")
+        if e["type"] == "response.function_call_arguments.delta":
+            out[e["item_id"]] += e["delta"]
+    return out
+
+
+@given(TEXT, TEXT, st.lists(TEXT, min_size=1, max_size=3), st.lists(st.integers(0, 120), max_size=10))
+def test_tool_calls_stream_and_resume_exactly_once_with_the_same_numbers(reasoning, text, arguments, cuts):
+    steps = grown_with_calls(reasoning, text, arguments, cuts)
+    live, last = [], -1
+    for step in steps:
+        fresh = events_after(step, last)
+        live += fresh
+        last = fresh[-1]["sequence_number"] if fresh else last
+    numbers = [e["sequence_number"] for e in live]
+    assert numbers == sorted(set(numbers))
+    final = steps[-1]
+    whole = events_after(final, -1)
+    expected = {f"fc_m1_{i}": args for i, args in enumerate(arguments)}
+    assert joined_calls(live) == joined_calls(whole) == expected
+    assert texts(live) == (reasoning, text)
+    assert [e["type"] for e in live if "delta" not in e] == [e["type"] for e in whole if "delta" not in e]
+    done = [e for e in whole if e["type"] == "response.function_call_arguments.done"]
+    assert [(e["arguments"], e["name"]) for e in done] == [(a, f"f{i}") for i, a in enumerate(arguments)]
+    assert whole[-1]["type"] == "response.completed" and last == whole[-1]["sequence_number"]
+    output = whole[-1]["response"]["output"]
+    assert [item["type"] for item in output] == (["reasoning"] * bool(reasoning) + ["message"] * bool(text)
+                                                 + ["function_call"] * len(arguments))
+    for resume_after in [-1, *numbers]:
+        had = [e for e in live if e["sequence_number"] <= resume_after]
+        rest = events_after(final, resume_after)
+        assert joined_calls(had + rest) == expected and texts(had + rest) == (reasoning, text)

@@ -90,9 +90,9 @@ HEAD = answers.History(session_id="s", title="t", system=None, max_input_tokens=
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(TEXTS, TEXTS), max_size=6), st.integers(400, 900))
+@given(st.lists(st.tuples(TEXTS, TEXTS), max_size=6), st.integers(450, 900))
 def test_a_history_read_page_by_page_is_the_whole_history(monkeypatch_page, texts, page_bytes):
-    monkeypatch_page(page_bytes)  # a page holds a message's fields (~250 bytes) and a little text
+    monkeypatch_page(page_bytes)  # a page holds a message's fields (~290 bytes) and a little text
     all_views = views(texts)
     got, _ = read_history(all_views, HEAD)
     assert got.messages == all_views and got.next is None
@@ -123,3 +123,12 @@ def test_a_message_too_large_without_its_text_is_refused_in_words(monkeypatch_pa
     monkeypatch_page(100)
     with pytest.raises(pages.TooLargeToPage, match="message m0 is"):
         pages.history_page(msgspec.structs.replace(HEAD, title="t" * 200), iter(views([("a", "")])), 0, 0)
+
+
+def test_a_message_whose_fields_leave_no_room_for_its_text_is_refused_not_paged_forever(monkeypatch_page):
+    """The page cutter always moves on: a message that fits only without any of its text is not a page."""
+    monkeypatch_page(400)
+    with pytest.raises(pages.TooLargeToPage, match="a page holds no text beside it"):
+        read_history(views([("", "é")]), HEAD)
+    page = pages.history_page(HEAD, iter(views([("a", ""), ("", "é" * 100)])), 0, 0)
+    assert [v.message_id for v in page.messages] == ["m0"] and page.next.message_id == "m1"
