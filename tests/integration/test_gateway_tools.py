@@ -5,6 +5,7 @@ does the same in its own shape."""
 from __future__ import annotations
 
 import json
+import textwrap
 
 import openai
 import pytest
@@ -130,7 +131,7 @@ def test_chat_completions_pass_tools_stream_the_calls_and_take_a_tool_message_ba
 def test_the_readmes_tool_example_runs(gateway):
     from tools.spawn import REPO
     readme = (REPO / "README.md").read_text()
-    code = readme.split("- **Tool calls.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = textwrap.dedent(readme.split("- **Tool calls.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0])
     code = code.replace('input="notes on Oslo?"', 'input="notes on Oslo? [[mock tokens=3 tool_call=search]]"')
     scope: dict = {"client": sdk(gateway)}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own example, as a reader runs it)
