@@ -296,10 +296,17 @@ class SignedIn(Result, tag="signed_in"):
     name: str
 
 
+class TurnFound(Result, tag="turn"):
+    """``FindTurn``'s answer: the reply and its session, or None for both."""
+
+    session_id: Optional[str] = None
+    message_id: Optional[str] = None
+
+
 ANY = Union[SessionCreated, ReplyStarted, Cancelled, Snapshot, SessionList, History, Preview, SessionSettings,
             Status, SessionResolved, SessionRenamed, SessionsDeleted, SearchResults, BranchSwitched,
             SessionForked, Tree, BranchDeleted, SessionExport, ImportPart, SessionImported, UserList, UserChanged,
-            SignedIn]
+            SignedIn, TurnFound]
 
 
 def plain(result: Result) -> dict:

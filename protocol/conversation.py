@@ -3,6 +3,7 @@ record (a message as the coordinator keeps it, and as a client sees it), and a t
 frames each channel carries) and ``answers`` (what each rpc request is answered with)."""
 from __future__ import annotations
 
+import hashlib
 from typing import Optional, Union
 
 import msgspec
@@ -64,6 +65,9 @@ class MessageRecord(MessageView, kw_only=True):
     # prompt, the user message answered, how many turns before it were left out, whether thinking was kept, and
     # a continuation's reply so far (its id, length and style)
     prompt_ref: Optional[dict] = None
+    # ``turn_chain`` of the conversation up to this message: stored with a user's message or a tool's result
+    # (the gateway finds a Chat Completions call's session by it); a reply's is worked out when needed
+    chain: Optional[str] = None
 
     def client_view(self, content: str | None = None, reasoning: str | None = None) -> MessageView:
         """What a client's history shows of it: no prompt; ``content`` and ``reasoning`` instead of its own
@@ -89,6 +93,13 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     active_leaf: Optional[str] = None  # the last message of the active branch
+
+
+def turn_chain(parent_chain: str, role: str, content: str) -> str:
+    """A conversation up to one of its messages, as one hash: the chain of the message before it ("" for the
+    first), its role and its text. Two conversations with the same messages in the same order have the same
+    chain, whichever session holds them (a Chat Completions call sends its whole conversation each time)."""
+    return hashlib.sha256(f"{parent_chain}\x1f{role}\x1f{content}".encode("utf-8")).hexdigest()
 
 
 def prompt_message(record: MessageRecord, keep_thinking: bool) -> dict:

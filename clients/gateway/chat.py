@@ -5,6 +5,7 @@ a new session begins with the call's earlier messages."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from clients.gateway.errors import ApiError
 from clients.gateway.reading import json_body
 from clients.gateway.responses import CreateAsk, Responses, Turn, text_ok
 from protocol import messages as m
+from protocol.conversation import turn_chain
 
 SESSION_HEADER = "X-Chatter-Session"
 KNOWN = {"model", "messages", "stream", "stream_options", "temperature", "max_tokens", "max_completion_tokens",
@@ -33,9 +35,10 @@ class ChatCompletions:
         body = await json_body(request)
         ask = parse_chat(body, request.headers.get(SESSION_HEADER))
         ask.user = request["user"]
+        after = await self.find_session(ask) if ask.conversation is None else None
         session_id, _ = await self.responses.session_for(ask)
         key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-        started = await self.responses.ask(ask.send(self.responses.link.next_id(), session_id, key[:128], None))
+        started = await self.responses.ask(ask.send(self.responses.link.next_id(), session_id, key[:128], after))
         link = self.responses.link
         watch = link.watch(session_id)
         try:
@@ -47,6 +50,24 @@ class ChatCompletions:
         finally:
             link.unwatch(session_id, watch)
         return web.json_response(completion(state), headers={SESSION_HEADER: session_id})
+
+    async def find_session(self, ask: CreateAsk) -> str | None:
+        """A call that names no session continues the one whose conversation its messages are: the session that
+        holds its earlier messages, ending with the reply it sends back, is found by their chain (DESIGN.md, "The
+        HTTP face"); the call then follows that reply (on a branch, when it is not the newest: a regenerate or an
+        edited message). Found, the conversation and the reply it follows; else a new session, seeded."""
+        turns = ask.earlier
+        if len(turns) < 2 or turns[-1].role != "assistant":
+            return None
+        chain = ""
+        for turn in turns[:-1]:
+            chain = turn_chain(chain, turn.role, turn.text)
+        reply_hash = hashlib.sha256(turns[-1].text.encode("utf-8")).hexdigest()
+        found = await self.responses.ask(m.FindTurn(self.responses.link.next_id(), chain, reply_hash, ask.user))
+        if found.session_id is None:
+            return None
+        ask.conversation, ask.earlier = found.session_id, []
+        return found.message_id
 
     async def _stream(self, request: web.Request, state: events.ReplyState, watch, include_usage: bool):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",

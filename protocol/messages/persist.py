@@ -61,6 +61,7 @@ class CreateMessage(Message, tag=50):
     session_active_leaf: Optional[str] = None
     session_owner: Optional[str] = None  # the gateway's user whose session it is (None: the administrator's)
     tool_call_id: Optional[str] = None  # a tool's result: the call it answers
+    chain: Optional[str] = None  # a user's message's or a tool's result's ``turn_chain``
 
 
 class Append(Message, tag=51):

@@ -291,6 +291,19 @@ class ReplyOf(Message, tag=74):
 
 
 TokenHash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class FindTurn(Message, tag=79):
+    """The reply a conversation ends with, found by what it says (the gateway's Chat Completions calls, which
+    send the whole conversation each time and name no session): the reply whose text has sha256 ``reply_hash``
+    after the user's message (or tool's result) whose ``turn_chain`` is ``chain``, in a session of ``owner``'s.
+    The newest such reply, or none."""
+
+    req_id: Int
+    chain: Sha256
+    reply_hash: Sha256
+    owner: Optional[UserName] = None
 
 
 class AddUser(Message, tag=75):
@@ -332,4 +345,4 @@ class Reply(Message, tag=9):
 RPC_REQUESTS = (NewSession, Send, Cancel, Snapshot, Status, History, Preview, Regenerate, Sessions,
                 ConfigureSession, ResolveSession, Continue, RenameSession, DeleteSessions, Search, EditMessage,
                 SwitchBranch, ForkSession, SessionTree, DeleteBranch, ExportSession, ImportSession, ReplyOf,
-                AddUser, RevokeUser, Users, WhoIs)
+                AddUser, RevokeUser, Users, WhoIs, FindTurn)

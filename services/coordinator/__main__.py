@@ -132,6 +132,9 @@ class CoordinatorShell:
                     lambda: ("summaries", store.list_sessions(limit, msg.before, msg.before_id)))
         if "\x00" in (getattr(msg, "session_id", None) or "") + (getattr(msg, "message_id", None) or ""):
             return None  # no id has one, and PostgreSQL refuses it in a query: unknown, with no read
+        if isinstance(msg, m.FindTurn):  # a read of its own, by the chain's index
+            return (f"turn {msg.req_id} {id(msg)}",
+                    lambda: ("turn", (msg, store.find_turn(msg.chain, msg.reply_hash, msg.owner))))
         if isinstance(msg, m.Search):  # a read of its own: the answer is the database's ranking
             query, session_id, limit = msg.query, msg.session_id, msg.limit
             return (f"search {msg.req_id} {id(msg)}",
@@ -185,6 +188,8 @@ class CoordinatorShell:
                 self.machine.book.stored_matches = dict([value[1]])
             elif value[0] == "hits":
                 self.machine.views.found(*value[1])
+            elif value[0] == "turn":
+                self.machine.views.turns[id(value[1][0])] = value[1][1]
             elif value[0] == "users":
                 self.machine.users.loaded(value[1])
             for client, msg in self.parked.pop(key, []):

@@ -248,7 +248,7 @@ def copy_op(sess: SessionState, copied: m.MessageRecord, now: float, leaf: str |
         session_max_input_tokens=sess.max_input_tokens, dropped_message_ids=copied.dropped_message_ids or None,
         session_model=sess.model, session_settings=sess.settings(), prompt_ref=copied.prompt_ref,
         session_title_set=sess.title_set, parent_id=copied.parent_id, session_active_leaf=leaf,
-        session_owner=sess.owner, tool_call_id=copied.tool_call_id,
+        session_owner=sess.owner, tool_call_id=copied.tool_call_id, chain=copied.chain,
         copied=m.Copied(copied.reasoning, copied.stats or None, copied.error,
                         content_hash(copied.content) if copied.role == "assistant" else None,
                         copied.tool_calls or None))

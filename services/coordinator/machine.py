@@ -82,7 +82,7 @@ class Coordinator:
             m.SessionTree: v.on_tree, m.DeleteBranch: self.changes.on_delete_branch,
             m.ExportSession: v.on_export, m.ImportSession: self.imports.on_import, m.ReplyOf: v.on_reply_of,
             m.AddUser: self.users.on_add, m.RevokeUser: self.users.on_revoke, m.Users: self.users.on_list,
-            m.WhoIs: self.users.on_whois,
+            m.WhoIs: self.users.on_whois, m.FindTurn: v.on_find_turn,
         }
         self._event_handlers = {
             m.GenStarted: s.on_started, m.GenDelta: s.on_delta, m.GenDone: s.on_done,

@@ -291,7 +291,7 @@ class Requests:
             session_system=sess.system, role=rec.role, content=rec.content,
             status="streaming" if assistant else rec.status, created_at=now, generation_id=rec.generation_id,
             prompt_hash=rec.prompt_hash, prompt_ref=rec.prompt_ref,  # the prompt by reference, never a copy
-            model=rec.model, params=rec.params if assistant else None, tool_call_id=rec.tool_call_id,
+            model=rec.model, params=rec.params if assistant else None, tool_call_id=rec.tool_call_id, chain=rec.chain,
             client_request_id=rec.client_request_id, supersedes=None,
             session_max_input_tokens=sess.max_input_tokens,
             session_model=sess.model, session_settings=sess.settings(), session_title_set=sess.title_set,

@@ -10,7 +10,7 @@ from protocol import messages as m
 from protocol.lifecycle import Status, move
 from protocol.conversation import DROPPED_SHOWN, MessageRecord, SessionRecord
 from protocol.answers import SessionSummary
-from protocol.conversation import in_prompt
+from protocol.conversation import in_prompt, turn_chain
 from services.coordinator.effects import RequestRefused
 from services.coordinator.prompt import CONTINUE_STYLES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE
 
@@ -101,11 +101,29 @@ class SessionState:
         return None if at is None else self.history[at]
 
     def add_record(self, record: MessageRecord) -> None:
-        """A new message, after ``record.parent_id``: it is the active branch's last now."""
+        """A new message, after ``record.parent_id``: it is the active branch's last now. A user's message or a
+        tool's result takes its chain (``turn_chain``), stored with it."""
+        if record.role != "assistant" and record.chain is None:
+            record.chain = turn_chain(self.chain_of(record.parent_id), record.role, record.content)
         self._at[record.message_id] = len(self.history)
         self.history.append(record)
         self.children.setdefault(record.parent_id or "", []).append(record.message_id)
         self.leaf = record.message_id
+
+    def chain_of(self, message_id: str | None) -> str:
+        """``turn_chain`` of the conversation up to a message ("" before the first): from the nearest one that
+        knows its own, down (a reply's, and a row's of an earlier version, are worked out and kept in memory)."""
+        unknown = []
+        record = self.record(message_id) if message_id else None
+        while record is not None and (record.chain is None or record.role == "assistant"):
+            unknown.append(record)
+            record = self.record(record.parent_id) if record.parent_id else None
+        chain = record.chain if record is not None else ""
+        for record in reversed(unknown):
+            chain = turn_chain(chain, record.role, record.content)
+            if record.role != "assistant":
+                record.chain = chain
+        return chain
 
     def lineage(self, message_id: str | None) -> list[MessageRecord]:
         """The messages from the first to this one, each the parent of the next."""

@@ -41,6 +41,7 @@ class Views:
         self.settings, self.count_tokens, self.counters, self.health = settings, count_tokens, counters, health
         self.book, self.streams, self.generators, self.persisted = book, streams, generators, persisted
         self.search_hits: dict[int, list[dict]] = {}  # a search request's hits, read by the shell
+        self.turns: dict[int, tuple[str, str] | None] = {}  # a FindTurn's (session id, message id), read by the shell
 
     def found(self, msg: m.Search, rows: list[dict]) -> None:
         """The database's hits for a search, read by the shell; its answer follows (``on_search``)."""
@@ -55,6 +56,15 @@ class Views:
         rows = self.search_hits.pop(id(msg), [])
         return answers.SearchResults(hits=[answers.SearchHit(**row) for row in rows
                                            if row["session_id"] not in self.book.gone])
+
+    def on_find_turn(self, msg: m.FindTurn, now: float, out: list) -> answers.Result:
+        """The reply the shell found by its conversation (``store.find_turn``), unless its session was deleted
+        meanwhile or the reply is not there any more (a deleted branch)."""
+        found = self.turns.pop(id(msg), None)
+        sess = self.book.sessions.get(found[0]) if found is not None else None
+        if found is None or found[0] in self.book.gone or (sess is not None and sess.record(found[1]) is None):
+            return answers.TurnFound()
+        return answers.TurnFound(session_id=found[0], message_id=found[1])
 
     def on_snapshot(self, msg: m.Snapshot, now: float, out: list) -> answers.Result:
         """Exactly what clients were sent of a reply: its text, offset (= length) and status; a page of it."""

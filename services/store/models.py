@@ -76,6 +76,9 @@ class Message(BaseModel):
     # is read in order (services.coordinator.sessions.SessionState.from_stored)
     parent_id = peewee.CharField(max_length=64, null=True)
     tool_call_id = peewee.CharField(max_length=128, null=True)  # a tool's result (role "tool"): the call it answers
+    # the conversation up to a user's message or a tool's result, as one hash (protocol.conversation.turn_chain):
+    # how the gateway finds the session of a Chat Completions call that names none
+    chain = peewee.CharField(max_length=64, null=True)
 
 
 class ApiUser(BaseModel):
@@ -129,6 +132,7 @@ IS_STREAMING = peewee.SQL(f"\"status\" = '{STREAMING}'")
 HAS_GENERATION = peewee.SQL('"generation_id" IS NOT NULL')
 Message.add_index(Message.status, where=IS_STREAMING, name="message_streaming")
 Message.add_index(Message.generation_id, where=HAS_GENERATION, name="message_generation")
+Message.add_index(Message.chain, where=peewee.SQL('"chain" IS NOT NULL'), name="message_chain")
 
 # Indexes of earlier versions; dropped by ``migrate``: the chunk log's, and the message table's full ones.
 OLD_INDEXES = {"chunk": ("chunk_message_id_offset", "chunk_message_id"),
@@ -145,7 +149,10 @@ def migrate(db: peewee.Database) -> list[str]:
     indexes of earlier versions. Returns what it changed."""
     from playhouse.migrate import SchemaMigrator, migrate as run
 
-    db.create_tables(MODELS, safe=True)
+    tables = set(db.get_tables())
+    for model in MODELS:  # a new table whole; an earlier version's takes its new columns first, then its indexes
+        if model._meta.table_name not in tables:
+            model._schema.create_table(safe=True)
     migrator = SchemaMigrator.from_database(db)
     changes = []
     for table in CHUNK_LOG:  # the log of an earlier version referenced its messages: rebuilt without
@@ -164,6 +171,7 @@ def migrate(db: peewee.Database) -> list[str]:
             if field.column_name not in have:
                 run(migrator.add_column(model._meta.table_name, field.column_name, field))
                 changes.append(f"{model._meta.table_name}.{field.column_name}")
+        model._schema.create_indexes(safe=True)
     from services.store import search
     changes += search.install(db)  # the full-text index, which follows the message table by itself
     return changes

@@ -43,7 +43,7 @@ def message_record(row: dict, content: str, reasoning: str) -> MessageRecord:
         prompt_messages=row["prompt_messages"], params=row["params"], superseded=bool(row["superseded"]),
         client_request_id=row["client_request_id"], dropped_message_ids=row["dropped_message_ids"] or [],
         prompt_ref=row["prompt_ref"], tool_calls=row["tool_calls"] or [], parent_id=row["parent_id"],
-        tool_call_id=row["tool_call_id"])
+        tool_call_id=row["tool_call_id"], chain=row["chain"])
 
 
 def load_session(session_id: str) -> dict | None:
@@ -82,6 +82,26 @@ def list_users() -> list[dict]:
 
 
 HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def find_turn(chain: str, reply_hash: str, owner: str | None) -> tuple[str, str] | None:
+    """(session id, message id) of the newest reply with text of sha256 ``reply_hash`` after the message whose
+    ``turn_chain`` is ``chain``, in a session of ``owner``'s (None: the administrator's), or None."""
+    db = db_proxy.obj
+    p = db.param
+    owned = f's."owner" = {p}' if owner is not None else 's."owner" IS NULL'
+    try:
+        row = db.execute_sql(
+            'SELECT r."session_id", r."id" FROM "message" u JOIN "message" r ON r."parent_id" = u."id" '
+            'JOIN "session" s ON s."id" = u."session_id" '
+            f'WHERE u."chain" = {p} AND r."content_hash" = {p} AND r."role" = {p} AND {owned} '
+            'ORDER BY r."created_at" DESC LIMIT 1',
+            (chain, reply_hash, "assistant", *([owner] if owner is not None else []))).fetchone()
+    except peewee.DatabaseError as exc:
+        if _no_tables_yet(exc):
+            return None
+        raise
+    return (row[0], row[1]) if row else None
 
 
 def sessions_with_prefix(prefix: str, shown: int = 5) -> tuple[int, list[str]]:

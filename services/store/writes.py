@@ -44,7 +44,7 @@ def create_messages(db: peewee.Database, sessions: list, messages: list) -> None
             error=copied.error, superseded=False, client_request_id=op.client_request_id,
             dropped_message_ids=_json(op.dropped_message_ids), created_at=op.created_at, updated_at=op.created_at,
             prompt_ref=_json(op.prompt_ref), tool_calls=_json(copied.tool_calls), parent_id=op.parent_id,
-            tool_call_id=op.tool_call_id)))
+            tool_call_id=op.tool_call_id, chain=op.chain)))
     db.cursor().executemany(_insert_sql(db, Message, _MESSAGE_COLUMNS), rows)
 
 

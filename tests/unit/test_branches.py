@@ -406,3 +406,17 @@ def test_a_request_retried_after_its_reply_was_deleted_starts_afresh():
     ask(machine, m.DeleteBranch(6, sid, "3"), 102)
     again, _ = ask(machine, m.Send(7, sid, "q2", "same-key"), 103)
     assert again.ok and machine.sessions[sid].record(again.result.message_id) is not None
+
+
+def test_a_user_message_stores_the_chain_of_its_conversation_and_a_row_without_one_is_worked_out():
+    from protocol.conversation import turn_chain
+    machine = make()
+    sid, (q1, a1, q2, a2) = conversation(machine)
+    sess = machine.sessions[sid]
+    expected = turn_chain(turn_chain(turn_chain("", "user", "q1"), "assistant", "a1"), "user", "q2")
+    assert sess.record(q2).chain == expected and sess.record(a1).chain is None  # a reply's is not stored
+    sess.record(q1).chain = sess.record(q2).chain = None  # rows of an earlier version
+    assert sess.chain_of(a2) == turn_chain(expected, "assistant", "a2") and sess.record(q2).chain == expected
+    _, out = ask(machine, m.Send(7, sid, "q3", "k-3"), 103)
+    (create,) = [c.msg for c in effects(out, ToPersister, m.CreateMessage) if c.msg.role == "user"]
+    assert create.chain == turn_chain(turn_chain(expected, "assistant", "a2"), "user", "q3")

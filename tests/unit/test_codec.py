@@ -39,6 +39,7 @@ SAMPLES = [
     m.EditMessage(17, "s", "3", "again", "r-1"), m.SwitchBranch(18, "s", "m1", 2), m.ForkSession(19, "s", None),
     m.SessionTree(70, "s", 5000), m.DeleteBranch(71, "s", "m1"),
     m.PurgeMessages("s", ["m1", "m2"], None, "op-2"), m.ExportSession(72, "s", "m1", 3, 0), m.ReplyOf(74, "m1", 5),
+    m.FindTurn(79, "a" * 64, "b" * 64, "ada"),
     m.Send(2, "s", "hi", "r", None, "m1"), m.AddUser(75, "ada", "a" * 64), m.RevokeUser(76, "ada"), m.Users(77),
     m.WhoIs(78, "b" * 64), m.SaveUser("ada", "a" * 64, 1.0, None, "op-3"), m.UserSaved("op-3"),
     m.ImportSession(73, m.SessionRecord(session_id="s", title="t", active_leaf="m1"),
