@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from contextlib import contextmanager
 
 from clients.api import ChatterError
@@ -38,6 +39,10 @@ def add_loadtest(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.add_argument("--plot", help="write a latency histogram and throughput over time to this PNG")
+    p.add_argument("--http", action="store_true",
+                   help="through the gateway: each user an openai SDK client streaming a Responses API reply")
+    p.add_argument("--resume-frac", type=float_in(0, 1), default=0.2,
+                   help="with --http: the share of streams dropped halfway and resumed by starting_after (0.2)")
     p.set_defaults(func=cmd_loadtest, needs_client=False)
 
 
@@ -78,9 +83,18 @@ def cmd_loadtest(args) -> int:
     if spec.count is None and spec.duration_s is None:
         spec.count = spec.streams
     console = Console(stderr=True)
+    if args.http and (args.cancel_frac or args.reasoning_tokens or args.duration):
+        raise ChatterError("--http runs --count streams without cancels or thinking: drop --cancel-frac, "
+                           "--reasoning-tokens and --duration")
     with progress_bar(console, "streams", spec.count) as progress:
-        report = run_loadtest(spec, spawn=args.spawn, generators=args.generators, database_url=args.database_url,
-                              progress=progress)
+        if args.http:
+            from tools.loadhttp import run_http_loadtest
+            report = run_http_loadtest(spec, spawn=args.spawn, generators=args.generators,
+                                       database_url=args.database_url, progress=progress,
+                                       resume_frac=args.resume_frac, token=os.environ.get("CHATTER_TOKEN"))
+        else:
+            report = run_loadtest(spec, spawn=args.spawn, generators=args.generators,
+                                  database_url=args.database_url, progress=progress)
     if args.plot:
         plot(report, args.plot)
     del report["_delivery_samples"]

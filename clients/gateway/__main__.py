@@ -82,6 +82,15 @@ class SignIn:
         return name
 
 
+def flush_ms() -> int:
+    """CHATTER_HTTP_FLUSH_MS: a streamed reply's writes to its client at least this far apart (0: each as it comes;
+    docs/PERFORMANCE.md, "The gateway", has what it costs and saves)."""
+    raw = os.environ.get("CHATTER_HTTP_FLUSH_MS") or "0"
+    if not raw.isdigit() or int(raw) > 1000:
+        raise SystemExit(f"chatter gateway: CHATTER_HTTP_FLUSH_MS must be milliseconds from 0 to 1000, got {raw!r}")
+    return int(raw)
+
+
 def max_body() -> int:
     raw = os.environ.get("CHATTER_HTTP_MAX_BODY") or str(MAX_BODY_BYTES)
     if not raw.isdigit() or not 1024 <= int(raw) <= 2**31:
@@ -142,7 +151,7 @@ def make_app(link: Link, log) -> web.Application:
     limit = max_body()
     app = web.Application(client_max_size=limit, middlewares=[openai_errors, signed_in(SignIn(link))])
     app[MAX_BODY] = limit
-    responses = Responses(link, log)
+    responses = Responses(link, log, flush_ms() / 1000)
     conversations = Conversations(link, responses.ask, responses.owned_session, responses.seed)
     open_, most = collections.Counter(), streams_per_user()
     app.router.add_post("/v1/responses", limited(responses.create, open_, most))

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import time
 import uuid
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from clients.gateway import events
 from clients.gateway.errors import ApiError
 from clients.gateway.reading import json_body
-from clients.gateway.responses import CreateAsk, Responses, Turn, text_ok
+from clients.gateway.follow import prepared
+from clients.gateway.inputs import CreateAsk, Turn, text_ok
+from clients.gateway.responses import Responses
 from protocol import messages as m
 from protocol.conversation import turn_chain
 
@@ -70,12 +72,12 @@ class ChatCompletions:
         return found.message_id
 
     async def _stream(self, request: web.Request, state: events.ReplyState, watch, include_usage: bool):
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               SESSION_HEADER: state.session_id})
-        await response.prepare(request)
+        response, out = await prepared(request, {SESSION_HEADER: state.session_id})
         sent = {"reasoning": 0, "text": 0, "role": False, "calls": []}
 
-        async def on_change(s: events.ReplyState) -> None:
+        def pending(s: events.ReplyState) -> bytes:
+            """The chunks of what is new since the last call, as one write; at the end, the last ones."""
+            objs = []
             delta: dict = {} if sent["role"] else {"role": "assistant"}
             if len(s.reasoning) > sent["reasoning"]:
                 delta["reasoning_content"] = s.reasoning[sent["reasoning"]:]
@@ -85,19 +87,17 @@ class ChatCompletions:
             if calls:
                 delta["tool_calls"] = calls
             if len(delta) > (0 if sent["role"] else 1) or (s.ended and not sent["role"]):
-                await write(chunk(s, delta, None))
+                objs.append(chunk(s, delta, None))
                 sent.update(reasoning=len(s.reasoning), text=len(s.text), role=True)
             if s.ended:
-                await write(chunk(s, {}, finish_reason(s)))
+                objs.append(chunk(s, {}, finish_reason(s)))
                 if include_usage:
-                    await write(chunk(s, None, None) | {"usage": usage(s)})
-                await response.write(b"data: [DONE]\n\n")
-
-        async def write(obj: dict) -> None:
-            await response.write(f"data: {json.dumps(obj)}\n\n".encode())
+                    objs.append(chunk(s, None, None) | {"usage": usage(s)})
+            data = b"".join(b"data: " + msgspec.json.encode(obj) + b"\n\n" for obj in objs)
+            return data + b"data: [DONE]\n\n" if s.ended else data
 
         try:
-            await self.responses.follow(state, watch, on_change, heartbeat=lambda: response.write(b": keep-alive\n\n"))
+            await self.responses.follow(state, watch, out=out, pending=pending)
         except (ConnectionResetError, asyncio.CancelledError):  # the client went away: that is how it says Stop
             if not state.ended:
                 self.responses.in_background(self.responses.cancel_quietly(state))

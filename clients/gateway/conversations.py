@@ -9,7 +9,7 @@ from clients.api import join_history
 from clients.gateway.errors import ApiError, not_found
 from clients.gateway.link import APPLIED_TIMEOUT_S, Link
 from clients.gateway.reading import json_body, page
-from clients.gateway.responses import input_turns, items_of
+from clients.gateway.inputs import input_turns, items_of
 from protocol import messages as m
 
 
@@ -70,7 +70,7 @@ def conversation(history) -> dict:
 
 
 def items(msg) -> list[dict]:
-    """A message as conversation items (``responses.items_of``)."""
+    """A message as conversation items (``inputs.items_of``)."""
     status = "completed" if msg.status == "completed" else ("in_progress" if msg.status in ("queued", "streaming")
                                                             else "incomplete")
     return items_of(f"msg_{msg.message_id}", msg.role, msg.content, msg.tool_calls, msg.tool_call_id, status)

@@ -101,30 +101,36 @@ def events_after(reply: ReplyState, after: int) -> list[dict]:
     """Every event of the reply as it stands whose number is greater than ``after``, in order: the whole stream
     for -1, a resume for ``starting_after``, and, called again as the reply grows with the last number sent, just
     what is new. Each text is one delta from the position ``after`` falls at to its end."""
+    if after > 1 and reply.text and not reply.ended and not reply.tool_calls:
+        at = base(reply)
+        if after >= at + 1:  # the message item began, and nothing closes yet: only its text can be new
+            return _live_delta(reply, after, at)
     out: list[dict] = []
 
-    def emit(number: int, event: dict) -> None:
+    def emit(number: int, event) -> None:
+        """``event``: the event, or what makes it (built only when it is sent: a stream's every turn asks
+        for what is new, and most of the layout is not)."""
         if number > after:
-            out.append(event | {"sequence_number": number})
+            out.append((event() if callable(event) else event) | {"sequence_number": number})
 
-    emit(0, {"type": "response.created", "response": response_object(reply, "in_progress")})
-    emit(1, {"type": "response.in_progress", "response": response_object(reply, "in_progress")})
+    emit(0, lambda: {"type": "response.created", "response": response_object(reply, "in_progress")})
+    emit(1, lambda: {"type": "response.in_progress", "response": response_object(reply, "in_progress")})
     if not reply.reasoning and not reply.answering:
         return out  # no text yet: whether it thinks first is not known
     if reply.reasoning:
         length = len(reply.reasoning)
         item = reasoning_item(reply, done=False)
-        emit(2, {"type": "response.output_item.added", "output_index": 0, "item": item})
+        emit(2, lambda: {"type": "response.output_item.added", "output_index": 0, "item": item})
         start = min(max(after - 2, 0), length)
         if start < length:
             emit(2 + length, {"type": "response.reasoning_text.delta", "item_id": item["id"], "output_index": 0,
                               "content_index": 0, "delta": reply.reasoning[start:]})
         if not reply.answering:
             return out
-        emit(3 + length, {"type": "response.reasoning_text.done", "item_id": item["id"], "output_index": 0,
+        emit(3 + length, lambda: {"type": "response.reasoning_text.done", "item_id": item["id"], "output_index": 0,
                           "content_index": 0, "text": reply.reasoning})
-        emit(4 + length, {"type": "response.output_item.done", "output_index": 0,
-                          "item": reasoning_item(reply, done=True)})
+        emit(4 + length, lambda: {"type": "response.output_item.done", "output_index": 0,
+                                  "item": reasoning_item(reply, done=True)})
     at, index = base(reply), 1 if reply.reasoning else 0
     if reply.has_message:
         at = _message_events(reply, after, at, index, emit)
@@ -140,18 +146,28 @@ def events_after(reply: ReplyState, after: int) -> list[dict]:
         return out
     status = response_status(reply)
     kind = {"completed": "response.completed", "failed": "response.failed"}.get(status, "response.incomplete")
-    emit(at, {"type": kind, "response": response_object(reply, status)})
+    emit(at, lambda: {"type": kind, "response": response_object(reply, status)})
     return out
+
+
+def _live_delta(reply: ReplyState, after: int, at: int) -> list[dict]:
+    """A streaming answer's one new delta after ``after`` (the common case, each time a stream moves on)."""
+    start, length = after - (at + 1), len(reply.text)
+    if start >= length:
+        return []
+    return [{"type": "response.output_text.delta", "item_id": message_item_id(reply),
+             "output_index": 1 if reply.reasoning else 0, "content_index": 0, "delta": reply.text[start:],
+             "logprobs": [], "sequence_number": at + 1 + length}]
 
 
 def _message_events(reply: ReplyState, after: int, at: int, index: int, emit) -> int | None:
     """The message item's events from ``at``; the number after them once it is whole, else None."""
     item_id = message_item_id(reply)
-    emit(at, {"type": "response.output_item.added", "output_index": index,
-              "item": {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress",
-                       "content": []}})
-    emit(at + 1, {"type": "response.content_part.added", "item_id": item_id, "output_index": index,
-                  "content_index": 0, "part": output_text("")})
+    emit(at, lambda: {"type": "response.output_item.added", "output_index": index,
+                      "item": {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress",
+                               "content": []}})
+    emit(at + 1, lambda: {"type": "response.content_part.added", "item_id": item_id, "output_index": index,
+                          "content_index": 0, "part": output_text("")})
     length = len(reply.text)
     start = min(max(after - (at + 1), 0), length)
     if start < length:
@@ -159,12 +175,12 @@ def _message_events(reply: ReplyState, after: int, at: int, index: int, emit) ->
                                "content_index": 0, "delta": reply.text[start:], "logprobs": []})
     if not reply.ended and not reply.tool_calls:
         return None
-    emit(at + 2 + length, {"type": "response.output_text.done", "item_id": item_id, "output_index": index,
+    emit(at + 2 + length, lambda: {"type": "response.output_text.done", "item_id": item_id, "output_index": index,
                            "content_index": 0, "text": reply.text, "logprobs": []})
-    emit(at + 3 + length, {"type": "response.content_part.done", "item_id": item_id, "output_index": index,
+    emit(at + 3 + length, lambda: {"type": "response.content_part.done", "item_id": item_id, "output_index": index,
                            "content_index": 0, "part": output_text(reply.text)})
-    emit(at + 4 + length, {"type": "response.output_item.done", "output_index": index,
-                           "item": message_item(reply)})
+    emit(at + 4 + length, lambda: {"type": "response.output_item.done", "output_index": index,
+                                   "item": message_item(reply)})
     return at + 5 + length
 
 
@@ -183,8 +199,8 @@ def _call_events(reply: ReplyState, after: int, at: int, index: int, number: int
         return None
     emit(at + len(arguments) + 1, {"type": "response.function_call_arguments.done", "item_id": item["id"],
                                    "output_index": index, "arguments": arguments, "name": call["function"]["name"]})
-    emit(at + len(arguments) + 2, {"type": "response.output_item.done", "output_index": index,
-                                   "item": function_call_item(reply, number, call, done=True)})
+    emit(at + len(arguments) + 2, lambda: {"type": "response.output_item.done", "output_index": index,
+                                           "item": function_call_item(reply, number, call, done=True)})
     return at + len(arguments) + 3
 
 

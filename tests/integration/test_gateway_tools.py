@@ -42,17 +42,16 @@ def test_a_function_call_streams_resumes_and_its_output_goes_back_to_the_model(g
         "response.function_call_arguments.done"
     numbers = [e.sequence_number for e in events]
     assert numbers == sorted(set(numbers))
-    # a resume from inside the arguments (after a delta the client had) gives the rest of them, once
-    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
-    assert len(deltas) > 2  # streamed in pieces, as the mock sends them
-    cut = deltas[len(deltas) // 2].sequence_number
-    had = [e for e in events if e.sequence_number <= cut]
+    # a resume from inside the arguments: event N ends where its number says, so the rest begins there exactly
+    (added,) = [e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call"]
+    half = len(expected) // 2
+    cut = added.sequence_number + half
     rest = list(client.responses.retrieve(final.id, stream=True, starting_after=cut))
-    assert arguments_of(had + rest) == expected
-    # the rest of the arguments come as one delta, numbered where they end; every other event keeps its number
+    assert arguments_of(rest) == expected[half:]
     assert [e.sequence_number for e in rest if "delta" not in e.type] == [
         e.sequence_number for e in events if e.sequence_number > cut and "delta" not in e.type]
-    assert [e.sequence_number for e in rest if "delta" in e.type] == [deltas[-1].sequence_number]
+    assert [e.sequence_number for e in rest if "delta" in e.type] == [
+        [e for e in events if e.type == "response.function_call_arguments.delta"][-1].sequence_number]
     stored = gateway.cli_json("history", final.conversation.id)["messages"][-1]
     assert stored["tool_calls"][0]["function"] == {"name": "search", "arguments": expected}
     # the tool's result goes back, after the call it answers, and the model answers it in words
