@@ -6,6 +6,7 @@ import asyncio
 import collections
 import hashlib
 import os
+import resource
 import ssl
 import time
 
@@ -210,8 +211,21 @@ async def users_or_refuse(link: Link, host: str, port: int) -> None:
                          "127.0.0.1")
 
 
+def open_files_raised() -> int:
+    """The most connections this process may hold: its soft limit of open files raised to the hard one (a
+    desktop's soft 1024 would refuse the 1025th idle client with EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            return soft
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def main() -> None:
     log = logs.configure("gateway")
+    log.info("gateway_open_files", limit=open_files_raised())
     asyncio.run(serve(log))
 
 
