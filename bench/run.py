@@ -17,6 +17,8 @@ i. the window (chatter gui, offscreen): GUI-thread CPU per token and repaints a 
 j. a 200-turn session's database bytes per text byte (bench/conversation_bytes.py)
 k. search over 50,000 sessions and 1,000,000 messages: p50 / p99 latency through a real stack, and the index's
    size against the text's (bench/search.py)
+l. the gateway: 50 and 500 streams straight to the coordinator and through the gateway with openai SDK users, in
+   one run: CPU per token of each process, mock-to-client latency, TTFT, resume latency (bench/gateway.py)
 
 Timings are figures to compare within one run on one machine, never assertions.
 """
@@ -46,6 +48,7 @@ from tools.spawn import REPO, LocalStack  # noqa: E402
 from protocol import codec, messages as m
 import transport  # noqa: E402
 from bench.fuzz import bench_fuzz  # noqa: E402
+from bench.gateway import bench_gateway  # noqa: E402
 from bench.tables import write_markdown  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
@@ -370,6 +373,8 @@ def main() -> None:
     results["conversation"] = bench_conversation()
     print("k. search", file=sys.stderr)
     results["search"] = bench_search(args.quick)
+    print("l. the gateway", file=sys.stderr)
+    results["gateway"] = bench_gateway(args.quick)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())
@@ -378,9 +383,9 @@ def main() -> None:
 def run_only(sections: set[str], quick: bool) -> None:
     """Some sections again, into the last results (the machine line says when the rest was measured)."""
     results = json.loads((OUT / "results.json").read_text())
-    unknown = sections - {"e", "f", "g", "h", "i", "j", "k"}
+    unknown = sections - {"e", "f", "g", "h", "i", "j", "k", "l"}
     if unknown:
-        raise SystemExit(f"--only runs e, f, g, h, i, j and k; not {', '.join(sorted(unknown))}")
+        raise SystemExit(f"--only runs e, f, g, h, i, j, k and l; not {', '.join(sorted(unknown))}")
     if "e" in sections:
         results["databases"] = bench_databases(100 if quick else 500, 60 if quick else 200, 20.0)
         results["databases"]["date"] = machine()["date"]
@@ -400,6 +405,8 @@ def run_only(sections: set[str], quick: bool) -> None:
         results["conversation"] = bench_conversation()
     if "k" in sections:
         results["search"] = bench_search(quick)
+    if "l" in sections:
+        results["gateway"] = bench_gateway(quick)
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "RESULTS.md").write_text(write_markdown(results))
     print((OUT / "RESULTS.md").read_text())
