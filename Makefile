@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 run: $(VENV)/.installed
+	@echo "chatter: the web page will be at http://$${CHATTER_HTTP:-127.0.0.1:8080}/ - make a token for it with: $(VENV)/bin/chatter users add NAME"
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/honcho start
 
 test: $(VENV)/.installed

@@ -21,12 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from clients.view import ReplyView
 from protocol import messages as m
 from services.mock_llm.script import reply_text
-from tools.loadtest import LoadSpec, UserStream, fetch_journal, read_database, settled_status
+from tools.loadtest import LoadSpec, UserStream, fetch_journal, read_database, service_pids, settled_status
 from tools.report import ProcessMeter, build_report, percentiles
 
 USERS_PER_WORKER = 100  # SDK users one worker process drives
@@ -174,14 +172,8 @@ def run_http_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, datab
             proc.start()
         with client:
             status_before = client.status()
-            pids = {"coordinator": status_before.coordinator_pid, "persister": status_before.persister_pid}
-            for i, gen in enumerate(status_before.generators):
-                pids["generator" if i == 0 else f"generator.{i + 1}"] = gen.pid
-            if stack is not None:
-                pids |= {"mock_llm": stack.procs["mock_llm"].pid, "gateway": stack.procs["gateway"].pid}
-            pids |= {f"sdk_client.{i + 1}": proc.pid for i, proc in enumerate(procs)}
-            pids = {name: pid for name, pid in pids.items() if pid and psutil.pid_exists(pid)}
-            meter = ProcessMeter(pids)
+            meter = ProcessMeter(service_pids(status_before, stack, "gateway")
+                                 | {f"sdk_client.{i + 1}": proc.pid for i, proc in enumerate(procs)})
             sqlite = SqliteMeter(database_url) if not database_url.startswith("postgresql://") else None
             began = time.monotonic()
             go.set()

@@ -343,13 +343,7 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
         client = stack.client(rpc_timeout_ms=10_000) if stack else Client(rpc_timeout_ms=10_000)
         with client:
             status_before = client.status()
-            pids = {"coordinator": status_before.coordinator_pid, "persister": status_before.persister_pid}
-            for i, gen in enumerate(status_before.generators):
-                pids["generator" if i == 0 else f"generator.{i + 1}"] = gen.pid
-            if stack is not None:
-                pids["mock_llm"] = stack.procs["mock_llm"].pid
-            pids = {name: pid for name, pid in pids.items() if pid and psutil.pid_exists(pid)}
-            meter = ProcessMeter(pids | {"loadtest": psutil.Process().pid})
+            meter = ProcessMeter(service_pids(status_before, stack) | {"loadtest": psutil.Process().pid})
             load = LoadRun(client, spec, run_id, progress)
             server = PostgresMeter(database_url) if database_url.startswith("postgresql://") else None
             sqlite = SqliteMeter(database_url) if server is None else None
@@ -374,6 +368,17 @@ def run_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, database_u
         if owned is not None:
             owned.stop()
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def service_pids(status, stack=None, *extra: str) -> dict[str, int]:
+    """The stack's processes to meter, by name: those the coordinator's status names, and the mock and ``extra``
+    (the gateway) when the stack is the caller's."""
+    pids = {"coordinator": status.coordinator_pid, "persister": status.persister_pid}
+    for i, gen in enumerate(status.generators):
+        pids["generator" if i == 0 else f"generator.{i + 1}"] = gen.pid
+    if stack is not None:
+        pids |= {name: stack.procs[name].pid for name in ("mock_llm", *extra)}
+    return {name: pid for name, pid in pids.items() if pid and psutil.pid_exists(pid)}
 
 
 def settled_status(client: Client, timeout_s: float = 3.0) -> dict:

@@ -20,6 +20,7 @@ from clients.gateway.errors import ApiError
 from clients.gateway.link import CoordinatorAway, Link
 from clients.gateway.chat import ChatCompletions
 from clients.gateway.conversations import Conversations
+from clients.gateway.page import add_page, is_page, page_headers
 from clients.gateway.responses import Responses
 
 MAX_BODY_BYTES = 8 * 2**20  # CHATTER_HTTP_MAX_BODY: a larger body is 413
@@ -143,6 +144,8 @@ def limited(handler, open_: collections.Counter, most: int):
 def signed_in(sign_in: SignIn):
     @web.middleware
     async def middleware(request: web.Request, handler):
+        if is_page(request.path):  # the page itself is public; what it asks of the API is signed in
+            return await handler(request)
         request["user"] = await sign_in.user(request)
         return await handler(request)
     return middleware
@@ -150,7 +153,9 @@ def signed_in(sign_in: SignIn):
 
 def make_app(link: Link, log) -> web.Application:
     limit = max_body()
-    app = web.Application(client_max_size=limit, middlewares=[openai_errors, signed_in(SignIn(link))])
+    app = web.Application(client_max_size=limit,
+                          middlewares=[page_headers, openai_errors, signed_in(SignIn(link))])
+    add_page(app)
     app[MAX_BODY] = limit
     responses = Responses(link, log, flush_ms() / 1000)
     conversations = Conversations(link, responses.ask, responses.owned_session, responses.seed)

@@ -198,7 +198,8 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
     that it cannot store (PostgreSQL refuses a NUL in text: it is refused before)."""
     session_id = stack.cli_json("send", "fuzz target [[mock tokens=3]]")["session_id"]
     samples = {
-        m.NewSession: m.NewSession(0, "sys", MODEL, 100), m.Send: m.Send(0, session_id, "hi", "r", MODEL),
+        m.NewSession: m.NewSession(0, "sys", MODEL, 100), m.Send: m.Send(0, session_id, "hi", "r", MODEL, None, [
+            {"type": "function", "function": {"name": "f"}}], "auto"),
         m.Cancel: m.Cancel(0, session_id, None, 0), m.Snapshot: m.Snapshot(0, session_id, None),
         m.Status: m.Status(0, session_id), m.History: m.History(0, session_id), m.Preview: m.Preview(0, "id"),
         m.Regenerate: m.Regenerate(0, session_id, "r2"), m.Sessions: m.Sessions(0, 5),
@@ -212,6 +213,7 @@ def test_every_rpc_field_with_extreme_values_gets_an_answer_and_breaks_nothing(s
         m.DeleteBranch: m.DeleteBranch(0, session_id, "f" * 32), m.ExportSession: m.ExportSession(0, session_id),
         m.ReplyOf: m.ReplyOf(0, "f" * 32), m.AddUser: m.AddUser(0, "fuzzer", "c" * 64),
         m.RevokeUser: m.RevokeUser(0, "fuzzer"), m.Users: m.Users(0), m.WhoIs: m.WhoIs(0, "d" * 64),
+        m.FindTurn: m.FindTurn(0, "a" * 64, "b" * 64, "fuzzer"),
         m.ImportSession: m.ImportSession(0, m.SessionRecord(session_id="e" * 32, title="imported"), [
             m.MessageRecord(message_id="e" * 32, session_id="e" * 32, role="user", content="hi", status="completed",
                             created_at=1.0, parent_id="")]),

@@ -34,16 +34,23 @@ def grown(reasoning: str, text: str, cuts: list[int], status: str) -> list[Reply
     return out
 
 
-@given(TEXT, TEXT, st.lists(st.integers(0, 60), max_size=8), st.sampled_from(["completed", "cancelled", "error"]))
-def test_live_events_and_every_resume_give_the_texts_exactly_once_with_the_same_numbers(reasoning, text, cuts, status):
-    steps = grown(reasoning, text, cuts, status)
+def streamed(steps: list[ReplyState]) -> tuple[list[dict], int, list[int]]:
+    """What a client live from the start got as the reply grew: its events, the last number, and every number
+    (strictly increasing, checked)."""
     live, last = [], -1
     for step in steps:
         fresh = events_after(step, last)
         live += fresh
         last = fresh[-1]["sequence_number"] if fresh else last
     numbers = [e["sequence_number"] for e in live]
-    assert numbers == sorted(set(numbers))  # strictly increasing
+    assert numbers == sorted(set(numbers))
+    return live, last, numbers
+
+
+@given(TEXT, TEXT, st.lists(st.integers(0, 60), max_size=8), st.sampled_from(["completed", "cancelled", "error"]))
+def test_live_events_and_every_resume_give_the_texts_exactly_once_with_the_same_numbers(reasoning, text, cuts, status):
+    steps = grown(reasoning, text, cuts, status)
+    live, last, numbers = streamed(steps)  # strictly increasing
     assert texts(live) == (reasoning, text)
     final = steps[-1]
     whole = events_after(final, -1)
@@ -115,13 +122,7 @@ def joined_calls(events: list[dict]) -> dict[str, str]:
 @given(TEXT, TEXT, st.lists(TEXT, min_size=1, max_size=3), st.lists(st.integers(0, 120), max_size=10))
 def test_tool_calls_stream_and_resume_exactly_once_with_the_same_numbers(reasoning, text, arguments, cuts):
     steps = grown_with_calls(reasoning, text, arguments, cuts)
-    live, last = [], -1
-    for step in steps:
-        fresh = events_after(step, last)
-        live += fresh
-        last = fresh[-1]["sequence_number"] if fresh else last
-    numbers = [e["sequence_number"] for e in live]
-    assert numbers == sorted(set(numbers))
+    live, last, numbers = streamed(steps)
     final = steps[-1]
     whole = events_after(final, -1)
     expected = {f"fc_m1_{i}": args for i, args in enumerate(arguments)}
