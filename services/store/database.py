@@ -116,8 +116,8 @@ def _private_sqlite_file(path: str, shown: str) -> None:
     if os.path.isdir(path):
         raise DatabaseUrlError(f"{shown} names a directory; give the path of a database file in it")
     try:
-        if not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o700)
+        if not os.path.isdir(directory):  # the coordinator and the persister start together: either may make it
+            os.makedirs(directory, mode=0o700, exist_ok=True)
             os.chmod(directory, 0o700)
         elif _owned(directory) and all(name.startswith(os.path.basename(path)) for name in os.listdir(directory)):
             os.chmod(directory, 0o700)  # a directory of this database alone (data/ of an earlier version)

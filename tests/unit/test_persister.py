@@ -350,3 +350,25 @@ def test_a_messages_durable_text_is_read_right_as_the_log_moves_on_and_in_anothe
             assert set(store._LOG_INDEX) == {("chunk_b", 3), ("chunk_b", 4)}  # the emptied table's row forgotten
         finally:
             db.close()
+
+
+def test_a_database_directory_made_meanwhile_by_another_process_is_no_error(tmp_path, monkeypatch):
+    """``make run`` starts the coordinator and the persister together, and both make data/ if it is missing: the
+    one that comes second found it made between its look and its mkdir ("File exists" stopped the persister)."""
+    import os
+    import stat
+    from services.store import database
+    directory = tmp_path / "data"
+    directory.mkdir()
+    real_isdir, looks = os.path.isdir, []
+
+    def isdir(path) -> bool:  # the first look at data/ comes before the other process made it
+        if path == str(directory) and not looks:
+            looks.append(path)
+            return False
+        return real_isdir(path)
+
+    monkeypatch.setattr(database.os.path, "isdir", isdir)
+    database._private_sqlite_file(str(directory / "chatter.db"), "sqlite:///data/chatter.db")
+    assert (directory / "chatter.db").exists()
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
