@@ -87,6 +87,18 @@ def join_history(whole: answers.History, page: answers.History) -> answers.Histo
     return msgspec.structs.replace(page, messages=messages + list(rest))
 
 
+def join_preview(whole: answers.Preview, page: answers.Preview) -> answers.Preview:
+    """A preview's pages joined: its text goes on from the page's ``preview_offset``, and a message cut at the end
+    of one page goes on at the start of the next (from its ``offset``); ``next`` is the later page's."""
+    messages, rest = list(whole.messages), list(page.messages)
+    if rest and len(messages) == page.index + 1:
+        cut = messages.pop()
+        rest[0] = {**rest[0], "content": str(cut["content"])[:page.offset] + rest[0]["content"]}
+    return msgspec.structs.replace(page, preview=whole.preview[:page.preview_offset] + page.preview,
+                                   messages=messages + rest, dropped_message_ids=whole.dropped_message_ids,
+                                   preview_offset=0, index=0, offset=0)
+
+
 IMPORT_PART_BYTES = 3 * 2**20  # an ImportSession's messages, at most: the frame holds 4 MiB
 
 
@@ -332,19 +344,10 @@ class Client:
 
     def preview(self, message_id: str) -> answers.Preview:
         """A reply's exact prompt, whole: page by page, a message cut at a page's end going on in the next."""
-        page = self.request(m.Preview(next(self.req_ids), message_id))
-        preview, messages, dropped = page.preview, list(page.messages), page.dropped_message_ids
-        while page.next is not None:
-            preview_offset, index, offset = page.next
-            page = self.request(m.Preview(next(self.req_ids), message_id, preview_offset, index, offset))
-            preview = preview[:page.preview_offset] + page.preview
-            rest = list(page.messages)
-            if rest and len(messages) == page.index + 1:  # the message cut at the page's end goes on
-                cut = messages.pop()
-                rest[0] = {**rest[0], "content": str(cut["content"])[:page.offset] + rest[0]["content"]}
-            messages += rest
-        return msgspec.structs.replace(page, preview=preview, messages=messages, dropped_message_ids=dropped,
-                                       preview_offset=0, index=0, offset=0, next=None)
+        whole = self.request(m.Preview(next(self.req_ids), message_id))
+        while whole.next is not None:
+            whole = join_preview(whole, self.request(m.Preview(next(self.req_ids), message_id, *whole.next)))
+        return whole
 
     # ------------------------------------------------------------ stream
 

@@ -70,6 +70,7 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     message_count: Int
     last_activity: float
     status: str  # "streaming", the last reply's status, or "empty"
+    owner: Optional[str] = None  # the gateway user whose session it is (None: the administrator's)
 
 
 class SessionList(Result, tag="sessions"):

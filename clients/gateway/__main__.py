@@ -22,6 +22,7 @@ from clients.gateway.chat import ChatCompletions
 from clients.gateway.conversations import Conversations
 from clients.gateway.page import add_page, is_page, page_headers
 from clients.gateway.responses import Responses
+from clients.gateway.sessions import Sessions
 
 MAX_BODY_BYTES = 8 * 2**20  # CHATTER_HTTP_MAX_BODY: a larger body is 413
 MAX_BODY = web.AppKey("max_body", int)
@@ -172,6 +173,7 @@ def make_app(link: Link, log) -> web.Application:
     chat = ChatCompletions(responses)
     app.router.add_post("/v1/chat/completions", limited(chat.create, open_, most))
     app.router.add_get("/v1/models", chat.models)
+    Sessions(responses, conversations).add_routes(app)
     return app
 
 

@@ -31,25 +31,30 @@ class Conversations:
         session_id = (await self.ask(m.NewSession(self.link.next_id(), system, None, None, owner=user))).session_id
         if turns:
             await self.seed(session_id, system, turns)
-        return web.json_response(conversation(await self._history(session_id, user)))
+        return web.json_response(conversation(await self.history(session_id, user)))
 
     async def retrieve(self, request: web.Request) -> web.Response:
-        return web.json_response(conversation(await self._history(request.match_info["conversation_id"],
+        return web.json_response(conversation(await self.history(request.match_info["conversation_id"],
                                                                   request["user"])))
 
     async def delete(self, request: web.Request) -> web.Response:
         session_id = request.match_info["conversation_id"]
-        await self._history(session_id, request["user"])  # 404 when it is not there, or not theirs
-        await self.ask(m.DeleteSessions(self.link.next_id(), [session_id]), APPLIED_TIMEOUT_S)
+        await self.remove(session_id, request["user"])
         return web.json_response({"id": session_id, "object": "conversation.deleted", "deleted": True})
+
+    async def remove(self, session_id: str, user: str) -> None:
+        """A session of this user's and every message of it, gone for real (answered once applied); 404 when it is
+        not there, or not theirs."""
+        await self.owned(session_id, user)
+        await self.ask(m.DeleteSessions(self.link.next_id(), [session_id]), APPLIED_TIMEOUT_S)
 
     async def list_items(self, request: web.Request) -> web.Response:
         """A page of the active branch's messages: ``order`` (desc by default, as OpenAI's), ``after`` an item's
         id, ``limit`` 1 to 100 (20)."""
-        history = await self._history(request.match_info["conversation_id"], request["user"])
+        history = await self.history(request.match_info["conversation_id"], request["user"])
         return web.json_response(page(request, [one for msg in history.messages for one in items(msg)]))
 
-    async def _history(self, session_id: str, user: str):
+    async def history(self, session_id: str, user: str):
         """The whole active branch of a session of this user's; any other is 404."""
         whole = await self.owned(session_id, user)
         try:

@@ -289,5 +289,5 @@ def usage(stats: dict) -> dict:
                     "input_tokens_source": stats.get("prompt_tokens_source", "estimated"),
                     "reasoning_tokens_source": stats.get("reasoning_tokens_source"),
                     "ttft_ms": stats.get("ttft_ms"), "tok_per_s": stats.get("tok_per_s"),
-                    "duration_ms": stats.get("duration_ms")},
+                    "duration_ms": stats.get("duration_ms"), "thinking_ms": stats.get("thinking_ms")},
     }

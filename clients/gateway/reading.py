@@ -34,9 +34,10 @@ def query_int(request: web.Request, name: str, default: int) -> int:
     return value
 
 
-def page(request: web.Request, items: list[dict]) -> dict:
-    """A cursor page of ``items`` (oldest first as given), as OpenAI's lists are: ``order``, ``after``, ``limit``."""
-    order = request.query.get("order", "desc")
+def page(request: web.Request, items: list[dict], order: str = "desc") -> dict:
+    """A cursor page of ``items`` (oldest first as given), as OpenAI's lists are: ``order`` (``order`` when not
+    asked), ``after``, ``limit``."""
+    order = request.query.get("order", order)
     if order not in ("asc", "desc"):
         raise ApiError(400, "order must be asc or desc", param="order")
     limit = query_int(request, "limit", 20)

@@ -8,7 +8,7 @@ import uuid
 
 from aiohttp import web
 
-from clients.api import ChatterError
+from clients.api import ChatterError, join_preview
 from protocol import messages as m
 from protocol.conversation import SessionRecord
 from clients.gateway import events
@@ -145,17 +145,14 @@ class Responses:
 
     async def _prompt(self, message_id: str) -> list[dict]:
         """A reply's exact prompt messages, page by page (a message cut at a page's end goes on in the next)."""
-        page_ = await self.ask(m.Preview(self.link.next_id(), message_id))
-        messages = list(page_.messages)
-        while page_.next is not None:
-            preview_offset, index, offset = page_.next
-            page_ = await self.ask(m.Preview(self.link.next_id(), message_id, preview_offset, index, offset))
-            rest = list(page_.messages)
-            if rest and len(messages) == page_.index + 1:
-                cut = messages.pop()
-                rest[0] = {**rest[0], "content": str(cut["content"])[:page_.offset] + rest[0]["content"]}
-            messages += rest
-        return messages
+        return (await self.preview(message_id)).messages
+
+    async def preview(self, message_id: str):
+        """A reply's exact prompt, whole (``chatter preview``'s): its pages asked for in turn."""
+        whole = await self.ask(m.Preview(self.link.next_id(), message_id))
+        while whole.next is not None:
+            whole = join_preview(whole, await self.ask(m.Preview(self.link.next_id(), message_id, *whole.next)))
+        return whole
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
         snap = await self.owned_reply(request.match_info["response_id"], "response_id", request["user"])

@@ -139,6 +139,7 @@ class Sessions(Message, tag=10):
     limit: SessionsLimit = 50
     before: Optional[Annotated[float, Meta(ge=0)]] = None
     before_id: Optional[Id] = None
+    owner: Optional[UserName] = None  # only this gateway user's sessions (None: everyone's, the administrator's view)
 
 
 class ResolveSession(Message, tag=12):
@@ -197,6 +198,7 @@ class Search(Message, tag=16):
     query: Annotated[str, Meta(max_length=SEARCH_CHARS)]
     session_id: Optional[Id] = None
     limit: SearchLimit = 20
+    owner: Optional[UserName] = None  # only in this gateway user's sessions (None: in everyone's)
 
 
 # A message named in a request: its id, a unique prefix of one in the session, or its number on the session's

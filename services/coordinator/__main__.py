@@ -128,17 +128,18 @@ class CoordinatorShell:
             # keyed by the page: a read of 100 cannot answer a request for 1000 parked behind it; one more than
             # the page is read, so that the machine knows whether there are more
             limit = min(msg.limit, pages.SESSIONS_PAGE) + 1
-            return (f"sessions {limit} {msg.before!r} {msg.before_id}",
-                    lambda: ("summaries", store.list_sessions(limit, msg.before, msg.before_id)))
+            return (f"sessions {limit} {msg.before!r} {msg.before_id} {msg.owner}",
+                    lambda: ("summaries", store.list_sessions(limit, msg.before, msg.before_id, msg.owner)))
         if "\x00" in (getattr(msg, "session_id", None) or "") + (getattr(msg, "message_id", None) or ""):
             return None  # no id has one, and PostgreSQL refuses it in a query: unknown, with no read
         if isinstance(msg, m.FindTurn):  # a read of its own, by the chain's index
             return (f"turn {msg.req_id} {id(msg)}",
                     lambda: ("turn", (msg, store.find_turn(msg.chain, msg.reply_hash, msg.owner))))
         if isinstance(msg, m.Search):  # a read of its own: the answer is the database's ranking
-            query, session_id, limit = msg.query, msg.session_id, msg.limit
+            query, session_id, limit, owner = msg.query, msg.session_id, msg.limit, msg.owner
             return (f"search {msg.req_id} {id(msg)}",
-                    lambda: ("hits", (msg, store.search_messages(store.db_proxy.obj, query, session_id, limit))))
+                    lambda: ("hits", (msg, store.search_messages(store.db_proxy.obj, query, session_id, limit,
+                                                                 owner))))
         if isinstance(msg, (m.Preview, m.ReplyOf)) and msg.message_id not in self.machine.message_sessions:
             return f"message {msg.message_id}", lambda: ("session", _session_of_message(msg.message_id))
         session_id = getattr(msg, "session_id", None)

@@ -60,7 +60,8 @@ class Requests:
 
     def on_configure(self, msg: m.ConfigureSession, now: float, out: list) -> answers.Result:
         """Takes effect from the next prompt (a reply under way keeps its frozen prompt), and is saved at once
-        with the session's row: it outlives the session's leaving memory and a restart of the coordinator."""
+        with the session's row: it outlives the session's leaving memory and a restart of the coordinator. Asked
+        with no change, the settings as they are, and nothing written."""
         sess = self.book.get(msg.session_id)
         params, stream, style = dict(sess.params), sess.stream, sess.continue_style
         for key, value in (msg.params or {}).items():
@@ -84,7 +85,9 @@ class Requests:
             sess.max_input_tokens = msg.max_input_tokens or None
         if msg.model is not None:
             sess.model = msg.model or None
-        out.append(self._save_session(sess, now))
+        asked = msg.system is not None or msg.max_input_tokens is not None or msg.model is not None or msg.params
+        if asked or not sess.saved:  # nothing asked is a read of the settings (the page's Settings): no write
+            out.append(self._save_session(sess, now))
         return self._settings(sess)
 
     def _settings(self, sess: SessionState) -> answers.SessionSettings:

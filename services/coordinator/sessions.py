@@ -321,7 +321,7 @@ def summary(sess: SessionState, streaming: bool) -> SessionSummary:
     last = sess.last_reply()
     status = "streaming" if streaming else (last.status if last else "empty")
     return SessionSummary(session_id=sess.session_id, title=sess.title, message_count=len(sess.history),
-                          last_activity=sess.last_activity, status=status)
+                          last_activity=sess.last_activity, status=status, owner=sess.owner)
 
 
 def context_tokens(sess: SessionState, model: str, count_tokens) -> int:

@@ -223,14 +223,19 @@ class Views:
 
     def on_sessions(self, msg: m.Sessions, now: float, out: list) -> answers.Result:
         """A page of the most recently active sessions: the database's (read by the shell first, one more than
-        the page, so that it knows if there are more) merged with the newer ones in memory."""
+        the page, so that it knows if there are more) merged with the newer ones in memory; with ``owner``, only
+        that gateway user's."""
         limit = min(max(1, msg.limit), pages.SESSIONS_PAGE)
         before = None if msg.before is None else (msg.before, msg.before_id or "")
 
         def listed(row) -> bool:  # a summary, or a session in memory
-            return before is None or (row.last_activity, row.session_id) < before
+            return ((before is None or (row.last_activity, row.session_id) < before)
+                    and (msg.owner is None or row.owner == msg.owner))
 
-        merged = dict(self.book.stored_summaries)
+        # a session in memory is as memory has it: its row read from the database may be older (a page after it
+        # would list it again by that older time)
+        merged = {sid: row for sid, row in self.book.stored_summaries.items()
+                  if not (sid in self.book.sessions and self.book.sessions[sid].history)}
         # memory is newer than the database; only its ``limit`` most recent sessions can be listed, so only
         # those are summarized (the cache holds thousands; every sessions request summarized them all)
         recent = heapq.nlargest(limit, (sess for sess in self.book.sessions.values()  # no message: not stored either

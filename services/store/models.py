@@ -133,6 +133,8 @@ HAS_GENERATION = peewee.SQL('"generation_id" IS NOT NULL')
 Message.add_index(Message.status, where=IS_STREAMING, name="message_streaming")
 Message.add_index(Message.generation_id, where=HAS_GENERATION, name="message_generation")
 Message.add_index(Message.chain, where=peewee.SQL('"chain" IS NOT NULL'), name="message_chain")
+# a gateway user's sessions, newest first (the page's list): only sessions that have an owner are in it
+Session.add_index(Session.owner, Session.updated_at, where=peewee.SQL('"owner" IS NOT NULL'), name="session_owner")
 
 # Indexes of earlier versions; dropped by ``migrate``: the chunk log's, and the message table's full ones.
 OLD_INDEXES = {"chunk": ("chunk_message_id_offset", "chunk_message_id"),

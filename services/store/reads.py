@@ -129,18 +129,25 @@ LIST_SESSIONS_SQL = (
     "SELECT s.id, s.title, s.updated_at, "
     "(SELECT COUNT(*) FROM message m WHERE m.session_id = s.id), "
     "(SELECT m.status FROM message m WHERE m.session_id = s.id AND m.role = 'assistant' "
-    "ORDER BY m.position DESC LIMIT 1) "
+    "ORDER BY m.position DESC LIMIT 1), s.owner "
     "FROM session s {where}ORDER BY s.updated_at DESC, s.id DESC LIMIT {param}")
 
 
-def list_sessions(limit: int, before: float | None = None, before_id: str | None = None) -> list[dict]:
+def list_sessions(limit: int, before: float | None = None, before_id: str | None = None,
+                  owner: str | None = None) -> list[dict]:
     """The most recently active sessions, as summaries (see ``services.coordinator.sessions.summary``); with
-    ``before``, those older than the session (``before``, ``before_id``): the next page of a list."""
+    ``before``, those older than the session (``before``, ``before_id``): the next page of a list; with ``owner``,
+    only that gateway user's (by the ``session_owner`` index)."""
     db = db_proxy.obj
-    where, params = "", (max(1, limit),)
+    conditions, params = [], []
+    if owner is not None:
+        conditions.append(f"s.owner = {db.param}")
+        params.append(owner)
     if before is not None:
-        where = f"WHERE s.updated_at < {db.param} OR (s.updated_at = {db.param} AND s.id < {db.param}) "
-        params = (before, before, before_id or "", max(1, limit))
+        conditions.append(f"(s.updated_at < {db.param} OR (s.updated_at = {db.param} AND s.id < {db.param}))")
+        params += [before, before, before_id or ""]
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    params = (*params, max(1, limit))
     try:
         rows = db.execute_sql(LIST_SESSIONS_SQL.format(where=where, param=db.param), params).fetchall()
     except peewee.DatabaseError as exc:
@@ -148,7 +155,7 @@ def list_sessions(limit: int, before: float | None = None, before_id: str | None
             return []
         raise
     return [{"session_id": sid, "title": title, "message_count": count, "last_activity": updated,
-             "status": status or "empty"} for sid, title, updated, count, status in rows]
+             "status": status or "empty", "owner": row_owner} for sid, title, updated, count, status, row_owner in rows]
 
 
 def session_of_generation(generation_id: str) -> dict | None:

@@ -143,8 +143,10 @@ def optimize(db: peewee.Database) -> None:
 # ---------------------------------------------------------------- the query
 
 
-def search(db: peewee.Database, query: str, session_id: str | None = None, limit: int = 20) -> list[dict]:
-    """The best-ranked messages that hold every term of ``query`` (in one session, with ``session_id``): each as
+def search(db: peewee.Database, query: str, session_id: str | None = None, limit: int = 20,
+           owner: str | None = None) -> list[dict]:
+    """The best-ranked messages that hold every term of ``query`` (in one session, with ``session_id``; in one
+    gateway user's sessions, with ``owner``): each as
     session id, title, message id, role, created_at and a snippet whose matches are between ``MARK_OPEN`` and
     ``MARK_CLOSE``. An empty query matches nothing."""
     terms = parse_query(query)
@@ -154,6 +156,8 @@ def search(db: peewee.Database, query: str, session_id: str | None = None, limit
         where, params = "", [fts5_match(terms)]
         if session_id is not None:
             where, params = " AND m.session_id = ?", [*params, session_id]
+        if owner is not None:
+            where, params = f"{where} AND s.owner = ?", [*params, owner]
         sql = (f"SELECT m.session_id, s.title, m.id, m.role, m.created_at, "
                f"snippet({FTS}, 0, ?, ?, '…', {SNIPPET_TOKENS}) "
                f"FROM {FTS} JOIN message m ON m.rowid = {FTS}.rowid JOIN session s ON s.id = m.session_id "
@@ -163,6 +167,9 @@ def search(db: peewee.Database, query: str, session_id: str | None = None, limit
         where, params = "", [tsquery(terms)]
         if session_id is not None:
             where, params = " AND m.session_id = %s", [*params, session_id]
+        if owner is not None:
+            where, params = (f"{where} AND m.session_id IN (SELECT id FROM session WHERE owner = %s)",
+                             [*params, owner])
         options = f"StartSel={MARK_OPEN}, StopSel={MARK_CLOSE}, MaxWords=24, MinWords=8, ShortWord=1"
         sql = ("WITH q AS (SELECT to_tsquery('chatter', %s) AS q), hits AS ("
                "SELECT m.session_id, m.id, m.role, m.created_at, m.content, ts_rank_cd(m.search, q.q) AS rank "

@@ -374,6 +374,22 @@ def test_every_endpoint_answers_bad_input_in_openais_shape_and_never_falls_over(
         answers.append(raw(gateway, path, b"", method="GET"))
     for path in ("/v1/conversations", "/v1/responses/resp_x/cancel"):
         answers.append(raw(gateway, path, b"\xff\xfe", method="POST"))
+    session = done.conversation.id
+    for path in ("/chatter/v1/sessions?limit=0", "/chatter/v1/sessions?before=nan", "/chatter/v1/sessions?before=1e400",
+                 "/chatter/v1/sessions?before=1&before_id=" + "z" * 65, "/chatter/v1/search?q=%00",
+                 "/chatter/v1/search?q=" + "a" * 2000, "/chatter/v1/search?q=x&session=%00",
+                 "/chatter/v1/sessions/%00", f"/chatter/v1/sessions/{session}/messages?limit=101",
+                 "/chatter/v1/responses/resp_%00/preview", "/chatter/v1/responses/nope/preview"):
+        answers.append(raw(gateway, path, b"", method="GET"))
+    for field, value in ((f, v) for f in ("title", "system", "model", "max_input_tokens", "temperature",
+                                          "max_tokens", "continue_style") for v in FUZZ_VALUES):
+        answers.append(raw(gateway, f"/chatter/v1/sessions/{session}", json.dumps({field: value}).encode(),
+                           method="PATCH"))
+    for action, body in (("branch", {"message_id": "x", "sibling": 0}), ("edit", {"message_id": "1", "text": "x"})):
+        for field in body:
+            for value in FUZZ_VALUES:
+                answers.append(raw(gateway, f"/chatter/v1/sessions/{session}/{action}",
+                                   json.dumps(body | {field: value}).encode()))
     statuses = {status for status, _ in answers}
     assert statuses <= {200, 400, 404, 405} and 400 in statuses
     for status, answer in answers:

@@ -53,11 +53,11 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(Path(os.environ["CHATTER_SCREENSHOTS"]) / f"{name}.png"))
 
 
-def signed_in(browser, stack, scheme: str = "light"):
+def signed_in(browser, stack, scheme: str = "light", port: int | None = None):
     page = browser.new_context(color_scheme=scheme, viewport={"width": 1000, "height": 700}).new_page()
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.errors = []
-    answer = page.goto(f"http://127.0.0.1:{stack.http_port}/")
+    answer = page.goto(f"http://127.0.0.1:{port or stack.http_port}/")
     assert "script-src 'self'" in answer.headers["content-security-policy"]
     page.fill("#token", stack.token)
     page.click("#signin button[type=submit]")

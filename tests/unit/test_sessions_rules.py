@@ -176,6 +176,28 @@ def test_sessions_list_merges_memory_over_the_database_newest_first():
         (sid, "streaming", "fresh title"), ("old", "completed", "from disk")]
 
 
+def test_a_users_sessions_list_holds_only_that_users_sessions_from_memory_and_the_database():
+    """The gateway's list (``owner``): another user's session, or the administrator's, is never in it, whether
+    it is in memory or only in the database; without an owner (the CLI) every session is."""
+    machine = make()
+    machine.load_summaries([{"session_id": "disk-ann", "title": "d", "message_count": 2, "last_activity": 5.0,
+                             "status": "completed", "owner": "ann"},
+                            {"session_id": "disk-bob", "title": "d", "message_count": 2, "last_activity": 6.0,
+                             "status": "completed", "owner": "bob"}])
+    for owner, now in (("ann", 50.0), ("bob", 51.0), (None, 52.0)):
+        sid = reply(machine.handle_rpc(CLIENT, m.NewSession(1, owner=owner), now)).result.session_id
+        start(machine, f"by {owner}", now=now, session_id=sid)
+
+    def listed(owner):
+        rows = reply(machine.handle_rpc(CLIENT, m.Sessions(1, 10, owner=owner), 60)).result.sessions
+        return [(row.title, row.owner) for row in rows]
+
+    assert listed("ann") == [("by ann", "ann"), ("d", "ann")]
+    assert listed("bob") == [("by bob", "bob"), ("d", "bob")]
+    assert listed(None) == [("by None", None), ("by bob", "bob"), ("by ann", "ann"), ("d", "bob"), ("d", "ann")]
+    assert listed("carol") == []
+
+
 def test_the_sessions_list_pages_by_last_activity_and_id_over_the_database_and_memory():
     """Each page is what the shell read for it (one more than the page) merged with memory, before the cursor:
     read page by page, the list is every session once, newest first, and ``more`` is false only at the end."""
@@ -199,6 +221,22 @@ def test_the_sessions_list_pages_by_last_activity_and_id_over_the_database_and_m
             break
         last = got.sessions[-1]
     assert [row.session_id for row in listed] == in_memory[::-1] + ["d6", "d5", "d4", "tie", "d3", "d2", "d1", "d0"]
+
+
+def test_a_session_in_memory_is_listed_once_though_its_stored_row_is_older():
+    """The database's row of a session active since (in memory, newer) is not listed again on the next page by
+    its older time."""
+    machine = make()
+    sids = [start(machine, f"q{i}", now=10.0 + i)[0] for i in range(3)]
+    stored = [{"session_id": sid, "title": "disk", "message_count": 1, "last_activity": 1.0 + i,
+               "status": "completed"} for i, sid in enumerate(sids)]
+    machine.load_summaries(stored)
+    first = reply(machine.handle_rpc(CLIENT, m.Sessions(1, 2), 20)).result
+    assert [row.session_id for row in first.sessions] == sids[:0:-1] and first.more
+    machine.load_summaries([row for row in stored if row["last_activity"] < first.sessions[-1].last_activity])
+    last = first.sessions[-1]
+    second = reply(machine.handle_rpc(CLIENT, m.Sessions(1, 2, last.last_activity, last.session_id), 20)).result
+    assert [row.session_id for row in second.sessions] == [sids[0]]
 
 
 def test_a_session_loaded_after_a_restart_keeps_request_ids_and_has_no_live_reply():
@@ -228,6 +266,17 @@ def test_session_settings_reach_the_job_and_the_prompt_hash_from_the_next_reply_
     assert job.prompt_hash == prompt_hash(job.messages, "other-model", {"max_tokens": 64, "temperature": 0.5})
     machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid, None, None, "", {"temperature": None, "stream": None}), 102)
     assert machine.sessions[sid].params == {"max_tokens": 64} and machine.sessions[sid].stream is None
+
+
+def test_settings_asked_with_no_change_are_read_and_write_nothing():
+    machine = make()
+    sid, r, _ = start(machine, "q1")
+    machine.handle_rpc(CLIENT, m.ConfigureSession(3, sid, "be terse"), 100.1)
+    out = machine.handle_rpc(CLIENT, m.ConfigureSession(4, sid), 100.2)
+    assert reply(out).result.system == "be terse"
+    assert not [e for e in out if isinstance(e, ToPersister)]  # the page's Settings reads without a write
+    changed = machine.handle_rpc(CLIENT, m.ConfigureSession(5, sid, None, None, None, {"temperature": 0.1}), 100.3)
+    assert [e for e in changed if isinstance(e, ToPersister)]
 
 
 def test_bad_session_settings_are_refused_and_change_nothing():

@@ -62,3 +62,9 @@ def test_every_reference_in_performance_md_exists():
     text = (REPO / "docs" / "PERFORMANCE.md").read_text()
     assert len(references(text)) >= 7, "the document lost its references"
     assert missing(text) == []
+
+
+def test_every_reference_in_http_md_exists():
+    text = (REPO / "docs" / "HTTP.md").read_text()
+    assert len(references(text)) >= 2, "the document lost its references"
+    assert missing(text) == []

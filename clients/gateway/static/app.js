@@ -1,234 +1,304 @@
-// Chatter in a browser: the gateway's public API only (the Responses and Conversations endpoints), a reply
-// streamed as server-sent events and resumed after a reload or a dropped connection from the sequence_number it
-// had, exactly (each event's number is where its text ends: README, "The HTTP face").
-//
-// Untrusted text (a reply, a user's message) is rendered by markdown-it with raw HTML off (it shows as text) and
-// its link validation (no javascript: links); links open with rel="noopener noreferrer". The page's
-// Content-Security-Policy forbids inline scripts.
-import markdownit from "/page/vendor/markdown-it.min.js";
-import hljs from "/page/vendor/highlight.min.js";
-
-const md = markdownit({
-  html: false,
-  linkify: false,
-  highlight: (code, lang) => {
-    if (lang && hljs.getLanguage(lang)) {
-      return `<pre><code class="hljs language-${md.utils.escapeHtml(lang)}">${hljs.highlight(code, { language: lang }).value}</code></pre>`;
-    }
-    return "";  // markdown-it escapes it
-  },
-});
-const linkOpen = md.renderer.rules.link_open || ((tokens, i, options, env, self) => self.renderToken(tokens, i, options));
-md.renderer.rules.link_open = (tokens, i, options, env, self) => {
-  tokens[i].attrSet("rel", "noopener noreferrer");
-  tokens[i].attrSet("target", "_blank");
-  return linkOpen(tokens, i, options, env, self);
-};
+// Chatter in a browser: the page's wiring. Sign in, the session list (sessions.js), the transcript
+// (transcript.js), replies followed and resumed exactly (api.js), Preview and Settings (dialogs.js).
+import { api, followReply, json, own, send, sessionMessages, store } from "/page/api.js";
+import { arrows, button, el, MessageView, statsLine } from "/page/transcript.js";
+import { SessionList } from "/page/sessions.js";
+import { showPreview, showSettings } from "/page/dialogs.js";
 
 const $ = (id) => document.getElementById(id);
-const store = {
-  get token() { return localStorage.getItem("chatter.token"); },
-  set token(value) { value ? localStorage.setItem("chatter.token", value) : localStorage.removeItem("chatter.token"); },
-  get conversation() { return localStorage.getItem("chatter.conversation"); },
-  set conversation(value) {
-    value ? localStorage.setItem("chatter.conversation", value) : localStorage.removeItem("chatter.conversation");
-  },
-  // the reply streaming when the page went away: its id, the last event number had, and the texts so far, in
-  // one item, so that they always agree
-  get inflight() { return JSON.parse(sessionStorage.getItem("chatter.inflight") || "null"); },
-  set inflight(value) {
-    value ? sessionStorage.setItem("chatter.inflight", JSON.stringify(value)) : sessionStorage.removeItem("chatter.inflight");
-  },
-};
+const POLL_MS = 3000;  // another tab's (or client's) new reply shows within this
+let views = [];  // the active branch's messages, in order
+let current = null;  // the reply being followed: {id, seq, text, reasoning, session, controller, stopped}
+let loadedActivity = null;  // the open session's last activity when it was loaded
+let context = null;
 
 function banner(words) {
-  const el = $("banner");
-  el.textContent = words || "";
-  el.hidden = !words;
+  const node = $("banner");
+  node.textContent = words || "";
+  node.hidden = !words;
 }
 
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { "Authorization": `Bearer ${store.token}`, "Content-Type": "application/json", ...(options.headers || {}) },
-  });
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try { message = (await response.json()).error.message; } catch { /* not OpenAI's shape */ }
-    throw new ApiError(response.status, message);
-  }
-  return response;
-}
+const sessions = new SessionList({
+  list: $("sessions"), search: $("search"), more: $("more"),
+  onOpen: (id) => open(id), onError: banner,
+  onDeleted: (id) => { if (id === store.conversation) newSession(); },
+});
 
 // ------------------------------------------------------------------ the transcript
 
-function messageElement(role) {
-  const el = document.createElement("article");
-  el.className = `message ${role}`;
-  el.setAttribute("aria-label", role === "user" ? "You" : "Reply");
-  $("transcript").append(el);
-  return el;
+function clearTranscript() {
+  $("transcript").replaceChildren();
+  views = [];
+  context = null;
+  $("stats").textContent = "";
 }
 
-function renderMarkdown(el, text) {
-  el.dataset.raw = text;  // the text as it came, for anyone who wants it whole (the tests compare it)
-  const body = el.querySelector(".body") || el.appendChild(Object.assign(document.createElement("div"), { className: "body" }));
-  body.innerHTML = md.render(text);
-  for (const pre of body.querySelectorAll("pre")) {
-    const copy = Object.assign(document.createElement("button"), { type: "button", className: "copy", textContent: "Copy" });
-    copy.setAttribute("aria-label", "Copy the code");
-    copy.addEventListener("click", () => navigator.clipboard.writeText(pre.querySelector("code")?.textContent || ""));
-    pre.append(copy);
-  }
+function addView(msg) {
+  const view = new MessageView(msg);
+  $("transcript").append(view.el);
+  views.push(view);
+  return view;
 }
 
-function showUser(text) {
-  renderMarkdown(messageElement("user"), text);
+function scrollDown() {
+  const transcript = $("transcript");
+  transcript.scrollTop = transcript.scrollHeight;
 }
 
-class Reply {
-  constructor(text = "", reasoning = "") {
-    this.el = messageElement("assistant");
-    this.thinking = this.el.appendChild(Object.assign(document.createElement("div"), { className: "thinking" }));
-    this.status = this.el.appendChild(Object.assign(document.createElement("div"), { className: "status" }));
-    this.text = text;
-    this.reasoning = reasoning;
-    this.pending = false;
-    this.draw();
-  }
+const canContinue = (msg) => ["cancelled", "error", "interrupted"].includes(msg.status)
+  || (msg.status === "completed" && msg.stats?.finish_reason === "length");
 
-  add(text, reasoning) {
-    this.text += text;
-    this.reasoning += reasoning;
-    if (!this.pending) {  // at most one render a frame
-      this.pending = true;
-      requestAnimationFrame(() => { this.pending = false; this.draw(); });
+function updateControls() {
+  views.forEach((view, index) => {
+    const msg = view.msg;
+    const nodes = [];
+    if (msg.sibling_count > 1) nodes.push(arrows(msg, switchBranch));
+    if (view.role === "user" && msg.id) {
+      const edit = button("Edit", "Edit this message", () => editMessage(view));
+      edit.disabled = !!current;
+      nodes.push(edit);
     }
-  }
-
-  draw() {
-    this.thinking.textContent = this.reasoning;
-    renderMarkdown(this.el, this.text);
-    this.el.append(this.status);
-    const transcript = $("transcript");
-    transcript.scrollTop = transcript.scrollHeight;
-  }
-
-  end(response) {
-    this.draw();
-    this.el.dataset.status = response.status;
-    this.status.textContent = response.status === "completed" ? "" : response.status;
-    const usage = response.usage;
-    if (usage) {
-      const c = usage.chatter || {};
-      $("stats").textContent = `${usage.output_tokens} tokens (${c.output_tokens_source || "estimated"})`
-        + (c.tok_per_s != null ? ` · ${c.tok_per_s} tok/s` : "") + (c.ttft_ms != null ? ` · TTFT ${c.ttft_ms} ms` : "")
-        + ` · ${response.status}`;
-    }
-    $("announce").textContent = `Reply ${response.status}.`;
-  }
-}
-
-// ------------------------------------------------------------------ streaming
-
-let current = null;  // {id, reply, controller}
-
-async function* serverEvents(response) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const data = block.split("\n").filter((line) => line.startsWith("data: ")).map((line) => line.slice(6)).join("\n");
-      if (data) yield JSON.parse(data);
-    }
-  }
-}
-
-async function follow(response, state) {
-  // the events of one reply, applied to its element; the inflight record kept with each
-  for await (const event of serverEvents(response)) {
-    state.seq = event.sequence_number;
-    if (event.type === "response.created") {
-      state.id = event.response.id;
-      store.conversation = event.response.conversation.id;
-    } else if (event.type === "response.output_text.delta") {
-      state.reply.add(event.delta, "");
-    } else if (event.type === "response.reasoning_text.delta") {
-      state.reply.add("", event.delta);
-    } else if (["response.completed", "response.incomplete", "response.failed"].includes(event.type)) {
-      state.reply.end(event.response);
-      if (event.response.error) banner(event.response.error.message);
-      return true;
-    }
-    store.inflight = { id: state.id, seq: state.seq, text: state.reply.text, reasoning: state.reply.reasoning };
-  }
-  return false;  // the connection ended before the reply did
-}
-
-async function stream(state, first) {
-  // the reply to its end: a dropped connection is retried from the last event had, with backoff
-  setBusy(true);
-  current = state;
-  let wait = 500;
-  let response = first;
-  try {
-    for (;;) {
-      try {
-        if (!response) {
-          response = await api(`/v1/responses/${state.id}?stream=true&starting_after=${state.seq}`);
+    if (view.role === "assistant" && msg.response_id) {
+      nodes.push(button("Preview", "Preview the exact prompt of this reply", () => preview(msg.response_id)));
+      if (index === views.length - 1) {
+        const again = button("Regenerate", "Regenerate this reply", regenerate);
+        again.disabled = !!current;
+        nodes.push(again);
+        if (canContinue(msg)) {
+          const more = button("Continue", "Continue this reply where it was cut", continueReply);
+          more.disabled = !!current;
+          nodes.push(more);
         }
-        if (await follow(response, state)) break;
-        throw new Error("the connection ended early");
-      } catch (error) {
-        if (error instanceof ApiError && error.status < 500 && error.status !== 429) throw error;
-        banner(`Reconnecting… (${error.message})`);
-        await new Promise((resolve) => setTimeout(resolve, wait));
-        wait = Math.min(wait * 2, 10_000);
-        response = null;
       }
-      banner("");
     }
-    store.inflight = null;
+    view.setControls(nodes);
+  });
+}
+
+function showStats() {
+  const last = [...views].reverse().find((view) => view.role === "assistant" && view.msg.stats);
+  $("stats").textContent = last ? statsLine(last.msg.stats, last.msg.status, context) : "";
+}
+
+async function refreshContext() {
+  if (!store.conversation) return;
+  try {
+    const settings = await json(own(`/sessions/${encodeURIComponent(store.conversation)}`));
+    context = settings.context;
+    $("title").textContent = settings.title || "Untitled session";
+    showStats();
+  } catch { /* the list or the transcript says what is wrong */ }
+}
+
+// ------------------------------------------------------------------ a session
+
+async function open(sessionId) {
+  stopFollowing();
+  banner("");
+  try {
+    await load(sessionId);
   } catch (error) {
-    banner(error.message);
-  } finally {
+    if (error.status === 404) { newSession(); banner("That session is not there any more."); } else banner(error.message);
+  }
+  $("message").focus();
+}
+
+async function load(sessionId) {
+  const messages = await sessionMessages(sessionId);
+  const inflight = store.inflight;
+  clearTranscript();
+  store.conversation = sessionId;
+  sessions.select(sessionId);
+  $("system-box").hidden = true;
+  $("settings").disabled = false;
+  loadedActivity = sessions.lastActivity(sessionId);
+  let live = null;
+  for (const msg of messages) {
+    const resuming = msg.role === "assistant" && inflight && inflight.id === msg.response_id;
+    if (resuming || (msg.role === "assistant" && ["queued", "streaming"].includes(msg.status))) {
+      live = { msg, view: addView({ ...msg, content: undefined, reasoning: undefined, status: undefined }), resuming };
+    } else {
+      addView(msg);
+    }
+  }
+  if (inflight && !live) store.inflight = null;
+  updateControls();
+  showStats();
+  scrollDown();
+  refreshContext();
+  if (live) {  // the reply streaming: what this tab had and the rest from its number on, or all of it
+    const state = live.resuming
+      ? { id: inflight.id, seq: inflight.seq, text: inflight.text, reasoning: inflight.reasoning, session: sessionId }
+      : { id: live.msg.response_id, seq: -1, text: "", reasoning: "", session: sessionId };
+    live.view.setText(state.text, state.reasoning);
+    follow(state, live.view, null);
+  }
+}
+
+async function refreshMeta() {
+  // after a reply: ids, arrows and controls from the stored session, the streamed text left as it came
+  const messages = await sessionMessages(store.conversation);
+  if (messages.length !== views.length || messages.some((msg, i) => msg.role !== views[i].role)) {
+    await load(store.conversation);
+    return;
+  }
+  messages.forEach((msg, i) => { views[i].msg = msg; views[i].el.dataset.id = msg.id; });
+  updateControls();
+  showStats();
+  scrollDown();
+  await sessions.refresh();
+  loadedActivity = sessions.lastActivity(store.conversation);
+  refreshContext();
+}
+
+function newSession() {
+  stopFollowing();
+  store.conversation = null;
+  store.inflight = null;
+  clearTranscript();
+  sessions.select(null);
+  $("title").textContent = "New session";
+  $("settings").disabled = true;
+  $("system-box").hidden = false;
+  $("message").focus();
+}
+
+// ------------------------------------------------------------------ following a reply
+
+function statsOf(response) {
+  const usage = response.usage;
+  if (!usage) return {};
+  const c = usage.chatter || {};
+  return { tokens: usage.output_tokens, tokens_source: c.output_tokens_source, tok_per_s: c.tok_per_s,
+           ttft_ms: c.ttft_ms, thinking_ms: c.thinking_ms };
+}
+
+function stopFollowing() {
+  // this tab stops following; the reply goes on (Stop is what stops it)
+  if (current) {
+    current.stopped = true;
+    current.controller.abort();
+    current = null;
+    store.inflight = null;
+  }
+  setBusy(false);
+}
+
+async function follow(state, view, first) {
+  state.controller = state.controller || new AbortController();
+  current = state;
+  view.start();
+  setBusy(true);
+  $("announce").textContent = "Reply started.";
+  try {
+    const response = await followReply(state, {
+      created: (created) => {
+        view.el.dataset.id = created.id.slice(5);
+        if (store.conversation !== created.conversation.id) {
+          store.conversation = state.session = created.conversation.id;
+          $("settings").disabled = false;
+          $("system-box").hidden = true;
+          sessions.refresh().then(() => sessions.select(store.conversation));
+          refreshContext();
+        }
+      },
+      text: (delta) => { view.add(delta, ""); requestAnimationFrame(scrollDown); },
+      reasoning: (delta) => view.add("", delta),
+      end: () => {},
+      reconnecting: (words) => { $("reconnecting").textContent = words; $("reconnecting").hidden = !words; },
+    }, first);
+    if (!response || state.stopped) return;
+    view.end(response.status, statsOf(response));
+    view.msg = { ...view.msg, status: response.status, stats: statsOf(response) };
+    $("announce").textContent = `Reply ${response.status}.`;
+    if (response.error) banner(response.error.message);
+    store.inflight = null;
     current = null;
     setBusy(false);
+    await refreshMeta();
+  } catch (error) {
+    if (!state.stopped) banner(error.message);
+  } finally {
+    if (current === state) { current = null; setBusy(false); }
   }
 }
 
 function setBusy(busy) {
   $("stop").disabled = !busy;
   $("send").disabled = busy;
+  updateControls();
 }
 
-async function send(text) {
+async function sendMessage(text) {
   banner("");
-  showUser(text);
+  addView({ role: "user", content: text });
+  const view = addView({ role: "assistant" });
+  scrollDown();
   const body = { input: text, stream: true, background: true };  // background: a reload does not stop it
   if (store.conversation) body.conversation = store.conversation;
   else if ($("system").value.trim()) body.instructions = $("system").value;
-  const state = { id: null, seq: -1, reply: new Reply() };
+  const state = { id: null, seq: -1, text: "", reasoning: "", session: store.conversation, controller: new AbortController() };
   let response;
   try {
-    response = await api("/v1/responses", { method: "POST", body: JSON.stringify(body) });
+    response = await api("/v1/responses", { method: "POST", body: JSON.stringify(body), signal: state.controller.signal });
   } catch (error) {
-    state.reply.el.remove();
+    views.splice(-2).forEach((gone) => gone.el.remove());
     banner(error.message);
     return;
   }
-  await stream(state, response);
+  await follow(state, view, response);
+}
+
+async function startReply(path, body, keepFrom) {
+  // Regenerate, Continue, Edit: a new reply, followed from its start; views from ``keepFrom`` on are replaced
+  banner("");
+  let started;
+  try {
+    started = await send("POST", own(`/sessions/${encodeURIComponent(store.conversation)}${path}`), body);
+  } catch (error) {
+    banner(error.message);
+    return;
+  }
+  views.splice(keepFrom).forEach((gone) => gone.el.remove());
+  if (body?.text !== undefined) addView({ role: "user", content: body.text });
+  const view = addView({ role: "assistant" });
+  scrollDown();
+  await follow({ id: started.id, seq: -1, text: "", reasoning: "", session: store.conversation }, view, null);
+}
+
+const regenerate = () => startReply("/regenerate", undefined, views.length - 1);
+const continueReply = () => startReply("/continue", undefined, views.length - 1);
+
+function editMessage(view) {
+  const index = views.indexOf(view);
+  const box = el("form", "editing");
+  const area = el("textarea");
+  area.value = view.text;
+  area.rows = Math.min(12, view.text.split("\n").length + 1);
+  area.setAttribute("aria-label", "The message, written again");
+  const save = el("button", "", "Send");
+  save.type = "submit";
+  box.append(area, save, button("Cancel", "Cancel the edit", () => box.replaceWith(view.el)));
+  box.addEventListener("submit", (event) => {
+    event.preventDefault();
+    box.replaceWith(view.el);
+    if (area.value.trim()) startReply("/edit", { message_id: view.msg.id, text: area.value }, index);
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") { event.stopPropagation(); box.replaceWith(view.el); }
+  });
+  view.el.replaceWith(box);
+  area.focus();
+}
+
+async function switchBranch(msg, sibling) {
+  try {
+    await send("POST", own(`/sessions/${encodeURIComponent(store.conversation)}/branch`),
+               { message_id: msg.id, sibling });
+    await load(store.conversation);
+  } catch (error) {
+    banner(error.message);
+  }
 }
 
 async function stop() {
@@ -237,39 +307,11 @@ async function stop() {
   }
 }
 
-// ------------------------------------------------------------------ a session, as it stands
-
-async function load() {
-  $("transcript").replaceChildren();
-  $("stats").textContent = "";
-  const conversation = store.conversation;
-  const inflight = store.inflight;
-  if (conversation) {
-    let after = null;
-    const skip = inflight ? `msg_${inflight.id.slice(5)}` : null;
-    for (;;) {
-      const query = new URLSearchParams({ order: "asc", limit: "100", ...(after ? { after } : {}) });
-      let page;
-      try {
-        page = await (await api(`/v1/conversations/${conversation}/items?${query}`)).json();
-      } catch (error) {
-        if (error.status === 404) { store.conversation = null; store.inflight = null; return; }
-        throw error;
-      }
-      for (const item of page.data) {
-        if (item.id === skip || item.type !== "message") continue;
-        const text = item.content.map((part) => part.text || "").join("");
-        if (item.role === "user") showUser(text);
-        else new Reply(text).end({ status: item.status === "completed" ? "completed" : item.status });
-      }
-      if (!page.has_more) break;
-      after = page.last_id;
-    }
-  }
-  if (inflight) {  // the reply that was streaming: what the page had, then the rest from its number on
-    await stream({ id: inflight.id, seq: inflight.seq, reply: new Reply(inflight.text, inflight.reasoning) }, null);
-  }
+function preview(responseId) {
+  showPreview($("preview"), responseId).catch((error) => banner(error.message));
 }
+
+// ------------------------------------------------------------------ signing in, and the keys
 
 async function signIn(token) {
   store.token = token;
@@ -278,13 +320,23 @@ async function signIn(token) {
   } catch (error) {
     store.token = null;
     banner(error.status === 401 ? "That token does not sign in." : error.message);
+    $("signin").hidden = false;
     return;
   }
   $("signin").hidden = true;
   $("app").hidden = false;
-  $("who").textContent = "signed in";
-  $("message").focus();
-  try { await load(); } catch (error) { banner(error.message); }
+  await sessions.refresh();
+  if (store.conversation) await open(store.conversation);
+  else newSession();
+}
+
+async function poll() {
+  // what another tab or client did: the list, and the open session when it moved
+  if (!store.token || $("app").hidden || document.visibilityState !== "visible" || current || sessions.busy
+      || $("search").value.trim() || document.querySelector("dialog[open], form.editing")) return;
+  await sessions.refresh();
+  const activity = store.conversation && sessions.lastActivity(store.conversation);
+  if (activity && activity !== loadedActivity && !current) await load(store.conversation).catch(() => {});
 }
 
 $("signin").addEventListener("submit", (event) => {
@@ -297,30 +349,41 @@ $("signout").addEventListener("click", () => {
   store.inflight = null;
   location.reload();
 });
-$("new").addEventListener("click", () => {
-  store.conversation = null;
-  store.inflight = null;
-  $("transcript").replaceChildren();
-  $("stats").textContent = "";
-  $("message").focus();
+$("new").addEventListener("click", newSession);
+$("settings").addEventListener("click", () => {
+  showSettings($("settings-dialog"), store.conversation, (saved) => {
+    $("title").textContent = saved.title || "Untitled session";
+    context = saved.context;
+    showStats();
+    sessions.refresh();
+  }).catch((error) => banner(error.message));
 });
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("message").value;
   if (!text.trim() || current) return;
   $("message").value = "";
-  send(text);
+  sendMessage(text);
 });
 $("message").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     $("composer").requestSubmit();
   }
 });
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape") stop();
+  if (event.key === "Escape" && !document.querySelector("dialog[open]")) stop();
+  if (event.key.toLowerCase() === "k" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    $("search").focus();
+    $("search").select();
+  }
 });
 $("stop").addEventListener("click", stop);
+for (const dialog of document.querySelectorAll("dialog")) {
+  dialog.querySelector("button.close")?.addEventListener("click", () => dialog.close());
+}
+setInterval(() => { poll().catch(() => {}); }, POLL_MS);
 
 if (store.token) signIn(store.token);
 else $("signin").hidden = false;
