@@ -18,11 +18,13 @@ from tools.spawn import LocalStack  # noqa: E402
 
 def bench_gui(tokens: int = 2000, tps: float = 200.0) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     from clients.gui import Window
 
     workdir = Path(tempfile.mkdtemp(prefix="chatter-bench-i-"))
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(workdir))  # not the user's window size
     stack = LocalStack(workdir)
     try:
         stack.start()

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clients import chat_sessions
@@ -55,6 +56,10 @@ COMMANDS = {
     "/think": "show a reasoning model's thinking in full, or (again) fold it to its newest lines",
     "/quit": "leave (Ctrl+D does too)",
 }
+
+
+# commands that leave the session: a reply under way in it goes on there, unseen until /switch brings it back
+SWITCHING = {"/new", "/switch", "/fork", "/delete", "/quit"}
 
 
 def history_path() -> Path:
@@ -176,6 +181,7 @@ class Chat:
         self.console = Console(highlight=False)
         self.err = Console(stderr=True, highlight=False)
         self.pending: str | None = None  # a command typed while a reply streamed
+        self.left_reply: str | None = None  # the session whose reply streaming was left to run that command
         self.lines = None if self.terminal else LineReader()
         self.prompt = self._prompt_session() if self.terminal else None
         if args.session is not None:
@@ -238,8 +244,12 @@ class Chat:
                 continue
             try:
                 if line.startswith("/"):
+                    left = self.left_reply
+                    self.left_reply = None
                     if self.command(line) == "quit":
                         return EXIT_OK
+                    if left == self.session_id:  # the command left the reply under way here: it shows again
+                        self.catch_up()
                 else:
                     text = line
                     self.turn(lambda: self.client.send(self.session_id, text, uuid.uuid4().hex, self.model))
@@ -277,7 +287,9 @@ class Chat:
                                          interrupt=while_streaming, attach=attach)
             renderer.note = ""
             if view.final is None:
-                renderer.detached(self.session_id)
+                switching = (self.pending or "").split(maxsplit=1)[0] in SWITCHING
+                renderer.detached(self.session_id, switching)
+                self.left_reply = None if switching else self.session_id
             else:
                 renderer.finish(outcome, view.final.get("stats"), view.text)
 
@@ -302,8 +314,8 @@ class Chat:
 
     def show_help(self, rest: str) -> None:
         table = Table(show_header=False, box=None)
-        for command, text in COMMANDS.items():
-            table.add_row(command, text)
+        for command, text in COMMANDS.items():  # escaped: rich read "[model=M]" as markup and dropped it
+            table.add_row(escape(command), escape(text))
         self.err.print(table)
 
     def new_session(self, rest: str) -> None:

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatter", description="Stream LLM chat replies through Chatter.",
         epilog="exit codes: 0 completed; 1 error, interrupted, refused or coordinator unreachable; "
                "130 cancelled (Ctrl+C); 2 bad usage; 141 output pipe closed early. Settings come from the "
-               "environment: see the README.")
+               "environment: see docs/CONFIGURATION.md.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("send", help="send one message and stream the reply")
     p.add_argument("text", help="the message; - reads it from standard input (chatter send - < FILE)")

@@ -32,11 +32,21 @@ def fmt(value, unit: str = "") -> str:
 
 
 def final_stats_line(outcome: dict, stats: dict | None = None) -> str:
-    """tokens (server|estimated) | duration | tok/s | TTFT | ctx ~used/limit | status [| error]."""
+    """tokens (server|estimated) | duration | tok/s | TTFT | ctx ~used/limit | status [| error]. A continued reply's
+    tokens are counted a segment at a time (``111 estimated + 203 server tokens``), and its own time to first token
+    is told apart from its continuation's."""
     seconds = None if outcome["duration_ms"] is None else round(outcome["duration_ms"] / 1000, 2)
-    source = outcome["tokens_source"] or "estimated"
-    line = (f"{fmt(outcome['tokens'])} tokens ({source}) | {fmt(seconds, 's')} | {fmt(outcome['tok_per_s'])} tok/s"
-            f" | TTFT {fmt(outcome['ttft_ms'], ' ms')}")
+    segments = outcome.get("segments") or []
+    if len(segments) > 1:
+        tokens = " + ".join(f"{fmt(seg.get('tokens'))} {seg.get('tokens_source') or 'estimated'}"
+                            for seg in segments) + " tokens"
+        own = segments[0].get("ttft_ms")
+        ttft = (f"TTFT {fmt(own, ' ms')}, continued after {fmt(outcome['ttft_ms'], ' ms')}" if "ttft_ms" in segments[0]
+                else f"TTFT of the last segment {fmt(outcome['ttft_ms'], ' ms')}")
+    else:
+        tokens = f"{fmt(outcome['tokens'])} tokens ({outcome['tokens_source'] or 'estimated'})"
+        ttft = f"TTFT {fmt(outcome['ttft_ms'], ' ms')}"
+    line = f"{tokens} | {fmt(seconds, 's')} | {fmt(outcome['tok_per_s'])} tok/s | {ttft}"
     stats = stats or {}
     if stats.get("max_input_tokens"):
         line += f" | ctx ~{stats.get('prompt_tokens')}/{stats['max_input_tokens']}"
@@ -52,6 +62,16 @@ def final_stats_line(outcome: dict, stats: dict | None = None) -> str:
     if outcome.get("saved") is False:
         line += " | NOT SAVED YET: the persister or its database is unreachable (saved when back)"
     return line
+
+
+def stored_stats_line(msg) -> str:
+    """The stats line of a stored reply (a history's ``MessageView``), as it was shown when the reply ended."""
+    stats = msg.stats or {}
+    outcome = {key: stats.get(key) for key in ("tokens", "tokens_source", "ttft_ms", "duration_ms", "tok_per_s",
+                                               "finish_reason", "reasoning_tokens", "reasoning_tokens_source",
+                                               "thinking_ms")}
+    outcome.update(status=msg.status, error=msg.error, segments=stats.get("segments") or [])
+    return final_stats_line(outcome, stats)
 
 
 def live_stats_line(tokens: int, started_at: float, first_token_at: float | None, thinking_at: float | None,
@@ -91,6 +111,7 @@ class ReplyRenderer:
         self.plain = (not self.console.is_terminal) if plain is None else plain
         self.show_thinking = show_thinking  # the whole thinking, not its newest lines folded
         self.thinking_started_at: float | None = None
+        self.thought_so_far = ""  # all the thinking had, to tell a think block of whitespace alone
         self.thought_s: float | None = None  # set when the thinking ended (the answer began)
         self.thinking_tail = ""  # the thinking not printed for good: its newest lines (folded) or last line (shown)
         self.started_at = time.monotonic()
@@ -134,12 +155,15 @@ class ReplyRenderer:
         now = time.monotonic()
         if self.first_token_at is None:
             self.first_token_at = now
+        if tokens is not None:
+            self.tokens = tokens
+        self.thought_so_far += fresh
+        if not self.thought_so_far.strip():
+            return  # a think block of whitespace alone (a model with thinking off sends one) is no thinking
         if self.thinking_started_at is None:
             self.thinking_started_at = now
             if self.plain and not self.show_thinking:
                 print("Thinking…", file=sys.stderr, flush=True)
-        if tokens is not None:
-            self.tokens = tokens
         if self.plain:
             if self.show_thinking:
                 sys.stderr.write(fresh)
@@ -240,8 +264,11 @@ class ReplyRenderer:
         if self.live is not None:
             self.live.update(self._region(line, style), refresh=True)
 
-    def detached(self, session_id: str) -> None:
-        line = f"(the reply goes on in session {session_id}; /switch back to see it)"
+    def detached(self, session_id: str, leaving: bool = True) -> None:
+        """The client stopped following the reply under way to run a command: when that command leaves the
+        session, the reply goes on there; else it is shown again once the command is done."""
+        line = (f"(the reply goes on in session {session_id}; /switch back to see it)" if leaving
+                else "(the reply goes on; it shows again below)")
         if self.plain:
             sys.stdout.write("\n")
             print(line, file=sys.stderr, flush=True)

@@ -132,7 +132,12 @@ def _since(then: float) -> str:
     return f"{max(0.0, time.time() - then):.0f} s"
 
 
-def print_history(history: answers.History, show_thinking: bool = False) -> None:
+def print_history(history: answers.History, show_thinking: bool = False, console=None) -> None:
+    """A session's messages, each under a header line. On a terminal (``console``, or stdout when it is one) each is
+    rendered as Markdown, your messages in a box of their own apart from the replies; elsewhere as plain text."""
+    if console is None and sys.stdout.isatty():
+        from rich.console import Console
+        console = Console()
     print(f"session {history.session_id}: {history.title}")
     if history.system:
         print(f"[system] {history.system}")
@@ -151,13 +156,26 @@ def print_history(history: answers.History, show_thinking: bool = False) -> None
         if msg.error:
             head += f" | {msg.error}"
         print(head)
-        if msg.reasoning:
+        if msg.reasoning.strip():  # a think block of whitespace alone is no thinking
             print(thinking_fold(msg.reasoning, stats) if not show_thinking else
                   f"[thinking]\n{msg.reasoning}\n[/thinking]")
-        print(msg.content)
+        if console is None:
+            print(msg.content)
+        else:
+            console.print(message_block(msg))
         for call in msg.tool_calls:
             print(tool_call_line(call))
         print()
+
+
+def message_block(msg):
+    """A message as rich draws it: Markdown; yours (and a tool's result) in a box of its own."""
+    from rich.markdown import Markdown
+    from rich.panel import Panel
+    body = Markdown(msg.content)
+    if msg.role == "assistant":
+        return body
+    return Panel(body, title="you" if msg.role == "user" else "tool result", title_align="left", border_style="blue")
 
 
 def tool_call_line(call: dict) -> str:

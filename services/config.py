@@ -1,5 +1,5 @@
 """Settings read from the environment (and ``.env`` under honcho): one frozen dataclass per process, built by
-its ``from_env``, every value checked for range at start. One table, documented in the README."""
+its ``from_env``, every value checked for range at start. One table, documented in docs/CONFIGURATION.md."""
 from __future__ import annotations
 
 import os

@@ -29,6 +29,9 @@ def add_loadtest(sub) -> None:
                    default="reasoning_content", help="how the mock streams its thinking (default reasoning_content)")
     p.add_argument("--cancel-frac", type=float_in(0, 1), default=0.0,
                    help="fraction of users who cancel at a random moment")
+    p.add_argument("--markdown-frac", type=float_in(0, 1), default=0.0,
+                   help="fraction of replies that are the mock's Markdown document (code, a table, lists), verified "
+                   "like the rest")
     p.add_argument("--spawn", action="store_true", help="start a private stack: temporary database, free port")
     p.add_argument("--database-url", help="with --spawn: the stack's database instead of a temporary SQLite file "
                    "(a PostgreSQL URL: the report adds the server's WAL, data pages and CPU)")
@@ -79,7 +82,8 @@ def cmd_loadtest(args) -> int:
 
     spec = LoadSpec(streams=args.streams, count=args.count, duration_s=args.duration, tokens=args.tokens,
                     tps=args.tps, ttft_ms=args.ttft_ms, cancel_frac=args.cancel_frac, model=args.model,
-                    seed=args.seed, reasoning_tokens=args.reasoning_tokens, reasoning_field=args.reasoning_field)
+                    seed=args.seed, reasoning_tokens=args.reasoning_tokens, reasoning_field=args.reasoning_field,
+                    markdown_frac=args.markdown_frac)
     if spec.count is None and spec.duration_s is None:
         spec.count = spec.streams
     console = Console(stderr=True)

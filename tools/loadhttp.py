@@ -23,7 +23,7 @@ from pathlib import Path
 
 from clients.view import ReplyView
 from protocol import messages as m
-from services.mock_llm.script import reply_text
+from tools.verify import expected_answer, load_message
 from tools.loadtest import LoadSpec, UserStream, fetch_journal, read_database, service_pids, settled_status
 from tools.report import ProcessMeter, build_report, percentiles
 
@@ -50,13 +50,13 @@ class HttpStream:
 
 
 def stream_text(run_id: str, index: int, spec: LoadSpec) -> str:
-    return f"loadtest {run_id} #{index} [[mock tokens={spec.tokens} tps={spec.tps:g} ttft_ms={spec.ttft_ms:g}]]"
+    return load_message(run_id, index, spec)
 
 
 async def _one(client, spec: LoadSpec, stream: HttpStream) -> HttpStream:
     """A user: create a streamed response (background when it is to be resumed, so that the drop does not cancel
     it), read it, and, for a resumed one, drop it halfway and resume from the last event it had."""
-    half = len(reply_text([{"role": "user", "content": stream.text}], spec.model, spec.tokens)) // 2
+    half = len(expected_answer(stream.text, spec.model, spec.tokens)) // 2
     last = -1
 
     def take(event) -> bool:
@@ -219,14 +219,19 @@ def run_http_loadtest(spec: LoadSpec, *, spawn: bool, generators: int = 1, datab
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _as_load_run(streams: list[HttpStream], spec: LoadSpec):
-    """The workers' streams as ``tools.report.build_report`` reads a load run's: each with a view that holds what
-    its client received."""
-    class Run:
-        pass
+@dataclass
+class StreamsRun:
+    """What ``tools.report.build_report`` reads of a load run (``tools.loadtest.LoadRun``'s fields of the same
+    names): the streams, each with a view that holds what its client received, and when text arrived."""
 
-    run = Run()
-    run.streams, run.delivery_ms, run.text_times = [], [], []
+    streams: list = field(default_factory=list)
+    delivery_ms: list = field(default_factory=list)  # none: the generator's receipt is not what a client sees
+    text_times: list = field(default_factory=list)  # (time, chars)
+
+
+def _as_load_run(streams: list[HttpStream], spec: LoadSpec) -> StreamsRun:
+    """The workers' streams as ``tools.report.build_report`` reads a load run's."""
+    run = StreamsRun()
     for s in sorted(streams, key=lambda s: s.index):
         message_id = s.response_id.removeprefix("resp_") or None
         view = ReplyView(message_id or "")

@@ -27,7 +27,7 @@ from tools.report import ProcessMeter, build_report
 from protocol import codec, messages as m
 import transport
 from services import shell
-from services.mock_llm.script import reply_text
+from tools.verify import expected_answer, load_message
 
 SILENCE_S = 2.0  # a stream quiet this long asks for a snapshot
 
@@ -45,6 +45,7 @@ class LoadSpec:
     seed: int = 1
     reasoning_tokens: int = 0  # the mock thinks this many tokens first, in this field (or "think_tags")
     reasoning_field: str = "reasoning_content"
+    markdown_frac: float = 0.0  # the share of streams answered with the mock's Markdown document
 
 
 @dataclass
@@ -121,11 +122,10 @@ class LoadRun:
         spec = self.spec
         thinking = (f" reasoning_tokens={spec.reasoning_tokens} reasoning_field={spec.reasoning_field}"
                     if spec.reasoning_tokens else "")
-        text = (f"loadtest {self.run_id} #{index} "
-                f"[[mock tokens={spec.tokens} tps={spec.tps:g} ttft_ms={spec.ttft_ms:g}{thinking}]]")
+        text = load_message(self.run_id, index, spec, thinking)
         cancel_at = None
         if self.rng.random() < spec.cancel_frac:
-            expected_len = len(reply_text([{"role": "user", "content": text}], spec.model, spec.tokens))
+            expected_len = len(expected_answer(text, spec.model, spec.tokens))
             cancel_at = self.rng.randint(1, max(1, expected_len - 1))
         stream = UserStream(index, text, cancel_at, last_event_at=time.monotonic())
         self.streams.append(stream)

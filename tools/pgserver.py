@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from tools.spawn import free_port
+from tools.system import apt_install
 
 USER, PASSWORD, DATABASE = "chatter", "chatter-test-password", "chatter"
 
@@ -29,10 +30,7 @@ def binaries() -> Path | None:
 
 def ensure_installed() -> Path:
     bin_dir = binaries()
-    if bin_dir is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], env=env, capture_output=True, timeout=900)
+    if bin_dir is None and apt_install("postgresql", timeout=900):
         bin_dir = binaries()
     if bin_dir is None:
         raise PostgresUnavailable("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin) and no apt-get as root "

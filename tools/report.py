@@ -8,8 +8,8 @@ import time
 import psutil
 
 from clients.view import ReplyView
-from services.mock_llm.script import reasoning_text, reply_text
-from tools.verify import StreamOutcome, verify_stream
+from services.mock_llm.script import reasoning_text
+from tools.verify import StreamOutcome, expected_answer, verify_stream
 
 def percentiles(values: list[float]) -> dict:
     if not values:
@@ -101,7 +101,7 @@ def build_report(spec, load, elapsed, cpu, io, rss, meter, before, after, journa
                                 kept_text=view.kept_text, db_status=status, db_content=content,
                                 reasoning=view.reasoning, db_reasoning=reasoning)
         prompt = [{"role": "user", "content": s.text}]
-        expected = reply_text(prompt, spec.model, spec.tokens)
+        expected = expected_answer(s.text, spec.model, spec.tokens)
         problems = verify_stream(outcome, expected, reasoning_text(prompt, spec.model, spec.reasoning_tokens))
         if problems:
             mismatches.append({"stream": s.index, "message_id": s.message_id, "problems": problems})

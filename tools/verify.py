@@ -1,7 +1,31 @@
 """The load test's verifier: pure, so a test can show it catches what it must."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+
+from services.mock_llm.script import MARKDOWN, reply_text
+
+
+def wants_markdown(seed: int, index: int, share: float) -> bool:
+    """Whether a load test's stream ``index`` asks the mock for its Markdown document (``--markdown-frac``): the
+    same streams for the same seed, in any client."""
+    return share > 0 and random.Random(f"{seed}:{index}").random() < share
+
+
+def load_message(run_id: str, index: int, spec, thinking: str = "") -> str:
+    """A load test's message: its run and number, and the mock's scenario (``spec``: ``tools.loadtest.LoadSpec``)."""
+    markdown = " markdown" if wants_markdown(spec.seed, index, spec.markdown_frac) else ""
+    return (f"loadtest {run_id} #{index} "
+            f"[[mock{markdown} tokens={spec.tokens} tps={spec.tps:g} ttft_ms={spec.ttft_ms:g}{thinking}]]")
+
+
+def expected_answer(text: str, model: str, tokens: int) -> str:
+    """The mock's answer to a load test's message: its Markdown document when the message asks for it, else its
+    deterministic words."""
+    if "[[mock markdown" in text:
+        return MARKDOWN
+    return reply_text([{"role": "user", "content": text}], model, tokens)
 
 
 @dataclass(frozen=True)

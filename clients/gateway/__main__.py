@@ -187,7 +187,7 @@ async def serve(log) -> None:
         if context is None:
             log.warning("plain_http_off_loopback", address=f"{host}:{port}",
                         hint="tokens cross the network in the clear: set CHATTER_HTTP_TLS_CERT and _KEY, or put a "
-                             "TLS reverse proxy in front (README)")
+                             "TLS reverse proxy in front (docs/HTTP.md)")
     runner = web.AppRunner(make_app(link, log), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)

@@ -23,8 +23,49 @@ from clients.gui.window import REPAINTS_PER_S, Window  # noqa: F401 (what the te
 from clients.output import EXIT_ERROR, exit_code
 
 
+# Qt's xcb platform plugin needs these X libraries, which a minimal desktop lacks; without them Qt prints a plugin
+# error and aborts. The library each package holds, as ctypes finds it.
+XCB_PACKAGES = {"xcb-cursor": "libxcb-cursor0", "xcb-icccm": "libxcb-icccm4", "xcb-keysyms": "libxcb-keysyms1"}
+# fonts that have the glyphs a default desktop font lacks (Chinese, Japanese, Korean, emoji), tried in order after
+# it (an emoji font last: it has digits too, as keycaps)
+FALLBACK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Serif CJK SC", "WenQuanYi Zen Hei",
+                  "Droid Sans Fallback", "Noto Color Emoji", "Noto Emoji")
+
+
+def missing_x_libraries(env=os.environ, find=None) -> list[str]:
+    """The packages Qt's xcb plugin needs that are not installed, when the window would open on an X server (a
+    DISPLAY, and no other platform chosen); [] otherwise."""
+    import ctypes.util
+    find = find or ctypes.util.find_library
+    platform = env.get("QT_QPA_PLATFORM", "")
+    if not env.get("DISPLAY") or (platform and not platform.startswith("xcb")) or (
+            not platform and env.get("WAYLAND_DISPLAY")):
+        return []
+    return [package for library, package in XCB_PACKAGES.items() if find(library) is None]
+
+
+def add_font_fallbacks(app: QApplication) -> list[str]:
+    """Emoji and CJK text drawn with the fonts installed for them rather than as boxes: the window's font is its
+    family first, then each of FALLBACK_FONTS present. Returns those found."""
+    from PySide6.QtGui import QFontDatabase, QFontInfo
+    present = set(QFontDatabase.families())
+    found = [family for family in FALLBACK_FONTS if family in present]
+    if found:
+        font = app.font()
+        font.setFamilies([QFontInfo(font).family(), *found])
+        app.setFont(font)
+    return found
+
+
 def main(args) -> int:
+    missing = missing_x_libraries()
+    if missing:
+        print(f"chatter gui: Qt needs {', '.join(missing)} to open a window on this X display: "
+              f"sudo apt-get install {' '.join(missing)} (or run offscreen: QT_QPA_PLATFORM=offscreen)",
+              file=sys.stderr)
+        return EXIT_ERROR
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    add_font_fallbacks(app)
     window = Window(args.session)
     window.show()
     code = {"exit": 0}

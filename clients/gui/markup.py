@@ -20,7 +20,7 @@ def _code(code: str, lang: str, attrs) -> str:
     return highlight(code, lexer, HtmlFormatter(noclasses=True, nowrap=False))
 
 
-_MARKDOWN = MarkdownIt("commonmark", {"highlight": _code, "html": False})
+_MARKDOWN = MarkdownIt("commonmark", {"highlight": _code, "html": False}).enable("table")  # a model writes tables
 
 
 def to_html(markdown: str) -> str:
@@ -44,8 +44,26 @@ def branch_arrows(msg) -> str:
 
 
 def user_message_html(msg) -> str:
-    """One of your messages in the transcript: its text, its Edit and Delete links, and its versions' arrows."""
+    """One of your messages in the transcript, in a bubble of its own apart from the replies: its Markdown (lines,
+    lists and code keep their shape), then its Edit and Delete links and its versions' arrows."""
     key = html.escape(msg.message_id)
-    links = (f" <a href='edit:{key}' style='color:#888'>✎ Edit</a>"
+    links = (f"<a href='edit:{key}' style='color:#888'>✎ Edit</a>"
              f" <a href='drop:{key}' style='color:#888'>✕ Delete</a>")
-    return f"<p><b>› {html.escape(msg.content)}</b>{links}{branch_arrows(msg)}</p>"
+    return user_bubble_html(msg.content, links + branch_arrows(msg))
+
+
+def user_bubble_html(markdown: str, below: str = "") -> str:
+    """A user's message as a shaded block of its own (a table: a block after it never joins its lists)."""
+    footer = f"<p>{below}</p>" if below else ""
+    return (f"<table width='100%' cellpadding='8' cellspacing='0' bgcolor='{USER_SHADE}'>"
+            f"<tr><td>{to_html(markdown)}{footer}</td></tr></table>")
+
+
+def stats_html(line: str) -> str:
+    """A reply's stats line (its tokens, timings and status) under it, apart from its Markdown: a table of its own,
+    so that it never becomes one more item of a list the reply ended with."""
+    return (f"<table width='100%' cellspacing='0' cellpadding='2'><tr><td style='color:#666'>"
+            f"<small>{html.escape(line)}</small></td></tr></table>")
+
+
+USER_SHADE = "#eef3fb"

@@ -26,11 +26,16 @@ class SessionList(QListWidget):
         self.customContextMenuRequested.connect(self.menu)
         QShortcut(QKeySequence(Qt.Key_F2), self, activated=lambda: self.ask_rename(self.selected()))
         QShortcut(QKeySequence(Qt.Key_Delete), self, activated=lambda: self.ask_delete(self.selected()))
+        # a long title is cut with "…" to the list's width (never behind its scrollbar); its tooltip has it whole
+        self.setTextElideMode(Qt.ElideRight)
+        self.setWordWrap(False)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
 
     def show_rows(self, rows: list) -> None:
         self.clear()
         for row in rows:
             item = QListWidgetItem(f"{row.title or '(new)'}  ·  {row.status}")
+            item.setToolTip(f"{row.title or '(new)'}\n{row.status}, {row.message_count} messages")
             item.setData(Qt.UserRole, row.session_id)
             item.setData(TITLE, row.title)
             self.addItem(item)

@@ -1,7 +1,8 @@
 """The window: its widgets and what they show, on the GUI thread alone. What it asks of Chatter goes to the worker
 (``worker.py``) as commands; what comes back arrives as Qt signals. Repaints are coalesced: text is gathered as it
 arrives and drawn at most ``REPAINTS_PER_S`` times a second; finished Markdown blocks go into the transcript once,
-and only the block being written is drawn again."""
+and only the block being written is drawn again, in place at the transcript's end. The controls follow the state:
+Stop only while a reply streams, Regenerate once there is a reply, Continue when the last reply was cut."""
 from __future__ import annotations
 
 import html
@@ -9,16 +10,17 @@ import os
 import sys
 import time
 
-from PySide6.QtCore import QThread, QTimer, Qt
+from PySide6.QtCore import QSettings, QThread, QTimer, Qt
 from PySide6.QtGui import QDesktopServices, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QInputDialog, QLabel,
-                               QLineEdit, QMainWindow, QMessageBox, QPlainTextEdit, QPushButton, QSplitter,
-                               QTextBrowser, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow, QMessageBox,
+                               QPlainTextEdit, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
-from clients.gui.markup import branch_arrows, to_html, tool_call_html, user_message_html
+from clients.gui.dialogs import SettingsDialog, preview_dialog, text_dialog
+from clients.gui.markup import branch_arrows, stats_html, to_html, tool_call_html, user_bubble_html, user_message_html
 from clients.gui.sessions import SessionList
+from clients.gui.transcript import Transcript
 from clients.gui.worker import Worker
-from clients.render import final_stats_line, live_stats_line, split_finished
+from clients.render import final_stats_line, live_stats_line, split_finished, stored_stats_line
 
 REPAINTS_PER_S = 30
 THINKING_LINES = 4
@@ -43,6 +45,9 @@ class Window(QMainWindow):
         self.shown_parts: dict[str, list[str]] = {}  # generation id -> its text as shown, as parts (``shown``)
         self.thoughts: dict[str, str] = {}  # a "Thought for …" link's key -> the thinking it opens
         self.user_texts: dict[str, str] = {}  # the shown branch's user messages: id -> text (what Edit starts from)
+        self.live_shown = ""  # what the last repaint drew there (for tests)
+        self.last_reply: dict | None = None  # the shown branch's last reply: its status and finish reason
+        self.buttons: dict[str, QPushButton] = {}
         self.on_reply_end = None  # scripted mode's hook: (outcome) -> None
         self.send_when_open: str | None = None  # scripted mode's message, sent once a session is open
         self.on_repaint = None  # scripted mode's hook, after each coalesced repaint
@@ -56,6 +61,7 @@ class Window(QMainWindow):
                              (self.worker.thinking, self.add_thinking), (self.worker.reply_ended, self.reply_ended),
                              (self.worker.preview, self.show_preview), (self.worker.settings, self.show_settings),
                              (self.worker.failed, self.show_error), (self.worker.deleted, self.sessions_deleted),
+                             (self.worker.settings_read, self.show_settings_dialog),
                              (self.worker.found, self.show_hits)):
             signal.connect(slot, Qt.QueuedConnection)
         self.timer = QTimer(self)
@@ -96,13 +102,9 @@ class Window(QMainWindow):
         self.banner.setWordWrap(True)
         self.banner.setStyleSheet("background: #fde2e1; color: #8a1c1c; padding: 6px;")
         self.banner.hide()
-        self.transcript = QTextBrowser()
+        self.transcript = Transcript()
         self.transcript.setOpenLinks(False)  # a thought's link opens it here; other links, in the browser
         self.transcript.anchorClicked.connect(self.open_link)
-        self.live = QLabel()
-        self.live.setWordWrap(True)
-        self.live.setTextFormat(Qt.RichText)
-        self.live.setAlignment(Qt.AlignTop | Qt.AlignLeft)
         self.stats = QLabel("")
         self.stats.setStyleSheet("color: #666;")
         self.input = QPlainTextEdit()
@@ -116,17 +118,24 @@ class Window(QMainWindow):
             button = QPushButton(label)
             button.clicked.connect(slot)
             buttons.addWidget(button)
+            self.buttons[label] = button
         QShortcut(QKeySequence(Qt.Key_Escape), self, activated=self.stop)
         main = QWidget()
         layout = QVBoxLayout(main)
-        for widget in (self.banner, self.transcript, self.live, self.stats, self.input):
+        for widget in (self.banner, self.transcript, self.stats, self.input):
             layout.addWidget(widget)
         layout.addLayout(buttons)
-        splitter = QSplitter()
-        splitter.addWidget(side)
-        splitter.addWidget(main)
-        splitter.setSizes([260, 740])
-        self.setCentralWidget(splitter)
+        self.splitter = QSplitter()
+        self.splitter.addWidget(side)
+        self.splitter.addWidget(main)
+        self.splitter.setSizes([260, 740])
+        self.setCentralWidget(self.splitter)
+        remembered = window_state()  # the size, place and splitter of the last run
+        if remembered.value("geometry") is not None:
+            self.restoreGeometry(remembered.value("geometry"))
+        if remembered.value("splitter") is not None:
+            self.splitter.restoreState(remembered.value("splitter"))
+        self.update_controls()
 
     def eventFilter(self, obj, event) -> bool:
         if obj is self.input and event.type() == event.Type.KeyPress and event.key() in (Qt.Key_Return, Qt.Key_Enter):
@@ -176,8 +185,9 @@ class Window(QMainWindow):
             gone = self.session_id
             self.session_id, self.generation_id, self.tail, self.thought = None, None, "", ""
             self.transcript.clear()
-            self.live.setText("")
+            self.last_reply = None
             self._show_stats("")
+            self.update_controls()
             self.show_error(f"session {gone} was deleted")
 
     def send(self, text: str | None = None) -> None:
@@ -207,39 +217,43 @@ class Window(QMainWindow):
             self.ask("preview", self.session_id)
 
     def edit_settings(self) -> None:
+        """The session's settings as they are now (asked of Chatter first), in a dialog; only what is changed there
+        is sent (``show_settings``)."""
+        if self.session_id is not None:
+            self.ask("read_settings", self.session_id)
+
+    def show_settings_dialog(self, settings) -> None:
         self._on_gui_thread()
-        if self.session_id is None:
+        if settings.session_id != self.session_id:
             return
-        dialog = QDialog(self)
-        dialog.setWindowTitle("Session settings (from the next reply on)")
-        form = QFormLayout(dialog)
-        fields = {name: QLineEdit() for name in ("model", "temperature", "max_tokens", "max_input_tokens", "system")}
-        stream = QCheckBox("stream")
-        stream.setChecked(True)
-        for name, edit in fields.items():
-            edit.setPlaceholderText("unchanged")
-            form.addRow(name.replace("_", " "), edit)
-        form.addRow(stream)
-        box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        box.accepted.connect(dialog.accept)
-        box.rejected.connect(dialog.reject)
-        form.addRow(box)
-        if dialog.exec() != QDialog.Accepted:
-            return
-        values = {name: edit.text().strip() for name, edit in fields.items()}
-        try:
-            params = {"stream": stream.isChecked()}
-            if values["temperature"]:
-                params["temperature"] = float(values["temperature"])
-            if values["max_tokens"]:
-                params["max_tokens"] = int(values["max_tokens"])
-            update = {"params": params, "model": values["model"] or None,
-                      "max_input_tokens": int(values["max_input_tokens"]) if values["max_input_tokens"] else None,
-                      "system": values["system"] or None}
-        except ValueError as exc:
-            self.show_error(f"bad setting: {exc}")
-            return
-        self.ask("configure", self.session_id, update)
+        dialog = SettingsDialog(self, settings)
+
+        def done(result: int) -> None:
+            if result != QDialog.Accepted:
+                return
+            try:
+                update = dialog.update()
+            except ValueError as exc:
+                self.show_error(f"bad setting: {exc}")
+                return
+            if update:
+                self.ask("configure", settings.session_id, update)
+
+        dialog.finished.connect(done)
+        dialog.open()
+
+    def update_controls(self) -> None:
+        """Each control enabled only when it can act: Stop while a reply streams; Send, Regenerate, Continue, Preview
+        and Settings in a session, and only when no reply streams; Regenerate and Preview once there is a reply;
+        Continue when the last reply was cut (stopped, failed, interrupted, or at the length limit)."""
+        streaming = self.generation_id is not None
+        last = self.last_reply
+        cut = last is not None and (last["status"] in ("cancelled", "error", "interrupted") or (
+            last["status"] == "completed" and last.get("finish_reason") == "length"))
+        idle = self.session_id is not None and not streaming
+        for label, on in (("Stop", streaming), ("Send", idle), ("Regenerate", idle and last is not None),
+                          ("Continue", idle and cut), ("Preview", idle and last is not None), ("Settings", idle)):
+            self.buttons[label].setEnabled(on)
 
     # ------------------------------------------------------------ what the worker says
 
@@ -251,8 +265,7 @@ class Window(QMainWindow):
         self._on_gui_thread()
         self.session_id = history.session_id
         self.setWindowTitle(f"Chatter — {history.title or history.session_id}")
-        self.generation_id, self.tail, self.thought = None, "", ""
-        self.live.setText("")
+        self.generation_id, self.tail, self.thought, self.last_reply = None, "", "", None
         parts = [f"<p style='color:#666'>[system] {html.escape(history.system)}</p>"] if history.system else []
         self.user_texts = {msg.message_id: msg.content for msg in history.messages if msg.role == "user"}
         for msg in history.messages:
@@ -266,15 +279,19 @@ class Window(QMainWindow):
             else:
                 if msg.sibling_count > 1:
                     parts.append(f"<p>{branch_arrows(msg)}</p>")
-                if msg.reasoning:
+                if msg.reasoning.strip():  # a think block of whitespace alone is no thinking
                     seconds = (msg.stats or {}).get("thinking_ms")
                     parts.append(self._thought_link(msg.message_id, msg.reasoning,
                                                     f"{seconds / 1000:.1f} s" if seconds is not None else None))
                 parts.append(to_html(msg.content))
                 parts += [tool_call_html(call) for call in msg.tool_calls]
-                parts.append(f"<p style='color:#666'>{html.escape(msg.status)}</p>")
+                parts.append(stats_html(stored_stats_line(msg)))  # its own stats, stored with it
+                self.last_reply = {"status": msg.status, "finish_reason": (msg.stats or {}).get("finish_reason")}
         self.transcript.setHtml("".join(parts))
-        self.stats.setText("")
+        self.stats.setText(stored_stats_line(history.messages[-1]) if history.messages
+                           and history.messages[-1].role == "assistant" and history.messages[-1].status not in
+                           ("queued", "streaming") else "")
+        self.update_controls()
         if self.send_when_open:
             text, self.send_when_open = self.send_when_open, None
             self.send(text)
@@ -283,8 +300,9 @@ class Window(QMainWindow):
         self._on_gui_thread()
         self.banner.hide()
         if user_text:
-            self.transcript.append(f"<p><b>› {html.escape(user_text)}</b></p>")
+            self.transcript.append_block(user_bubble_html(user_text))
         self.generation_id, self.tail, self.thought, self.tokens = generation_id, "", "", 0
+        self.update_controls()
         self.shown_parts[generation_id] = []  # a follow (again, after a switch) delivers the whole text from the start
         self.reply_t0, self.first_token_at, self.thinking_at, self.thought_s = time.monotonic(), None, None, None
         self.dirty = True
@@ -301,8 +319,9 @@ class Window(QMainWindow):
     def add_thinking(self, generation_id: str, fresh: str, tokens: int) -> None:
         now = self._arrived(generation_id, tokens)
         if now is not None:
-            self.thinking_at = self.thinking_at or now
             self.thought += fresh
+            if self.thought.strip():  # a think block of whitespace alone is no thinking
+                self.thinking_at = self.thinking_at or now
 
     def _arrived(self, generation_id: str, tokens: int) -> float | None:
         """Text of the reply being shown arrived (of either kind): its clock, else None (another reply's)."""
@@ -319,26 +338,29 @@ class Window(QMainWindow):
         return {gen_id: "".join(parts) for gen_id, parts in self.shown_parts.items()}
 
     def repaint_reply(self) -> None:
-        """The coalesced repaint: finished blocks into the transcript once, the block being written redrawn."""
+        """The coalesced repaint: finished blocks into the transcript once, the block being written redrawn in place
+        at its end."""
         self._on_gui_thread()
         if self.generation_id is None:
             return
         if self.dirty:
             self.dirty = False
             self.repaints += 1
+            self.transcript.draw_live("")
             if self.thought_s is not None and self.thought:
-                self.transcript.append(self._thought_link(self.generation_id, self.thought, f"{self.thought_s:.1f} s"))
+                self.transcript.append_block(self._thought_link(self.generation_id, self.thought, f"{self.thought_s:.1f} s"))
                 self.thought = ""
             cut = split_finished(self.tail)
             if cut:
-                self.transcript.append(to_html(self.tail[:cut]))
+                self.transcript.append_block(to_html(self.tail[:cut]))
                 self.tail = self.tail[cut:]
-                self._to_bottom()
             if self.thinking_at is not None and self.thought_s is None:
                 newest = "\n".join(self.thought.split("\n")[-THINKING_LINES:])
-                self.live.setText(f"<i style='color:#888'>{html.escape(newest)}</i>")
+                self.transcript.draw_live(f"<p><i style='color:#888'>{html.escape(newest)}</i></p>")
             else:
-                self.live.setText(to_html(self.tail))
+                self.transcript.draw_live(to_html(self.tail))
+                self.live_shown = self.tail
+            self.transcript.to_bottom()
         line = live_stats_line(self.tokens, self.reply_t0, self.first_token_at, self.thinking_at, self.thought_s,
                                time.monotonic())
         self._show_stats(line)
@@ -370,14 +392,7 @@ class Window(QMainWindow):
         if url.scheme() != "thought":
             QDesktopServices.openUrl(url)
             return
-        dialog = QDialog(self)
-        dialog.setWindowTitle("Thinking")
-        layout = QVBoxLayout(dialog)
-        text = QPlainTextEdit(self.thoughts.get(url.path(), ""))
-        text.setReadOnly(True)
-        layout.addWidget(text)
-        dialog.resize(700, 450)
-        dialog.show()
+        text_dialog(self, "Thinking", self.thoughts.get(url.path(), "")).show()
 
     def edit_message(self, message_id: str) -> None:
         """Your message written again: a new branch beside the old one (kept whole), and its reply."""
@@ -385,10 +400,6 @@ class Window(QMainWindow):
                                                  "the old one is kept):", self.user_texts.get(message_id, ""))
         if ok and text.strip() and self.session_id:
             self.ask("edit", self.session_id, message_id, text)
-
-    def _to_bottom(self) -> None:
-        bar = self.transcript.verticalScrollBar()
-        bar.setValue(bar.maximum())
 
     def _show_stats(self, line: str, final: bool = False) -> None:
         """Show a stats line; ``stats_seen`` keeps the first line of each state the bar goes through."""
@@ -408,16 +419,19 @@ class Window(QMainWindow):
         if self.thinking_at is not None and self.thought_s is None:  # it ended mid-thought (a stop)
             self.thought_s = time.monotonic() - self.thinking_at
         self.repaint_reply()
+        self.transcript.draw_live("")
         if self.tail:
-            self.transcript.append(to_html(self.tail))
+            self.transcript.append_block(to_html(self.tail))
         for call in outcome.get("tool_calls") or ():
-            self.transcript.append(tool_call_html(call))
-        self.transcript.append(f"<p style='color:#666'>{html.escape(outcome['status'])}</p>")  # as history shows it
-        self._to_bottom()
+            self.transcript.append_block(tool_call_html(call))
+        line = final_stats_line(outcome, stats)
+        self.transcript.append_block(stats_html(line))  # under the reply, apart from its Markdown, as history shows it
+        self.transcript.to_bottom()
         self.generation_id, self.tail = None, ""
-        self.live.setText("")
-        self._show_stats(final_stats_line(outcome, stats), final=True)
+        self.last_reply = {"status": outcome["status"], "finish_reason": outcome.get("finish_reason")}
+        self._show_stats(line, final=True)
         self.last_outcome = outcome
+        self.update_controls()
         if outcome.get("error"):
             self.show_error(f"the reply ended {outcome['status']}: {outcome['error']}")
         if self.on_reply_end is not None:
@@ -425,22 +439,10 @@ class Window(QMainWindow):
 
     def show_preview(self, preview) -> None:
         self._on_gui_thread()
-        dialog = QDialog(self)
-        dialog.setWindowTitle(f"Prompt of {preview.message_id}")
-        layout = QVBoxLayout(dialog)
-        notes = [f"model {preview.model}, sha256 {preview.prompt_hash}"]
-        if preview.dropped_count:
-            notes.append(f"left out to fit the input budget: {preview.dropped_count} older messages")
-        if preview.thinking_left_out:
-            notes.append(f"the thinking of {preview.thinking_left_out} earlier replies is left out")
-        layout.addWidget(QLabel("\n".join(notes)))
-        text = QPlainTextEdit(preview.preview)
-        text.setReadOnly(True)
-        layout.addWidget(text)
-        dialog.resize(700, 500)
-        dialog.show()
+        preview_dialog(self, preview).show()
 
     def show_settings(self, settings) -> None:
+        """Settings changed: the stats bar says what is in force from the next reply on."""
         self._on_gui_thread()
         self.stats.setText(f"model {settings.model}, budget {settings.max_input_tokens}, params {settings.params} "
                            "— from the next reply on")
@@ -455,8 +457,18 @@ class Window(QMainWindow):
     def closeEvent(self, event) -> None:
         """Closing leaves replies streaming on the server: the worker detaches and its client closes."""
         self.ask("quit")
+        remembered = window_state()
+        remembered.setValue("geometry", self.saveGeometry())
+        remembered.setValue("splitter", self.splitter.saveState())
+        remembered.sync()
         self.timer.stop()
         self.worker_thread.quit()
         self.worker_thread.wait(3000)
         super().closeEvent(event)
 
+
+
+def window_state() -> QSettings:
+    """Where the window's size, place and splitter are kept between runs: an INI file in the user's config
+    directory ($XDG_CONFIG_HOME/chatter/gui.ini)."""
+    return QSettings(QSettings.IniFormat, QSettings.UserScope, "chatter", "gui")

@@ -25,7 +25,8 @@ class Worker(QObject):
     thinking = Signal(str, str, int)
     reply_ended = Signal(str, object, object)  # generation id, the outcome (as send --json) and its stats: dicts
     preview = Signal(object)
-    settings = Signal(object)
+    settings = Signal(object)  # the settings after a change
+    settings_read = Signal(object)  # the settings as they are, for the dialog
     failed = Signal(str)  # a sentence for the banner
     deleted = Signal(object)  # the ids of sessions deleted (here or by another client)
     found = Signal(object)  # a search's hits
@@ -105,6 +106,9 @@ class Worker(QObject):
         if last is None:
             raise ChatterError("no reply yet: the preview is the prompt of a reply")
         self.preview.emit(self.client.preview(last.message_id))
+
+    def do_read_settings(self, session_id: str) -> None:
+        self.settings_read.emit(self.client.configure(session_id))  # nothing asked: a read, nothing written
 
     def do_configure(self, session_id: str, fields: dict) -> None:
         self.settings.emit(self.client.configure(session_id, **fields))

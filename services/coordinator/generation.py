@@ -225,7 +225,7 @@ def _thinking_stats(gen: GenerationState, end: float) -> dict:
     """A reasoning model's: how long it thought, and its thinking tokens (part of ``tokens``); nothing for a
     reply without thinking, or a prompt that left none out."""
     c, out = gen.counts, {}
-    if c.thinking_started_at is not None:
+    if c.thinking_started_at is not None and gen.thinking.text().strip():  # whitespace alone: no thinking
         until = c.thinking_ended_at or end
         out["thinking_ms"] = round((until - c.thinking_started_at) * 1000, 1) if gen.stream.streamed else None
         out["reasoning_tokens"] = c.reasoning_tokens

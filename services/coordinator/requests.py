@@ -232,7 +232,7 @@ class Requests:
         counts.tokens = counts.tokens_before
         counts.segments = [dict(seg) for seg in stats.get("segments") or ()] or [
             {"from": 0, "tokens": counts.tokens_before, "tokens_source": stats.get("tokens_source", "estimated"),
-             "prompt_hash": record.prompt_hash}]
+             "prompt_hash": record.prompt_hash, "ttft_ms": stats.get("ttft_ms")}]  # the reply's own TTFT, kept
         counts.segments[-1]["ended"] = "length" if record.status == "completed" else record.status
         gen.answer.take_stored(record.content)
         gen.thinking.take_stored(record.reasoning)

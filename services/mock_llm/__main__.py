@@ -22,7 +22,7 @@ from aiohttp import web
 
 from services import config, shell
 from protocol.conversation import THINK_CLOSE, THINK_OPEN
-from services.mock_llm.script import (Scenario, continued_prefix, continued_tokens, env_scenario, inline_thinking,
+from services.mock_llm.script import (MARKDOWN_TOKENS, Scenario, continued_prefix, continued_tokens, env_scenario, inline_thinking,
                                       prompt_token_count, reasoning_tokens, reply_tokens, request_keys, scenario_for,
                                       tokens_of_key, tool_call_arguments)
 
@@ -142,13 +142,15 @@ class MockLLM:
         model = str(body.get("model", ""))
         partial = continued_prefix(body, self.server)
         if partial is None:  # the request's key is its reply's seed where the body's model is the string
-            tokens = (tokens_of_key(key, scenario.tokens) if isinstance(body.get("model"), str)
+            tokens = (list(MARKDOWN_TOKENS) if scenario.markdown
+                      else tokens_of_key(key, scenario.tokens) if isinstance(body.get("model"), str)
                       else reply_tokens(body["messages"], model, scenario.tokens))
             thinking = reasoning_tokens(body["messages"], model, scenario.reasoning_tokens)
             if scenario.say:  # a word of the test's own first (outside the deterministic reply verify checks)
                 tokens = [scenario.say + " ", *tokens]
         else:  # the reply goes on, mid-answer: no thinking first
-            tokens, thinking = continued_tokens(body["messages"], model, scenario.tokens, partial), []
+            tokens, thinking = continued_tokens(body["messages"], model, scenario.tokens, partial,
+                                                scenario.markdown), []
             entry["continued_from"] = len(partial)
         self.turns[turn] += 1
         if 0 <= scenario.fault_times < self.turns[turn]:  # this turn's mid-stream faults are spent

@@ -55,6 +55,42 @@ class Scenario:
     repeat_prefill: int = -1  # a continued reply starts by repeating the prefill: 1 yes, 0 no, -1 as the server
     # imitated does (llama-server does)
     say: str = ""  # the answer begins with this word (a test's marker; not part of the reply verify checks)
+    markdown: bool = False  # the answer is MARKDOWN, whatever ``tokens`` says: the renderers at work
+
+
+# ``[[mock markdown]]``'s answer: what a model writes when it formats, so that the demos and the tests see every
+# renderer at work (headings, fenced code in two languages, a table, nested lists, a long line, emoji and CJK), and
+# raw HTML and a javascript: link, which a client must show as text and never run. The same for every request.
+MARKDOWN = """## Two ways to greet
+
+Here is the same function in **Python** and in `JavaScript`:
+
+```python
+def greet(name: str) -> str:
+    return f"hello, {name}"  # 🙂
+```
+
+```javascript
+const greet = (name) => `hello, ${name}`;
+```
+
+| language | typing | first released |
+|---|---|---|
+| Python | dynamic, gradual | 1991 |
+| JavaScript | dynamic | 1995 |
+
+1. First, the setup
+   - install it
+     - from the package index
+   - check the version
+2. Then the text: 数据流 and 消息队列, señor, naïve, über 🙂🎉
+3. A long line that a renderer must wrap rather than push off the side of the window, because nobody wants to scroll sideways to read the end of a sentence that goes on and on.
+
+> Raw HTML is text: <b>not bold</b>, <script>alert("ran")</script>, <img src=x onerror="alert('ran')">,
+> and [a javascript: link](javascript:alert('ran')) that goes nowhere.
+
+That is all."""
+MARKDOWN_TOKENS = re.findall(r"\s*\S+", MARKDOWN)  # words with the space or line breaks before them
 
 
 def env_scenario(settings: config.MockSettings) -> Scenario:
@@ -173,13 +209,13 @@ def continued_prefix(body: dict, server: str) -> str | None:
     return None
 
 
-def continued_tokens(messages: list, model: str, n: int, partial: str) -> list[str]:
+def continued_tokens(messages: list, model: str, n: int, partial: str, markdown: bool = False) -> list[str]:
     """What a continuation streams: the whole reply to the request without its trailing message, after the
     ``partial`` it already has (the first piece may end a token that the partial cut). A partial that is not
     the start of that reply (edited) is continued anyway, deterministically: the reply to the whole request."""
-    whole = reply_tokens(messages[:-1], model, n)
+    whole = MARKDOWN_TOKENS if markdown else reply_tokens(messages[:-1], model, n)
     if not "".join(whole).startswith(partial):
-        return reply_tokens(messages, model, n)
+        return list(MARKDOWN_TOKENS) if markdown else reply_tokens(messages, model, n)
     pieces, at = [], 0
     for token in whole:
         if at + len(token) > len(partial):

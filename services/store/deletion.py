@@ -79,7 +79,7 @@ def scrub_free_pages(db: peewee.Database) -> int:
     """SQLite: the file's free pages overwritten with zeros, then its log copied into it and emptied, so that text
     freed without zeroing (the chunk log's clearing, ``chunklog.clear_chunks``) is in neither. A row of zeros as
     large as the free pages takes every one of them, and is dropped with ``secure_delete`` on, which zeroes them
-    again. Returns the pages scrubbed; nothing to do elsewhere (PostgreSQL: see the README on VACUUM)."""
+    again. Returns the pages scrubbed; nothing to do elsewhere (PostgreSQL: see docs/COMMANDS.md on VACUUM)."""
     if not isinstance(db, peewee.SqliteDatabase):
         return 0
     free = db.execute_sql("PRAGMA freelist_count").fetchone()[0]

@@ -270,14 +270,14 @@ def _refused(client) -> bool:
     return False
 
 
-def test_the_readmes_resume_example_runs_and_gets_the_whole_reply(gateway):
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_resume_example_runs_and_gets_the_whole_reply(gateway):
+    readme = (REPO / "docs" / "HTTP.md").read_text()
     code = readme.split("## The HTTP face", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     code = code.replace("http://127.0.0.1:8080/v1", f"http://127.0.0.1:{gateway.http_port}/v1")
     code = code.replace('api_key="chk_..."', f'api_key="{gateway.token}"')
     code = code.replace('input="hello"', 'input="hello [[mock tokens=200 tps=200]]"')
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own example, as a reader runs it)
+    exec(compile(code, "docs/HTTP.md", "exec"), scope)  # noqa: S102 (the docs' own example, as a reader runs it)
     assert scope["text"] == persisted(gateway, scope["rid"]) and len(scope["text"]) > 20
 
 

@@ -127,12 +127,12 @@ def test_chat_completions_pass_tools_stream_the_calls_and_take_a_tool_message_ba
     assert whole.choices[0].finish_reason == "tool_calls" and json.loads(call.function.arguments)["limit"] == 3
 
 
-def test_the_readmes_tool_example_runs(gateway):
+def test_the_docs_tool_example_runs(gateway):
     from tools.spawn import REPO
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "HTTP.md").read_text()
     code = textwrap.dedent(readme.split("- **Tool calls.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0])
     code = code.replace('input="notes on Oslo?"', 'input="notes on Oslo? [[mock tokens=3 tool_call=search]]"')
     scope: dict = {"client": sdk(gateway)}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own example, as a reader runs it)
+    exec(compile(code, "docs/HTTP.md", "exec"), scope)  # noqa: S102 (the docs' own example, as a reader runs it)
     assert scope["answer"].status == "completed" and scope["answer"].output_text
     assert request_for(gateway, "3 notes found")["messages"][-1]["tool_call_id"] == scope["call"].call_id

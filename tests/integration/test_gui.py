@@ -13,6 +13,7 @@ import pytest
 
 from services.mock_llm.script import reply_text
 from tests.integration.stack import wait_until
+from tools.system import ensure_fonts
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is installed by make test (the gui extra)")
@@ -25,7 +26,11 @@ def expected(text: str, tokens: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def app():
+def app(tmp_path_factory):
+    from PySide6.QtCore import QSettings
+    # the window's remembered size and splitter go to a directory of the test's, not the user's config
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path_factory.mktemp("config")))
+    ensure_fonts()  # emoji and CJK fonts before Qt reads the font database, which it does once
     return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
 
 
@@ -61,7 +66,8 @@ def test_the_scripted_window_sends_saves_a_screenshot_and_exits_as_send_does(sta
     png = tmp_path / "reply.png"
     text = "hello window [[mock tokens=40 tps=200]]"
     done = subprocess.run([*stack.cli_argv(), "gui", "--send", text, "--screenshot", str(png), "--quit-after-reply"],
-                          env=stack.env | {"QT_QPA_PLATFORM": "offscreen"}, capture_output=True, timeout=60)
+                          env=stack.env | {"QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(tmp_path)},
+                          capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     rows = stack.query("select content from message where role = 'assistant' order by created_at desc limit 1")

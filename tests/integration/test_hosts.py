@@ -204,14 +204,14 @@ def test_a_port_in_use_and_bad_key_files_are_one_line_naming_the_setting(deploym
 
 
 def readme_blocks() -> list[str]:
-    """The code blocks of the README's "Deploying across hosts", in order."""
-    text = (REPO / "README.md").read_text()
+    """The code blocks of docs/DEPLOYING.md's "Deploying across hosts", in order."""
+    text = (REPO / "docs" / "DEPLOYING.md").read_text()
     section = text.split("## Deploying across hosts", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
 
 
-def test_the_readmes_per_host_files_run_the_deployment(hosts, tmp_path):
-    """The README's keys, .env files and Procfile.a, run by honcho on two hosts as written: only the key
+def test_the_deploying_pages_per_host_files_run_the_deployment(hosts, tmp_path):
+    """docs/DEPLOYING.md's keys, .env files and Procfile.a, run by honcho on two hosts as written: only the key
     directory, the addresses, the database (SQLite here) and the model server (the mock) are put in."""
     keys_block, env_a, procfile_a, env_b, client_line = readme_blocks()[:5]
     keys = tmp_path / "etc"

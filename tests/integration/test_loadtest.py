@@ -69,6 +69,20 @@ def test_a_loadtest_of_thinking_replies_has_no_mismatch_in_either_text(tmp_path,
     assert report["reasoning_bytes"] > report["content_bytes"] / 2  # 30 tokens of thinking to 20 of answer
 
 
+def test_a_loadtest_with_markdown_replies_verifies_them_like_the_rest():
+    """--markdown-frac: a share of the replies are the mock's Markdown document (fenced code, a table, lists),
+    checked against it in the client and the database; some cancelled."""
+    from tools.verify import wants_markdown
+    assert 3 <= sum(wants_markdown(1, i, 0.4) for i in range(20)) <= 17  # the run below holds both kinds
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "loadtest", "--spawn", "--streams", "10",
+                           "--count", "20", "--tokens", "30", "--tps", "400", "--markdown-frac", "0.4",
+                           "--cancel-frac", "0.3", "--json"], cwd=REPO, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    report = json.loads(done.stdout)
+    assert (report["count"], report["mismatches"], report["errors"]) == (20, 0, 0), report["mismatch_details"]
+    assert report["completed"] + report["cancelled"] == 20
+
+
 def test_a_loadtest_run_in_process_settles_its_callers_collector_for_the_run_only():
     """``run_loadtest`` settles the heap of the process it runs in (its collector's pauses were counted as
     delivery latency), and gives the caller its collector back as it was."""

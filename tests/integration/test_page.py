@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from services.mock_llm.script import reply_text
 from tests.integration.stack import wait_until
 from tests.integration.test_gateway import MODEL, gateway, sdk  # noqa: F401 (gateway: a fixture)
 from tools.spawn import REPO
+from tools.system import apt_install, ensure_fonts
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "page"
@@ -27,10 +26,8 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 def chromium() -> str:
     """Debian's Chromium, installed with apt-get when it is missing (as the PostgreSQL tests install theirs)."""
-    if not Path(CHROMIUM).exists() and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True, timeout=1200)
+    if not Path(CHROMIUM).exists():
+        apt_install("chromium")
     assert Path(CHROMIUM).exists(), "no Chromium at /usr/bin/chromium, and it could not be installed with apt-get"
     return CHROMIUM
 
@@ -38,6 +35,7 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+    ensure_fonts()  # emoji and CJK drawn in the screenshots, not boxes
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium(), args=FLAGS)
         try:
@@ -141,3 +139,29 @@ def test_untrusted_text_in_a_message_or_a_reply_runs_nothing(gateway, browser, s
     links = transcript.locator("a").all()
     assert links and all(link.get_attribute("rel") == "noopener noreferrer" for link in links)
     assert not page.errors
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_a_streamed_markdown_reply_renders_and_its_raw_html_runs_nothing(gateway, browser, scheme):
+    """The mock's Markdown mode streamed (not seeded): two highlighted code blocks each with Copy, a table, nested
+    lists, emoji and CJK; its <script>, <img onerror> and javascript: link shown as text, no dialog ever opened."""
+    from services.mock_llm.script import MARKDOWN
+    page = signed_in(browser, gateway, scheme)
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.fill("#message", "format something [[mock markdown tps=60]]")
+    page.press("#message", "Enter")
+    page.wait_for_selector("article.message.assistant[data-status]:not([aria-busy])", timeout=60_000)
+    reply = page.locator("article.message.assistant")
+    assert raw_of_last_reply(page) == MARKDOWN == last_reply(gateway)["content"]
+    assert reply.locator("pre code.hljs.language-python").count() == 1
+    assert reply.locator("pre code.hljs.language-javascript").count() == 1
+    assert reply.locator("pre button.copy").count() == 2
+    assert reply.locator("table tr").count() == 3 and reply.locator("ol > li ul ul li").count() == 1
+    assert "数据流" in reply.inner_text() and "🙂🎉" in reply.inner_text()
+    assert reply.locator("img, script, b").count() == 0
+    assert '<script>alert("ran")</script>' in reply.inner_text()
+    assert page.eval_on_selector_all("#transcript a", "els => els.filter(a => (a.getAttribute('href') || '')"
+                                     ".toLowerCase().includes('javascript')).length") == 0
+    shot(page, f"markdown-{scheme}")
+    assert dialogs == [] and not page.errors

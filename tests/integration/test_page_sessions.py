@@ -296,3 +296,42 @@ def test_a_100k_reply_re_renders_only_its_growing_block(gateway, browser):
     assert blocks > 100  # settled block by block as it grew
     assert page.evaluate("() => window.__removed") == 0  # and none of them ever rendered again
     shot(page, "long-reply")
+
+
+UNLABELLED = """() => [...document.querySelectorAll('button, input, textarea, select')]
+    .filter((el) => el.offsetParent !== null)
+    .filter((el) => !(el.getAttribute('aria-label') || el.textContent.trim()
+                      || (el.id && document.querySelector(`label[for="${el.id}"]`)) || el.closest('label')))
+    .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+def test_sign_in_and_out_a_new_session_with_a_system_prompt_errors_apart_and_every_control_labelled(gateway, browser):
+    page = signed_in(browser, gateway)
+    page.click("#system-box summary")
+    page.fill("#system", "answer like a pirate")
+    send(page, "hello there [[mock tokens=8]]")
+    replies_ended(page, 1)
+    sent = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == "hello there [[mock tokens=8]]"]
+    assert sent[-1]["body"]["messages"][0] == {"role": "system", "content": "answer like a pirate"}
+    assert page.evaluate(UNLABELLED) == []  # every visible control has a name a screen reader reads
+    assert page.locator("article.message.assistant .settled[aria-live=polite]").count() == 1
+    assert page.get_attribute("#announce", "aria-live") == "polite" and "Reply completed" in page.inner_text("#announce")
+    page.focus("#message")
+    page.keyboard.press("Shift+Tab")  # focus moves by keyboard, and shows
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") not in ("none", "")
+
+    send(page, "this fails [[mock fail_status=400]]")
+    page.wait_for_selector("#banner:not([hidden])", timeout=30_000)
+    shot(page, "error-banner")
+    assert page.inner_text("#banner") and not page.locator("#transcript #banner").count()  # apart from the reply
+    assert page.get_attribute("#banner", "role") == "alert"
+
+    page.click("#signout")
+    page.wait_for_selector("#signin:not([hidden])")
+    assert page.evaluate("() => localStorage.getItem('chatter.token')") is None
+    page.fill("#token", "chk_not_a_token")
+    page.click("#signin button[type=submit]")
+    page.wait_for_selector("#banner:not([hidden])")
+    assert "does not sign in" in page.inner_text("#banner")
+    shot(page, "signed-out")
+    assert not page.errors

@@ -156,3 +156,27 @@ def test_plain_output_keeps_stdout_for_the_answer(stack):
     assert "Thinking…" in err and "Thought for" in err and "thought" in err.splitlines()[-1]
     shown = stack.cli("send", text + " again", "--show-thinking")
     assert reasoning_text(prompt_of(text + " again"), MODEL, 5) in shown.stderr.decode()
+
+
+def whitespace_thinking(tokens: int = 6) -> str:
+    """A message whose reply begins with a think block of whitespace alone, as a model with thinking turned off
+    sends it: the mock's one thinking token is a line break for it."""
+    for i in range(10_000):
+        text = f"thinking off {i} [[mock tokens={tokens} reasoning_tokens=1 reasoning_field=think_tags tps=500]]"
+        if not "".join(reasoning_tokens(prompt_of(text), MODEL, 1)).strip():
+            return text
+    raise AssertionError("no such message in 10,000")
+
+
+def test_a_think_block_of_whitespace_alone_shows_no_thinking_in_send_watch_or_history(stack):
+    text = whitespace_thinking()
+    sent = stack.cli("send", text, "--json")
+    out = json.loads(sent.stdout)
+    assert out["status"] == "completed" and out["reasoning"] and not out["reasoning"].strip()
+    assert out["thinking_ms"] is None and out["reasoning_tokens"] is None  # no thought in the stats either
+    assert out["content"] == reply_text(prompt_of(text), MODEL, 6)
+    for args, done in ((("send",), sent), *((args, stack.cli(*args)) for args in (
+            ("watch", out["session_id"], "--once"), ("history", out["session_id"])))):
+        shown = (done.stdout + done.stderr).decode()
+        assert done.returncode == 0 and "Thinking" not in shown and "Thought" not in shown, (args, shown)
+        assert "▸ thought" not in shown and "| thought" not in shown, (args, shown)

@@ -188,3 +188,26 @@ def test_a_reasoning_models_thinking_folds_away_and_think_shows_it_in_full(stack
         quit_at_the_prompt(chat)
     finally:
         chat.close(force=True)
+
+
+def test_help_keeps_its_square_brackets_and_history_mid_reply_stays_in_the_session(stack, tmp_path):
+    chat = spawn_chat(stack, tmp_path)
+    try:
+        chat.expect(SESSION)
+        session = chat.match.group(1)
+        chat.expect("›")
+        chat.sendline("/help")
+        chat.expect(r"/new \[SYSTEM\]")
+        chat.expect(r"/config \[model=M\] \[temperature=T\] \[max_tokens=N\]")  # rich read them as markup before
+        chat.expect("›")
+        chat.sendline("a long one [[mock tokens=300 tps=30]]")
+        chat.expect(r"tokens \(estimated\)")
+        chat.sendline("/history")
+        chat.expect(r"\(the reply goes on; it shows again below\)")
+        chat.expect(r"#1 \[user\]")  # the history, then the reply again, live, to its end
+        chat.expect(r"300 tokens \(server\).*\| completed", timeout=60)
+        quit_at_the_prompt(chat)
+        shown = chat.before or ""
+    finally:
+        chat.close(force=True)
+    assert f"goes on in session {session}" not in shown

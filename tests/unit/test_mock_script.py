@@ -90,3 +90,16 @@ def test_the_servers_keys_are_the_request_and_turn_keys_and_its_seed_the_replys(
     assert request_keys(body) == (request_key(body), turn_key(body))
     if isinstance(model, str):
         assert tokens_of_key(request_key(body), n) == reply_tokens(messages, model, n)
+
+
+def test_the_markdown_mode_answers_the_whole_document_and_continues_it_exactly():
+    from services.mock_llm.script import MARKDOWN, MARKDOWN_TOKENS, continued_tokens
+    body = {"messages": [{"role": "user", "content": "format it [[mock markdown]]"}]}
+    assert scenario_for(body, Scenario()).markdown and not scenario_for({"messages": []}, Scenario()).markdown
+    assert "".join(MARKDOWN_TOKENS) == MARKDOWN
+    for needle in ("```python", "```javascript", "| Python |", "     - from", "数据流", "🙂", "<script>",
+                   "javascript:alert"):
+        assert needle in MARKDOWN
+    for cut in (0, 1, 57, len(MARKDOWN) // 2, len(MARKDOWN) - 1):
+        trailing = body["messages"] + [{"role": "assistant", "content": MARKDOWN[:cut]}]
+        assert MARKDOWN[:cut] + "".join(continued_tokens(trailing, "m", 40, MARKDOWN[:cut], markdown=True)) == MARKDOWN

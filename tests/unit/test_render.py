@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from clients.render import final_stats_line, split_finished
+from clients.render import ReplyRenderer, final_stats_line, split_finished, stored_stats_line
 
 
 def test_finished_blocks_end_at_the_last_blank_line_outside_a_code_fence():
@@ -83,3 +83,35 @@ def test_the_final_stats_line_says_how_long_it_thought_and_whose_count_it_is():
                "reasoning_tokens_source": "server"}
     assert "| thought 1.2s, 30 tokens (server) | completed" in final_stats_line(outcome)
     assert "thought" not in final_stats_line(outcome | {"thinking_ms": None, "reasoning_tokens": None})
+
+
+def test_a_continued_replys_stats_count_each_segment_and_tell_its_own_ttft_from_the_continuations():
+    outcome = {"tokens": 314, "tokens_source": "estimated", "duration_ms": 4000.0, "tok_per_s": 50.0, "ttft_ms": 55.3,
+               "status": "completed", "error": None,
+               "segments": [{"from": 0, "tokens": 111, "tokens_source": "estimated", "ttft_ms": 80.1},
+                            {"from": 480, "tokens": 203, "tokens_source": "server"}]}
+    line = final_stats_line(outcome)
+    assert line == "111 estimated + 203 server tokens | 4s | 50 tok/s | TTFT 80.1 ms, continued after 55.3 ms | completed"
+    older = outcome | {"segments": [{"from": 0, "tokens": 111, "tokens_source": "estimated"}, outcome["segments"][1]]}
+    assert "TTFT of the last segment 55.3 ms" in final_stats_line(older)  # an earlier version kept no TTFT of its own
+    assert final_stats_line(outcome | {"segments": []}).startswith("314 tokens (estimated)")
+
+
+def test_a_stored_replys_stats_line_is_the_one_it_ended_with():
+    from protocol.conversation import MessageView
+    stats = {"tokens": 42, "tokens_source": "server", "duration_ms": 2100.0, "tok_per_s": 20.5, "ttft_ms": 95.0,
+             "finish_reason": "stop"}
+    msg = MessageView(message_id="m", session_id="s", role="assistant", content="x", status="completed",
+                      created_at=0.0, stats=stats)
+    assert stored_stats_line(msg) == final_stats_line({**stats, "status": "completed", "error": None})
+    assert stored_stats_line(MessageView(message_id="m", session_id="s", role="assistant", content="", created_at=0.0,
+                                         status="cancelled", stats={})).endswith("| cancelled")
+
+
+def test_a_think_block_of_whitespace_alone_shows_no_thinking(capsys):
+    for thinking, shown in (("\n", False), (" \n\n ", False), ("\nreally thinking", True)):
+        renderer = ReplyRenderer(plain=True)
+        renderer.thinking(thinking, 1)
+        renderer.update("the answer", 3)
+        err = capsys.readouterr().err
+        assert ("Thinking…" in err) is shown and ("Thought for" in err) is shown, (thinking, err)

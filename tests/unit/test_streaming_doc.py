@@ -68,3 +68,45 @@ def test_every_reference_in_http_md_exists():
     text = (REPO / "docs" / "HTTP.md").read_text()
     assert len(references(text)) >= 2, "the document lost its references"
     assert missing(text) == []
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def broken_links(page: Path) -> list[str]:
+    problems = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue  # another site, or mailto:
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            problems.append(f"{page.name}: {target}: no such file")
+        elif anchor and file.suffix == ".md":
+            headings = re.findall(r"(?m)^#+ (.+)$", file.read_text())
+            if anchor not in {slug(h) for h in headings}:
+                problems.append(f"{page.name}: {target}: no such heading")
+    return problems
+
+
+def test_every_link_of_the_readme_and_the_docs_goes_somewhere():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert len(pages) >= 12
+    assert [problem for page in pages for problem in broken_links(page)] == []
+    assert broken_links(REPO / "docs" / "README.md") == [] and "TROUBLESHOOTING.md" in (REPO / "docs" / "README.md").read_text()
+
+
+def test_the_link_checker_catches_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\n[here](#a-page) [there](nowhere.md) [gone](#no-heading) [web](https://example.com)\n")
+    assert broken_links(page) == ["page.md: nowhere.md: no such file", "page.md: #no-heading: no such heading"]
+
+
+def test_every_code_reference_in_any_doc_exists():
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert missing(page.read_text()) == [], page.name

@@ -60,3 +60,18 @@ def test_upstream_to_client_is_each_tokens_wait_for_the_first_view_that_holds_it
     got = upstream_to_client_ms(sent, arrivals)
     assert [round(ms, 6) for ms in got] == [20.0, 80.0, 30.0]  # 7 waited for the view at 12; 15 never came
     assert upstream_to_client_ms(sent, []) == [] and upstream_to_client_ms([], arrivals) == []
+
+
+def test_a_share_of_load_messages_ask_for_markdown_the_same_ones_every_time():
+    from services.mock_llm.script import MARKDOWN, reply_text
+    from tools.loadtest import LoadSpec
+    from tools.verify import expected_answer, load_message, wants_markdown
+    spec = LoadSpec(tokens=12, markdown_frac=0.3, seed=7)
+    texts = [load_message("run", i, spec) for i in range(1000)]
+    chosen = [i for i in range(1000) if wants_markdown(7, i, 0.3)]
+    assert 200 < len(chosen) < 400 and chosen == [i for i in range(1000) if wants_markdown(7, i, 0.3)]
+    assert [i for i, t in enumerate(texts) if "[[mock markdown " in t] == chosen
+    assert expected_answer(texts[chosen[0]], "m", 12) == MARKDOWN
+    plain = next(t for i, t in enumerate(texts) if i not in chosen)
+    assert expected_answer(plain, "m", 12) == reply_text([{"role": "user", "content": plain}], "m", 12)
+    assert not any(wants_markdown(7, i, 0.0) for i in range(1000))

@@ -45,8 +45,8 @@ function scrollDown() {
   transcript.scrollTop = transcript.scrollHeight;
 }
 
-const canContinue = (msg) => ["cancelled", "error", "interrupted"].includes(msg.status)
-  || (msg.status === "completed" && msg.stats?.finish_reason === "length");
+const canContinue = (msg) => (msg.content || "").length > 0 && (["cancelled", "error", "interrupted"].includes(msg.status)
+  || (msg.status === "completed" && msg.stats?.finish_reason === "length"));
 
 function updateControls() {
   views.forEach((view, index) => {

@@ -147,7 +147,7 @@ export class MessageView {
 
   draw() {
     this.el.dataset.raw = this.text;  // the text as it came, whole (the tests compare it)
-    if (this.thinking && this.reasoning) {
+    if (this.thinking && this.reasoning.trim()) {  // a think block of whitespace alone is no thinking
       this.thinking.hidden = false;
       this.thinking.querySelector(".thought").textContent = this.reasoning;
       const answering = this.text.length > 0 || !this.streaming;
