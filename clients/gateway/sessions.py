@@ -144,9 +144,7 @@ class Sessions:
         """The branch through sibling ``sibling`` (0-based, oldest first) of ``message_id`` becomes the active one."""
         session_id = await self._owned(request)
         body = await json_body(request)
-        message_id, sibling = body.get("message_id"), body.get("sibling")
-        if not isinstance(message_id, str) or not 1 <= len(message_id) <= 64:
-            raise ApiError(400, "message_id must name a message of the session", param="message_id")
+        message_id, sibling = message_named(body, "a message"), body.get("sibling")
         if type(sibling) is not int or not 0 <= sibling < 2**31:
             raise ApiError(400, "sibling must be an integer from 0", param="sibling")
         switched = await self.ask(m.SwitchBranch(self.link.next_id(), session_id, message_id, sibling),
@@ -170,9 +168,7 @@ class Sessions:
         """A user message written again, on a branch of its own beside it, and a reply to it."""
         session_id = await self._owned(request)
         body = await json_body(request)
-        message_id, text = body.get("message_id"), body.get("text")
-        if not isinstance(message_id, str) or not 1 <= len(message_id) <= 64:
-            raise ApiError(400, "message_id must name a user message of the session", param="message_id")
+        message_id, text = message_named(body, "a user message"), body.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "text must be the message, written again", param="text")
         return await self._started(m.EditMessage(self.link.next_id(), session_id, message_id, text,
@@ -199,6 +195,14 @@ class Sessions:
         session_id = request.match_info["session_id"]
         await self.responses.owned_session(session_id, request["user"])
         return session_id
+
+
+def message_named(body: dict, what: str) -> str:
+    """The body's ``message_id``: an id as the session's messages have them, else 400 naming ``what`` it must be."""
+    message_id = body.get("message_id")
+    if not isinstance(message_id, str) or not 1 <= len(message_id) <= 64:
+        raise ApiError(400, f"message_id must name {what} of the session", param="message_id")
+    return message_id
 
 
 def request_key(request: web.Request) -> str:

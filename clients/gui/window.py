@@ -198,6 +198,9 @@ class Window(QMainWindow):
         if self.session_id is None:
             self.show_error("pick a session, or make a new one, first")
             return
+        if self.generation_id is not None:  # Enter while a reply streams: the text stays in the box
+            self.show_error("a reply is streaming: wait for it, or Stop it, then send")
+            return
         self.input.clear()
         self.ask("send", self.session_id, text)
 

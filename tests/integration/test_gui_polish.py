@@ -49,6 +49,10 @@ def test_the_controls_follow_the_state(app, stack, window):
     pump(app, lambda: len(window.shown.get(window.generation_id or "", "")) > 40, what="some text")
     state = enabled(window)
     assert state["Stop"] and not state["Regenerate"] and not state["Continue"] and not state["Send"]
+    window.input.setPlainText("not now")
+    window.send()  # Enter while it streams: refused in the banner, the text kept in the box
+    assert window.input.toPlainText() == "not now" and "streaming" in window.banner.text()
+    window.input.clear()
     window.stop()
     pump(app, lambda: window.last_outcome, what="the stop")
     state = enabled(window)

@@ -309,9 +309,14 @@ def test_sign_in_and_out_a_new_session_with_a_system_prompt_errors_apart_and_eve
     page = signed_in(browser, gateway)
     page.click("#system-box summary")
     page.fill("#system", "answer like a pirate")
-    send(page, "hello there [[mock tokens=8]]")
+    page.click("#message")
+    page.keyboard.type("hello")
+    page.keyboard.press("Shift+Enter")  # a new line, not a send
+    page.keyboard.type("there [[mock tokens=8]]")
+    page.keyboard.press("Enter")
     replies_ended(page, 1)
-    sent = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == "hello there [[mock tokens=8]]"]
+    assert page.locator("article.message.user").first.get_attribute("data-raw") == "hello\nthere [[mock tokens=8]]"
+    sent = [e for e in gateway.journal() if e["body"]["messages"][-1]["content"] == "hello\nthere [[mock tokens=8]]"]
     assert sent[-1]["body"]["messages"][0] == {"role": "system", "content": "answer like a pirate"}
     assert page.evaluate(UNLABELLED) == []  # every visible control has a name a screen reader reads
     assert page.locator("article.message.assistant .settled[aria-live=polite]").count() == 1
@@ -335,3 +340,16 @@ def test_sign_in_and_out_a_new_session_with_a_system_prompt_errors_apart_and_eve
     assert "does not sign in" in page.inner_text("#banner")
     shot(page, "signed-out")
     assert not page.errors
+
+
+def test_a_think_block_of_whitespace_alone_shows_no_thinking_on_the_page(gateway, browser):
+    from tests.integration.test_reasoning import whitespace_thinking
+    page = signed_in(browser, gateway)
+    send(page, whitespace_thinking())
+    replies_ended(page, 1)
+    stored = gateway.query("select reasoning from message where role = 'assistant'")[0]["reasoning"]
+    assert stored and not stored.strip()  # the reply had its think block, of whitespace alone
+    assert page.locator("details.thinking").is_hidden() and "Thought" not in page.inner_text("#transcript")
+    page.reload()
+    page.wait_for_selector(ENDED)
+    assert page.locator("details.thinking").is_hidden()
