@@ -54,6 +54,12 @@ def test_two_tabs_on_one_session_show_the_same_text(gateway, browser):
     second.wait_for_function("() => document.querySelectorAll('article.message.assistant[data-status]').length == 2"
                              " && !document.querySelector('article.message.assistant[aria-busy]')", timeout=30_000)
     assert raw_of_last_reply(second) == raw_of_last_reply(first) == last_reply(gateway)["content"]
+    second.click("#new")  # the other tab goes to a session of its own...
+    send(second, "elsewhere [[mock tokens=5]]")
+    replies_ended(second, 1)
+    first.reload()  # ...and a reload of this one keeps this tab's session
+    first.wait_for_selector(ENDED)
+    assert first.locator("article.message.user").first.get_attribute("data-raw") == text
     assert not first.errors and not second.errors
 
 

@@ -5,9 +5,15 @@
 export const store = {
   get token() { return localStorage.getItem("chatter.token"); },
   set token(value) { value ? localStorage.setItem("chatter.token", value) : localStorage.removeItem("chatter.token"); },
-  get conversation() { return localStorage.getItem("chatter.conversation"); },
+  // the session open: this tab's (a reload keeps it, whatever another tab opened since), else the one opened last
+  // in any tab (a new tab starts there)
+  get conversation() {
+    return sessionStorage.getItem("chatter.conversation") ?? localStorage.getItem("chatter.conversation");
+  },
   set conversation(value) {
-    value ? localStorage.setItem("chatter.conversation", value) : localStorage.removeItem("chatter.conversation");
+    for (const storage of [sessionStorage, localStorage]) {
+      value ? storage.setItem("chatter.conversation", value) : storage.removeItem("chatter.conversation");
+    }
   },
   // the reply streaming when the page went away: its id, the last event number had, and the texts so far, in one
   // item, so that they always agree (per tab: another tab follows it from its own number)
