@@ -287,7 +287,8 @@ class Chat:
                                          interrupt=while_streaming, attach=attach)
             renderer.note = ""
             if view.final is None:
-                switching = (self.pending or "").split(maxsplit=1)[0] in SWITCHING
+                command = (self.pending or "").split(maxsplit=1)  # none: the input ended, and the chat with it
+                switching = not command or command[0] in SWITCHING
                 renderer.detached(self.session_id, switching)
                 self.left_reply = None if switching else self.session_id
             else:

@@ -132,6 +132,26 @@ def test_chat_switches_away_mid_reply_and_back_to_the_finished_reply(stack):
     assert history[1]["content"] == full and full.encode() in out
 
 
+def test_a_piped_chat_whose_input_ends_mid_reply_leaves_it_streaming_and_exits_0(stack):
+    """The input's end while a reply streams (no command pending) leaves the reply going on in its session."""
+    text = "until the input ends [[mock tokens=300 tps=30]]"
+    chat = subprocess.Popen([*stack.cli_argv(), "chat"], env=stack.env, cwd=stack.cwd, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        chat.stdin.write(f"{text}\n".encode())
+        chat.stdin.flush()
+        read_until(chat, expected(text, 300)[:15].encode())
+        chat.stdin.close()  # the end of the input, mid-reply
+        err = chat.stderr.read()
+        chat.wait(timeout=20)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+    assert chat.returncode == 0, err.decode()[-2000:]
+    assert b"the reply goes on in session" in err and b"Traceback" not in err
+
+
 def test_regenerate_during_streaming_keeps_every_reply_as_a_sibling_and_later_prompts_follow_the_last(stack):
     first = stack.cli_json("send", "q1 [[mock tokens=100 tps=50]]")
     session_id = first["session_id"]
